@@ -1,0 +1,4 @@
+//! The llmem binary: wires the library crates into the `llmem` command line.
+fn main() {
+    println!("llmem");
+}
