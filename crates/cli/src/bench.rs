@@ -1,0 +1,168 @@
+//! `llmem bench infer`: prefill and decode speed, measured like llama-bench.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use engine::forward::{Logits, Session, SessionConfig};
+use serde::Serialize;
+
+use crate::exit::CliError;
+use crate::machine::{self, MachineInfo};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Prefill (pp512), decode (tg128) and decode at depth 4096 (tg128 @ d4096), tokens/s.
+    Infer(InferArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Compute threads (default: the physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed repetitions per figure (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Prompt tokens for the prefill figure.
+    #[arg(long, default_value_t = 512)]
+    pub pp: usize,
+    /// Generated tokens for the decode figures.
+    #[arg(long, default_value_t = 128)]
+    pub tg: usize,
+    /// Cache depth for the deep decode figure (0 skips it).
+    #[arg(long, default_value_t = 4096)]
+    pub depth: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Figure {
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: Vec<f64>,
+}
+
+impl Figure {
+    fn of(mut runs: Vec<f64>) -> Figure {
+        let mut s = runs.clone();
+        s.sort_by(f64::total_cmp);
+        let median = if s.is_empty() { 0.0 } else { s[s.len() / 2] };
+        runs.shrink_to_fit();
+        Figure { median, min: *s.first().unwrap_or(&0.0), max: *s.last().unwrap_or(&0.0), runs }
+    }
+}
+
+#[derive(Serialize)]
+struct InferReport {
+    model: String,
+    threads: usize,
+    pp512_tok_s: f64,
+    tg128_tok_s: f64,
+    tg128_d4096_tok_s: Option<f64>,
+    pp: Figure,
+    tg: Figure,
+    tg_deep: Option<Figure>,
+    pp_tokens: usize,
+    tg_tokens: usize,
+    depth: usize,
+    machine: MachineInfo,
+}
+
+pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
+    match cmd {
+        BenchCommand::Infer(a) => infer(a),
+    }
+}
+
+/// A fixed pseudo-prompt: the same token ids the peer's benchmark uses.
+fn prompt(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919) % 40000 + 100).min(vocab - 1) as u32).collect()
+}
+
+/// Decodes `n` tokens one at a time (feeding a fixed token, as llama-bench does) and
+/// returns tokens/s.
+fn decode(s: &mut Session<'_, '_>, n: usize) -> Result<f64, CliError> {
+    let t = Instant::now();
+    for _ in 0..n {
+        s.eval(&[3575], Logits::Last)?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn infer(a: &InferArgs) -> Result<(), CliError> {
+    let file = crate::load::map(&a.model)?;
+    let tm = crate::load::text_model(&a.model, &file)?;
+    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let vocab = tm.model.cfg.vocab;
+    let n_ctx = (a.pp.max(a.depth) + a.tg + 16).max(1024);
+    let mut s = Session::new(&tm.model, SessionConfig { n_ctx, n_threads: threads, ubatch: 512 })?;
+    let reps = a.reps.max(1);
+    let pp_ids = prompt(a.pp, vocab);
+    let mut pp = Vec::new();
+    for r in 0..=reps {
+        s.reset();
+        let t = Instant::now();
+        s.eval(&pp_ids, Logits::Last)?;
+        let v = a.pp as f64 / t.elapsed().as_secs_f64();
+        if r > 0 {
+            pp.push(v);
+        }
+    }
+    let mut tg = Vec::new();
+    for r in 0..=reps {
+        s.reset();
+        s.eval(&[504], Logits::Last)?;
+        let v = decode(&mut s, a.tg)?;
+        if r > 0 {
+            tg.push(v);
+        }
+    }
+    let tg_deep = if a.depth > 0 {
+        s.reset();
+        s.eval(&prompt(a.depth, vocab), Logits::Last)?;
+        let mut runs = Vec::new();
+        for r in 0..=reps {
+            s.truncate(a.depth)?;
+            let v = decode(&mut s, a.tg)?;
+            if r > 0 {
+                runs.push(v);
+            }
+        }
+        Some(Figure::of(runs))
+    } else {
+        None
+    };
+    let report = InferReport {
+        model: a.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        threads,
+        pp512_tok_s: Figure::of(pp.clone()).median,
+        tg128_tok_s: Figure::of(tg.clone()).median,
+        tg128_d4096_tok_s: tg_deep.as_ref().map(|f| f.median),
+        pp: Figure::of(pp),
+        tg: Figure::of(tg),
+        tg_deep,
+        pp_tokens: a.pp,
+        tg_tokens: a.tg,
+        depth: a.depth,
+        machine: MachineInfo::detect(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("model {}  threads {}  ({} reps, median [min–max])", report.model, threads, reps);
+        let row = |name: String, f: &Figure| {
+            println!("{name:<16} {:>8.1} tok/s  [{:.1}–{:.1}]", f.median, f.min, f.max);
+        };
+        row(format!("pp{}", a.pp), &report.pp);
+        row(format!("tg{}", a.tg), &report.tg);
+        if let Some(f) = &report.tg_deep {
+            row(format!("tg{} @ d{}", a.tg, a.depth), f);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `llmem run`: generate text from a prompt, streaming it to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use engine::forward::{Logits, Session, SessionConfig};
+use engine::sampler::{Sampler, SamplerConfig};
+use serde::Serialize;
+
+use crate::exit::{CliError, input};
+use crate::machine;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Path to a GGUF model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Use the prompt as is, without the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute threads (default: the physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Context size in tokens (prompt + generated).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    load_s: f64,
+    prefill_s: f64,
+    prefill_tok_s: f64,
+    decode_s: f64,
+    decode_tok_s: f64,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    peak_rss_bytes: Option<u64>,
+    weight_bytes: u64,
+    weight_resident_bytes: u64,
+    kv_bytes: u64,
+    scratch_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    prompt_token_ids: Vec<u32>,
+    token_ids: Vec<u32>,
+    text: String,
+    stop_reason: &'static str,
+    timings: Timings,
+    memory: Memory,
+}
+
+pub fn run(a: &RunArgs) -> Result<(), CliError> {
+    if a.ctx == 0 {
+        return Err(input(anyhow::anyhow!("--ctx must be at least 1")));
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        return Err(input(anyhow::anyhow!("--temperature must be a finite number ≥ 0")));
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        return Err(input(anyhow::anyhow!("--top-p must be in (0, 1]")));
+    }
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read prompt file {}", f.display()))
+            .map_err(input)?,
+        (None, None) => return Err(input(anyhow::anyhow!("give --prompt TEXT or --prompt-file FILE"))),
+    };
+    let t_load = Instant::now();
+    let file = crate::load::map(&a.model)?;
+    let tm = crate::load::text_model(&a.model, &file)?;
+    let text = if a.raw { prompt } else { tm.chat_prompt(&prompt).map_err(input)? };
+    let ids = tm.encode(&text);
+    if ids.is_empty() {
+        return Err(input(anyhow::anyhow!("the prompt is empty")));
+    }
+    if ids.len() > a.ctx {
+        return Err(input(anyhow::anyhow!(
+            "the prompt is {} tokens, longer than --ctx {}; raise --ctx or shorten the prompt",
+            ids.len(),
+            a.ctx
+        )));
+    }
+    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let cfg = SessionConfig { n_ctx: a.ctx, n_threads: threads, ubatch: 512 };
+    let mut session = Session::new(&tm.model, cfg)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
+    let t_prefill = Instant::now();
+    let mut next = sampler.sample(session.eval(&ids, Logits::Last)?);
+    let prefill_s = t_prefill.elapsed().as_secs_f64();
+
+    let t_decode = Instant::now();
+    let mut out_ids = Vec::new();
+    let mut decoder = tm.stream_decoder();
+    let mut text_out = String::new();
+    let stdout = std::io::stdout();
+    let mut stdout = stdout.lock();
+    let stop_reason = loop {
+        if tm.is_eog(next) {
+            break "eog";
+        }
+        out_ids.push(next);
+        let piece = decoder.push(next);
+        if !a.json {
+            stdout.write_all(piece.as_bytes())?;
+            stdout.flush()?;
+        }
+        text_out.push_str(&piece);
+        if out_ids.len() >= a.max_tokens {
+            break "max_tokens";
+        }
+        if session.n_past() >= a.ctx {
+            break "ctx";
+        }
+        next = sampler.sample(session.eval(&[next], Logits::Last)?);
+    };
+    let tail = decoder.finish();
+    text_out.push_str(&tail);
+    let decode_s = t_decode.elapsed().as_secs_f64();
+    // Decode speed counts tokens evaluated one by one: every generated token but the last
+    // one was fed back through the model.
+    let decoded = out_ids.len().saturating_sub(1).max(usize::from(stop_reason == "eog" && !out_ids.is_empty()));
+    if a.json {
+        let weight_range = 0..file.bytes().len();
+        let report = RunReport {
+            prompt_token_ids: ids.clone(),
+            token_ids: out_ids,
+            text: text_out,
+            stop_reason,
+            timings: Timings {
+                load_s,
+                prefill_s,
+                prefill_tok_s: ids.len() as f64 / prefill_s.max(1e-9),
+                decode_s,
+                decode_tok_s: decoded as f64 / decode_s.max(1e-9),
+            },
+            memory: Memory {
+                peak_rss_bytes: machine::peak_rss_bytes(),
+                weight_bytes: tm.model.weight_bytes,
+                weight_resident_bytes: file.resident_bytes(weight_range),
+                kv_bytes: session.kv_bytes(),
+                scratch_bytes: session.scratch_bytes(),
+            },
+        };
+        serde_json::to_writer_pretty(&mut stdout, &report)?;
+        writeln!(stdout)?;
+    } else {
+        stdout.write_all(tail.as_bytes())?;
+        writeln!(stdout)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The forward pass: a [`Session`] holds one sequence's KV cache and the scratch buffers,
+//! and turns tokens into logits.
+//!
+//! Prompts are processed in micro-batches of up to `ubatch` tokens (every weight row is
+//! then read once per batch instead of once per token); generation feeds one token at a
+//! time. All buffers are allocated when the session is created, sized for one
+//! micro-batch, so memory does not grow with the prompt except through the KV cache.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
+use kernels::matmul::{MatJob, matmul};
+use kernels::ops::{self, Rope};
+use kernels::pool::ThreadPool;
+use kernels::quant::{BlockQ8, QK, dequantize_row, quantize_row_q8};
+use kvcache::{KvCache, KvError, KvLayout, SeqId};
+
+use crate::model::Model;
+
+/// Tokens per KV block.
+pub const BLOCK_TOKENS: usize = 16;
+
+/// Which positions of an [`Session::eval`] call need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (scoring, teacher forcing).
+    All,
+}
+
+/// Settings of a session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionConfig {
+    /// Most tokens the sequence may hold.
+    pub n_ctx: usize,
+    pub n_threads: usize,
+    /// Tokens per prompt micro-batch.
+    pub ubatch: usize,
+}
+
+/// Why an evaluation failed. Nothing is half-applied: on error the sequence is as before.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    #[error("context full: {have} tokens held + {adding} new > context size {n_ctx}")]
+    ContextFull { have: usize, adding: usize, n_ctx: usize },
+    #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
+    BadToken { id: u32, vocab: usize },
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("cannot start compute threads: {0}")]
+    Threads(#[from] std::io::Error),
+}
+
+/// Per-micro-batch buffers, allocated once.
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    xq: Vec<BlockQ8>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    attn: Vec<f32>,
+    kf16: Vec<u16>,
+    vf16: Vec<u16>,
+    rope: Vec<Vec<(f32, f32)>>,
+}
+
+impl Scratch {
+    fn new(m: &Model<'_>, n: usize) -> Self {
+        let c = &m.cfg;
+        let (d, qd, kvd) = (c.d_model, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let widest = d.max(qd).max(c.d_ff);
+        Scratch {
+            x: vec![0.0; n * d],
+            xn: vec![0.0; n * d],
+            xq: vec![BlockQ8::default(); n * widest / QK],
+            q: vec![0.0; n * qd],
+            k: vec![0.0; n * kvd],
+            v: vec![0.0; n * kvd],
+            att: vec![0.0; n * qd],
+            gate: vec![0.0; n * c.d_ff],
+            up: vec![0.0; n * c.d_ff],
+            attn: Vec::new(),
+            kf16: vec![0; kvd],
+            vf16: vec![0; kvd],
+            rope: vec![Vec::with_capacity(c.head_dim / 2); n],
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        let f = |n: usize| n as u64 * 4;
+        f(self.x.len() + self.xn.len() + self.q.len() + self.k.len() + self.v.len())
+            + f(self.att.len() + self.gate.len() + self.up.len() + self.attn.capacity())
+            + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
+            + self.rope.len() as u64 * self.rope.first().map_or(0, |r| r.capacity() as u64 * 8)
+    }
+}
+
+/// Shares a mutable buffer between pool threads that write disjoint rows.
+struct Rows<T>(*mut T, usize);
+// SAFETY: `row` hands out row `t` only; callers give each row to one thread.
+unsafe impl<T: Send> Sync for Rows<T> {}
+impl<T> Rows<T> {
+    fn new(v: &mut [T], width: usize) -> Self {
+        Rows(v.as_mut_ptr(), width)
+    }
+    /// # Safety
+    /// Row `t` must lie inside the buffer and be used by one thread at a time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, t: usize) -> &mut [T] {
+        // SAFETY: forwarded contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * self.1), self.1) }
+    }
+}
+
+/// Runs `f(t)` for `t in 0..n`, on the pool when there is enough work to share.
+fn par_rows(pool: &ThreadPool, n: usize, f: impl Fn(usize) + Sync) {
+    if n < 4 {
+        (0..n).for_each(f);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    pool.run(|_| {
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= n {
+                break;
+            }
+            f(t);
+        }
+    });
+}
+
+/// One sequence being evaluated against a model.
+pub struct Session<'a, 'm> {
+    model: &'a Model<'m>,
+    cfg: SessionConfig,
+    pool: ThreadPool,
+    kv: KvCache,
+    seq: SeqId,
+    n_past: usize,
+    rope: Rope,
+    s: Scratch,
+    logits: Vec<f32>,
+    blocks: Vec<kvcache::BlockId>,
+}
+
+impl<'a, 'm> Session<'a, 'm> {
+    /// Creates a session; KV blocks are allocated as the sequence grows, up to `n_ctx`.
+    pub fn new(model: &'a Model<'m>, cfg: SessionConfig) -> Result<Self, EvalError> {
+        let c = &model.cfg;
+        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BLOCK_TOKENS)
+            .expect("model dimensions were validated at load");
+        let mut kv = KvCache::new(layout, cfg.n_ctx.div_ceil(BLOCK_TOKENS));
+        let seq = kv.seq_new();
+        let ubatch = cfg.ubatch.clamp(1, 4096);
+        Ok(Session {
+            model,
+            cfg: SessionConfig { ubatch, ..cfg },
+            pool: ThreadPool::new(cfg.n_threads)?,
+            kv,
+            seq,
+            n_past: 0,
+            rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
+            s: Scratch::new(model, ubatch),
+            logits: Vec::new(),
+            blocks: Vec::new(),
+        })
+    }
+
+    /// Tokens held in the cache.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn model(&self) -> &Model<'m> {
+        self.model
+    }
+
+    /// Bytes of KV blocks allocated now.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.pool().storage_bytes()
+    }
+
+    /// Bytes of scratch and logits buffers.
+    pub fn scratch_bytes(&self) -> u64 {
+        self.s.bytes() + self.logits.capacity() as u64 * 4
+    }
+
+    /// Forgets the sequence (the cache's blocks return to the pool).
+    pub fn reset(&mut self) {
+        self.kv.seq_remove(self.seq);
+        self.seq = self.kv.seq_new();
+        self.n_past = 0;
+    }
+
+    /// Drops cached tokens past `n` (to rewind or re-score).
+    pub fn truncate(&mut self, n: usize) -> Result<(), EvalError> {
+        self.kv.seq_truncate(self.seq, n)?;
+        self.n_past = self.n_past.min(n);
+        Ok(())
+    }
+
+    /// Appends `tokens` to the sequence and returns logits: `vocab` values for
+    /// [`Logits::Last`], `tokens.len() × vocab` for [`Logits::All`].
+    pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<&[f32], EvalError> {
+        let vocab = self.model.cfg.vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EvalError::BadToken { id, vocab });
+        }
+        let n_ctx = self.cfg.n_ctx;
+        if self.n_past + tokens.len() > n_ctx {
+            return Err(EvalError::ContextFull { have: self.n_past, adding: tokens.len(), n_ctx });
+        }
+        self.kv.seq_reserve(self.seq, self.n_past + tokens.len())?;
+        let n_out = match which {
+            Logits::Last => 1.min(tokens.len()),
+            Logits::All => tokens.len(),
+        };
+        self.logits.resize(n_out * vocab, 0.0);
+        let mut done = 0;
+        for chunk in tokens.chunks(self.cfg.ubatch) {
+            let last_chunk = done + chunk.len() == tokens.len();
+            let out = match which {
+                Logits::All => Some(done),
+                Logits::Last if last_chunk => Some(usize::MAX),
+                Logits::Last => None,
+            };
+            self.forward(chunk, out);
+            done += chunk.len();
+        }
+        Ok(&self.logits)
+    }
+
+    /// Runs one micro-batch at positions `n_past..`. `out`: where its logits go — `None`
+    /// for none, `Some(usize::MAX)` for only the last token's (into row 0), `Some(i)` for
+    /// all of them starting at output row `i`.
+    fn forward(&mut self, tokens: &[u32], out: Option<usize>) {
+        let m = self.model;
+        let c = &m.cfg;
+        let n = tokens.len();
+        let pos0 = self.n_past;
+        let (d, hd) = (c.d_model, c.head_dim);
+        let (qd, kvd, ff) = (c.n_heads * hd, c.n_kv_heads * hd, c.d_ff);
+        let pool = &self.pool;
+        let s = &mut self.s;
+
+        for (t, &tok) in tokens.iter().enumerate() {
+            dequantize_row(m.tok_embd.wtype(), m.tok_embd.row(tok as usize), &mut s.x[t * d..(t + 1) * d]);
+            self.rope.angles(pos0 + t, &mut s.rope[t]);
+        }
+        let shape = AttnShape {
+            n_q: n,
+            pos0,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let need = scratch_len(&shape, hd, pool.n_threads());
+        if s.attn.len() < need {
+            s.attn.resize(need, 0.0);
+        }
+        self.blocks.clear();
+        self.blocks.extend_from_slice(self.kv.seq_blocks(self.seq).expect("live sequence"));
+        let layout = *self.kv.layout();
+
+        for (li, l) in m.layers.iter().enumerate() {
+            // Attention block.
+            norm_quant(pool, &s.x, &mut s.xn, &mut s.xq, &l.attn_norm, c.rms_eps, d, n);
+            matmul(
+                pool,
+                &mut [
+                    MatJob::new(l.wq, &mut s.q[..n * qd]),
+                    MatJob::new(l.wk, &mut s.k[..n * kvd]),
+                    MatJob::new(l.wv, &mut s.v[..n * kvd]),
+                ],
+                &s.xn[..n * d],
+                &s.xq[..n * d / QK],
+                n,
+            );
+            if let Some([bq, bk, bv]) = &l.bias_qkv {
+                for t in 0..n {
+                    ops::add_assign(&mut s.q[t * qd..(t + 1) * qd], bq);
+                    ops::add_assign(&mut s.k[t * kvd..(t + 1) * kvd], bk);
+                    ops::add_assign(&mut s.v[t * kvd..(t + 1) * kvd], bv);
+                }
+            }
+            {
+                let (qr, kr) = (Rows::new(&mut s.q, qd), Rows::new(&mut s.k, kvd));
+                let (rope, cs) = (&self.rope, &s.rope);
+                par_rows(pool, n, |t| {
+                    // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+                    let (q, k) = unsafe { (qr.row(t), kr.row(t)) };
+                    rope.apply(q, hd, &cs[t]);
+                    rope.apply(k, hd, &cs[t]);
+                });
+            }
+            for t in 0..n {
+                ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
+                ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
+                self.kv
+                    .write(self.seq, li, pos0 + t, &s.kf16, &s.vf16)
+                    .expect("positions were reserved");
+            }
+            {
+                let pool_ref = self.kv.pool();
+                let data: Vec<&[u16]> = self.blocks.iter().map(|&b| pool_ref.data(b)).collect();
+                let paged = PagedKv {
+                    blocks: &data,
+                    block_tokens: layout.block_tokens(),
+                    head_dim: hd,
+                    k_base: layout.k_base(li),
+                    v_base: layout.v_base(li),
+                    head_stride: layout.head_stride(),
+                };
+                attention(pool, &s.q[..n * qd], &paged, &shape, &mut s.attn, &mut s.att[..n * qd]);
+            }
+            quant_rows(pool, &s.att, &mut s.xq, qd, n);
+            matmul(pool, &mut [MatJob::new(l.wo, &mut s.xn[..n * d])], &s.att, &s.xq, n);
+            ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+
+            // Feed-forward block.
+            norm_quant(pool, &s.x, &mut s.xn, &mut s.xq, &l.ffn_norm, c.rms_eps, d, n);
+            matmul(
+                pool,
+                &mut [MatJob::new(l.gate, &mut s.gate[..n * ff]), MatJob::new(l.up, &mut s.up[..n * ff])],
+                &s.xn[..n * d],
+                &s.xq[..n * d / QK],
+                n,
+            );
+            {
+                let (gr, xq) = (Rows::new(&mut s.gate, ff), Rows::new(&mut s.xq, ff / QK));
+                let up = &s.up;
+                par_rows(pool, n, |t| {
+                    // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+                    let (g, q) = unsafe { (gr.row(t), xq.row(t)) };
+                    ops::silu_mul(g, &up[t * ff..(t + 1) * ff]);
+                    quantize_row_q8(g, q);
+                });
+            }
+            matmul(pool, &mut [MatJob::new(l.down, &mut s.xn[..n * d])], &s.gate, &s.xq, n);
+            ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+        }
+        self.n_past += n;
+
+        let Some(out_row) = out else { return };
+        let (first, n_out, row0) = if out_row == usize::MAX { (n - 1, 1, 0) } else { (0, n, out_row) };
+        let x = &s.x[first * d..(first + n_out) * d];
+        norm_quant(pool, x, &mut s.xn, &mut s.xq, &m.output_norm, c.rms_eps, d, n_out);
+        let vocab = c.vocab;
+        matmul(
+            pool,
+            &mut [MatJob::new(m.output, &mut self.logits[row0 * vocab..(row0 + n_out) * vocab])],
+            &s.xn[..n_out * d],
+            &s.xq[..n_out * d / QK],
+            n_out,
+        );
+    }
+}
+
+/// `xn[t] = rms_norm(x[t]) · w` and its 8-bit quantization, for `n` rows of width `d`.
+#[allow(clippy::too_many_arguments)]
+fn norm_quant(
+    pool: &ThreadPool,
+    x: &[f32],
+    xn: &mut [f32],
+    xq: &mut [BlockQ8],
+    w: &[f32],
+    eps: f32,
+    d: usize,
+    n: usize,
+) {
+    let (xr, qr) = (Rows::new(xn, d), Rows::new(xq, d / QK));
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+        let (o, q) = unsafe { (xr.row(t), qr.row(t)) };
+        ops::rms_norm(&x[t * d..(t + 1) * d], w, eps, o);
+        quantize_row_q8(o, q);
+    });
+}
+
+/// Quantizes `n` rows of width `w` of `x` into `xq`.
+fn quant_rows(pool: &ThreadPool, x: &[f32], xq: &mut [BlockQ8], w: usize, n: usize) {
+    let qr = Rows::new(xq, w / QK);
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffer.
+        quantize_row_q8(&x[t * w..(t + 1) * w], unsafe { qr.row(t) });
+    });
+}

@@ -1,0 +1,51 @@
+//! llmem's inference engine: runs Llama-family decoder models from GGUF files on llmem's
+//! own CPU kernels, with a paged KV cache.
+//!
+//! - [`config::ModelConfig`]: hyper-parameters from GGUF metadata.
+//! - [`model::Model`]: weight views borrowed from the mapped file (no copies).
+//! - [`forward::Session`]: one sequence — tokens in, logits out.
+//! - [`sampler::Sampler`]: greedy or temperature/top-k/top-p sampling.
+//! - [`chat`]: the model's own chat template, rendered.
+//! - [`text::TextModel`]: a model plus its tokenizer and end-of-generation tokens.
+//!
+//! ```no_run
+//! let file = weights::MappedFile::open("model.gguf".as_ref()).unwrap();
+//! let gguf = gguf::GgufFile::parse(file.bytes()).unwrap();
+//! let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
+//! let cfg = engine::forward::SessionConfig { n_ctx: 2048, n_threads: 2, ubatch: 512 };
+//! let mut session = engine::forward::Session::new(&tm.model, cfg).unwrap();
+//! let ids = tm.encode("The capital of France is");
+//! let logits = session.eval(&ids, engine::forward::Logits::Last).unwrap();
+//! println!("next: {}", engine::sampler::argmax(logits));
+//! ```
+
+pub mod chat;
+pub mod config;
+pub mod forward;
+pub mod model;
+pub mod sampler;
+pub mod text;
+
+/// Why a model could not be loaded. Each variant names the key or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error("unsupported architecture '{0}' (supported: llama, qwen2)")]
+    UnsupportedArch(String),
+    #[error("missing metadata key '{key}'")]
+    MissingKey { key: String },
+    #[error("metadata key '{key}': {why}")]
+    BadValue { key: String, why: String },
+    #[error("missing tensor '{name}'")]
+    MissingTensor { name: String },
+    #[error("tensor '{tensor}' has unsupported type {ggml_type} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")]
+    UnsupportedType { tensor: String, ggml_type: String },
+    #[error("tensor '{tensor}' has shape {got:?}, expected {expected:?}")]
+    Shape { tensor: String, expected: Vec<u64>, got: Vec<u64> },
+    #[error("tensor '{tensor}': {why}")]
+    BadTensor { tensor: String, why: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}

@@ -1,0 +1,254 @@
+//! Causal grouped-query attention that reads K and V in place from paged f16 blocks.
+//!
+//! The cache hands in one slice per block. Inside a block, each layer's keys and values
+//! for one KV head are `block_tokens × head_dim` contiguous f16 values:
+//!
+//! ```text
+//! block ─┬─ … ─┬─ K(layer, head h): [token 0: head_dim f16][token 1] … [token bt-1]
+//!        │     │   at k_base + h · head_stride
+//!        │     └─ V(layer, head h): same shape, at v_base + h · head_stride
+//! ```
+//!
+//! Work is split into items of (KV head, tile of query tokens, range of key blocks); each
+//! item runs an online softmax (running max and sum, as in FlashAttention) over its
+//! blocks, converting each K/V block to f32 once for all the query rows of the tile. When
+//! there are few query tokens (decode), the keys are split across threads and the partial
+//! results merged by their maxima and sums.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::pool::ThreadPool;
+use crate::simd;
+use crate::Isa;
+
+/// Largest head dimension supported (stack buffers are sized for it).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Largest block size in tokens supported.
+pub const MAX_BLOCK_TOKENS: usize = 32;
+/// Query tokens per work item in prefill.
+const Q_TILE: usize = 4;
+/// Largest number of query heads sharing one KV head.
+pub const MAX_GROUP: usize = 16;
+
+/// Where one layer's K and V live inside the cache blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedKv<'a> {
+    /// One slice per block of the sequence, in order.
+    pub blocks: &'a [&'a [u16]],
+    pub block_tokens: usize,
+    pub head_dim: usize,
+    /// Offset (in f16 elements) of this layer's K for KV head 0 inside a block.
+    pub k_base: usize,
+    /// Offset of this layer's V for KV head 0.
+    pub v_base: usize,
+    /// Distance between consecutive KV heads' regions.
+    pub head_stride: usize,
+}
+
+/// Shape of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Query tokens in this call.
+    pub n_q: usize,
+    /// Position of the first query token; query `i` sees keys `0..=pos0 + i`.
+    pub pos0: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    /// Usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+impl AttnShape {
+    fn group(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+}
+
+/// f32 scratch the caller must provide for [`attention`], in elements.
+pub fn scratch_len(shape: &AttnShape, head_dim: usize, n_threads: usize) -> usize {
+    let (items, _, _) = plan(shape, head_dim, 16, n_threads);
+    items * shape.group() * Q_TILE.min(shape.n_q.max(1)) * (head_dim + 2)
+}
+
+/// Returns (work items, key splits per (head, tile), query tiles).
+fn plan(shape: &AttnShape, _hd: usize, bt: usize, n_threads: usize) -> (usize, usize, usize) {
+    let q_tiles = shape.n_q.div_ceil(Q_TILE);
+    let base = shape.n_kv_heads * q_tiles;
+    let n_blocks = (shape.pos0 + shape.n_q).div_ceil(bt).max(1);
+    let splits = if base >= 4 * n_threads { 1 } else { (4 * n_threads).div_ceil(base).min(n_blocks) };
+    (base * splits, splits, q_tiles)
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: every work item writes only its own partial slot; the final merge writes
+// disjoint output rows per (head, token).
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Attention for `shape.n_q` query tokens: `q` and `out` are `n_q × n_heads × head_dim`.
+///
+/// # Panics
+/// If the shapes are inconsistent (head dim or group size over the limits, buffers too
+/// short, fewer blocks than the keys need).
+pub fn attention(
+    pool: &ThreadPool,
+    q: &[f32],
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    attention_with(Isa::detect(), pool, q, kv, shape, scratch, out);
+}
+
+/// [`attention`] on a chosen instruction set.
+pub fn attention_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    q: &[f32],
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = kv.head_dim;
+    let bt = kv.block_tokens;
+    let g = shape.group();
+    assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && g <= MAX_GROUP && g >= 1);
+    assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
+    let n_keys = shape.pos0 + shape.n_q;
+    assert!(kv.blocks.len() * bt >= n_keys, "attention: fewer blocks than keys");
+    assert!(q.len() >= shape.n_q * shape.n_heads * hd && out.len() >= q.len());
+    let (items, splits, q_tiles) = plan(shape, hd, bt, pool.n_threads());
+    let tq = Q_TILE.min(shape.n_q.max(1));
+    let slot = g * tq * (hd + 2);
+    assert!(scratch.len() >= items * slot, "attention: scratch too short");
+    let sp = SyncPtr(scratch.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    pool.run(|_| {
+        let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        loop {
+            let it = next.fetch_add(1, Ordering::Relaxed);
+            if it >= items {
+                break;
+            }
+            let split = it % splits;
+            let tile = (it / splits) % q_tiles;
+            let h = it / splits / q_tiles;
+            // SAFETY: item `it` owns scratch[it*slot .. (it+1)*slot].
+            let part = unsafe { std::slice::from_raw_parts_mut(sp.get().add(it * slot), slot) };
+            run_item(isa, q, kv, shape, (h, tile, split, splits), part, &mut kf, &mut vf);
+        }
+    });
+    // Merge the splits of each (head, tile) into the output.
+    let mut acc = vec![0.0f32; hd];
+    for h in 0..shape.n_kv_heads {
+        for tile in 0..q_tiles {
+            let t0 = tile * Q_TILE;
+            for ti in 0..tq.min(shape.n_q - t0) {
+                for gi in 0..g {
+                    let row = ti * g + gi;
+                    let mut m = f32::NEG_INFINITY;
+                    for s in 0..splits {
+                        let p = &scratch[((h * q_tiles + tile) * splits + s) * slot..];
+                        m = m.max(p[row * (hd + 2)]);
+                    }
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    let mut l = 0.0f32;
+                    for s in 0..splits {
+                        let p = &scratch[((h * q_tiles + tile) * splits + s) * slot + row * (hd + 2)..];
+                        if p[1] == 0.0 {
+                            continue;
+                        }
+                        let c = (p[0] - m).exp();
+                        l += p[1] * c;
+                        simd::axpy(isa, c, &p[2..2 + hd], &mut acc);
+                    }
+                    let head = h * g + gi;
+                    let o = &mut out[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
+                    let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+                    for (ov, av) in o.iter_mut().zip(&acc) {
+                        *ov = av * inv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One work item: rows = (query token in tile) × (query head in group); writes per row
+/// `[max, sum, acc[head_dim]]` into `part`.
+#[allow(clippy::too_many_arguments)]
+fn run_item(
+    isa: Isa,
+    q: &[f32],
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    (h, tile, split, splits): (usize, usize, usize, usize),
+    part: &mut [f32],
+    kf: &mut [f32],
+    vf: &mut [f32],
+) {
+    let hd = kv.head_dim;
+    let bt = kv.block_tokens;
+    let g = shape.group();
+    let t0 = tile * Q_TILE;
+    let nt = Q_TILE.min(shape.n_q - t0);
+    let rows = nt * g;
+    // Keys this tile can see at most, then this split's share of their blocks.
+    let last_key = shape.pos0 + t0 + nt - 1;
+    let n_blocks = last_key / bt + 1;
+    let per = n_blocks.div_ceil(splits);
+    let (b0, b1) = ((split * per).min(n_blocks), ((split + 1) * per).min(n_blocks));
+    for r in 0..rows {
+        let p = &mut part[r * (hd + 2)..(r + 1) * (hd + 2)];
+        p[0] = f32::NEG_INFINITY;
+        p[1] = 0.0;
+        p[2..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let mut scores = [0.0f32; MAX_BLOCK_TOKENS];
+    for b in b0..b1 {
+        let blk = kv.blocks[b];
+        let j0 = b * bt;
+        let nk = bt.min(last_key + 1 - j0);
+        let koff = kv.k_base + h * kv.head_stride;
+        let voff = kv.v_base + h * kv.head_stride;
+        simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
+        simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
+        for ti in 0..nt {
+            let limit = shape.pos0 + t0 + ti; // last key this query token may see
+            if limit < j0 {
+                continue;
+            }
+            let nv = nk.min(limit + 1 - j0);
+            for gi in 0..g {
+                let head = h * g + gi;
+                let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
+                let mut bmax = f32::NEG_INFINITY;
+                for j in 0..nv {
+                    let s = simd::dot_f32(isa, qr, &kf[j * hd..(j + 1) * hd]) * shape.scale;
+                    scores[j] = s;
+                    bmax = bmax.max(s);
+                }
+                let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
+                let m_new = p[0].max(bmax);
+                if p[1] > 0.0 {
+                    let c = (p[0] - m_new).exp();
+                    p[1] *= c;
+                    p[2..].iter_mut().for_each(|v| *v *= c);
+                }
+                p[0] = m_new;
+                p[1] += simd::exp_sub_sum(isa, &mut scores[..nv], m_new);
+                for j in 0..nv {
+                    simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
+                }
+            }
+        }
+    }
+}

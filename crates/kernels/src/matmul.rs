@@ -1,0 +1,163 @@
+//! Matrix × activations: `out[t][r] = Σ_k W[r][k] · x[t][k]` for one token or many.
+//!
+//! Quantized weights multiply 8-bit activation blocks with integer dot products; float
+//! weights multiply f32 activations. Rows are handed out to the pool's threads in chunks
+//! from one atomic counter, so a thread slowed by a shared core takes fewer chunks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::pool::ThreadPool;
+use crate::quant::{BlockQ8, WType};
+use crate::simd::{self, OutPtr, RowsRef};
+use crate::Isa;
+
+/// A weight matrix in ggml layout (row-major, `rows` rows of `cols` elements), borrowed
+/// in place from the model file.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    wtype: WType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+}
+
+/// Why a matrix could not be built from bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShapeError {
+    #[error("{cols} columns is not a whole number of {wtype:?} blocks")]
+    PartialBlock { wtype: WType, cols: usize },
+    #[error("a {rows}×{cols} {wtype:?} matrix needs {needed} bytes, got {got}")]
+    WrongSize { wtype: WType, rows: usize, cols: usize, needed: usize, got: usize },
+}
+
+impl<'a> QMatrix<'a> {
+    /// Views `data` as a `rows × cols` matrix of `wtype`, checking its size exactly.
+    pub fn new(wtype: WType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, ShapeError> {
+        let row_bytes = wtype.row_bytes(cols).ok_or(ShapeError::PartialBlock { wtype, cols })?;
+        let needed = row_bytes.checked_mul(rows);
+        if needed != Some(data.len()) {
+            return Err(ShapeError::WrongSize {
+                wtype,
+                rows,
+                cols,
+                needed: needed.unwrap_or(usize::MAX),
+                got: data.len(),
+            });
+        }
+        Ok(QMatrix { wtype, rows, cols, row_bytes, data })
+    }
+
+    pub fn wtype(&self) -> WType {
+        self.wtype
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The raw bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    fn rows_ref(&self) -> RowsRef<'a> {
+        RowsRef { wtype: self.wtype, data: self.data, row_bytes: self.row_bytes, cols: self.cols }
+    }
+}
+
+/// One product of a batched call: a matrix and where its `n_tokens × rows` result goes.
+pub struct MatJob<'a, 'o> {
+    w: QMatrix<'a>,
+    out: &'o mut [f32],
+}
+
+impl<'a, 'o> MatJob<'a, 'o> {
+    pub fn new(w: QMatrix<'a>, out: &'o mut [f32]) -> Self {
+        MatJob { w, out }
+    }
+}
+
+struct SyncOut(OutPtr);
+// SAFETY: threads write disjoint row ranges of each output (chunks are claimed once from
+// an atomic counter), so sharing the pointer cannot race.
+unsafe impl Sync for SyncOut {}
+
+impl SyncOut {
+    fn get(&self) -> OutPtr {
+        self.0
+    }
+}
+
+/// Computes every job's product for `n_tokens` tokens of input, in parallel.
+///
+/// `x` holds the f32 input (`n_tokens × cols`) and `xq` the same input quantized with
+/// [`crate::quant::quantize_row_q8`] (`n_tokens × cols / 32` blocks; it may be empty when
+/// no job has quantized weights). All jobs share the input, so they must share `cols`.
+///
+/// # Panics
+/// On mismatched sizes: jobs with different `cols`, outputs or inputs too short.
+pub fn matmul(pool: &ThreadPool, jobs: &mut [MatJob<'_, '_>], x: &[f32], xq: &[BlockQ8], n_tokens: usize) {
+    matmul_with(Isa::detect(), pool, jobs, x, xq, n_tokens);
+}
+
+/// [`matmul`] on a chosen instruction set (tests compare them).
+pub fn matmul_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    jobs: &mut [MatJob<'_, '_>],
+    x: &[f32],
+    xq: &[BlockQ8],
+    n_tokens: usize,
+) {
+    let Some(first) = jobs.first() else { return };
+    let cols = first.w.cols;
+    for j in jobs.iter() {
+        assert_eq!(j.w.cols, cols, "matmul: jobs must share the input width");
+        assert!(j.out.len() >= n_tokens * j.w.rows, "matmul: output too short");
+        if j.w.wtype.uses_q8_activations() {
+            assert!(xq.len() >= n_tokens * cols / 32, "matmul: quantized input too short");
+        } else {
+            assert!(x.len() >= n_tokens * cols, "matmul: input too short");
+        }
+    }
+    let total_rows: usize = jobs.iter().map(|j| j.w.rows).sum();
+    // Enough chunks for balance (≥ 8 per thread), each a multiple of 4 rows for the tiles.
+    let chunk = (total_rows / (pool.n_threads() * 8)).clamp(4, 64).next_multiple_of(4);
+    let mut starts = Vec::with_capacity(jobs.len());
+    let mut n_chunks = 0;
+    for j in jobs.iter() {
+        starts.push(n_chunks);
+        n_chunks += j.w.rows.div_ceil(chunk);
+    }
+    let outs: Vec<SyncOut> = jobs
+        .iter_mut()
+        .map(|j| SyncOut(OutPtr { ptr: j.out.as_mut_ptr(), ld: j.w.rows }))
+        .collect();
+    let mats: Vec<QMatrix<'_>> = jobs.iter().map(|j| j.w).collect();
+    let next = AtomicUsize::new(0);
+    pool.run(|_| {
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            let ji = starts.partition_point(|&s| s <= c) - 1;
+            let w = &mats[ji];
+            let r0 = (c - starts[ji]) * chunk;
+            let rows = r0..(r0 + chunk).min(w.rows);
+            let out = outs[ji].get();
+            // SAFETY: chunk `c` is claimed by exactly one thread, so rows `rows` of this
+            // output are written by it alone; sizes were checked above.
+            unsafe {
+                if w.wtype.uses_q8_activations() {
+                    simd::gemm_q8(isa, w.rows_ref(), rows, xq, n_tokens, out);
+                } else {
+                    simd::gemm_f32(isa, w.rows_ref(), rows, x, n_tokens, out);
+                }
+            }
+        }
+    });
+}

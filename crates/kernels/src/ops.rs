@@ -1,0 +1,121 @@
+//! Element-wise and per-row operations of a Llama-family decoder.
+
+use crate::Isa;
+
+/// `out = x / sqrt(mean(x²) + eps) · w`, for one row.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss = crate::simd::dot_f32(Isa::detect(), x, x);
+    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, xv), wv) in out.iter_mut().zip(x).zip(w) {
+        *o = xv * scale * wv;
+    }
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x += y`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)` — ggml's "normal" mode, used by `llama` GGUFs.
+    Normal,
+    /// Halves `(i, i + d/2)` — GPT-NeoX mode, used by `qwen2` and others.
+    Neox,
+}
+
+/// Rotary position embedding frequencies for one head size.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// Frequencies `base^(-2i/rot_dims)` for `rot_dims / 2` pairs.
+    pub fn new(rot_dims: usize, base: f32, style: RopeStyle) -> Rope {
+        let inv_freq = (0..rot_dims / 2)
+            .map(|i| f64::from(base).powf(-2.0 * i as f64 / rot_dims as f64))
+            .collect();
+        Rope { inv_freq, style }
+    }
+
+    /// Fills `cs` with `(cos, sin)` of each pair's angle at `pos`.
+    pub fn angles(&self, pos: usize, cs: &mut Vec<(f32, f32)>) {
+        cs.clear();
+        cs.extend(self.inv_freq.iter().map(|f| {
+            let a = pos as f64 * f;
+            (a.cos() as f32, a.sin() as f32)
+        }));
+    }
+
+    /// Rotates every head (`head_dim` values each) of `x` by the angles `cs`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+        let half = head_dim / 2;
+        for h in x.chunks_exact_mut(head_dim) {
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = match self.style {
+                    RopeStyle::Normal => (2 * i, 2 * i + 1),
+                    RopeStyle::Neox => (i, i + half),
+                };
+                let (x0, x1) = (h[a], h[b]);
+                h[a] = x0 * c - x1 * s;
+                h[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// Natural-log softmax of `logits` evaluated at `index` (the log-probability of one token).
+pub fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    logits[index] - max - sum.ln() as f32
+}
+
+/// Converts f32 values to f16 bits.
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    crate::simd::f32_to_f16(Isa::detect(), src, dst);
+}
+
+/// Converts f16 bits to f32 values.
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    crate::simd::f16_to_f32(Isa::detect(), src, dst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norms() {
+        let r = Rope::new(4, 10000.0, RopeStyle::Normal);
+        let mut cs = Vec::new();
+        r.angles(3, &mut cs);
+        let mut x = vec![1.0, 0.0, 0.5, 0.5];
+        r.apply(&mut x, 4, &cs);
+        assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
+        assert!(((x[2] * x[2] + x[3] * x[3]) - 0.5).abs() < 1e-6);
+        let n = Rope::new(4, 10000.0, RopeStyle::Neox);
+        let mut y = vec![1.0, 0.0, 0.0, 0.0];
+        n.apply(&mut y, 4, &cs);
+        assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn log_softmax_sums_to_one() {
+        let l = [1.0, 2.0, 3.0, -50.0];
+        let s: f32 = (0..4).map(|i| log_softmax_at(&l, i).exp()).sum();
+        assert!((s - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,426 @@
+//! x86-64 AVX2 + FMA + F16C kernels.
+//!
+//! Every function here is `unsafe` because it must only run on a CPU with those features;
+//! `Isa::detect` guarantees that before dispatching here.
+
+use std::arch::x86_64::*;
+
+use super::{OutPtr, RowsRef};
+use crate::quant::{BlockQ8, QK, WType};
+
+/// Tokens per cache block in the prefill loop: 64 tokens of activations (≈46 KiB for a
+/// 576-wide model) stay in L2 while every row tile of the chunk streams past them.
+const TOKEN_BLOCK: usize = 64;
+
+/// How far ahead of the current block the weight stream is prefetched.
+const PREFETCH_BYTES: usize = 4096;
+
+/// How a weight block turns into 32 small integers plus scale and offset.
+trait Kind {
+    /// Bytes per block.
+    const BB: usize;
+    /// Whether the block has an additive term (`m · s` of the activation block).
+    const HAS_M: bool;
+    /// Loads block at `p`: the 32 quants, the scale `d`, and the offset factor `m`.
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
+    /// 8 lanes of partial integer dot products of weights `w` with activations `a`.
+    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i;
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+    // SAFETY: the caller guarantees 4 readable bytes at p.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes at p.
+    let q = unsafe { _mm_loadu_si128(p.cast()) };
+    let m4 = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(q, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+    _mm256_set_m128i(hi, lo)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+    // u8 × i8 pairs summed to i16: 15 · 127 · 2 fits; then pairs of i16 to i32.
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+}
+
+struct KQ4_0;
+struct KQ4_1;
+struct KQ8_0;
+
+impl Kind for KQ4_0 {
+    const BB: usize = 18;
+    const HAS_M: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: p points at a whole 18-byte block (caller).
+        unsafe {
+            let (d, _) = f16x2(p);
+            (nibbles(p.add(2)), d, -8.0 * d)
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i {
+        // SAFETY: AVX2 present (module contract).
+        unsafe { dot_u8_i8(w, a) }
+    }
+}
+
+impl Kind for KQ4_1 {
+    const BB: usize = 20;
+    const HAS_M: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: p points at a whole 20-byte block (caller).
+        unsafe {
+            let (d, m) = f16x2(p);
+            (nibbles(p.add(4)), d, m)
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i {
+        // SAFETY: AVX2 present (module contract).
+        unsafe { dot_u8_i8(w, a) }
+    }
+}
+
+impl Kind for KQ8_0 {
+    const BB: usize = 34;
+    const HAS_M: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: p points at a whole 34-byte block (caller).
+        unsafe {
+            let (d, _) = f16x2(p);
+            (_mm256_loadu_si256(p.add(2).cast()), d, 0.0)
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i {
+        // i8 × i8 through maddubs: move w's sign onto a, multiply |w| (≤ 128) by it.
+        // SAFETY: AVX2 present (module contract).
+        unsafe { dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Computes the RM × RN tile at rows `r0..r0+RM`, tokens `t0..t0+RN`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tile<K: Kind, const RM: usize, const RN: usize>(
+    w: &RowsRef<'_>,
+    r0: usize,
+    acts: *const BlockQ8,
+    nb: usize,
+    t0: usize,
+    out: OutPtr,
+) {
+    let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+    let mut corr = [[0.0f32; RN]; RM];
+    let wbase = w.data.as_ptr();
+    for b in 0..nb {
+        let mut av = [_mm256_setzero_si256(); RN];
+        let mut ad = [0.0f32; RN];
+        let mut asum = [0.0f32; RN];
+        for t in 0..RN {
+            // SAFETY: token t0+t and block b lie inside `acts` (checked by the driver).
+            unsafe {
+                let blk = acts.add((t0 + t) * nb + b);
+                av[t] = _mm256_loadu_si256((*blk).qs.as_ptr().cast());
+                ad[t] = (*blk).d;
+                asum[t] = (*blk).s;
+            }
+        }
+        for r in 0..RM {
+            let p = wbase.wrapping_add((r0 + r) * w.row_bytes + b * K::BB);
+            // Decode streams weights from DRAM once per token; the hardware prefetcher
+            // alone left one thread at a third of its bandwidth here. Fetch ahead.
+            // A prefetch is a hint and never faults, even past the end of the data.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+            // SAFETY: row r0+r block b lies inside w.data (checked by QMatrix::new).
+            let (wv, d, m) = unsafe { K::load(p) };
+            for t in 0..RN {
+                // SAFETY: AVX2 present.
+                let p = unsafe { K::dot(wv, av[t]) };
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ad[t]), acc[r][t]);
+                if K::HAS_M {
+                    corr[r][t] += m * asum[t];
+                }
+            }
+        }
+    }
+    for r in 0..RM {
+        for t in 0..RN {
+            // SAFETY: the driver's caller owns (t0+t, r0+r) of `out`.
+            unsafe { *out.ptr.add((t0 + t) * out.ld + r0 + r) = hsum(acc[r][t]) + corr[r][t] };
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_kind<K: Kind>(
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    let nb = w.cols / QK;
+    assert!(acts.len() >= n_tokens * nb, "gemm: activations too short");
+    assert!(rows.end * w.row_bytes <= w.data.len(), "gemm: rows out of range");
+    let a = acts.as_ptr();
+    let mut tb = 0;
+    while tb < n_tokens {
+        let te = (tb + TOKEN_BLOCK).min(n_tokens);
+        let mut r = rows.start;
+        while r + 4 <= rows.end {
+            let mut t = tb;
+            // SAFETY (all tile calls): bounds asserted above; the caller owns these rows.
+            while t + 2 <= te {
+                unsafe { tile::<K, 4, 2>(&w, r, a, nb, t, out) };
+                t += 2;
+            }
+            if t < te {
+                unsafe { tile::<K, 4, 1>(&w, r, a, nb, t, out) };
+            }
+            r += 4;
+        }
+        while r < rows.end {
+            for t in tb..te {
+                // SAFETY: as above.
+                unsafe { tile::<K, 1, 1>(&w, r, a, nb, t, out) };
+            }
+            r += 1;
+        }
+        tb = te;
+    }
+}
+
+/// # Safety
+/// AVX2+FMA+F16C must be present; see [`super::gemm_q8`] for the output contract.
+pub(crate) unsafe fn gemm_q8(
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match w.wtype {
+            WType::Q4_0 => gemm_kind::<KQ4_0>(w, rows, acts, n_tokens, out),
+            WType::Q4_1 => gemm_kind::<KQ4_1>(w, rows, acts, n_tokens, out),
+            WType::Q8_0 => gemm_kind::<KQ8_0>(w, rows, acts, n_tokens, out),
+            WType::F16 | WType::F32 => unreachable!("float weights take f32 activations"),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8(wtype: WType, row: *const u8, i: usize) -> __m256 {
+    // SAFETY: the caller guarantees 8 elements at index i inside the row.
+    unsafe {
+        match wtype {
+            WType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * i).cast())),
+            _ => _mm256_loadu_ps(row.add(4 * i).cast()),
+        }
+    }
+}
+
+/// # Safety
+/// AVX2+FMA+F16C must be present; see [`super::gemm_q8`] for the output contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_f32(
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    let k = w.cols;
+    assert!(x.len() >= n_tokens * k && rows.end * w.row_bytes <= w.data.len());
+    let esz = if w.wtype == WType::F16 { 2 } else { 4 };
+    for t in 0..n_tokens {
+        let xt = &x[t * k..(t + 1) * k];
+        for r in rows.clone() {
+            // SAFETY: row r is inside w.data (asserted).
+            let row = unsafe { w.data.as_ptr().add(r * w.row_bytes) };
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 8 <= k {
+                // SAFETY: i + 8 ≤ k elements in both the row and xt.
+                unsafe {
+                    acc = _mm256_fmadd_ps(load8(w.wtype, row, i), _mm256_loadu_ps(&xt[i]), acc);
+                }
+                i += 8;
+            }
+            // SAFETY: AVX present.
+            let mut s = unsafe { hsum(acc) };
+            while i < k {
+                let bytes = &w.data[r * w.row_bytes + i * esz..];
+                let wv = if esz == 2 {
+                    crate::quant::read_f16(bytes, 0)
+                } else {
+                    f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+                };
+                s += wv * xt[i];
+                i += 1;
+            }
+            // SAFETY: the caller owns (t, r).
+            unsafe { *out.ptr.add(t * out.ld + r) = s };
+        }
+    }
+}
+
+/// # Safety
+/// AVX2+FMA must be present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load is inside 0..n of both slices.
+    unsafe {
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(&a[i]), _mm256_loadu_ps(&b[i]), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(&a[i + 8]), _mm256_loadu_ps(&b[i + 8]), a1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(&a[i]), _mm256_loadu_ps(&b[i]), a0);
+            i += 8;
+        }
+    }
+    // SAFETY: AVX present.
+    let mut s = unsafe { hsum(_mm256_add_ps(a0, a1)) };
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// # Safety
+/// AVX2+FMA must be present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n for both slices.
+        unsafe {
+            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(&x[i]), _mm256_loadu_ps(&y[i]));
+            _mm256_storeu_ps(&mut y[i], v);
+        }
+        i += 8;
+    }
+    while i < n {
+        y[i] += a * x[i];
+        i += 1;
+    }
+}
+
+/// # Safety
+/// F16C must be present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n for both slices.
+        unsafe {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i).cast()));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+        }
+        i += 8;
+    }
+    super::portable::f16_to_f32(&src[i..n], &mut dst[i..n]);
+}
+
+/// # Safety
+/// F16C must be present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n for both slices.
+        unsafe {
+            let v = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(&src[i]));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), v);
+        }
+        i += 8;
+    }
+    super::portable::f32_to_f16(&src[i..n], &mut dst[i..n]);
+}
+
+/// e^x for 8 lanes: range reduction by ln 2, a degree-6 polynomial on |r| ≤ ln2/2
+/// (relative error ≈ 2e-7), and the exponent put back through the float's bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3)), _mm256_set1_ps(-87.3));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+}
+
+/// # Safety
+/// AVX2+FMA must be present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
+    let n = x.len();
+    let mv = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n.
+        unsafe {
+            let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(&x[i]), mv));
+            _mm256_storeu_ps(&mut x[i], v);
+            acc = _mm256_add_ps(acc, v);
+        }
+        i += 8;
+    }
+    // SAFETY: AVX present.
+    let mut s = unsafe { hsum(acc) };
+    while i < n {
+        x[i] = (x[i] - max).exp();
+        s += x[i];
+        i += 1;
+    }
+    s
+}

@@ -1,0 +1,125 @@
+//! Per-ISA inner loops. Each flavour implements the same functions; `matmul` and
+//! `attention` pick one by [`crate::Isa`]. The portable flavour is the reference.
+
+pub(crate) mod portable;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+
+use crate::quant::{BlockQ8, WType};
+
+/// Output of a row range: `out[t * ld + r]` for token `t` and row `r`.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr {
+    pub ptr: *mut f32,
+    pub ld: usize,
+}
+
+/// A matrix in ggml layout: `rows` rows of `row_bytes` bytes each.
+#[derive(Clone, Copy)]
+pub(crate) struct RowsRef<'a> {
+    pub wtype: WType,
+    pub data: &'a [u8],
+    pub row_bytes: usize,
+    pub cols: usize,
+}
+
+/// Quantized-activation product over rows `r0..r1`, for all `n_tokens` tokens.
+///
+/// # Safety
+/// `out` must be valid for writes at `t * ld + r` for every token `t < n_tokens` and row
+/// `r` in `r0..r1`, and no other thread may write those elements concurrently.
+pub(crate) unsafe fn gemm_q8(
+    isa: crate::Isa,
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Isa::Avx2 is only reported when AVX2, FMA and F16C are present; the
+        // caller upholds the output contract.
+        crate::Isa::Avx2 => unsafe { avx2::gemm_q8(w, rows, acts, n_tokens, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is baseline on aarch64; the caller upholds the output contract.
+        crate::Isa::Neon => unsafe { neon::gemm_q8(w, rows, acts, n_tokens, out) },
+        // SAFETY: the caller upholds the output contract.
+        _ => unsafe { portable::gemm_q8(w, rows, acts, n_tokens, out) },
+    }
+}
+
+/// Float-activation product (F16 and F32 weights) over rows `r0..r1`.
+///
+/// # Safety
+/// As [`gemm_q8`].
+pub(crate) unsafe fn gemm_f32(
+    isa: crate::Isa,
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see gemm_q8.
+        crate::Isa::Avx2 => unsafe { avx2::gemm_f32(w, rows, x, n_tokens, out) },
+        // SAFETY: the caller upholds the output contract.
+        _ => unsafe { portable::gemm_f32(w, rows, x, n_tokens, out) },
+    }
+}
+
+/// Dot product of two f32 slices of equal length.
+pub(crate) fn dot_f32(isa: crate::Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA present (see Isa::detect).
+        crate::Isa::Avx2 => unsafe { avx2::dot_f32(a, b) },
+        _ => portable::dot_f32(a, b),
+    }
+}
+
+/// `y += a · x`.
+pub(crate) fn axpy(isa: crate::Isa, a: f32, x: &[f32], y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA present (see Isa::detect).
+        crate::Isa::Avx2 => unsafe { avx2::axpy(a, x, y) },
+        _ => portable::axpy(a, x, y),
+    }
+}
+
+/// Converts f16 bits to f32.
+pub(crate) fn f16_to_f32(isa: crate::Isa, src: &[u16], dst: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: F16C present (see Isa::detect).
+        crate::Isa::Avx2 => unsafe { avx2::f16_to_f32(src, dst) },
+        _ => portable::f16_to_f32(src, dst),
+    }
+}
+
+/// Converts f32 to f16 bits (round to nearest even).
+pub(crate) fn f32_to_f16(isa: crate::Isa, src: &[f32], dst: &mut [u16]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: F16C present (see Isa::detect).
+        crate::Isa::Avx2 => unsafe { avx2::f32_to_f16(src, dst) },
+        _ => portable::f32_to_f16(src, dst),
+    }
+}
+
+/// `x[i] = exp(x[i] - max)`, returning the sum.
+pub(crate) fn exp_sub_sum(isa: crate::Isa, x: &mut [f32], max: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA present (see Isa::detect).
+        crate::Isa::Avx2 => unsafe { avx2::exp_sub_sum(x, max) },
+        _ => portable::exp_sub_sum(x, max),
+    }
+}

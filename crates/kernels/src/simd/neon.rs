@@ -1,0 +1,81 @@
+//! aarch64 NEON kernels (the Apple-silicon path).
+//!
+//! Integer dot products use `vmull_s8`/`vmlal_s8` (baseline NEON) so they need no
+//! `dotprod` extension. These are type-checked on every build; they run only on aarch64.
+
+use std::arch::aarch64::*;
+
+use super::{OutPtr, RowsRef};
+use crate::quant::{BlockQ8, QK, WType};
+
+/// Σ w[i]·a[i] over 32 weights given as two 16-lane i8 vectors.
+#[inline(always)]
+unsafe fn dot32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32 {
+    // SAFETY: the caller guarantees 32 readable bytes at `a`; every |product| ≤ 128·127,
+    // so two of them summed still fit an i16 lane.
+    unsafe {
+        let a0 = vld1q_s8(a);
+        let a1 = vld1q_s8(a.add(16));
+        let p0 = vmlal_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(a0)), vget_high_s8(w0), vget_high_s8(a0));
+        let p1 = vmlal_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(a1)), vget_high_s8(w1), vget_high_s8(a1));
+        vaddvq_s32(vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)))
+    }
+}
+
+#[inline(always)]
+fn f16_at(p: &[u8], off: usize) -> f32 {
+    crate::quant::read_f16(p, off)
+}
+
+fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let bb = wtype.block_bytes();
+    let mut sum = 0.0f32;
+    for (b, a) in acts.iter().enumerate() {
+        let blk = &row[b * bb..(b + 1) * bb];
+        let d = f16_at(blk, 0);
+        match wtype {
+            WType::Q4_0 | WType::Q4_1 => {
+                let qoff = bb - 16;
+                // SAFETY: blk holds 16 quant bytes at qoff; a.qs holds 32 bytes.
+                let isum = unsafe {
+                    let q = vld1q_u8(blk.as_ptr().add(qoff));
+                    let lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F)));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                    dot32(lo, hi, a.qs.as_ptr())
+                };
+                sum += d * a.d * isum as f32;
+                sum += if wtype == WType::Q4_1 { f16_at(blk, 2) * a.s } else { -8.0 * d * a.s };
+            }
+            WType::Q8_0 => {
+                // SAFETY: blk holds 32 quant bytes at offset 2; a.qs holds 32 bytes.
+                let isum = unsafe {
+                    let p = blk.as_ptr().add(2).cast::<i8>();
+                    dot32(vld1q_s8(p), vld1q_s8(p.add(16)), a.qs.as_ptr())
+                };
+                sum += d * a.d * isum as f32;
+            }
+            WType::F16 | WType::F32 => unreachable!("float weights take f32 activations"),
+        }
+    }
+    sum
+}
+
+/// # Safety
+/// See [`super::gemm_q8`].
+pub(crate) unsafe fn gemm_q8(
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    let nb = w.cols / QK;
+    for t in 0..n_tokens {
+        let a = &acts[t * nb..(t + 1) * nb];
+        for r in rows.clone() {
+            let row = &w.data[r * w.row_bytes..(r + 1) * w.row_bytes];
+            // SAFETY: the caller owns (t, r) of `out`.
+            unsafe { *out.ptr.add(t * out.ld + r) = dot_row(w.wtype, row, a) };
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The reference implementation: plain Rust, no intrinsics.
+
+use super::{OutPtr, RowsRef};
+use crate::quant::{BlockQ8, QK, WType, read_f16};
+
+/// Dot of one quantized weight row with one token's activation blocks.
+pub(crate) fn dot_q8_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let mut sum = 0.0f32;
+    match wtype {
+        WType::Q4_0 | WType::Q4_1 => {
+            let bb = wtype.block_bytes();
+            let qoff = bb - 16;
+            for (b, a) in acts.iter().enumerate() {
+                let blk = &row[b * bb..(b + 1) * bb];
+                let d = read_f16(blk, 0);
+                let mut isum = 0i32;
+                for j in 0..16 {
+                    let q = blk[qoff + j];
+                    isum += i32::from(q & 0x0F) * i32::from(a.qs[j]);
+                    isum += i32::from(q >> 4) * i32::from(a.qs[j + 16]);
+                }
+                sum += d * a.d * isum as f32;
+                if wtype == WType::Q4_1 {
+                    sum += read_f16(blk, 2) * a.s;
+                } else {
+                    sum -= 8.0 * d * a.s;
+                }
+            }
+        }
+        WType::Q8_0 => {
+            for (b, a) in acts.iter().enumerate() {
+                let blk = &row[b * 34..(b + 1) * 34];
+                let mut isum = 0i32;
+                for j in 0..QK {
+                    isum += i32::from(blk[2 + j] as i8) * i32::from(a.qs[j]);
+                }
+                sum += read_f16(blk, 0) * a.d * isum as f32;
+            }
+        }
+        WType::F32 | WType::F16 => unreachable!("float weights take f32 activations"),
+    }
+    sum
+}
+
+/// # Safety
+/// See [`super::gemm_q8`].
+pub(crate) unsafe fn gemm_q8(
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    let nb = w.cols / QK;
+    for t in 0..n_tokens {
+        let a = &acts[t * nb..(t + 1) * nb];
+        for r in rows.clone() {
+            let row = &w.data[r * w.row_bytes..(r + 1) * w.row_bytes];
+            // SAFETY: the caller guarantees (t, r) is ours to write.
+            unsafe { *out.ptr.add(t * out.ld + r) = dot_q8_row(w.wtype, row, a) };
+        }
+    }
+}
+
+/// # Safety
+/// See [`super::gemm_q8`].
+pub(crate) unsafe fn gemm_f32(
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    let k = w.cols;
+    for t in 0..n_tokens {
+        let xt = &x[t * k..(t + 1) * k];
+        for r in rows.clone() {
+            let row = &w.data[r * w.row_bytes..(r + 1) * w.row_bytes];
+            let mut s = 0.0f32;
+            for (i, xv) in xt.iter().enumerate() {
+                let wv = match w.wtype {
+                    WType::F16 => read_f16(row, 2 * i),
+                    _ => f32::from_le_bytes([
+                        row[4 * i],
+                        row[4 * i + 1],
+                        row[4 * i + 2],
+                        row[4 * i + 3],
+                    ]),
+                };
+                s += wv * xv;
+            }
+            // SAFETY: the caller guarantees (t, r) is ours to write.
+            unsafe { *out.ptr.add(t * out.ld + r) = s };
+        }
+    }
+}
+
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yv, xv) in y.iter_mut().zip(x) {
+        *yv += a * xv;
+    }
+}
+
+pub(crate) fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(*s).to_f32();
+    }
+}
+
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(*s).to_bits();
+    }
+}
+
+pub(crate) fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
+}

@@ -1,0 +1,166 @@
+//! Every SIMD path gives the portable path's results (within float summation order).
+
+use kernels::attention::{AttnShape, PagedKv, attention_with, scratch_len};
+use kernels::matmul::{MatJob, QMatrix, matmul_with};
+use kernels::pool::ThreadPool;
+use kernels::quant::{BlockQ8, WType, dequantize_row, quantize_row_q8, reference};
+use kernels::Isa;
+
+/// A small deterministic generator (splitmix64) so tests need no RNG crate.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn encode(t: WType, x: &[f32]) -> Vec<u8> {
+    match t {
+        WType::Q4_0 => reference::quantize_q4_0(x),
+        WType::Q4_1 => reference::quantize_q4_1(x),
+        WType::Q8_0 => reference::quantize_q8_0(x),
+        WType::F16 => reference::to_f16_bytes(x),
+        _ => reference::to_f32_bytes(x),
+    }
+}
+
+#[test]
+fn matmul_paths_agree_and_match_dequantized_reference() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut rng = Rng(7);
+    for &t in &[WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F16, WType::F32] {
+        // Odd row counts and token counts exercise every tile edge.
+        for &(rows, cols, n_tokens) in &[(1, 32, 1), (7, 64, 3), (37, 96, 5), (130, 128, 67)] {
+            let wf = rng.vec(rows * cols);
+            let bytes = encode(t, &wf);
+            let w = QMatrix::new(t, rows, cols, &bytes).unwrap();
+            let x = rng.vec(n_tokens * cols);
+            let mut xq = vec![BlockQ8::default(); n_tokens * cols / 32];
+            for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / 32)) {
+                quantize_row_q8(xr, qr);
+            }
+            // Reference: dequantized weights × (dequantized) activations in f64.
+            let mut wd = vec![0.0f32; cols];
+            let mut reference = vec![0.0f64; n_tokens * rows];
+            for r in 0..rows {
+                dequantize_row(t, w.row(r), &mut wd);
+                for tok in 0..n_tokens {
+                    let mut s = 0.0f64;
+                    for k in 0..cols {
+                        let a = if t.uses_q8_activations() {
+                            let b = &xq[tok * cols / 32 + k / 32];
+                            f64::from(b.qs[k % 32]) * f64::from(b.d)
+                        } else {
+                            f64::from(x[tok * cols + k])
+                        };
+                        s += f64::from(wd[k]) * a;
+                    }
+                    reference[tok * rows + r] = s;
+                }
+            }
+            let mut results = Vec::new();
+            for isa in Isa::available() {
+                let mut out = vec![0.0f32; n_tokens * rows];
+                matmul_with(isa, &pool, &mut [MatJob::new(w, &mut out)], &x, &xq, n_tokens);
+                for (i, (o, r)) in out.iter().zip(&reference).enumerate() {
+                    let tol = 1e-4 * (1.0 + r.abs()) * (cols as f64).sqrt();
+                    assert!((f64::from(*o) - r).abs() < tol, "{t:?} {isa:?} [{i}]: {o} vs {r}");
+                }
+                results.push(out);
+            }
+            for o in &results[1..] {
+                for (a, b) in o.iter().zip(&results[0]) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{t:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
+
+fn naive_attention(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], shape: &AttnShape, hd: usize) -> Vec<f32> {
+    // k[h][j*hd..], v[h][j*hd..] per KV head.
+    let g = shape.n_heads / shape.n_kv_heads;
+    let mut out = vec![0.0f32; shape.n_q * shape.n_heads * hd];
+    for t in 0..shape.n_q {
+        for head in 0..shape.n_heads {
+            let h = head / g;
+            let qr = &q[(t * shape.n_heads + head) * hd..][..hd];
+            let n = shape.pos0 + t + 1;
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    let kr = &k[h][j * hd..][..hd];
+                    qr.iter().zip(kr).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>()
+                        * f64::from(shape.scale)
+                })
+                .collect();
+            let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..hd {
+                let acc: f64 = (0..n).map(|j| e[j] * f64::from(v[h][j * hd + d])).sum();
+                out[(t * shape.n_heads + head) * hd + d] = (acc / z) as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn paged_attention_matches_naive_on_every_path() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut rng = Rng(11);
+    let (hd, bt, n_kv, n_heads) = (64usize, 16usize, 3usize, 9usize);
+    for &(pos0, n_q) in &[(0usize, 1usize), (0, 7), (5, 1), (40, 9), (300, 1), (33, 64)] {
+        let n_keys = pos0 + n_q;
+        let n_blocks = n_keys.div_ceil(bt);
+        // Block layout: [K head0..head2][V head0..head2], each bt × hd.
+        let stride = bt * hd;
+        let block_len = 2 * n_kv * stride;
+        let k: Vec<Vec<f32>> = (0..n_kv).map(|_| rng.vec(n_blocks * bt * hd)).collect();
+        let v: Vec<Vec<f32>> = (0..n_kv).map(|_| rng.vec(n_blocks * bt * hd)).collect();
+        // Round through f16 so the reference sees what the cache holds.
+        let rt = |x: &Vec<f32>| -> Vec<f32> {
+            x.iter().map(|a| half::f16::from_f32(*a).to_f32()).collect()
+        };
+        let (k, v): (Vec<_>, Vec<_>) = (k.iter().map(rt).collect(), v.iter().map(rt).collect());
+        let mut blocks = vec![vec![0u16; block_len]; n_blocks];
+        for (b, blk) in blocks.iter_mut().enumerate() {
+            for h in 0..n_kv {
+                for i in 0..stride {
+                    blk[h * stride + i] = half::f16::from_f32(k[h][b * stride + i]).to_bits();
+                    blk[(n_kv + h) * stride + i] = half::f16::from_f32(v[h][b * stride + i]).to_bits();
+                }
+            }
+        }
+        let refs: Vec<&[u16]> = blocks.iter().map(|b| b.as_slice()).collect();
+        let kv = PagedKv {
+            blocks: &refs,
+            block_tokens: bt,
+            head_dim: hd,
+            k_base: 0,
+            v_base: n_kv * stride,
+            head_stride: stride,
+        };
+        let shape = AttnShape { n_q, pos0, n_heads, n_kv_heads: n_kv, scale: 0.125 * 4.0 };
+        let q = rng.vec(n_q * n_heads * hd);
+        let want = naive_attention(&q, &k, &v, &shape, hd);
+        for isa in Isa::available() {
+            let mut scratch = vec![0.0f32; scratch_len(&shape, hd, pool.n_threads())];
+            let mut out = vec![0.0f32; q.len()];
+            attention_with(isa, &pool, &q, &kv, &shape, &mut scratch, &mut out);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 2e-5, "{isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}");
+            }
+        }
+    }
+}

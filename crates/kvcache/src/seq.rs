@@ -1,0 +1,356 @@
+//! Sequences over the block pool: block tables, reservation, fork and removal.
+//!
+//! Verbs follow llama.cpp's memory interface (`seq_remove`, `seq_copy`, …). Growing a
+//! sequence is all-or-nothing: [`KvCache::seq_reserve`] either gets every block it needs
+//! or changes nothing and returns [`KvError::NoRoom`], a value the scheduler reacts to.
+//!
+//! # Invariants
+//! - Each block's ref count equals the number of block-table entries pointing at it.
+//! - A block shared by several tables (ref count > 1) is never written: forks copy the
+//!   partial last block so that each sequence writes only blocks it owns alone.
+//! - A table holds exactly `ceil(reserved_tokens / block_tokens)` blocks.
+
+use std::collections::BTreeMap;
+
+use crate::layout::KvLayout;
+use crate::pool::{BlockId, BlockPool};
+
+/// A sequence's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub u32);
+
+/// What went wrong with a cache operation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KvError {
+    #[error("KV cache full: {needed_blocks} more blocks needed, {free_blocks} free")]
+    NoRoom { needed_blocks: usize, free_blocks: usize },
+    #[error("unknown sequence {0:?}")]
+    UnknownSeq(SeqId),
+    #[error("position {pos} is outside the {reserved} tokens reserved for {seq:?}")]
+    OutOfRange { seq: SeqId, pos: usize, reserved: usize },
+    #[error("layer {layer} out of range (model has {n_layers})")]
+    BadLayer { layer: usize, n_layers: usize },
+    #[error("K/V row has {got} values, expected {expected}")]
+    BadRow { got: usize, expected: usize },
+    #[error("block {0:?} is shared and cannot be written")]
+    SharedBlock(BlockId),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sequence {
+    blocks: Vec<BlockId>,
+    reserved_tokens: usize,
+}
+
+/// The KV cache: a block pool plus the block tables of live sequences.
+#[derive(Debug)]
+pub struct KvCache {
+    pool: BlockPool,
+    seqs: BTreeMap<SeqId, Sequence>,
+    next_seq: u32,
+}
+
+impl KvCache {
+    /// A cache of at most `capacity_blocks` blocks of `layout`.
+    pub fn new(layout: KvLayout, capacity_blocks: usize) -> Self {
+        KvCache { pool: BlockPool::new(layout, capacity_blocks), seqs: BTreeMap::new(), next_seq: 0 }
+    }
+
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+    pub fn pool_mut(&mut self) -> &mut BlockPool {
+        &mut self.pool
+    }
+    pub fn layout(&self) -> &KvLayout {
+        self.pool.layout()
+    }
+
+    /// Starts an empty sequence.
+    pub fn seq_new(&mut self) -> SeqId {
+        let id = SeqId(self.next_seq);
+        self.next_seq += 1;
+        self.seqs.insert(id, Sequence::default());
+        id
+    }
+
+    /// Tokens reserved for `seq`.
+    pub fn seq_len(&self, seq: SeqId) -> Result<usize, KvError> {
+        Ok(self.get(seq)?.reserved_tokens)
+    }
+
+    /// The block table of `seq`.
+    pub fn seq_blocks(&self, seq: SeqId) -> Result<&[BlockId], KvError> {
+        Ok(&self.get(seq)?.blocks)
+    }
+
+    /// Blocks needed to grow `seq` to `tokens` reserved tokens (plan, no mutation).
+    pub fn blocks_needed(&self, seq: SeqId, tokens: usize) -> Result<usize, KvError> {
+        let s = self.get(seq)?;
+        Ok(tokens.div_ceil(self.layout().block_tokens()).saturating_sub(s.blocks.len()))
+    }
+
+    /// Grows `seq` to hold `tokens` tokens in all; all-or-nothing.
+    pub fn seq_reserve(&mut self, seq: SeqId, tokens: usize) -> Result<(), KvError> {
+        let needed = self.blocks_needed(seq, tokens)?;
+        if needed > self.pool.free_blocks() {
+            return Err(KvError::NoRoom { needed_blocks: needed, free_blocks: self.pool.free_blocks() });
+        }
+        let mut got = Vec::with_capacity(needed);
+        for _ in 0..needed {
+            // Cannot fail: free_blocks was checked above and nothing else runs meanwhile.
+            got.push(self.pool.alloc().expect("free block counted above"));
+        }
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        s.blocks.extend(got);
+        s.reserved_tokens = s.reserved_tokens.max(tokens);
+        self.debug_check();
+        Ok(())
+    }
+
+    /// Writes one token's keys and values (`n_kv_heads × head_dim` f16 each) for `layer`
+    /// at position `pos` of `seq`.
+    pub fn write(&mut self, seq: SeqId, layer: usize, pos: usize, k: &[u16], v: &[u16]) -> Result<(), KvError> {
+        let l = *self.layout();
+        if layer >= l.n_layers() {
+            return Err(KvError::BadLayer { layer, n_layers: l.n_layers() });
+        }
+        let row = l.n_kv_heads() * l.head_dim();
+        for got in [k.len(), v.len()] {
+            if got != row {
+                return Err(KvError::BadRow { got, expected: row });
+            }
+        }
+        let s = self.get(seq)?;
+        if pos >= s.reserved_tokens {
+            return Err(KvError::OutOfRange { seq, pos, reserved: s.reserved_tokens });
+        }
+        let id = s.blocks[pos / l.block_tokens()];
+        if self.pool.meta(id).ref_count > 1 {
+            return Err(KvError::SharedBlock(id));
+        }
+        let data = self.pool.data_mut(id);
+        let t = pos % l.block_tokens();
+        let hd = l.head_dim();
+        for h in 0..l.n_kv_heads() {
+            let ko = l.k_base(layer) + h * l.head_stride() + t * hd;
+            let vo = l.v_base(layer) + h * l.head_stride() + t * hd;
+            data[ko..ko + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+            data[vo..vo + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+        }
+        Ok(())
+    }
+
+    /// Fills `out` with the storage of each block of `seq`, in order (for attention).
+    pub fn block_data<'a>(&'a self, seq: SeqId, out: &mut Vec<&'a [u16]>) -> Result<(), KvError> {
+        out.clear();
+        for &id in &self.get(seq)?.blocks {
+            out.push(self.pool.data(id));
+        }
+        Ok(())
+    }
+
+    /// Marks every block of `seq` as used now.
+    pub fn seq_touch(&mut self, seq: SeqId) -> Result<(), KvError> {
+        let blocks = self.get(seq)?.blocks.clone();
+        for id in blocks {
+            self.pool.touch(id);
+        }
+        Ok(())
+    }
+
+    /// Forks `src`: the new sequence shares every full block and gets its own copy of a
+    /// partial last block (so neither writes into a shared block).
+    pub fn seq_copy(&mut self, src: SeqId) -> Result<SeqId, KvError> {
+        let s = self.get(src)?.clone();
+        let bt = self.layout().block_tokens();
+        let partial = s.reserved_tokens % bt != 0;
+        if partial && self.pool.free_blocks() == 0 {
+            return Err(KvError::NoRoom { needed_blocks: 1, free_blocks: 0 });
+        }
+        let mut blocks = s.blocks.clone();
+        let n_full = if partial { blocks.len() - 1 } else { blocks.len() };
+        for &id in &blocks[..n_full] {
+            self.pool.retain(id);
+        }
+        if partial {
+            let last = *blocks.last().expect("partial implies a block");
+            let fresh = self.pool.alloc().expect("a free block was checked");
+            self.pool.copy_block(last, fresh);
+            *blocks.last_mut().expect("non-empty") = fresh;
+        }
+        let id = self.seq_new();
+        self.seqs.insert(id, Sequence { blocks, reserved_tokens: s.reserved_tokens });
+        self.debug_check();
+        Ok(id)
+    }
+
+    /// Drops `seq` and its references; unknown ids are ignored (removal is idempotent).
+    pub fn seq_remove(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.remove(&seq) {
+            for id in s.blocks {
+                self.pool.release(id);
+            }
+        }
+        self.debug_check();
+    }
+
+    /// Shrinks `seq` to its first `tokens` tokens, releasing whole blocks past them.
+    pub fn seq_truncate(&mut self, seq: SeqId, tokens: usize) -> Result<(), KvError> {
+        let bt = self.layout().block_tokens();
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        let keep = tokens.div_ceil(bt);
+        let dropped: Vec<BlockId> = s.blocks.drain(keep.min(s.blocks.len())..).collect();
+        s.reserved_tokens = s.reserved_tokens.min(tokens);
+        for id in dropped {
+            self.pool.release(id);
+        }
+        self.debug_check();
+        Ok(())
+    }
+
+    fn get(&self, seq: SeqId) -> Result<&Sequence, KvError> {
+        self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))
+    }
+
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    /// Checks the invariants of this type and of its pool.
+    ///
+    /// # Panics
+    /// If any invariant is broken.
+    pub fn check_invariants(&self) {
+        self.pool.check_invariants();
+        let mut refs: BTreeMap<BlockId, u32> = BTreeMap::new();
+        let bt = self.layout().block_tokens();
+        for (id, s) in &self.seqs {
+            assert_eq!(s.blocks.len(), s.reserved_tokens.div_ceil(bt), "{id:?}: table length");
+            for b in &s.blocks {
+                *refs.entry(*b).or_default() += 1;
+            }
+        }
+        for (b, n) in &refs {
+            assert_eq!(self.pool.meta(*b).ref_count, *n, "block {b:?}: ref count vs tables");
+        }
+        assert_eq!(refs.len(), self.pool.used_blocks(), "a used block is in no table");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn layout() -> KvLayout {
+        KvLayout::new(2, 2, 4, 4).unwrap()
+    }
+
+    #[test]
+    fn reserve_is_all_or_nothing() {
+        let mut kv = KvCache::new(layout(), 3);
+        let s = kv.seq_new();
+        assert_eq!(kv.seq_reserve(s, 13), Err(KvError::NoRoom { needed_blocks: 4, free_blocks: 3 }));
+        assert_eq!(kv.pool().used_blocks(), 0);
+        kv.seq_reserve(s, 12).unwrap();
+        assert_eq!(kv.pool().used_blocks(), 3);
+    }
+
+    #[test]
+    fn writes_land_in_the_documented_layout_and_forks_copy_partial_blocks() {
+        let l = layout();
+        let mut kv = KvCache::new(l, 8);
+        let s = kv.seq_new();
+        kv.seq_reserve(s, 6).unwrap();
+        let k: Vec<u16> = (0..8).collect();
+        let v: Vec<u16> = (100..108).collect();
+        kv.write(s, 1, 5, &k, &v).unwrap();
+        let b = kv.seq_blocks(s).unwrap()[1];
+        let d = kv.pool().data(b);
+        // layer 1, head 1, token 1 of block 1.
+        assert_eq!(&d[l.k_base(1) + l.head_stride() + 4..][..4], &[4, 5, 6, 7]);
+        assert_eq!(&d[l.v_base(1) + 4..][..4], &[100, 101, 102, 103]);
+        let f = kv.seq_copy(s).unwrap();
+        assert_eq!(kv.seq_blocks(f).unwrap()[0], kv.seq_blocks(s).unwrap()[0]);
+        assert_ne!(kv.seq_blocks(f).unwrap()[1], b);
+        assert_eq!(kv.pool().data(kv.seq_blocks(f).unwrap()[1]), kv.pool().data(b));
+        assert!(matches!(kv.write(f, 0, 0, &k, &v), Err(KvError::SharedBlock(_))));
+        kv.write(f, 0, 5, &k, &v).unwrap();
+        kv.check_invariants();
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        New,
+        Reserve(usize, usize),
+        Copy(usize),
+        Remove(usize),
+        Truncate(usize, usize),
+        Trim,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::New),
+            (0..8usize, 0..40usize).prop_map(|(s, n)| Op::Reserve(s, n)),
+            (0..8usize).prop_map(Op::Copy),
+            (0..8usize).prop_map(Op::Remove),
+            (0..8usize, 0..40usize).prop_map(|(s, n)| Op::Truncate(s, n)),
+            Just(Op::Trim),
+        ]
+    }
+
+    proptest! {
+        /// Random operations against a reference model of sequence lengths: the cache
+        /// agrees on every length, never exceeds capacity, and keeps its invariants.
+        #[test]
+        fn model_based(ops in proptest::collection::vec(op(), 1..120)) {
+            let cap = 12;
+            let mut kv = KvCache::new(layout(), cap);
+            let mut model: Vec<(SeqId, usize)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::New => model.push((kv.seq_new(), 0)),
+                    Op::Reserve(i, n) if !model.is_empty() => {
+                        let m = model.len();
+                        let (s, len) = &mut model[i % m];
+                        let want = (*len).max(n);
+                        let need = want.div_ceil(4) - len.div_ceil(4);
+                        let free = kv.pool().free_blocks();
+                        match kv.seq_reserve(*s, n) {
+                            Ok(()) => { prop_assert!(need <= free); *len = want; }
+                            Err(KvError::NoRoom { .. }) => prop_assert!(need > free),
+                            Err(e) => prop_assert!(false, "{e}"),
+                        }
+                    }
+                    Op::Copy(i) if !model.is_empty() => {
+                        let (s, len) = model[i % model.len()];
+                        if let Ok(f) = kv.seq_copy(s) { model.push((f, len)); }
+                    }
+                    Op::Remove(i) if !model.is_empty() => {
+                        let (s, _) = model.remove(i % model.len());
+                        kv.seq_remove(s);
+                    }
+                    Op::Truncate(i, n) if !model.is_empty() => {
+                        let m = model.len();
+                        let (s, len) = &mut model[i % m];
+                        kv.seq_truncate(*s, n).unwrap();
+                        *len = (*len).min(n);
+                    }
+                    Op::Trim => kv.pool_mut().trim(),
+                    _ => {}
+                }
+                kv.check_invariants();
+                prop_assert!(kv.pool().used_blocks() <= cap);
+                for (s, len) in &model {
+                    prop_assert_eq!(kv.seq_len(*s).unwrap(), *len);
+                }
+            }
+            for (s, _) in model { kv.seq_remove(s); }
+            prop_assert_eq!(kv.pool().used_blocks(), 0);
+        }
+    }
+}
