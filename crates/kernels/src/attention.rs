@@ -230,13 +230,16 @@ fn run_item(
             for gi in 0..g {
                 let head = h * g + gi;
                 let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
+                let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
+                if attend_fast(isa, qr, kf, vf, nv, shape.scale, p) {
+                    continue;
+                }
                 let mut bmax = f32::NEG_INFINITY;
                 for j in 0..nv {
                     let s = simd::dot_f32(isa, qr, &kf[j * hd..(j + 1) * hd]) * shape.scale;
                     scores[j] = s;
                     bmax = bmax.max(s);
                 }
-                let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
                 let m_new = p[0].max(bmax);
                 if p[1] > 0.0 {
                     let c = (p[0] - m_new).exp();
@@ -251,4 +254,20 @@ fn run_item(
             }
         }
     }
+}
+
+/// The fused kernel for common head sizes, if this ISA has one; `false` = not handled.
+fn attend_fast(isa: Isa, q: &[f32], kf: &[f32], vf: &[f32], nv: usize, scale: f32, p: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2 detected; lengths: q and p sized by head_dim, kf/vf hold nv rows.
+        match q.len() {
+            64 => unsafe { simd::avx2::attend_block::<8>(q, kf, vf, nv, scale, p) },
+            128 => unsafe { simd::avx2::attend_block::<16>(q, kf, vf, nv, scale, p) },
+            _ => return false,
+        }
+        return true;
+    }
+    let _ = (isa, q, kf, vf, nv, scale, p);
+    false
 }

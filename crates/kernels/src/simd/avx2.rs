@@ -424,3 +424,72 @@ pub(crate) unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
     }
     s
 }
+
+/// One query row against one block of keys, fused: scores, online-softmax update and the
+/// value accumulation, with the row's accumulator held in registers (`HD8` = head_dim/8).
+///
+/// `part` is `[running max, running sum, acc[head_dim]]`; `kf`/`vf` hold `nv` keys/values
+/// as f32 rows of `HD8 * 8`.
+///
+/// # Safety
+/// AVX2+FMA must be present; `q` has `HD8 * 8` values, `kf`/`vf` at least `nv` rows,
+/// `part` `HD8 * 8 + 2` values, and `nv ≤ 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn attend_block<const HD8: usize>(
+    q: &[f32],
+    kf: &[f32],
+    vf: &[f32],
+    nv: usize,
+    scale: f32,
+    part: &mut [f32],
+) {
+    let hd = HD8 * 8;
+    let mut qv = [_mm256_setzero_ps(); HD8];
+    let mut scores = [0.0f32; 32];
+    // SAFETY (whole body): every index stays inside the lengths the caller guarantees.
+    unsafe {
+        for i in 0..HD8 {
+            qv[i] = _mm256_loadu_ps(q.as_ptr().add(i * 8));
+        }
+        let mut bmax = f32::NEG_INFINITY;
+        for j in 0..nv {
+            let k = kf.as_ptr().add(j * hd);
+            let mut a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
+            let mut a1 = _mm256_setzero_ps();
+            let mut i = 1;
+            while i + 1 < HD8 {
+                a1 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k.add(i * 8)), a1);
+                a0 = _mm256_fmadd_ps(qv[i + 1], _mm256_loadu_ps(k.add(i * 8 + 8)), a0);
+                i += 2;
+            }
+            if i < HD8 {
+                a1 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k.add(i * 8)), a1);
+            }
+            let s = hsum(_mm256_add_ps(a0, a1)) * scale;
+            scores[j] = s;
+            bmax = bmax.max(s);
+        }
+        let m_old = part[0];
+        let m_new = m_old.max(bmax);
+        let c = if part[1] > 0.0 { (m_old - m_new).exp() } else { 0.0 };
+        let sum = exp_sub_sum(&mut scores[..nv], m_new);
+        part[0] = m_new;
+        part[1] = part[1] * c + sum;
+        let acc_p = part.as_mut_ptr().add(2);
+        let mut acc = [_mm256_setzero_ps(); HD8];
+        let cv = _mm256_set1_ps(c);
+        for i in 0..HD8 {
+            acc[i] = _mm256_mul_ps(_mm256_loadu_ps(acc_p.add(i * 8)), cv);
+        }
+        for j in 0..nv {
+            let pj = _mm256_set1_ps(scores[j]);
+            let v = vf.as_ptr().add(j * hd);
+            for i in 0..HD8 {
+                acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+            }
+        }
+        for i in 0..HD8 {
+            _mm256_storeu_ps(acc_p.add(i * 8), acc[i]);
+        }
+    }
+}
