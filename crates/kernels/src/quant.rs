@@ -88,8 +88,10 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in blk.qs.iter_mut().zip(chunk) {
-            // |v · id| ≤ 127 by construction; round half away from zero as ggml does.
-            let r = (v * id).round() as i32;
+            // |v · id| ≤ 127 by construction; round half away from zero as ggml does
+            // (written out: `f32::round` is a libm call on baseline x86-64).
+            let x = v * id;
+            let r = (x + 0.5f32.copysign(x)) as i32;
             *q = r as i8;
             sum += r;
         }
