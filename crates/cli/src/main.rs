@@ -2,8 +2,12 @@
 
 mod bench;
 mod exit;
+mod health;
 mod load;
 mod machine;
+mod plan;
+mod metrics_http;
+mod monitor;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -20,9 +24,15 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Run(run::RunArgs),
+    /// What a model needs in this machine, whether it fits, and what would.
+    Plan(plan::PlanArgs),
     /// Measure speed: `llmem bench infer`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// One reading of memory, pressure and health, with what to change (--json for scripts).
+    Health(health::HealthArgs),
+    /// Live memory view at 1 Hz; --once prints one snapshot; --prometheus serves /metrics.
+    Monitor(monitor::MonitorArgs),
 }
 
 fn main() {
@@ -36,7 +46,10 @@ fn main() {
     };
     let result = match cli.command {
         Command::Run(a) => run::run(&a),
+        Command::Plan(a) => plan::run(&a),
         Command::Bench(b) => bench::run(&b),
+        Command::Health(a) => health::run(&a),
+        Command::Monitor(a) => monitor::run(&a),
     };
     std::process::exit(exit::report(result));
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::exit::{CliError, input};
 use crate::machine;
+use probe::MemoryProbe;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -48,6 +49,11 @@ pub struct RunArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Keep generating past end-of-generation tokens (for measurements).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    #[command(flatten)]
+    pub budget: crate::plan::BudgetArgs,
 }
 
 #[derive(Serialize)]
@@ -69,6 +75,22 @@ struct Memory {
 }
 
 #[derive(Serialize)]
+struct Ledger {
+    /// The budget the run was held to (None: no limit given).
+    budget_bytes: Option<u64>,
+    /// What `llmem plan` says this run needs at its context.
+    plan_total_bytes: u64,
+    snapshot: budget::BudgetSnapshot,
+    /// Resident memory as the OS counts it, and its file-backed / anonymous parts.
+    rss_bytes: Option<u64>,
+    rss_file_bytes: Option<u64>,
+    rss_anon_bytes: Option<u64>,
+    /// RSS − ledger: memory llmem holds outside any reservation.
+    untracked_bytes: Option<i64>,
+    untracked_ratio: Option<f64>,
+}
+
+#[derive(Serialize)]
 struct RunReport {
     prompt_token_ids: Vec<u32>,
     token_ids: Vec<u32>,
@@ -76,6 +98,7 @@ struct RunReport {
     stop_reason: &'static str,
     timings: Timings,
     memory: Memory,
+    ledger: Ledger,
 }
 
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
@@ -96,8 +119,45 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         (None, None) => return Err(input(anyhow::anyhow!("give --prompt TEXT or --prompt-file FILE"))),
     };
     let t_load = Instant::now();
+    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let machine_total = probe::NativeProbe::new().platform().map_or(0, |p| p.mem_total_bytes);
+    let profile = a.budget.profile(budget::Bytes(machine_total))?;
     let file = crate::load::map(&a.model)?;
-    let tm = crate::load::text_model(&a.model, &file)?;
+    let mut tm = crate::load::text_model(&a.model, &file)?;
+    let facts = crate::plan::ModelFacts {
+        cfg: tm.model.cfg.clone(),
+        file_bytes: file.bytes().len() as u64,
+        tokenizer_bytes: tm.tokenizer.table_bytes(),
+    };
+    let kv = crate::plan::KvType::F16;
+    let need = engine::memory::plan(&facts.input(a.ctx, 1, kv, threads));
+    // Check the budget before any weight page or buffer is touched.
+    let accounts = match &profile {
+        Some(p) => {
+            let usable = p.total().0.saturating_sub(
+                p.pools()
+                    .iter()
+                    .filter(|s| s.policy() == budget::Policy::Reserved)
+                    .map(|s| s.limit().0)
+                    .sum::<u64>(),
+            );
+            if need.total_bytes > usable {
+                let tips = crate::plan::suggestions(&facts, &need, usable, a.ctx, 1, kv, threads);
+                return Err(input(anyhow::anyhow!(
+                    "this run needs {} ({} bytes) but the budget allows {} ({} bytes): short by {} bytes; cheapest change: {}",
+                    budget::Bytes(need.total_bytes),
+                    need.total_bytes,
+                    budget::Bytes(usable),
+                    usable,
+                    need.total_bytes - usable,
+                    tips.first().map_or("a larger --budget", String::as_str)
+                )));
+            }
+            engine::memory::Accounts::of(&p.to_budget()).map_err(input)?
+        }
+        None => engine::memory::Accounts::unlimited(),
+    };
+    tm.account(&accounts, facts.file_bytes)?;
     let text = if a.raw { prompt } else { tm.chat_prompt(&prompt).map_err(input)? };
     let ids = tm.encode(&text);
     if ids.is_empty() {
@@ -110,9 +170,8 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             a.ctx
         )));
     }
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
     let cfg = SessionConfig { n_ctx: a.ctx, n_threads: threads, ubatch: 512 };
-    let mut session = Session::new(&tm.model, cfg)?;
+    let mut session = Session::with_accounts(&tm.model, cfg, &accounts)?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     let mut sampler = Sampler::new(SamplerConfig {
@@ -132,7 +191,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
     let stop_reason = loop {
-        if tm.is_eog(next) {
+        if tm.is_eog(next) && !a.ignore_eos {
             break "eog";
         }
         out_ids.push(next);
@@ -158,6 +217,20 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let decoded = out_ids.len().saturating_sub(1).max(usize::from(stop_reason == "eog" && !out_ids.is_empty()));
     if a.json {
         let weight_range = 0..file.bytes().len();
+        let snapshot = accounts.budget.snapshot();
+        let proc_ = probe::NativeProbe::new().process().ok();
+        let rss = proc_.as_ref().map(|p| p.rss_bytes);
+        let untracked = rss.map(|r| r as i64 - snapshot.used.0 as i64);
+        let ledger = Ledger {
+            budget_bytes: profile.as_ref().map(|p| p.total().0),
+            plan_total_bytes: need.total_bytes,
+            rss_bytes: rss,
+            rss_file_bytes: proc_.as_ref().and_then(|p| p.rss_file_bytes),
+            rss_anon_bytes: proc_.as_ref().and_then(|p| p.rss_anon_bytes),
+            untracked_bytes: untracked,
+            untracked_ratio: untracked.zip(rss).map(|(u, r)| u as f64 / r.max(1) as f64),
+            snapshot,
+        };
         let report = RunReport {
             prompt_token_ids: ids.clone(),
             token_ids: out_ids,
@@ -177,6 +250,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
                 kv_bytes: session.kv_bytes(),
                 scratch_bytes: session.scratch_bytes(),
             },
+            ledger,
         };
         serde_json::to_writer_pretty(&mut stdout, &report)?;
         writeln!(stdout)?;

@@ -13,7 +13,10 @@ use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, dequantize_row, quantize_row_q8};
+use budget::{Bytes, OutOfBudget, Reservation};
 use kvcache::{KvCache, KvError, KvLayout, SeqId};
+
+use crate::memory::{Accounts, scratch_bytes};
 
 use crate::model::Model;
 
@@ -51,6 +54,8 @@ pub enum EvalError {
     Kv(#[from] KvError),
     #[error("cannot start compute threads: {0}")]
     Threads(#[from] std::io::Error),
+    #[error("scratch buffers over budget: {0}")]
+    OverBudget(#[from] OutOfBudget),
 }
 
 /// Per-micro-batch buffers, allocated once.
@@ -92,12 +97,14 @@ impl Scratch {
         }
     }
 
-    fn bytes(&self) -> u64 {
+    /// Bytes of the fixed buffers (the attention workspace is accounted as it grows).
+    fn fixed_bytes(&self) -> u64 {
         let f = |n: usize| n as u64 * 4;
         f(self.x.len() + self.xn.len() + self.q.len() + self.k.len() + self.v.len())
-            + f(self.att.len() + self.gate.len() + self.up.len() + self.attn.capacity())
+            + f(self.att.len() + self.gate.len() + self.up.len())
             + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
-            + self.rope.len() as u64 * self.rope.first().map_or(0, |r| r.capacity() as u64 * 8)
+            + (self.kf16.len() + self.vf16.len()) as u64 * 2
+            + self.rope.len() as u64 * (self.rope.first().map_or(0, |r| r.capacity()) as u64 * 8)
     }
 }
 
@@ -148,17 +155,34 @@ pub struct Session<'a, 'm> {
     s: Scratch,
     logits: Vec<f32>,
     blocks: Vec<kvcache::BlockId>,
+    /// The ledger's account for `s` and `logits`.
+    scratch_res: Reservation,
 }
 
 impl<'a, 'm> Session<'a, 'm> {
-    /// Creates a session; KV blocks are allocated as the sequence grows, up to `n_ctx`.
+    /// Creates a session with its own unlimited ledger (accounting only).
     pub fn new(model: &'a Model<'m>, cfg: SessionConfig) -> Result<Self, EvalError> {
+        Self::with_accounts(model, cfg, &Accounts::unlimited())
+    }
+
+    /// Creates a session whose buffers are reserved in `accounts`; KV blocks are
+    /// allocated (and reserved) as the sequence grows, up to `n_ctx`.
+    pub fn with_accounts(
+        model: &'a Model<'m>,
+        cfg: SessionConfig,
+        accounts: &Accounts,
+    ) -> Result<Self, EvalError> {
         let c = &model.cfg;
         let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BLOCK_TOKENS)
             .expect("model dimensions were validated at load");
         let mut kv = KvCache::new(layout, cfg.n_ctx.div_ceil(BLOCK_TOKENS));
+        kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
         let seq = kv.seq_new();
         let ubatch = cfg.ubatch.clamp(1, 4096);
+        // Reserve before allocating: a budget too small fails here, with nothing held.
+        let scratch_res = accounts.reserve(accounts.scratch, scratch_bytes(c, ubatch))?;
+        let s = Scratch::new(model, ubatch);
+        debug_assert_eq!(s.fixed_bytes(), scratch_bytes(c, ubatch), "scratch formula drifted");
         Ok(Session {
             model,
             cfg: SessionConfig { ubatch, ..cfg },
@@ -167,9 +191,10 @@ impl<'a, 'm> Session<'a, 'm> {
             seq,
             n_past: 0,
             rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
-            s: Scratch::new(model, ubatch),
+            s,
             logits: Vec::new(),
             blocks: Vec::new(),
+            scratch_res,
         })
     }
 
@@ -187,9 +212,21 @@ impl<'a, 'm> Session<'a, 'm> {
         self.kv.pool().storage_bytes()
     }
 
-    /// Bytes of scratch and logits buffers.
+    /// Bytes of scratch and logits buffers (as reserved in the ledger).
     pub fn scratch_bytes(&self) -> u64 {
-        self.s.bytes() + self.logits.capacity() as u64 * 4
+        self.scratch_res.size().0
+    }
+
+    /// Grows the scratch reservation so it covers the buffers after a resize.
+    fn account_scratch(&mut self, logits_len: usize, attn_len: usize) -> Result<(), OutOfBudget> {
+        let want = self.s.fixed_bytes()
+            + self.logits.capacity().max(logits_len) as u64 * 4
+            + self.s.attn.capacity().max(attn_len) as u64 * 4;
+        let have = self.scratch_res.size().0;
+        if want > have {
+            self.scratch_res.try_grow(Bytes(want - have))?;
+        }
+        Ok(())
     }
 
     /// Forgets the sequence (the cache's blocks return to the pool).
@@ -217,12 +254,35 @@ impl<'a, 'm> Session<'a, 'm> {
         if self.n_past + tokens.len() > n_ctx {
             return Err(EvalError::ContextFull { have: self.n_past, adding: tokens.len(), n_ctx });
         }
-        self.kv.seq_reserve(self.seq, self.n_past + tokens.len())?;
         let n_out = match which {
             Logits::Last => 1.min(tokens.len()),
             Logits::All => tokens.len(),
         };
+        let c = &self.model.cfg;
+        let attn_need = tokens
+            .chunks(self.cfg.ubatch)
+            .enumerate()
+            .map(|(i, ch)| {
+                let shape = AttnShape {
+                    n_q: ch.len(),
+                    pos0: self.n_past + i * self.cfg.ubatch,
+                    n_heads: c.n_heads,
+                    n_kv_heads: c.n_kv_heads,
+                    scale: 1.0,
+                };
+                scratch_len(&shape, c.head_dim, self.pool.n_threads())
+            })
+            .max()
+            .unwrap_or(0);
+        self.account_scratch(n_out * vocab, attn_need)?;
+        self.kv.seq_reserve(self.seq, self.n_past + tokens.len())?;
+        // Exact growth, so the buffers hold no more than the ledger granted.
+        self.logits.reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
         self.logits.resize(n_out * vocab, 0.0);
+        if self.s.attn.len() < attn_need {
+            self.s.attn.reserve_exact(attn_need - self.s.attn.len());
+            self.s.attn.resize(attn_need, 0.0);
+        }
         let mut done = 0;
         for chunk in tokens.chunks(self.cfg.ubatch) {
             let last_chunk = done + chunk.len() == tokens.len();
@@ -261,10 +321,6 @@ impl<'a, 'm> Session<'a, 'm> {
             n_kv_heads: c.n_kv_heads,
             scale: 1.0 / (hd as f32).sqrt(),
         };
-        let need = scratch_len(&shape, hd, pool.n_threads());
-        if s.attn.len() < need {
-            s.attn.resize(need, 0.0);
-        }
         self.blocks.clear();
         self.blocks.extend_from_slice(self.kv.seq_blocks(self.seq).expect("live sequence"));
         let layout = *self.kv.layout();

@@ -22,6 +22,7 @@
 pub mod chat;
 pub mod config;
 pub mod forward;
+pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod text;

@@ -15,6 +15,8 @@ pub struct TextModel<'m> {
     pub tokenizer: Tokenizer,
     /// `tokenizer.chat_template`, if the file has one.
     pub chat_template: Option<String>,
+    /// The ledger's account for the mapped file and the tokenizer tables.
+    weights_res: Option<budget::Reservation>,
 }
 
 fn strings(file: &GgufFile<'_>, key: &str) -> Result<Vec<String>, LoadError> {
@@ -108,7 +110,21 @@ impl<'m> TextModel<'m> {
             )));
         }
         let chat_template = meta_str(file, "tokenizer.chat_template")?.map(Into::into);
-        Ok(TextModel { model, tokenizer, chat_template })
+        Ok(TextModel { model, tokenizer, chat_template, weights_res: None })
+    }
+
+    /// Reserves the model's resident bytes in the ledger's `weights` pool: the mapped file
+    /// (`file_bytes`, all of it resident while the model runs; file-backed pages count)
+    /// and the tokenizer's tables.
+    pub fn account(&mut self, accounts: &crate::memory::Accounts, file_bytes: u64) -> Result<(), budget::OutOfBudget> {
+        let bytes = file_bytes + self.tokenizer.table_bytes();
+        self.weights_res = Some(accounts.reserve(accounts.weights, bytes)?);
+        Ok(())
+    }
+
+    /// Bytes reserved for the weights (0 before [`TextModel::account`]).
+    pub fn weights_reserved(&self) -> u64 {
+        self.weights_res.as_ref().map_or(0, |r| r.size().0)
     }
 
     /// Token ids of `text`, special tokens recognized, BOS/EOS as the model asks.

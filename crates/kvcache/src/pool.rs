@@ -6,6 +6,10 @@
 //! - Storage exists for every block in use; `storage_bytes` equals the bytes of all
 //!   allocated storage (free blocks keep theirs until [`BlockPool::trim`]).
 //! - At most `capacity` blocks exist.
+//! - With a ledger reservation attached, its size equals `storage_bytes` after every
+//!   public operation: every byte of block storage is accounted in the `kv` pool.
+
+use budget::{Bytes, OutOfBudget, Reservation};
 
 use crate::layout::KvLayout;
 
@@ -53,6 +57,8 @@ pub struct BlockPool {
     used: usize,
     storage_bytes: u64,
     clock: u64,
+    /// The ledger's account for block storage, if the pool is budgeted.
+    reservation: Option<Reservation>,
 }
 
 impl BlockPool {
@@ -67,6 +73,44 @@ impl BlockPool {
             used: 0,
             storage_bytes: 0,
             clock: 0,
+            reservation: None,
+        }
+    }
+
+    /// Accounts all block storage in `reservation` (an empty reservation in the ledger's
+    /// KV pool); storage is then only allocated when the ledger grants it.
+    pub fn set_reservation(&mut self, mut reservation: Reservation) -> Result<(), OutOfBudget> {
+        let have = reservation.size().0;
+        if have < self.storage_bytes {
+            reservation.try_grow(Bytes(self.storage_bytes - have))?;
+        } else if have > self.storage_bytes {
+            let _ = reservation.shrink(Bytes(have - self.storage_bytes));
+        }
+        self.reservation = Some(reservation);
+        Ok(())
+    }
+
+    /// Makes sure the ledger covers `n` more blocks being handed out: blocks on the free
+    /// list that still hold storage cost nothing; the rest grow the reservation, all or
+    /// nothing.
+    pub(crate) fn account_for(&mut self, n: usize) -> Result<(), OutOfBudget> {
+        let with_storage = self.free.iter().filter(|id| self.storage[id.0 as usize].is_some()).count();
+        let new_blocks = n.saturating_sub(with_storage) as u64;
+        if let Some(r) = &mut self.reservation {
+            let want = self.storage_bytes + new_blocks * self.layout.block_bytes();
+            if want > r.size().0 {
+                r.try_grow(Bytes(want - r.size().0))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_reservation(&mut self) {
+        if let Some(r) = &mut self.reservation {
+            let have = r.size().0;
+            if have > self.storage_bytes {
+                let _ = r.shrink(Bytes(have - self.storage_bytes));
+            }
         }
     }
 
@@ -162,6 +206,7 @@ impl BlockPool {
                 self.storage_bytes -= self.layout.block_bytes();
             }
         }
+        self.sync_reservation();
     }
 
     pub fn meta(&self, id: BlockId) -> &BlockMeta {
@@ -225,5 +270,8 @@ impl BlockPool {
         let bytes = self.storage.iter().filter(|s| s.is_some()).count() as u64;
         assert_eq!(bytes * self.layout.block_bytes(), self.storage_bytes, "storage bytes drifted");
         assert!(self.used <= self.capacity, "over capacity");
+        if let Some(r) = &self.reservation {
+            assert_eq!(r.size().0, self.storage_bytes, "ledger reservation differs from storage");
+        }
     }
 }

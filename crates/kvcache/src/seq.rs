@@ -35,6 +35,8 @@ pub enum KvError {
     BadRow { got: usize, expected: usize },
     #[error("block {0:?} is shared and cannot be written")]
     SharedBlock(BlockId),
+    #[error("KV cache over its memory budget: {0}")]
+    OverBudget(#[from] budget::OutOfBudget),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -97,6 +99,7 @@ impl KvCache {
         if needed > self.pool.free_blocks() {
             return Err(KvError::NoRoom { needed_blocks: needed, free_blocks: self.pool.free_blocks() });
         }
+        self.pool.account_for(needed)?;
         let mut got = Vec::with_capacity(needed);
         for _ in 0..needed {
             // Cannot fail: free_blocks was checked above and nothing else runs meanwhile.
@@ -168,6 +171,9 @@ impl KvCache {
         let partial = s.reserved_tokens % bt != 0;
         if partial && self.pool.free_blocks() == 0 {
             return Err(KvError::NoRoom { needed_blocks: 1, free_blocks: 0 });
+        }
+        if partial {
+            self.pool.account_for(1)?;
         }
         let mut blocks = s.blocks.clone();
         let n_full = if partial { blocks.len() - 1 } else { blocks.len() };
@@ -279,6 +285,30 @@ mod tests {
         assert_eq!(kv.pool().data(kv.seq_blocks(f).unwrap()[1]), kv.pool().data(b));
         assert!(matches!(kv.write(f, 0, 0, &k, &v), Err(KvError::SharedBlock(_))));
         kv.write(f, 0, 5, &k, &v).unwrap();
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn block_storage_is_accounted_in_the_ledger_and_refused_past_it() {
+        let l = layout();
+        let bb = l.block_bytes();
+        let budget = budget::BudgetBuilder::new(budget::Bytes(3 * bb))
+            .pool("kv", budget::Policy::Tiered, budget::Bytes(3 * bb))
+            .build()
+            .unwrap();
+        let kvp = budget.pool_id("kv").unwrap();
+        let mut kv = KvCache::new(l, 100);
+        kv.pool_mut().set_reservation(budget.reserve(kvp, budget::Bytes(0)).unwrap()).unwrap();
+        let s = kv.seq_new();
+        kv.seq_reserve(s, 8).unwrap();
+        assert_eq!(budget.used(kvp).0, 2 * bb);
+        // Two more blocks would exceed the ledger: refused whole, nothing allocated.
+        assert!(matches!(kv.seq_reserve(s, 16), Err(KvError::OverBudget(_))));
+        assert_eq!(kv.seq_len(s).unwrap(), 8);
+        assert_eq!(budget.used(kvp).0, 2 * bb);
+        kv.seq_remove(s);
+        kv.pool_mut().trim();
+        assert_eq!(budget.used(kvp).0, 0);
         kv.check_invariants();
     }
 

@@ -1,0 +1,311 @@
+//! `llmem plan`: what a model needs in this machine, whether it fits, and what would.
+
+use std::path::PathBuf;
+
+use budget::{Bytes, Profile};
+use clap::{Args, ValueEnum};
+use engine::config::ModelConfig;
+use engine::memory::{Plan, PlanInput, plan};
+use probe::MemoryProbe;
+use serde::Serialize;
+
+use crate::exit::{CliError, input};
+use crate::machine;
+
+/// KV cache element types, with their bytes per cached value (scales included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvType {
+    F16,
+    Int8,
+    Int4,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Int8, KvType::Int4];
+
+    /// Bytes per token for `cfg`: f16 is 2 bytes a value; int8 and int4 add one f16
+    /// scale per 32 values (the block format the warm and cold tiers use).
+    pub fn bytes_per_token(self, cfg: &ModelConfig) -> u64 {
+        let values = (cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim) as u64;
+        match self {
+            KvType::F16 => values * 2,
+            KvType::Int8 => values + values / 16,
+            KvType::Int4 => values / 2 + values / 16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Int8 => "int8",
+            KvType::Int4 => "int4",
+        }
+    }
+}
+
+/// Where the budget comes from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BudgetArgs {
+    /// Total memory llmem may use, with units (e.g. 512MiB, 8GiB).
+    #[arg(long, conflicts_with = "profile")]
+    pub budget: Option<String>,
+    /// A built-in profile (production, development) scaled to this machine, or a YAML file.
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+impl BudgetArgs {
+    /// The profile the flags describe, if any (`None`: no limit given).
+    pub fn profile(&self, machine_total: Bytes) -> Result<Option<Profile>, CliError> {
+        if let Some(b) = &self.budget {
+            let total: Bytes = b
+                .parse()
+                .map_err(|e| input(anyhow::anyhow!("--budget {b}: {e}")))?;
+            if total == Bytes::ZERO {
+                return Err(input(anyhow::anyhow!("--budget must be more than 0 bytes")));
+            }
+            return Ok(Some(flat_profile(total)?));
+        }
+        let Some(p) = &self.profile else { return Ok(None) };
+        let profile = if Profile::BUILTIN.contains(&p.as_str()) {
+            Profile::builtin(p, machine_total)
+        } else {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| input(anyhow::anyhow!("--profile {p}: not a built-in profile ({}) and not a readable file: {e}", Profile::BUILTIN.join(", "))))?;
+            Profile::from_yaml_str(&text)
+        };
+        profile.map(Some).map_err(|e| input(anyhow::anyhow!("--profile {p}: {e}")))
+    }
+}
+
+/// A budget of `total` bytes whose pools may each use all of it (the plan decides how it
+/// is split; the ledger enforces the total).
+fn flat_profile(total: Bytes) -> Result<Profile, CliError> {
+    let yaml = format!(
+        "name: budget\ntotal: {}\npools:\n  weights: {{ policy: persistent, limit: 0 }}\n  kv: {{ policy: tiered, limit: 0 }}\n  scratch: {{ policy: circular, limit: 0 }}\n",
+        total.0
+    );
+    Profile::from_yaml_str(&yaml).map_err(|e| CliError::Runtime(anyhow::anyhow!("internal profile: {e}")))
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Context size in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Concurrent sequences.
+    #[arg(long, default_value_t = 1)]
+    pub seqs: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    pub kv_type: KvType,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, conflicts_with = "yaml")]
+    pub json: bool,
+    #[arg(long)]
+    pub yaml: bool,
+}
+
+/// A model's fixed facts, read from its header (nothing is loaded).
+pub struct ModelFacts {
+    pub cfg: ModelConfig,
+    pub file_bytes: u64,
+    pub tokenizer_bytes: u64,
+}
+
+impl ModelFacts {
+    pub fn input(&self, n_ctx: usize, n_seqs: usize, kv: KvType, threads: usize) -> PlanInput<'_> {
+        PlanInput {
+            cfg: &self.cfg,
+            file_bytes: self.file_bytes,
+            tokenizer_bytes: self.tokenizer_bytes,
+            n_ctx,
+            n_seqs,
+            kv_bytes_per_token: kv.bytes_per_token(&self.cfg),
+            threads,
+            ubatch: 512,
+        }
+    }
+
+    /// Largest context (a multiple of the 16-token block, at most the model's training
+    /// context) that fits `budget`, if any.
+    pub fn max_ctx(&self, budget: u64, n_seqs: usize, kv: KvType, threads: usize) -> Option<usize> {
+        let fits = |ctx: usize| plan(&self.input(ctx, n_seqs, kv, threads)).total_bytes <= budget;
+        if !fits(16) {
+            return None;
+        }
+        // Beyond its training context a model's output degrades: never suggest more.
+        let cap = self.cfg.ctx_train.max(16);
+        if fits(cap) {
+            return Some(cap);
+        }
+        let (mut lo, mut hi) = (16usize, cap);
+        while hi - lo > 16 {
+            let mid = (lo + hi) / 2 / 16 * 16;
+            if fits(mid) { lo = mid } else { hi = mid }
+        }
+        Some(lo)
+    }
+
+    /// Largest number of sequences of `ctx` tokens that fits `budget`.
+    pub fn max_seqs(&self, budget: u64, ctx: usize, kv: KvType, threads: usize) -> usize {
+        let one = plan(&self.input(ctx, 1, kv, threads));
+        let per = one.kv_bytes.max(1);
+        let base = one.total_bytes - one.kv_bytes;
+        budget.saturating_sub(base).checked_div(per).unwrap_or(0) as usize
+    }
+}
+
+/// Reads the model header and tokenizer sizes (the tensor pages are never touched).
+pub fn facts(path: &std::path::Path) -> Result<ModelFacts, CliError> {
+    let file = crate::load::map(path)?;
+    let tm = crate::load::text_model(path, &file)?;
+    Ok(ModelFacts {
+        cfg: tm.model.cfg.clone(),
+        file_bytes: file.bytes().len() as u64,
+        tokenizer_bytes: tm.tokenizer.table_bytes(),
+    })
+}
+
+#[derive(Serialize)]
+struct Fit {
+    kv_type: KvType,
+    kv_bytes_per_token: u64,
+    max_ctx: Option<usize>,
+    max_seqs_at_ctx: usize,
+}
+
+#[derive(Serialize)]
+struct PlanReport {
+    model: String,
+    ctx: usize,
+    seqs: usize,
+    kv_type: KvType,
+    weights_bytes: u64,
+    tokenizer_bytes: u64,
+    kv_bytes: u64,
+    scratch_bytes: u64,
+    runtime_bytes: u64,
+    total_bytes: u64,
+    budget_bytes: u64,
+    budget_source: String,
+    fits: bool,
+    shortfall_bytes: u64,
+    fits_by_kv_type: Vec<Fit>,
+    suggestions: Vec<String>,
+}
+
+/// What would make `need` fit in `budget`, cheapest first.
+pub fn suggestions(f: &ModelFacts, p: &Plan, budget: u64, ctx: usize, seqs: usize, kv: KvType, threads: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    if p.total_bytes <= budget {
+        return out;
+    }
+    if let Some(c) = f.max_ctx(budget, seqs, kv, threads) {
+        out.push(format!("--ctx {c} (largest context that fits with {} KV)", kv.name()));
+    }
+    for k in KvType::ALL {
+        if k != kv && plan(&f.input(ctx, seqs, k, threads)).total_bytes <= budget {
+            out.push(format!("--kv-type {} (the whole --ctx {ctx} fits)", k.name()));
+        }
+    }
+    if seqs > 1 {
+        let s = f.max_seqs(budget, ctx, kv, threads);
+        if s >= 1 {
+            out.push(format!("--seqs {s}"));
+        }
+    }
+    out.push(format!("--budget {} (what this plan needs)", Bytes(p.total_bytes)));
+    out
+}
+
+pub fn run(a: &PlanArgs) -> Result<(), CliError> {
+    if a.ctx == 0 || a.seqs == 0 {
+        return Err(input(anyhow::anyhow!("--ctx and --seqs must be at least 1")));
+    }
+    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let machine_total = probe::NativeProbe::new()
+        .platform()
+        .map(|p| p.mem_total_bytes)
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("cannot read the machine's memory: {e}")))?;
+    let (budget_bytes, source) = match a.budget.profile(Bytes(machine_total))? {
+        Some(p) => (p.total().0, format!("profile {}", p.name())),
+        None => (machine_total, "machine memory".to_string()),
+    };
+    let f = facts(&a.model)?;
+    let p = plan(&f.input(a.ctx, a.seqs, a.kv_type, threads));
+    let fits = p.total_bytes <= budget_bytes;
+    let report = PlanReport {
+        model: a.model.display().to_string(),
+        ctx: a.ctx,
+        seqs: a.seqs,
+        kv_type: a.kv_type,
+        weights_bytes: p.weights_bytes,
+        tokenizer_bytes: p.tokenizer_bytes,
+        kv_bytes: p.kv_bytes,
+        scratch_bytes: p.scratch_bytes,
+        runtime_bytes: p.runtime_bytes,
+        total_bytes: p.total_bytes,
+        budget_bytes,
+        budget_source: source,
+        fits,
+        shortfall_bytes: p.total_bytes.saturating_sub(budget_bytes),
+        fits_by_kv_type: KvType::ALL
+            .iter()
+            .map(|&k| Fit {
+                kv_type: k,
+                kv_bytes_per_token: k.bytes_per_token(&f.cfg),
+                max_ctx: f.max_ctx(budget_bytes, a.seqs, k, threads),
+                max_seqs_at_ctx: f.max_seqs(budget_bytes, a.ctx, k, threads),
+            })
+            .collect(),
+        suggestions: suggestions(&f, &p, budget_bytes, a.ctx, a.seqs, a.kv_type, threads),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if a.yaml {
+        let y = serde_saphyr::to_string(&report).map_err(|e| CliError::Runtime(anyhow::anyhow!("{e}")))?;
+        print!("{y}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &PlanReport) {
+    let b = |n: u64| Bytes(n).to_string();
+    println!("plan for {}  (ctx {}, {} seq, {} KV)", r.model, r.ctx, r.seqs, r.kv_type.name());
+    for (name, v, why) in [
+        ("weights", r.weights_bytes, "mapped GGUF, resident"),
+        ("tokenizer", r.tokenizer_bytes, "vocabulary tables"),
+        ("kv", r.kv_bytes, "full context, all layers"),
+        ("scratch", r.scratch_bytes, "activations, attention, logits"),
+        ("runtime", r.runtime_bytes, "code, stacks, allocator"),
+    ] {
+        println!("  {name:<10} {:>12}   {why}", b(v));
+    }
+    println!("  {:<10} {:>12}", "total", b(r.total_bytes));
+    println!("  {:<10} {:>12}   ({})", "budget", b(r.budget_bytes), r.budget_source);
+    if r.fits {
+        println!("fits, with {} to spare", b(r.budget_bytes - r.total_bytes));
+    } else {
+        println!("does NOT fit: short by {}", b(r.shortfall_bytes));
+    }
+    println!("\n  kv type   bytes/token   largest ctx   seqs at ctx {}", r.ctx);
+    for f in &r.fits_by_kv_type {
+        let ctx = f.max_ctx.map_or_else(|| "none".to_string(), |c| c.to_string());
+        println!("  {:<8} {:>12} {:>13} {:>13}", f.kv_type.name(), f.kv_bytes_per_token, ctx, f.max_seqs_at_ctx);
+    }
+    if !r.suggestions.is_empty() {
+        println!("\nwhat would fit:");
+        for s in &r.suggestions {
+            println!("  {s}");
+        }
+    }
+}
