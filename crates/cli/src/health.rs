@@ -99,10 +99,12 @@ impl ModelArgs {
 
 pub fn run(args: &HealthArgs) -> Result<(), CliError> {
     let facts = args.model.facts()?;
-    let context = facts.as_ref().map_or_else(HealthContext::new, ModelFacts::context);
+    let context = facts
+        .as_ref()
+        .map_or_else(HealthContext::new, ModelFacts::context);
     let mut monitor = Monitor::new(NativeProbe::new());
-    // No ledger in a one-shot report: the budget is not wired into the binary yet (issue 3),
-    // and an empty one would claim the whole process as drift.
+    // No ledger: this process loads no model, so it reserves nothing, and an empty ledger
+    // would claim the whole process as drift.
     monitor.sample(None).context("reading the memory probe")?;
     let report = monitor.health(&context).context("no sample taken")?;
     let sample = monitor.latest().context("no sample taken")?;
@@ -156,7 +158,11 @@ pub fn rating_name(rating: Rating) -> &'static str {
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
 
 /// Memory by the OS's categories, swap, and GPUs.
@@ -187,7 +193,11 @@ pub fn write_memory(out: &mut impl Write, sample: &Sample) -> io::Result<()> {
         format_bytes(s.swap_total_bytes)
     )?;
     if let Some(f) = s.fragmentation {
-        writeln!(out, "fragmentation: {:.0}% of free memory unusable for 2 MiB blocks", f * 100.0)?;
+        writeln!(
+            out,
+            "fragmentation: {:.0}% of free memory unusable for 2 MiB blocks",
+            f * 100.0
+        )?;
     }
     for g in &sample.gpus {
         writeln!(
@@ -206,8 +216,16 @@ pub fn write_memory(out: &mut impl Write, sample: &Sample) -> io::Result<()> {
 /// This process's footprint.
 pub fn write_process(out: &mut impl Write, sample: &Sample) -> io::Result<()> {
     let p = &sample.process;
-    let kind = if p.phys_footprint_bytes.is_some() { "phys_footprint" } else { "rss" };
-    write!(out, "process: {} ({kind})", format_bytes(p.footprint_bytes()))?;
+    let kind = if p.phys_footprint_bytes.is_some() {
+        "phys_footprint"
+    } else {
+        "rss"
+    };
+    write!(
+        out,
+        "process: {} ({kind})",
+        format_bytes(p.footprint_bytes())
+    )?;
     for (name, v) in [
         ("anon", p.rss_anon_bytes),
         ("file", p.rss_file_bytes),
@@ -257,7 +275,9 @@ pub fn pressure_signals(sample: &Sample) -> Vec<String> {
         lines.push(line);
     }
     if let Some(cg) = &signals.cgroup {
-        let limit = cg.max_bytes.map_or_else(|| "no limit".to_owned(), format_bytes);
+        let limit = cg
+            .max_bytes
+            .map_or_else(|| "no limit".to_owned(), format_bytes);
         lines.push(format!(
             "cgroup working set {} of {limit}",
             format_bytes(cg.working_set_bytes())
@@ -284,7 +304,13 @@ pub fn write_alerts(out: &mut impl Write, alerts: &[Alert]) -> io::Result<()> {
     }
     writeln!(out, "alerts:")?;
     for a in alerts {
-        writeln!(out, "  {} {:.2} (threshold {:.2})", a.kind.name(), a.value, a.threshold)?;
+        writeln!(
+            out,
+            "  {} {:.2} (threshold {:.2})",
+            a.kind.name(),
+            a.value,
+            a.threshold
+        )?;
     }
     Ok(())
 }

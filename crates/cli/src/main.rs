@@ -5,9 +5,9 @@ mod exit;
 mod health;
 mod load;
 mod machine;
-mod plan;
 mod metrics_http;
 mod monitor;
+mod plan;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -39,7 +39,11 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }

@@ -38,7 +38,10 @@ impl Exposition {
     }
 
     fn current(&self) -> String {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -98,7 +101,9 @@ impl Drop for Slot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// `GET /metrics` (with `HEAD`: the same without a body).
-    Metrics { head_only: bool },
+    Metrics {
+        head_only: bool,
+    },
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -154,12 +159,19 @@ fn read_head(stream: &mut TcpStream) -> Result<String, HeadError> {
         if left.is_zero() {
             return Err(HeadError::TimedOut);
         }
-        stream.set_read_timeout(Some(left)).map_err(|_| HeadError::Io)?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| HeadError::Io)?;
         let n = match stream.read(&mut chunk) {
             Ok(0) => return Err(HeadError::Closed(!head.is_empty())),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(HeadError::TimedOut);
             }
             Err(_) => return Err(HeadError::Io),
@@ -171,7 +183,9 @@ fn read_head(stream: &mut TcpStream) -> Result<String, HeadError> {
         if let Some(end) = end {
             let head = &head[..end];
             let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-            let line = head[..line_end].strip_suffix(b"\r").unwrap_or(&head[..line_end]);
+            let line = head[..line_end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&head[..line_end]);
             return Ok(String::from_utf8_lossy(line).into_owned());
         }
         if head.len() > MAX_HEAD_BYTES {
@@ -182,9 +196,8 @@ fn read_head(stream: &mut TcpStream) -> Result<String, HeadError> {
 
 /// Index of the blank line that ends a head (`\r\n\r\n`, or a bare `\n\n`).
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    (0..bytes.len()).find(|&i| {
-        bytes[i..].starts_with(b"\r\n\r\n") || bytes[i..].starts_with(b"\n\n")
-    })
+    (0..bytes.len())
+        .find(|&i| bytes[i..].starts_with(b"\r\n\r\n") || bytes[i..].starts_with(b"\n\n"))
 }
 
 fn handle(mut stream: TcpStream, exposition: &Exposition) -> io::Result<()> {
@@ -222,7 +235,11 @@ fn handle(mut stream: TcpStream, exposition: &Exposition) -> io::Result<()> {
         }
         Route::NotFound => respond_error(&mut stream, "404 Not Found", None),
         Route::MethodNotAllowed => {
-            respond_error(&mut stream, "405 Method Not Allowed", Some("Allow: GET, HEAD"))?;
+            respond_error(
+                &mut stream,
+                "405 Method Not Allowed",
+                Some("Allow: GET, HEAD"),
+            )?;
             drain_and_close(stream)
         }
         Route::BadRequest => {
@@ -271,7 +288,10 @@ mod tests {
         assert_eq!(route("GET /metrics HTTP/1.1"), metrics);
         assert_eq!(route("GET /metrics?x=1 HTTP/1.0"), metrics);
         assert_eq!(route("GET http://127.0.0.1:9/metrics HTTP/1.1"), metrics);
-        assert_eq!(route("HEAD /metrics HTTP/1.1"), Route::Metrics { head_only: true });
+        assert_eq!(
+            route("HEAD /metrics HTTP/1.1"),
+            Route::Metrics { head_only: true }
+        );
         assert_eq!(route("GET / HTTP/1.1"), Route::NotFound);
         assert_eq!(route("GET /metricsx HTTP/1.1"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
@@ -293,7 +313,10 @@ mod tests {
 
     #[test]
     fn head_end_is_found_in_either_line_ending() {
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(24));
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(23)
+        );
         assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(14));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }

@@ -52,10 +52,11 @@ pub struct MonitorArgs {
 
 /// llmem's ledger for this tick.
 ///
-/// TODO(issue 3): copy the budget ledger's pools here once the binary owns a `Budget`.
-/// Until then there is no ledger: the view says so and shows the whole process as
-/// untracked, and the health score leaves allocation efficiency out rather than judging
-/// an empty ledger.
+/// A `llmem monitor` process loads no model, so it holds no reservations and has no ledger
+/// of its own: the view says so and shows the whole process as untracked, and the health
+/// score leaves allocation efficiency out rather than judging an empty ledger.
+/// TODO(issue 5): when a model-serving process runs the monitor in-process, feed its
+/// `Budget::snapshot()` here as a `LedgerView`.
 fn ledger_view() -> Option<LedgerView> {
     None
 }
@@ -177,7 +178,7 @@ pub fn pool_lines(sample: &probe::Sample) -> Vec<String> {
     let fmt = probe::format_bytes;
     let Some(ledger) = &sample.ledger else {
         return vec![
-            "llmem pools: none yet (budget not wired in)".to_owned(),
+            "llmem pools: none (no model loaded here)".to_owned(),
             format!(
                 "  {:<10} {:>9} (whole process)",
                 "untracked",
@@ -207,7 +208,9 @@ pub fn pool_lines(sample: &probe::Sample) -> Vec<String> {
 
 /// Samples on schedule until the process is killed; the endpoint serves meanwhile.
 fn headless(session: &mut Session) -> Result<(), CliError> {
-    let addr = session.metrics_addr.context("headless without an endpoint")?;
+    let addr = session
+        .metrics_addr
+        .context("headless without an endpoint")?;
     eprintln!("llmem monitor: serving Prometheus metrics at http://{addr}/metrics");
     let mut next = Instant::now() + session.interval;
     let mut reported: Option<String> = None;

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_llmem");
-const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../probe/health-report.schema.json");
+const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../probe/health-report.schema.json"
+);
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 // ---------------------------------------------------------------------------------------
@@ -199,7 +202,10 @@ fn start_headless() -> (ChildGuard, SocketAddr) {
             .recv_timeout(left)
             .unwrap_or_else(|e| panic!("no address printed by llmem monitor: {e}"));
         if let Some(rest) = line.split("http://").nth(1) {
-            let addr = rest.trim_end_matches("/metrics").parse().expect("an address");
+            let addr = rest
+                .trim_end_matches("/metrics")
+                .parse()
+                .expect("an address");
             return (child, addr);
         }
     }
@@ -274,7 +280,11 @@ fn validate(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
             "minimum" | "maximum" => {
                 if let Some(n) = value.as_f64() {
                     let bound = arg.as_f64().unwrap();
-                    let ok = if keyword == "minimum" { n >= bound } else { n <= bound };
+                    let ok = if keyword == "minimum" {
+                        n >= bound
+                    } else {
+                        n <= bound
+                    };
                     if !ok {
                         errors.push(format!("{at}: {n} breaks {keyword} {bound}"));
                     }
@@ -284,17 +294,21 @@ fn validate(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
                 if let Some(items) = value.as_array() {
                     let len = items.len() as u64;
                     let bound = arg.as_u64().unwrap();
-                    let ok = if keyword == "minItems" { len >= bound } else { len <= bound };
+                    let ok = if keyword == "minItems" {
+                        len >= bound
+                    } else {
+                        len <= bound
+                    };
                     if !ok {
                         errors.push(format!("{at}: {len} items breaks {keyword} {bound}"));
                     }
                 }
             }
             "minLength" => {
-                if let Some(s) = value.as_str() {
-                    if (s.chars().count() as u64) < arg.as_u64().unwrap() {
-                        errors.push(format!("{at}: {s:?} too short"));
-                    }
+                if let Some(s) = value.as_str()
+                    && (s.chars().count() as u64) < arg.as_u64().unwrap()
+                {
+                    errors.push(format!("{at}: {s:?} too short"));
                 }
             }
             other => panic!("schema keyword {other} not supported by this validator"),
@@ -321,8 +335,16 @@ fn the_validator_rejects_what_the_schema_forbids() {
     bad.as_object_mut().unwrap().remove("health_score");
     bad["extra"] = Value::from(1);
     let errors = schema_errors(&bad);
-    for needle in ["rating", "pressure.value", "missing health_score", "undocumented key extra"] {
-        assert!(errors.iter().any(|e| e.contains(needle)), "{needle}: {errors:?}");
+    for needle in [
+        "rating",
+        "pressure.value",
+        "missing health_score",
+        "undocumented key extra",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(needle)),
+            "{needle}: {errors:?}"
+        );
     }
 }
 
@@ -332,7 +354,11 @@ fn the_validator_rejects_what_the_schema_forbids() {
 #[test]
 fn health_json_validates_against_the_schema() {
     let out = llmem(&["health", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let errors = schema_errors(&report);
     assert!(errors.is_empty(), "{errors:#?}");
@@ -340,7 +366,7 @@ fn health_json_validates_against_the_schema() {
     let available = report["mem_available_bytes"].as_u64().unwrap();
     assert!(available <= total);
     assert!(report["process_footprint_bytes"].as_u64().unwrap() > 0);
-    // No ledger is wired into the binary yet: untracked is unknown, not a made-up number.
+    // `health` loads no model and so has no ledger: untracked is unknown, not made up.
     assert_eq!(report["untracked_bytes"], Value::Null);
     #[cfg(target_os = "linux")]
     assert_eq!(total, meminfo_total_bytes(), "MemTotal from /proc/meminfo");
@@ -349,9 +375,20 @@ fn health_json_validates_against_the_schema() {
 #[test]
 fn health_text_names_memory_pressure_score_and_recommendations() {
     let out = llmem(&["health"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = stdout_of(&out);
-    for needle in ["memory: total", "swap:", "process:", "pressure: ", "(source: ", "health: "] {
+    for needle in [
+        "memory: total",
+        "swap:",
+        "process:",
+        "pressure: ",
+        "(source: ",
+        "health: ",
+    ] {
         assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
     }
     assert!(
@@ -381,16 +418,34 @@ fn health_with_a_model_counts_its_weights_and_kv() {
     let head_dim = config.d_model / config.n_heads;
     let per_token = config.n_layers * 2 * config.n_kv_heads * head_dim * 2;
     let out = llmem(&["health", "--model", path, "--ctx", "512"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = stdout_of(&out);
     assert!(text.contains(&format!("({weights} bytes)")), "{text}");
-    assert!(text.contains(&format!("({per_token} bytes per token)")), "{text}");
+    assert!(
+        text.contains(&format!("({per_token} bytes per token)")),
+        "{text}"
+    );
     assert!(text.contains("KV f16 at ctx 512"), "{text}");
 
     // A context whose KV exceeds the machine: the recommendation that depends on the model
     // (weights + KV ≥ 90 % of memory) fires.
-    let out = llmem(&["health", "--json", "--model", path, "--ctx", "1099511627776"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = llmem(&[
+        "health",
+        "--json",
+        "--model",
+        path,
+        "--ctx",
+        "1099511627776",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(schema_errors(&report).is_empty());
     let kinds: Vec<&str> = report["recommendations"]
@@ -431,7 +486,11 @@ fn health_json_into_a_closed_pipe_is_not_an_error() {
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -440,7 +499,11 @@ fn health_json_into_a_closed_pipe_is_not_an_error() {
 #[test]
 fn monitor_once_prints_memory_pools_and_pressure() {
     let out = llmem(&["monitor", "--once"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = stdout_of(&out);
     let memory = text
         .lines()
@@ -455,9 +518,13 @@ fn monitor_once_prints_memory_pools_and_pressure() {
         );
     }
     assert!(text.lines().any(|l| l.starts_with("swap: ")), "{text}");
-    assert!(text.contains("llmem pools: none yet"), "{text}");
     assert!(
-        text.lines().any(|l| l.trim_start().starts_with("untracked")),
+        text.contains("llmem pools: none (no model loaded here)"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("untracked")),
         "{text}"
     );
     let pressure = text
@@ -491,7 +558,9 @@ fn monitor_flags_are_checked() {
     let out = llmem(&["monitor", "--once", "--prometheus", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
-        llmem(&["monitor", "--once", "--interval-ms", "0"]).status.code(),
+        llmem(&["monitor", "--once", "--interval-ms", "0"])
+            .status
+            .code(),
         Some(2)
     );
     let out = llmem(&["monitor", "--headless", "--prometheus", "localhost"]);
@@ -567,25 +636,43 @@ fn monitor_live_view_in_tmux_shows_pools_and_pressure_and_quits() {
         // The shell prints the exit status on the normal screen once the view has left
         // the alternate one, and keeps the pane open to be captured.
         let shell = format!("'{BIN}' monitor; echo llmem-exit=$?; sleep 60");
-        let out = tmux.cmd(&["new-session", "-d", "-s", "m", "-x", "80", "-y", "24", &shell]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "m",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &shell,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         std::thread::sleep(Duration::from_secs(2));
         let (shown, screen) = tmux.wait_for(Duration::from_secs(10), |s| {
             s.contains("llmem pools") && s.contains("untracked") && s.contains(" pressure ")
         });
         assert!(shown, "live view not drawn in 80×24:\n{screen}");
-        let pressure = screen
-            .lines()
-            .find(|l| l.contains(" pressure "))
-            .unwrap();
+        let pressure = screen.lines().find(|l| l.contains(" pressure ")).unwrap();
         assert!(
             ["normal", "warning", "critical"]
                 .iter()
                 .any(|level| pressure.contains(level)),
             "{pressure}"
         );
-        for needle in ["memory (OS)", "total ", "swap ", "health ", "alerts:", "q quits"] {
+        for needle in [
+            "memory (OS)",
+            "total ",
+            "swap ",
+            "health ",
+            "alerts:",
+            "q quits",
+        ] {
             assert!(screen.contains(needle), "{needle:?} missing in:\n{screen}");
         }
         assert!(
@@ -600,7 +687,10 @@ fn monitor_live_view_in_tmux_shows_pools_and_pressure_and_quits() {
         assert!(exited, "llmem monitor did not quit on {key}:\n{screen}");
         assert!(screen.contains("llmem-exit=0"), "{screen}");
         // Back on the normal screen: the view is gone.
-        assert!(!screen.contains("memory (OS)"), "terminal not restored:\n{screen}");
+        assert!(
+            !screen.contains("memory (OS)"),
+            "terminal not restored:\n{screen}"
+        );
     }
 }
 
@@ -618,7 +708,11 @@ fn metrics_endpoint_serves_prometheus_text_and_survives_malformed_requests() {
         ok.header("content-length").and_then(|v| v.parse().ok()),
         Some(ok.body.len())
     );
-    assert!(ok.body.contains("# TYPE llmem_mem_total_bytes gauge"), "{}", ok.body);
+    assert!(
+        ok.body.contains("# TYPE llmem_mem_total_bytes gauge"),
+        "{}",
+        ok.body
+    );
     #[cfg(target_os = "linux")]
     assert!(
         ok.body
@@ -639,11 +733,27 @@ fn metrics_endpoint_serves_prometheus_text_and_survives_malformed_requests() {
         r
     };
     let cases: [(&str, Vec<u8>, &[u16]); 9] = [
-        ("wrong method", b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".to_vec(), &[405]),
-        ("unknown path", b"GET /secrets HTTP/1.1\r\n\r\n".to_vec(), &[404]),
-        ("garbage line", b"\x00\x01\x02 garbage\xff\r\n\r\n".to_vec(), &[400]),
+        (
+            "wrong method",
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            &[405],
+        ),
+        (
+            "unknown path",
+            b"GET /secrets HTTP/1.1\r\n\r\n".to_vec(),
+            &[404],
+        ),
+        (
+            "garbage line",
+            b"\x00\x01\x02 garbage\xff\r\n\r\n".to_vec(),
+            &[400],
+        ),
         ("no version", b"GET /metrics\r\n\r\n".to_vec(), &[400]),
-        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), &[400]),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            &[400],
+        ),
         ("huge header", huge_header, &[431]),
         ("truncated head", b"GET /metr".to_vec(), &[400]),
         ("empty", Vec::new(), &[]),
@@ -651,7 +761,9 @@ fn metrics_endpoint_serves_prometheus_text_and_survives_malformed_requests() {
     ];
     for (name, request, allowed) in cases {
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let _ = stream.write_all(&request);
         // Half-close: the server sees the end of what we send (the truncated head and the
         // empty request end there).
@@ -671,7 +783,10 @@ fn metrics_endpoint_serves_prometheus_text_and_survives_malformed_requests() {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("{name}: no status in {text:?}"));
-            assert!(allowed.contains(&status), "{name}: got {status}, want {allowed:?}");
+            assert!(
+                allowed.contains(&status),
+                "{name}: got {status}, want {allowed:?}"
+            );
             if status == 405 {
                 assert!(text.contains("Allow: GET, HEAD"), "{text}");
             }
@@ -724,7 +839,10 @@ fn a_real_prometheus_scrapes_the_endpoint_without_errors() {
     let mut server = ChildGuard(
         Command::new(&prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -732,7 +850,8 @@ fn a_real_prometheus_scrapes_the_endpoint_without_errors() {
             .spawn()
             .expect("start prometheus"),
     );
-    let log_text = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let log_text =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
 
     // The target is up and its last scrape had no error.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -756,7 +875,11 @@ fn a_real_prometheus_scrapes_the_endpoint_without_errors() {
                 last = t.to_string();
             }
         }
-        assert!(Instant::now() < deadline, "target never up: {last}\n{}", log_text());
+        assert!(
+            Instant::now() < deadline,
+            "target never up: {last}\n{}",
+            log_text()
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(up["scrapeUrl"], format!("http://{target}/metrics"));
@@ -770,7 +893,11 @@ fn a_real_prometheus_scrapes_the_endpoint_without_errors() {
             }
             last = r.body;
         }
-        assert!(Instant::now() < deadline, "no value: {last}\n{}", log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no value: {last}\n{}",
+            log_text()
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     assert!(value > 0.0);

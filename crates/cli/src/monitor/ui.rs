@@ -23,6 +23,7 @@ use std::sync::Once;
 use std::time::Instant;
 
 use probe::{PressureLevel, Sample, format_bytes};
+use ratatui::Frame;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -34,7 +35,6 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Sparkline, Wrap};
-use ratatui::Frame;
 
 use super::{Session, next_tick, pool_lines};
 use crate::exit::CliError;
@@ -160,7 +160,11 @@ fn draw_header(frame: &mut Frame, area: Rect, session: &Session) {
 fn memory_panel(sample: &Sample) -> Paragraph<'static> {
     let s = &sample.system;
     let pct = |b: u64| {
-        if s.mem_total_bytes == 0 { 0.0 } else { b as f64 * 100.0 / s.mem_total_bytes as f64 }
+        if s.mem_total_bytes == 0 {
+            0.0
+        } else {
+            b as f64 * 100.0 / s.mem_total_bytes as f64
+        }
     };
     let mut lines = vec![Line::from(format!(
         "total {} · avail {} {:.0}%",
