@@ -53,7 +53,12 @@ impl Figure {
         s.sort_by(f64::total_cmp);
         let median = if s.is_empty() { 0.0 } else { s[s.len() / 2] };
         runs.shrink_to_fit();
-        Figure { median, min: *s.first().unwrap_or(&0.0), max: *s.last().unwrap_or(&0.0), runs }
+        Figure {
+            median,
+            min: *s.first().unwrap_or(&0.0),
+            max: *s.last().unwrap_or(&0.0),
+            runs,
+        }
     }
 }
 
@@ -81,7 +86,9 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
 
 /// A fixed pseudo-prompt: the same token ids the peer's benchmark uses.
 fn prompt(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i * 7919) % 40000 + 100).min(vocab - 1) as u32).collect()
+    (0..n)
+        .map(|i| ((i * 7919) % 40000 + 100).min(vocab - 1) as u32)
+        .collect()
 }
 
 /// Decodes `n` tokens one at a time (feeding a fixed token, as llama-bench does) and
@@ -100,7 +107,14 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
     let vocab = tm.model.cfg.vocab;
     let n_ctx = (a.pp.max(a.depth) + a.tg + 16).max(1024);
-    let mut s = Session::new(&tm.model, SessionConfig { n_ctx, n_threads: threads, ubatch: 512 })?;
+    let mut s = Session::new(
+        &tm.model,
+        SessionConfig {
+            n_ctx,
+            n_threads: threads,
+            ubatch: 512,
+        },
+    )?;
     let reps = a.reps.max(1);
     let pp_ids = prompt(a.pp, vocab);
     let mut pp = Vec::new();
@@ -138,7 +152,10 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
         None
     };
     let report = InferReport {
-        model: a.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        model: a
+            .model
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         threads,
         pp512_tok_s: Figure::of(pp.clone()).median,
         tg128_tok_s: Figure::of(tg.clone()).median,
@@ -154,9 +171,15 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("model {}  threads {}  ({} reps, median [min–max])", report.model, threads, reps);
+        println!(
+            "model {}  threads {}  ({} reps, median [min–max])",
+            report.model, threads, reps
+        );
         let row = |name: String, f: &Figure| {
-            println!("{name:<16} {:>8.1} tok/s  [{:.1}–{:.1}]", f.median, f.min, f.max);
+            println!(
+                "{name:<16} {:>8.1} tok/s  [{:.1}–{:.1}]",
+                f.median, f.min, f.max
+            );
         };
         row(format!("pp{}", a.pp), &report.pp);
         row(format!("tg{}", a.tg), &report.tg);

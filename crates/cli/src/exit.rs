@@ -33,7 +33,8 @@ pub fn report(r: Result<(), CliError>) -> i32 {
     };
     // A closed pipe (e.g. `llmem run … | head`) is not a failure.
     if e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     }) {
         return OK;
     }

@@ -9,7 +9,10 @@ use crate::exit::{CliError, input};
 /// Maps `path`, failing with an input error (exit 2) when it is missing or unreadable.
 pub fn map(path: &Path) -> Result<weights::MappedFile, CliError> {
     if !path.exists() {
-        return Err(input(anyhow::anyhow!("model file {} does not exist", path.display())));
+        return Err(input(anyhow::anyhow!(
+            "model file {} does not exist",
+            path.display()
+        )));
     }
     weights::MappedFile::open(path).map_err(input)
 }

@@ -37,18 +37,24 @@ impl MachineInfo {
 /// else the logical count.
 pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Ok(s) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let Ok(s) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
     let mut seen = std::collections::BTreeSet::new();
-    let (mut phys, mut core) = (String::new(), String::new());
+    let mut phys = String::new();
     for l in s.lines() {
         if let Some(v) = l.strip_prefix("physical id") {
             phys = v.trim_start_matches([' ', '\t', ':']).into();
         } else if let Some(v) = l.strip_prefix("core id") {
-            core = v.trim_start_matches([' ', '\t', ':']).into();
-            seen.insert((phys.clone(), core.clone()));
+            let core: String = v.trim_start_matches([' ', '\t', ':']).into();
+            seen.insert((phys.clone(), core));
         }
     }
-    if seen.is_empty() { logical } else { seen.len().min(logical) }
+    if seen.is_empty() {
+        logical
+    } else {
+        seen.len().min(logical)
+    }
 }
 
 /// Peak resident set size of this process in bytes (VmHWM), if the OS tells.
@@ -56,13 +62,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     status_kib("VmHWM:").map(|k| k * 1024)
 }
 
-/// Current resident set size in bytes (VmRSS), if the OS tells.
-pub fn rss_bytes() -> Option<u64> {
-    status_kib("VmRSS:").map(|k| k * 1024)
-}
-
 fn status_kib(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

@@ -67,15 +67,23 @@ impl BudgetArgs {
             }
             return Ok(Some(flat_profile(total)?));
         }
-        let Some(p) = &self.profile else { return Ok(None) };
+        let Some(p) = &self.profile else {
+            return Ok(None);
+        };
         let profile = if Profile::BUILTIN.contains(&p.as_str()) {
             Profile::builtin(p, machine_total)
         } else {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| input(anyhow::anyhow!("--profile {p}: not a built-in profile ({}) and not a readable file: {e}", Profile::BUILTIN.join(", "))))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                input(anyhow::anyhow!(
+                    "--profile {p}: not a built-in profile ({}) and not a readable file: {e}",
+                    Profile::BUILTIN.join(", ")
+                ))
+            })?;
             Profile::from_yaml_str(&text)
         };
-        profile.map(Some).map_err(|e| input(anyhow::anyhow!("--profile {p}: {e}")))
+        profile
+            .map(Some)
+            .map_err(|e| input(anyhow::anyhow!("--profile {p}: {e}")))
     }
 }
 
@@ -86,7 +94,8 @@ fn flat_profile(total: Bytes) -> Result<Profile, CliError> {
         "name: budget\ntotal: {}\npools:\n  weights: {{ policy: persistent, limit: 0 }}\n  kv: {{ policy: tiered, limit: 0 }}\n  scratch: {{ policy: circular, limit: 0 }}\n",
         total.0
     );
-    Profile::from_yaml_str(&yaml).map_err(|e| CliError::Runtime(anyhow::anyhow!("internal profile: {e}")))
+    Profile::from_yaml_str(&yaml)
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("internal profile: {e}")))
 }
 
 #[derive(Args, Debug)]
@@ -202,17 +211,31 @@ struct PlanReport {
 }
 
 /// What would make `need` fit in `budget`, cheapest first.
-pub fn suggestions(f: &ModelFacts, p: &Plan, budget: u64, ctx: usize, seqs: usize, kv: KvType, threads: usize) -> Vec<String> {
+pub fn suggestions(
+    f: &ModelFacts,
+    p: &Plan,
+    budget: u64,
+    ctx: usize,
+    seqs: usize,
+    kv: KvType,
+    threads: usize,
+) -> Vec<String> {
     let mut out = Vec::new();
     if p.total_bytes <= budget {
         return out;
     }
     if let Some(c) = f.max_ctx(budget, seqs, kv, threads) {
-        out.push(format!("--ctx {c} (largest context that fits with {} KV)", kv.name()));
+        out.push(format!(
+            "--ctx {c} (largest context that fits with {} KV)",
+            kv.name()
+        ));
     }
     for k in KvType::ALL {
         if k != kv && plan(&f.input(ctx, seqs, k, threads)).total_bytes <= budget {
-            out.push(format!("--kv-type {} (the whole --ctx {ctx} fits)", k.name()));
+            out.push(format!(
+                "--kv-type {} (the whole --ctx {ctx} fits)",
+                k.name()
+            ));
         }
     }
     if seqs > 1 {
@@ -221,13 +244,18 @@ pub fn suggestions(f: &ModelFacts, p: &Plan, budget: u64, ctx: usize, seqs: usiz
             out.push(format!("--seqs {s}"));
         }
     }
-    out.push(format!("--budget {} (what this plan needs)", Bytes(p.total_bytes)));
+    out.push(format!(
+        "--budget {} (what this plan needs)",
+        Bytes(p.total_bytes)
+    ));
     out
 }
 
 pub fn run(a: &PlanArgs) -> Result<(), CliError> {
     if a.ctx == 0 || a.seqs == 0 {
-        return Err(input(anyhow::anyhow!("--ctx and --seqs must be at least 1")));
+        return Err(input(anyhow::anyhow!(
+            "--ctx and --seqs must be at least 1"
+        )));
     }
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
     let machine_total = probe::NativeProbe::new()
@@ -270,7 +298,8 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if a.yaml {
-        let y = serde_saphyr::to_string(&report).map_err(|e| CliError::Runtime(anyhow::anyhow!("{e}")))?;
+        let y = serde_saphyr::to_string(&report)
+            .map_err(|e| CliError::Runtime(anyhow::anyhow!("{e}")))?;
         print!("{y}");
     } else {
         print_table(&report);
@@ -280,7 +309,13 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
 
 fn print_table(r: &PlanReport) {
     let b = |n: u64| Bytes(n).to_string();
-    println!("plan for {}  (ctx {}, {} seq, {} KV)", r.model, r.ctx, r.seqs, r.kv_type.name());
+    println!(
+        "plan for {}  (ctx {}, {} seq, {} KV)",
+        r.model,
+        r.ctx,
+        r.seqs,
+        r.kv_type.name()
+    );
     for (name, v, why) in [
         ("weights", r.weights_bytes, "mapped GGUF, resident"),
         ("tokenizer", r.tokenizer_bytes, "vocabulary tables"),
@@ -291,16 +326,32 @@ fn print_table(r: &PlanReport) {
         println!("  {name:<10} {:>12}   {why}", b(v));
     }
     println!("  {:<10} {:>12}", "total", b(r.total_bytes));
-    println!("  {:<10} {:>12}   ({})", "budget", b(r.budget_bytes), r.budget_source);
+    println!(
+        "  {:<10} {:>12}   ({})",
+        "budget",
+        b(r.budget_bytes),
+        r.budget_source
+    );
     if r.fits {
         println!("fits, with {} to spare", b(r.budget_bytes - r.total_bytes));
     } else {
         println!("does NOT fit: short by {}", b(r.shortfall_bytes));
     }
-    println!("\n  kv type   bytes/token   largest ctx   seqs at ctx {}", r.ctx);
+    println!(
+        "\n  kv type   bytes/token   largest ctx   seqs at ctx {}",
+        r.ctx
+    );
     for f in &r.fits_by_kv_type {
-        let ctx = f.max_ctx.map_or_else(|| "none".to_string(), |c| c.to_string());
-        println!("  {:<8} {:>12} {:>13} {:>13}", f.kv_type.name(), f.kv_bytes_per_token, ctx, f.max_seqs_at_ctx);
+        let ctx = f
+            .max_ctx
+            .map_or_else(|| "none".to_string(), |c| c.to_string());
+        println!(
+            "  {:<8} {:>12} {:>13} {:>13}",
+            f.kv_type.name(),
+            f.kv_bytes_per_token,
+            ctx,
+            f.max_seqs_at_ctx
+        );
     }
     if !r.suggestions.is_empty() {
         println!("\nwhat would fit:");

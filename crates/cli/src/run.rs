@@ -106,7 +106,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         return Err(input(anyhow::anyhow!("--ctx must be at least 1")));
     }
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(input(anyhow::anyhow!("--temperature must be a finite number ≥ 0")));
+        return Err(input(anyhow::anyhow!(
+            "--temperature must be a finite number ≥ 0"
+        )));
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(input(anyhow::anyhow!("--top-p must be in (0, 1]")));
@@ -116,11 +118,17 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         (None, Some(f)) => std::fs::read_to_string(f)
             .with_context(|| format!("cannot read prompt file {}", f.display()))
             .map_err(input)?,
-        (None, None) => return Err(input(anyhow::anyhow!("give --prompt TEXT or --prompt-file FILE"))),
+        (None, None) => {
+            return Err(input(anyhow::anyhow!(
+                "give --prompt TEXT or --prompt-file FILE"
+            )));
+        }
     };
     let t_load = Instant::now();
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
-    let machine_total = probe::NativeProbe::new().platform().map_or(0, |p| p.mem_total_bytes);
+    let machine_total = probe::NativeProbe::new()
+        .platform()
+        .map_or(0, |p| p.mem_total_bytes);
     let profile = a.budget.profile(budget::Bytes(machine_total))?;
     let file = crate::load::map(&a.model)?;
     let mut tm = crate::load::text_model(&a.model, &file)?;
@@ -158,7 +166,11 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         None => engine::memory::Accounts::unlimited(),
     };
     tm.account(&accounts, facts.file_bytes)?;
-    let text = if a.raw { prompt } else { tm.chat_prompt(&prompt).map_err(input)? };
+    let text = if a.raw {
+        prompt
+    } else {
+        tm.chat_prompt(&prompt).map_err(input)?
+    };
     let ids = tm.encode(&text);
     if ids.is_empty() {
         return Err(input(anyhow::anyhow!("the prompt is empty")));
@@ -170,7 +182,11 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             a.ctx
         )));
     }
-    let cfg = SessionConfig { n_ctx: a.ctx, n_threads: threads, ubatch: 512 };
+    let cfg = SessionConfig {
+        n_ctx: a.ctx,
+        n_threads: threads,
+        ubatch: 512,
+    };
     let mut session = Session::with_accounts(&tm.model, cfg, &accounts)?;
     let load_s = t_load.elapsed().as_secs_f64();
 
@@ -214,7 +230,10 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let decode_s = t_decode.elapsed().as_secs_f64();
     // Decode speed counts tokens evaluated one by one: every generated token but the last
     // one was fed back through the model.
-    let decoded = out_ids.len().saturating_sub(1).max(usize::from(stop_reason == "eog" && !out_ids.is_empty()));
+    let decoded = out_ids
+        .len()
+        .saturating_sub(1)
+        .max(usize::from(stop_reason == "eog" && !out_ids.is_empty()));
     if a.json {
         let weight_range = 0..file.bytes().len();
         let snapshot = accounts.budget.snapshot();

@@ -11,7 +11,10 @@ pub struct Message {
 
 impl Message {
     pub fn user(content: &str) -> Self {
-        Message { role: "user".into(), content: content.into() }
+        Message {
+            role: "user".into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -34,11 +37,17 @@ pub fn render(
     let mut env = Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
-        Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template).map_err(|e| TemplateError::Render(e.to_string()))?;
-    let tmpl = env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_template("chat", template)
+        .map_err(|e| TemplateError::Render(e.to_string()))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| TemplateError::Render(e.to_string()))?;
     let msgs: Vec<minijinja::Value> = messages
         .iter()
         .map(|m| context! { role => m.role.clone(), content => m.content.clone() })
@@ -60,7 +69,10 @@ mod tests {
     fn chatml_with_default_system_message() {
         let t = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
         let s = render(t, &[Message::user("Hi")], "", "").unwrap();
-        assert_eq!(s, "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            s,
+            "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]

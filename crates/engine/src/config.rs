@@ -46,7 +46,9 @@ pub struct ModelConfig {
 const MAX_DIM: usize = 1 << 20;
 
 pub(crate) fn meta_usize(file: &GgufFile<'_>, key: &str) -> Result<usize, LoadError> {
-    let v = file.get(key).ok_or_else(|| LoadError::MissingKey { key: key.into() })?;
+    let v = file
+        .get(key)
+        .ok_or_else(|| LoadError::MissingKey { key: key.into() })?;
     let n: Option<u64> = match v {
         Value::U8(x) => Some(u64::from(*x)),
         Value::U16(x) => Some(u64::from(*x)),
@@ -60,7 +62,10 @@ pub(crate) fn meta_usize(file: &GgufFile<'_>, key: &str) -> Result<usize, LoadEr
     };
     match n.and_then(|n| usize::try_from(n).ok()) {
         Some(n) if n <= MAX_DIM => Ok(n),
-        _ => Err(LoadError::BadValue { key: key.into(), why: format!("expected an integer ≤ {MAX_DIM}") }),
+        _ => Err(LoadError::BadValue {
+            key: key.into(),
+            why: format!("expected an integer ≤ {MAX_DIM}"),
+        }),
     }
 }
 
@@ -69,25 +74,38 @@ pub(crate) fn meta_f32(file: &GgufFile<'_>, key: &str) -> Result<Option<f32>, Lo
         None => Ok(None),
         Some(Value::F32(x)) if x.is_finite() => Ok(Some(*x)),
         Some(Value::F64(x)) if x.is_finite() => Ok(Some(*x as f32)),
-        Some(_) => Err(LoadError::BadValue { key: key.into(), why: "expected a finite float".into() }),
+        Some(_) => Err(LoadError::BadValue {
+            key: key.into(),
+            why: "expected a finite float".into(),
+        }),
     }
 }
 
 pub(crate) fn meta_str<'a>(file: &GgufFile<'a>, key: &str) -> Result<Option<&'a str>, LoadError> {
     match file.get(key) {
         None => Ok(None),
-        Some(Value::String(s)) => std::str::from_utf8(s)
-            .map(Some)
-            .map_err(|_| LoadError::BadValue { key: key.into(), why: "not UTF-8".into() }),
-        Some(_) => Err(LoadError::BadValue { key: key.into(), why: "expected a string".into() }),
+        Some(Value::String(s)) => {
+            std::str::from_utf8(s)
+                .map(Some)
+                .map_err(|_| LoadError::BadValue {
+                    key: key.into(),
+                    why: "not UTF-8".into(),
+                })
+        }
+        Some(_) => Err(LoadError::BadValue {
+            key: key.into(),
+            why: "expected a string".into(),
+        }),
     }
 }
 
 impl ModelConfig {
     /// Reads the configuration of the file's `general.architecture`.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Self, LoadError> {
-        let arch_name = meta_str(file, "general.architecture")?
-            .ok_or_else(|| LoadError::MissingKey { key: "general.architecture".into() })?;
+        let arch_name =
+            meta_str(file, "general.architecture")?.ok_or_else(|| LoadError::MissingKey {
+                key: "general.architecture".into(),
+            })?;
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
@@ -103,26 +121,45 @@ impl ModelConfig {
         };
         let d_ff = meta_usize(file, &k("feed_forward_length"))?;
         let ctx_train = meta_usize(file, &k("context_length")).unwrap_or(2048);
-        let bad = |key: String, why: &str| LoadError::BadValue { key, why: why.into() };
+        let bad = |key: String, why: &str| LoadError::BadValue {
+            key,
+            why: why.into(),
+        };
         if n_layers == 0 || d_model == 0 || n_heads == 0 || n_kv_heads == 0 || d_ff == 0 {
             return Err(bad(k("block_count"), "model dimensions must be non-zero"));
         }
         if d_model % n_heads != 0 {
-            return Err(bad(k("attention.head_count"), "embedding length is not a multiple of heads"));
+            return Err(bad(
+                k("attention.head_count"),
+                "embedding length is not a multiple of heads",
+            ));
         }
         if n_heads % n_kv_heads != 0 {
-            return Err(bad(k("attention.head_count_kv"), "heads not a multiple of KV heads"));
+            return Err(bad(
+                k("attention.head_count_kv"),
+                "heads not a multiple of KV heads",
+            ));
         }
         let head_dim = d_model / n_heads;
         if head_dim % 2 != 0 || head_dim > kernels::attention::MAX_HEAD_DIM {
-            return Err(bad(k("embedding_length"), "head dimension must be even and ≤ 256"));
+            return Err(bad(
+                k("embedding_length"),
+                "head dimension must be even and ≤ 256",
+            ));
         }
         if n_heads / n_kv_heads > kernels::attention::MAX_GROUP {
-            return Err(bad(k("attention.head_count_kv"), "more than 16 query heads per KV head"));
+            return Err(bad(
+                k("attention.head_count_kv"),
+                "more than 16 query heads per KV head",
+            ));
         }
         let vocab = match file.get("tokenizer.ggml.tokens") {
             Some(Value::Array(a)) => a.len() as usize,
-            _ => return Err(LoadError::MissingKey { key: "tokenizer.ggml.tokens".into() }),
+            _ => {
+                return Err(LoadError::MissingKey {
+                    key: "tokenizer.ggml.tokens".into(),
+                });
+            }
         };
         let rope_base = meta_f32(file, &k("rope.freq_base"))?.unwrap_or(10000.0);
         let rms_eps = meta_f32(file, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);

@@ -8,12 +8,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use budget::{Bytes, OutOfBudget, Reservation};
 use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
 use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, dequantize_row, quantize_row_q8};
-use budget::{Bytes, OutOfBudget, Reservation};
 use kvcache::{KvCache, KvError, KvLayout, SeqId};
 
 use crate::memory::{Accounts, scratch_bytes};
@@ -47,7 +47,11 @@ pub struct SessionConfig {
 #[non_exhaustive]
 pub enum EvalError {
     #[error("context full: {have} tokens held + {adding} new > context size {n_ctx}")]
-    ContextFull { have: usize, adding: usize, n_ctx: usize },
+    ContextFull {
+        have: usize,
+        adding: usize,
+        n_ctx: usize,
+    },
     #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
     BadToken { id: u32, vocab: usize },
     #[error(transparent)]
@@ -182,7 +186,11 @@ impl<'a, 'm> Session<'a, 'm> {
         // Reserve before allocating: a budget too small fails here, with nothing held.
         let scratch_res = accounts.reserve(accounts.scratch, scratch_bytes(c, ubatch))?;
         let s = Scratch::new(model, ubatch);
-        debug_assert_eq!(s.fixed_bytes(), scratch_bytes(c, ubatch), "scratch formula drifted");
+        debug_assert_eq!(
+            s.fixed_bytes(),
+            scratch_bytes(c, ubatch),
+            "scratch formula drifted"
+        );
         Ok(Session {
             model,
             cfg: SessionConfig { ubatch, ..cfg },
@@ -252,7 +260,11 @@ impl<'a, 'm> Session<'a, 'm> {
         }
         let n_ctx = self.cfg.n_ctx;
         if self.n_past + tokens.len() > n_ctx {
-            return Err(EvalError::ContextFull { have: self.n_past, adding: tokens.len(), n_ctx });
+            return Err(EvalError::ContextFull {
+                have: self.n_past,
+                adding: tokens.len(),
+                n_ctx,
+            });
         }
         let n_out = match which {
             Logits::Last => 1.min(tokens.len()),
@@ -277,7 +289,8 @@ impl<'a, 'm> Session<'a, 'm> {
         self.account_scratch(n_out * vocab, attn_need)?;
         self.kv.seq_reserve(self.seq, self.n_past + tokens.len())?;
         // Exact growth, so the buffers hold no more than the ledger granted.
-        self.logits.reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
+        self.logits
+            .reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
         self.logits.resize(n_out * vocab, 0.0);
         if self.s.attn.len() < attn_need {
             self.s.attn.reserve_exact(attn_need - self.s.attn.len());
@@ -311,7 +324,11 @@ impl<'a, 'm> Session<'a, 'm> {
         let s = &mut self.s;
 
         for (t, &tok) in tokens.iter().enumerate() {
-            dequantize_row(m.tok_embd.wtype(), m.tok_embd.row(tok as usize), &mut s.x[t * d..(t + 1) * d]);
+            dequantize_row(
+                m.tok_embd.wtype(),
+                m.tok_embd.row(tok as usize),
+                &mut s.x[t * d..(t + 1) * d],
+            );
             self.rope.angles(pos0 + t, &mut s.rope[t]);
         }
         let shape = AttnShape {
@@ -322,12 +339,22 @@ impl<'a, 'm> Session<'a, 'm> {
             scale: 1.0 / (hd as f32).sqrt(),
         };
         self.blocks.clear();
-        self.blocks.extend_from_slice(self.kv.seq_blocks(self.seq).expect("live sequence"));
+        self.blocks
+            .extend_from_slice(self.kv.seq_blocks(self.seq).expect("live sequence"));
         let layout = *self.kv.layout();
 
         for (li, l) in m.layers.iter().enumerate() {
             // Attention block.
-            norm_quant(pool, &s.x, &mut s.xn, &mut s.xq, &l.attn_norm, c.rms_eps, d, n);
+            norm_quant(
+                pool,
+                &s.x,
+                &mut s.xn,
+                &mut s.xq,
+                &l.attn_norm,
+                c.rms_eps,
+                d,
+                n,
+            );
             matmul(
                 pool,
                 &mut [
@@ -374,17 +401,42 @@ impl<'a, 'm> Session<'a, 'm> {
                     v_base: layout.v_base(li),
                     head_stride: layout.head_stride(),
                 };
-                attention(pool, &s.q[..n * qd], &paged, &shape, &mut s.attn, &mut s.att[..n * qd]);
+                attention(
+                    pool,
+                    &s.q[..n * qd],
+                    &paged,
+                    &shape,
+                    &mut s.attn,
+                    &mut s.att[..n * qd],
+                );
             }
             quant_rows(pool, &s.att, &mut s.xq, qd, n);
-            matmul(pool, &mut [MatJob::new(l.wo, &mut s.xn[..n * d])], &s.att, &s.xq, n);
+            matmul(
+                pool,
+                &mut [MatJob::new(l.wo, &mut s.xn[..n * d])],
+                &s.att,
+                &s.xq,
+                n,
+            );
             ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
 
             // Feed-forward block.
-            norm_quant(pool, &s.x, &mut s.xn, &mut s.xq, &l.ffn_norm, c.rms_eps, d, n);
+            norm_quant(
+                pool,
+                &s.x,
+                &mut s.xn,
+                &mut s.xq,
+                &l.ffn_norm,
+                c.rms_eps,
+                d,
+                n,
+            );
             matmul(
                 pool,
-                &mut [MatJob::new(l.gate, &mut s.gate[..n * ff]), MatJob::new(l.up, &mut s.up[..n * ff])],
+                &mut [
+                    MatJob::new(l.gate, &mut s.gate[..n * ff]),
+                    MatJob::new(l.up, &mut s.up[..n * ff]),
+                ],
                 &s.xn[..n * d],
                 &s.xq[..n * d / QK],
                 n,
@@ -399,19 +451,41 @@ impl<'a, 'm> Session<'a, 'm> {
                     quantize_row_q8(g, q);
                 });
             }
-            matmul(pool, &mut [MatJob::new(l.down, &mut s.xn[..n * d])], &s.gate, &s.xq, n);
+            matmul(
+                pool,
+                &mut [MatJob::new(l.down, &mut s.xn[..n * d])],
+                &s.gate,
+                &s.xq,
+                n,
+            );
             ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
         }
         self.n_past += n;
 
         let Some(out_row) = out else { return };
-        let (first, n_out, row0) = if out_row == usize::MAX { (n - 1, 1, 0) } else { (0, n, out_row) };
+        let (first, n_out, row0) = if out_row == usize::MAX {
+            (n - 1, 1, 0)
+        } else {
+            (0, n, out_row)
+        };
         let x = &s.x[first * d..(first + n_out) * d];
-        norm_quant(pool, x, &mut s.xn, &mut s.xq, &m.output_norm, c.rms_eps, d, n_out);
+        norm_quant(
+            pool,
+            x,
+            &mut s.xn,
+            &mut s.xq,
+            &m.output_norm,
+            c.rms_eps,
+            d,
+            n_out,
+        );
         let vocab = c.vocab;
         matmul(
             pool,
-            &mut [MatJob::new(m.output, &mut self.logits[row0 * vocab..(row0 + n_out) * vocab])],
+            &mut [MatJob::new(
+                m.output,
+                &mut self.logits[row0 * vocab..(row0 + n_out) * vocab],
+            )],
             &s.xn[..n_out * d],
             &s.xq[..n_out * d / QK],
             n_out,

@@ -41,10 +41,16 @@ pub enum LoadError {
     BadValue { key: String, why: String },
     #[error("missing tensor '{name}'")]
     MissingTensor { name: String },
-    #[error("tensor '{tensor}' has unsupported type {ggml_type} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")]
+    #[error(
+        "tensor '{tensor}' has unsupported type {ggml_type} (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+    )]
     UnsupportedType { tensor: String, ggml_type: String },
     #[error("tensor '{tensor}' has shape {got:?}, expected {expected:?}")]
-    Shape { tensor: String, expected: Vec<u64>, got: Vec<u64> },
+    Shape {
+        tensor: String,
+        expected: Vec<u64>,
+        got: Vec<u64>,
+    },
     #[error("tensor '{tensor}': {why}")]
     BadTensor { tensor: String, why: String },
     #[error("tokenizer: {0}")]

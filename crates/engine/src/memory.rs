@@ -6,7 +6,7 @@
 //! logits). [`plan`] computes those sizes from the model's shape without loading it, with
 //! the same formulas the session uses when it reserves, so a plan and a run agree.
 
-use budget::{Budget, BudgetBuilder, Bytes, OutOfBudget, PoolId, Policy, Reservation};
+use budget::{Budget, BudgetBuilder, Bytes, OutOfBudget, Policy, PoolId, Reservation};
 use kernels::quant::{BlockQ8, QK};
 
 use crate::config::ModelConfig;
@@ -29,7 +29,12 @@ impl Accounts {
     /// Looks up the `weights`, `kv` and `scratch` pools of `budget`.
     pub fn of(budget: &Budget) -> Result<Self, MissingPool> {
         let id = |name: &'static str| budget.pool_id(name).ok_or(MissingPool(name));
-        Ok(Accounts { budget: budget.clone(), weights: id("weights")?, kv: id("kv")?, scratch: id("scratch")? })
+        Ok(Accounts {
+            budget: budget.clone(),
+            weights: id("weights")?,
+            kv: id("kv")?,
+            scratch: id("scratch")?,
+        })
     }
 
     /// A ledger with no practical limit, for callers that only want the accounting.
@@ -46,7 +51,9 @@ impl Accounts {
 
     /// An empty reservation in `pool`, to grow later.
     pub fn open(&self, pool: PoolId) -> Reservation {
-        self.budget.reserve(pool, Bytes(0)).expect("an empty reservation always fits")
+        self.budget
+            .reserve(pool, Bytes(0))
+            .expect("an empty reservation always fits")
     }
 
     /// Reserves `bytes` in `pool`.
@@ -57,7 +64,11 @@ impl Accounts {
 
 /// Bytes of the per-micro-batch buffers a session allocates for `ubatch` tokens.
 pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
-    let (d, qd, kvd) = (cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+    let (d, qd, kvd) = (
+        cfg.d_model,
+        cfg.n_heads * cfg.head_dim,
+        cfg.n_kv_heads * cfg.head_dim,
+    );
     let widest = d.max(qd).max(cfg.d_ff);
     let f32s = ubatch * (2 * d + 2 * qd + 2 * kvd + 2 * cfg.d_ff);
     let q8 = ubatch * widest / QK * std::mem::size_of::<BlockQ8>();
@@ -68,7 +79,12 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
 
 /// Largest attention workspace of a session (f32s): one partial row per work item; work
 /// items are at most max(KV heads × query tiles, 4 × threads splits) over any call.
-pub fn attention_scratch_bytes(cfg: &ModelConfig, ubatch: usize, n_ctx: usize, threads: usize) -> u64 {
+pub fn attention_scratch_bytes(
+    cfg: &ModelConfig,
+    ubatch: usize,
+    n_ctx: usize,
+    threads: usize,
+) -> u64 {
     let g = cfg.n_heads / cfg.n_kv_heads;
     let shape = |n_q: usize, pos0: usize| kernels::attention::AttnShape {
         n_q,
@@ -81,7 +97,8 @@ pub fn attention_scratch_bytes(cfg: &ModelConfig, ubatch: usize, n_ctx: usize, t
     // The workspace is largest either for a full micro-batch or for one token at the
     // deepest position (most key splits).
     let a = kernels::attention::scratch_len(&shape(ubatch.min(n_ctx), 0), cfg.head_dim, threads);
-    let b = kernels::attention::scratch_len(&shape(1, n_ctx.saturating_sub(1)), cfg.head_dim, threads);
+    let b =
+        kernels::attention::scratch_len(&shape(1, n_ctx.saturating_sub(1)), cfg.head_dim, threads);
     (a.max(b) * 4) as u64
 }
 
@@ -124,11 +141,15 @@ pub const RUNTIME_BYTES: u64 = 4 << 20;
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let cfg = input.cfg;
     let blocks = input.n_ctx.div_ceil(crate::forward::BLOCK_TOKENS) as u64;
-    let kv_bytes = blocks * crate::forward::BLOCK_TOKENS as u64 * input.kv_bytes_per_token * input.n_seqs as u64;
+    let kv_bytes = blocks
+        * crate::forward::BLOCK_TOKENS as u64
+        * input.kv_bytes_per_token
+        * input.n_seqs as u64;
     let scratch_bytes = scratch_bytes(cfg, input.ubatch)
         + attention_scratch_bytes(cfg, input.ubatch, input.n_ctx, input.threads)
         + cfg.vocab as u64 * 4;
-    let total_bytes = input.file_bytes + input.tokenizer_bytes + kv_bytes + scratch_bytes + RUNTIME_BYTES;
+    let total_bytes =
+        input.file_bytes + input.tokenizer_bytes + kv_bytes + scratch_bytes + RUNTIME_BYTES;
     Plan {
         weights_bytes: input.file_bytes,
         tokenizer_bytes: input.tokenizer_bytes,

@@ -4,8 +4,8 @@ use gguf::{GgmlType, GgufFile};
 use kernels::matmul::QMatrix;
 use kernels::quant::{WType, dequantize_row};
 
-use crate::config::{Arch, ModelConfig};
 use crate::LoadError;
+use crate::config::{Arch, ModelConfig};
 
 /// One decoder block's weights.
 pub struct Layer<'m> {
@@ -43,34 +43,59 @@ fn wtype_of(name: &str, t: GgmlType) -> Result<WType, LoadError> {
         GgmlType::Q4_1 => WType::Q4_1,
         GgmlType::Q8_0 => WType::Q8_0,
         other => {
-            return Err(LoadError::UnsupportedType { tensor: name.into(), ggml_type: other.name().into() });
+            return Err(LoadError::UnsupportedType {
+                tensor: name.into(),
+                ggml_type: other.name().into(),
+            });
         }
     })
 }
 
 /// Looks up a 2-D tensor `[cols, rows]` (ggml order) and checks its shape.
-fn matrix<'m>(file: &GgufFile<'m>, name: &str, rows: usize, cols: usize) -> Result<QMatrix<'m>, LoadError> {
-    let info = file.tensor(name).ok_or_else(|| LoadError::MissingTensor { name: name.into() })?;
+fn matrix<'m>(
+    file: &GgufFile<'m>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<QMatrix<'m>, LoadError> {
+    let info = file
+        .tensor(name)
+        .ok_or_else(|| LoadError::MissingTensor { name: name.into() })?;
     let dims = info.dims();
     let want = [cols as u64, rows as u64];
     if dims != want {
-        return Err(LoadError::Shape { tensor: name.into(), expected: want.to_vec(), got: dims.to_vec() });
+        return Err(LoadError::Shape {
+            tensor: name.into(),
+            expected: want.to_vec(),
+            got: dims.to_vec(),
+        });
     }
     let wtype = wtype_of(name, info.ggml_type())?;
-    QMatrix::new(wtype, rows, cols, file.tensor_data(info))
-        .map_err(|e| LoadError::BadTensor { tensor: name.into(), why: e.to_string() })
+    QMatrix::new(wtype, rows, cols, file.tensor_data(info)).map_err(|e| LoadError::BadTensor {
+        tensor: name.into(),
+        why: e.to_string(),
+    })
 }
 
 /// Looks up a 1-D tensor of `len` values and returns it as f32.
 fn vector(file: &GgufFile<'_>, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
-    let info = file.tensor(name).ok_or_else(|| LoadError::MissingTensor { name: name.into() })?;
+    let info = file
+        .tensor(name)
+        .ok_or_else(|| LoadError::MissingTensor { name: name.into() })?;
     if info.dims() != [len as u64] {
-        return Err(LoadError::Shape { tensor: name.into(), expected: vec![len as u64], got: info.dims().to_vec() });
+        return Err(LoadError::Shape {
+            tensor: name.into(),
+            expected: vec![len as u64],
+            got: info.dims().to_vec(),
+        });
     }
     let wtype = wtype_of(name, info.ggml_type())?;
     let data = file.tensor_data(info);
     if wtype.row_bytes(len) != Some(data.len()) {
-        return Err(LoadError::BadTensor { tensor: name.into(), why: "size does not match its type".into() });
+        return Err(LoadError::BadTensor {
+            tensor: name.into(),
+            why: "size does not match its type".into(),
+        });
     }
     let mut out = vec![0.0f32; len];
     dequantize_row(wtype, data, &mut out);
@@ -116,6 +141,13 @@ impl<'m> Model<'m> {
             });
         }
         let weight_bytes = file.tensors().iter().map(|t| t.size_bytes()).sum();
-        Ok(Model { cfg, tok_embd, output, output_norm, layers, weight_bytes })
+        Ok(Model {
+            cfg,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            weight_bytes,
+        })
     }
 }

@@ -14,7 +14,12 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+        }
     }
 }
 
@@ -39,7 +44,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Self {
-        Sampler { cfg, state: cfg.seed ^ 0x5DEE_CE66_D1CE_4E5B, cand: Vec::new() }
+        Sampler {
+            cfg,
+            state: cfg.seed ^ 0x5DEE_CE66_D1CE_4E5B,
+            cand: Vec::new(),
+        }
     }
 
     fn next_f32(&mut self) -> f32 {
@@ -57,8 +66,17 @@ impl Sampler {
         }
         let inv_t = 1.0 / self.cfg.temperature;
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (l * inv_t, i as u32)));
-        let k = if self.cfg.top_k == 0 { self.cand.len() } else { self.cfg.top_k.min(self.cand.len()) };
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (l * inv_t, i as u32)),
+        );
+        let k = if self.cfg.top_k == 0 {
+            self.cand.len()
+        } else {
+            self.cfg.top_k.min(self.cand.len())
+        };
         let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
         if k < self.cand.len() {
             self.cand.select_nth_unstable_by(k - 1, by_logit);
@@ -108,9 +126,20 @@ mod tests {
     #[test]
     fn sampling_is_seeded_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| (i % 10) as f32 * 0.3).collect();
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 3, top_p: 1.0, seed: 42 };
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg); (0..50).map(|_| s.sample(&logits)).collect() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            seed: 42,
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         // The three largest logits are 2.7 at indices 9, 19, 29, …: only those may come out.
         assert!(a.iter().all(|&t| t % 10 == 9), "{a:?}");
@@ -118,7 +147,12 @@ mod tests {
 
     #[test]
     fn top_p_keeps_only_the_dominant_token() {
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 1 };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: 1,
+        };
         let mut s = Sampler::new(cfg);
         for _ in 0..20 {
             assert_eq!(s.sample(&[10.0, 0.0, 0.0, 0.0]), 0);

@@ -4,10 +4,10 @@
 use gguf::{GgufFile, Value};
 use tokenizer::{BosEos, Render, Special, StreamDecoder, TokenId, Tokenizer, VocabSpec};
 
+use crate::LoadError;
 use crate::chat::{self, Message, TemplateError};
 use crate::config::meta_str;
 use crate::model::Model;
-use crate::LoadError;
 
 /// A model ready for text in, text out.
 pub struct TextModel<'m> {
@@ -26,7 +26,10 @@ fn strings(file: &GgufFile<'_>, key: &str) -> Result<Vec<String>, LoadError> {
             .iter_bytes()?
             .map(|b| Ok(String::from_utf8_lossy(b).into_owned()))
             .collect(),
-        Some(_) => Err(LoadError::BadValue { key: key.into(), why: "expected an array of strings".into() }),
+        Some(_) => Err(LoadError::BadValue {
+            key: key.into(),
+            why: "expected an array of strings".into(),
+        }),
     }
 }
 
@@ -37,7 +40,10 @@ fn opt_u32(file: &GgufFile<'_>, key: &str) -> Result<Option<u32>, LoadError> {
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| LoadError::BadValue { key: key.into(), why: "expected a token id".into() }),
+            .ok_or_else(|| LoadError::BadValue {
+                key: key.into(),
+                why: "expected a token id".into(),
+            }),
     }
 }
 
@@ -47,8 +53,9 @@ fn opt_bool(file: &GgufFile<'_>, key: &str) -> Option<bool> {
 
 /// Builds the tokenizer's description from the file's `tokenizer.ggml.*` keys.
 pub fn vocab_spec(file: &GgufFile<'_>) -> Result<VocabSpec, LoadError> {
-    let model = meta_str(file, "tokenizer.ggml.model")?
-        .ok_or_else(|| LoadError::MissingKey { key: "tokenizer.ggml.model".into() })?;
+    let model = meta_str(file, "tokenizer.ggml.model")?.ok_or_else(|| LoadError::MissingKey {
+        key: "tokenizer.ggml.model".into(),
+    })?;
     let token_types = match file.get("tokenizer.ggml.token_type") {
         Some(Value::Array(a)) => a.iter_i32()?.collect(),
         _ => Vec::new(),
@@ -87,7 +94,11 @@ pub struct TextStream<'t> {
 impl TextStream<'_> {
     /// Text completed by token `id` (empty while a character is still split).
     pub fn push(&mut self, id: u32) -> String {
-        self.inner.push(TokenId(id)).ok().flatten().unwrap_or_default()
+        self.inner
+            .push(TokenId(id))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     /// Whatever is still held back (an incomplete character becomes U+FFFD).
@@ -110,13 +121,22 @@ impl<'m> TextModel<'m> {
             )));
         }
         let chat_template = meta_str(file, "tokenizer.chat_template")?.map(Into::into);
-        Ok(TextModel { model, tokenizer, chat_template, weights_res: None })
+        Ok(TextModel {
+            model,
+            tokenizer,
+            chat_template,
+            weights_res: None,
+        })
     }
 
     /// Reserves the model's resident bytes in the ledger's `weights` pool: the mapped file
     /// (`file_bytes`, all of it resident while the model runs; file-backed pages count)
     /// and the tokenizer's tables.
-    pub fn account(&mut self, accounts: &crate::memory::Accounts, file_bytes: u64) -> Result<(), budget::OutOfBudget> {
+    pub fn account(
+        &mut self,
+        accounts: &crate::memory::Accounts,
+        file_bytes: u64,
+    ) -> Result<(), budget::OutOfBudget> {
         let bytes = file_bytes + self.tokenizer.table_bytes();
         self.weights_res = Some(accounts.reserve(accounts.weights, bytes)?);
         Ok(())
@@ -129,7 +149,11 @@ impl<'m> TextModel<'m> {
 
     /// Token ids of `text`, special tokens recognized, BOS/EOS as the model asks.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.tokenizer.encode(text, BosEos::Add, Special::Parse).into_iter().map(|t| t.0).collect()
+        self.tokenizer
+            .encode(text, BosEos::Add, Special::Parse)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
     }
 
     /// The prompt for one user message through the model's chat template.
@@ -137,7 +161,9 @@ impl<'m> TextModel<'m> {
         let tmpl = self.chat_template.as_deref().unwrap_or(CHATML);
         let sp = self.tokenizer.special_tokens();
         let text = |id: Option<TokenId>| {
-            id.and_then(|i| self.tokenizer.token_text(i)).unwrap_or_default().to_string()
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or_default()
+                .to_string()
         };
         chat::render(tmpl, &[Message::user(user)], &text(sp.bos), &text(sp.eos))
     }
@@ -149,6 +175,8 @@ impl<'m> TextModel<'m> {
 
     /// A streaming decoder for generated tokens (control tokens not rendered).
     pub fn stream_decoder(&self) -> TextStream<'_> {
-        TextStream { inner: self.tokenizer.stream_decoder(Render::Text) }
+        TextStream {
+            inner: self.tokenizer.stream_decoder(Render::Text),
+        }
     }
 }

@@ -10,17 +10,36 @@ use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, quantize_row_q8, reference};
 
 fn main() {
-    let threads = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2);
+    let threads = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let pool = ThreadPool::new(threads).unwrap();
-    let layers: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let layers: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let (d, ff) = (576usize, 1536usize);
     let make = |n: usize, seed: usize| -> Vec<f32> {
-        (0..n).map(|i| (((i * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0).collect()
+        (0..n)
+            .map(|i| (((i * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
     };
     // Per layer: q (576), k (192), v (192), o (576), gate/up (1536), down (576 × 1536).
     let mut mats: Vec<(Vec<u8>, usize, usize)> = Vec::new();
     for l in 0..layers {
-        for (i, &(r, c)) in [(d, d), (192, d), (192, d), (d, d), (ff, d), (ff, d), (d, ff)].iter().enumerate() {
+        for (i, &(r, c)) in [
+            (d, d),
+            (192, d),
+            (192, d),
+            (d, d),
+            (ff, d),
+            (ff, d),
+            (d, ff),
+        ]
+        .iter()
+        .enumerate()
+        {
             mats.push((reference::quantize_q4_1(&make(r * c, l * 7 + i)), r, c));
         }
     }
@@ -38,7 +57,13 @@ fn main() {
         for _ in 0..reps {
             for (w, r, c) in &mats {
                 let m = QMatrix::new(kernels::quant::WType::Q4_1, *r, *c, w).unwrap();
-                matmul(&pool, &mut [MatJob::new(m, &mut out[..n * r])], &x[..n * c], &xq[..n * c / 32], n);
+                matmul(
+                    &pool,
+                    &mut [MatJob::new(m, &mut out[..n * r])],
+                    &x[..n * c],
+                    &xq[..n * c / 32],
+                    n,
+                );
             }
         }
         let per = t.elapsed().as_secs_f64() / reps as f64;

@@ -17,9 +17,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::Isa;
 use crate::pool::ThreadPool;
 use crate::simd;
-use crate::Isa;
 
 /// Largest head dimension supported (stack buffers are sized for it).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -75,7 +75,11 @@ fn plan(shape: &AttnShape, _hd: usize, bt: usize, n_threads: usize) -> (usize, u
     let q_tiles = shape.n_q.div_ceil(Q_TILE);
     let base = shape.n_kv_heads * q_tiles;
     let n_blocks = (shape.pos0 + shape.n_q).div_ceil(bt).max(1);
-    let splits = if base >= 4 * n_threads { 1 } else { (4 * n_threads).div_ceil(base).min(n_blocks) };
+    let splits = if base >= 4 * n_threads {
+        1
+    } else {
+        (4 * n_threads).div_ceil(base).min(n_blocks)
+    };
     (base * splits, splits, q_tiles)
 }
 
@@ -122,12 +126,18 @@ pub fn attention_with(
     assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && g <= MAX_GROUP && g >= 1);
     assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
     let n_keys = shape.pos0 + shape.n_q;
-    assert!(kv.blocks.len() * bt >= n_keys, "attention: fewer blocks than keys");
+    assert!(
+        kv.blocks.len() * bt >= n_keys,
+        "attention: fewer blocks than keys"
+    );
     assert!(q.len() >= shape.n_q * shape.n_heads * hd && out.len() >= q.len());
     let (items, splits, q_tiles) = plan(shape, hd, bt, pool.n_threads());
     let tq = Q_TILE.min(shape.n_q.max(1));
     let slot = g * tq * (hd + 2);
-    assert!(scratch.len() >= items * slot, "attention: scratch too short");
+    assert!(
+        scratch.len() >= items * slot,
+        "attention: scratch too short"
+    );
     let sp = SyncPtr(scratch.as_mut_ptr());
     let next = AtomicUsize::new(0);
     pool.run(|_| {
@@ -143,7 +153,16 @@ pub fn attention_with(
             let h = it / splits / q_tiles;
             // SAFETY: item `it` owns scratch[it*slot .. (it+1)*slot].
             let part = unsafe { std::slice::from_raw_parts_mut(sp.get().add(it * slot), slot) };
-            run_item(isa, q, kv, shape, (h, tile, split, splits), part, &mut kf, &mut vf);
+            run_item(
+                isa,
+                q,
+                kv,
+                shape,
+                (h, tile, split, splits),
+                part,
+                &mut kf,
+                &mut vf,
+            );
         }
     });
     // Merge the splits of each (head, tile) into the output.
@@ -162,7 +181,8 @@ pub fn attention_with(
                     acc.iter_mut().for_each(|a| *a = 0.0);
                     let mut l = 0.0f32;
                     for s in 0..splits {
-                        let p = &scratch[((h * q_tiles + tile) * splits + s) * slot + row * (hd + 2)..];
+                        let p =
+                            &scratch[((h * q_tiles + tile) * splits + s) * slot + row * (hd + 2)..];
                         if p[1] == 0.0 {
                             continue;
                         }
@@ -205,7 +225,10 @@ fn run_item(
     let last_key = shape.pos0 + t0 + nt - 1;
     let n_blocks = last_key / bt + 1;
     let per = n_blocks.div_ceil(splits);
-    let (b0, b1) = ((split * per).min(n_blocks), ((split + 1) * per).min(n_blocks));
+    let (b0, b1) = (
+        (split * per).min(n_blocks),
+        ((split + 1) * per).min(n_blocks),
+    );
     for r in 0..rows {
         let p = &mut part[r * (hd + 2)..(r + 1) * (hd + 2)];
         p[0] = f32::NEG_INFINITY;
@@ -257,7 +280,15 @@ fn run_item(
 }
 
 /// The fused kernel for common head sizes, if this ISA has one; `false` = not handled.
-fn attend_fast(isa: Isa, q: &[f32], kf: &[f32], vf: &[f32], nv: usize, scale: f32, p: &mut [f32]) -> bool {
+fn attend_fast(
+    isa: Isa,
+    q: &[f32],
+    kf: &[f32],
+    vf: &[f32],
+    nv: usize,
+    scale: f32,
+    p: &mut [f32],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         // SAFETY: AVX2 detected; lengths: q and p sized by head_dim, kf/vf hold nv rows.

@@ -6,10 +6,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::Isa;
 use crate::pool::ThreadPool;
 use crate::quant::{BlockQ8, WType};
 use crate::simd::{self, OutPtr, RowsRef};
-use crate::Isa;
 
 /// A weight matrix in ggml layout (row-major, `rows` rows of `cols` elements), borrowed
 /// in place from the model file.
@@ -29,13 +29,21 @@ pub enum ShapeError {
     #[error("{cols} columns is not a whole number of {wtype:?} blocks")]
     PartialBlock { wtype: WType, cols: usize },
     #[error("a {rows}×{cols} {wtype:?} matrix needs {needed} bytes, got {got}")]
-    WrongSize { wtype: WType, rows: usize, cols: usize, needed: usize, got: usize },
+    WrongSize {
+        wtype: WType,
+        rows: usize,
+        cols: usize,
+        needed: usize,
+        got: usize,
+    },
 }
 
 impl<'a> QMatrix<'a> {
     /// Views `data` as a `rows × cols` matrix of `wtype`, checking its size exactly.
     pub fn new(wtype: WType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, ShapeError> {
-        let row_bytes = wtype.row_bytes(cols).ok_or(ShapeError::PartialBlock { wtype, cols })?;
+        let row_bytes = wtype
+            .row_bytes(cols)
+            .ok_or(ShapeError::PartialBlock { wtype, cols })?;
         let needed = row_bytes.checked_mul(rows);
         if needed != Some(data.len()) {
             return Err(ShapeError::WrongSize {
@@ -46,7 +54,13 @@ impl<'a> QMatrix<'a> {
                 got: data.len(),
             });
         }
-        Ok(QMatrix { wtype, rows, cols, row_bytes, data })
+        Ok(QMatrix {
+            wtype,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
     }
 
     pub fn wtype(&self) -> WType {
@@ -64,7 +78,12 @@ impl<'a> QMatrix<'a> {
     }
 
     fn rows_ref(&self) -> RowsRef<'a> {
-        RowsRef { wtype: self.wtype, data: self.data, row_bytes: self.row_bytes, cols: self.cols }
+        RowsRef {
+            wtype: self.wtype,
+            data: self.data,
+            row_bytes: self.row_bytes,
+            cols: self.cols,
+        }
     }
 }
 
@@ -99,7 +118,13 @@ impl SyncOut {
 ///
 /// # Panics
 /// On mismatched sizes: jobs with different `cols`, outputs or inputs too short.
-pub fn matmul(pool: &ThreadPool, jobs: &mut [MatJob<'_, '_>], x: &[f32], xq: &[BlockQ8], n_tokens: usize) {
+pub fn matmul(
+    pool: &ThreadPool,
+    jobs: &mut [MatJob<'_, '_>],
+    x: &[f32],
+    xq: &[BlockQ8],
+    n_tokens: usize,
+) {
     matmul_with(Isa::detect(), pool, jobs, x, xq, n_tokens);
 }
 
@@ -116,16 +141,24 @@ pub fn matmul_with(
     let cols = first.w.cols;
     for j in jobs.iter() {
         assert_eq!(j.w.cols, cols, "matmul: jobs must share the input width");
-        assert!(j.out.len() >= n_tokens * j.w.rows, "matmul: output too short");
+        assert!(
+            j.out.len() >= n_tokens * j.w.rows,
+            "matmul: output too short"
+        );
         if j.w.wtype.uses_q8_activations() {
-            assert!(xq.len() >= n_tokens * cols / 32, "matmul: quantized input too short");
+            assert!(
+                xq.len() >= n_tokens * cols / 32,
+                "matmul: quantized input too short"
+            );
         } else {
             assert!(x.len() >= n_tokens * cols, "matmul: input too short");
         }
     }
     let total_rows: usize = jobs.iter().map(|j| j.w.rows).sum();
     // Enough chunks for balance (≥ 8 per thread), each a multiple of 4 rows for the tiles.
-    let chunk = (total_rows / (pool.n_threads() * 8)).clamp(4, 64).next_multiple_of(4);
+    let chunk = (total_rows / (pool.n_threads() * 8))
+        .clamp(4, 64)
+        .next_multiple_of(4);
     let mut starts = Vec::with_capacity(jobs.len());
     let mut n_chunks = 0;
     for j in jobs.iter() {
@@ -134,7 +167,12 @@ pub fn matmul_with(
     }
     let outs: Vec<SyncOut> = jobs
         .iter_mut()
-        .map(|j| SyncOut(OutPtr { ptr: j.out.as_mut_ptr(), ld: j.w.rows }))
+        .map(|j| {
+            SyncOut(OutPtr {
+                ptr: j.out.as_mut_ptr(),
+                ld: j.w.rows,
+            })
+        })
         .collect();
     let mats: Vec<QMatrix<'_>> = jobs.iter().map(|j| j.w).collect();
     let next = AtomicUsize::new(0);

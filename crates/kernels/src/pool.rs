@@ -82,7 +82,11 @@ impl ThreadPool {
                     .spawn(move || worker(&s, idx))?,
             );
         }
-        Ok(ThreadPool { n_threads, shared, handles })
+        Ok(ThreadPool {
+            n_threads,
+            shared,
+            handles,
+        })
     }
 
     /// Most threads taking part in each `run`, the caller included.
@@ -107,9 +111,8 @@ impl ThreadPool {
         // SAFETY: the 'static lifetime is a lie the invariants make harmless: workers use
         // the job only after joining it and before counting themselves done, and this
         // function does not return before every joined worker is done.
-        let job: &'static Job = unsafe {
-            std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job)
-        };
+        let job: &'static Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         s.done.store(0, SeqCst);
         let epoch = (s.state.load(SeqCst) >> 32) + 1;
@@ -203,7 +206,10 @@ fn worker(s: &Shared, idx: usize) {
             seen = st >> 32; // missed this job; the caller did our share
             continue;
         }
-        if s.state.compare_exchange(st, st + 1, SeqCst, SeqCst).is_err() {
+        if s.state
+            .compare_exchange(st, st + 1, SeqCst, SeqCst)
+            .is_err()
+        {
             continue; // closed or joined by another meanwhile: look again
         }
         seen = st >> 32;
@@ -250,7 +256,11 @@ mod tests {
                 // Shared work, claimed dynamically, as every real job does.
                 while work.fetch_add(1, SeqCst) < 1000 {}
             });
-            assert_eq!(hits[0].load(SeqCst), 1, "round {round}: the caller always runs");
+            assert_eq!(
+                hits[0].load(SeqCst),
+                1,
+                "round {round}: the caller always runs"
+            );
             for h in &hits {
                 assert!(h.load(SeqCst) <= 1, "round {round}: a thread ran twice");
             }

@@ -172,7 +172,9 @@ pub mod reference {
     pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(x.len() / QK * 18);
         for c in x.chunks_exact(QK) {
-            let max = c.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let max = c
+                .iter()
+                .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
             let d = max / -8.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -200,7 +202,9 @@ pub mod reference {
 
     /// Converts `x` to F16 bytes.
     pub fn to_f16_bytes(x: &[f32]) -> Vec<u8> {
-        x.iter().flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes()).collect()
+        x.iter()
+            .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect()
     }
 
     /// Converts `x` to F32 bytes.
@@ -230,7 +234,9 @@ mod tests {
 
     #[test]
     fn weight_formats_dequantize_within_their_step() {
-        let x: Vec<f32> = (0..96).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
         for (t, bytes, tol) in [
             (WType::Q8_0, reference::quantize_q8_0(&x), 1.0 / 127.0),
             (WType::Q4_0, reference::quantize_q4_0(&x), 1.0 / 7.0),

@@ -1,10 +1,10 @@
 //! Every SIMD path gives the portable path's results (within float summation order).
 
+use kernels::Isa;
 use kernels::attention::{AttnShape, PagedKv, attention_with, scratch_len};
 use kernels::matmul::{MatJob, QMatrix, matmul_with};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, WType, dequantize_row, quantize_row_q8, reference};
-use kernels::Isa;
 
 /// A small deterministic generator (splitmix64) so tests need no RNG crate.
 struct Rng(u64);
@@ -38,7 +38,13 @@ fn encode(t: WType, x: &[f32]) -> Vec<u8> {
 fn matmul_paths_agree_and_match_dequantized_reference() {
     let pool = ThreadPool::new(2).unwrap();
     let mut rng = Rng(7);
-    for &t in &[WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F16, WType::F32] {
+    for &t in &[
+        WType::Q4_0,
+        WType::Q4_1,
+        WType::Q8_0,
+        WType::F16,
+        WType::F32,
+    ] {
         // Odd row counts and token counts exercise every tile edge.
         for &(rows, cols, n_tokens) in &[(1, 32, 1), (7, 64, 3), (37, 96, 5), (130, 128, 67)] {
             let wf = rng.vec(rows * cols);
@@ -71,10 +77,20 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
             let mut results = Vec::new();
             for isa in Isa::available() {
                 let mut out = vec![0.0f32; n_tokens * rows];
-                matmul_with(isa, &pool, &mut [MatJob::new(w, &mut out)], &x, &xq, n_tokens);
+                matmul_with(
+                    isa,
+                    &pool,
+                    &mut [MatJob::new(w, &mut out)],
+                    &x,
+                    &xq,
+                    n_tokens,
+                );
                 for (i, (o, r)) in out.iter().zip(&reference).enumerate() {
                     let tol = 1e-4 * (1.0 + r.abs()) * (cols as f64).sqrt();
-                    assert!((f64::from(*o) - r).abs() < tol, "{t:?} {isa:?} [{i}]: {o} vs {r}");
+                    assert!(
+                        (f64::from(*o) - r).abs() < tol,
+                        "{t:?} {isa:?} [{i}]: {o} vs {r}"
+                    );
                 }
                 results.push(out);
             }
@@ -87,7 +103,13 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
     }
 }
 
-fn naive_attention(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], shape: &AttnShape, hd: usize) -> Vec<f32> {
+fn naive_attention(
+    q: &[f32],
+    k: &[Vec<f32>],
+    v: &[Vec<f32>],
+    shape: &AttnShape,
+    hd: usize,
+) -> Vec<f32> {
     // k[h][j*hd..], v[h][j*hd..] per KV head.
     let g = shape.n_heads / shape.n_kv_heads;
     let mut out = vec![0.0f32; shape.n_q * shape.n_heads * hd];
@@ -99,7 +121,10 @@ fn naive_attention(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], shape: &AttnShape,
             let s: Vec<f64> = (0..n)
                 .map(|j| {
                     let kr = &k[h][j * hd..][..hd];
-                    qr.iter().zip(kr).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>()
+                    qr.iter()
+                        .zip(kr)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum::<f64>()
                         * f64::from(shape.scale)
                 })
                 .collect();
@@ -120,7 +145,14 @@ fn paged_attention_matches_naive_on_every_path() {
     let pool = ThreadPool::new(2).unwrap();
     let mut rng = Rng(11);
     let (hd, bt, n_kv, n_heads) = (64usize, 16usize, 3usize, 9usize);
-    for &(pos0, n_q) in &[(0usize, 1usize), (0, 7), (5, 1), (40, 9), (300, 1), (33, 64)] {
+    for &(pos0, n_q) in &[
+        (0usize, 1usize),
+        (0, 7),
+        (5, 1),
+        (40, 9),
+        (300, 1),
+        (33, 64),
+    ] {
         let n_keys = pos0 + n_q;
         let n_blocks = n_keys.div_ceil(bt);
         // Block layout: [K head0..head2][V head0..head2], each bt × hd.
@@ -138,7 +170,8 @@ fn paged_attention_matches_naive_on_every_path() {
             for h in 0..n_kv {
                 for i in 0..stride {
                     blk[h * stride + i] = half::f16::from_f32(k[h][b * stride + i]).to_bits();
-                    blk[(n_kv + h) * stride + i] = half::f16::from_f32(v[h][b * stride + i]).to_bits();
+                    blk[(n_kv + h) * stride + i] =
+                        half::f16::from_f32(v[h][b * stride + i]).to_bits();
                 }
             }
         }
@@ -151,7 +184,13 @@ fn paged_attention_matches_naive_on_every_path() {
             v_base: n_kv * stride,
             head_stride: stride,
         };
-        let shape = AttnShape { n_q, pos0, n_heads, n_kv_heads: n_kv, scale: 0.125 * 4.0 };
+        let shape = AttnShape {
+            n_q,
+            pos0,
+            n_heads,
+            n_kv_heads: n_kv,
+            scale: 0.125 * 4.0,
+        };
         let q = rng.vec(n_q * n_heads * hd);
         let want = naive_attention(&q, &k, &v, &shape, hd);
         for isa in Isa::available() {
@@ -159,7 +198,10 @@ fn paged_attention_matches_naive_on_every_path() {
             let mut out = vec![0.0f32; q.len()];
             attention_with(isa, &pool, &q, &kv, &shape, &mut scratch, &mut out);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() < 2e-5, "{isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 2e-5,
+                    "{isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}"
+                );
             }
         }
     }

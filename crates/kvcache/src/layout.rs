@@ -21,7 +21,11 @@ pub struct KvLayout {
 #[non_exhaustive]
 pub enum LayoutError {
     #[error("KV layout field {field} must be between 1 and {max}, got {value}")]
-    OutOfRange { field: &'static str, value: usize, max: usize },
+    OutOfRange {
+        field: &'static str,
+        value: usize,
+        max: usize,
+    },
 }
 
 impl KvLayout {
@@ -42,7 +46,12 @@ impl KvLayout {
                 return Err(LayoutError::OutOfRange { field, value, max });
             }
         }
-        Ok(KvLayout { n_layers, n_kv_heads, head_dim, block_tokens })
+        Ok(KvLayout {
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            block_tokens,
+        })
     }
 
     pub fn n_layers(&self) -> usize {

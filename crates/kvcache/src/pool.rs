@@ -42,7 +42,13 @@ pub struct BlockMeta {
 
 impl BlockMeta {
     fn fresh() -> Self {
-        BlockMeta { ref_count: 0, hash: None, tier: Tier::Hot, last_use: 0, use_count: 0 }
+        BlockMeta {
+            ref_count: 0,
+            hash: None,
+            tier: Tier::Hot,
+            last_use: 0,
+            use_count: 0,
+        }
     }
 }
 
@@ -94,7 +100,11 @@ impl BlockPool {
     /// list that still hold storage cost nothing; the rest grow the reservation, all or
     /// nothing.
     pub(crate) fn account_for(&mut self, n: usize) -> Result<(), OutOfBudget> {
-        let with_storage = self.free.iter().filter(|id| self.storage[id.0 as usize].is_some()).count();
+        let with_storage = self
+            .free
+            .iter()
+            .filter(|id| self.storage[id.0 as usize].is_some())
+            .count();
         let new_blocks = n.saturating_sub(with_storage) as u64;
         if let Some(r) = &mut self.reservation {
             let want = self.storage_bytes + new_blocks * self.layout.block_bytes();
@@ -164,7 +174,11 @@ impl BlockPool {
             self.storage_bytes += self.layout.block_bytes();
         }
         self.clock += 1;
-        self.metas[i] = BlockMeta { ref_count: 1, last_use: self.clock, ..BlockMeta::fresh() };
+        self.metas[i] = BlockMeta {
+            ref_count: 1,
+            last_use: self.clock,
+            ..BlockMeta::fresh()
+        };
         self.used += 1;
         Some(id)
     }
@@ -226,11 +240,15 @@ impl BlockPool {
     /// # Panics
     /// If the block is free (a bug in the caller: free blocks have no readers).
     pub fn data(&self, id: BlockId) -> &[u16] {
-        self.storage[id.0 as usize].as_deref().expect("data() of a block without storage")
+        self.storage[id.0 as usize]
+            .as_deref()
+            .expect("data() of a block without storage")
     }
 
     pub(crate) fn data_mut(&mut self, id: BlockId) -> &mut [u16] {
-        self.storage[id.0 as usize].as_deref_mut().expect("data_mut() of a block without storage")
+        self.storage[id.0 as usize]
+            .as_deref_mut()
+            .expect("data_mut() of a block without storage")
     }
 
     /// Copies block `src`'s contents into block `dst`.
@@ -239,10 +257,16 @@ impl BlockPool {
         assert_ne!(s, d);
         let (a, b) = if s < d {
             let (lo, hi) = self.storage.split_at_mut(d);
-            (lo[s].as_deref().expect("src storage"), hi[0].as_deref_mut().expect("dst storage"))
+            (
+                lo[s].as_deref().expect("src storage"),
+                hi[0].as_deref_mut().expect("dst storage"),
+            )
         } else {
             let (lo, hi) = self.storage.split_at_mut(s);
-            (hi[0].as_deref().expect("src storage"), lo[d].as_deref_mut().expect("dst storage"))
+            (
+                hi[0].as_deref().expect("src storage"),
+                lo[d].as_deref_mut().expect("dst storage"),
+            )
         };
         b.copy_from_slice(a);
     }
@@ -261,17 +285,32 @@ impl BlockPool {
         }
         let used = self.metas.iter().filter(|m| m.ref_count > 0).count();
         assert_eq!(used, self.used, "used count drifted");
-        assert_eq!(used + self.free.len(), self.metas.len(), "a block is neither free nor used");
+        assert_eq!(
+            used + self.free.len(),
+            self.metas.len(),
+            "a block is neither free nor used"
+        );
         for (i, m) in self.metas.iter().enumerate() {
             if m.ref_count > 0 {
-                assert!(self.storage[i].is_some(), "block {i} in use without storage");
+                assert!(
+                    self.storage[i].is_some(),
+                    "block {i} in use without storage"
+                );
             }
         }
         let bytes = self.storage.iter().filter(|s| s.is_some()).count() as u64;
-        assert_eq!(bytes * self.layout.block_bytes(), self.storage_bytes, "storage bytes drifted");
+        assert_eq!(
+            bytes * self.layout.block_bytes(),
+            self.storage_bytes,
+            "storage bytes drifted"
+        );
         assert!(self.used <= self.capacity, "over capacity");
         if let Some(r) = &self.reservation {
-            assert_eq!(r.size().0, self.storage_bytes, "ledger reservation differs from storage");
+            assert_eq!(
+                r.size().0,
+                self.storage_bytes,
+                "ledger reservation differs from storage"
+            );
         }
     }
 }

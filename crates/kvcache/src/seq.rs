@@ -24,11 +24,18 @@ pub struct SeqId(pub u32);
 #[non_exhaustive]
 pub enum KvError {
     #[error("KV cache full: {needed_blocks} more blocks needed, {free_blocks} free")]
-    NoRoom { needed_blocks: usize, free_blocks: usize },
+    NoRoom {
+        needed_blocks: usize,
+        free_blocks: usize,
+    },
     #[error("unknown sequence {0:?}")]
     UnknownSeq(SeqId),
     #[error("position {pos} is outside the {reserved} tokens reserved for {seq:?}")]
-    OutOfRange { seq: SeqId, pos: usize, reserved: usize },
+    OutOfRange {
+        seq: SeqId,
+        pos: usize,
+        reserved: usize,
+    },
     #[error("layer {layer} out of range (model has {n_layers})")]
     BadLayer { layer: usize, n_layers: usize },
     #[error("K/V row has {got} values, expected {expected}")]
@@ -56,7 +63,11 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of at most `capacity_blocks` blocks of `layout`.
     pub fn new(layout: KvLayout, capacity_blocks: usize) -> Self {
-        KvCache { pool: BlockPool::new(layout, capacity_blocks), seqs: BTreeMap::new(), next_seq: 0 }
+        KvCache {
+            pool: BlockPool::new(layout, capacity_blocks),
+            seqs: BTreeMap::new(),
+            next_seq: 0,
+        }
     }
 
     pub fn pool(&self) -> &BlockPool {
@@ -90,14 +101,19 @@ impl KvCache {
     /// Blocks needed to grow `seq` to `tokens` reserved tokens (plan, no mutation).
     pub fn blocks_needed(&self, seq: SeqId, tokens: usize) -> Result<usize, KvError> {
         let s = self.get(seq)?;
-        Ok(tokens.div_ceil(self.layout().block_tokens()).saturating_sub(s.blocks.len()))
+        Ok(tokens
+            .div_ceil(self.layout().block_tokens())
+            .saturating_sub(s.blocks.len()))
     }
 
     /// Grows `seq` to hold `tokens` tokens in all; all-or-nothing.
     pub fn seq_reserve(&mut self, seq: SeqId, tokens: usize) -> Result<(), KvError> {
         let needed = self.blocks_needed(seq, tokens)?;
         if needed > self.pool.free_blocks() {
-            return Err(KvError::NoRoom { needed_blocks: needed, free_blocks: self.pool.free_blocks() });
+            return Err(KvError::NoRoom {
+                needed_blocks: needed,
+                free_blocks: self.pool.free_blocks(),
+            });
         }
         self.pool.account_for(needed)?;
         let mut got = Vec::with_capacity(needed);
@@ -114,10 +130,20 @@ impl KvCache {
 
     /// Writes one token's keys and values (`n_kv_heads × head_dim` f16 each) for `layer`
     /// at position `pos` of `seq`.
-    pub fn write(&mut self, seq: SeqId, layer: usize, pos: usize, k: &[u16], v: &[u16]) -> Result<(), KvError> {
+    pub fn write(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        pos: usize,
+        k: &[u16],
+        v: &[u16],
+    ) -> Result<(), KvError> {
         let l = *self.layout();
         if layer >= l.n_layers() {
-            return Err(KvError::BadLayer { layer, n_layers: l.n_layers() });
+            return Err(KvError::BadLayer {
+                layer,
+                n_layers: l.n_layers(),
+            });
         }
         let row = l.n_kv_heads() * l.head_dim();
         for got in [k.len(), v.len()] {
@@ -127,7 +153,11 @@ impl KvCache {
         }
         let s = self.get(seq)?;
         if pos >= s.reserved_tokens {
-            return Err(KvError::OutOfRange { seq, pos, reserved: s.reserved_tokens });
+            return Err(KvError::OutOfRange {
+                seq,
+                pos,
+                reserved: s.reserved_tokens,
+            });
         }
         let id = s.blocks[pos / l.block_tokens()];
         if self.pool.meta(id).ref_count > 1 {
@@ -170,13 +200,20 @@ impl KvCache {
         let bt = self.layout().block_tokens();
         let partial = s.reserved_tokens % bt != 0;
         if partial && self.pool.free_blocks() == 0 {
-            return Err(KvError::NoRoom { needed_blocks: 1, free_blocks: 0 });
+            return Err(KvError::NoRoom {
+                needed_blocks: 1,
+                free_blocks: 0,
+            });
         }
         if partial {
             self.pool.account_for(1)?;
         }
         let mut blocks = s.blocks.clone();
-        let n_full = if partial { blocks.len() - 1 } else { blocks.len() };
+        let n_full = if partial {
+            blocks.len() - 1
+        } else {
+            blocks.len()
+        };
         for &id in &blocks[..n_full] {
             self.pool.retain(id);
         }
@@ -187,7 +224,13 @@ impl KvCache {
             *blocks.last_mut().expect("non-empty") = fresh;
         }
         let id = self.seq_new();
-        self.seqs.insert(id, Sequence { blocks, reserved_tokens: s.reserved_tokens });
+        self.seqs.insert(
+            id,
+            Sequence {
+                blocks,
+                reserved_tokens: s.reserved_tokens,
+            },
+        );
         self.debug_check();
         Ok(id)
     }
@@ -234,15 +277,27 @@ impl KvCache {
         let mut refs: BTreeMap<BlockId, u32> = BTreeMap::new();
         let bt = self.layout().block_tokens();
         for (id, s) in &self.seqs {
-            assert_eq!(s.blocks.len(), s.reserved_tokens.div_ceil(bt), "{id:?}: table length");
+            assert_eq!(
+                s.blocks.len(),
+                s.reserved_tokens.div_ceil(bt),
+                "{id:?}: table length"
+            );
             for b in &s.blocks {
                 *refs.entry(*b).or_default() += 1;
             }
         }
         for (b, n) in &refs {
-            assert_eq!(self.pool.meta(*b).ref_count, *n, "block {b:?}: ref count vs tables");
+            assert_eq!(
+                self.pool.meta(*b).ref_count,
+                *n,
+                "block {b:?}: ref count vs tables"
+            );
         }
-        assert_eq!(refs.len(), self.pool.used_blocks(), "a used block is in no table");
+        assert_eq!(
+            refs.len(),
+            self.pool.used_blocks(),
+            "a used block is in no table"
+        );
     }
 }
 
@@ -259,7 +314,13 @@ mod tests {
     fn reserve_is_all_or_nothing() {
         let mut kv = KvCache::new(layout(), 3);
         let s = kv.seq_new();
-        assert_eq!(kv.seq_reserve(s, 13), Err(KvError::NoRoom { needed_blocks: 4, free_blocks: 3 }));
+        assert_eq!(
+            kv.seq_reserve(s, 13),
+            Err(KvError::NoRoom {
+                needed_blocks: 4,
+                free_blocks: 3
+            })
+        );
         assert_eq!(kv.pool().used_blocks(), 0);
         kv.seq_reserve(s, 12).unwrap();
         assert_eq!(kv.pool().used_blocks(), 3);
@@ -282,8 +343,14 @@ mod tests {
         let f = kv.seq_copy(s).unwrap();
         assert_eq!(kv.seq_blocks(f).unwrap()[0], kv.seq_blocks(s).unwrap()[0]);
         assert_ne!(kv.seq_blocks(f).unwrap()[1], b);
-        assert_eq!(kv.pool().data(kv.seq_blocks(f).unwrap()[1]), kv.pool().data(b));
-        assert!(matches!(kv.write(f, 0, 0, &k, &v), Err(KvError::SharedBlock(_))));
+        assert_eq!(
+            kv.pool().data(kv.seq_blocks(f).unwrap()[1]),
+            kv.pool().data(b)
+        );
+        assert!(matches!(
+            kv.write(f, 0, 0, &k, &v),
+            Err(KvError::SharedBlock(_))
+        ));
         kv.write(f, 0, 5, &k, &v).unwrap();
         kv.check_invariants();
     }
@@ -298,7 +365,9 @@ mod tests {
             .unwrap();
         let kvp = budget.pool_id("kv").unwrap();
         let mut kv = KvCache::new(l, 100);
-        kv.pool_mut().set_reservation(budget.reserve(kvp, budget::Bytes(0)).unwrap()).unwrap();
+        kv.pool_mut()
+            .set_reservation(budget.reserve(kvp, budget::Bytes(0)).unwrap())
+            .unwrap();
         let s = kv.seq_new();
         kv.seq_reserve(s, 8).unwrap();
         assert_eq!(budget.used(kvp).0, 2 * bb);

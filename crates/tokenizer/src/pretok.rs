@@ -307,12 +307,12 @@ impl Cutter<'_, '_> {
     fn gpt2(&mut self, start: usize) {
         let mut pos = start;
         while let Some(c) = self.at(pos) {
-            if c == '\'' {
-                if let Some(end) = self.contraction(pos, false) {
-                    self.emit(end);
-                    pos = end;
-                    continue;
-                }
+            if c == '\''
+                && let Some(end) = self.contraction(pos, false)
+            {
+                self.emit(end);
+                pos = end;
+                continue;
             }
             // ` ?X+`: a single leading space joins a run of letters, digits or other.
             let (lead, f2) = if c == ' ' {
@@ -346,12 +346,12 @@ impl Cutter<'_, '_> {
         while let Some(c) = self.at(pos) {
             let len = c.len_utf8();
             let f = flags(c);
-            if c == '\'' {
-                if let Some(end) = self.contraction(pos, true) {
-                    self.emit(end);
-                    pos = end;
-                    continue;
-                }
+            if c == '\''
+                && let Some(end) = self.contraction(pos, true)
+            {
+                self.emit(end);
+                pos = end;
+                continue;
             }
             // `[^\r\n\p{L}\p{N}]?\p{L}+`
             if !(c == '\r' || c == '\n' || f & NUMBER != 0)

@@ -21,9 +21,15 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum MapError {
     #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot map {path}: {source}")]
-    Map { path: PathBuf, source: std::io::Error },
+    Map {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
 }
@@ -49,10 +55,16 @@ pub struct MappedFile {
 impl MappedFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<Self, MapError> {
-        let file = File::open(path).map_err(|source| MapError::Open { path: path.into(), source })?;
+        let file = File::open(path).map_err(|source| MapError::Open {
+            path: path.into(),
+            source,
+        })?;
         let len = file
             .metadata()
-            .map_err(|source| MapError::Open { path: path.into(), source })?
+            .map_err(|source| MapError::Open {
+                path: path.into(),
+                source,
+            })?
             .len();
         if len == 0 {
             return Err(MapError::Empty { path: path.into() });
@@ -64,9 +76,14 @@ impl MappedFile {
         // yield wrong numbers or a crash, never memory unsafety beyond that fault. Model
         // files are treated as immutable while in use (as llama.cpp does); replace them by
         // rename, not in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|source| MapError::Map { path: path.into(), source })?;
-        Ok(MappedFile { path: path.into(), map })
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| MapError::Map {
+            path: path.into(),
+            source,
+        })?;
+        Ok(MappedFile {
+            path: path.into(),
+            map,
+        })
     }
 
     /// The mapped bytes.
@@ -93,7 +110,8 @@ impl MappedFile {
                 // pages; the next access re-reads them from the file, so no data is lost
                 // and no reference into the mapping becomes invalid.
                 let _ = unsafe {
-                    self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+                    self.map
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
                 };
                 return;
             }
@@ -112,7 +130,11 @@ impl MappedFile {
         let mut vec = vec![0u8; pages];
         // SAFETY: the range lies inside our live mapping and `vec` has one byte per page.
         let rc = unsafe {
-            libc::mincore(self.map.as_ptr().add(start) as *mut libc::c_void, len, vec.as_mut_ptr().cast())
+            libc::mincore(
+                self.map.as_ptr().add(start) as *mut libc::c_void,
+                len,
+                vec.as_mut_ptr().cast(),
+            )
         };
         if rc != 0 {
             return 0;
@@ -165,9 +187,15 @@ mod tests {
         f.touch(0..data.len());
         assert_eq!(f.resident_bytes(0..data.len()), data.len() as u64);
         f.advise(0..data.len(), Advice::WillNeed);
-        assert!(matches!(MappedFile::open(&dir.join("missing")), Err(MapError::Open { .. })));
+        assert!(matches!(
+            MappedFile::open(&dir.join("missing")),
+            Err(MapError::Open { .. })
+        ));
         std::fs::File::create(dir.join("empty")).unwrap();
-        assert!(matches!(MappedFile::open(&dir.join("empty")), Err(MapError::Empty { .. })));
+        assert!(matches!(
+            MappedFile::open(&dir.join("empty")),
+            Err(MapError::Empty { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -186,7 +186,10 @@ unsafe fn gemm_kind<K: Kind>(
 ) {
     let nb = w.cols / QK;
     assert!(acts.len() >= n_tokens * nb, "gemm: activations too short");
-    assert!(rows.end * w.row_bytes <= w.data.len(), "gemm: rows out of range");
+    assert!(
+        rows.end * w.row_bytes <= w.data.len(),
+        "gemm: rows out of range"
+    );
     let a = acts.as_ptr();
     let mut tb = 0;
     while tb < n_tokens {
@@ -380,7 +383,10 @@ pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3)), _mm256_set1_ps(-87.3));
+    let x = _mm256_max_ps(
+        _mm256_min_ps(x, _mm256_set1_ps(88.3)),
+        _mm256_set1_ps(-87.3),
+    );
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
@@ -394,7 +400,10 @@ pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
     _mm256_mul_ps(p, _mm256_castsi256_ps(e))
 }
 
@@ -471,7 +480,11 @@ pub(crate) unsafe fn attend_block<const HD8: usize>(
         }
         let m_old = part[0];
         let m_new = m_old.max(bmax);
-        let c = if part[1] > 0.0 { (m_old - m_new).exp() } else { 0.0 };
+        let c = if part[1] > 0.0 {
+            (m_old - m_new).exp()
+        } else {
+            0.0
+        };
         let sum = exp_sub_sum(&mut scores[..nv], m_new);
         part[0] = m_new;
         part[1] = part[1] * c + sum;

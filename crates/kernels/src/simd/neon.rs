@@ -16,8 +16,16 @@ unsafe fn dot32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32 {
     unsafe {
         let a0 = vld1q_s8(a);
         let a1 = vld1q_s8(a.add(16));
-        let p0 = vmlal_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(a0)), vget_high_s8(w0), vget_high_s8(a0));
-        let p1 = vmlal_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(a1)), vget_high_s8(w1), vget_high_s8(a1));
+        let p0 = vmlal_s8(
+            vmull_s8(vget_low_s8(w0), vget_low_s8(a0)),
+            vget_high_s8(w0),
+            vget_high_s8(a0),
+        );
+        let p1 = vmlal_s8(
+            vmull_s8(vget_low_s8(w1), vget_low_s8(a1)),
+            vget_high_s8(w1),
+            vget_high_s8(a1),
+        );
         vaddvq_s32(vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)))
     }
 }
@@ -44,7 +52,11 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     dot32(lo, hi, a.qs.as_ptr())
                 };
                 sum += d * a.d * isum as f32;
-                sum += if wtype == WType::Q4_1 { f16_at(blk, 2) * a.s } else { -8.0 * d * a.s };
+                sum += if wtype == WType::Q4_1 {
+                    f16_at(blk, 2) * a.s
+                } else {
+                    -8.0 * d * a.s
+                };
             }
             WType::Q8_0 => {
                 // SAFETY: blk holds 32 quant bytes at offset 2; a.qs holds 32 bytes.
