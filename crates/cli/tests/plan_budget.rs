@@ -9,11 +9,18 @@ fn root() -> PathBuf {
 
 /// The default model, fetched by the project's script (skips outside CI when offline).
 fn model() -> Option<PathBuf> {
-    let out = Command::new("bash").arg(root().join("scripts/fetch-model.sh")).output();
+    let out = Command::new("bash")
+        .arg(root().join("scripts/fetch-model.sh"))
+        .output();
     match out {
-        Ok(o) if o.status.success() => Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())),
+        Ok(o) if o.status.success() => {
+            Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        }
         other => {
-            assert!(std::env::var_os("CI").is_none(), "could not fetch the model: {other:?}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "could not fetch the model: {other:?}"
+            );
             eprintln!("SKIPPED: could not fetch the model: {other:?}");
             None
         }
@@ -21,11 +28,18 @@ fn model() -> Option<PathBuf> {
 }
 
 fn llmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmem")).args(args).output().expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_llmem"))
+        .args(args)
+        .output()
+        .expect("runs")
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).expect("JSON on stdout")
 }
 
@@ -46,10 +60,16 @@ fn plan_reports_exact_weights_and_kv() {
     // 30 layers × 2 × 3 KV heads × 64 × 2 bytes = 23,040 bytes per token.
     assert_eq!(p["kv_bytes"].as_u64(), Some(2048 * 23_040));
     assert_eq!(p["fits"].as_bool(), Some(true));
-    let parts: u64 = ["weights_bytes", "tokenizer_bytes", "kv_bytes", "scratch_bytes", "runtime_bytes"]
-        .iter()
-        .map(|k| p[*k].as_u64().unwrap())
-        .sum();
+    let parts: u64 = [
+        "weights_bytes",
+        "tokenizer_bytes",
+        "kv_bytes",
+        "scratch_bytes",
+        "runtime_bytes",
+    ]
+    .iter()
+    .map(|k| p[*k].as_u64().unwrap())
+    .sum();
     assert_eq!(p["total_bytes"].as_u64(), Some(parts));
     let kinds: Vec<u64> = p["fits_by_kv_type"]
         .as_array()
@@ -61,11 +81,17 @@ fn plan_reports_exact_weights_and_kv() {
     let y = llmem(&["plan", "--model", m, "--ctx", "512", "--yaml"]);
     assert!(y.status.success());
     assert!(String::from_utf8_lossy(&y.stdout).contains("total_bytes:"));
-    let small = json(&llmem(&["plan", "--model", m, "--ctx", "2048", "--budget", "120MiB", "--json"]));
+    let small = json(&llmem(&[
+        "plan", "--model", m, "--ctx", "2048", "--budget", "120MiB", "--json",
+    ]));
     assert_eq!(small["fits"].as_bool(), Some(false));
     assert!(small["shortfall_bytes"].as_u64().unwrap() > 0);
     let tips = small["suggestions"].as_array().unwrap();
-    assert!(tips.iter().any(|t| t.as_str().unwrap().starts_with("--ctx")), "{tips:?}");
+    assert!(
+        tips.iter()
+            .any(|t| t.as_str().unwrap().starts_with("--ctx")),
+        "{tips:?}"
+    );
 }
 
 /// The plan's total is within 5% of the peak RSS a run filling that context measures, and
@@ -78,21 +104,41 @@ fn plan_matches_measured_peak_rss() {
         let pf = prompt_file(chars);
         let ctx_s = ctx.to_string();
         let r = json(&llmem(&[
-            "run", "--model", m, "--raw", "--prompt-file", pf.to_str().unwrap(), "--ctx", &ctx_s,
-            "--max-tokens", "100000", "--ignore-eos", "--json",
+            "run",
+            "--model",
+            m,
+            "--raw",
+            "--prompt-file",
+            pf.to_str().unwrap(),
+            "--ctx",
+            &ctx_s,
+            "--max-tokens",
+            "100000",
+            "--ignore-eos",
+            "--json",
         ]));
-        let used = r["prompt_token_ids"].as_array().unwrap().len() + r["token_ids"].as_array().unwrap().len();
-        assert!(used >= ctx, "ctx {ctx}: the run must fill its context ({used} tokens)");
+        let used = r["prompt_token_ids"].as_array().unwrap().len()
+            + r["token_ids"].as_array().unwrap().len();
+        assert!(
+            used >= ctx,
+            "ctx {ctx}: the run must fill its context ({used} tokens)"
+        );
         let peak = r["memory"]["peak_rss_bytes"].as_u64().unwrap() as f64;
         let plan = r["ledger"]["plan_total_bytes"].as_u64().unwrap() as f64;
         let ratio = plan / peak;
         eprintln!("ctx {ctx}: plan {plan} / peak RSS {peak} = {ratio:.3}");
-        assert!((ratio - 1.0).abs() <= 0.05, "ctx {ctx}: plan/peak = {ratio}");
+        assert!(
+            (ratio - 1.0).abs() <= 0.05,
+            "ctx {ctx}: plan/peak = {ratio}"
+        );
         let drift = r["ledger"]["untracked_ratio"].as_f64().unwrap();
         assert!(drift.abs() < 0.05, "ctx {ctx}: untracked drift {drift}");
         // Weight pages are file-backed: the mapped model is not copied to the heap.
         let anon = r["ledger"]["rss_anon_bytes"].as_u64().unwrap();
-        assert!(anon < r["memory"]["weight_bytes"].as_u64().unwrap(), "anon {anon}");
+        assert!(
+            anon < r["memory"]["weight_bytes"].as_u64().unwrap(),
+            "anon {anon}"
+        );
         std::fs::remove_file(pf).ok();
     }
 }
@@ -101,18 +147,37 @@ fn plan_matches_measured_peak_rss() {
 fn run_refuses_a_budget_below_the_plan_and_keeps_within_one_at_or_above() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
-    let o = llmem(&["run", "--model", m, "--prompt", "hi", "--ctx", "2048", "--budget", "100MiB"]);
+    let o = llmem(&[
+        "run", "--model", m, "--prompt", "hi", "--ctx", "2048", "--budget", "100MiB",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("short by") && err.contains("bytes") && err.contains("cheapest change"), "{err}");
+    assert!(
+        err.contains("short by") && err.contains("bytes") && err.contains("cheapest change"),
+        "{err}"
+    );
     assert!(o.stdout.is_empty(), "nothing generated before the refusal");
 
-    let need = json(&llmem(&["plan", "--model", m, "--ctx", "512", "--json"]))["total_bytes"].as_u64().unwrap();
+    let need = json(&llmem(&["plan", "--model", m, "--ctx", "512", "--json"]))["total_bytes"]
+        .as_u64()
+        .unwrap();
     let budget = need.to_string();
     let pf = prompt_file(1200);
     let r = json(&llmem(&[
-        "run", "--model", m, "--raw", "--prompt-file", pf.to_str().unwrap(), "--ctx", "512",
-        "--max-tokens", "100000", "--ignore-eos", "--budget", &budget, "--json",
+        "run",
+        "--model",
+        m,
+        "--raw",
+        "--prompt-file",
+        pf.to_str().unwrap(),
+        "--ctx",
+        "512",
+        "--max-tokens",
+        "100000",
+        "--ignore-eos",
+        "--budget",
+        &budget,
+        "--json",
     ]));
     assert_eq!(r["stop_reason"].as_str(), Some("ctx"));
     let peak = r["memory"]["peak_rss_bytes"].as_u64().unwrap();
@@ -139,10 +204,18 @@ fn bad_budgets_and_profiles_are_refused_naming_the_problem() {
         assert!(err.contains(needle), "{flag} {value}: {err}");
     }
     let bad = std::env::temp_dir().join(format!("llmem-bad-profile-{}.yaml", std::process::id()));
-    std::fs::write(&bad, "name: x\ntotal: 1GiB\npools:\n  kv:\n    policy: tiered\n    limt: 1MiB\n").unwrap();
+    std::fs::write(
+        &bad,
+        "name: x\ntotal: 1GiB\npools:\n  kv:\n    policy: tiered\n    limt: 1MiB\n",
+    )
+    .unwrap();
     let o = llmem(&["plan", "--model", m, "--profile", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("limt"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("limt"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let over = "name: x\ntotal: 1GiB\npools:\n  kv:\n    policy: tiered\n    limit: 2GiB\n";
     std::fs::write(&bad, over).unwrap();
     let o = llmem(&["plan", "--model", m, "--profile", bad.to_str().unwrap()]);

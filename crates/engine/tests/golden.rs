@@ -16,11 +16,13 @@ use kernels::ops::log_softmax_at;
 /// missing network skips the test with a message; under CI it fails.
 pub fn model_path() -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash").arg(root.join("scripts/fetch-model.sh")).output();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/fetch-model.sh"))
+        .output();
     match out {
-        Ok(o) if o.status.success() => {
-            Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()))
-        }
+        Ok(o) if o.status.success() => Some(PathBuf::from(
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )),
         other => {
             let why = format!("could not fetch the model: {other:?}");
             assert!(std::env::var_os("CI").is_none(), "{why}");
@@ -31,13 +33,18 @@ pub fn model_path() -> Option<PathBuf> {
 }
 
 fn golden() -> serde_json::Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/smollm2-greedy.json");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/golden/smollm2-greedy.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -46,7 +53,11 @@ fn matches_llama_cpp_on_golden_prompts() {
     let file = weights::MappedFile::open(&path).unwrap();
     let gguf = gguf::GgufFile::parse(file.bytes()).unwrap();
     let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
-    let cfg = SessionConfig { n_ctx: 256, n_threads: 2, ubatch: 512 };
+    let cfg = SessionConfig {
+        n_ctx: 256,
+        n_threads: 2,
+        ubatch: 512,
+    };
     let mut s = Session::new(&tm.model, cfg).unwrap();
     let g = golden();
     let (mut sum_diff, mut n_diff, mut max_diff) = (0.0f64, 0usize, 0.0f64);
@@ -55,7 +66,11 @@ fn matches_llama_cpp_on_golden_prompts() {
         let prompt_ids = ids(&p["prompt_ids"]);
         let gen_ids = ids(&p["gen_ids"]);
         let must = p["must_match"].as_u64().unwrap() as usize;
-        assert_eq!(tm.encode(p["text"].as_str().unwrap()), prompt_ids, "{name}: prompt ids");
+        assert_eq!(
+            tm.encode(p["text"].as_str().unwrap()),
+            prompt_ids,
+            "{name}: prompt ids"
+        );
 
         // Greedy continuation.
         s.reset();
@@ -65,7 +80,11 @@ fn matches_llama_cpp_on_golden_prompts() {
             got.push(next);
             next = argmax(s.eval(&[next], Logits::Last).unwrap());
         }
-        assert_eq!(&got[..must], &gen_ids[..must], "{name}: greedy tokens before the first near-tie");
+        assert_eq!(
+            &got[..must],
+            &gen_ids[..must],
+            "{name}: greedy tokens before the first near-tie"
+        );
 
         // Teacher forcing over prompt + llama.cpp's continuation, in one batch.
         s.reset();
@@ -76,7 +95,10 @@ fn matches_llama_cpp_on_golden_prompts() {
             let pos = tf["pos"].as_u64().unwrap() as usize;
             let next = tf["next"].as_u64().unwrap() as usize;
             let want = tf["logprob"].as_f64().unwrap();
-            let lp = f64::from(log_softmax_at(&logits[pos * vocab..(pos + 1) * vocab], next));
+            let lp = f64::from(log_softmax_at(
+                &logits[pos * vocab..(pos + 1) * vocab],
+                next,
+            ));
             let d = (lp - want).abs();
             sum_diff += d;
             n_diff += 1;
@@ -84,7 +106,9 @@ fn matches_llama_cpp_on_golden_prompts() {
         }
     }
     let mean = sum_diff / n_diff as f64;
-    eprintln!("teacher-forced |Δ logprob| vs llama.cpp: mean {mean:.4}, max {max_diff:.4} over {n_diff} positions");
+    eprintln!(
+        "teacher-forced |Δ logprob| vs llama.cpp: mean {mean:.4}, max {max_diff:.4} over {n_diff} positions"
+    );
     assert!(mean <= 0.05, "mean |Δ logprob| {mean}");
     assert!(max_diff <= 0.3, "max |Δ logprob| {max_diff}");
 }
