@@ -7,13 +7,81 @@ use clap::{Args, Subcommand};
 use engine::forward::{Logits, Session, SessionConfig};
 use serde::Serialize;
 
-use crate::exit::CliError;
+use crate::exit::{CliError, input};
 use crate::machine::{self, MachineInfo};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Prefill (pp512), decode (tg128) and decode at depth 4096 (tg128 @ d4096), tokens/s.
     Infer(InferArgs),
+    /// Memory bandwidth (read, write, copy, triad) and load latency per cache level.
+    Memory(MemoryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// Threads for the all-threads runs (default: every CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Working-set sizes, e.g. 4K,1M,1G (default: chosen from the cache sizes).
+    #[arg(long)]
+    pub sizes: Option<String>,
+    /// Timed repetitions per point (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Print JSON (with the machine's description) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG plot of bandwidth and latency against working-set size.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Cache sizes as the probe reads them, in the form the memory bench wants.
+fn cache_levels() -> membench::CacheLevels {
+    use probe::MemoryProbe;
+    let Ok(p) = probe::NativeProbe::new().platform() else {
+        return membench::CacheLevels::default();
+    };
+    let find = |level: u8| {
+        p.caches
+            .iter()
+            .filter(|c| c.level == level && c.kind != probe::CacheKind::Instruction)
+            .map(|c| c.size_bytes)
+            .max()
+    };
+    membench::CacheLevels {
+        l1d: find(1),
+        l2: find(2),
+        l3: find(3),
+        line_bytes: Some(p.cache_line_bytes).filter(|&b| b > 0),
+    }
+}
+
+fn memory(a: &MemoryArgs) -> Result<(), CliError> {
+    let mut config = membench::Config {
+        threads: a.threads,
+        reps: a.reps,
+        ..membench::Config::default()
+    };
+    if let Some(s) = &a.sizes {
+        config.sizes =
+            Some(membench::parse_sizes(s).map_err(|e| input(anyhow::anyhow!("--sizes: {e}")))?);
+    }
+    let report = membench::run(&config, &cache_levels()).map_err(|e| match e {
+        membench::BenchError::InvalidConfig { .. } => input(e),
+        other => CliError::Runtime(other.into()),
+    })?;
+    if let Some(path) = &a.plot {
+        std::fs::write(path, report.to_svg())
+            .map_err(|e| input(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    }
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +149,7 @@ struct InferReport {
 pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Infer(a) => infer(a),
+        BenchCommand::Memory(a) => memory(a),
     }
 }
 
@@ -94,9 +163,10 @@ fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 /// Decodes `n` tokens one at a time (feeding a fixed token, as llama-bench does) and
 /// returns tokens/s.
 fn decode(s: &mut Session<'_, '_>, n: usize) -> Result<f64, CliError> {
+    let tok = 3575.min(s.model().cfg.vocab - 1) as u32;
     let t = Instant::now();
     for _ in 0..n {
-        s.eval(&[3575], Logits::Last)?;
+        s.eval(&[tok], Logits::Last)?;
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
@@ -130,7 +200,7 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
     let mut tg = Vec::new();
     for r in 0..=reps {
         s.reset();
-        s.eval(&[504], Logits::Last)?;
+        s.eval(&[504.min(vocab - 1) as u32], Logits::Last)?;
         let v = decode(&mut s, a.tg)?;
         if r > 0 {
             tg.push(v);

@@ -207,6 +207,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
     let stop_reason = loop {
+        if out_ids.len() >= a.max_tokens {
+            break "max_tokens";
+        }
         if tm.is_eog(next) && !a.ignore_eos {
             break "eog";
         }

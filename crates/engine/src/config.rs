@@ -140,6 +140,15 @@ impl ModelConfig {
                 "heads not a multiple of KV heads",
             ));
         }
+        // Activations are quantized in 32-value blocks for every matrix product.
+        for (key, v) in [("embedding_length", d_model), ("feed_forward_length", d_ff)] {
+            if v % 32 != 0 {
+                return Err(bad(
+                    k(key),
+                    "must be a multiple of 32 (the activation block size)",
+                ));
+            }
+        }
         let head_dim = d_model / n_heads;
         if head_dim % 2 != 0 || head_dim > kernels::attention::MAX_HEAD_DIM {
             return Err(bad(
@@ -154,7 +163,7 @@ impl ModelConfig {
             ));
         }
         let vocab = match file.get("tokenizer.ggml.tokens") {
-            Some(Value::Array(a)) => a.len() as usize,
+            Some(Value::Array(a)) => a.len(),
             _ => {
                 return Err(LoadError::MissingKey {
                     key: "tokenizer.ggml.tokens".into(),

@@ -182,7 +182,7 @@ impl GgmlType {
     /// of the block size or the byte count overflows `u64`.
     pub const fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let block = self.block_size();
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return None;
         }
         (n_elements / block).checked_mul(self.type_size())

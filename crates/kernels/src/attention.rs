@@ -123,7 +123,7 @@ pub fn attention_with(
     let hd = kv.head_dim;
     let bt = kv.block_tokens;
     let g = shape.group();
-    assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && g <= MAX_GROUP && g >= 1);
+    assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && (1..=MAX_GROUP).contains(&g));
     assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
     let n_keys = shape.pos0 + shape.n_q;
     assert!(

@@ -142,7 +142,7 @@ fn wait_for(s: &Shared, ready: impl Fn() -> bool) {
     let mut i = 0u32;
     while !ready() {
         i = i.wrapping_add(1);
-        if i % 64 != 0 {
+        if !i.is_multiple_of(64) {
             std::hint::spin_loop();
             continue;
         }
@@ -174,7 +174,7 @@ fn next_state(s: &Shared, seen: u64) -> u64 {
             return st;
         }
         i = i.wrapping_add(1);
-        if i % 64 != 0 {
+        if !i.is_multiple_of(64) {
             std::hint::spin_loop();
             continue;
         }
@@ -214,10 +214,10 @@ fn worker(s: &Shared, idx: usize) {
         }
         seen = st >> 32;
         let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(job) = job {
-            if catch_unwind(AssertUnwindSafe(|| job(idx))).is_err() {
-                s.panicked.store(true, SeqCst);
-            }
+        if let Some(job) = job
+            && catch_unwind(AssertUnwindSafe(|| job(idx))).is_err()
+        {
+            s.panicked.store(true, SeqCst);
         }
         s.done.fetch_add(1, SeqCst);
         if s.main_waiting.load(SeqCst) {

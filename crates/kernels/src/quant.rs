@@ -52,7 +52,7 @@ impl WType {
     /// Bytes of one row of `cols` elements, or `None` if `cols` is not a whole number of
     /// blocks.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        if cols % self.block_elems() != 0 {
+        if !cols.is_multiple_of(self.block_elems()) {
             return None;
         }
         (cols / self.block_elems()).checked_mul(self.block_bytes())

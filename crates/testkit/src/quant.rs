@@ -27,7 +27,7 @@ pub const BLOCK: usize = 32;
 
 fn blocks(x: &[f32]) -> std::slice::ChunksExact<'_, f32> {
     assert!(
-        x.len() % BLOCK == 0,
+        x.len().is_multiple_of(BLOCK),
         "{} values is not a whole number of 32-value blocks",
         x.len()
     );
