@@ -97,7 +97,7 @@ impl Scratch {
             attn: Vec::new(),
             kf16: vec![0; kvd],
             vf16: vec![0; kvd],
-            rope: vec![Vec::with_capacity(c.head_dim / 2); n],
+            rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
         }
     }
 
@@ -108,7 +108,7 @@ impl Scratch {
             + f(self.att.len() + self.gate.len() + self.up.len())
             + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
             + (self.kf16.len() + self.vf16.len()) as u64 * 2
-            + self.rope.len() as u64 * (self.rope.first().map_or(0, |r| r.capacity()) as u64 * 8)
+            + self.rope.iter().map(|r| r.capacity() as u64 * 8).sum::<u64>()
     }
 }
 
