@@ -111,6 +111,7 @@ impl ThreadPool {
         // SAFETY: the 'static lifetime is a lie the invariants make harmless: workers use
         // the job only after joining it and before counting themselves done, and this
         // function does not return before every joined worker is done.
+        // SAFETY: (see above) no use of `job` outlives this call.
         let job: &'static Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);

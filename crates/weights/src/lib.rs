@@ -76,6 +76,7 @@ impl MappedFile {
         // yield wrong numbers or a crash, never memory unsafety beyond that fault. Model
         // files are treated as immutable while in use (as llama.cpp does); replace them by
         // rename, not in place.
+        // SAFETY: (see above) read-only private mapping of a file treated as immutable.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| MapError::Map {
             path: path.into(),
             source,

@@ -199,10 +199,12 @@ unsafe fn gemm_kind<K: Kind>(
             let mut t = tb;
             // SAFETY (all tile calls): bounds asserted above; the caller owns these rows.
             while t + 2 <= te {
+                // SAFETY: bounds asserted above; the caller owns rows r..r+4.
                 unsafe { tile::<K, 4, 2>(&w, r, a, nb, t, out) };
                 t += 2;
             }
             if t < te {
+                // SAFETY: as above.
                 unsafe { tile::<K, 4, 1>(&w, r, a, nb, t, out) };
             }
             r += 4;
