@@ -108,7 +108,11 @@ impl Scratch {
             + f(self.att.len() + self.gate.len() + self.up.len())
             + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
             + (self.kf16.len() + self.vf16.len()) as u64 * 2
-            + self.rope.iter().map(|r| r.capacity() as u64 * 8).sum::<u64>()
+            + self
+                .rope
+                .iter()
+                .map(|r| r.capacity() as u64 * 8)
+                .sum::<u64>()
     }
 }
 
