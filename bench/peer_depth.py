@@ -3,6 +3,8 @@
 with 4,096 tokens already in the cache, the peer figure beside `llmem bench infer`'s
 tg128 @ d4096: the same fixed prompt ids, then 128 single-token steps, median of 3 after a
 warm-up; the cache is cut back to 4,096 tokens before each repetition. Prints JSON."""
+import json, statistics, sys, time
+
 from llama_cpp import Llama
 model, threads, fa = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 llm = Llama(model_path=model, n_ctx=4096 + 256, n_batch=512, n_ubatch=512, n_threads=threads,
