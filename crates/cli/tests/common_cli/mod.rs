@@ -1,0 +1,210 @@
+//! Helpers the binary's health, monitor and metrics tests share: running llmem,
+//! temporary folders and child processes that clean up, HTTP exchanges.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+pub use std::io::{BufRead, BufReader, Read, Write};
+pub use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use std::path::{Path, PathBuf};
+pub use std::process::{Child, Command, Output, Stdio};
+pub use std::sync::atomic::{AtomicUsize, Ordering};
+pub use std::sync::mpsc;
+pub use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_llmem");
+pub const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../probe/health-report.schema.json"
+);
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+pub fn llmem(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run llmem")
+}
+
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("llmem-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop, so a failing test leaves nothing running.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().expect("try_wait")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The program `name` from PATH or one of `fallbacks`. Missing: `None` after saying why,
+/// or a failure under CI.
+pub fn external_tool(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    let found = on_path.or_else(|| fallbacks.iter().map(PathBuf::from).find(|p| p.is_file()));
+    if found.is_none() {
+        let why = format!("`{name}` not found on PATH or at {fallbacks:?}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{why}; CI must install it (apt-get install -y tmux prometheus)"
+        );
+        eprintln!("skipped: {why}");
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+pub fn meminfo_total_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .expect("MemTotal line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal value");
+    kib * 1024
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// A response: status, head (status line and headers), body.
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// Sends `request` as is and reads the whole response (the server closes after one).
+/// A write the server cut short is not an error here: what it answered is what counts.
+pub fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let _ = stream.write_all(request);
+    let mut raw = Vec::new();
+    // A reset after the response arrived still leaves the response in `raw`.
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        read?;
+        return Err(std::io::Error::other("closed without a response"));
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    Ok(Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(addr, request.as_bytes())
+}
+
+/// `llmem monitor --headless --prometheus 127.0.0.1:0`, with the address it bound (it
+/// prints it on stderr).
+pub fn start_headless() -> (ChildGuard, SocketAddr) {
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args([
+                "monitor",
+                "--headless",
+                "--interval-ms",
+                "250",
+                "--prometheus",
+                "127.0.0.1:0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn llmem monitor --headless"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no address printed by llmem monitor: {e}"));
+        if let Some(rest) = line.split("http://").nth(1) {
+            let addr = rest
+                .trim_end_matches("/metrics")
+                .parse()
+                .expect("an address");
+            return (child, addr);
+        }
+    }
+}
