@@ -130,6 +130,7 @@ impl WorkingSet {
             // room for 4 skews beyond the nominal size), are 128-B aligned and disjoint from
             // each other; each worker takes its own disjoint chunk [s, e) of each, and the
             // coordinator does not touch the region while the job runs.
+            // SAFETY: (as above) disjoint, in-bounds, exclusively ours for the job.
             let arr = |j: usize| unsafe { &mut array(&region, j * stride, len)[s..e] };
             match op {
                 Op::Read => {
