@@ -137,22 +137,45 @@ impl ThreadPool {
     }
 }
 
-/// The caller waits for joined workers: spin, yield, then sleep on `done_cv`.
-fn wait_for(s: &Shared, ready: impl Fn() -> bool) {
-    let start = Instant::now();
-    let mut i = 0u32;
-    while !ready() {
-        i = i.wrapping_add(1);
-        if !i.is_multiple_of(64) {
-            std::hint::spin_loop();
-            continue;
+/// Spin, then yield, then tell the caller to sleep: the waiting policy of both sides.
+struct Backoff {
+    start: Instant,
+    i: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            start: Instant::now(),
+            i: 0,
         }
-        let waited = start.elapsed();
+    }
+
+    /// One round of waiting; `false` once spinning and yielding are used up and the
+    /// caller should sleep.
+    fn snooze(&mut self) -> bool {
+        self.i = self.i.wrapping_add(1);
+        if !self.i.is_multiple_of(64) {
+            std::hint::spin_loop();
+            return true;
+        }
+        let waited = self.start.elapsed();
         if waited < SPIN {
-            continue;
+            return true;
         }
         if waited < SPIN + YIELD {
             std::thread::yield_now();
+            return true;
+        }
+        false
+    }
+}
+
+/// The caller waits for joined workers: spin, yield, then sleep on `done_cv`.
+fn wait_for(s: &Shared, ready: impl Fn() -> bool) {
+    let mut backoff = Backoff::new();
+    while !ready() {
+        if backoff.snooze() {
             continue;
         }
         let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,24 +190,13 @@ fn wait_for(s: &Shared, ready: impl Fn() -> bool) {
 
 /// Waits until the state's epoch differs from `seen` (or shutdown); returns the state.
 fn next_state(s: &Shared, seen: u64) -> u64 {
-    let start = Instant::now();
-    let mut i = 0u32;
+    let mut backoff = Backoff::new();
     loop {
         let st = s.state.load(SeqCst);
         if st >> 32 != seen || s.shutdown.load(SeqCst) {
             return st;
         }
-        i = i.wrapping_add(1);
-        if !i.is_multiple_of(64) {
-            std::hint::spin_loop();
-            continue;
-        }
-        let waited = start.elapsed();
-        if waited < SPIN {
-            continue;
-        }
-        if waited < SPIN + YIELD {
-            std::thread::yield_now();
+        if backoff.snooze() {
             continue;
         }
         let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
