@@ -104,20 +104,35 @@ impl WorkingSet {
             _ => &[Stores::Temporal],
         };
         let bytes = self.bytes_per_pass(op) as f64;
-        stores
+        let threads = pool.threads();
+        let iters: Vec<u64> = stores
             .iter()
-            .map(|&stores| {
-                let job = |iters| self.job(op, pool.threads(), kernels, stores, iters);
-                let iters = calibrate(pool, &job, timing.min_rep);
-                let gb_s = (0..timing.reps)
-                    .map(|_| {
-                        let t = pool.run(job(iters)).as_secs_f64().max(1e-9);
-                        bytes * iters as f64 / t / 1e9
-                    })
-                    .collect();
-                Sample { stores, gb_s }
+            .map(|&st| {
+                calibrate(
+                    pool,
+                    &|n| self.job(op, threads, kernels, st, n),
+                    timing.min_rep,
+                )
             })
-            .collect()
+            .collect();
+        // Repetitions of the store kinds alternate, so a burst of interference from
+        // elsewhere on the machine hits both alike instead of deciding which one "wins".
+        let mut samples: Vec<Sample> = stores
+            .iter()
+            .map(|&stores| Sample {
+                stores,
+                gb_s: Vec::new(),
+            })
+            .collect();
+        for _ in 0..timing.reps {
+            for (sample, &n) in samples.iter_mut().zip(&iters) {
+                let t = pool.run(self.job(op, threads, kernels, sample.stores, n));
+                sample
+                    .gb_s
+                    .push(bytes * n as f64 / t.as_secs_f64().max(1e-9) / 1e9);
+            }
+        }
+        samples
     }
 
     fn job(&self, op: Op, threads: usize, kernels: Kernels, stores: Stores, iters: u64) -> Job {
@@ -126,11 +141,10 @@ impl WorkingSet {
         let stride = len * 8 + SKEW_BYTES;
         Arc::new(move |worker| {
             let (s, e) = chunk(worker, threads, len);
-            // SAFETY: the op's arrays lie at `j · stride` inside the region (the region has
-            // room for 4 skews beyond the nominal size), are 128-B aligned and disjoint from
-            // each other; each worker takes its own disjoint chunk [s, e) of each, and the
-            // coordinator does not touch the region while the job runs.
-            // SAFETY: (as above) disjoint, in-bounds, exclusively ours for the job.
+            // The op's arrays lie at `j · stride` inside the region (it has room for 4 skews
+            // beyond the nominal size), 128-B aligned and disjoint from each other.
+            // SAFETY: in bounds as above; each worker takes its own chunk [s, e) of each
+            // array, and the coordinator does not touch the region while the job runs.
             let arr = |j: usize| unsafe { &mut array(&region, j * stride, len)[s..e] };
             match op {
                 Op::Read => {

@@ -201,7 +201,7 @@ impl Config {
 }
 
 /// Measures what `config` asks for on this machine. Takes as long as the points need:
-/// about a minute for the defaults on a two-core machine.
+/// one to two minutes for the defaults on a two-core machine.
 ///
 /// # Errors
 /// [`BenchError`] when the configuration is invalid, a working set cannot be allocated, or

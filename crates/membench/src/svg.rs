@@ -14,13 +14,6 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 190.0;
 const GAP: f64 = 60.0;
 
-/// How values map to the vertical axis.
-#[derive(Clone, Copy, PartialEq)]
-enum Scale {
-    Linear,
-    Log10,
-}
-
 struct Series {
     label: String,
     color: &'static str,
@@ -31,7 +24,6 @@ struct Series {
 struct Panel {
     title: &'static str,
     y_label: &'static str,
-    scale: Scale,
     series: Vec<Series>,
 }
 
@@ -57,9 +49,8 @@ impl Report {
         let bandwidth = series(&self.results, |m| m.gb_s.map(|s| s.median), true);
         if !bandwidth.is_empty() {
             panels.push(Panel {
-                title: "Bandwidth (median; dashed = all threads)",
+                title: "Bandwidth (median, log scale; dashed = all threads)",
                 y_label: "GB/s",
-                scale: Scale::Linear,
                 series: bandwidth,
             });
         }
@@ -68,7 +59,6 @@ impl Report {
             panels.push(Panel {
                 title: "Load latency, dependent pointer chase (median)",
                 y_label: "ns per load",
-                scale: Scale::Log10,
                 series: latency,
             });
         }
@@ -116,24 +106,16 @@ impl Report {
             .series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.1));
-        let (y_lo, y_hi) = match panel.scale {
-            Scale::Linear => (0.0, nice_ceiling(values.fold(0.0, f64::max).max(1e-3))),
-            Scale::Log10 => {
-                let lo = values.clone().fold(f64::INFINITY, f64::min).max(1e-3);
-                let hi = values.fold(0.0, f64::max).max(lo * 10.0);
-                (
-                    10f64.powf(lo.log10().floor()),
-                    10f64.powf(hi.log10().ceil()),
-                )
-            }
-        };
+        // Both panels use a log scale: the levels differ by an order of magnitude or more,
+        // and a linear axis flattens the DRAM end into the floor.
+        let lo = values.clone().fold(f64::INFINITY, f64::min).max(1e-3);
+        let hi = values.fold(0.0, f64::max).max(lo * 10.0);
+        let (y_lo, y_hi) = (
+            10f64.powf(lo.log10().floor()),
+            10f64.powf(hi.log10().ceil()),
+        );
         let y = |v: f64| {
-            let t = match panel.scale {
-                Scale::Linear => (v - y_lo) / (y_hi - y_lo),
-                Scale::Log10 => {
-                    (v.max(y_lo).log10() - y_lo.log10()) / (y_hi.log10() - y_lo.log10())
-                }
-            };
+            let t = (v.max(y_lo).log10() - y_lo.log10()) / (y_hi.log10() - y_lo.log10());
             top + 20.0 + plot_h * (1.0 - t)
         };
         let (plot_top, plot_bottom) = (top + 20.0, top + 20.0 + plot_h);
@@ -173,7 +155,7 @@ impl Report {
         );
 
         // Horizontal grid and labels.
-        for tick in y_ticks(panel.scale, y_lo, y_hi) {
+        for tick in y_ticks(y_lo, y_hi) {
             let py = y(tick);
             let _ = writeln!(
                 out,
@@ -286,30 +268,13 @@ fn series(
         .collect()
 }
 
-/// The smallest 1, 2 or 5 × 10ᵏ at or above `v`.
-fn nice_ceiling(v: f64) -> f64 {
-    let exp = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * exp)
-        .find(|c| *c >= v)
-        .unwrap_or(10.0 * exp)
-}
-
-fn y_ticks(scale: Scale, lo: f64, hi: f64) -> Vec<f64> {
-    match scale {
-        Scale::Linear => {
-            let step = nice_ceiling((hi - lo) / 6.0);
-            (0..=12)
-                .map(|i| lo + step * f64::from(i))
-                .take_while(|t| *t <= hi * 1.000_001)
-                .collect()
-        }
-        Scale::Log10 => {
-            let (a, b) = (lo.log10().round() as i32, hi.log10().round() as i32);
-            (a..=b).map(|e| 10f64.powi(e)).collect()
-        }
-    }
+/// 1, 2 and 5 × 10ᵏ between `lo` and `hi` (both powers of ten).
+fn y_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (a, b) = (lo.log10().round() as i32, hi.log10().round() as i32);
+    (a..=b)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+        .filter(|t| *t <= hi * 1.000_001)
+        .collect()
 }
 
 fn tick_label(v: f64) -> String {
@@ -347,18 +312,12 @@ mod tests {
     }
 
     #[test]
-    fn nice_numbers_round_up() {
-        assert_eq!(nice_ceiling(23.0), 50.0);
-        assert_eq!(nice_ceiling(17.0), 20.0);
-        assert_eq!(nice_ceiling(0.7), 1.0);
+    fn ticks_are_one_two_five_per_decade() {
         assert_eq!(
-            y_ticks(Scale::Linear, 0.0, 50.0),
-            vec![0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+            y_ticks(1.0, 100.0),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
         );
-        assert_eq!(
-            y_ticks(Scale::Log10, 0.1, 100.0),
-            vec![0.1, 1.0, 10.0, 100.0]
-        );
+        assert_eq!(y_ticks(0.1, 1.0).len(), 4);
         assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
     }
 }

@@ -8,8 +8,8 @@
 //! before anything that follows (the end-of-pass timestamp, the next pass's loads).
 
 use std::arch::x86_64::{
-    __m256d, _mm_add_pd, _mm_cvtsd_f64, _mm_sfence, _mm_unpackhi_pd, _mm256_add_pd,
-    _mm256_castpd256_pd128, _mm256_extractf128_pd, _mm256_fmadd_pd, _mm256_loadu_pd,
+    __m256d, _MM_HINT_T0, _mm_add_pd, _mm_cvtsd_f64, _mm_prefetch, _mm_sfence, _mm_unpackhi_pd,
+    _mm256_add_pd, _mm256_castpd256_pd128, _mm256_extractf128_pd, _mm256_fmadd_pd, _mm256_loadu_pd,
     _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd, _mm256_stream_pd,
 };
 
@@ -21,6 +21,22 @@ const W: usize = 4;
 /// Elements before the first 32-byte aligned one (`p` is 8-byte aligned, as every `f64`).
 fn head_len(p: *const f64, n: usize) -> usize {
     p.align_offset(32).min(n)
+}
+
+/// Elements (1 KiB) ahead of the current position the non-temporal copy prefetches its
+/// source. With streaming stores the loads are left to the hardware prefetcher alone, and
+/// on Zen 3 it does not keep enough misses in flight: prefetching 1 KiB ahead raised the
+/// 2-thread DRAM copy by 10–20% in interleaved runs (512 B to 8 KiB all did about as
+/// well), as glibc's large `memcpy` also does. The triad showed no clear gain.
+const PREFETCH_AHEAD: usize = 1024 / 8;
+
+/// Prefetches the two 64-byte lines at `p` into L1 (`prefetcht0`).
+#[target_feature(enable = "avx2,fma")]
+fn prefetch_two_lines(p: *const f64) {
+    // A prefetch never faults and reads nothing in the language's sense, so `p` may point
+    // past the slice (it is formed with `wrapping_add`).
+    _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8).cast());
 }
 
 /// Sum of `a`, eight vector accumulators wide (two loads per cycle × four-cycle add
@@ -106,6 +122,9 @@ pub(super) unsafe fn copy(dst: &mut [f64], src: &[f64], stores: Stores) {
     let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
     let mut i = head;
     while i + 4 * W <= n {
+        if stores == Stores::NonTemporal {
+            prefetch_two_lines(s.wrapping_add(i + PREFETCH_AHEAD));
+        }
         // SAFETY: i + 4·W <= n = src.len(), so all four loads are inside `src`.
         let x: [__m256d; 4] = unsafe { std::array::from_fn(|k| _mm256_loadu_pd(s.add(i + k * W))) };
         for (k, x) in x.into_iter().enumerate() {
