@@ -16,6 +16,9 @@ pub enum BenchCommand {
     Infer(InferArgs),
     /// Memory bandwidth (read, write, copy, triad) and load latency per cache level.
     Memory(MemoryArgs),
+    /// KV cache types: bytes per token, perplexity and KL against f16, decode at depth,
+    /// codec throughput.
+    Kv(crate::bench_kv::KvArgs),
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +153,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Infer(a) => infer(a),
         BenchCommand::Memory(a) => memory(a),
+        BenchCommand::Kv(a) => crate::bench_kv::kv(a),
     }
 }
 
@@ -177,14 +181,7 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
     let vocab = tm.model.cfg.vocab;
     let n_ctx = (a.pp.max(a.depth) + a.tg + 16).max(1024);
-    let mut s = Session::new(
-        &tm.model,
-        SessionConfig {
-            n_ctx,
-            n_threads: threads,
-            ubatch: 512,
-        },
-    )?;
+    let mut s = Session::new(&tm.model, SessionConfig::new(n_ctx, threads, 512))?;
     let reps = a.reps.max(1);
     let pp_ids = prompt(a.pp, vocab);
     let mut pp = Vec::new();

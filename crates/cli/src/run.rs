@@ -52,6 +52,14 @@ pub struct RunArgs {
     /// Keep generating past end-of-generation tokens (for measurements).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// KV cache type: f16, int8, int4, int2, or tiered (recent tokens f16, older ones
+    /// int8 then 2-bit).
+    #[arg(long, default_value = "f16", value_parser = clap::builder::PossibleValuesParser::new(engine::forward::KV_TYPES))]
+    pub kv_type: String,
+    /// Keep prompt-prefix KV blocks in this directory across runs (checksummed files,
+    /// keyed by the model): a later run with the same prefix skips its prefill.
+    #[arg(long)]
+    pub kv_dir: Option<PathBuf>,
     #[command(flatten)]
     pub budget: crate::plan::BudgetArgs,
 }
@@ -98,7 +106,21 @@ struct RunReport {
     stop_reason: &'static str,
     timings: Timings,
     memory: Memory,
+    kv: KvReport,
     ledger: Ledger,
+}
+
+#[derive(Serialize)]
+struct KvReport {
+    kv_type: String,
+    /// Prompt tokens whose KV came from the cache (`--kv-dir` or shared blocks).
+    prefix_reused_tokens: usize,
+    /// Tokens run through the model.
+    computed_tokens: u64,
+    /// Blocks written to `--kv-dir` by this run.
+    blocks_persisted: usize,
+    /// Blocks per tier now: hot, warm, cold, disk.
+    tier_blocks: [usize; 4],
 }
 
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
@@ -183,11 +205,16 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         )));
     }
     let cfg = SessionConfig {
-        n_ctx: a.ctx,
-        n_threads: threads,
-        ubatch: 512,
+        kv_mix: engine::forward::kv_mix_named(&a.kv_type).expect("clap checked the name"),
+        ..SessionConfig::new(a.ctx, threads, 512)
     };
     let mut session = Session::with_accounts(&tm.model, cfg, &accounts)?;
+    if let Some(dir) = &a.kv_dir {
+        let store = kvcache::BlockStore::open(dir, tm.model.digest, kvcache::Compression::None)
+            .with_context(|| format!("opening the KV directory {}", dir.display()))?;
+        session.set_store(store);
+    }
+    let reused = session.attach_prefix(&ids)?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     let mut sampler = Sampler::new(SamplerConfig {
@@ -197,8 +224,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         seed: a.seed,
     });
     let t_prefill = Instant::now();
-    let mut next = sampler.sample(session.eval(&ids, Logits::Last)?);
+    let mut next = sampler.sample(session.eval(&ids[reused..], Logits::Last)?);
     let prefill_s = t_prefill.elapsed().as_secs_f64();
+    let persisted = session.persist()?;
 
     let t_decode = Instant::now();
     let mut out_ids = Vec::new();
@@ -261,7 +289,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             timings: Timings {
                 load_s,
                 prefill_s,
-                prefill_tok_s: ids.len() as f64 / prefill_s.max(1e-9),
+                prefill_tok_s: (ids.len() - reused) as f64 / prefill_s.max(1e-9),
                 decode_s,
                 decode_tok_s: decoded as f64 / decode_s.max(1e-9),
             },
@@ -271,6 +299,13 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
                 weight_resident_bytes: file.resident_bytes(weight_range),
                 kv_bytes: session.kv_bytes(),
                 scratch_bytes: session.scratch_bytes(),
+            },
+            kv: KvReport {
+                kv_type: a.kv_type.clone(),
+                prefix_reused_tokens: reused,
+                computed_tokens: session.computed_tokens(),
+                blocks_persisted: persisted,
+                tier_blocks: session.kv().pool().tier_counts(),
             },
             ledger,
         };

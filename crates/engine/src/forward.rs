@@ -14,7 +14,7 @@ use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, dequantize_row, quantize_row_q8};
-use kvcache::{KvCache, KvError, KvLayout, SeqId};
+use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, SeqId, TierMix};
 
 use crate::memory::{Accounts, scratch_bytes};
 
@@ -40,6 +40,60 @@ pub struct SessionConfig {
     pub n_threads: usize,
     /// Tokens per prompt micro-batch.
     pub ubatch: usize,
+    /// Precision of each KV block by age (default: all f16).
+    pub kv_mix: TierMix,
+    /// Most sequences the session's cache serves at once (blocks = n_ctx × this).
+    pub n_seqs: usize,
+}
+
+/// The KV cache types `--kv-type` accepts, most precise first.
+pub const KV_TYPES: [&str; 6] = ["f16", "int8", "int4", "int2", "tiered", "tiered-dense"];
+
+/// The tier mix for a `--kv-type` name: one format for every block, `tiered` (the
+/// default mix, [`default_mix`]) or `tiered-dense` ([`dense_mix`]).
+pub fn kv_mix_named(name: &str) -> Option<TierMix> {
+    match name {
+        "tiered" => Some(default_mix()),
+        "tiered-dense" => Some(dense_mix()),
+        other => kvcache::KvFormat::parse(other).map(TierMix::uniform),
+    }
+}
+
+/// The default tiered mix, chosen by `llmem bench kv` measurements (docs/design/kv.md):
+/// the first block (the attention sink) and the last 32 tokens stay f16, the 64 before
+/// them int8, everything older 4-bit.
+pub fn default_mix() -> TierMix {
+    TierMix {
+        sink_blocks: 1,
+        sink_format: kvcache::KvFormat::F16,
+        hot_tokens: 32,
+        warm_tokens: 64,
+        cool_tokens: 0,
+        cold_format: kvcache::KvFormat::Q4,
+    }
+}
+
+/// The dense mix: as [`default_mix`], then 4-bit for 128 tokens and 2-bit beyond —
+/// more than 4× the tokens of f16 in the same bytes, at a measured quality cost.
+pub fn dense_mix() -> TierMix {
+    TierMix {
+        cool_tokens: 128,
+        cold_format: kvcache::KvFormat::Q2,
+        ..default_mix()
+    }
+}
+
+impl SessionConfig {
+    /// One sequence of `n_ctx` tokens with an all-f16 cache.
+    pub fn new(n_ctx: usize, n_threads: usize, ubatch: usize) -> Self {
+        SessionConfig {
+            n_ctx,
+            n_threads,
+            ubatch,
+            kv_mix: TierMix::uniform(kvcache::KvFormat::F16),
+            n_seqs: 1,
+        }
+    }
 }
 
 /// Why an evaluation failed. Nothing is half-applied: on error the sequence is as before.
@@ -159,10 +213,16 @@ pub struct Session<'a, 'm> {
     kv: KvCache,
     seq: SeqId,
     n_past: usize,
+    /// Token ids of the current sequence (prefix hashing and recompute need them).
+    tokens: Vec<u32>,
+    /// Other sequences' (n_past, tokens), while another one is current.
+    parked: std::collections::HashMap<SeqId, (usize, Vec<u32>)>,
+    /// Tokens run through the model (prefill and decode), for sharing statistics.
+    computed_tokens: u64,
+    store: Option<BlockStore>,
     rope: Rope,
     s: Scratch,
     logits: Vec<f32>,
-    blocks: Vec<kvcache::BlockId>,
     /// The ledger's account for `s` and `logits`.
     scratch_res: Reservation,
 }
@@ -183,7 +243,7 @@ impl<'a, 'm> Session<'a, 'm> {
         let c = &model.cfg;
         let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BLOCK_TOKENS)
             .expect("model dimensions were validated at load");
-        let mut kv = KvCache::new(layout, cfg.n_ctx.div_ceil(BLOCK_TOKENS));
+        let mut kv = KvCache::new(layout, cfg.n_ctx.div_ceil(BLOCK_TOKENS) * cfg.n_seqs.max(1));
         kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
         let seq = kv.seq_new();
         let ubatch = cfg.ubatch.clamp(1, 4096);
@@ -202,10 +262,13 @@ impl<'a, 'm> Session<'a, 'm> {
             kv,
             seq,
             n_past: 0,
+            tokens: Vec::new(),
+            parked: std::collections::HashMap::new(),
+            computed_tokens: 0,
+            store: None,
             rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
             s,
             logits: Vec::new(),
-            blocks: Vec::new(),
             scratch_res,
         })
     }
@@ -222,6 +285,91 @@ impl<'a, 'm> Session<'a, 'm> {
     /// Bytes of KV blocks allocated now.
     pub fn kv_bytes(&self) -> u64 {
         self.kv.pool().storage_bytes()
+    }
+
+    /// The KV cache (tiers, block counts, prefix index).
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// Tokens run through the model so far (shared prefixes are not counted: they were
+    /// not computed).
+    pub fn computed_tokens(&self) -> u64 {
+        self.computed_tokens
+    }
+
+    /// The current sequence.
+    pub fn seq(&self) -> SeqId {
+        self.seq
+    }
+
+    /// Opens a disk tier for this session's KV blocks (prefixes persist across runs).
+    pub fn set_store(&mut self, store: BlockStore) {
+        self.store = Some(store);
+    }
+
+    /// Starts a new, empty sequence in the same cache and makes it current; the previous
+    /// one is kept (switch back with [`Session::switch_seq`]).
+    pub fn new_seq(&mut self) -> SeqId {
+        let s = self.kv.seq_new();
+        self.park_current();
+        self.seq = s;
+        s
+    }
+
+    fn park_current(&mut self) {
+        let toks = std::mem::take(&mut self.tokens);
+        self.parked.insert(self.seq, (self.n_past, toks));
+        self.n_past = 0;
+    }
+
+    /// Makes `seq` current.
+    pub fn switch_seq(&mut self, seq: SeqId) -> Result<(), EvalError> {
+        if seq == self.seq {
+            return Ok(());
+        }
+        let Some((n, toks)) = self.parked.remove(&seq) else {
+            return Err(KvError::UnknownSeq(seq).into());
+        };
+        self.park_current();
+        self.seq = seq;
+        self.n_past = n;
+        self.tokens = toks;
+        Ok(())
+    }
+
+    /// Removes a sequence other than the current one.
+    pub fn remove_seq(&mut self, seq: SeqId) {
+        if seq != self.seq && self.parked.remove(&seq).is_some() {
+            self.kv.seq_remove(seq);
+        }
+    }
+
+    /// For an empty current sequence: attaches the cached KV of the longest indexed (or,
+    /// with a disk tier, stored) prefix of `prompt`, leaving at least its last token to
+    /// evaluate. Returns the tokens reused; evaluate `prompt[reused..]` next.
+    pub fn attach_prefix(&mut self, prompt: &[u32]) -> Result<usize, EvalError> {
+        if self.n_past != 0 || prompt.is_empty() {
+            return Ok(0);
+        }
+        let digest = self.model.cfg_digest();
+        let max = (prompt.len() - 1).min(self.cfg.n_ctx);
+        let n = match &self.store {
+            Some(st) => self
+                .kv
+                .seq_attach_from_disk(self.seq, prompt, digest, max, st)?,
+            None => self.kv.seq_attach_prefix(self.seq, prompt, digest, max)?,
+        };
+        self.n_past = n;
+        self.tokens.extend_from_slice(&prompt[..n]);
+        Ok(n)
+    }
+
+    /// Writes the current sequence's full blocks to the disk tier (if one is open).
+    /// Returns the blocks written.
+    pub fn persist(&mut self) -> Result<usize, EvalError> {
+        let Some(st) = &self.store else { return Ok(0) };
+        Ok(self.kv.seq_persist(self.seq, st)?)
     }
 
     /// Bytes of scratch and logits buffers (as reserved in the ledger).
@@ -246,13 +394,32 @@ impl<'a, 'm> Session<'a, 'm> {
         self.kv.seq_remove(self.seq);
         self.seq = self.kv.seq_new();
         self.n_past = 0;
+        self.tokens.clear();
     }
 
     /// Drops cached tokens past `n` (to rewind or re-score).
     pub fn truncate(&mut self, n: usize) -> Result<(), EvalError> {
         self.kv.seq_truncate(self.seq, n)?;
         self.n_past = self.n_past.min(n);
+        self.tokens.truncate(self.n_past);
         Ok(())
+    }
+
+    /// Brings every block of the current sequence back to a readable tier. A block lost
+    /// on disk (missing or failing its checksum) is recomputed from the token history.
+    fn prepare(&mut self) -> Result<(), EvalError> {
+        match self.kv.seq_prepare(self.seq, self.store.as_ref()) {
+            Ok(()) => Ok(()),
+            Err(KvError::Lost(..)) => {
+                let kept = self.kv.seq_len(self.seq)?;
+                let redo = self.tokens[kept..self.n_past].to_vec();
+                self.n_past = kept;
+                self.tokens.truncate(kept);
+                self.eval(&redo, Logits::Last)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Appends `tokens` to the sequence and returns logits: `vocab` values for
@@ -291,6 +458,7 @@ impl<'a, 'm> Session<'a, 'm> {
             .max()
             .unwrap_or(0);
         self.account_scratch(n_out * vocab, attn_need)?;
+        self.prepare()?;
         self.kv.seq_reserve(self.seq, self.n_past + tokens.len())?;
         // Exact growth, so the buffers hold no more than the ledger granted.
         self.logits
@@ -308,16 +476,21 @@ impl<'a, 'm> Session<'a, 'm> {
                 Logits::Last if last_chunk => Some(usize::MAX),
                 Logits::Last => None,
             };
-            self.forward(chunk, out);
+            self.forward(chunk, out)?;
+            self.tokens.extend_from_slice(chunk);
+            self.computed_tokens += chunk.len() as u64;
             done += chunk.len();
         }
+        self.kv
+            .seq_publish(self.seq, &self.tokens, self.model.cfg_digest())?;
+        self.kv.seq_apply_mix(self.seq, &self.cfg.kv_mix)?;
         Ok(&self.logits)
     }
 
     /// Runs one micro-batch at positions `n_past..`. `out`: where its logits go — `None`
     /// for none, `Some(usize::MAX)` for only the last token's (into row 0), `Some(i)` for
     /// all of them starting at output row `i`.
-    fn forward(&mut self, tokens: &[u32], out: Option<usize>) {
+    fn forward(&mut self, tokens: &[u32], out: Option<usize>) -> Result<(), EvalError> {
         let m = self.model;
         let c = &m.cfg;
         let n = tokens.len();
@@ -342,9 +515,6 @@ impl<'a, 'm> Session<'a, 'm> {
             n_kv_heads: c.n_kv_heads,
             scale: 1.0 / (hd as f32).sqrt(),
         };
-        self.blocks.clear();
-        self.blocks
-            .extend_from_slice(self.kv.seq_blocks(self.seq).expect("live sequence"));
         let layout = *self.kv.layout();
 
         for (li, l) in m.layers.iter().enumerate() {
@@ -395,15 +565,12 @@ impl<'a, 'm> Session<'a, 'm> {
                     .expect("positions were reserved");
             }
             {
-                let pool_ref = self.kv.pool();
-                let data: Vec<&[u16]> = self.blocks.iter().map(|&b| pool_ref.data(b)).collect();
+                let mut views: Vec<KvBlock<'_>> = Vec::with_capacity(pos0 / BLOCK_TOKENS + 2);
+                self.kv.block_views(self.seq, &mut views)?;
                 let paged = PagedKv {
-                    blocks: &data,
-                    block_tokens: layout.block_tokens(),
-                    head_dim: hd,
-                    k_base: layout.k_base(li),
-                    v_base: layout.v_base(li),
-                    head_stride: layout.head_stride(),
+                    blocks: &views,
+                    geom: layout.geom(),
+                    layer: li,
                 };
                 attention(
                     pool,
@@ -466,7 +633,7 @@ impl<'a, 'm> Session<'a, 'm> {
         }
         self.n_past += n;
 
-        let Some(out_row) = out else { return };
+        let Some(out_row) = out else { return Ok(()) };
         let (first, n_out, row0) = if out_row == usize::MAX {
             (n - 1, 1, 0)
         } else {
@@ -494,6 +661,7 @@ impl<'a, 'm> Session<'a, 'm> {
             &s.xq[..n_out * d / QK],
             n_out,
         );
+        Ok(())
     }
 }
 

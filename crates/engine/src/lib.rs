@@ -12,7 +12,7 @@
 //! let file = weights::MappedFile::open("model.gguf".as_ref()).unwrap();
 //! let gguf = gguf::GgufFile::parse(file.bytes()).unwrap();
 //! let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
-//! let cfg = engine::forward::SessionConfig { n_ctx: 2048, n_threads: 2, ubatch: 512 };
+//! let cfg = engine::forward::SessionConfig::new(2048, 2, 512);
 //! let mut session = engine::forward::Session::new(&tm.model, cfg).unwrap();
 //! let ids = tm.encode("The capital of France is");
 //! let logits = session.eval(&ids, engine::forward::Logits::Last).unwrap();

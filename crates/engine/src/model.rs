@@ -33,6 +33,31 @@ pub struct Model<'m> {
     pub layers: Vec<Layer<'m>>,
     /// Bytes of the file's tensor data (what a full residency maps in).
     pub weight_bytes: u64,
+    /// Identifies the model for KV reuse: xxh3 of the file's length, its whole header
+    /// (metadata and tensor table) and the first 4 KiB of every tensor. Cached KV blocks
+    /// (prefix hashes, disk files) are only reused under the same digest.
+    pub digest: u64,
+}
+
+impl Model<'_> {
+    /// [`Model::digest`] (kept as a method for the session's use).
+    pub fn cfg_digest(&self) -> u64 {
+        self.digest
+    }
+}
+
+/// See [`Model::digest`].
+pub fn model_digest(file: &GgufFile<'_>) -> u64 {
+    let bytes = file.bytes();
+    let header = (file.data_offset() as usize).min(bytes.len());
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(&bytes[..header]);
+    for t in file.tensors() {
+        let d = file.tensor_data(t);
+        h.update(&d[..d.len().min(4096)]);
+    }
+    h.digest()
 }
 
 fn wtype_of(name: &str, t: GgmlType) -> Result<WType, LoadError> {
@@ -148,6 +173,7 @@ impl<'m> Model<'m> {
             output_norm,
             layers,
             weight_bytes,
+            digest: model_digest(file),
         })
     }
 }

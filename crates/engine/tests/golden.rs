@@ -53,11 +53,7 @@ fn matches_llama_cpp_on_golden_prompts() {
     let file = weights::MappedFile::open(&path).unwrap();
     let gguf = gguf::GgufFile::parse(file.bytes()).unwrap();
     let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
-    let cfg = SessionConfig {
-        n_ctx: 256,
-        n_threads: 2,
-        ubatch: 512,
-    };
+    let cfg = SessionConfig::new(256, 2, 512);
     let mut s = Session::new(&tm.model, cfg).unwrap();
     let g = golden();
     let (mut sum_diff, mut n_diff, mut max_diff) = (0.0f64, 0usize, 0.0f64);

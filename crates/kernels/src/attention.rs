@@ -1,7 +1,9 @@
-//! Causal grouped-query attention that reads K and V in place from paged f16 blocks.
+//! Causal grouped-query attention that reads K and V in place from paged blocks, f16 or
+//! quantized ([`crate::kvquant`]).
 //!
-//! The cache hands in one slice per block. Inside a block, each layer's keys and values
-//! for one KV head are `block_tokens × head_dim` contiguous f16 values:
+//! The cache hands in one view per block. Inside an f16 block, each layer's keys and
+//! values for one KV head are `block_tokens × head_dim` contiguous f16 values (quantized
+//! blocks keep the same per-(layer, head) grouping in chunks of codes and scales):
 //!
 //! ```text
 //! block ─┬─ … ─┬─ K(layer, head h): [token 0: head_dim f16][token 1] … [token bt-1]
@@ -11,13 +13,15 @@
 //!
 //! Work is split into items of (KV head, tile of query tokens, range of key blocks); each
 //! item runs an online softmax (running max and sum, as in FlashAttention) over its
-//! blocks, converting each K/V block to f32 once for all the query rows of the tile. When
+//! blocks, converting each K/V block to f32 once for all the query rows of the tile
+//! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). When
 //! there are few query tokens (decode), the keys are split across threads and the partial
 //! results merged by their maxima and sums.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Isa;
+use crate::kvquant::{self, BlockGeom, KvBlock};
 use crate::pool::ThreadPool;
 use crate::simd;
 
@@ -30,19 +34,15 @@ const Q_TILE: usize = 4;
 /// Largest number of query heads sharing one KV head.
 pub const MAX_GROUP: usize = 16;
 
-/// Where one layer's K and V live inside the cache blocks.
+/// One layer's view of a sequence's cache blocks.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedKv<'a> {
-    /// One slice per block of the sequence, in order.
-    pub blocks: &'a [&'a [u16]],
-    pub block_tokens: usize,
-    pub head_dim: usize,
-    /// Offset (in f16 elements) of this layer's K for KV head 0 inside a block.
-    pub k_base: usize,
-    /// Offset of this layer's V for KV head 0.
-    pub v_base: usize,
-    /// Distance between consecutive KV heads' regions.
-    pub head_stride: usize,
+    /// One view per block of the sequence, in order.
+    pub blocks: &'a [KvBlock<'a>],
+    /// Shape of every block.
+    pub geom: BlockGeom,
+    /// Which layer this call attends over.
+    pub layer: usize,
 }
 
 /// Shape of one attention call.
@@ -120,9 +120,11 @@ pub fn attention_with(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = kv.head_dim;
-    let bt = kv.block_tokens;
+    let hd = kv.geom.head_dim;
+    let bt = kv.geom.block_tokens;
     let g = shape.group();
+    assert_eq!(kv.geom.n_kv_heads, shape.n_kv_heads);
+    assert!(kv.layer < kv.geom.n_layers);
     assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && (1..=MAX_GROUP).contains(&g));
     assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
     let n_keys = shape.pos0 + shape.n_q;
@@ -215,8 +217,8 @@ fn run_item(
     kf: &mut [f32],
     vf: &mut [f32],
 ) {
-    let hd = kv.head_dim;
-    let bt = kv.block_tokens;
+    let hd = kv.geom.head_dim;
+    let bt = kv.geom.block_tokens;
     let g = shape.group();
     let t0 = tile * Q_TILE;
     let nt = Q_TILE.min(shape.n_q - t0);
@@ -237,13 +239,9 @@ fn run_item(
     }
     let mut scores = [0.0f32; MAX_BLOCK_TOKENS];
     for b in b0..b1 {
-        let blk = kv.blocks[b];
         let j0 = b * bt;
         let nk = bt.min(last_key + 1 - j0);
-        let koff = kv.k_base + h * kv.head_stride;
-        let voff = kv.v_base + h * kv.head_stride;
-        simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
-        simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
+        load_block(isa, kv, b, h, nk, kf, vf);
         for ti in 0..nt {
             let limit = shape.pos0 + t0 + ti; // last key this query token may see
             if limit < j0 {
@@ -275,6 +273,34 @@ fn run_item(
                     simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
                 }
             }
+        }
+    }
+}
+
+/// Converts block `b`'s first `nk` keys and values of KV head `h` to f32 rows.
+fn load_block(
+    isa: Isa,
+    kv: &PagedKv<'_>,
+    b: usize,
+    h: usize,
+    nk: usize,
+    kf: &mut [f32],
+    vf: &mut [f32],
+) {
+    let g = &kv.geom;
+    let hd = g.head_dim;
+    match kv.blocks[b] {
+        KvBlock::F16(blk) => {
+            let koff = g.f16_k_base(kv.layer) + h * g.head_stride();
+            let voff = g.f16_v_base(kv.layer) + h * g.head_stride();
+            simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
+            simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
+        }
+        KvBlock::Quant(f, blk) => {
+            let ko = g.q_k_offset(f, kv.layer, h);
+            let vo = g.q_v_offset(f, kv.layer, h);
+            kvquant::dequantize_k(isa, f, g, &blk[ko..ko + g.k_chunk_bytes(f)], nk, kf);
+            kvquant::dequantize_v(isa, f, g, &blk[vo..vo + g.v_chunk_bytes(f)], nk, vf);
         }
     }
 }

@@ -31,6 +31,7 @@
 
 pub mod attention;
 pub mod isa;
+pub mod kvquant;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

@@ -2,6 +2,7 @@
 
 use kernels::Isa;
 use kernels::attention::{AttnShape, PagedKv, attention_with, scratch_len};
+use kernels::kvquant::{self, BlockGeom, KvBlock, KvFormat};
 use kernels::matmul::{MatJob, QMatrix, matmul_with};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, WType, dequantize_row, quantize_row_q8, reference};
@@ -175,14 +176,11 @@ fn paged_attention_matches_naive_on_every_path() {
                 }
             }
         }
-        let refs: Vec<&[u16]> = blocks.iter().map(|b| b.as_slice()).collect();
-        let kv = PagedKv {
-            blocks: &refs,
-            block_tokens: bt,
+        let geom = BlockGeom {
+            n_layers: 1,
+            n_kv_heads: n_kv,
             head_dim: hd,
-            k_base: 0,
-            v_base: n_kv * stride,
-            head_stride: stride,
+            block_tokens: bt,
         };
         let shape = AttnShape {
             n_q,
@@ -192,16 +190,62 @@ fn paged_attention_matches_naive_on_every_path() {
             scale: 0.125 * 4.0,
         };
         let q = rng.vec(n_q * n_heads * hd);
-        let want = naive_attention(&q, &k, &v, &shape, hd);
-        for isa in Isa::available() {
-            let mut scratch = vec![0.0f32; scratch_len(&shape, hd, pool.n_threads())];
-            let mut out = vec![0.0f32; q.len()];
-            attention_with(isa, &pool, &q, &kv, &shape, &mut scratch, &mut out);
-            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() < 2e-5,
-                    "{isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}"
-                );
+        for fmt in KvFormat::ALL {
+            // Quantized blocks: the reference attends over what the portable path decodes.
+            let (qblocks, k_ref, v_ref) = if fmt == KvFormat::F16 {
+                (Vec::new(), k.clone(), v.clone())
+            } else {
+                let mut qb = Vec::new();
+                let (mut kr, mut vr) = (k.clone(), v.clone());
+                for (b, blk) in blocks.iter().enumerate() {
+                    let nt = bt.min(n_keys - b * bt);
+                    let mut out = vec![0u8; geom.block_bytes(fmt)];
+                    kvquant::encode_block(fmt, &geom, blk, nt, &mut out);
+                    for h in 0..n_kv {
+                        let ko = geom.q_k_offset(fmt, 0, h);
+                        let vo = geom.q_v_offset(fmt, 0, h);
+                        kvquant::dequantize_k(
+                            Isa::Portable,
+                            fmt,
+                            &geom,
+                            &out[ko..],
+                            nt,
+                            &mut kr[h][b * stride..],
+                        );
+                        kvquant::dequantize_v(
+                            Isa::Portable,
+                            fmt,
+                            &geom,
+                            &out[vo..],
+                            nt,
+                            &mut vr[h][b * stride..],
+                        );
+                    }
+                    qb.push(out);
+                }
+                (qb, kr, vr)
+            };
+            let views: Vec<KvBlock<'_>> = if fmt == KvFormat::F16 {
+                blocks.iter().map(|b| KvBlock::F16(b)).collect()
+            } else {
+                qblocks.iter().map(|b| KvBlock::Quant(fmt, b)).collect()
+            };
+            let kv = PagedKv {
+                blocks: &views,
+                geom,
+                layer: 0,
+            };
+            let want = naive_attention(&q, &k_ref, &v_ref, &shape, hd);
+            for isa in Isa::available() {
+                let mut scratch = vec![0.0f32; scratch_len(&shape, hd, pool.n_threads())];
+                let mut out = vec![0.0f32; q.len()];
+                attention_with(isa, &pool, &q, &kv, &shape, &mut scratch, &mut out);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 2e-5 * (1.0 + b.abs()),
+                        "{fmt:?} {isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}"
+                    );
+                }
             }
         }
     }

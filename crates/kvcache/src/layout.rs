@@ -92,6 +92,21 @@ impl KvLayout {
         self.block_elems() as u64 * 2
     }
 
+    /// The same shape as the kernels see it.
+    pub fn geom(&self) -> kernels::kvquant::BlockGeom {
+        kernels::kvquant::BlockGeom {
+            n_layers: self.n_layers,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            block_tokens: self.block_tokens,
+        }
+    }
+
+    /// Bytes of one block in `format`.
+    pub fn block_bytes_in(&self, format: kernels::kvquant::KvFormat) -> u64 {
+        self.geom().block_bytes(format) as u64
+    }
+
     /// Bytes one token costs in the hot tier: layers × 2 × KV heads × head dim × 2.
     pub fn bytes_per_token(&self) -> u64 {
         (self.n_layers * 2 * self.n_kv_heads * self.head_dim * 2) as u64

@@ -1,11 +1,15 @@
-//! Paged KV-cache memory for llmem: fixed-size blocks of f16 keys and values, a block pool
-//! with reference counts and a free list, and a block table per sequence.
+//! Paged KV-cache memory for llmem: fixed-size blocks in tiers (hot f16, warm int8, cold
+//! 4/2-bit and compressed, disk), prefix sharing by chained block hashes, and a block
+//! table per sequence.
 //!
 //! A block holds `block_tokens` consecutive tokens of one sequence for **all** layers, so
 //! a sequence's cache is a list of block ids (its block table) and growing it by one block
-//! is one allocation. Block metadata ([`BlockMeta`]) is kept apart from block storage so
-//! that later tiers (int8, 4-bit, disk) change where bytes live, not how blocks are named.
-//! This crate knows nothing of models or the engine; it is tested without a model.
+//! is one allocation. Block metadata ([`BlockMeta`]) is kept apart from block storage, so
+//! a tier change moves bytes, not names. Hot and warm (and uncompressed cold) blocks are
+//! read in place by attention ([`KvBlock`]); compressed and disk blocks are promoted by
+//! [`KvCache::seq_prepare`] first. The [`TierMix`] says which precision each block of a
+//! sequence gets by age; [`policy`] chooses what to demote or evict under the ledger's
+//! limit. This crate knows nothing of models or the engine; it is tested without a model.
 //!
 //! ```
 //! use kvcache::{KvCache, KvLayout};
@@ -23,9 +27,14 @@
 //! ```
 
 mod layout;
+pub mod policy;
 mod pool;
+mod prefix;
 mod seq;
 
+pub use kernels::kvquant::{KvBlock, KvFormat};
+pub use kvdisk::{BlockStore, Compression};
 pub use layout::{KvLayout, LayoutError};
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
-pub use seq::{KvCache, KvError, SeqId};
+pub use prefix::block_hash;
+pub use seq::{KvCache, KvError, SeqId, TierMix};

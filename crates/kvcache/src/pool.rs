@@ -1,29 +1,39 @@
-//! The block pool: metadata, hot-tier storage and the free list.
+//! The block pool: metadata, storage in every tier, and the free list.
 //!
 //! # Invariants
 //! - A block is either free (in `free`, ref count 0) or in use (ref count ≥ 1), never both.
 //! - `used` equals the number of blocks with a ref count ≥ 1.
-//! - Storage exists for every block in use; `storage_bytes` equals the bytes of all
-//!   allocated storage (free blocks keep theirs until [`BlockPool::trim`]).
+//! - Every block in use has storage in exactly one tier, and its [`BlockMeta::tier`] and
+//!   [`BlockMeta::format`] say which; free blocks hold f16 storage or none.
+//! - `storage_bytes` equals the RAM bytes of all storage (in use or kept for reuse);
+//!   disk-tier blocks cost no RAM.
 //! - At most `capacity` blocks exist.
 //! - With a ledger reservation attached, its size equals `storage_bytes` after every
 //!   public operation: every byte of block storage is accounted in the `kv` pool.
 
 use budget::{Bytes, OutOfBudget, Reservation};
+use kernels::kvquant::{self, KvBlock, KvFormat};
+use kvdisk::{BlockStore, Compression};
 
 use crate::layout::KvLayout;
+use crate::seq::KvError;
 
 /// A block's index in its pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockId(pub u32);
 
-/// Where a block's bytes live. Later issues add `Warm` (int8), `Cold` (4/2-bit,
-/// compressed) and `Disk`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
+/// Where a block's bytes live, precision falling with temperature (DESIGN.md, "KV cache").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tier {
-    /// f16, read directly by attention.
+    /// f16 in RAM, read directly by attention.
     Hot,
+    /// int8 in RAM, read directly by attention (dequantized inside the kernel).
+    Warm,
+    /// 4- or 2-bit in RAM, read directly while uncompressed; compressed blocks are
+    /// promoted (decompressed) before a step reads them.
+    Cold,
+    /// In a checksummed file; loaded and verified before use.
+    Disk,
 }
 
 /// Everything the cache knows about a block except its bytes.
@@ -34,6 +44,13 @@ pub struct BlockMeta {
     /// Chained content hash of a full block (set by prefix sharing), if any.
     pub hash: Option<u64>,
     pub tier: Tier,
+    pub format: KvFormat,
+    /// Cold blocks: compressed in RAM.
+    pub compressed: bool,
+    /// Tokens written (the block's first `filled` positions).
+    pub filled: u16,
+    /// Pins: a pinned block is never demoted or evicted by pressure.
+    pub pins: u32,
     /// Logical clock of the last access (for eviction scores).
     pub last_use: u64,
     /// Accesses since allocation (for eviction scores).
@@ -46,9 +63,54 @@ impl BlockMeta {
             ref_count: 0,
             hash: None,
             tier: Tier::Hot,
+            format: KvFormat::F16,
+            compressed: false,
+            filled: 0,
+            pins: 0,
             last_use: 0,
             use_count: 0,
         }
+    }
+}
+
+/// A block's bytes.
+#[derive(Debug)]
+enum Storage {
+    None,
+    F16(Box<[u16]>),
+    Quant(KvFormat, Box<[u8]>),
+    /// Compressed quantized bytes; `raw` is the uncompressed length.
+    Packed {
+        format: KvFormat,
+        codec: Compression,
+        raw: usize,
+        bytes: Box<[u8]>,
+    },
+    /// In the disk store under `key`.
+    Disk {
+        format: KvFormat,
+        key: u64,
+    },
+}
+
+impl Storage {
+    fn ram_bytes(&self) -> u64 {
+        match self {
+            Storage::None | Storage::Disk { .. } => 0,
+            Storage::F16(b) => b.len() as u64 * 2,
+            Storage::Quant(_, b) => b.len() as u64,
+            Storage::Packed { bytes, .. } => bytes.len() as u64,
+        }
+    }
+    fn tier(&self) -> Option<(Tier, KvFormat, bool)> {
+        Some(match self {
+            Storage::None => return None,
+            Storage::F16(_) => (Tier::Hot, KvFormat::F16, false),
+            Storage::Quant(KvFormat::Q8, _) => (Tier::Warm, KvFormat::Q8, false),
+            Storage::Quant(f, _) => (Tier::Cold, *f, false),
+            Storage::Packed { format, .. } => (Tier::Cold, *format, true),
+            Storage::Disk { format, .. } => (Tier::Disk, *format, false),
+        })
     }
 }
 
@@ -58,7 +120,7 @@ pub struct BlockPool {
     layout: KvLayout,
     capacity: usize,
     metas: Vec<BlockMeta>,
-    storage: Vec<Option<Box<[u16]>>>,
+    storage: Vec<Storage>,
     free: Vec<BlockId>,
     used: usize,
     storage_bytes: u64,
@@ -96,6 +158,22 @@ impl BlockPool {
         Ok(())
     }
 
+    /// Bytes the ledger grants this pool now (`None` if unbudgeted).
+    pub fn reserved(&self) -> Option<u64> {
+        self.reservation.as_ref().map(|r| r.size().0)
+    }
+
+    /// Makes sure the ledger covers `extra` more bytes of storage (all or nothing).
+    fn grow_account(&mut self, extra: u64) -> Result<(), OutOfBudget> {
+        if let Some(r) = &mut self.reservation {
+            let want = self.storage_bytes + extra;
+            if want > r.size().0 {
+                r.try_grow(Bytes(want - r.size().0))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes sure the ledger covers `n` more blocks being handed out: blocks on the free
     /// list that still hold storage cost nothing; the rest grow the reservation, all or
     /// nothing.
@@ -103,16 +181,10 @@ impl BlockPool {
         let with_storage = self
             .free
             .iter()
-            .filter(|id| self.storage[id.0 as usize].is_some())
+            .filter(|id| matches!(self.storage[id.0 as usize], Storage::F16(_)))
             .count();
         let new_blocks = n.saturating_sub(with_storage) as u64;
-        if let Some(r) = &mut self.reservation {
-            let want = self.storage_bytes + new_blocks * self.layout.block_bytes();
-            if want > r.size().0 {
-                r.try_grow(Bytes(want - r.size().0))?;
-            }
-        }
-        Ok(())
+        self.grow_account(new_blocks * self.layout.block_bytes())
     }
 
     fn sync_reservation(&mut self) {
@@ -139,9 +211,27 @@ impl BlockPool {
     pub fn free_blocks(&self) -> usize {
         self.capacity - self.used
     }
-    /// Bytes of block storage currently allocated (in use or kept for reuse).
+    /// Bytes of block storage currently in RAM (in use or kept for reuse).
     pub fn storage_bytes(&self) -> u64 {
         self.storage_bytes
+    }
+    /// Blocks in use per tier, in the order hot, warm, cold, disk.
+    pub fn tier_counts(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for m in self.metas.iter().filter(|m| m.ref_count > 0) {
+            n[m.tier as usize] += 1;
+        }
+        n
+    }
+    /// RAM bytes of blocks in use per tier (hot, warm, cold, disk = 0).
+    pub fn tier_bytes(&self) -> [u64; 4] {
+        let mut n = [0; 4];
+        for (m, s) in self.metas.iter().zip(&self.storage) {
+            if m.ref_count > 0 {
+                n[m.tier as usize] += s.ram_bytes();
+            }
+        }
+        n
     }
 
     /// Sets a new capacity; fails (returning the current one) if more blocks are in use.
@@ -154,24 +244,44 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Takes a block with ref count 1, or `None` if the pool is full.
+    fn set_storage(&mut self, id: BlockId, s: Storage) {
+        let i = id.0 as usize;
+        self.storage_bytes -= self.storage[i].ram_bytes();
+        self.storage_bytes += s.ram_bytes();
+        if let Some((tier, format, compressed)) = s.tier() {
+            let m = &mut self.metas[i];
+            (m.tier, m.format, m.compressed) = (tier, format, compressed);
+        }
+        self.storage[i] = s;
+    }
+
+    /// Takes a hot block with ref count 1, or `None` if the pool is full. The ledger
+    /// must already cover it ([`BlockPool::account_for`]).
     pub(crate) fn alloc(&mut self) -> Option<BlockId> {
         if self.used >= self.capacity {
             return None;
         }
-        let id = match self.free.pop() {
+        // Prefer a free block that still has f16 storage.
+        let pos = self
+            .free
+            .iter()
+            .rposition(|id| matches!(self.storage[id.0 as usize], Storage::F16(_)));
+        let id = match pos
+            .map(|p| self.free.swap_remove(p))
+            .or_else(|| self.free.pop())
+        {
             Some(id) => id,
             None => {
                 let id = BlockId(u32::try_from(self.metas.len()).ok()?);
                 self.metas.push(BlockMeta::fresh());
-                self.storage.push(None);
+                self.storage.push(Storage::None);
                 id
             }
         };
         let i = id.0 as usize;
-        if self.storage[i].is_none() {
-            self.storage[i] = Some(vec![0u16; self.layout.block_elems()].into_boxed_slice());
-            self.storage_bytes += self.layout.block_bytes();
+        if !matches!(self.storage[i], Storage::F16(_)) {
+            let fresh = vec![0u16; self.layout.block_elems()].into_boxed_slice();
+            self.set_storage(id, Storage::F16(fresh));
         }
         self.clock += 1;
         self.metas[i] = BlockMeta {
@@ -190,16 +300,24 @@ impl BlockPool {
         m.ref_count += 1;
     }
 
-    /// Drops a reference; the block returns to the free list at zero.
-    pub(crate) fn release(&mut self, id: BlockId) {
+    /// Drops a reference; at zero the block returns to the free list (keeping f16
+    /// storage for reuse, dropping any other) and its former hash is returned.
+    pub(crate) fn release(&mut self, id: BlockId) -> Option<u64> {
         let m = &mut self.metas[id.0 as usize];
         debug_assert!(m.ref_count > 0, "release of a free block");
         m.ref_count -= 1;
-        if m.ref_count == 0 {
-            m.hash = None;
-            self.used -= 1;
-            self.free.push(id);
+        if m.ref_count > 0 {
+            return None;
         }
+        let hash = m.hash.take();
+        m.pins = 0;
+        self.used -= 1;
+        self.free.push(id);
+        if !matches!(self.storage[id.0 as usize], Storage::F16(_)) {
+            self.set_storage(id, Storage::None);
+            self.sync_reservation();
+        }
+        hash
     }
 
     /// Frees the storage of blocks on the free list (gives memory back to the system).
@@ -209,22 +327,33 @@ impl BlockPool {
 
     fn trim_to(&mut self, keep_free_storage: usize) {
         let mut kept = 0;
-        for id in &self.free {
-            let s = &mut self.storage[id.0 as usize];
-            if s.is_some() {
-                if kept < keep_free_storage {
-                    kept += 1;
-                    continue;
-                }
-                *s = None;
-                self.storage_bytes -= self.layout.block_bytes();
+        for k in 0..self.free.len() {
+            let id = self.free[k];
+            if matches!(self.storage[id.0 as usize], Storage::None) {
+                continue;
             }
+            if kept < keep_free_storage {
+                kept += 1;
+                continue;
+            }
+            self.set_storage(id, Storage::None);
         }
         self.sync_reservation();
     }
 
     pub fn meta(&self, id: BlockId) -> &BlockMeta {
         &self.metas[id.0 as usize]
+    }
+    pub(crate) fn meta_mut(&mut self, id: BlockId) -> &mut BlockMeta {
+        &mut self.metas[id.0 as usize]
+    }
+    /// Number of block slots ever created (ids are below this).
+    pub fn slots(&self) -> usize {
+        self.metas.len()
+    }
+    /// Logical clock (advanced by every access).
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     /// Marks an access (recency and frequency for eviction).
@@ -235,40 +364,215 @@ impl BlockPool {
         m.use_count = m.use_count.saturating_add(1);
     }
 
-    /// The f16 contents of a block in use.
+    /// Pins a block (pressure never demotes or evicts it) or releases one pin.
+    pub fn pin(&mut self, id: BlockId, on: bool) {
+        let m = &mut self.metas[id.0 as usize];
+        m.pins = if on {
+            m.pins + 1
+        } else {
+            m.pins.saturating_sub(1)
+        };
+    }
+
+    /// RAM bytes of one block's storage now.
+    pub fn block_ram_bytes(&self, id: BlockId) -> u64 {
+        self.storage[id.0 as usize].ram_bytes()
+    }
+
+    /// The f16 contents of a hot block.
     ///
     /// # Panics
-    /// If the block is free (a bug in the caller: free blocks have no readers).
+    /// If the block is not hot (a bug in the caller).
     pub fn data(&self, id: BlockId) -> &[u16] {
-        self.storage[id.0 as usize]
-            .as_deref()
-            .expect("data() of a block without storage")
+        match &self.storage[id.0 as usize] {
+            Storage::F16(b) => b,
+            s => panic!("data() of block {id:?} stored as {:?}", s.tier()),
+        }
     }
 
-    pub(crate) fn data_mut(&mut self, id: BlockId) -> &mut [u16] {
-        self.storage[id.0 as usize]
-            .as_deref_mut()
-            .expect("data_mut() of a block without storage")
+    /// The block as attention reads it, or `NotResident` if it must first be promoted.
+    pub fn view(&self, id: BlockId) -> Result<KvBlock<'_>, KvError> {
+        match &self.storage[id.0 as usize] {
+            Storage::F16(b) => Ok(KvBlock::F16(b)),
+            Storage::Quant(f, b) => Ok(KvBlock::Quant(*f, b)),
+            _ => Err(KvError::NotResident(id)),
+        }
     }
 
-    /// Copies block `src`'s contents into block `dst`.
-    pub(crate) fn copy_block(&mut self, src: BlockId, dst: BlockId) {
-        let (s, d) = (src.0 as usize, dst.0 as usize);
-        assert_ne!(s, d);
-        let (a, b) = if s < d {
-            let (lo, hi) = self.storage.split_at_mut(d);
-            (
-                lo[s].as_deref().expect("src storage"),
-                hi[0].as_deref_mut().expect("dst storage"),
-            )
-        } else {
-            let (lo, hi) = self.storage.split_at_mut(s);
-            (
-                hi[0].as_deref().expect("src storage"),
-                lo[d].as_deref_mut().expect("dst storage"),
-            )
+    pub(crate) fn data_mut(&mut self, id: BlockId) -> Option<&mut [u16]> {
+        match &mut self.storage[id.0 as usize] {
+            Storage::F16(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Copies block `src`'s storage (any resident format) into the fresh block `dst`,
+    /// accounting any size difference.
+    pub(crate) fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), KvError> {
+        assert_ne!(src, dst);
+        let s = match &self.storage[src.0 as usize] {
+            Storage::F16(b) => Storage::F16(b.clone()),
+            Storage::Quant(f, b) => Storage::Quant(*f, b.clone()),
+            _ => return Err(KvError::NotResident(src)),
         };
-        b.copy_from_slice(a);
+        let extra = s.ram_bytes();
+        let had = self.storage[dst.0 as usize].ram_bytes();
+        self.grow_account(extra.saturating_sub(had))?;
+        self.set_storage(dst, s);
+        self.sync_reservation();
+        let filled = self.metas[src.0 as usize].filled;
+        self.metas[dst.0 as usize].filled = filled;
+        Ok(())
+    }
+
+    /// Re-encodes a resident block in `format` (demotion to lower precision, or
+    /// promotion back to f16 — precision lost stays lost). The ledger must grant any
+    /// growth; on error nothing changes.
+    pub fn set_format(&mut self, id: BlockId, format: KvFormat) -> Result<(), KvError> {
+        let geom = self.layout.geom();
+        if !format.supports(&geom) {
+            return Err(KvError::Unsupported(format));
+        }
+        let m = &self.metas[id.0 as usize];
+        if m.format == format && !m.compressed && m.tier != Tier::Disk {
+            return Ok(());
+        }
+        let nt = m.filled as usize;
+        let view = self.view(id)?;
+        let new = match (view, format) {
+            (KvBlock::F16(_), KvFormat::F16) => return Ok(()),
+            (v, KvFormat::F16) => {
+                let bytes = kvquant::transcode(&geom, v, KvFormat::F16, nt);
+                Storage::F16(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                )
+            }
+            (v, f) => Storage::Quant(f, kvquant::transcode(&geom, v, f, nt).into_boxed_slice()),
+        };
+        let old = self.storage[id.0 as usize].ram_bytes();
+        self.grow_account(new.ram_bytes().saturating_sub(old))?;
+        self.set_storage(id, new);
+        self.sync_reservation();
+        Ok(())
+    }
+
+    /// Compresses a cold (4/2-bit) block in RAM; it must be promoted before attention
+    /// reads it again. Kept uncompressed if compression would not shrink it.
+    pub fn compress(&mut self, id: BlockId, codec: Compression) -> Result<(), KvError> {
+        let Storage::Quant(format, raw) = &self.storage[id.0 as usize] else {
+            return Err(KvError::NotResident(id));
+        };
+        let mut out = Vec::new();
+        kvdisk::compress(codec, raw, &mut out).map_err(|e| KvError::Disk(e.to_string()))?;
+        if out.len() >= raw.len() {
+            return Ok(());
+        }
+        let s = Storage::Packed {
+            format: *format,
+            codec,
+            raw: raw.len(),
+            bytes: out.into_boxed_slice(),
+        };
+        self.set_storage(id, s);
+        self.sync_reservation();
+        Ok(())
+    }
+
+    /// Brings a compressed block back to its readable quantized form.
+    pub fn decompress(&mut self, id: BlockId) -> Result<(), KvError> {
+        let Storage::Packed {
+            format,
+            codec,
+            raw,
+            bytes,
+        } = &self.storage[id.0 as usize]
+        else {
+            return Ok(());
+        };
+        let (format, raw) = (*format, *raw);
+        let mut out = Vec::with_capacity(raw);
+        kvdisk::decompress(*codec, bytes, raw, &mut out)
+            .map_err(|e| KvError::Disk(e.to_string()))?;
+        let grow = raw as u64 - bytes.len() as u64;
+        self.grow_account(grow)?;
+        self.set_storage(id, Storage::Quant(format, out.into_boxed_slice()));
+        Ok(())
+    }
+
+    /// Writes a resident quantized block to `store` under `key` and frees its RAM.
+    pub fn spill(&mut self, id: BlockId, store: &BlockStore, key: u64) -> Result<(), KvError> {
+        self.decompress(id)?;
+        let (format, payload) = match &self.storage[id.0 as usize] {
+            Storage::Quant(f, b) => (*f, encode_payload(*f, self.metas[id.0 as usize].filled, b)),
+            Storage::F16(b) => (
+                KvFormat::F16,
+                encode_payload(
+                    KvFormat::F16,
+                    self.metas[id.0 as usize].filled,
+                    &b.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                ),
+            ),
+            _ => return Err(KvError::NotResident(id)),
+        };
+        store
+            .put(key, &payload)
+            .map_err(|e| KvError::Disk(e.to_string()))?;
+        self.set_storage(id, Storage::Disk { format, key });
+        self.sync_reservation();
+        Ok(())
+    }
+
+    /// Reads a disk-tier block back into RAM, verified. A missing, corrupt or mismatched
+    /// file is reported as [`KvError::Lost`]: the block must be recomputed, never used.
+    pub fn load(&mut self, id: BlockId, store: &BlockStore) -> Result<(), KvError> {
+        let Storage::Disk { format, key } = self.storage[id.0 as usize] else {
+            return Ok(());
+        };
+        let payload = match store.get(key) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(KvError::Lost(id, "block file missing".into())),
+            Err(e) => return Err(KvError::Lost(id, e.to_string())),
+        };
+        let (f, filled, body) = decode_payload(&payload, &self.layout)
+            .ok_or_else(|| KvError::Lost(id, "block payload does not match the layout".into()))?;
+        if f != format {
+            return Err(KvError::Lost(id, "block file holds another format".into()));
+        }
+        let s = make_storage(f, body);
+        self.grow_account(s.ram_bytes())?;
+        self.set_storage(id, s);
+        self.metas[id.0 as usize].filled = filled;
+        Ok(())
+    }
+
+    /// Fills a fresh block from a verified disk payload (prefix reuse across runs).
+    pub(crate) fn fill_from_payload(&mut self, id: BlockId, payload: &[u8]) -> Result<(), KvError> {
+        let (f, filled, body) = decode_payload(payload, &self.layout)
+            .ok_or_else(|| KvError::Lost(id, "block payload does not match the layout".into()))?;
+        let s = make_storage(f, body);
+        let had = self.storage[id.0 as usize].ram_bytes();
+        self.grow_account(s.ram_bytes().saturating_sub(had))?;
+        self.set_storage(id, s);
+        self.sync_reservation();
+        self.metas[id.0 as usize].filled = filled;
+        Ok(())
+    }
+
+    /// The payload [`BlockPool::spill`] would write for a resident block.
+    pub(crate) fn payload(&self, id: BlockId) -> Result<Vec<u8>, KvError> {
+        let filled = self.metas[id.0 as usize].filled;
+        match &self.storage[id.0 as usize] {
+            Storage::Quant(f, b) => Ok(encode_payload(*f, filled, b)),
+            Storage::F16(b) => Ok(encode_payload(
+                KvFormat::F16,
+                filled,
+                &b.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+            )),
+            _ => Err(KvError::NotResident(id)),
+        }
     }
 
     /// Checks the invariants in this type's docs.
@@ -282,6 +586,10 @@ impl BlockPool {
             assert!(!in_free[i], "block {i} twice on the free list");
             in_free[i] = true;
             assert_eq!(self.metas[i].ref_count, 0, "free block {i} has references");
+            assert!(
+                matches!(self.storage[i], Storage::None | Storage::F16(_)),
+                "free block {i} keeps non-f16 storage"
+            );
         }
         let used = self.metas.iter().filter(|m| m.ref_count > 0).count();
         assert_eq!(used, self.used, "used count drifted");
@@ -290,20 +598,27 @@ impl BlockPool {
             self.metas.len(),
             "a block is neither free nor used"
         );
-        for (i, m) in self.metas.iter().enumerate() {
-            if m.ref_count > 0 {
-                assert!(
-                    self.storage[i].is_some(),
-                    "block {i} in use without storage"
-                );
+        let geom = self.layout.geom();
+        for (i, (m, s)) in self.metas.iter().zip(&self.storage).enumerate() {
+            if m.ref_count == 0 {
+                continue;
+            }
+            let (tier, format, compressed) = s
+                .tier()
+                .unwrap_or_else(|| panic!("block {i} in use without storage"));
+            assert_eq!(
+                (m.tier, m.format, m.compressed),
+                (tier, format, compressed),
+                "block {i}: metadata disagrees with its storage"
+            );
+            match s {
+                Storage::Quant(f, b) => assert_eq!(b.len(), geom.block_bytes(*f), "block {i} size"),
+                Storage::F16(b) => assert_eq!(b.len(), self.layout.block_elems(), "block {i} size"),
+                _ => {}
             }
         }
-        let bytes = self.storage.iter().filter(|s| s.is_some()).count() as u64;
-        assert_eq!(
-            bytes * self.layout.block_bytes(),
-            self.storage_bytes,
-            "storage bytes drifted"
-        );
+        let bytes: u64 = self.storage.iter().map(Storage::ram_bytes).sum();
+        assert_eq!(bytes, self.storage_bytes, "storage bytes drifted");
         assert!(self.used <= self.capacity, "over capacity");
         if let Some(r) = &self.reservation {
             assert_eq!(
@@ -313,4 +628,35 @@ impl BlockPool {
             );
         }
     }
+}
+
+fn make_storage(f: KvFormat, body: &[u8]) -> Storage {
+    match f {
+        KvFormat::F16 => Storage::F16(
+            body.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        f => Storage::Quant(f, body.to_vec().into_boxed_slice()),
+    }
+}
+
+/// `[format id u8][filled u16 le][block bytes]`.
+fn encode_payload(f: KvFormat, filled: u16, body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(body.len() + 3);
+    p.push(f.bits() as u8);
+    p.extend_from_slice(&filled.to_le_bytes());
+    p.extend_from_slice(body);
+    p
+}
+
+fn decode_payload<'a>(p: &'a [u8], layout: &KvLayout) -> Option<(KvFormat, u16, &'a [u8])> {
+    let (&id, rest) = p.split_first()?;
+    let f = KvFormat::ALL
+        .into_iter()
+        .find(|f| f.bits() == id as usize)?;
+    let filled = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
+    let body = &rest[2..];
+    (body.len() == layout.geom().block_bytes(f) && filled as usize <= layout.block_tokens())
+        .then_some((f, filled, body))
 }

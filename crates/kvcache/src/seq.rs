@@ -1,19 +1,27 @@
-//! Sequences over the block pool: block tables, reservation, fork and removal.
+//! Sequences over the block pool: block tables, reservation, fork, removal, prefix
+//! sharing and the per-sequence tier mix.
 //!
-//! Verbs follow llama.cpp's memory interface (`seq_remove`, `seq_copy`, …). Growing a
-//! sequence is all-or-nothing: [`KvCache::seq_reserve`] either gets every block it needs
-//! or changes nothing and returns [`KvError::NoRoom`], a value the scheduler reacts to.
+//! Verbs follow llama.cpp's memory interface (`seq_remove`, `seq_copy`, `seq_keep`,
+//! `seq_shift`). Growing a sequence is all-or-nothing: [`KvCache::seq_reserve`] either
+//! gets every block it needs or changes nothing and returns [`KvError::NoRoom`], a value
+//! the scheduler reacts to.
 //!
 //! # Invariants
 //! - Each block's ref count equals the number of block-table entries pointing at it.
 //! - A block shared by several tables (ref count > 1) is never written: forks copy the
 //!   partial last block so that each sequence writes only blocks it owns alone.
 //! - A table holds exactly `ceil(reserved_tokens / block_tokens)` blocks.
+//! - The prefix index maps a hash to a block in use whose `hash` is that hash, and every
+//!   hashed block in use is in the index.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use kernels::kvquant::{KvBlock, KvFormat};
+use kvdisk::BlockStore;
 
 use crate::layout::KvLayout;
-use crate::pool::{BlockId, BlockPool};
+use crate::pool::{BlockId, BlockPool, Tier};
+use crate::prefix::block_hash;
 
 /// A sequence's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +50,16 @@ pub enum KvError {
     BadRow { got: usize, expected: usize },
     #[error("block {0:?} is shared and cannot be written")]
     SharedBlock(BlockId),
+    #[error("block {0:?} is quantized and cannot be written")]
+    NotWritable(BlockId),
+    #[error("block {0:?} is compressed or on disk: promote it before reading")]
+    NotResident(BlockId),
+    #[error("block {0:?} is lost and must be recomputed: {1}")]
+    Lost(BlockId, String),
+    #[error("KV format {0:?} does not fit this model's head size")]
+    Unsupported(KvFormat),
+    #[error("KV disk tier: {0}")]
+    Disk(String),
     #[error("KV cache over its memory budget: {0}")]
     OverBudget(#[from] budget::OutOfBudget),
 }
@@ -50,14 +68,85 @@ pub enum KvError {
 struct Sequence {
     blocks: Vec<BlockId>,
     reserved_tokens: usize,
+    /// Leading blocks already hashed (published).
+    hashed_blocks: usize,
+    /// A running sequence's blocks are never chosen by pressure.
+    running: bool,
 }
 
-/// The KV cache: a block pool plus the block tables of live sequences.
+/// Precision by age inside one sequence: the default "tiered mix".
+///
+/// Counting full blocks from the start of the sequence: the first `sink_blocks` (the
+/// attention sink) keep `sink_format`; the last `hot_tokens` tokens stay f16 (the residual
+/// window, which always includes the partial block being written); the `warm_tokens`
+/// before them are int8, the `cool_tokens` before those int4; everything older is
+/// `cold_format`. Blocks only ever move down.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TierMix {
+    pub sink_blocks: usize,
+    pub sink_format: KvFormat,
+    pub hot_tokens: usize,
+    pub warm_tokens: usize,
+    pub cool_tokens: usize,
+    pub cold_format: KvFormat,
+}
+
+impl TierMix {
+    /// Every block stays in `f` (apart from the block being written, which is f16).
+    pub fn uniform(f: KvFormat) -> Self {
+        TierMix {
+            sink_blocks: 0,
+            sink_format: f,
+            hot_tokens: 0,
+            warm_tokens: 0,
+            cool_tokens: 0,
+            cold_format: f,
+        }
+    }
+
+    /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
+    pub fn format_for(&self, b: usize, len: usize, bt: usize) -> KvFormat {
+        let end = (b + 1) * bt; // one past the block's last token
+        if end > len {
+            return KvFormat::F16; // partial: still being written
+        }
+        let age = len - end; // tokens after this block
+        if age < self.hot_tokens {
+            return KvFormat::F16;
+        }
+        if b < self.sink_blocks {
+            return self.sink_format;
+        }
+        if age < self.hot_tokens + self.warm_tokens {
+            return KvFormat::Q8.min(self.cold_format);
+        }
+        if age < self.hot_tokens + self.warm_tokens + self.cool_tokens {
+            return KvFormat::Q4.min(self.cold_format);
+        }
+        self.cold_format
+    }
+
+    /// Average RAM bytes per token of a sequence of `len` tokens under this mix.
+    pub fn bytes_per_token(&self, layout: &KvLayout, len: usize) -> f64 {
+        let bt = layout.block_tokens();
+        let n = len.div_ceil(bt);
+        let total: u64 = (0..n)
+            .map(|b| layout.block_bytes_in(self.format_for(b, len, bt)))
+            .sum();
+        total as f64 / len.max(1) as f64
+    }
+}
+
+/// The KV cache: a block pool, the block tables of live sequences, and the index of
+/// full blocks by chained prefix hash.
 #[derive(Debug)]
 pub struct KvCache {
     pool: BlockPool,
     seqs: BTreeMap<SeqId, Sequence>,
     next_seq: u32,
+    index: HashMap<u64, BlockId>,
+    /// Tokens whose KV was taken from shared blocks instead of being computed.
+    reused_tokens: u64,
 }
 
 impl KvCache {
@@ -67,6 +156,8 @@ impl KvCache {
             pool: BlockPool::new(layout, capacity_blocks),
             seqs: BTreeMap::new(),
             next_seq: 0,
+            index: HashMap::new(),
+            reused_tokens: 0,
         }
     }
 
@@ -79,13 +170,52 @@ impl KvCache {
     pub fn layout(&self) -> &KvLayout {
         self.pool.layout()
     }
+    /// Live sequences.
+    pub fn seq_ids(&self) -> Vec<SeqId> {
+        self.seqs.keys().copied().collect()
+    }
+    /// Tokens reused from shared prefix blocks so far.
+    pub fn reused_tokens(&self) -> u64 {
+        self.reused_tokens
+    }
+    /// Full blocks in the prefix index.
+    pub fn indexed_blocks(&self) -> usize {
+        self.index.len()
+    }
 
     /// Starts an empty sequence.
     pub fn seq_new(&mut self) -> SeqId {
         let id = SeqId(self.next_seq);
         self.next_seq += 1;
-        self.seqs.insert(id, Sequence::default());
+        self.seqs.insert(
+            id,
+            Sequence {
+                running: true,
+                ..Sequence::default()
+            },
+        );
         id
+    }
+
+    /// Marks `seq` running (its blocks are left alone by pressure) or parked.
+    pub fn seq_set_running(&mut self, seq: SeqId, running: bool) -> Result<(), KvError> {
+        self.seqs
+            .get_mut(&seq)
+            .ok_or(KvError::UnknownSeq(seq))?
+            .running = running;
+        Ok(())
+    }
+
+    /// Whether `seq` is running (unknown sequences are not).
+    pub fn is_running(&self, seq: SeqId) -> bool {
+        self.seqs.get(&seq).is_some_and(|s| s.running)
+    }
+
+    /// Whether any running sequence's table holds `id`.
+    pub fn shared_with_running(&self, id: BlockId) -> bool {
+        self.seqs
+            .values()
+            .any(|s| s.running && s.blocks.contains(&id))
     }
 
     /// Tokens reserved for `seq`.
@@ -129,7 +259,7 @@ impl KvCache {
     }
 
     /// Writes one token's keys and values (`n_kv_heads × head_dim` f16 each) for `layer`
-    /// at position `pos` of `seq`.
+    /// at position `pos` of `seq`. Only hot blocks that `seq` owns alone are writable.
     pub fn write(
         &mut self,
         seq: SeqId,
@@ -163,8 +293,8 @@ impl KvCache {
         if self.pool.meta(id).ref_count > 1 {
             return Err(KvError::SharedBlock(id));
         }
-        let data = self.pool.data_mut(id);
         let t = pos % l.block_tokens();
+        let data = self.pool.data_mut(id).ok_or(KvError::NotWritable(id))?;
         let hd = l.head_dim();
         for h in 0..l.n_kv_heads() {
             let ko = l.k_base(layer) + h * l.head_stride() + t * hd;
@@ -172,14 +302,45 @@ impl KvCache {
             data[ko..ko + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
             data[vo..vo + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
         }
+        let m = self.pool.meta_mut(id);
+        m.filled = m.filled.max(t as u16 + 1);
         Ok(())
     }
 
-    /// Fills `out` with the storage of each block of `seq`, in order (for attention).
-    pub fn block_data<'a>(&'a self, seq: SeqId, out: &mut Vec<&'a [u16]>) -> Result<(), KvError> {
+    /// Fills `out` with a view of each block of `seq`, in order (for attention). Fails
+    /// with `NotResident` if a block must first be promoted ([`KvCache::seq_prepare`]).
+    pub fn block_views<'a>(
+        &'a self,
+        seq: SeqId,
+        out: &mut Vec<KvBlock<'a>>,
+    ) -> Result<(), KvError> {
         out.clear();
         for &id in &self.get(seq)?.blocks {
-            out.push(self.pool.data(id));
+            out.push(self.pool.view(id)?);
+        }
+        Ok(())
+    }
+
+    /// Makes every block of `seq` readable by attention: decompresses cold blocks and
+    /// loads disk blocks (verified). A block whose file is missing or corrupt is
+    /// reported as `Lost` with the sequence cut back to before it (it must be recomputed).
+    pub fn seq_prepare(&mut self, seq: SeqId, store: Option<&BlockStore>) -> Result<(), KvError> {
+        let blocks = self.get(seq)?.blocks.clone();
+        for (b, id) in blocks.into_iter().enumerate() {
+            let m = self.pool.meta(id);
+            if m.compressed {
+                self.pool.decompress(id)?;
+            }
+            if self.pool.meta(id).tier == Tier::Disk {
+                let r = match store {
+                    Some(st) => self.pool.load(id, st),
+                    None => Err(KvError::Lost(id, "no disk store is open".into())),
+                };
+                if let Err(e) = r {
+                    self.seq_truncate(seq, b * self.layout().block_tokens())?;
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -191,6 +352,23 @@ impl KvCache {
             self.pool.touch(id);
         }
         Ok(())
+    }
+
+    /// Moves the full blocks of `seq` to the formats `mix` gives them (down only).
+    /// Returns the RAM bytes freed.
+    pub fn seq_apply_mix(&mut self, seq: SeqId, mix: &TierMix) -> Result<u64, KvError> {
+        let s = self.get(seq)?;
+        let (blocks, len) = (s.blocks.clone(), s.reserved_tokens);
+        let bt = self.layout().block_tokens();
+        let before = self.pool.storage_bytes();
+        for (b, id) in blocks.into_iter().enumerate() {
+            let want = mix.format_for(b, len, bt);
+            let m = self.pool.meta(id);
+            if want > m.format && m.tier != Tier::Disk && !m.compressed {
+                self.pool.set_format(id, want)?;
+            }
+        }
+        Ok(before.saturating_sub(self.pool.storage_bytes()))
     }
 
     /// Forks `src`: the new sequence shares every full block and gets its own copy of a
@@ -214,14 +392,17 @@ impl KvCache {
         } else {
             blocks.len()
         };
-        for &id in &blocks[..n_full] {
-            self.pool.retain(id);
-        }
         if partial {
             let last = *blocks.last().expect("partial implies a block");
             let fresh = self.pool.alloc().expect("a free block was checked");
-            self.pool.copy_block(last, fresh);
+            if let Err(e) = self.pool.copy_block(last, fresh) {
+                self.pool.release(fresh);
+                return Err(e);
+            }
             *blocks.last_mut().expect("non-empty") = fresh;
+        }
+        for &id in &blocks[..n_full] {
+            self.pool.retain(id);
         }
         let id = self.seq_new();
         self.seqs.insert(
@@ -229,20 +410,41 @@ impl KvCache {
             Sequence {
                 blocks,
                 reserved_tokens: s.reserved_tokens,
+                hashed_blocks: s.hashed_blocks.min(n_full),
+                running: true,
             },
         );
         self.debug_check();
         Ok(id)
     }
 
+    fn release(&mut self, id: BlockId) {
+        if let Some(h) = self.pool.release(id)
+            && self.index.get(&h) == Some(&id)
+        {
+            self.index.remove(&h);
+        }
+    }
+
     /// Drops `seq` and its references; unknown ids are ignored (removal is idempotent).
     pub fn seq_remove(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.remove(&seq) {
             for id in s.blocks {
-                self.pool.release(id);
+                self.release(id);
             }
         }
         self.debug_check();
+    }
+
+    /// Removes every sequence but `seq`.
+    pub fn seq_keep(&mut self, seq: SeqId) -> Result<(), KvError> {
+        self.get(seq)?;
+        for other in self.seq_ids() {
+            if other != seq {
+                self.seq_remove(other);
+            }
+        }
+        Ok(())
     }
 
     /// Shrinks `seq` to its first `tokens` tokens, releasing whole blocks past them.
@@ -252,11 +454,226 @@ impl KvCache {
         let keep = tokens.div_ceil(bt);
         let dropped: Vec<BlockId> = s.blocks.drain(keep.min(s.blocks.len())..).collect();
         s.reserved_tokens = s.reserved_tokens.min(tokens);
+        s.hashed_blocks = s.hashed_blocks.min(s.reserved_tokens / bt);
         for id in dropped {
-            self.pool.release(id);
+            self.release(id);
         }
         self.debug_check();
         Ok(())
+    }
+
+    /// Context shift: drops `n_drop` whole blocks that follow the first `n_sink` blocks
+    /// (the attention sink), so the sequence can keep growing in a fixed window. Returns
+    /// the number of tokens removed; the caller re-rotates the keys of the blocks that
+    /// moved (positions shift down by that many) with [`KvCache::seq_keys_mut`].
+    pub fn seq_shift(
+        &mut self,
+        seq: SeqId,
+        n_sink: usize,
+        n_drop: usize,
+    ) -> Result<usize, KvError> {
+        let bt = self.layout().block_tokens();
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        let full = s.reserved_tokens / bt;
+        let n_drop = n_drop.min(full.saturating_sub(n_sink));
+        let dropped: Vec<BlockId> = s.blocks.drain(n_sink..n_sink + n_drop).collect();
+        s.reserved_tokens -= n_drop * bt;
+        // The chain of hashes no longer describes the moved blocks' positions.
+        s.hashed_blocks = s.hashed_blocks.min(n_sink);
+        for id in dropped {
+            self.release(id);
+        }
+        self.debug_check();
+        Ok(n_drop * bt)
+    }
+
+    /// Calls `f(layer, key_row)` on every written key (f16, one KV head's `head_dim`
+    /// values) of `seq`'s blocks from block `from` on — after a shift, to re-rotate them.
+    /// Shared or quantized blocks are first copied / promoted to f16 (they are rewritten,
+    /// so sharing would be wrong), then put back in their format.
+    pub fn seq_keys_mut(
+        &mut self,
+        seq: SeqId,
+        from: usize,
+        mut f: impl FnMut(usize, &mut [u16]),
+    ) -> Result<(), KvError> {
+        let l = *self.layout();
+        let blocks = self.get(seq)?.blocks.clone();
+        for (b, mut id) in blocks.into_iter().enumerate().skip(from) {
+            if self.pool.meta(id).ref_count > 1 {
+                self.pool.account_for(1)?;
+                let fresh = self.pool.alloc().ok_or(KvError::NoRoom {
+                    needed_blocks: 1,
+                    free_blocks: 0,
+                })?;
+                self.pool.copy_block(id, fresh)?;
+                self.release(id);
+                self.seqs.get_mut(&seq).expect("checked").blocks[b] = fresh;
+                id = fresh;
+            }
+            let meta = self.pool.meta(id);
+            let (format, filled) = (meta.format, meta.filled as usize);
+            self.pool.meta_mut(id).hash = None;
+            self.pool.set_format(id, KvFormat::F16)?;
+            let data = self.pool.data_mut(id).expect("promoted to f16");
+            for layer in 0..l.n_layers() {
+                for h in 0..l.n_kv_heads() {
+                    for t in 0..filled {
+                        let o = l.k_base(layer) + h * l.head_stride() + t * l.head_dim();
+                        f(layer, &mut data[o..o + l.head_dim()]);
+                    }
+                }
+            }
+            self.pool.set_format(id, format)?;
+        }
+        self.index
+            .retain(|_, id| self.pool.meta(*id).hash.is_some());
+        Ok(())
+    }
+
+    /// Publishes `seq`'s full blocks for sharing: `tokens` are the sequence's token ids
+    /// from position 0 (at least its full blocks), `digest` identifies the model. Each
+    /// full block gets the chained hash H(parent, its tokens, digest). If an identical
+    /// block is already indexed, this sequence switches to it (deduplication) and its own
+    /// copy is freed.
+    pub fn seq_publish(&mut self, seq: SeqId, tokens: &[u32], digest: u64) -> Result<(), KvError> {
+        let bt = self.layout().block_tokens();
+        let s = self.get(seq)?;
+        let full = s.reserved_tokens.min(tokens.len()) / bt;
+        let mut b = s.hashed_blocks;
+        let mut parent = if b == 0 {
+            0
+        } else {
+            self.pool.meta(s.blocks[b - 1]).hash.unwrap_or(0)
+        };
+        while b < full {
+            let id = self.seqs[&seq].blocks[b];
+            if (self.pool.meta(id).filled as usize) < bt {
+                break;
+            }
+            let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], digest);
+            match self.index.get(&h).copied() {
+                Some(other) if other != id => {
+                    self.pool.retain(other);
+                    self.seqs.get_mut(&seq).expect("checked").blocks[b] = other;
+                    self.release(id);
+                }
+                Some(_) => {}
+                None => {
+                    if self.pool.meta(id).hash.is_none() {
+                        self.pool.meta_mut(id).hash = Some(h);
+                        self.index.insert(h, id);
+                    }
+                }
+            }
+            parent = h;
+            b += 1;
+            self.seqs.get_mut(&seq).expect("checked").hashed_blocks = b;
+        }
+        self.debug_check();
+        Ok(())
+    }
+
+    /// For an empty `seq`: attaches the longest run of indexed blocks matching `tokens`
+    /// from position 0 (at most `max_tokens`), so those tokens need no prefill. Returns
+    /// the tokens attached.
+    pub fn seq_attach_prefix(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        digest: u64,
+        max_tokens: usize,
+    ) -> Result<usize, KvError> {
+        let bt = self.layout().block_tokens();
+        if self.get(seq)?.reserved_tokens != 0 {
+            return Ok(0);
+        }
+        let mut parent = 0;
+        let mut got = Vec::new();
+        for chunk in tokens[..max_tokens.min(tokens.len())].chunks_exact(bt) {
+            let h = block_hash(parent, chunk, digest);
+            let Some(&id) = self.index.get(&h) else { break };
+            got.push(id);
+            parent = h;
+        }
+        for &id in &got {
+            self.pool.retain(id);
+            self.pool.touch(id);
+        }
+        let n = got.len() * bt;
+        let s = self.seqs.get_mut(&seq).expect("checked");
+        s.hashed_blocks = got.len();
+        s.blocks = got;
+        s.reserved_tokens = n;
+        self.reused_tokens += n as u64;
+        self.debug_check();
+        Ok(n)
+    }
+
+    /// Like [`KvCache::seq_attach_prefix`], continuing from the disk store: blocks whose
+    /// chained hash has a verified file are loaded into fresh blocks and indexed. A
+    /// corrupt file ends the match (it is removed by the store and recomputed).
+    pub fn seq_attach_from_disk(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        digest: u64,
+        max_tokens: usize,
+        store: &BlockStore,
+    ) -> Result<usize, KvError> {
+        let bt = self.layout().block_tokens();
+        let mut n = self.seq_attach_prefix(seq, tokens, digest, max_tokens)?;
+        let mut parent = match self.get(seq)?.blocks.last() {
+            Some(&id) => self.pool.meta(id).hash.unwrap_or(0),
+            None => 0,
+        };
+        while n + bt <= max_tokens.min(tokens.len()) {
+            let h = block_hash(parent, &tokens[n..n + bt], digest);
+            let Ok(Some(payload)) = store.get(h) else {
+                break;
+            };
+            if self.pool.free_blocks() == 0 {
+                break;
+            }
+            self.pool.account_for(1)?;
+            let id = self.pool.alloc().expect("checked free");
+            if self.pool.fill_from_payload(id, &payload).is_err() {
+                self.release(id);
+                break;
+            }
+            self.pool.meta_mut(id).hash = Some(h);
+            self.index.insert(h, id);
+            let s = self.seqs.get_mut(&seq).expect("checked");
+            s.blocks.push(id);
+            s.reserved_tokens += bt;
+            s.hashed_blocks += 1;
+            self.reused_tokens += bt as u64;
+            parent = h;
+            n += bt;
+        }
+        self.debug_check();
+        Ok(n)
+    }
+
+    /// Writes `seq`'s published blocks to `store` (those not already there), so a later
+    /// run with the same prefix can skip its prefill. Returns blocks written.
+    pub fn seq_persist(&mut self, seq: SeqId, store: &BlockStore) -> Result<usize, KvError> {
+        let blocks = self.get(seq)?.blocks.clone();
+        let mut written = 0;
+        for id in blocks {
+            let Some(h) = self.pool.meta(id).hash else {
+                break;
+            };
+            if store.contains(h) {
+                continue;
+            }
+            let payload = self.pool.payload(id)?;
+            store
+                .put(h, &payload)
+                .map_err(|e| KvError::Disk(e.to_string()))?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     fn get(&self, seq: SeqId) -> Result<&Sequence, KvError> {
@@ -287,11 +704,18 @@ impl KvCache {
             }
         }
         for (b, n) in &refs {
-            assert_eq!(
-                self.pool.meta(*b).ref_count,
-                *n,
-                "block {b:?}: ref count vs tables"
-            );
+            let m = self.pool.meta(*b);
+            assert_eq!(m.ref_count, *n, "block {b:?}: ref count vs tables");
+            if let Some(h) = m.hash {
+                assert_eq!(
+                    self.index.get(&h),
+                    Some(b),
+                    "hashed block {b:?} not indexed"
+                );
+            }
+        }
+        for (h, b) in &self.index {
+            assert_eq!(self.pool.meta(*b).hash, Some(*h), "index entry {h:x} stale");
         }
         assert_eq!(
             refs.len(),

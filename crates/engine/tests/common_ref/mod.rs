@@ -367,11 +367,7 @@ pub fn tokens(n: usize, seed: u64) -> Vec<u32> {
 // Running the engine and comparing.
 
 pub fn session_config(n_ctx: usize, ubatch: usize) -> SessionConfig {
-    SessionConfig {
-        n_ctx,
-        n_threads: 2,
-        ubatch,
-    }
+    SessionConfig::new(n_ctx, 2, ubatch)
 }
 
 /// Logits at every position of `tokens`, from a fresh session.

@@ -508,3 +508,61 @@ pub(crate) unsafe fn attend_block<const HD8: usize>(
         }
     }
 }
+
+/// Codes of one packed KV row as f32 in channel order (see `kvquant`'s packing: byte `j`
+/// holds channel `j + k · hd · bits / 8` in bits `k · bits ..`).
+///
+/// # Safety
+/// AVX2 must be present; `hd` a multiple of 32; `row` holds `hd · bits / 8` bytes and
+/// `out` `hd` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn unpack_codes(row: &[u8], bits: usize, hd: usize, out: &mut [f32]) {
+    debug_assert!(hd % 32 == 0 && row.len() >= hd * bits / 8 && out.len() >= hd);
+    let span = hd * bits / 8;
+    let per = 8 / bits;
+    let mask = _mm256_set1_epi32((1i32 << bits) - 1);
+    // SAFETY (whole body): j + 8 ≤ span ≤ row.len() and j + k·span + 8 ≤ hd ≤ out.len().
+    unsafe {
+        let mut j = 0;
+        while j < span {
+            let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(row.as_ptr().add(j).cast()));
+            for k in 0..per {
+                let c = match bits {
+                    8 => e,
+                    _ => _mm256_and_si256(
+                        _mm256_srlv_epi32(e, _mm256_set1_epi32((k * bits) as i32)),
+                        mask,
+                    ),
+                };
+                _mm256_storeu_ps(out.as_mut_ptr().add(j + k * span), _mm256_cvtepi32_ps(c));
+            }
+            j += 8;
+        }
+    }
+}
+
+/// `o[i] = o[i] · s[i] + m[i]`.
+///
+/// # Safety
+/// AVX2+FMA must be present; the slices have equal lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn fma_rows(o: &mut [f32], s: &[f32], m: &[f32]) {
+    let n = o.len().min(s.len()).min(m.len());
+    let mut i = 0;
+    // SAFETY: i + 8 ≤ n for all three slices.
+    unsafe {
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(
+                _mm256_loadu_ps(o.as_ptr().add(i)),
+                _mm256_loadu_ps(s.as_ptr().add(i)),
+                _mm256_loadu_ps(m.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(o.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+    }
+    while i < n {
+        o[i] = o[i].mul_add(s[i], m[i]);
+        i += 1;
+    }
+}

@@ -1,0 +1,440 @@
+//! `llmem bench kv`: what each KV cache type costs (bytes per token), what it loses
+//! (perplexity, KL divergence of next-token distributions against the all-f16 cache) and
+//! how fast decode runs over it at depth; plus the cold codecs' throughput on real blocks.
+//!
+//! Method (as llama-perplexity's, so figures compare with llama.cpp's): the text is cut
+//! into chunks of `--ctx` tokens, each starting with BOS; the second half of each chunk is
+//! scored. Tokens are fed in steps of one block (16), so every query reads the earlier
+//! blocks in the format under test (a quantized cache is read as it is written; only the
+//! block being filled is still f16).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use engine::forward::{KV_TYPES, Logits, Session, SessionConfig, kv_mix_named};
+use kvcache::{Compression, KvFormat, TierMix};
+use serde::Serialize;
+
+use crate::exit::{CliError, input};
+use crate::machine::{self, MachineInfo};
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to score.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Chunks scored (0 = all the text holds).
+    #[arg(long, default_value_t = 16)]
+    pub chunks: usize,
+    /// KV types to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = KV_TYPES.map(String::from))]
+    pub types: Vec<String>,
+    /// Cache depth for the decode figure (0 skips it).
+    #[arg(long, default_value_t = 4096)]
+    pub depth: usize,
+    /// Tokens decoded per speed repetition.
+    #[arg(long, default_value_t = 64)]
+    pub tg: usize,
+    /// Speed repetitions (median reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Default)]
+struct FormatReport {
+    name: String,
+    /// RAM bytes of KV per token at the end of a `ctx`-token chunk.
+    bytes_per_token: f64,
+    /// f16 bytes per token ÷ this type's.
+    compression_vs_f16: f64,
+    /// Tokens this type holds in the KV bytes all-f16 needs for `ctx` tokens.
+    tokens_in_f16_budget: usize,
+    ppl: f64,
+    ppl_change_pct: f64,
+    kl_mean: f64,
+    kl_max: f64,
+    /// KL at the 99th percentile of scored positions.
+    kl_p99: f64,
+    same_top_pct: f64,
+    tg_d4096_tok_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct CodecReport {
+    name: &'static str,
+    /// f16 bytes per second through quantization / out of dequantization.
+    quantize_gb_s: f64,
+    dequantize_gb_s: f64,
+}
+
+#[derive(Serialize)]
+struct CompressorReport {
+    name: String,
+    on: &'static str,
+    ratio: f64,
+    compress_gb_s: f64,
+    decompress_gb_s: f64,
+}
+
+#[derive(Serialize)]
+struct KvReport {
+    model: String,
+    text: String,
+    ctx: usize,
+    chunks: usize,
+    scored_positions: usize,
+    depth: usize,
+    threads: usize,
+    formats: Vec<FormatReport>,
+    codecs: Vec<CodecReport>,
+    compressors: Vec<CompressorReport>,
+    machine: MachineInfo,
+}
+
+fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&x| f64::from(x - m).exp()).sum();
+    let lz = m as f64 + z.ln();
+    out.clear();
+    out.extend(logits.iter().map(|&x| (f64::from(x) - lz) as f32));
+}
+
+/// Feeds `toks` block by block; calls `score(pos, logits)` for positions ≥ `first`.
+fn score_chunk(
+    s: &mut Session<'_, '_>,
+    toks: &[u32],
+    first: usize,
+    step: usize,
+    mut score: impl FnMut(usize, &[f32]),
+) -> Result<(), CliError> {
+    s.reset();
+    let vocab = s.model().cfg.vocab;
+    let mut pos = 0;
+    for part in toks.chunks(step) {
+        let logits = s.eval(part, Logits::All)?;
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            if pos + i >= first && pos + i + 1 < toks.len() {
+                score(pos + i, row);
+            }
+        }
+        pos += part.len();
+    }
+    Ok(())
+}
+
+/// The most tokens `mix` holds in `budget` bytes.
+fn tokens_in(mix: &TierMix, layout: &kvcache::KvLayout, budget: f64) -> usize {
+    let bt = layout.block_tokens();
+    let mut len = bt;
+    while mix.bytes_per_token(layout, len + bt) * (len + bt) as f64 <= budget && len < 1 << 24 {
+        len += bt;
+    }
+    len
+}
+
+pub fn kv(a: &KvArgs) -> Result<(), CliError> {
+    let file = crate::load::map(&a.model)?;
+    let tm = crate::load::text_model(&a.model, &file)?;
+    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let text = std::fs::read_to_string(&a.text)
+        .map_err(|e| input(anyhow::anyhow!("cannot read {}: {e}", a.text.display())))?;
+    if a.ctx < 32 || a.ctx % 16 != 0 {
+        return Err(input(anyhow::anyhow!(
+            "--ctx must be a multiple of 16, at least 32"
+        )));
+    }
+    let mut mixes = Vec::new();
+    for t in &a.types {
+        let mix = kv_mix_named(t).ok_or_else(|| {
+            input(anyhow::anyhow!(
+                "unknown KV type {t:?}; one of {}",
+                KV_TYPES.join(", ")
+            ))
+        })?;
+        mixes.push((t.clone(), mix));
+    }
+    let all = tm.encode(&text);
+    let bos = all.first().copied().unwrap_or(0);
+    let avail = all.len() / a.ctx;
+    let n_chunks = if a.chunks == 0 {
+        avail
+    } else {
+        a.chunks.min(avail)
+    };
+    if n_chunks == 0 {
+        return Err(input(anyhow::anyhow!(
+            "the text holds {} tokens, fewer than one chunk of {}",
+            all.len(),
+            a.ctx
+        )));
+    }
+    let vocab = tm.model.cfg.vocab;
+    let cfg = SessionConfig::new(a.ctx, threads, 512);
+    let mut base = Session::new(&tm.model, cfg)?;
+    let mut sessions: Vec<Session<'_, '_>> = mixes
+        .iter()
+        .map(|(_, m)| Session::new(&tm.model, SessionConfig { kv_mix: *m, ..cfg }))
+        .collect::<Result<_, _>>()?;
+    let first = a.ctx / 2;
+    let n_scored = n_chunks * (a.ctx - first - 1);
+    let mut nll = vec![0.0f64; mixes.len()];
+    let mut kls: Vec<Vec<f64>> = vec![Vec::with_capacity(n_scored); mixes.len()];
+    let mut same_top = vec![0usize; mixes.len()];
+    let mut bytes_end = vec![0u64; mixes.len()];
+    let mut base_lp: Vec<Vec<f32>> = Vec::new();
+    let mut lp = Vec::with_capacity(vocab);
+    for c in 0..n_chunks {
+        let mut toks = all[c * a.ctx..(c + 1) * a.ctx].to_vec();
+        toks[0] = bos;
+        base_lp.clear();
+        score_chunk(&mut base, &toks, first, a.ctx, |_, row| {
+            let mut v = Vec::new();
+            log_softmax(row, &mut v);
+            base_lp.push(v);
+        })?;
+        for (k, s) in sessions.iter_mut().enumerate() {
+            let mut i = 0;
+            score_chunk(s, &toks, first, 16, |pos, row| {
+                log_softmax(row, &mut lp);
+                let p = &base_lp[i];
+                nll[k] -= f64::from(lp[toks[pos + 1] as usize]);
+                let kl: f64 = p
+                    .iter()
+                    .zip(&lp)
+                    .map(|(&lpb, &lq)| f64::from(lpb).exp() * f64::from(lpb - lq))
+                    .sum();
+                kls[k].push(kl.max(0.0));
+                let am = |v: &[f32]| {
+                    v.iter()
+                        .enumerate()
+                        .max_by(|x, y| x.1.total_cmp(y.1))
+                        .map(|x| x.0)
+                };
+                same_top[k] += usize::from(am(p) == am(&lp));
+                i += 1;
+            })?;
+            bytes_end[k] = s.kv_bytes();
+        }
+        if !a.json {
+            eprint!("\rchunk {}/{n_chunks}", c + 1);
+        }
+    }
+    if !a.json {
+        eprintln!();
+    }
+    let layout = *base.kv().layout();
+    let f16_bpt = layout.bytes_per_token() as f64;
+    let f16_budget = f16_bpt * a.ctx as f64;
+    let ppl_f16 = mixes
+        .iter()
+        .position(|(n, _)| n == "f16")
+        .map(|k| (nll[k] / n_scored as f64).exp());
+    let mut formats = Vec::new();
+    for (k, (name, mix)) in mixes.iter().enumerate() {
+        let mut sorted = kls[k].clone();
+        sorted.sort_by(f64::total_cmp);
+        let ppl = (nll[k] / n_scored as f64).exp();
+        let bpt = bytes_end[k] as f64 / a.ctx as f64;
+        formats.push(FormatReport {
+            name: name.clone(),
+            bytes_per_token: bpt,
+            compression_vs_f16: f16_bpt / bpt,
+            tokens_in_f16_budget: tokens_in(mix, &layout, f16_budget),
+            ppl,
+            ppl_change_pct: ppl_f16.map_or(0.0, |b| (ppl / b - 1.0) * 100.0),
+            kl_mean: sorted.iter().sum::<f64>() / sorted.len().max(1) as f64,
+            kl_max: sorted.last().copied().unwrap_or(0.0),
+            kl_p99: sorted.get(sorted.len() * 99 / 100).copied().unwrap_or(0.0),
+            same_top_pct: same_top[k] as f64 * 100.0 / n_scored.max(1) as f64,
+            tg_d4096_tok_s: None,
+        });
+    }
+    drop(sessions);
+    // Decode speed at depth, one type at a time (one cache in memory at once).
+    if a.depth > 0 {
+        let prompt: Vec<u32> = (0..a.depth)
+            .map(|i| ((i * 7919) % 40000 + 100).min(vocab - 1) as u32)
+            .collect();
+        for (k, (_, mix)) in mixes.iter().enumerate() {
+            let cfg = SessionConfig {
+                kv_mix: *mix,
+                ..SessionConfig::new(a.depth + a.tg + 16, threads, 512)
+            };
+            let mut s = Session::new(&tm.model, cfg)?;
+            s.eval(&prompt, Logits::Last)?;
+            let tok = 3575.min(vocab - 1) as u32;
+            let mut runs = Vec::new();
+            for r in 0..=a.reps.max(1) {
+                s.truncate(a.depth)?;
+                let t = Instant::now();
+                for _ in 0..a.tg {
+                    s.eval(&[tok], Logits::Last)?;
+                }
+                if r > 0 {
+                    runs.push(a.tg as f64 / t.elapsed().as_secs_f64());
+                }
+            }
+            runs.sort_by(f64::total_cmp);
+            formats[k].tg_d4096_tok_s = Some(runs[runs.len() / 2]);
+        }
+    }
+    let (codecs, compressors) = codec_rates(&mut base, &all[..a.ctx.min(all.len())])?;
+    let report = KvReport {
+        model: file_name(&a.model),
+        text: file_name(&a.text),
+        ctx: a.ctx,
+        chunks: n_chunks,
+        scored_positions: n_scored,
+        depth: a.depth,
+        threads,
+        formats,
+        codecs,
+        compressors,
+        machine: MachineInfo::detect(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} chunks × {} tokens, {} positions scored, {} threads",
+            n_chunks, a.ctx, n_scored, threads
+        );
+        println!(
+            "{:<8} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>10}",
+            "type",
+            "B/token",
+            "×f16",
+            "tokens@f16",
+            "ppl",
+            "Δppl%",
+            "KL mean",
+            "KL max",
+            "top%",
+            "tg@depth"
+        );
+        for f in &report.formats {
+            println!(
+                "{:<8} {:>9.0} {:>6.2} {:>9} {:>8.3} {:>+8.2} {:>9.5} {:>9.4} {:>7.1} {:>10}",
+                f.name,
+                f.bytes_per_token,
+                f.compression_vs_f16,
+                f.tokens_in_f16_budget,
+                f.ppl,
+                f.ppl_change_pct,
+                f.kl_mean,
+                f.kl_max,
+                f.same_top_pct,
+                f.tg_d4096_tok_s.map_or("-".into(), |v| format!("{v:.1}"))
+            );
+        }
+        for c in &report.codecs {
+            println!(
+                "codec {:<5} quantize {:.2} GB/s, dequantize {:.2} GB/s (f16 bytes)",
+                c.name, c.quantize_gb_s, c.dequantize_gb_s
+            );
+        }
+        for c in &report.compressors {
+            println!(
+                "{:<7} on {}: ratio {:.3}, compress {:.2} GB/s, decompress {:.2} GB/s",
+                c.name, c.on, c.ratio, c.compress_gb_s, c.decompress_gb_s
+            );
+        }
+    }
+    Ok(())
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// Quantize/dequantize and compressor rates on the f16 blocks of one real chunk.
+fn codec_rates(
+    s: &mut Session<'_, '_>,
+    toks: &[u32],
+) -> Result<(Vec<CodecReport>, Vec<CompressorReport>), CliError> {
+    s.reset();
+    s.eval(toks, Logits::Last)?;
+    let kv = s.kv();
+    let layout = *kv.layout();
+    let geom = layout.geom();
+    let bt = layout.block_tokens();
+    let blocks: Vec<Vec<u16>> = kv
+        .seq_blocks(s.seq())?
+        .iter()
+        .filter(|&&id| kv.pool().meta(id).filled as usize == bt)
+        .map(|&id| kv.pool().data(id).to_vec())
+        .collect();
+    let f16_bytes = (blocks.len() * geom.block_bytes(KvFormat::F16)) as f64;
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let t = Instant::now();
+            f();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let mut codecs = Vec::new();
+    let mut compressors = Vec::new();
+    for f in [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2] {
+        let mut q: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|_| vec![0u8; geom.block_bytes(f)])
+            .collect();
+        let tq = time(&mut || {
+            for (b, out) in blocks.iter().zip(q.iter_mut()) {
+                kernels::kvquant::encode_block(f, &geom, b, bt, out);
+            }
+        });
+        let mut back = vec![0u16; geom.block_bytes(KvFormat::F16) / 2];
+        let td = time(&mut || {
+            for b in &q {
+                kernels::kvquant::decode_block(f, &geom, b, &mut back);
+            }
+        });
+        codecs.push(CodecReport {
+            name: f.name(),
+            quantize_gb_s: f16_bytes / tq / 1e9,
+            dequantize_gb_s: f16_bytes / td / 1e9,
+        });
+        if f == KvFormat::Q8 {
+            continue;
+        }
+        for c in [Compression::Lz4, Compression::Zstd(1), Compression::Zstd(3)] {
+            let raw: f64 = q.iter().map(|b| b.len() as f64).sum();
+            let mut packed: Vec<Vec<u8>> = vec![Vec::new(); q.len()];
+            let tc = time(&mut || {
+                for (b, out) in q.iter().zip(packed.iter_mut()) {
+                    out.clear();
+                    let _ = kvdisk::compress(c, b, out);
+                }
+            });
+            let stored: f64 = packed.iter().map(|b| b.len() as f64).sum();
+            let mut out = Vec::new();
+            let tdz = time(&mut || {
+                for (p, b) in packed.iter().zip(&q) {
+                    let _ = kvdisk::decompress(c, p, b.len(), &mut out);
+                }
+            });
+            compressors.push(CompressorReport {
+                name: c.to_string(),
+                on: f.name(),
+                ratio: raw / stored,
+                compress_gb_s: raw / tc / 1e9,
+                decompress_gb_s: raw / tdz / 1e9,
+            });
+        }
+    }
+    Ok((codecs, compressors))
+}

@@ -1,0 +1,582 @@
+//! KV block formats: f16, and 8/4/2-bit codes with f16 scales (the KIVI layout), read in
+//! place by [`crate::attention`].
+//!
+//! A block holds `block_tokens` tokens of all layers. Quantized blocks keep each
+//! (layer, KV head)'s keys and values in self-contained *chunks*:
+//!
+//! ```text
+//! block = [ layer 0: K chunk h0 | … | K chunk hH-1 | V chunk h0 | … | V chunk hH-1 ] [ layer 1 … ]
+//! K chunk = [ scale f16 × head_dim ][ min f16 × head_dim ][ codes: block_tokens rows ]
+//! V chunk = [ (scale f16, min f16) × head_dim/32 per token, for each token ][ codes rows ]
+//! ```
+//!
+//! Keys are quantized **per channel** (one scale and minimum per channel over the block's
+//! tokens: key outliers live in a few channels), values **per token** in groups of 32
+//! channels — the finding of KIVI (Liu et al., 2024). Codes are asymmetric:
+//! `x ≈ code · scale + min`, `code ∈ 0..2^bits`. A row of codes packs `8 / bits` values per
+//! byte: byte `j` holds channel `j + k · head_dim · bits / 8` in bits `k · bits ..`, so
+//! one SIMD load of bytes yields runs of consecutive channels for every `k`.
+//!
+//! Error bound of a round trip (checked by the tests), for each group with range
+//! `r = max − min` and `e = r / (2^bits − 1) / 2 + 2⁻¹⁰ · (|min| + r) + 2⁻²⁴` (half a
+//! min–max step, plus the f16 rounding of the scale and minimum): int8 keeps every value
+//! within `e`; int4 and int2 pick scale and minimum by least squares, which may clip a
+//! lone outlier, so their bound is on the group's root-mean-square error: `≤ e`.
+
+use crate::Isa;
+
+/// Channels per value group (values are quantized per token in groups of this many).
+pub const V_GROUP: usize = 32;
+
+/// How a block's keys and values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KvFormat {
+    /// IEEE half precision, `[layer][K heads | V heads][token][dim]`.
+    F16,
+    /// 8-bit codes (the warm tier).
+    Q8,
+    /// 4-bit codes (cold).
+    Q4,
+    /// 2-bit codes (cold).
+    Q2,
+}
+
+impl KvFormat {
+    /// All formats, most precise first.
+    pub const ALL: [KvFormat; 4] = [KvFormat::F16, KvFormat::Q8, KvFormat::Q4, KvFormat::Q2];
+
+    /// Bits per code (16 for f16).
+    pub fn bits(self) -> usize {
+        match self {
+            KvFormat::F16 => 16,
+            KvFormat::Q8 => 8,
+            KvFormat::Q4 => 4,
+            KvFormat::Q2 => 2,
+        }
+    }
+
+    /// Short name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F16 => "f16",
+            KvFormat::Q8 => "int8",
+            KvFormat::Q4 => "int4",
+            KvFormat::Q2 => "int2",
+        }
+    }
+
+    /// Parses [`KvFormat::name`] (also `q8`, `q4`, `q2`).
+    pub fn parse(s: &str) -> Option<KvFormat> {
+        Some(match s {
+            "f16" => KvFormat::F16,
+            "int8" | "q8" => KvFormat::Q8,
+            "int4" | "q4" => KvFormat::Q4,
+            "int2" | "q2" => KvFormat::Q2,
+            _ => return None,
+        })
+    }
+
+    /// Can blocks of `geom` use this format? Quantized formats need the head dimension
+    /// to be a multiple of [`V_GROUP`].
+    pub fn supports(self, geom: &BlockGeom) -> bool {
+        self == KvFormat::F16 || geom.head_dim % V_GROUP == 0
+    }
+}
+
+/// Shape of a KV block: fixed for a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockGeom {
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_tokens: usize,
+}
+
+impl BlockGeom {
+    /// f16 elements of one head's keys (or values) in an f16 block.
+    pub fn head_stride(&self) -> usize {
+        self.block_tokens * self.head_dim
+    }
+    /// f16 offset of `layer`'s keys for KV head 0 in an f16 block.
+    pub fn f16_k_base(&self, layer: usize) -> usize {
+        layer * 2 * self.n_kv_heads * self.head_stride()
+    }
+    /// f16 offset of `layer`'s values for KV head 0 in an f16 block.
+    pub fn f16_v_base(&self, layer: usize) -> usize {
+        self.f16_k_base(layer) + self.n_kv_heads * self.head_stride()
+    }
+    /// Bytes of one row of codes (one token of one head).
+    pub fn code_row_bytes(&self, f: KvFormat) -> usize {
+        self.head_dim * f.bits() / 8
+    }
+    /// Bytes of a K chunk (one layer, one KV head) in quantized format `f`.
+    pub fn k_chunk_bytes(&self, f: KvFormat) -> usize {
+        4 * self.head_dim + self.block_tokens * self.code_row_bytes(f)
+    }
+    /// Bytes of a V chunk in quantized format `f`.
+    pub fn v_chunk_bytes(&self, f: KvFormat) -> usize {
+        self.block_tokens * (4 * (self.head_dim / V_GROUP) + self.code_row_bytes(f))
+    }
+    /// Byte offset of (`layer`, KV head `h`)'s K chunk in a quantized block.
+    pub fn q_k_offset(&self, f: KvFormat, layer: usize, h: usize) -> usize {
+        layer * self.n_kv_heads * (self.k_chunk_bytes(f) + self.v_chunk_bytes(f))
+            + h * self.k_chunk_bytes(f)
+    }
+    /// Byte offset of (`layer`, KV head `h`)'s V chunk in a quantized block.
+    pub fn q_v_offset(&self, f: KvFormat, layer: usize, h: usize) -> usize {
+        layer * self.n_kv_heads * (self.k_chunk_bytes(f) + self.v_chunk_bytes(f))
+            + self.n_kv_heads * self.k_chunk_bytes(f)
+            + h * self.v_chunk_bytes(f)
+    }
+    /// Bytes of a whole block in format `f`.
+    pub fn block_bytes(&self, f: KvFormat) -> usize {
+        match f {
+            KvFormat::F16 => self.n_layers * 2 * self.n_kv_heads * self.head_stride() * 2,
+            _ => self.n_layers * self.n_kv_heads * (self.k_chunk_bytes(f) + self.v_chunk_bytes(f)),
+        }
+    }
+}
+
+/// One block as attention sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum KvBlock<'a> {
+    F16(&'a [u16]),
+    Quant(KvFormat, &'a [u8]),
+}
+
+fn f16(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+}
+
+fn put_f16(b: &mut [u8], i: usize, v: f32) -> f32 {
+    let h = half::f16::from_f32(v);
+    b[2 * i..2 * i + 2].copy_from_slice(&h.to_bits().to_le_bytes());
+    h.to_f32()
+}
+
+/// (scale, min) for values in `lo..=hi` with `bits`-bit codes (min–max).
+fn params(lo: f32, hi: f32, bits: usize) -> (f32, f32) {
+    let levels = ((1u32 << bits) - 1) as f32;
+    ((hi - lo) / levels, lo)
+}
+
+/// Squared error of quantizing `x` with (scale, min) as stored in f16.
+fn sq_err(x: &[f32], s: f32, m: f32, bits: usize) -> f32 {
+    let (s, m) = (round_f16(s), round_f16(m));
+    x.iter()
+        .map(|&v| {
+            let e = v - (f32::from(code(v, s, m, bits)) * s + m);
+            e * e
+        })
+        .sum()
+}
+
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// (scale, min) for the group `x`: min–max for 8 bits; for 4 and 2 bits the best (least
+/// squared error) of min–max and a few least-squares refits of scale and min to the codes
+/// (a Lloyd-style iteration, as k-quants do): with 4 or fewer levels, clipping a lone
+/// outlier often lowers the error of the other values more than it costs.
+fn fit(x: &[f32], bits: usize) -> (f32, f32) {
+    let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (mut s, mut m) = params(lo, hi, bits);
+    if bits >= 8 || s == 0.0 || !s.is_finite() {
+        return (s, m);
+    }
+    let mut best = (sq_err(x, s, m, bits), s, m);
+    for _ in 0..4 {
+        let n = x.len() as f32;
+        let (mut sc, mut sx, mut scc, mut scx) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        for &v in x {
+            let c = f32::from(code(v, s, m, bits));
+            sc += c;
+            sx += v;
+            scc += c * c;
+            scx += c * v;
+        }
+        let var = n * scc - sc * sc;
+        if var <= 0.0 {
+            break;
+        }
+        s = (n * scx - sc * sx) / var;
+        m = (sx - s * sc) / n;
+        if !(s > 0.0 && s.is_finite()) {
+            break;
+        }
+        let e = sq_err(x, s, m, bits);
+        if e < best.0 {
+            best = (e, s, m);
+        }
+    }
+    (best.1, best.2)
+}
+
+fn code(x: f32, scale: f32, min: f32, bits: usize) -> u8 {
+    if !scale.is_finite() {
+        return 0;
+    }
+    if scale == 0.0 {
+        return 0;
+    }
+    let max = ((1u32 << bits) - 1) as f32;
+    ((x - min) / scale).round().clamp(0.0, max) as u8
+}
+
+/// Packs `vals` (one code per channel) into a row of `hd · bits / 8` bytes.
+fn pack_row(vals: &[u8], bits: usize, row: &mut [u8]) {
+    let per = 8 / bits;
+    let span = vals.len() / per;
+    for (j, byte) in row.iter_mut().enumerate() {
+        let mut b = 0u8;
+        for k in 0..per {
+            b |= vals[j + k * span] << (k * bits);
+        }
+        *byte = b;
+    }
+}
+
+/// Codes of `row` as f32, in channel order (portable).
+fn unpack_row(row: &[u8], bits: usize, hd: usize, out: &mut [f32]) {
+    let per = 8 / bits;
+    let span = hd / per;
+    let mask = ((1u32 << bits) - 1) as u8;
+    for (j, &byte) in row.iter().enumerate() {
+        for k in 0..per {
+            out[j + k * span] = ((byte >> (k * bits)) & mask) as f32;
+        }
+    }
+}
+
+/// Quantizes one head's keys: `src` is `nt` f32 rows of `hd` (nt ≤ block_tokens; missing
+/// rows count as absent, not zero), written into a K chunk `dst` of `geom`.
+pub fn quantize_k(f: KvFormat, geom: &BlockGeom, src: &[f32], nt: usize, dst: &mut [u8]) {
+    let hd = geom.head_dim;
+    let bits = f.bits();
+    let (head, codes) = dst.split_at_mut(4 * hd);
+    let mut vals = vec![0u8; hd];
+    let mut sc = vec![0.0f32; hd];
+    let mut mn = vec![0.0f32; hd];
+    let mut col = Vec::with_capacity(nt);
+    for d in 0..hd {
+        col.clear();
+        col.extend((0..nt).map(|t| src[t * hd + d]));
+        let (s, m) = if nt == 0 { (0.0, 0.0) } else { fit(&col, bits) };
+        sc[d] = put_f16(head, d, s);
+        mn[d] = put_f16(head, hd + d, m);
+    }
+    let rb = geom.code_row_bytes(f);
+    for t in 0..geom.block_tokens {
+        for d in 0..hd {
+            vals[d] = if t < nt {
+                code(src[t * hd + d], sc[d], mn[d], bits)
+            } else {
+                0
+            };
+        }
+        pack_row(&vals, bits, &mut codes[t * rb..(t + 1) * rb]);
+    }
+}
+
+/// Quantizes one head's values (`nt` rows of `hd`) into a V chunk `dst`.
+pub fn quantize_v(f: KvFormat, geom: &BlockGeom, src: &[f32], nt: usize, dst: &mut [u8]) {
+    let hd = geom.head_dim;
+    let bits = f.bits();
+    let ng = hd / V_GROUP;
+    let (head, codes) = dst.split_at_mut(4 * ng * geom.block_tokens);
+    let rb = geom.code_row_bytes(f);
+    let mut vals = vec![0u8; hd];
+    for t in 0..geom.block_tokens {
+        for g in 0..ng {
+            let (s, m) = if t < nt {
+                fit(&src[t * hd + g * V_GROUP..][..V_GROUP], bits)
+            } else {
+                (0.0, 0.0)
+            };
+            let s = put_f16(head, 2 * (t * ng + g), s);
+            let m = put_f16(head, 2 * (t * ng + g) + 1, m);
+            for d in g * V_GROUP..(g + 1) * V_GROUP {
+                vals[d] = if t < nt {
+                    code(src[t * hd + d], s, m, bits)
+                } else {
+                    0
+                };
+            }
+        }
+        pack_row(&vals, bits, &mut codes[t * rb..(t + 1) * rb]);
+    }
+}
+
+/// Dequantizes the first `nt` keys of a K chunk into `out` (`nt × hd` f32).
+pub fn dequantize_k(
+    isa: Isa,
+    f: KvFormat,
+    geom: &BlockGeom,
+    chunk: &[u8],
+    nt: usize,
+    out: &mut [f32],
+) {
+    let hd = geom.head_dim;
+    let mut sc = [0.0f32; crate::attention::MAX_HEAD_DIM];
+    let mut mn = [0.0f32; crate::attention::MAX_HEAD_DIM];
+    for d in 0..hd {
+        sc[d] = f16(chunk, d);
+        mn[d] = f16(chunk, hd + d);
+    }
+    let codes = &chunk[4 * hd..];
+    let rb = geom.code_row_bytes(f);
+    for t in 0..nt {
+        let o = &mut out[t * hd..(t + 1) * hd];
+        unpack_any(isa, &codes[t * rb..(t + 1) * rb], f.bits(), hd, o);
+        scale_rows(isa, o, &sc[..hd], &mn[..hd]);
+    }
+}
+
+/// Dequantizes the first `nt` values of a V chunk into `out` (`nt × hd` f32).
+pub fn dequantize_v(
+    isa: Isa,
+    f: KvFormat,
+    geom: &BlockGeom,
+    chunk: &[u8],
+    nt: usize,
+    out: &mut [f32],
+) {
+    let hd = geom.head_dim;
+    let ng = hd / V_GROUP;
+    let codes = &chunk[4 * ng * geom.block_tokens..];
+    let rb = geom.code_row_bytes(f);
+    for t in 0..nt {
+        let o = &mut out[t * hd..(t + 1) * hd];
+        unpack_any(isa, &codes[t * rb..(t + 1) * rb], f.bits(), hd, o);
+        for g in 0..ng {
+            let s = f16(chunk, 2 * (t * ng + g));
+            let m = f16(chunk, 2 * (t * ng + g) + 1);
+            scale_group(isa, &mut o[g * V_GROUP..(g + 1) * V_GROUP], s, m);
+        }
+    }
+}
+
+fn unpack_any(isa: Isa, row: &[u8], bits: usize, hd: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && hd % 32 == 0 {
+        // SAFETY: AVX2 detected; `row` holds hd·bits/8 bytes and `out` hd values.
+        unsafe { crate::simd::avx2::unpack_codes(row, bits, hd, out) };
+        return;
+    }
+    let _ = isa;
+    unpack_row(row, bits, hd, out);
+}
+
+fn scale_rows(isa: Isa, o: &mut [f32], sc: &[f32], mn: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2+FMA detected; the three slices have equal lengths.
+        unsafe { crate::simd::avx2::fma_rows(o, sc, mn) };
+        return;
+    }
+    let _ = isa;
+    for ((x, s), m) in o.iter_mut().zip(sc).zip(mn) {
+        *x = x.mul_add(*s, *m);
+    }
+}
+
+fn scale_group(isa: Isa, o: &mut [f32], s: f32, m: f32) {
+    let _ = isa;
+    for x in o.iter_mut() {
+        *x = x.mul_add(s, m);
+    }
+}
+
+/// Encodes a whole f16 block (`geom`'s f16 layout) into format `f` (`nt` tokens present).
+pub fn encode_block(f: KvFormat, geom: &BlockGeom, src: &[u16], nt: usize, dst: &mut [u8]) {
+    assert!(f != KvFormat::F16 && f.supports(geom));
+    assert_eq!(dst.len(), geom.block_bytes(f));
+    let hs = geom.head_stride();
+    let mut tmp = vec![0.0f32; hs];
+    for l in 0..geom.n_layers {
+        for h in 0..geom.n_kv_heads {
+            let k = &src[geom.f16_k_base(l) + h * hs..][..hs];
+            crate::simd::f16_to_f32(Isa::Portable, k, &mut tmp);
+            let o = geom.q_k_offset(f, l, h);
+            quantize_k(f, geom, &tmp, nt, &mut dst[o..o + geom.k_chunk_bytes(f)]);
+            let v = &src[geom.f16_v_base(l) + h * hs..][..hs];
+            crate::simd::f16_to_f32(Isa::Portable, v, &mut tmp);
+            let o = geom.q_v_offset(f, l, h);
+            quantize_v(f, geom, &tmp, nt, &mut dst[o..o + geom.v_chunk_bytes(f)]);
+        }
+    }
+}
+
+/// Decodes a quantized block back into the f16 layout (promotion; precision lost by the
+/// quantization stays lost).
+pub fn decode_block(f: KvFormat, geom: &BlockGeom, src: &[u8], dst: &mut [u16]) {
+    assert!(f != KvFormat::F16);
+    let hs = geom.head_stride();
+    let bt = geom.block_tokens;
+    let mut tmp = vec![0.0f32; hs];
+    let isa = Isa::detect();
+    for l in 0..geom.n_layers {
+        for h in 0..geom.n_kv_heads {
+            let o = geom.q_k_offset(f, l, h);
+            dequantize_k(
+                isa,
+                f,
+                geom,
+                &src[o..o + geom.k_chunk_bytes(f)],
+                bt,
+                &mut tmp,
+            );
+            crate::simd::f32_to_f16(isa, &tmp, &mut dst[geom.f16_k_base(l) + h * hs..][..hs]);
+            let o = geom.q_v_offset(f, l, h);
+            dequantize_v(
+                isa,
+                f,
+                geom,
+                &src[o..o + geom.v_chunk_bytes(f)],
+                bt,
+                &mut tmp,
+            );
+            crate::simd::f32_to_f16(isa, &tmp, &mut dst[geom.f16_v_base(l) + h * hs..][..hs]);
+        }
+    }
+}
+
+/// Converts any format's block to another (through f16).
+pub fn transcode(geom: &BlockGeom, from: KvBlock<'_>, to: KvFormat, nt: usize) -> Vec<u8> {
+    let f16_block: Vec<u16> = match from {
+        KvBlock::F16(s) => s.to_vec(),
+        KvBlock::Quant(f, b) => {
+            let mut d = vec![0u16; geom.block_bytes(KvFormat::F16) / 2];
+            decode_block(f, geom, b, &mut d);
+            d
+        }
+    };
+    match to {
+        KvFormat::F16 => f16_block.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        f => {
+            let mut out = vec![0u8; geom.block_bytes(f)];
+            encode_block(f, geom, &f16_block, nt, &mut out);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn bound(lo: f32, hi: f32, bits: usize) -> f32 {
+        let r = hi - lo;
+        r / ((1u32 << bits) - 1) as f32 / 2.0 + (lo.abs() + r) / 1024.0 + 1e-7
+    }
+
+    /// The module doc's bound on one group (`idx` into `src`/`got`).
+    fn check(f: KvFormat, src: &[f32], got: &[f32], idx: &[usize], what: &str) {
+        let lo = idx.iter().map(|&i| src[i]).fold(f32::INFINITY, f32::min);
+        let hi = idx
+            .iter()
+            .map(|&i| src[i])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let b = bound(lo, hi, f.bits());
+        let errs: Vec<f32> = idx.iter().map(|&i| (got[i] - src[i]).abs()).collect();
+        if f == KvFormat::Q8 {
+            let m = errs.iter().copied().fold(0.0, f32::max);
+            assert!(m <= b, "{f:?} {what}: max err {m} > {b}");
+        } else {
+            let rms = (errs.iter().map(|e| e * e).sum::<f32>() / errs.len() as f32).sqrt();
+            assert!(rms <= b, "{f:?} {what}: rms err {rms} > {b}");
+        }
+    }
+
+    #[test]
+    fn round_trips_within_the_stated_bound_on_every_isa() {
+        let geom = BlockGeom {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 64,
+            block_tokens: 16,
+        };
+        let mut seed = 7u64;
+        // Keys with per-channel offsets and an outlier channel, as real keys have.
+        let src: Vec<f32> = (0..16 * 64)
+            .map(|i| {
+                let d = i % 64;
+                lcg(&mut seed) * (1.0 + d as f32 / 8.0) + if d == 5 { 40.0 } else { d as f32 * 0.1 }
+            })
+            .collect();
+        for f in [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2] {
+            for nt in [16, 9] {
+                let mut kc = vec![0u8; geom.k_chunk_bytes(f)];
+                let mut vc = vec![0u8; geom.v_chunk_bytes(f)];
+                quantize_k(f, &geom, &src, nt, &mut kc);
+                quantize_v(f, &geom, &src, nt, &mut vc);
+                for isa in [Isa::Portable, Isa::detect()] {
+                    let mut k = vec![0.0; 16 * 64];
+                    let mut v = vec![0.0; 16 * 64];
+                    dequantize_k(isa, f, &geom, &kc, nt, &mut k);
+                    dequantize_v(isa, f, &geom, &vc, nt, &mut v);
+                    for d in 0..64 {
+                        let idx: Vec<usize> = (0..nt).map(|t| t * 64 + d).collect();
+                        check(f, &src, &k, &idx, "K");
+                    }
+                    for t in 0..nt {
+                        for g in 0..2 {
+                            let idx: Vec<usize> = (t * 64 + g * 32..t * 64 + g * 32 + 32).collect();
+                            check(f, &src, &v, &idx, "V");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_follow_the_layout() {
+        let g = BlockGeom {
+            n_layers: 30,
+            n_kv_heads: 3,
+            head_dim: 64,
+            block_tokens: 16,
+        };
+        assert_eq!(g.block_bytes(KvFormat::F16), 16 * 23040);
+        // Per token per (layer, head): K codes + K scales/16 tokens + V codes + V scales.
+        for (f, per) in [
+            (KvFormat::Q8, 64 + 16 + 64 + 8),
+            (KvFormat::Q4, 32 + 16 + 32 + 8),
+            (KvFormat::Q2, 16 + 16 + 16 + 8),
+        ] {
+            assert_eq!(g.block_bytes(f), 30 * 3 * 16 * per, "{f:?}");
+        }
+        assert_eq!(
+            g.q_v_offset(KvFormat::Q4, 29, 2) + g.v_chunk_bytes(KvFormat::Q4),
+            g.block_bytes(KvFormat::Q4)
+        );
+    }
+
+    #[test]
+    fn constant_groups_are_exact() {
+        let geom = BlockGeom {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 32,
+            block_tokens: 16,
+        };
+        let src = vec![0.75f32; 16 * 32];
+        for f in [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2] {
+            let mut kc = vec![0u8; geom.k_chunk_bytes(f)];
+            quantize_k(f, &geom, &src, 16, &mut kc);
+            let mut k = vec![0.0; 16 * 32];
+            dequantize_k(Isa::detect(), f, &geom, &kc, 16, &mut k);
+            assert!(k.iter().all(|&x| x == 0.75), "{f:?}");
+        }
+    }
+}

@@ -1,0 +1,52 @@
+use std::io;
+use std::path::PathBuf;
+
+use crate::{Compression, Corruption, DecodeError, Fault};
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiskError {
+    /// A file-system call failed; `op` says which (`"create"`, `"rename"`, …).
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A block file failed a check. [`crate::BlockStore::get`] has removed it, so the
+    /// block is recomputed rather than used.
+    #[error("corrupt block file {path}: {what}")]
+    Corrupt { path: PathBuf, what: Corruption },
+    /// Another handle, in this process or another, holds the directory's lock.
+    #[error("block directory {path} is in use by another BlockStore")]
+    Locked { path: PathBuf },
+    /// A payload over [`crate::MAX_RAW_BYTES`].
+    #[error("payload of {len_bytes} bytes exceeds the cap of {cap_bytes}")]
+    TooLarge { len_bytes: u64, cap_bytes: u64 },
+    /// [`crate::decompress`] was handed bytes that do not decode to `raw_len` bytes.
+    #[error("{codec} stream does not decode: {what}")]
+    Decode {
+        codec: Compression,
+        what: DecodeError,
+    },
+    /// The encoder failed (in practice: zstd could not allocate its context).
+    #[error("{codec} encoder failed: {detail}")]
+    Codec { codec: Compression, detail: String },
+    /// A `put` stopped on purpose by [`crate::BlockStore::put_with_fault`], leaving the
+    /// directory as a crash at that point would.
+    #[doc(hidden)]
+    #[error("put stopped by injected fault {0:?}")]
+    InjectedFault(Fault),
+}
+
+impl DiskError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
