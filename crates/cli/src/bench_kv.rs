@@ -148,7 +148,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
     let text = std::fs::read_to_string(&a.text)
         .map_err(|e| input(anyhow::anyhow!("cannot read {}: {e}", a.text.display())))?;
-    if a.ctx < 32 || a.ctx % 16 != 0 {
+    if a.ctx < 32 || !a.ctx.is_multiple_of(16) {
         return Err(input(anyhow::anyhow!(
             "--ctx must be a multiple of 16, at least 32"
         )));
@@ -413,6 +413,10 @@ fn codec_rates(
         }
         for c in [Compression::Lz4, Compression::Zstd(1), Compression::Zstd(3)] {
             let raw: f64 = q.iter().map(|b| b.len() as f64).sum();
+            let mut probe = Vec::new();
+            if q.is_empty() || kvdisk::compress(c, &q[0], &mut probe).is_err() {
+                continue; // codec not in this build
+            }
             let mut packed: Vec<Vec<u8>> = vec![Vec::new(); q.len()];
             let tc = time(&mut || {
                 for (b, out) in q.iter().zip(packed.iter_mut()) {

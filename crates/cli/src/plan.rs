@@ -24,15 +24,25 @@ pub enum KvType {
 impl KvType {
     pub const ALL: [KvType; 3] = [KvType::F16, KvType::Int8, KvType::Int4];
 
-    /// Bytes per token for `cfg`: f16 is 2 bytes a value; int8 and int4 add one f16
-    /// scale per 32 values (the block format the warm and cold tiers use).
+    /// Bytes per token for `cfg`, from the block formats themselves
+    /// (`kernels::kvquant`: codes plus f16 scale and minimum per key channel per block
+    /// and per 32 values of each token's values). A head size the quantized formats do
+    /// not support is counted as f16, which is what the cache would then use.
     pub fn bytes_per_token(self, cfg: &ModelConfig) -> u64 {
-        let values = (cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim) as u64;
-        match self {
-            KvType::F16 => values * 2,
-            KvType::Int8 => values + values / 16,
-            KvType::Int4 => values / 2 + values / 16,
-        }
+        use kernels::kvquant::{BlockGeom, KvFormat};
+        let geom = BlockGeom {
+            n_layers: cfg.n_layers,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            block_tokens: engine::forward::BLOCK_TOKENS,
+        };
+        let f = match self {
+            KvType::F16 => KvFormat::F16,
+            KvType::Int8 => KvFormat::Q8,
+            KvType::Int4 => KvFormat::Q4,
+        };
+        let f = if f.supports(&geom) { f } else { KvFormat::F16 };
+        (geom.block_bytes(f) / geom.block_tokens) as u64
     }
 
     pub fn name(self) -> &'static str {

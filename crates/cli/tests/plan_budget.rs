@@ -77,7 +77,7 @@ fn plan_reports_exact_weights_and_kv() {
         .iter()
         .map(|f| f["kv_bytes_per_token"].as_u64().unwrap())
         .collect();
-    assert_eq!(kinds, [23_040, 12_240, 6_480]);
+    assert_eq!(kinds, [23_040, 13_680, 7_920]);
     let y = llmem(&["plan", "--model", m, "--ctx", "512", "--yaml"]);
     assert!(y.status.success());
     assert!(String::from_utf8_lossy(&y.stdout).contains("total_bytes:"));

@@ -6,7 +6,13 @@
 //! thread and direction in a thread-local (decoding about 100 KiB; encoding about 1–2 MiB
 //! at levels 1–3 for blocks of a few MiB), since creating one costs as much as
 //! compressing a small block.
+//!
+//! zstd (C code, via the `zstd` crate) is only compiled in with this crate's `zstd`
+//! feature, off by default. Without it [`Compression::Zstd`] still exists (the API and
+//! the file format do not change with the feature) but every use of it is an error:
+//! parsing `"zstd"`, [`compress`], [`decompress`] and reading a zstd block file.
 
+#[cfg(feature = "zstd")]
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
@@ -27,14 +33,16 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 ///
 /// Text form (for configs and CLI flags): `none`, `lz4`, `zstd:LEVEL` (`zstd` alone means
 /// level 3). zstd levels outside the library's range are rejected when parsed; a level
-/// built directly is clamped by zstd itself.
+/// built directly is clamped by zstd itself. Without the crate's `zstd` feature the zstd
+/// forms do not parse and [`Zstd`](Self::Zstd) cannot encode or decode
+/// ([`is_available`](Self::is_available) says so).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
     /// Stored as is.
     None,
     /// lz4 block format (`lz4_flex`, pure Rust).
     Lz4,
-    /// One zstd frame at this level.
+    /// One zstd frame at this level. Needs the crate's `zstd` feature to encode or decode.
     Zstd(i32),
 }
 
@@ -68,16 +76,40 @@ impl Compression {
         }
     }
 
+    /// Whether this build can encode and decode with this codec: false only for
+    /// [`Zstd`](Self::Zstd) without the crate's `zstd` feature.
+    pub const fn is_available(self) -> bool {
+        match self {
+            Self::None | Self::Lz4 => true,
+            Self::Zstd(_) => cfg!(feature = "zstd"),
+        }
+    }
+
     /// The largest stored form of `raw_len` bytes that this codec can produce: the cap
-    /// on a stored length read from a file.
+    /// on a stored length read from a file. The same with or without the `zstd` feature.
     pub fn max_stored_len(self, raw_len: usize) -> usize {
         match self {
             Self::None => raw_len,
             Self::Lz4 => lz4_flex::block::get_maximum_output_size(raw_len),
-            Self::Zstd(_) => zstd::zstd_safe::compress_bound(raw_len),
+            Self::Zstd(_) => zstd_compress_bound(raw_len),
         }
     }
 }
+
+/// zstd's `ZSTD_COMPRESSBOUND` (zstd.h), written out so the bound does not depend on the
+/// `zstd` feature; a test checks it against the library's.
+const fn zstd_compress_bound(raw_len: usize) -> usize {
+    const SMALL: usize = 128 << 10;
+    let margin = if raw_len < SMALL {
+        (SMALL - raw_len) >> 11
+    } else {
+        0
+    };
+    raw_len + (raw_len >> 8) + margin
+}
+
+/// What every zstd operation says in a build without the `zstd` feature.
+pub(crate) const NO_ZSTD: &str = "this build has no zstd support (enable kvdisk's `zstd` feature)";
 
 impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,27 +121,58 @@ impl fmt::Display for Compression {
     }
 }
 
-/// A compression name that [`Compression::from_str`] does not accept.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown compression {text:?}: expected none, lz4, zstd or zstd:LEVEL ({min}..={max})")]
+/// A compression name that [`Compression::from_str`] does not accept: unknown, or zstd
+/// in a build without the `zstd` feature.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseCompressionError {
     text: String,
-    min: i32,
-    max: i32,
+    /// The accepted zstd levels; `None` when zstd is not built in.
+    zstd_levels: Option<(i32, i32)>,
 }
+
+impl fmt::Display for ParseCompressionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = &self.text;
+        let trimmed = text.trim();
+        match self.zstd_levels {
+            Some((min, max)) => write!(
+                f,
+                "unknown compression {text:?}: expected none, lz4, zstd or zstd:LEVEL ({min}..={max})"
+            ),
+            None if trimmed == "zstd" || trimmed.starts_with("zstd:") => {
+                write!(f, "compression {text:?}: {NO_ZSTD}")
+            }
+            None => write!(
+                f,
+                "unknown compression {text:?}: expected none or lz4 (zstd needs kvdisk's `zstd` feature)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ParseCompressionError {}
 
 impl FromStr for Compression {
     type Err = ParseCompressionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (min, max) = (
+        #[cfg(feature = "zstd")]
+        let zstd_levels = Some((
             zstd::zstd_safe::min_c_level(),
             zstd::zstd_safe::max_c_level(),
-        );
+        ));
+        #[cfg(not(feature = "zstd"))]
+        let zstd_levels = None;
         let err = || ParseCompressionError {
             text: s.to_owned(),
-            min,
-            max,
+            zstd_levels,
+        };
+        let Some((min, max)) = zstd_levels else {
+            return match s.trim() {
+                "none" => Ok(Self::None),
+                "lz4" => Ok(Self::Lz4),
+                _ => Err(err()),
+            };
         };
         match s.trim() {
             "none" => Ok(Self::None),
@@ -150,11 +213,15 @@ pub enum DecodeError {
     /// The zstd decoder rejected the stream (zstd's error name).
     #[error("zstd: {0}")]
     Zstd(&'static str),
+    /// The stream is zstd and this build has no zstd (the `zstd` feature is off).
+    #[error("{}", NO_ZSTD)]
+    ZstdNotBuilt,
     /// The output buffer could not be allocated.
     #[error("cannot allocate {bytes} bytes for the decoded block")]
     Alloc { bytes: u64 },
 }
 
+#[cfg(feature = "zstd")]
 thread_local! {
     // Created on first use; see the module doc for why they are kept.
     static ZSTD_C: RefCell<Option<zstd::zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
@@ -164,7 +231,7 @@ thread_local! {
 /// Compresses `raw` into `out` (cleared first).
 ///
 /// Errors: `raw` is over [`MAX_RAW_BYTES`] ([`DiskError::TooLarge`]), or zstd could not
-/// get memory for its context ([`DiskError::Codec`]).
+/// get memory for its context or is not built in ([`DiskError::Codec`]).
 pub fn compress(c: Compression, raw: &[u8], out: &mut Vec<u8>) -> Result<(), DiskError> {
     out.clear();
     if raw.len() > MAX_RAW_BYTES {
@@ -183,6 +250,14 @@ pub fn compress(c: Compression, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Dis
             })?;
             out.truncate(n);
         }
+        #[cfg(not(feature = "zstd"))]
+        Compression::Zstd(_) => {
+            return Err(DiskError::Codec {
+                codec: c,
+                detail: NO_ZSTD.into(),
+            });
+        }
+        #[cfg(feature = "zstd")]
         Compression::Zstd(level) => {
             out.reserve(c.max_stored_len(raw.len()));
             ZSTD_C.with_borrow_mut(|cctx| {
@@ -210,8 +285,8 @@ pub fn compress(c: Compression, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Dis
 /// matter) into `out`, which ends up exactly `raw_len` bytes long.
 ///
 /// `stored` may be hostile: any malformed input gives [`DiskError::Decode`] and leaves
-/// `out` empty. `out` is never grown past `raw_len`, which itself is capped at
-/// [`MAX_RAW_BYTES`].
+/// `out` empty, as does zstd in a build without it ([`DecodeError::ZstdNotBuilt`]).
+/// `out` is never grown past `raw_len`, which itself is capped at [`MAX_RAW_BYTES`].
 pub fn decompress(
     c: Compression,
     stored: &[u8],
@@ -231,6 +306,9 @@ pub(crate) fn decompress_raw(
     raw_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), DecodeError> {
+    if !c.is_available() {
+        return Err(DecodeError::ZstdNotBuilt);
+    }
     if raw_len > MAX_RAW_BYTES {
         return Err(DecodeError::RawTooLarge {
             raw_bytes: raw_len as u64,
@@ -266,6 +344,9 @@ pub(crate) fn decompress_raw(
         }
         Compression::Lz4 => lz4_flex::block::decompress_into(stored, out)
             .map_err(|e| DecodeError::Lz4(e.to_string()))?,
+        #[cfg(not(feature = "zstd"))]
+        Compression::Zstd(_) => return Err(DecodeError::ZstdNotBuilt),
+        #[cfg(feature = "zstd")]
         Compression::Zstd(_) => ZSTD_D.with_borrow_mut(|dctx| {
             let dctx = match dctx {
                 Some(dctx) => dctx,
@@ -293,29 +374,100 @@ pub(crate) fn decompress_raw(
 mod tests {
     use super::*;
 
+    /// The codecs this build can run.
+    const AVAILABLE: &[Compression] = &[
+        Compression::None,
+        Compression::Lz4,
+        #[cfg(feature = "zstd")]
+        Compression::Zstd(3),
+    ];
+
     #[test]
     fn text_forms_round_trip() {
-        for c in [
-            Compression::None,
-            Compression::Lz4,
-            Compression::Zstd(1),
-            Compression::Zstd(-5),
-        ] {
+        for c in [Compression::None, Compression::Lz4] {
+            assert_eq!(c.to_string().parse::<Compression>(), Ok(c));
+        }
+        for bad in ["", "lz5", "ZSTD:3", "zstd:99", "zstd:", "zstd:x"] {
+            assert!(bad.parse::<Compression>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_text_forms_round_trip() {
+        for c in [Compression::Zstd(1), Compression::Zstd(-5)] {
             assert_eq!(c.to_string().parse::<Compression>(), Ok(c));
         }
         assert_eq!(
             "zstd".parse::<Compression>(),
             Ok(Compression::Zstd(DEFAULT_ZSTD_LEVEL))
         );
-        for bad in ["", "lz5", "zstd:", "zstd:x", "zstd:99", "ZSTD:3"] {
-            assert!(bad.parse::<Compression>().is_err(), "{bad:?} parsed");
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_bound_matches_the_library() {
+        let sizes = (0..300_000).step_by(997).chain([
+            (128 << 10) - 1,
+            128 << 10,
+            (128 << 10) + 1,
+            MAX_RAW_BYTES,
+        ]);
+        for n in sizes {
+            assert_eq!(
+                zstd_compress_bound(n),
+                zstd::zstd_safe::compress_bound(n),
+                "{n}"
+            );
         }
+    }
+
+    #[cfg(not(feature = "zstd"))]
+    #[test]
+    fn zstd_without_the_feature_is_a_clear_error() {
+        let c = Compression::Zstd(1);
+        assert!(!c.is_available());
+        for text in ["zstd", "zstd:1", " zstd:-5"] {
+            let e = text.parse::<Compression>().unwrap_err().to_string();
+            assert!(
+                e.contains("no zstd support") && e.contains("`zstd` feature"),
+                "{e}"
+            );
+        }
+        let e = "lz5".parse::<Compression>().unwrap_err().to_string();
+        assert!(
+            e.contains("unknown compression") && e.contains("none or lz4"),
+            "{e}"
+        );
+
+        let mut out = vec![1, 2, 3];
+        let err = compress(c, b"some bytes", &mut out).unwrap_err();
+        assert!(matches!(err, DiskError::Codec { .. }), "{err}");
+        assert!(err.to_string().contains("`zstd` feature"), "{err}");
+        assert!(out.is_empty());
+
+        let mut out = vec![1, 2, 3];
+        let err = decompress(c, &[0x28, 0xb5, 0x2f, 0xfd], 10, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DiskError::Decode {
+                    what: DecodeError::ZstdNotBuilt,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`zstd` feature"), "{err}");
+        assert!(out.is_empty());
+        // The bound still holds a zstd frame's worst case, so headers check the same.
+        assert!(c.max_stored_len(1000) > 1000);
     }
 
     #[test]
     fn decode_reuses_a_dirty_buffer_without_leaking_it() {
         let raw: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
-        for c in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
+        for &c in AVAILABLE {
             let mut stored = Vec::new();
             compress(c, &raw, &mut stored).unwrap();
             let mut out = vec![0xAA; 20_000];

@@ -31,9 +31,16 @@ pub enum DiskError {
         codec: Compression,
         what: DecodeError,
     },
-    /// The encoder failed (in practice: zstd could not allocate its context).
+    /// The encoder failed (in practice: zstd could not allocate its context, or zstd is
+    /// not built in: the `zstd` feature is off).
     #[error("{codec} encoder failed: {detail}")]
     Codec { codec: Compression, detail: String },
+    /// A block file is stored with a codec this build lacks (zstd, written by a build with
+    /// the `zstd` feature). The file may well be valid, so unlike
+    /// [`Corrupt`](Self::Corrupt) it is left in place; the block is unreadable here all
+    /// the same and must be recomputed.
+    #[error("block file {path} is stored with {codec}: {}", crate::codec::NO_ZSTD)]
+    CodecNotBuilt { path: PathBuf, codec: Compression },
     /// A `put` stopped on purpose by [`crate::BlockStore::put_with_fault`], leaving the
     /// directory as a crash at that point would.
     #[doc(hidden)]

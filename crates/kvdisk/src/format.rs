@@ -7,7 +7,8 @@
 //! ------  ----  -----------------------------------------------------------------
 //!      0     8  magic "LLMKVBLK"
 //!      8     2  format version (1)
-//!     10     1  compression id: 0 none, 1 lz4 (block format), 2 zstd (one frame)
+//!     10     1  compression id: 0 none, 1 lz4 (block format), 2 zstd (one frame; only
+//!                 decoded with the `zstd` feature, the header reads the same without)
 //!     11     1  reserved, 0
 //!     12     4  zstd level (i32) when id is 2, else 0; informative, not needed to decode
 //!     16     8  model digest: must equal the store's (its directory name)

@@ -131,8 +131,9 @@ impl BlockStore {
     /// Stores `payload` under `key`, replacing any previous block, atomically and durably
     /// (see the module doc). Returns the file's size in bytes.
     ///
-    /// Fails with [`DiskError::TooLarge`] for a payload over [`MAX_RAW_BYTES`], and with
-    /// [`DiskError::Io`] when the file system does. After any error the key holds either
+    /// Fails with [`DiskError::TooLarge`] for a payload over [`MAX_RAW_BYTES`], with
+    /// [`DiskError::Codec`] if the store's codec is zstd and the `zstd` feature is off,
+    /// and with [`DiskError::Io`] when the file system does. After any error the key holds either
     /// the previous block (or none) or, if only the final directory fsync failed, the
     /// whole new block, which a power loss may roll back.
     pub fn put(&self, key: u64, payload: &[u8]) -> Result<u64, DiskError> {
@@ -208,7 +209,9 @@ impl BlockStore {
     /// to `put` otherwise.
     ///
     /// A file that fails any check gives [`DiskError::Corrupt`] naming the file and the
-    /// check, and is deleted (best effort) so the caller recomputes the block.
+    /// check, and is deleted (best effort) so the caller recomputes the block. A sound
+    /// file stored with zstd, read by a build without the `zstd` feature, gives
+    /// [`DiskError::CodecNotBuilt`] and is kept (a build with zstd can still read it).
     pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>, DiskError> {
         let path = self.block_path(key);
         let mut file = match File::open(&path) {
@@ -219,6 +222,7 @@ impl BlockStore {
         match self.read_block(&mut file, key) {
             Ok(raw) => Ok(Some(raw)),
             Err(ReadFailure::Io(op, e)) => Err(DiskError::io(op, &path, e)),
+            Err(ReadFailure::CodecNotBuilt(codec)) => Err(DiskError::CodecNotBuilt { path, codec }),
             Err(ReadFailure::Corrupt(what)) => {
                 drop(file);
                 // If a concurrent put renamed a fresh file here meanwhile, this deletes a
@@ -264,6 +268,11 @@ impl BlockStore {
         };
         if file_bytes != expected_bytes {
             return Err(length_err(file_bytes).into());
+        }
+        // The header is sound and its lengths agree with the file: a codec this build
+        // lacks says nothing against the file, so it is reported, not treated as corrupt.
+        if !h.compression.is_available() {
+            return Err(ReadFailure::CodecNotBuilt(h.compression));
         }
         // stored_len is capped by Header::decode and equals the file's size: this
         // allocation is bounded by both.
@@ -375,6 +384,7 @@ impl BlockStore {
 enum ReadFailure {
     Corrupt(Corruption),
     Io(&'static str, io::Error),
+    CodecNotBuilt(Compression),
 }
 
 impl From<Corruption> for ReadFailure {

@@ -147,7 +147,7 @@ fn a_forged_header_with_a_valid_checksum_cannot_force_a_huge_allocation() {
 #[test]
 fn random_file_contents_are_always_rejected() {
     let root = tempfile::tempdir().unwrap();
-    let (store, good) = one_block(root.path(), Compression::Zstd(1), 3000);
+    let (store, good) = one_block(root.path(), common::SHRINKING, 3000);
     let mut rng = Rng(7);
     for round in 0..500 {
         let len = rng.below(4 * HEADER_LEN as u64) as usize;
@@ -161,12 +161,77 @@ fn random_file_contents_are_always_rejected() {
     }
 }
 
+/// An uncompressed block file of `len` bytes relabelled as zstd:1, with a valid header
+/// checksum: what a build with zstd writes, as far as the header goes.
+fn zstd_labelled_block(root: &std::path::Path, len: usize) -> (BlockStore, Vec<u8>) {
+    let (store, mut bytes) = one_block(root, Compression::None, len);
+    bytes[10] = 2;
+    bytes[12..16].copy_from_slice(&1i32.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..64]);
+    bytes[64..72].copy_from_slice(&sum.to_le_bytes());
+    (store, bytes)
+}
+
+#[cfg(feature = "zstd")]
+#[test]
+fn a_zstd_header_over_bytes_that_are_not_zstd_is_corrupt() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, bytes) = zstd_labelled_block(root.path(), 1000);
+    let what = assert_rejected(&store, &bytes, "raw bytes labelled zstd");
+    assert!(matches!(what, Corruption::Decode(_)), "{what}");
+}
+
+#[cfg(not(feature = "zstd"))]
+#[test]
+fn without_the_zstd_feature_a_zstd_block_is_reported_and_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, bytes) = zstd_labelled_block(root.path(), 1000);
+    let path = store.block_path(KEY);
+    fs::write(&path, &bytes).unwrap();
+    for _ in 0..2 {
+        match store.get(KEY) {
+            Err(e @ DiskError::CodecNotBuilt { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("zstd:1") && text.contains("`zstd` feature"),
+                    "{text}"
+                );
+                let DiskError::CodecNotBuilt { path: p, codec } = e else {
+                    unreachable!()
+                };
+                assert_eq!((p, codec), (path.clone(), Compression::Zstd(1)));
+            }
+            other => panic!("expected CodecNotBuilt, got {other:?}"),
+        }
+        assert!(path.exists(), "a sound zstd file is kept");
+    }
+    // A damaged one is still corrupt: the header is checked first.
+    let mut bad = bytes.clone();
+    bad[20] ^= 1;
+    assert_rejected(&store, &bad, "damaged zstd header");
+
+    // A store set to zstd cannot write.
+    let root = tempfile::tempdir().unwrap();
+    let store = BlockStore::open(root.path(), DIGEST, Compression::Zstd(1)).unwrap();
+    let err = store.put(KEY, &payload(KEY, 1, 1000)).unwrap_err();
+    assert!(matches!(err, DiskError::Codec { .. }), "{err}");
+    assert!(err.to_string().contains("`zstd` feature"), "{err}");
+    assert_eq!(store.keys().unwrap(), Vec::<u64>::new());
+    assert!(common::temp_files(store.dir()).is_empty());
+}
+
+#[cfg(feature = "zstd")]
 fn codec() -> impl Strategy<Value = Compression> {
     prop_oneof![
         Just(Compression::None),
         Just(Compression::Lz4),
         (-5i32..=19).prop_map(Compression::Zstd),
     ]
+}
+
+#[cfg(not(feature = "zstd"))]
+fn codec() -> impl Strategy<Value = Compression> {
+    prop_oneof![Just(Compression::None), Just(Compression::Lz4)]
 }
 
 /// Raw bytes from both ends of the compressibility range.

@@ -129,7 +129,7 @@ fn a_second_handle_on_the_same_directory_is_refused_until_the_first_drops() {
 #[test]
 fn oversized_payloads_are_refused_without_touching_the_directory() {
     let root = tempfile::tempdir().unwrap();
-    let store = BlockStore::open(root.path(), DIGEST, Compression::Zstd(1)).unwrap();
+    let store = BlockStore::open(root.path(), DIGEST, common::SHRINKING).unwrap();
     // calloc'd and never touched: costs no real memory.
     let huge = vec![0u8; MAX_RAW_BYTES + 1];
     let err = store.put(1, &huge).unwrap_err();

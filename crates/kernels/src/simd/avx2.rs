@@ -517,7 +517,7 @@ pub(crate) unsafe fn attend_block<const HD8: usize>(
 /// `out` `hd` values.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn unpack_codes(row: &[u8], bits: usize, hd: usize, out: &mut [f32]) {
-    debug_assert!(hd % 32 == 0 && row.len() >= hd * bits / 8 && out.len() >= hd);
+    debug_assert!(hd.is_multiple_of(32) && row.len() >= hd * bits / 8 && out.len() >= hd);
     let span = hd * bits / 8;
     let per = 8 / bits;
     let mask = _mm256_set1_epi32((1i32 << bits) - 1);
@@ -562,7 +562,7 @@ pub(crate) unsafe fn fma_rows(o: &mut [f32], s: &[f32], m: &[f32]) {
         }
     }
     while i < n {
-        o[i] = o[i].mul_add(s[i], m[i]);
+        o[i] = o[i] * s[i] + m[i];
         i += 1;
     }
 }

@@ -5,12 +5,22 @@ use std::path::Path;
 
 use kvdisk::Compression;
 
+/// Every codec this build has (zstd only with the `zstd` feature).
+#[cfg(feature = "zstd")]
 pub const CODECS: [Compression; 4] = [
     Compression::None,
     Compression::Lz4,
     Compression::Zstd(1),
     Compression::Zstd(-3),
 ];
+#[cfg(not(feature = "zstd"))]
+pub const CODECS: [Compression; 2] = [Compression::None, Compression::Lz4];
+
+/// The codec that shrinks `payload`s most in this build.
+#[cfg(feature = "zstd")]
+pub const SHRINKING: Compression = Compression::Zstd(1);
+#[cfg(not(feature = "zstd"))]
+pub const SHRINKING: Compression = Compression::Lz4;
 
 /// splitmix64: a tiny deterministic generator, so payloads can be rebuilt from a seed.
 pub struct Rng(pub u64);

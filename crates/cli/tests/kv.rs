@@ -1,0 +1,170 @@
+//! KV tiers through the binary (issue 4): `--kv-type` changes the cache's size and keeps
+//! the answer, `--kv-dir` keeps a prompt's prefix across runs and recomputes — never uses
+//! — a block whose file was damaged, and `bench kv --json` reports its formats.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model, fetched by the project's script (skips outside CI when offline).
+fn model() -> Option<PathBuf> {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/fetch-model.sh"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        }
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "could not fetch the model: {other:?}"
+            );
+            eprintln!("SKIPPED: could not fetch the model: {other:?}");
+            None
+        }
+    }
+}
+
+fn llmem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmem"))
+        .args(args)
+        .output()
+        .expect("llmem runs")
+}
+
+fn json(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "llmem failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON output")
+}
+
+const PROMPT: &str = "The licence grants every recipient the right to copy, modify and \
+    distribute the work, provided that the notice is kept intact and that any changes are \
+    marked as such. The licence grants every recipient the right to copy, modify and \
+    distribute the work. Summarise the conditions in one sentence.";
+
+fn run(m: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "12",
+        "--threads",
+        "2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json(&llmem(&args))
+}
+
+#[test]
+fn kv_dir_reuses_a_prefix_across_runs_and_recomputes_a_damaged_block() {
+    let Some(m) = model() else { return };
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let first = run(m, &["--kv-dir", d]);
+    let n_prompt = first["prompt_token_ids"].as_array().unwrap().len();
+    assert_eq!(first["kv"]["prefix_reused_tokens"], 0);
+    let persisted = first["kv"]["blocks_persisted"].as_u64().unwrap();
+    assert_eq!(
+        persisted as usize,
+        n_prompt / 16,
+        "every full prompt block is kept"
+    );
+    let second = run(m, &["--kv-dir", d]);
+    let reused = second["kv"]["prefix_reused_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(reused, (n_prompt - 1) / 16 * 16);
+    assert_eq!(
+        second["token_ids"], first["token_ids"],
+        "same answer from reused KV"
+    );
+    // Damage one block file: that block and those after it are recomputed, not used.
+    let mut files: Vec<PathBuf> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e != "lock") && !p.ends_with("LOCK"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len() as u64, persisted);
+    let victim = &files[files.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x10;
+    std::fs::write(victim, &bytes).unwrap();
+    let third = run(m, &["--kv-dir", d]);
+    let reused3 = third["kv"]["prefix_reused_tokens"].as_u64().unwrap() as usize;
+    assert!(
+        reused3 < reused,
+        "the damaged block was not used ({reused3} ≥ {reused})"
+    );
+    assert_eq!(third["token_ids"], first["token_ids"]);
+}
+
+fn walk(p: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn kv_types_shrink_the_cache_and_bench_kv_reports_formats() {
+    let Some(m) = model() else { return };
+    let m = m.to_str().unwrap();
+    let f16 = run(m, &["--kv-type", "f16"]);
+    let int4 = run(m, &["--kv-type", "int4"]);
+    let f16_bytes = f16["memory"]["kv_bytes"].as_u64().unwrap();
+    let int4_bytes = int4["memory"]["kv_bytes"].as_u64().unwrap();
+    assert!(int4_bytes < f16_bytes / 2, "{int4_bytes} vs {f16_bytes}");
+    assert!(
+        int4["kv"]["tier_blocks"][0].as_u64().unwrap() <= 1,
+        "only the block being written stays hot"
+    );
+    let b = json(&llmem(&[
+        "bench",
+        "kv",
+        "--model",
+        m,
+        "--text",
+        root().join("../shared/eval/licenses.txt").to_str().unwrap(),
+        "--chunks",
+        "1",
+        "--ctx",
+        "128",
+        "--depth",
+        "0",
+        "--types",
+        "f16,int8,int4",
+        "--threads",
+        "2",
+        "--json",
+    ]));
+    let f = b["formats"].as_array().unwrap();
+    assert_eq!(f.len(), 3);
+    for x in f {
+        for k in ["name", "bytes_per_token", "ppl", "kl_mean", "kl_max"] {
+            assert!(!x[k].is_null(), "{k} missing");
+        }
+    }
+    assert_eq!(f[0]["kl_mean"].as_f64(), Some(0.0));
+    assert!(f[1]["kl_mean"].as_f64().unwrap() < 0.02);
+    assert!(f[2]["bytes_per_token"].as_f64().unwrap() < f[1]["bytes_per_token"].as_f64().unwrap());
+}
