@@ -157,8 +157,14 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
     }
 }
 
+/// The last component of `p`, for reports.
+pub(crate) fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 /// A fixed pseudo-prompt: the same token ids the peer's benchmark uses.
-fn prompt(n: usize, vocab: usize) -> Vec<u32> {
+pub(crate) fn prompt(n: usize, vocab: usize) -> Vec<u32> {
     (0..n)
         .map(|i| ((i * 7919) % 40000 + 100).min(vocab - 1) as u32)
         .collect()
@@ -166,7 +172,7 @@ fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 
 /// Decodes `n` tokens one at a time (feeding a fixed token, as llama-bench does) and
 /// returns tokens/s.
-fn decode(s: &mut Session<'_, '_>, n: usize) -> Result<f64, CliError> {
+pub(crate) fn decode(s: &mut Session<'_, '_>, n: usize) -> Result<f64, CliError> {
     let tok = 3575.min(s.model().cfg.vocab - 1) as u32;
     let t = Instant::now();
     for _ in 0..n {
@@ -219,10 +225,7 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
         None
     };
     let report = InferReport {
-        model: a
-            .model
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        model: file_name(&a.model),
         threads,
         pp512_tok_s: Figure::of(pp.clone()).median,
         tg128_tok_s: Figure::of(tg.clone()).median,

@@ -262,9 +262,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     drop(sessions);
     // Decode speed at depth, one type at a time (one cache in memory at once).
     if a.depth > 0 {
-        let prompt: Vec<u32> = (0..a.depth)
-            .map(|i| ((i * 7919) % 40000 + 100).min(vocab - 1) as u32)
-            .collect();
+        let prompt = crate::bench::prompt(a.depth, vocab);
         for (k, (_, mix)) in mixes.iter().enumerate() {
             let cfg = SessionConfig {
                 kv_mix: *mix,
@@ -272,16 +270,12 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
             };
             let mut s = Session::new(&tm.model, cfg)?;
             s.eval(&prompt, Logits::Last)?;
-            let tok = 3575.min(vocab - 1) as u32;
             let mut runs = Vec::new();
             for r in 0..=a.reps.max(1) {
                 s.truncate(a.depth)?;
-                let t = Instant::now();
-                for _ in 0..a.tg {
-                    s.eval(&[tok], Logits::Last)?;
-                }
+                let v = crate::bench::decode(&mut s, a.tg)?;
                 if r > 0 {
-                    runs.push(a.tg as f64 / t.elapsed().as_secs_f64());
+                    runs.push(v);
                 }
             }
             runs.sort_by(f64::total_cmp);
@@ -290,8 +284,8 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     }
     let (codecs, compressors) = codec_rates(&mut base, &all[..a.ctx.min(all.len())])?;
     let report = KvReport {
-        model: file_name(&a.model),
-        text: file_name(&a.text),
+        model: crate::bench::file_name(&a.model),
+        text: crate::bench::file_name(&a.text),
         ctx: a.ctx,
         chunks: n_chunks,
         scored_positions: n_scored,
@@ -351,11 +345,6 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-fn file_name(p: &std::path::Path) -> String {
-    p.file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// Quantize/dequantize and compressor rates on the f16 blocks of one real chunk.

@@ -2,50 +2,9 @@
 //! the answer, `--kv-dir` keeps a prompt's prefix across runs and recomputes — never uses
 //! — a block whose file was damaged, and `bench kv --json` reports its formats.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common_cli;
 
-use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The default model, fetched by the project's script (skips outside CI when offline).
-fn model() -> Option<PathBuf> {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/fetch-model.sh"))
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        }
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "could not fetch the model: {other:?}"
-            );
-            eprintln!("SKIPPED: could not fetch the model: {other:?}");
-            None
-        }
-    }
-}
-
-fn llmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmem"))
-        .args(args)
-        .output()
-        .expect("llmem runs")
-}
-
-fn json(o: &Output) -> Value {
-    assert!(
-        o.status.success(),
-        "llmem failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("JSON output")
-}
+use common_cli::{PathBuf, Value, json_of as json, llmem, model, root};
 
 const PROMPT: &str = "The licence grants every recipient the right to copy, modify and \
     distribute the work, provided that the notice is kept intact and that any changes are \

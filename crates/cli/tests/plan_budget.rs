@@ -1,47 +1,8 @@
 //! `llmem plan` against reality, and `llmem run --budget` enforcing it (issue 3).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common_cli;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The default model, fetched by the project's script (skips outside CI when offline).
-fn model() -> Option<PathBuf> {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/fetch-model.sh"))
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        }
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "could not fetch the model: {other:?}"
-            );
-            eprintln!("SKIPPED: could not fetch the model: {other:?}");
-            None
-        }
-    }
-}
-
-fn llmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmem"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
-}
+use common_cli::{PathBuf, json_of as json, llmem, model, root};
 
 fn prompt_file(chars: usize) -> PathBuf {
     let text = std::fs::read_to_string(root().join("../shared/eval/licenses.txt")).unwrap();

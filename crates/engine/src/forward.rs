@@ -352,7 +352,7 @@ impl<'a, 'm> Session<'a, 'm> {
         if self.n_past != 0 || prompt.is_empty() {
             return Ok(0);
         }
-        let digest = self.model.cfg_digest();
+        let digest = self.model.digest;
         let max = (prompt.len() - 1).min(self.cfg.n_ctx);
         let n = match &self.store {
             Some(st) => self
@@ -482,7 +482,7 @@ impl<'a, 'm> Session<'a, 'm> {
             done += chunk.len();
         }
         self.kv
-            .seq_publish(self.seq, &self.tokens, self.model.cfg_digest())?;
+            .seq_publish(self.seq, &self.tokens, self.model.digest)?;
         self.kv.seq_apply_mix(self.seq, &self.cfg.kv_mix)?;
         Ok(&self.logits)
     }

@@ -39,13 +39,6 @@ pub struct Model<'m> {
     pub digest: u64,
 }
 
-impl Model<'_> {
-    /// [`Model::digest`] (kept as a method for the session's use).
-    pub fn cfg_digest(&self) -> u64 {
-        self.digest
-    }
-}
-
 /// See [`Model::digest`].
 pub fn model_digest(file: &GgufFile<'_>) -> u64 {
     let bytes = file.bytes();

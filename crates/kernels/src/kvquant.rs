@@ -24,6 +24,8 @@
 //! outlier, so its bound (and, to keep one test, int4's) is on the group's
 //! root-mean-square error: `≤ e`.
 
+use std::ops::Range;
+
 use crate::Isa;
 
 /// Channels per value group (values are quantized per token in groups of this many).
@@ -393,22 +395,40 @@ fn scale_group(isa: Isa, o: &mut [f32], s: f32, m: f32) {
     }
 }
 
+/// The two chunks of (`layer`, KV head `h`) in a block of format `f`: for keys, then
+/// values, their f16 offset in the f16 layout, their byte range in the quantized one,
+/// and whether they hold values.
+fn sides(geom: &BlockGeom, f: KvFormat, l: usize, h: usize) -> [(usize, Range<usize>, bool); 2] {
+    let hs = geom.head_stride();
+    let (ko, vo) = (geom.q_k_offset(f, l, h), geom.q_v_offset(f, l, h));
+    [
+        (
+            geom.f16_k_base(l) + h * hs,
+            ko..ko + geom.k_chunk_bytes(f),
+            false,
+        ),
+        (
+            geom.f16_v_base(l) + h * hs,
+            vo..vo + geom.v_chunk_bytes(f),
+            true,
+        ),
+    ]
+}
+
 /// Encodes a whole f16 block (`geom`'s f16 layout) into format `f` (`nt` tokens present).
 pub fn encode_block(f: KvFormat, geom: &BlockGeom, src: &[u16], nt: usize, dst: &mut [u8]) {
     assert!(f != KvFormat::F16 && f.supports(geom));
     assert_eq!(dst.len(), geom.block_bytes(f));
     let hs = geom.head_stride();
     let mut tmp = vec![0.0f32; hs];
+    let isa = Isa::detect();
     for l in 0..geom.n_layers {
         for h in 0..geom.n_kv_heads {
-            let k = &src[geom.f16_k_base(l) + h * hs..][..hs];
-            crate::simd::f16_to_f32(Isa::Portable, k, &mut tmp);
-            let o = geom.q_k_offset(f, l, h);
-            quantize_k(f, geom, &tmp, nt, &mut dst[o..o + geom.k_chunk_bytes(f)]);
-            let v = &src[geom.f16_v_base(l) + h * hs..][..hs];
-            crate::simd::f16_to_f32(Isa::Portable, v, &mut tmp);
-            let o = geom.q_v_offset(f, l, h);
-            quantize_v(f, geom, &tmp, nt, &mut dst[o..o + geom.v_chunk_bytes(f)]);
+            for (off, bytes, values) in sides(geom, f, l, h) {
+                crate::simd::f16_to_f32(isa, &src[off..off + hs], &mut tmp);
+                let quantize = if values { quantize_v } else { quantize_k };
+                quantize(f, geom, &tmp, nt, &mut dst[bytes]);
+            }
         }
     }
 }
@@ -418,53 +438,35 @@ pub fn encode_block(f: KvFormat, geom: &BlockGeom, src: &[u16], nt: usize, dst: 
 pub fn decode_block(f: KvFormat, geom: &BlockGeom, src: &[u8], dst: &mut [u16]) {
     assert!(f != KvFormat::F16);
     let hs = geom.head_stride();
-    let bt = geom.block_tokens;
     let mut tmp = vec![0.0f32; hs];
     let isa = Isa::detect();
     for l in 0..geom.n_layers {
         for h in 0..geom.n_kv_heads {
-            let o = geom.q_k_offset(f, l, h);
-            dequantize_k(
-                isa,
-                f,
-                geom,
-                &src[o..o + geom.k_chunk_bytes(f)],
-                bt,
-                &mut tmp,
-            );
-            crate::simd::f32_to_f16(isa, &tmp, &mut dst[geom.f16_k_base(l) + h * hs..][..hs]);
-            let o = geom.q_v_offset(f, l, h);
-            dequantize_v(
-                isa,
-                f,
-                geom,
-                &src[o..o + geom.v_chunk_bytes(f)],
-                bt,
-                &mut tmp,
-            );
-            crate::simd::f32_to_f16(isa, &tmp, &mut dst[geom.f16_v_base(l) + h * hs..][..hs]);
+            for (off, bytes, values) in sides(geom, f, l, h) {
+                let dequantize = if values { dequantize_v } else { dequantize_k };
+                dequantize(isa, f, geom, &src[bytes], geom.block_tokens, &mut tmp);
+                crate::simd::f32_to_f16(isa, &tmp, &mut dst[off..off + hs]);
+            }
         }
     }
 }
 
-/// Converts any format's block to another (through f16).
+/// Re-encodes any block in the quantized format `to` (through f16 when `from` is itself
+/// quantized). Promotion to f16 is [`decode_block`].
 pub fn transcode(geom: &BlockGeom, from: KvBlock<'_>, to: KvFormat, nt: usize) -> Vec<u8> {
-    let f16_block: Vec<u16> = match from {
-        KvBlock::F16(s) => s.to_vec(),
+    let decoded: Vec<u16>;
+    let src: &[u16] = match from {
+        KvBlock::F16(s) => s,
         KvBlock::Quant(f, b) => {
             let mut d = vec![0u16; geom.block_bytes(KvFormat::F16) / 2];
             decode_block(f, geom, b, &mut d);
-            d
+            decoded = d;
+            &decoded
         }
     };
-    match to {
-        KvFormat::F16 => f16_block.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        f => {
-            let mut out = vec![0u8; geom.block_bytes(f)];
-            encode_block(f, geom, &f16_block, nt, &mut out);
-            out
-        }
-    }
+    let mut out = vec![0u8; geom.block_bytes(to)];
+    encode_block(to, geom, src, nt, &mut out);
+    out
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 //! ```
 
 mod layout;
+mod mix;
 pub mod policy;
 mod pool;
 mod prefix;
@@ -35,6 +36,7 @@ mod seq;
 pub use kernels::kvquant::{KvBlock, KvFormat};
 pub use kvdisk::{BlockStore, Compression};
 pub use layout::{KvLayout, LayoutError};
+pub use mix::TierMix;
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
 pub use prefix::block_hash;
-pub use seq::{KvCache, KvError, SeqId, TierMix};
+pub use seq::{KvCache, KvError, SeqId};

@@ -18,6 +18,8 @@
 //! if a file proves corrupt, recomputed) when it runs again. Every step is returned as a
 //! [`Decision`] with its factors, for metrics and the debug log.
 
+use std::collections::HashSet;
+
 use kernels::kvquant::KvFormat;
 use kvdisk::{BlockStore, Compression};
 
@@ -123,17 +125,18 @@ impl KvCache {
     /// Scores every candidate block (see the module doc), best to give up first.
     pub fn eviction_scores(&self, w: &Weights, rates: &Rates) -> Vec<(BlockId, f64, [f64; 5])> {
         let bt = self.layout().block_tokens();
+        let (running, parked): (Vec<_>, Vec<_>) = self.seqs.values().partition(|s| s.running);
+        // Blocks of running sequences are never candidates; `taken` also stops a block
+        // shared by two parked sequences from being listed twice.
+        let mut taken: HashSet<BlockId> = running
+            .iter()
+            .flat_map(|s| s.blocks.iter().copied())
+            .collect();
         let mut cands: Vec<Candidate> = Vec::new();
-        for seq in self.seq_ids() {
-            if self.is_running(seq) {
-                continue;
-            }
-            for (b, &id) in self.seq_blocks(seq).unwrap_or(&[]).iter().enumerate() {
+        for s in parked {
+            for (b, &id) in s.blocks.iter().enumerate() {
                 let m = self.pool().meta(id);
-                if m.pins > 0 || m.tier == Tier::Disk || cands.iter().any(|c| c.id == id) {
-                    continue;
-                }
-                if self.shared_with_running(id) {
+                if m.pins > 0 || m.tier == Tier::Disk || !taken.insert(id) {
                     continue;
                 }
                 cands.push(Candidate {
@@ -213,31 +216,26 @@ impl KvCache {
                 }
                 let before = self.pool().storage_bytes();
                 let m = self.pool().meta(id);
-                let action = match (m.format, m.compressed) {
+                let mut action = match (m.format, m.compressed) {
                     (KvFormat::F16, _) => Action::Demote(KvFormat::F16, KvFormat::Q8),
                     (KvFormat::Q8, _) => Action::Demote(KvFormat::Q8, KvFormat::Q4),
                     (KvFormat::Q4, _) => Action::Demote(KvFormat::Q4, KvFormat::Q2),
                     (f, false) if codec != Compression::None => Action::Compress(f),
-                    _ if store.is_some() => Action::Spill,
-                    _ => continue,
+                    _ => Action::Spill,
                 };
                 match action {
                     Action::Demote(_, to) => self.pool_mut().set_format(id, to)?,
                     Action::Compress(_) => self.pool_mut().compress(id, codec)?,
-                    Action::Spill => {
-                        let key = spill_key(self, id);
-                        self.pool_mut()
-                            .spill(id, store.expect("checked above"), key)?
-                    }
+                    Action::Spill => {}
                 }
-                let m = self.pool().meta(id);
-                if matches!(action, Action::Compress(_)) && !m.compressed {
-                    // Incompressible: next round spills it instead (if a store is open).
-                    if store.is_none() {
-                        continue;
-                    }
+                // Incompressible blocks (kept as they were) go to disk instead.
+                if matches!(action, Action::Compress(_)) && !self.pool().meta(id).compressed {
+                    action = Action::Spill;
+                }
+                if action == Action::Spill {
+                    let Some(st) = store else { continue };
                     let key = spill_key(self, id);
-                    self.pool_mut().spill(id, store.expect("checked"), key)?;
+                    self.pool_mut().spill(id, st, key)?;
                 }
                 let got = before.saturating_sub(self.pool().storage_bytes());
                 freed += got;

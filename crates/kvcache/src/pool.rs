@@ -441,14 +441,10 @@ impl BlockPool {
         let view = self.view(id)?;
         let new = match (view, format) {
             (KvBlock::F16(_), KvFormat::F16) => return Ok(()),
-            (v, KvFormat::F16) => {
-                let bytes = kvquant::transcode(&geom, v, KvFormat::F16, nt);
-                Storage::F16(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                        .collect(),
-                )
+            (KvBlock::Quant(from, b), KvFormat::F16) => {
+                let mut d = vec![0u16; self.layout.block_elems()].into_boxed_slice();
+                kvquant::decode_block(from, &geom, b, &mut d);
+                Storage::F16(d)
             }
             (v, f) => Storage::Quant(f, kvquant::transcode(&geom, v, f, nt).into_boxed_slice()),
         };
@@ -505,21 +501,11 @@ impl BlockPool {
     /// Writes a resident quantized block to `store` under `key` and frees its RAM.
     pub fn spill(&mut self, id: BlockId, store: &BlockStore, key: u64) -> Result<(), KvError> {
         self.decompress(id)?;
-        let (format, payload) = match &self.storage[id.0 as usize] {
-            Storage::Quant(f, b) => (*f, encode_payload(*f, self.metas[id.0 as usize].filled, b)),
-            Storage::F16(b) => (
-                KvFormat::F16,
-                encode_payload(
-                    KvFormat::F16,
-                    self.metas[id.0 as usize].filled,
-                    &b.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-                ),
-            ),
-            _ => return Err(KvError::NotResident(id)),
-        };
+        let payload = self.payload(id)?;
         store
             .put(key, &payload)
             .map_err(|e| KvError::Disk(e.to_string()))?;
+        let format = self.metas[id.0 as usize].format;
         self.set_storage(id, Storage::Disk { format, key });
         self.sync_reservation();
         Ok(())
@@ -536,22 +522,27 @@ impl BlockPool {
             Ok(None) => return Err(KvError::Lost(id, "block file missing".into())),
             Err(e) => return Err(KvError::Lost(id, e.to_string())),
         };
-        let (f, filled, body) = decode_payload(&payload, &self.layout)
-            .ok_or_else(|| KvError::Lost(id, "block payload does not match the layout".into()))?;
-        if f != format {
-            return Err(KvError::Lost(id, "block file holds another format".into()));
-        }
-        let s = make_storage(f, body);
-        self.grow_account(s.ram_bytes())?;
-        self.set_storage(id, s);
-        self.metas[id.0 as usize].filled = filled;
-        Ok(())
+        self.install_payload(id, &payload, Some(format))
     }
 
     /// Fills a fresh block from a verified disk payload (prefix reuse across runs).
     pub(crate) fn fill_from_payload(&mut self, id: BlockId, payload: &[u8]) -> Result<(), KvError> {
+        self.install_payload(id, payload, None)
+    }
+
+    /// Replaces block `id`'s storage with a payload's, if it matches the layout (and
+    /// `expect`, when given); the ledger must grant any growth.
+    fn install_payload(
+        &mut self,
+        id: BlockId,
+        payload: &[u8],
+        expect: Option<KvFormat>,
+    ) -> Result<(), KvError> {
         let (f, filled, body) = decode_payload(payload, &self.layout)
             .ok_or_else(|| KvError::Lost(id, "block payload does not match the layout".into()))?;
+        if expect.is_some_and(|e| e != f) {
+            return Err(KvError::Lost(id, "block file holds another format".into()));
+        }
         let s = make_storage(f, body);
         let had = self.storage[id.0 as usize].ram_bytes();
         self.grow_account(s.ram_bytes().saturating_sub(had))?;
@@ -561,7 +552,7 @@ impl BlockPool {
         Ok(())
     }
 
-    /// The payload [`BlockPool::spill`] would write for a resident block.
+    /// The payload [`BlockPool::spill`] writes for a resident block.
     pub(crate) fn payload(&self, id: BlockId) -> Result<Vec<u8>, KvError> {
         let filled = self.metas[id.0 as usize].filled;
         match &self.storage[id.0 as usize] {

@@ -1,5 +1,5 @@
-//! Sequences over the block pool: block tables, reservation, fork, removal, prefix
-//! sharing and the per-sequence tier mix.
+//! Sequences over the block pool: block tables, reservation, writes, fork, removal and
+//! context shift. Prefix sharing lives in `prefix`, the tier mix in `mix`.
 //!
 //! Verbs follow llama.cpp's memory interface (`seq_remove`, `seq_copy`, `seq_keep`,
 //! `seq_shift`). Growing a sequence is all-or-nothing: [`KvCache::seq_reserve`] either
@@ -21,7 +21,6 @@ use kvdisk::BlockStore;
 
 use crate::layout::KvLayout;
 use crate::pool::{BlockId, BlockPool, Tier};
-use crate::prefix::block_hash;
 
 /// A sequence's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,88 +64,25 @@ pub enum KvError {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Sequence {
-    blocks: Vec<BlockId>,
-    reserved_tokens: usize,
+pub(crate) struct Sequence {
+    pub(crate) blocks: Vec<BlockId>,
+    pub(crate) reserved_tokens: usize,
     /// Leading blocks already hashed (published).
-    hashed_blocks: usize,
+    pub(crate) hashed_blocks: usize,
     /// A running sequence's blocks are never chosen by pressure.
-    running: bool,
-}
-
-/// Precision by age inside one sequence: the default "tiered mix".
-///
-/// Counting full blocks from the start of the sequence: the first `sink_blocks` (the
-/// attention sink) keep `sink_format`; the last `hot_tokens` tokens stay f16 (the residual
-/// window, which always includes the partial block being written); the `warm_tokens`
-/// before them are int8, the `cool_tokens` before those int4; everything older is
-/// `cold_format`. Blocks only ever move down.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TierMix {
-    pub sink_blocks: usize,
-    pub sink_format: KvFormat,
-    pub hot_tokens: usize,
-    pub warm_tokens: usize,
-    pub cool_tokens: usize,
-    pub cold_format: KvFormat,
-}
-
-impl TierMix {
-    /// Every block stays in `f` (apart from the block being written, which is f16).
-    pub fn uniform(f: KvFormat) -> Self {
-        TierMix {
-            sink_blocks: 0,
-            sink_format: f,
-            hot_tokens: 0,
-            warm_tokens: 0,
-            cool_tokens: 0,
-            cold_format: f,
-        }
-    }
-
-    /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
-    pub fn format_for(&self, b: usize, len: usize, bt: usize) -> KvFormat {
-        let end = (b + 1) * bt; // one past the block's last token
-        if end > len {
-            return KvFormat::F16; // partial: still being written
-        }
-        let age = len - end; // tokens after this block
-        if age < self.hot_tokens {
-            return KvFormat::F16;
-        }
-        if b < self.sink_blocks {
-            return self.sink_format;
-        }
-        if age < self.hot_tokens + self.warm_tokens {
-            return KvFormat::Q8.min(self.cold_format);
-        }
-        if age < self.hot_tokens + self.warm_tokens + self.cool_tokens {
-            return KvFormat::Q4.min(self.cold_format);
-        }
-        self.cold_format
-    }
-
-    /// Average RAM bytes per token of a sequence of `len` tokens under this mix.
-    pub fn bytes_per_token(&self, layout: &KvLayout, len: usize) -> f64 {
-        let bt = layout.block_tokens();
-        let n = len.div_ceil(bt);
-        let total: u64 = (0..n)
-            .map(|b| layout.block_bytes_in(self.format_for(b, len, bt)))
-            .sum();
-        total as f64 / len.max(1) as f64
-    }
+    pub(crate) running: bool,
 }
 
 /// The KV cache: a block pool, the block tables of live sequences, and the index of
 /// full blocks by chained prefix hash.
 #[derive(Debug)]
 pub struct KvCache {
-    pool: BlockPool,
-    seqs: BTreeMap<SeqId, Sequence>,
+    pub(crate) pool: BlockPool,
+    pub(crate) seqs: BTreeMap<SeqId, Sequence>,
     next_seq: u32,
-    index: HashMap<u64, BlockId>,
+    pub(crate) index: HashMap<u64, BlockId>,
     /// Tokens whose KV was taken from shared blocks instead of being computed.
-    reused_tokens: u64,
+    pub(crate) reused_tokens: u64,
 }
 
 impl KvCache {
@@ -354,23 +290,6 @@ impl KvCache {
         Ok(())
     }
 
-    /// Moves the full blocks of `seq` to the formats `mix` gives them (down only).
-    /// Returns the RAM bytes freed.
-    pub fn seq_apply_mix(&mut self, seq: SeqId, mix: &TierMix) -> Result<u64, KvError> {
-        let s = self.get(seq)?;
-        let (blocks, len) = (s.blocks.clone(), s.reserved_tokens);
-        let bt = self.layout().block_tokens();
-        let before = self.pool.storage_bytes();
-        for (b, id) in blocks.into_iter().enumerate() {
-            let want = mix.format_for(b, len, bt);
-            let m = self.pool.meta(id);
-            if want > m.format && m.tier != Tier::Disk && !m.compressed {
-                self.pool.set_format(id, want)?;
-            }
-        }
-        Ok(before.saturating_sub(self.pool.storage_bytes()))
-    }
-
     /// Forks `src`: the new sequence shares every full block and gets its own copy of a
     /// partial last block (so neither writes into a shared block).
     pub fn seq_copy(&mut self, src: SeqId) -> Result<SeqId, KvError> {
@@ -418,7 +337,7 @@ impl KvCache {
         Ok(id)
     }
 
-    fn release(&mut self, id: BlockId) {
+    pub(crate) fn release(&mut self, id: BlockId) {
         if let Some(h) = self.pool.release(id)
             && self.index.get(&h) == Some(&id)
         {
@@ -531,156 +450,11 @@ impl KvCache {
         Ok(())
     }
 
-    /// Publishes `seq`'s full blocks for sharing: `tokens` are the sequence's token ids
-    /// from position 0 (at least its full blocks), `digest` identifies the model. Each
-    /// full block gets the chained hash H(parent, its tokens, digest). If an identical
-    /// block is already indexed, this sequence switches to it (deduplication) and its own
-    /// copy is freed.
-    pub fn seq_publish(&mut self, seq: SeqId, tokens: &[u32], digest: u64) -> Result<(), KvError> {
-        let bt = self.layout().block_tokens();
-        let s = self.get(seq)?;
-        let full = s.reserved_tokens.min(tokens.len()) / bt;
-        let mut b = s.hashed_blocks;
-        let mut parent = if b == 0 {
-            0
-        } else {
-            self.pool.meta(s.blocks[b - 1]).hash.unwrap_or(0)
-        };
-        while b < full {
-            let id = self.seqs[&seq].blocks[b];
-            if (self.pool.meta(id).filled as usize) < bt {
-                break;
-            }
-            let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], digest);
-            match self.index.get(&h).copied() {
-                Some(other) if other != id => {
-                    self.pool.retain(other);
-                    self.seqs.get_mut(&seq).expect("checked").blocks[b] = other;
-                    self.release(id);
-                }
-                Some(_) => {}
-                None => {
-                    if self.pool.meta(id).hash.is_none() {
-                        self.pool.meta_mut(id).hash = Some(h);
-                        self.index.insert(h, id);
-                    }
-                }
-            }
-            parent = h;
-            b += 1;
-            self.seqs.get_mut(&seq).expect("checked").hashed_blocks = b;
-        }
-        self.debug_check();
-        Ok(())
-    }
-
-    /// For an empty `seq`: attaches the longest run of indexed blocks matching `tokens`
-    /// from position 0 (at most `max_tokens`), so those tokens need no prefill. Returns
-    /// the tokens attached.
-    pub fn seq_attach_prefix(
-        &mut self,
-        seq: SeqId,
-        tokens: &[u32],
-        digest: u64,
-        max_tokens: usize,
-    ) -> Result<usize, KvError> {
-        let bt = self.layout().block_tokens();
-        if self.get(seq)?.reserved_tokens != 0 {
-            return Ok(0);
-        }
-        let mut parent = 0;
-        let mut got = Vec::new();
-        for chunk in tokens[..max_tokens.min(tokens.len())].chunks_exact(bt) {
-            let h = block_hash(parent, chunk, digest);
-            let Some(&id) = self.index.get(&h) else { break };
-            got.push(id);
-            parent = h;
-        }
-        for &id in &got {
-            self.pool.retain(id);
-            self.pool.touch(id);
-        }
-        let n = got.len() * bt;
-        let s = self.seqs.get_mut(&seq).expect("checked");
-        s.hashed_blocks = got.len();
-        s.blocks = got;
-        s.reserved_tokens = n;
-        self.reused_tokens += n as u64;
-        self.debug_check();
-        Ok(n)
-    }
-
-    /// Like [`KvCache::seq_attach_prefix`], continuing from the disk store: blocks whose
-    /// chained hash has a verified file are loaded into fresh blocks and indexed. A
-    /// corrupt file ends the match (it is removed by the store and recomputed).
-    pub fn seq_attach_from_disk(
-        &mut self,
-        seq: SeqId,
-        tokens: &[u32],
-        digest: u64,
-        max_tokens: usize,
-        store: &BlockStore,
-    ) -> Result<usize, KvError> {
-        let bt = self.layout().block_tokens();
-        let mut n = self.seq_attach_prefix(seq, tokens, digest, max_tokens)?;
-        let mut parent = match self.get(seq)?.blocks.last() {
-            Some(&id) => self.pool.meta(id).hash.unwrap_or(0),
-            None => 0,
-        };
-        while n + bt <= max_tokens.min(tokens.len()) {
-            let h = block_hash(parent, &tokens[n..n + bt], digest);
-            let Ok(Some(payload)) = store.get(h) else {
-                break;
-            };
-            if self.pool.free_blocks() == 0 {
-                break;
-            }
-            self.pool.account_for(1)?;
-            let id = self.pool.alloc().expect("checked free");
-            if self.pool.fill_from_payload(id, &payload).is_err() {
-                self.release(id);
-                break;
-            }
-            self.pool.meta_mut(id).hash = Some(h);
-            self.index.insert(h, id);
-            let s = self.seqs.get_mut(&seq).expect("checked");
-            s.blocks.push(id);
-            s.reserved_tokens += bt;
-            s.hashed_blocks += 1;
-            self.reused_tokens += bt as u64;
-            parent = h;
-            n += bt;
-        }
-        self.debug_check();
-        Ok(n)
-    }
-
-    /// Writes `seq`'s published blocks to `store` (those not already there), so a later
-    /// run with the same prefix can skip its prefill. Returns blocks written.
-    pub fn seq_persist(&mut self, seq: SeqId, store: &BlockStore) -> Result<usize, KvError> {
-        let blocks = self.get(seq)?.blocks.clone();
-        let mut written = 0;
-        for id in blocks {
-            let Some(h) = self.pool.meta(id).hash else {
-                break;
-            };
-            if store.contains(h) {
-                continue;
-            }
-            let payload = self.pool.payload(id)?;
-            store
-                .put(h, &payload)
-                .map_err(|e| KvError::Disk(e.to_string()))?;
-            written += 1;
-        }
-        Ok(written)
-    }
-
-    fn get(&self, seq: SeqId) -> Result<&Sequence, KvError> {
+    pub(crate) fn get(&self, seq: SeqId) -> Result<&Sequence, KvError> {
         self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))
     }
 
-    fn debug_check(&self) {
+    pub(crate) fn debug_check(&self) {
         #[cfg(debug_assertions)]
         self.check_invariants();
     }

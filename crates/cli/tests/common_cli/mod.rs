@@ -1,5 +1,5 @@
-//! Helpers the binary's health, monitor and metrics tests share: running llmem,
-//! temporary folders and child processes that clean up, HTTP exchanges.
+//! Helpers the binary's tests share: running llmem, the real model, temporary folders
+//! and child processes that clean up, HTTP exchanges.
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -30,6 +30,41 @@ pub fn llmem(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run llmem")
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model, fetched by the project's script (skips outside CI when offline).
+pub fn model() -> Option<PathBuf> {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/fetch-model.sh"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        }
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "could not fetch the model: {other:?}"
+            );
+            eprintln!("SKIPPED: could not fetch the model: {other:?}");
+            None
+        }
+    }
+}
+
+/// The JSON a successful run printed.
+pub fn json_of(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "llmem failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
 }
 
 pub fn stdout_of(out: &Output) -> String {

@@ -1,0 +1,89 @@
+//! The tier mix: which precision each block of a sequence gets by its age.
+
+use kernels::kvquant::KvFormat;
+
+use crate::layout::KvLayout;
+use crate::pool::Tier;
+use crate::seq::{KvCache, KvError, SeqId};
+
+/// Precision by age inside one sequence: the default "tiered mix".
+///
+/// Counting full blocks from the start of the sequence: the first `sink_blocks` (the
+/// attention sink) keep `sink_format`; the last `hot_tokens` tokens stay f16 (the residual
+/// window, which always includes the partial block being written); the `warm_tokens`
+/// before them are int8, the `cool_tokens` before those int4; everything older is
+/// `cold_format`. Blocks only ever move down.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TierMix {
+    pub sink_blocks: usize,
+    pub sink_format: KvFormat,
+    pub hot_tokens: usize,
+    pub warm_tokens: usize,
+    pub cool_tokens: usize,
+    pub cold_format: KvFormat,
+}
+
+impl TierMix {
+    /// Every block stays in `f` (apart from the block being written, which is f16).
+    pub fn uniform(f: KvFormat) -> Self {
+        TierMix {
+            sink_blocks: 0,
+            sink_format: f,
+            hot_tokens: 0,
+            warm_tokens: 0,
+            cool_tokens: 0,
+            cold_format: f,
+        }
+    }
+
+    /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
+    pub fn format_for(&self, b: usize, len: usize, bt: usize) -> KvFormat {
+        let end = (b + 1) * bt; // one past the block's last token
+        if end > len {
+            return KvFormat::F16; // partial: still being written
+        }
+        let age = len - end; // tokens after this block
+        if age < self.hot_tokens {
+            return KvFormat::F16;
+        }
+        if b < self.sink_blocks {
+            return self.sink_format;
+        }
+        if age < self.hot_tokens + self.warm_tokens {
+            return KvFormat::Q8.min(self.cold_format);
+        }
+        if age < self.hot_tokens + self.warm_tokens + self.cool_tokens {
+            return KvFormat::Q4.min(self.cold_format);
+        }
+        self.cold_format
+    }
+
+    /// Average RAM bytes per token of a sequence of `len` tokens under this mix.
+    pub fn bytes_per_token(&self, layout: &KvLayout, len: usize) -> f64 {
+        let bt = layout.block_tokens();
+        let n = len.div_ceil(bt);
+        let total: u64 = (0..n)
+            .map(|b| layout.block_bytes_in(self.format_for(b, len, bt)))
+            .sum();
+        total as f64 / len.max(1) as f64
+    }
+}
+
+impl KvCache {
+    /// Moves the full blocks of `seq` to the formats `mix` gives them (down only).
+    /// Returns the RAM bytes freed.
+    pub fn seq_apply_mix(&mut self, seq: SeqId, mix: &TierMix) -> Result<u64, KvError> {
+        let s = self.get(seq)?;
+        let (blocks, len) = (s.blocks.clone(), s.reserved_tokens);
+        let bt = self.layout().block_tokens();
+        let before = self.pool.storage_bytes();
+        for (b, id) in blocks.into_iter().enumerate() {
+            let want = mix.format_for(b, len, bt);
+            let m = self.pool.meta(id);
+            if want > m.format && m.tier != Tier::Disk && !m.compressed {
+                self.pool.set_format(id, want)?;
+            }
+        }
+        Ok(before.saturating_sub(self.pool.storage_bytes()))
+    }
+}
