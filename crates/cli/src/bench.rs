@@ -38,6 +38,13 @@ pub struct MemoryArgs {
     /// Write an SVG plot of bandwidth and latency against working-set size.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also measure the disk tier (write with fsync, read with the page cache dropped;
+    /// a 256 MiB file in the cache directory).
+    #[arg(long)]
+    pub disk: bool,
+    /// Do not save the rates for the planner and the KV eviction score.
+    #[arg(long)]
+    pub no_save: bool,
 }
 
 /// Cache sizes as the probe reads them, in the form the memory bench wants.
@@ -84,6 +91,27 @@ fn memory(a: &MemoryArgs) -> Result<(), CliError> {
     } else {
         print!("{}", report.to_table());
     }
+    let disk = if a.disk {
+        let cfg = membench::DiskConfig::in_cache_dir()
+            .map_err(|e| CliError::Runtime(anyhow::anyhow!("disk tier: {e}")))?;
+        let d = membench::measure_disk(&cfg)
+            .map_err(|e| CliError::Runtime(anyhow::anyhow!("disk tier: {e}")))?;
+        eprintln!(
+            "disk tier: write+fsync {:.2} GB/s, read {:.2} GB/s (median; page cache dropped: {})",
+            d.write_fsync_gb_s.median, d.read_gb_s.median, d.cache_dropped
+        );
+        Some(d)
+    } else {
+        None
+    };
+    if !a.no_save {
+        let copy = report.largest_gb_s(membench::Op::Copy);
+        let path = crate::tier::update(|t| {
+            t.dram_copy_gb_s = copy.or(t.dram_copy_gb_s);
+            t.disk = disk.or(t.disk);
+        })?;
+        eprintln!("tier rates saved to {}", path.display());
+    }
     Ok(())
 }
 
@@ -108,6 +136,9 @@ pub struct InferArgs {
     pub depth: usize,
     #[arg(long)]
     pub json: bool,
+    /// Do not save the prefill rate (the KV eviction score's recompute cost).
+    #[arg(long)]
+    pub no_save: bool,
 }
 
 #[derive(Serialize)]
@@ -238,6 +269,14 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
         depth: a.depth,
         machine: MachineInfo::detect(),
     };
+    if !a.no_save {
+        let key = crate::tier::model_key(tm.model.digest);
+        let rate = report.pp512_tok_s;
+        let path = crate::tier::update(|t| {
+            t.prefill_tok_s.insert(key, rate);
+        })?;
+        eprintln!("prefill rate saved to {}", path.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

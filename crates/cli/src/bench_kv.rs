@@ -48,6 +48,9 @@ pub struct KvArgs {
     pub threads: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// Do not save the codec and compressor rates (the KV eviction score's reload costs).
+    #[arg(long)]
+    pub no_save: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -283,6 +286,10 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         }
     }
     let (codecs, compressors) = codec_rates(&mut base, &all[..a.ctx.min(all.len())])?;
+    if !a.no_save {
+        let path = save_rates(&codecs, &compressors)?;
+        eprintln!("codec rates saved to {}", path.display());
+    }
     let report = KvReport {
         model: crate::bench::file_name(&a.model),
         text: crate::bench::file_name(&a.text),
@@ -345,6 +352,47 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Files the codec rates and the compressors' rates on the cold (4-bit) tier's blocks,
+/// zstd at its fastest measured level.
+fn save_rates(
+    codecs: &[CodecReport],
+    compressors: &[CompressorReport],
+) -> Result<std::path::PathBuf, CliError> {
+    use membench::{CodecKind, CodecThroughput, CompressorKind, CompressorThroughput};
+    crate::tier::update(|t| {
+        for c in codecs {
+            let kind = match c.name {
+                "int8" => CodecKind::Int8,
+                "int4" => CodecKind::Int4,
+                "int2" => CodecKind::Int2,
+                _ => continue,
+            };
+            let rate = CodecThroughput {
+                quantize_gb_s: c.quantize_gb_s,
+                dequantize_gb_s: c.dequantize_gb_s,
+            };
+            t.codecs.insert(kind, rate);
+        }
+        let mut zstd_seen = false;
+        for c in compressors.iter().filter(|c| c.on == "int4") {
+            let kind = match c.name.split(':').next() {
+                Some("lz4") => CompressorKind::Lz4,
+                Some("zstd") if !zstd_seen => {
+                    zstd_seen = true;
+                    CompressorKind::Zstd
+                }
+                _ => continue,
+            };
+            let rate = CompressorThroughput {
+                compress_gb_s: c.compress_gb_s,
+                decompress_gb_s: c.decompress_gb_s,
+                ratio: c.ratio,
+            };
+            t.compressors.insert(kind, rate);
+        }
+    })
 }
 
 /// Quantize/dequantize and compressor rates on the f16 blocks of one real chunk.

@@ -218,6 +218,11 @@ struct PlanReport {
     shortfall_bytes: u64,
     fits_by_kv_type: Vec<Fit>,
     suggestions: Vec<String>,
+    /// Main-memory copy rate saved by `llmem bench memory` on this CPU, GB/s.
+    memory_copy_gb_s: Option<f64>,
+    /// Upper bound on decode speed per sequence at full context from that rate: each
+    /// generated token reads every weight and the sequence's whole KV cache once.
+    decode_bound_tok_s: Option<f64>,
 }
 
 /// What would make `need` fit in `budget`, cheapest first.
@@ -279,6 +284,8 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
     let f = facts(&a.model)?;
     let p = plan(&f.input(a.ctx, a.seqs, a.kv_type, threads));
     let fits = p.total_bytes <= budget_bytes;
+    let copy = crate::tier::load().and_then(|t| t.dram_copy_gb_s);
+    let per_token = p.weights_bytes + p.kv_bytes / a.seqs as u64;
     let report = PlanReport {
         model: a.model.display().to_string(),
         ctx: a.ctx,
@@ -304,6 +311,8 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
             })
             .collect(),
         suggestions: suggestions(&f, &p, budget_bytes, a.ctx, a.seqs, a.kv_type, threads),
+        memory_copy_gb_s: copy,
+        decode_bound_tok_s: copy.map(|g| g * 1e9 / per_token.max(1) as f64),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -346,6 +355,13 @@ fn print_table(r: &PlanReport) {
         println!("fits, with {} to spare", b(r.budget_bytes - r.total_bytes));
     } else {
         println!("does NOT fit: short by {}", b(r.shortfall_bytes));
+    }
+    match (r.decode_bound_tok_s, r.memory_copy_gb_s) {
+        (Some(t), Some(g)) => println!(
+            "decode at most {t:.0} tok/s per sequence at full context (weights + its KV read \
+             once per token at the measured {g:.1} GB/s memory rate)"
+        ),
+        _ => println!("run `llmem bench memory` once for a decode-speed bound"),
     }
     println!(
         "\n  kv type   bytes/token   largest ctx   seqs at ctx {}",

@@ -209,10 +209,14 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         ..SessionConfig::new(a.ctx, threads, 512)
     };
     let mut session = Session::with_accounts(&tm.model, cfg, &accounts)?;
+    session.set_rates(crate::tier::rates(
+        crate::tier::load().as_ref(),
+        tm.model.digest,
+    ));
     if let Some(dir) = &a.kv_dir {
         let store = kvcache::BlockStore::open(dir, tm.model.digest, kvcache::Compression::None)
             .with_context(|| format!("opening the KV directory {}", dir.display()))?;
-        session.set_store(store);
+        session.set_store(store)?;
     }
     let reused = session.attach_prefix(&ids)?;
     let load_s = t_load.elapsed().as_secs_f64();

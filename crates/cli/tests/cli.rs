@@ -18,6 +18,15 @@ fn llmem(args: &[&str]) -> Output {
         .expect("llmem starts")
 }
 
+/// [`llmem`] with the user's cache directory (where measured rates are saved) at `cache`.
+fn llmem_cached(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmem"))
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .expect("llmem starts")
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -386,25 +395,16 @@ fn max_tokens_zero_generates_nothing() {
     }
 }
 
+/// `bench infer` on the tiny model: one repetition, a 32-token prompt.
+fn tiny_infer() -> [&'static str; 8] {
+    let m = tiny_model();
+    ["bench", "infer", "--model", m, "--reps", "1", "--pp", "32"]
+}
+
 #[test]
 fn bench_infer_reports_the_three_figures() {
-    let o = llmem(&[
-        "bench",
-        "infer",
-        "--model",
-        tiny_model(),
-        "--reps",
-        "1",
-        "--pp",
-        "32",
-        "--tg",
-        "8",
-        "--depth",
-        "64",
-        "--json",
-        "--threads",
-        "2",
-    ]);
+    let args = [&tiny_infer()[..], &["--tg", "8", "--depth", "64", "--json"]];
+    let o = llmem(&[&args.concat()[..], &["--threads", "2", "--no-save"]].concat());
     let r = json(&o);
     for key in ["pp512_tok_s", "tg128_tok_s", "tg128_d4096_tok_s"] {
         let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} in {r}"));
@@ -412,6 +412,60 @@ fn bench_infer_reports_the_three_figures() {
     }
     assert_eq!(r["threads"].as_u64(), Some(2));
     assert!(r["machine"]["cpu"].is_string() && r["machine"]["logical_cores"].as_u64() > Some(0));
+}
+
+#[test]
+fn benches_save_measured_rates_that_plan_reads() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = cache.path().join("llmem/tier-throughput.json");
+    // No rates yet: plan says how to get a bound.
+    let p = json(&llmem_cached(
+        cache.path(),
+        &["plan", "--model", tiny_model(), "--json"],
+    ));
+    assert!(p["decode_bound_tok_s"].is_null());
+    let m = llmem_cached(
+        cache.path(),
+        &[
+            "bench",
+            "memory",
+            "--sizes",
+            "64K,8M",
+            "--reps",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    let args = tiny_infer();
+    let i = llmem_cached(
+        cache.path(),
+        &[&args[..], &["--tg", "4", "--depth", "0"]].concat(),
+    );
+    assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(t["schema_version"], 1);
+    let copy = t["dram_copy_gb_s"].as_f64().unwrap();
+    assert!(copy > 0.0, "{t}");
+    let prefill = t["prefill_tok_s"].as_object().unwrap();
+    assert_eq!(prefill.len(), 1, "{t}");
+    assert!(prefill.values().all(|v| v.as_f64().unwrap() > 0.0));
+    // The bench memory run's rate survived the infer run's update, and plan uses it.
+    let p = json(&llmem_cached(
+        cache.path(),
+        &["plan", "--model", tiny_model(), "--json"],
+    ));
+    assert_eq!(p["memory_copy_gb_s"].as_f64(), Some(copy));
+    let need = (p["weights_bytes"].as_u64().unwrap() + p["kv_bytes"].as_u64().unwrap()) as f64;
+    let bound = p["decode_bound_tok_s"].as_f64().unwrap();
+    assert!((bound - copy * 1e9 / need).abs() <= 1e-6 * bound, "{bound}");
+    // A damaged file is reported and ignored, never fatal.
+    std::fs::write(&file, "{ not json").unwrap();
+    let o = llmem_cached(cache.path(), &["plan", "--model", tiny_model(), "--json"]);
+    assert!(json(&o)["decode_bound_tok_s"].is_null());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ignoring saved tier rates"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 mod common_cli;
 
-use common_cli::{PathBuf, Value, json_of as json, llmem, model, root};
+use common_cli::{PathBuf, Value, json_of as json, llmem, llmem_cached, model, root};
 
 const PROMPT: &str = "The licence grants every recipient the right to copy, modify and \
     distribute the work, provided that the notice is kept intact and that any changes are \
@@ -97,25 +97,29 @@ fn kv_types_shrink_the_cache_and_bench_kv_reports_formats() {
         int4["kv"]["tier_blocks"][0].as_u64().unwrap() <= 1,
         "only the block being written stays hot"
     );
-    let b = json(&llmem(&[
-        "bench",
-        "kv",
-        "--model",
-        m,
-        "--text",
-        root().join("../shared/eval/licenses.txt").to_str().unwrap(),
-        "--chunks",
-        "1",
-        "--ctx",
-        "128",
-        "--depth",
-        "0",
-        "--types",
-        "f16,int8,int4",
-        "--threads",
-        "2",
-        "--json",
-    ]));
+    let cache = tempfile::tempdir().unwrap();
+    let b = json(&llmem_cached(
+        cache.path(),
+        &[
+            "bench",
+            "kv",
+            "--model",
+            m,
+            "--text",
+            root().join("../shared/eval/licenses.txt").to_str().unwrap(),
+            "--chunks",
+            "1",
+            "--ctx",
+            "128",
+            "--depth",
+            "0",
+            "--types",
+            "f16,int8,int4",
+            "--threads",
+            "2",
+            "--json",
+        ],
+    ));
     let f = b["formats"].as_array().unwrap();
     assert_eq!(f.len(), 3);
     for x in f {
@@ -126,4 +130,17 @@ fn kv_types_shrink_the_cache_and_bench_kv_reports_formats() {
     assert_eq!(f[0]["kl_mean"].as_f64(), Some(0.0));
     assert!(f[1]["kl_mean"].as_f64().unwrap() < 0.02);
     assert!(f[2]["bytes_per_token"].as_f64().unwrap() < f[1]["bytes_per_token"].as_f64().unwrap());
+    // The codec rates went where the eviction score reads them.
+    let saved = std::fs::read_to_string(cache.path().join("llmem/tier-throughput.json")).unwrap();
+    let t: Value = serde_json::from_str(&saved).unwrap();
+    for c in ["int8", "int4", "int2"] {
+        assert!(
+            t["codecs"][c]["dequantize_gb_s"].as_f64().unwrap() > 0.0,
+            "{c}: {t}"
+        );
+    }
+    assert!(
+        t["compressors"]["lz4"]["decompress_gb_s"].as_f64().unwrap() > 0.0,
+        "{t}"
+    );
 }

@@ -6,6 +6,7 @@
 //! time. All buffers are allocated when the session is created, sized for one
 //! micro-batch, so memory does not grow with the prompt except through the KV cache.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use budget::{Bytes, OutOfBudget, Reservation};
@@ -14,7 +15,11 @@ use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, dequantize_row, quantize_row_q8};
-use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, SeqId, TierMix};
+use kvcache::policy::{Decision, Rates, ReclaimStats, Weights};
+use kvcache::{
+    BlockStore, Compression, KvBlock, KvCache, KvError, KvLayout, PrefetchStats, Prefetcher, SeqId,
+    TierMix,
+};
 
 use crate::memory::{Accounts, scratch_bytes};
 
@@ -219,7 +224,15 @@ pub struct Session<'a, 'm> {
     parked: std::collections::HashMap<SeqId, (usize, Vec<u32>)>,
     /// Tokens run through the model (prefill and decode), for sharing statistics.
     computed_tokens: u64,
-    store: Option<BlockStore>,
+    store: Option<Arc<BlockStore>>,
+    /// Reads disk-tier blocks ahead on its own thread (with a store).
+    prefetch: Option<Prefetcher>,
+    /// What the eviction score weighs, and the rates its cost factor uses.
+    policy: (Weights, Rates),
+    /// Demotions, compressions and spills made to fit this session's KV in its budget.
+    reclaim_stats: ReclaimStats,
+    /// The most recent of them, with their factors (for the debug log).
+    reclaim_log: Vec<Decision>,
     rope: Rope,
     s: Scratch,
     logits: Vec<f32>,
@@ -266,6 +279,10 @@ impl<'a, 'm> Session<'a, 'm> {
             parked: std::collections::HashMap::new(),
             computed_tokens: 0,
             store: None,
+            prefetch: None,
+            policy: (Weights::default(), Rates::default()),
+            reclaim_stats: ReclaimStats::default(),
+            reclaim_log: Vec::new(),
             rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
             s,
             logits: Vec::new(),
@@ -303,9 +320,94 @@ impl<'a, 'm> Session<'a, 'm> {
         self.seq
     }
 
-    /// Opens a disk tier for this session's KV blocks (prefixes persist across runs).
-    pub fn set_store(&mut self, store: BlockStore) {
+    /// Sets the rates the eviction score's cost factor uses (measured ones, from `llmem
+    /// bench`, where they exist).
+    pub fn set_rates(&mut self, rates: Rates) {
+        self.policy.1 = rates;
+    }
+
+    /// Counts of the demotions, compressions and spills made so far to stay in budget.
+    pub fn reclaim_stats(&self) -> ReclaimStats {
+        self.reclaim_stats
+    }
+
+    /// The last reclaim's decisions, each with the factors of its score.
+    pub fn last_reclaim(&self) -> &[Decision] {
+        &self.reclaim_log
+    }
+
+    /// Grows the current sequence to `total` tokens. When the kv pool's budget refuses,
+    /// the other (parked) sequences give up the shortfall — demoted, compressed or
+    /// spilled to the disk tier as the eviction score chooses — and the growth is tried
+    /// again; the current sequence's blocks are never chosen. Refused (nothing changed)
+    /// when nothing more can give.
+    fn reserve_kv(&mut self, total: usize) -> Result<(), EvalError> {
+        loop {
+            match self.kv.seq_reserve(self.seq, total) {
+                Err(KvError::OverBudget(e)) => {
+                    if self.make_room(e.shortfall().0)? == 0 {
+                        return Err(KvError::OverBudget(e).into());
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// Frees `short` bytes of KV RAM from the parked sequences (never the current one);
+    /// returns the bytes freed (0 when nothing more can give).
+    fn make_room(&mut self, short: u64) -> Result<u64, EvalError> {
+        let (w, rates) = self.policy;
+        self.reclaim_log =
+            self.kv
+                .reclaim(short, self.store.as_deref(), Compression::None, &w, &rates)?;
+        self.reclaim_stats.add(&self.reclaim_log);
+        Ok(self.reclaim_log.iter().map(|d| d.bytes_freed).sum())
+    }
+
+    /// Opens a disk tier for this session's KV blocks (prefixes persist across runs),
+    /// with a thread that reads spilled blocks ahead when asked ([`Session::prefetch`]).
+    pub fn set_store(&mut self, store: BlockStore) -> Result<(), EvalError> {
+        let store = Arc::new(store);
+        let res = self.kv.pool().sibling_reservation().unwrap_or_else(|| {
+            let a = Accounts::unlimited();
+            a.open(a.kv)
+        });
+        self.prefetch = Some(Prefetcher::new(store.clone(), res)?);
         self.store = Some(store);
+        Ok(())
+    }
+
+    /// Starts reading parked sequence `seq`'s spilled blocks back on the read-ahead
+    /// thread, so that switching to it does not wait on the disk (a scheduler calls this
+    /// a step ahead). Room for them is made first from the *other* parked sequences, as
+    /// for any growth; blocks there is still no room for are loaded when `seq` runs.
+    /// Returns the blocks asked for.
+    pub fn prefetch(&mut self, seq: SeqId) -> Result<usize, EvalError> {
+        let Some(pf) = &mut self.prefetch else {
+            return Ok(0);
+        };
+        let mut n = self.kv.seq_prefetch(seq, pf)?;
+        let short = self.kv.seq_unfetched_bytes(seq, pf)?;
+        if short > 0 && seq != self.seq {
+            let was = self.kv.is_running(seq);
+            self.kv.seq_set_running(seq, true)?;
+            let made = self.make_room(short);
+            self.kv.seq_set_running(seq, was)?;
+            if made? > 0 {
+                let pf = self.prefetch.as_mut().expect("checked above");
+                n += self.kv.seq_prefetch(seq, pf)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Read-ahead counts (all zero without a disk tier).
+    pub fn prefetch_stats(&self) -> PrefetchStats {
+        self.prefetch
+            .as_ref()
+            .map(Prefetcher::stats)
+            .unwrap_or_default()
     }
 
     /// Starts a new, empty sequence in the same cache and makes it current; the previous
@@ -317,7 +419,9 @@ impl<'a, 'm> Session<'a, 'm> {
         s
     }
 
+    /// Parks the current sequence: its blocks become candidates for pressure.
     fn park_current(&mut self) {
+        let _ = self.kv.seq_set_running(self.seq, false);
         let toks = std::mem::take(&mut self.tokens);
         self.parked.insert(self.seq, (self.n_past, toks));
         self.n_past = 0;
@@ -332,6 +436,7 @@ impl<'a, 'm> Session<'a, 'm> {
             return Err(KvError::UnknownSeq(seq).into());
         };
         self.park_current();
+        self.kv.seq_set_running(seq, true)?;
         self.seq = seq;
         self.n_past = n;
         self.tokens = toks;
@@ -408,17 +513,26 @@ impl<'a, 'm> Session<'a, 'm> {
     /// Brings every block of the current sequence back to a readable tier. A block lost
     /// on disk (missing or failing its checksum) is recomputed from the token history.
     fn prepare(&mut self) -> Result<(), EvalError> {
-        match self.kv.seq_prepare(self.seq, self.store.as_ref()) {
-            Ok(()) => Ok(()),
-            Err(KvError::Lost(..)) => {
-                let kept = self.kv.seq_len(self.seq)?;
-                let redo = self.tokens[kept..self.n_past].to_vec();
-                self.n_past = kept;
-                self.tokens.truncate(kept);
-                self.eval(&redo, Logits::Last)?;
-                Ok(())
+        loop {
+            let (store, pf) = (self.store.as_deref(), self.prefetch.as_mut());
+            match self.kv.seq_prepare_with(self.seq, store, pf) {
+                Ok(()) => return Ok(()),
+                // Promoting a cold block needs RAM: other sequences make room first.
+                Err(KvError::OverBudget(e)) => {
+                    if self.make_room(e.shortfall().0)? == 0 {
+                        return Err(KvError::OverBudget(e).into());
+                    }
+                }
+                Err(KvError::Lost(..)) => {
+                    let kept = self.kv.seq_len(self.seq)?;
+                    let redo = self.tokens[kept..self.n_past].to_vec();
+                    self.n_past = kept;
+                    self.tokens.truncate(kept);
+                    self.eval(&redo, Logits::Last)?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -459,7 +573,7 @@ impl<'a, 'm> Session<'a, 'm> {
             .unwrap_or(0);
         self.account_scratch(n_out * vocab, attn_need)?;
         self.prepare()?;
-        self.kv.seq_reserve(self.seq, self.n_past + tokens.len())?;
+        self.reserve_kv(self.n_past + tokens.len())?;
         // Exact growth, so the buffers hold no more than the ledger granted.
         self.logits
             .reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));

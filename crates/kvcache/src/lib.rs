@@ -7,7 +7,7 @@
 //! is one allocation. Block metadata ([`BlockMeta`]) is kept apart from block storage, so
 //! a tier change moves bytes, not names. Hot and warm (and uncompressed cold) blocks are
 //! read in place by attention ([`KvBlock`]); compressed and disk blocks are promoted by
-//! [`KvCache::seq_prepare`] first. The [`TierMix`] says which precision each block of a
+//! [`KvCache::seq_prepare`] first, disk blocks read ahead on a [`Prefetcher`]'s thread. The [`TierMix`] says which precision each block of a
 //! sequence gets by age; [`policy`] chooses what to demote or evict under the ledger's
 //! limit. This crate knows nothing of models or the engine; it is tested without a model.
 //!
@@ -30,6 +30,7 @@ mod layout;
 mod mix;
 pub mod policy;
 mod pool;
+mod prefetch;
 mod prefix;
 mod seq;
 
@@ -38,5 +39,6 @@ pub use kvdisk::{BlockStore, Compression};
 pub use layout::{KvLayout, LayoutError};
 pub use mix::TierMix;
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
+pub use prefetch::{PrefetchStats, Prefetcher};
 pub use prefix::block_hash;
 pub use seq::{KvCache, KvError, SeqId};

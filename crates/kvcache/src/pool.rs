@@ -75,7 +75,7 @@ impl BlockMeta {
 
 /// A block's bytes.
 #[derive(Debug)]
-enum Storage {
+pub(crate) enum Storage {
     None,
     F16(Box<[u16]>),
     Quant(KvFormat, Box<[u8]>),
@@ -143,6 +143,13 @@ impl BlockPool {
             clock: 0,
             reservation: None,
         }
+    }
+
+    /// An empty reservation in the same ledger pool as this pool's (for buffers that
+    /// serve it, such as read-ahead); `None` without a ledger.
+    pub fn sibling_reservation(&self) -> Option<Reservation> {
+        let r = self.reservation.as_ref()?;
+        r.budget().reserve(r.pool(), Bytes(0)).ok()
     }
 
     /// Accounts all block storage in `reservation` (an empty reservation in the ledger's
@@ -374,6 +381,10 @@ impl BlockPool {
         };
     }
 
+    pub(crate) fn storage(&self, id: BlockId) -> &Storage {
+        &self.storage[id.0 as usize]
+    }
+
     /// RAM bytes of one block's storage now.
     pub fn block_ram_bytes(&self, id: BlockId) -> u64 {
         self.storage[id.0 as usize].ram_bytes()
@@ -514,13 +525,26 @@ impl BlockPool {
     /// Reads a disk-tier block back into RAM, verified. A missing, corrupt or mismatched
     /// file is reported as [`KvError::Lost`]: the block must be recomputed, never used.
     pub fn load(&mut self, id: BlockId, store: &BlockStore) -> Result<(), KvError> {
-        let Storage::Disk { format, key } = self.storage[id.0 as usize] else {
+        let Storage::Disk { key, .. } = self.storage[id.0 as usize] else {
             return Ok(());
         };
-        let payload = match store.get(key) {
+        self.load_fetched(id, store.get(key).map_err(|e| e.to_string()))
+    }
+
+    /// [`BlockPool::load`] from what a read of the block's file gave (a payload, no file,
+    /// or why the file was refused), read here or ahead by a prefetcher.
+    pub(crate) fn load_fetched(
+        &mut self,
+        id: BlockId,
+        got: Result<Option<Vec<u8>>, String>,
+    ) -> Result<(), KvError> {
+        let Storage::Disk { format, .. } = self.storage[id.0 as usize] else {
+            return Ok(());
+        };
+        let payload = match got {
             Ok(Some(p)) => p,
             Ok(None) => return Err(KvError::Lost(id, "block file missing".into())),
-            Err(e) => return Err(KvError::Lost(id, e.to_string())),
+            Err(e) => return Err(KvError::Lost(id, e)),
         };
         self.install_payload(id, &payload, Some(format))
     }

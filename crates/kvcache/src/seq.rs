@@ -20,7 +20,7 @@ use kernels::kvquant::{KvBlock, KvFormat};
 use kvdisk::BlockStore;
 
 use crate::layout::KvLayout;
-use crate::pool::{BlockId, BlockPool, Tier};
+use crate::pool::{BlockId, BlockPool};
 
 /// A sequence's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -259,26 +259,10 @@ impl KvCache {
 
     /// Makes every block of `seq` readable by attention: decompresses cold blocks and
     /// loads disk blocks (verified). A block whose file is missing or corrupt is
-    /// reported as `Lost` with the sequence cut back to before it (it must be recomputed).
+    /// reported as `Lost` with the sequence cut back to before it (it must be recomputed);
+    /// any other error (no room in the budget) leaves the sequence as it was.
     pub fn seq_prepare(&mut self, seq: SeqId, store: Option<&BlockStore>) -> Result<(), KvError> {
-        let blocks = self.get(seq)?.blocks.clone();
-        for (b, id) in blocks.into_iter().enumerate() {
-            let m = self.pool.meta(id);
-            if m.compressed {
-                self.pool.decompress(id)?;
-            }
-            if self.pool.meta(id).tier == Tier::Disk {
-                let r = match store {
-                    Some(st) => self.pool.load(id, st),
-                    None => Err(KvError::Lost(id, "no disk store is open".into())),
-                };
-                if let Err(e) = r {
-                    self.seq_truncate(seq, b * self.layout().block_tokens())?;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+        self.seq_prepare_with(seq, store, None)
     }
 
     /// Marks every block of `seq` as used now.

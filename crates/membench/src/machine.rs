@@ -32,10 +32,16 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The CPU model string a [`crate::TierThroughput`] written here would carry.
+    #[must_use]
+    pub fn this_cpu_model() -> String {
+        cpu_model().unwrap_or_else(|| "unknown".to_owned())
+    }
+
     /// Describes the running machine.
     pub(crate) fn describe(caches: CacheLevels, isa: Isa, pinning: Pinning) -> Machine {
         Machine {
-            cpu_model: cpu_model().unwrap_or_else(|| "unknown".to_owned()),
+            cpu_model: Machine::this_cpu_model(),
             logical_cpus: std::thread::available_parallelism().map_or(1, usize::from),
             os: std::env::consts::OS.to_owned(),
             os_release: os_release(),

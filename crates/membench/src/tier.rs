@@ -1,10 +1,10 @@
 //! Tier throughput: the rates the KV eviction score's reload cost (bytes ÷ measured tier
 //! bandwidth) and the planner read, saved in the user's cache directory.
 //!
-//! Extension point for issue 6, part 2: the quantize/dequantize and compress/decompress
-//! rates need the KV codecs, which do not exist yet; [`TierThroughput::codecs`] and
-//! [`TierThroughput::compressors`] stay empty until they are measured. The disk rates need
-//! no codec and are measured now by [`measure_disk`].
+//! Each bench fills in its part: `llmem bench memory` the DRAM copy rate and (with
+//! `--disk`) the disk rates measured by [`measure_disk`]; `llmem bench kv` the KV codecs'
+//! quantize/dequantize and the compressors' rates on real blocks; `llmem bench infer` the
+//! model's prefill rate.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -94,12 +94,16 @@ pub struct TierThroughput {
     /// Main-memory copy rate (all threads, STREAM counting), GB/s: the reload rate of a
     /// block that only has to move within RAM.
     pub dram_copy_gb_s: Option<f64>,
-    /// Quantize/dequantize rates per codec (issue 6, part 2; empty until measured).
+    /// Quantize/dequantize rates per codec (empty until `bench kv` ran).
     pub codecs: BTreeMap<CodecKind, CodecThroughput>,
-    /// Compress/decompress rates per compressor (issue 6, part 2; empty until measured).
+    /// Compress/decompress rates per compressor (empty until `bench kv` ran).
     pub compressors: BTreeMap<CompressorKind, CompressorThroughput>,
     /// Disk tier rates, when measured.
     pub disk: Option<DiskThroughput>,
+    /// Prefill tokens per second by model (key: the model's digest, 16 hex digits): the
+    /// rate at which a dropped block's prefix is recomputed.
+    #[serde(default)]
+    pub prefill_tok_s: BTreeMap<String, f64>,
 }
 
 impl TierThroughput {
@@ -113,6 +117,7 @@ impl TierThroughput {
             codecs: BTreeMap::new(),
             compressors: BTreeMap::new(),
             disk: None,
+            prefill_tok_s: BTreeMap::new(),
         }
     }
 

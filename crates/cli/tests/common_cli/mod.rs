@@ -32,6 +32,16 @@ pub fn llmem(args: &[&str]) -> Output {
         .expect("run llmem")
 }
 
+/// [`llmem`] with the user's cache directory (where measured rates are saved) at `cache`.
+pub fn llmem_cached(cache: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run llmem")
+}
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

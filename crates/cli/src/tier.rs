@@ -1,0 +1,62 @@
+//! The measured tier rates in `<user cache dir>/llmem/tier-throughput.json`: `bench
+//! memory` and `bench kv` write their parts; `run` turns them into the eviction score's
+//! reload costs and `plan` into a decode-speed bound.
+
+use std::path::PathBuf;
+
+use kvcache::policy::Rates;
+use membench::{CodecKind, CompressorKind, Machine, TierThroughput};
+
+use crate::exit::CliError;
+
+/// The saved rates, if any were measured on this CPU. A file that cannot be read is
+/// reported on stderr and ignored (the defaults apply), never fatal.
+pub fn load() -> Option<TierThroughput> {
+    match TierThroughput::load() {
+        Ok(Some(t)) if t.cpu_model == Machine::this_cpu_model() => Some(t),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("warning: ignoring saved tier rates: {e}");
+            None
+        }
+    }
+}
+
+/// Loads the saved rates (a fresh record when none, or when they were measured on
+/// another CPU), lets `f` fill in its part and saves atomically; returns the path.
+pub fn update(f: impl FnOnce(&mut TierThroughput)) -> Result<PathBuf, CliError> {
+    let mut t = load().unwrap_or_else(|| TierThroughput::new(Machine::this_cpu_model()));
+    f(&mut t);
+    t.save()
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("cannot save tier rates: {e}")))
+}
+
+/// The key under which a model's prefill rate is saved.
+pub fn model_key(digest: u64) -> String {
+    format!("{digest:016x}")
+}
+
+/// The eviction score's rates for the model with `digest`: measured where `t` has them,
+/// defaults elsewhere.
+pub fn rates(t: Option<&TierThroughput>, digest: u64) -> Rates {
+    let mut r = Rates::default();
+    let Some(t) = t else { return r };
+    // Promotion of a cold block dequantizes it; the 4-bit codec is the cold tier's.
+    if let Some(c) = t.codecs.get(&CodecKind::Int4) {
+        r.dequant_b_s = c.dequantize_gb_s * 1e9;
+    }
+    if let Some(c) = t
+        .compressors
+        .get(&CompressorKind::Lz4)
+        .or_else(|| t.compressors.get(&CompressorKind::Zstd))
+    {
+        r.decompress_b_s = c.decompress_gb_s * 1e9;
+    }
+    if let Some(d) = &t.disk {
+        r.disk_read_b_s = d.read_gb_s.median * 1e9;
+    }
+    if let Some(&p) = t.prefill_tok_s.get(&model_key(digest)) {
+        r.prefill_tok_s = p;
+    }
+    r
+}
