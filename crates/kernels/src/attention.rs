@@ -238,10 +238,13 @@ fn run_item(
         p[2..].iter_mut().for_each(|v| *v = 0.0);
     }
     let mut scores = [0.0f32; MAX_BLOCK_TOKENS];
+    let mut ksm = [0.0f32; 2 * MAX_HEAD_DIM];
+    let mut vsm = [0.0f32; kvquant::V_SCALES];
+    let mut qs = [0.0f32; MAX_HEAD_DIM];
     for b in b0..b1 {
         let j0 = b * bt;
         let nk = bt.min(last_key + 1 - j0);
-        load_block(isa, kv, b, h, nk, kf, vf);
+        let codes = load_block(isa, kv, b, h, nk, kf, vf, &mut ksm, &mut vsm);
         for ti in 0..nt {
             let limit = shape.pos0 + t0 + ti; // last key this query token may see
             if limit < j0 {
@@ -252,7 +255,19 @@ fn run_item(
                 let head = h * g + gi;
                 let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
                 let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
-                if attend_fast(isa, qr, kf, vf, nv, shape.scale, p) {
+                if codes {
+                    // Key scales folded into the query: q·(c·s + m) = (q⊙s)·c + q·m.
+                    for ((o, &x), &sc) in qs.iter_mut().zip(qr).zip(&ksm[..hd]) {
+                        *o = x * sc;
+                    }
+                    let bias = simd::dot_f32(isa, qr, &ksm[hd..2 * hd]);
+                    let vs = &vsm[..2 * nv * hd / kvquant::V_GROUP];
+                    let done =
+                        attend_fast(isa, &qs[..hd], bias, kf, vf, Some(vs), nv, shape.scale, p);
+                    debug_assert!(done, "codes are only loaded for the fused kernel");
+                    continue;
+                }
+                if attend_fast(isa, qr, 0.0, kf, vf, None, nv, shape.scale, p) {
                     continue;
                 }
                 let mut bmax = f32::NEG_INFINITY;
@@ -277,7 +292,12 @@ fn run_item(
     }
 }
 
-/// Converts block `b`'s first `nk` keys and values of KV head `h` to f32 rows.
+/// Converts block `b`'s first `nk` keys and values of KV head `h` to f32 rows. A
+/// quantized block is left as codes when the fused kernel can weigh them itself
+/// ([`fused`]): returns `true`, with the key scales and minima in `ksm` and the values'
+/// per-group ones in `vsm` (see [`kvquant::k_codes`], [`kvquant::v_codes`]); otherwise it
+/// is dequantized in the tiles.
+#[allow(clippy::too_many_arguments)]
 fn load_block(
     isa: Isa,
     kv: &PagedKv<'_>,
@@ -286,7 +306,9 @@ fn load_block(
     nk: usize,
     kf: &mut [f32],
     vf: &mut [f32],
-) {
+    ksm: &mut [f32],
+    vsm: &mut [f32],
+) -> bool {
     let g = &kv.geom;
     let hd = g.head_dim;
     match kv.blocks[b] {
@@ -295,36 +317,60 @@ fn load_block(
             let voff = g.f16_v_base(kv.layer) + h * g.head_stride();
             simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
             simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
+            false
         }
         KvBlock::Quant(f, blk) => {
             let ko = g.q_k_offset(f, kv.layer, h);
             let vo = g.q_v_offset(f, kv.layer, h);
-            kvquant::dequantize_k(isa, f, g, &blk[ko..ko + g.k_chunk_bytes(f)], nk, kf);
-            kvquant::dequantize_v(isa, f, g, &blk[vo..vo + g.v_chunk_bytes(f)], nk, vf);
+            let (kc, vc) = (
+                &blk[ko..ko + g.k_chunk_bytes(f)],
+                &blk[vo..vo + g.v_chunk_bytes(f)],
+            );
+            if fused(isa, hd) {
+                kvquant::k_codes(isa, f, g, kc, nk, kf, ksm);
+                kvquant::v_codes(isa, f, g, vc, nk, vf, vsm);
+                true
+            } else {
+                kvquant::dequantize_k(isa, f, g, kc, nk, kf);
+                kvquant::dequantize_v(isa, f, g, vc, nk, vf);
+                false
+            }
         }
     }
 }
 
+/// Whether [`attend_fast`] handles rows of `hd` on `isa`.
+fn fused(isa: Isa, hd: usize) -> bool {
+    cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && (hd == 64 || hd == 128)
+}
+
 /// The fused kernel for common head sizes, if this ISA has one; `false` = not handled.
+/// With `vsm`, `kf`/`vf` hold codes: `q` carries the key scales, `bias` the key minima
+/// (see `avx2::attend_block`).
+#[allow(clippy::too_many_arguments)]
 fn attend_fast(
     isa: Isa,
     q: &[f32],
+    bias: f32,
     kf: &[f32],
     vf: &[f32],
+    vsm: Option<&[f32]>,
     nv: usize,
     scale: f32,
     p: &mut [f32],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: AVX2 detected; lengths: q and p sized by head_dim, kf/vf hold nv rows.
-        match q.len() {
-            64 => unsafe { simd::avx2::attend_block::<8>(q, kf, vf, nv, scale, p) },
-            128 => unsafe { simd::avx2::attend_block::<16>(q, kf, vf, nv, scale, p) },
-            _ => return false,
+    if fused(isa, q.len()) {
+        // SAFETY: AVX2 detected; lengths: q and p sized by head_dim, kf/vf hold nv rows,
+        // vsm (with codes) two values per (row, group of 32).
+        unsafe {
+            match q.len() {
+                64 => simd::avx2::attend_block::<8>(q, bias, kf, vf, vsm, nv, scale, p),
+                _ => simd::avx2::attend_block::<16>(q, bias, kf, vf, vsm, nv, scale, p),
+            }
         }
         return true;
     }
-    let _ = (isa, q, kf, vf, nv, scale, p);
+    let _ = (isa, q, bias, kf, vf, vsm, nv, scale, p);
     false
 }

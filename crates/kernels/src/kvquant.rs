@@ -27,9 +27,13 @@
 use std::ops::Range;
 
 use crate::Isa;
+use crate::attention::{MAX_BLOCK_TOKENS, MAX_HEAD_DIM};
 
 /// Channels per value group (values are quantized per token in groups of this many).
 pub const V_GROUP: usize = 32;
+
+/// Most (scale, min) values a V chunk holds: [`v_codes`]'s `sm` buffer size.
+pub const V_SCALES: usize = 2 * MAX_BLOCK_TOKENS * MAX_HEAD_DIM / V_GROUP;
 
 /// How a block's keys and values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -314,6 +318,61 @@ pub fn quantize_v(f: KvFormat, geom: &BlockGeom, src: &[f32], nt: usize, dst: &m
     }
 }
 
+/// f16 values (little-endian bytes `b`) into `out`, in bulk where `b` is u16-aligned.
+fn halves(isa: Isa, b: &[u8], out: &mut [f32]) {
+    // SAFETY: every bit pattern is a valid u16.
+    let (pre, mid, _) = unsafe { b.align_to::<u16>() };
+    if cfg!(target_endian = "little") && pre.is_empty() && mid.len() >= out.len() {
+        crate::simd::f16_to_f32(isa, &mid[..out.len()], out);
+    } else {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = f16(b, i);
+        }
+    }
+}
+
+/// The codes of a K chunk's first `nt` keys as f32 (`nt × hd`), and its per-channel
+/// scales and minima (`sm[..hd]`, `sm[hd..2·hd]`): key `t`, channel `d` is
+/// `codes[t·hd + d] · sm[d] + sm[hd + d]`.
+pub fn k_codes(
+    isa: Isa,
+    f: KvFormat,
+    geom: &BlockGeom,
+    chunk: &[u8],
+    nt: usize,
+    codes: &mut [f32],
+    sm: &mut [f32],
+) {
+    let hd = geom.head_dim;
+    halves(isa, &chunk[..4 * hd], &mut sm[..2 * hd]);
+    unpack_rows(isa, &chunk[4 * hd..], f.bits(), hd, nt, codes);
+}
+
+/// The codes of a V chunk's first `nt` values as f32 (`nt × hd`), and each (token, group
+/// of [`V_GROUP`] channels)'s scale and minimum at `sm[2(t·G + g)]`, `sm[2(t·G + g) + 1]`
+/// (`G = hd / V_GROUP`).
+pub fn v_codes(
+    isa: Isa,
+    f: KvFormat,
+    geom: &BlockGeom,
+    chunk: &[u8],
+    nt: usize,
+    codes: &mut [f32],
+    sm: &mut [f32],
+) {
+    let hd = geom.head_dim;
+    let ng = hd / V_GROUP;
+    halves(isa, &chunk[..4 * ng * nt], &mut sm[..2 * ng * nt]);
+    unpack_rows(
+        isa,
+        &chunk[4 * ng * geom.block_tokens..],
+        f.bits(),
+        hd,
+        nt,
+        codes,
+    );
+}
+
 /// Dequantizes the first `nt` keys of a K chunk into `out` (`nt × hd` f32).
 pub fn dequantize_k(
     isa: Isa,
@@ -324,18 +383,10 @@ pub fn dequantize_k(
     out: &mut [f32],
 ) {
     let hd = geom.head_dim;
-    let mut sc = [0.0f32; crate::attention::MAX_HEAD_DIM];
-    let mut mn = [0.0f32; crate::attention::MAX_HEAD_DIM];
-    for d in 0..hd {
-        sc[d] = f16(chunk, d);
-        mn[d] = f16(chunk, hd + d);
-    }
-    let codes = &chunk[4 * hd..];
-    let rb = geom.code_row_bytes(f);
-    for t in 0..nt {
-        let o = &mut out[t * hd..(t + 1) * hd];
-        unpack_any(isa, &codes[t * rb..(t + 1) * rb], f.bits(), hd, o);
-        scale_rows(isa, o, &sc[..hd], &mn[..hd]);
+    let mut sm = [0.0f32; 2 * MAX_HEAD_DIM];
+    k_codes(isa, f, geom, chunk, nt, out, &mut sm);
+    for o in out[..nt * hd].chunks_exact_mut(hd) {
+        scale_rows(isa, o, &sm[..hd], &sm[hd..2 * hd]);
     }
 }
 
@@ -350,28 +401,33 @@ pub fn dequantize_v(
 ) {
     let hd = geom.head_dim;
     let ng = hd / V_GROUP;
-    let codes = &chunk[4 * ng * geom.block_tokens..];
-    let rb = geom.code_row_bytes(f);
-    for t in 0..nt {
-        let o = &mut out[t * hd..(t + 1) * hd];
-        unpack_any(isa, &codes[t * rb..(t + 1) * rb], f.bits(), hd, o);
-        for g in 0..ng {
-            let s = f16(chunk, 2 * (t * ng + g));
-            let m = f16(chunk, 2 * (t * ng + g) + 1);
-            scale_group(isa, &mut o[g * V_GROUP..(g + 1) * V_GROUP], s, m);
+    let mut sm = [0.0f32; V_SCALES];
+    v_codes(isa, f, geom, chunk, nt, out, &mut sm);
+    for (t, o) in out[..nt * hd].chunks_exact_mut(hd).enumerate() {
+        for (g, grp) in o.chunks_exact_mut(V_GROUP).enumerate() {
+            scale_group(isa, grp, sm[2 * (t * ng + g)], sm[2 * (t * ng + g) + 1]);
         }
     }
 }
 
-fn unpack_any(isa: Isa, row: &[u8], bits: usize, hd: usize, out: &mut [f32]) {
+/// Codes of `nt` packed rows as f32 rows of `hd`.
+fn unpack_rows(isa: Isa, rows: &[u8], bits: usize, hd: usize, nt: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && hd.is_multiple_of(32) {
-        // SAFETY: AVX2 detected; `row` holds hd·bits/8 bytes and `out` hd values.
-        unsafe { crate::simd::avx2::unpack_codes(row, bits, hd, out) };
+        // SAFETY: AVX2 detected; `rows` holds nt rows of hd·bits/8 bytes, `out` nt·hd values.
+        unsafe { crate::simd::avx2::unpack_rows(rows, bits, hd, nt, out) };
         return;
     }
     let _ = isa;
-    unpack_row(row, bits, hd, out);
+    let rb = hd * bits / 8;
+    for t in 0..nt {
+        unpack_row(
+            &rows[t * rb..(t + 1) * rb],
+            bits,
+            hd,
+            &mut out[t * hd..(t + 1) * hd],
+        );
+    }
 }
 
 fn scale_rows(isa: Isa, o: &mut [f32], sc: &[f32], mn: &[f32]) {

@@ -436,33 +436,25 @@ pub(crate) unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
     s
 }
 
-/// One query row against one block of keys, fused: scores, online-softmax update and the
-/// value accumulation, with the row's accumulator held in registers (`HD8` = head_dim/8).
-///
-/// `part` is `[running max, running sum, acc[head_dim]]`; `kf`/`vf` hold `nv` keys/values
-/// as f32 rows of `HD8 * 8`.
+/// Scores of `q` (in registers) against `nv` key rows of `kf`, `(q · k + bias) · scale`,
+/// into `scores`; returns their maximum.
 ///
 /// # Safety
-/// AVX2+FMA must be present; `q` has `HD8 * 8` values, `kf`/`vf` at least `nv` rows,
-/// `part` `HD8 * 8 + 2` values, and `nv ≤ 32`.
+/// AVX2+FMA must be present; `kf` holds `nv` rows of `HD8 * 8`, `scores` `nv` values.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn attend_block<const HD8: usize>(
-    q: &[f32],
+#[inline]
+unsafe fn block_scores<const HD8: usize>(
+    qv: &[__m256; HD8],
     kf: &[f32],
-    vf: &[f32],
     nv: usize,
+    bias: f32,
     scale: f32,
-    part: &mut [f32],
-) {
+    scores: &mut [f32],
+) -> f32 {
     let hd = HD8 * 8;
-    let mut qv = [_mm256_setzero_ps(); HD8];
-    let mut scores = [0.0f32; 32];
-    // SAFETY (whole body): every index stays inside the lengths the caller guarantees.
+    let mut bmax = f32::NEG_INFINITY;
+    // SAFETY (whole body): row j < nv lies inside kf.
     unsafe {
-        for i in 0..HD8 {
-            qv[i] = _mm256_loadu_ps(q.as_ptr().add(i * 8));
-        }
-        let mut bmax = f32::NEG_INFINITY;
         for j in 0..nv {
             let k = kf.as_ptr().add(j * hd);
             let mut a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
@@ -476,31 +468,109 @@ pub(crate) unsafe fn attend_block<const HD8: usize>(
             if i < HD8 {
                 a1 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k.add(i * 8)), a1);
             }
-            let s = hsum(_mm256_add_ps(a0, a1)) * scale;
+            let s = (hsum(_mm256_add_ps(a0, a1)) + bias) * scale;
             scores[j] = s;
             bmax = bmax.max(s);
         }
-        let m_old = part[0];
-        let m_new = m_old.max(bmax);
-        let c = if part[1] > 0.0 {
-            (m_old - m_new).exp()
-        } else {
-            0.0
-        };
-        let sum = exp_sub_sum(&mut scores[..nv], m_new);
-        part[0] = m_new;
-        part[1] = part[1] * c + sum;
+    }
+    bmax
+}
+
+/// The online-softmax step: turns `scores` into weights under the new running maximum,
+/// updates `part[0..2]` (max, sum) and returns the factor the accumulator must be scaled by.
+///
+/// # Safety
+/// AVX2+FMA must be present.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn softmax_step(scores: &mut [f32], bmax: f32, part: &mut [f32]) -> f32 {
+    let m_old = part[0];
+    let m_new = m_old.max(bmax);
+    let c = if part[1] > 0.0 {
+        (m_old - m_new).exp()
+    } else {
+        0.0
+    };
+    // SAFETY: AVX2 present.
+    let sum = unsafe { exp_sub_sum(scores, m_new) };
+    part[0] = m_new;
+    part[1] = part[1] * c + sum;
+    c
+}
+
+/// One query row against one block of keys, fused: scores, online-softmax update and the
+/// value accumulation, with the row's accumulator held in registers (`HD8` = head_dim/8).
+///
+/// `part` is `[running max, running sum, acc[head_dim]]`; `kf`/`vf` hold `nv` keys/values
+/// as f32 rows of `HD8 * 8`; scores are `(q · k + bias) · scale`.
+///
+/// With `vsm`, the block is a quantized one read as codes, never dequantized: the key
+/// scales are folded into `q` (the caller passes `q ⊙ key scale` and `bias = q · key
+/// minimum`, since `q · (code · scale + min) = (q ⊙ scale) · code + bias`), and each value
+/// row's per-group `(scale, min)` pairs (`vsm[2(j·G + g)..]`, `G = HD8 / 4` groups of 32
+/// channels) weigh its codes as they are accumulated: `Σ p (code · s + m) = Σ (p s) code
+/// + Σ p m`.
+///
+/// # Safety
+/// AVX2+FMA must be present; `q` has `HD8 * 8` values, `kf`/`vf` at least `nv` rows,
+/// `part` `HD8 * 8 + 2` values, and `nv ≤ 32`; with `vsm`, it holds `2 · nv · HD8 / 4`
+/// values, `HD8` is a multiple of 4 and at most 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_block<const HD8: usize>(
+    q: &[f32],
+    bias: f32,
+    kf: &[f32],
+    vf: &[f32],
+    vsm: Option<&[f32]>,
+    nv: usize,
+    scale: f32,
+    part: &mut [f32],
+) {
+    let hd = HD8 * 8;
+    let mut qv = [_mm256_setzero_ps(); HD8];
+    let mut scores = [0.0f32; 32];
+    // SAFETY (whole body): every index stays inside the lengths the caller guarantees.
+    unsafe {
+        for i in 0..HD8 {
+            qv[i] = _mm256_loadu_ps(q.as_ptr().add(i * 8));
+        }
+        let bmax = block_scores::<HD8>(&qv, kf, nv, bias, scale, &mut scores);
+        let c = softmax_step(&mut scores[..nv], bmax, part);
         let acc_p = part.as_mut_ptr().add(2);
         let mut acc = [_mm256_setzero_ps(); HD8];
         let cv = _mm256_set1_ps(c);
         for i in 0..HD8 {
             acc[i] = _mm256_mul_ps(_mm256_loadu_ps(acc_p.add(i * 8)), cv);
         }
-        for j in 0..nv {
-            let pj = _mm256_set1_ps(scores[j]);
-            let v = vf.as_ptr().add(j * hd);
-            for i in 0..HD8 {
-                acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+        match vsm {
+            None => {
+                for j in 0..nv {
+                    let pj = _mm256_set1_ps(scores[j]);
+                    let v = vf.as_ptr().add(j * hd);
+                    for i in 0..HD8 {
+                        acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+                    }
+                }
+            }
+            Some(sm) => {
+                let ng = HD8 / 4;
+                let mut msum = [0.0f32; 8];
+                for j in 0..nv {
+                    let p = scores[j];
+                    let v = vf.as_ptr().add(j * hd);
+                    let row = sm.as_ptr().add(2 * j * ng);
+                    for g in 0..ng {
+                        let w = _mm256_set1_ps(p * *row.add(2 * g));
+                        msum[g] += p * *row.add(2 * g + 1);
+                        for i in 4 * g..4 * g + 4 {
+                            acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+                        }
+                    }
+                }
+                for i in 0..HD8 {
+                    acc[i] = _mm256_add_ps(acc[i], _mm256_set1_ps(msum[i / 4]));
+                }
             }
         }
         for i in 0..HD8 {
@@ -509,34 +579,53 @@ pub(crate) unsafe fn attend_block<const HD8: usize>(
     }
 }
 
-/// Codes of one packed KV row as f32 in channel order (see `kvquant`'s packing: byte `j`
-/// holds channel `j + k · hd · bits / 8` in bits `k · bits ..`).
+/// Codes of `nt` packed KV rows as f32 rows of `hd`, in channel order (see `kvquant`'s
+/// packing: byte `j` of a row holds channel `j + k · hd · bits / 8` in bits `k · bits ..`).
 ///
 /// # Safety
-/// AVX2 must be present; `hd` a multiple of 32; `row` holds `hd · bits / 8` bytes and
-/// `out` `hd` values.
+/// AVX2 must be present; `bits` is 8, 4 or 2; `hd` a multiple of 32; `rows` holds
+/// `nt · hd · bits / 8` bytes and `out` `nt · hd` values.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn unpack_codes(row: &[u8], bits: usize, hd: usize, out: &mut [f32]) {
-    debug_assert!(hd.is_multiple_of(32) && row.len() >= hd * bits / 8 && out.len() >= hd);
-    let span = hd * bits / 8;
-    let per = 8 / bits;
-    let mask = _mm256_set1_epi32((1i32 << bits) - 1);
-    // SAFETY (whole body): j + 8 ≤ span ≤ row.len() and j + k·span + 8 ≤ hd ≤ out.len().
+pub(crate) unsafe fn unpack_rows(rows: &[u8], bits: usize, hd: usize, nt: usize, out: &mut [f32]) {
+    debug_assert!(hd.is_multiple_of(32) && rows.len() >= nt * hd * bits / 8);
+    debug_assert!(out.len() >= nt * hd);
+    // SAFETY: forwarded contract.
     unsafe {
-        let mut j = 0;
-        while j < span {
-            let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(row.as_ptr().add(j).cast()));
-            for k in 0..per {
-                let c = match bits {
-                    8 => e,
-                    _ => _mm256_and_si256(
-                        _mm256_srlv_epi32(e, _mm256_set1_epi32((k * bits) as i32)),
-                        mask,
-                    ),
-                };
-                _mm256_storeu_ps(out.as_mut_ptr().add(j + k * span), _mm256_cvtepi32_ps(c));
+        match bits {
+            8 => unpack_rows_n::<8>(rows, hd, nt, out),
+            4 => unpack_rows_n::<4>(rows, hd, nt, out),
+            _ => unpack_rows_n::<2>(rows, hd, nt, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_rows_n<const BITS: usize>(rows: &[u8], hd: usize, nt: usize, out: &mut [f32]) {
+    let span = hd * BITS / 8;
+    let per = 8 / BITS;
+    let mask = _mm256_set1_epi32((1i32 << BITS) - 1);
+    // SAFETY (whole body): row t's bytes t·span + j + 8 ≤ (t + 1)·span and its outputs
+    // t·hd + j + k·span + 8 ≤ (t + 1)·hd, inside the lengths the caller guarantees.
+    unsafe {
+        for t in 0..nt {
+            let row = rows.as_ptr().add(t * span);
+            let o = out.as_mut_ptr().add(t * hd);
+            let mut j = 0;
+            while j < span {
+                let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(row.add(j).cast()));
+                for k in 0..per {
+                    let c = if BITS == 8 {
+                        e
+                    } else {
+                        _mm256_and_si256(
+                            _mm256_srlv_epi32(e, _mm256_set1_epi32((k * BITS) as i32)),
+                            mask,
+                        )
+                    };
+                    _mm256_storeu_ps(o.add(j + k * span), _mm256_cvtepi32_ps(c));
+                }
+                j += 8;
             }
-            j += 8;
         }
     }
 }
