@@ -10,16 +10,34 @@ use membench::{CodecKind, CompressorKind, Machine, TierThroughput};
 use crate::exit::CliError;
 
 /// The saved rates, if any were measured on this CPU. A file that cannot be read is
-/// reported on stderr and ignored (the defaults apply), never fatal.
+/// reported on stderr and ignored (the defaults apply), never fatal; a rate that is not a
+/// positive finite number is dropped as if never measured.
 pub fn load() -> Option<TierThroughput> {
     match TierThroughput::load() {
-        Ok(Some(t)) if t.cpu_model == Machine::this_cpu_model() => Some(t),
+        Ok(Some(mut t)) if t.cpu_model == Machine::this_cpu_model() => {
+            sanitize(&mut t);
+            Some(t)
+        }
         Ok(_) => None,
         Err(e) => {
             eprintln!("warning: ignoring saved tier rates: {e}");
             None
         }
     }
+}
+
+fn rate_ok(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+fn sanitize(t: &mut TierThroughput) {
+    t.dram_copy_gb_s = t.dram_copy_gb_s.filter(|&x| rate_ok(x));
+    t.codecs
+        .retain(|_, c| rate_ok(c.quantize_gb_s) && rate_ok(c.dequantize_gb_s));
+    t.compressors
+        .retain(|_, c| rate_ok(c.compress_gb_s) && rate_ok(c.decompress_gb_s));
+    t.disk = t.disk.filter(|d| rate_ok(d.read_gb_s.median));
+    t.prefill_tok_s.retain(|_, &mut r| rate_ok(r));
 }
 
 /// Loads the saved rates (a fresh record when none, or when they were measured on

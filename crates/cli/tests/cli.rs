@@ -461,6 +461,15 @@ fn benches_save_measured_rates_that_plan_reads() {
     let need = (p["weights_bytes"].as_u64().unwrap() + p["kv_bytes"].as_u64().unwrap()) as f64;
     let bound = p["decode_bound_tok_s"].as_f64().unwrap();
     assert!((bound - copy * 1e9 / need).abs() <= 1e-6 * bound, "{bound}");
+    // Hostile rates (zero, negative) are dropped, never divided by.
+    let mut bad = t.clone();
+    bad["dram_copy_gb_s"] = serde_json::json!(0.0);
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let p = json(&llmem_cached(
+        cache.path(),
+        &["plan", "--model", tiny_model(), "--json"],
+    ));
+    assert!(p["decode_bound_tok_s"].is_null() && p["memory_copy_gb_s"].is_null());
     // A damaged file is reported and ignored, never fatal.
     std::fs::write(&file, "{ not json").unwrap();
     let o = llmem_cached(cache.path(), &["plan", "--model", tiny_model(), "--json"]);
