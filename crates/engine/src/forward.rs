@@ -345,7 +345,7 @@ impl<'a, 'm> Session<'a, 'm> {
         loop {
             match self.kv.seq_reserve(self.seq, total) {
                 Err(KvError::OverBudget(e)) => {
-                    if self.make_room(e.shortfall().0)? == 0 {
+                    if self.make_room(e.shortfall().0, true)? == 0 {
                         return Err(KvError::OverBudget(e).into());
                     }
                 }
@@ -354,15 +354,26 @@ impl<'a, 'm> Session<'a, 'm> {
         }
     }
 
-    /// Frees `short` bytes of KV RAM from the parked sequences (never the current one);
-    /// returns the bytes freed (0 when nothing more can give).
-    fn make_room(&mut self, short: u64) -> Result<u64, EvalError> {
+    /// Frees `short` bytes of KV RAM from the parked sequences (never the current one),
+    /// then, if still short and `drop_read_ahead`, drops what was read ahead; returns the
+    /// bytes freed (0 when nothing more can give).
+    fn make_room(&mut self, short: u64, drop_read_ahead: bool) -> Result<u64, EvalError> {
         let (w, rates) = self.policy;
         self.reclaim_log =
             self.kv
                 .reclaim(short, self.store.as_deref(), Compression::None, &w, &rates)?;
         self.reclaim_stats.add(&self.reclaim_log);
-        Ok(self.reclaim_log.iter().map(|d| d.bytes_freed).sum())
+        let mut freed: u64 = self.reclaim_log.iter().map(|d| d.bytes_freed).sum();
+        // Blocks read ahead but not yet taken are the last to go: dropped, re-read later.
+        if freed < short
+            && drop_read_ahead
+            && let Some(pf) = self.prefetch.as_mut()
+        {
+            let held = pf.reserved_bytes();
+            pf.clear();
+            freed += held;
+        }
+        Ok(freed)
     }
 
     /// Opens a disk tier for this session's KV blocks (prefixes persist across runs),
@@ -392,7 +403,7 @@ impl<'a, 'm> Session<'a, 'm> {
         if short > 0 && seq != self.seq {
             let was = self.kv.is_running(seq);
             self.kv.seq_set_running(seq, true)?;
-            let made = self.make_room(short);
+            let made = self.make_room(short, false);
             self.kv.seq_set_running(seq, was)?;
             if made? > 0 {
                 let pf = self.prefetch.as_mut().expect("checked above");
@@ -447,6 +458,10 @@ impl<'a, 'm> Session<'a, 'm> {
     pub fn remove_seq(&mut self, seq: SeqId) {
         if seq != self.seq && self.parked.remove(&seq).is_some() {
             self.kv.seq_remove(seq);
+            // Its blocks read ahead (if any) must not stay reserved.
+            if let Some(pf) = self.prefetch.as_mut() {
+                pf.clear();
+            }
         }
     }
 
@@ -519,7 +534,7 @@ impl<'a, 'm> Session<'a, 'm> {
                 Ok(()) => return Ok(()),
                 // Promoting a cold block needs RAM: other sequences make room first.
                 Err(KvError::OverBudget(e)) => {
-                    if self.make_room(e.shortfall().0)? == 0 {
+                    if self.make_room(e.shortfall().0, true)? == 0 {
                         return Err(KvError::OverBudget(e).into());
                     }
                 }

@@ -179,3 +179,27 @@ fn with_a_disk_tier_parked_blocks_spill_and_reload_and_without_room_the_step_is_
     assert!(err.to_string().contains("budget"), "{err}");
     assert_eq!(s.n_past(), n);
 }
+
+#[test]
+fn read_ahead_bytes_are_given_back_when_their_sequence_goes() {
+    let bytes = tiny();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let vocab = model.cfg.vocab as u32;
+    let (acc, _) = accounts(&model, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Session::with_accounts(&model, cfg(), &acc).unwrap();
+    s.set_store(BlockStore::open(dir.path(), model.digest, Compression::None).unwrap())
+        .unwrap();
+    s.eval(&toks(4 * BT, 6, vocab), Logits::Last).unwrap();
+    let a = s.seq();
+    s.new_seq();
+    s.eval(&toks(5 * BT, 7, vocab), Logits::Last).unwrap(); // A goes to disk
+    assert!(s.reclaim_stats().spilled >= 1);
+    s.new_seq();
+    assert!(s.prefetch(a).unwrap() >= 1);
+    // Read ahead and waiting: reserved in the kv pool beside the blocks' RAM.
+    assert!(acc.budget.used(acc.kv).0 > s.kv().pool().storage_bytes());
+    s.remove_seq(a);
+    assert_eq!(acc.budget.used(acc.kv).0, s.kv().pool().storage_bytes());
+}
