@@ -553,6 +553,11 @@ impl<'a, 'm> Session<'a, 'm> {
 
     /// Appends `tokens` to the sequence and returns logits: `vocab` values for
     /// [`Logits::Last`], `tokens.len() × vocab` for [`Logits::All`].
+    ///
+    /// With an all-f16 cache a step the budget cannot hold is refused before anything is
+    /// computed. With a mixed cache the step grows one micro-batch at a time; if the budget
+    /// refuses part-way, the micro-batches already computed stay in the cache
+    /// ([`Session::n_past`] says how far it got) and the error says why.
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<&[f32], EvalError> {
         let vocab = self.model.cfg.vocab;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -588,7 +593,13 @@ impl<'a, 'm> Session<'a, 'm> {
             .unwrap_or(0);
         self.account_scratch(n_out * vocab, attn_need)?;
         self.prepare()?;
-        self.reserve_kv(self.n_past + tokens.len())?;
+        // An all-f16 cache reserves the whole step up front (all or nothing); a mixed one
+        // grows a micro-batch at a time and demotes as it goes, so a long prompt never
+        // holds more than one micro-batch of f16 beyond its mix.
+        let stepwise = !self.cfg.kv_mix.is_all_f16();
+        if !stepwise {
+            self.reserve_kv(self.n_past + tokens.len())?;
+        }
         // Exact growth, so the buffers hold no more than the ledger granted.
         self.logits
             .reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
@@ -605,14 +616,19 @@ impl<'a, 'm> Session<'a, 'm> {
                 Logits::Last if last_chunk => Some(usize::MAX),
                 Logits::Last => None,
             };
+            if stepwise {
+                self.reserve_kv(self.n_past + chunk.len())?;
+            }
             self.forward(chunk, out)?;
             self.tokens.extend_from_slice(chunk);
             self.computed_tokens += chunk.len() as u64;
             done += chunk.len();
+            if stepwise || last_chunk {
+                self.kv
+                    .seq_publish(self.seq, &self.tokens, self.model.digest)?;
+                self.kv.seq_apply_mix(self.seq, &self.cfg.kv_mix)?;
+            }
         }
-        self.kv
-            .seq_publish(self.seq, &self.tokens, self.model.digest)?;
-        self.kv.seq_apply_mix(self.seq, &self.cfg.kv_mix)?;
         Ok(&self.logits)
     }
 

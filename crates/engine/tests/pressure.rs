@@ -203,3 +203,40 @@ fn read_ahead_bytes_are_given_back_when_their_sequence_goes() {
     s.remove_seq(a);
     assert_eq!(acc.budget.used(acc.kv).0, s.kv().pool().storage_bytes());
 }
+
+#[test]
+fn a_long_prompt_in_a_mixed_cache_holds_one_micro_batch_of_f16_at_most() {
+    let bytes = tiny();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let vocab = model.cfg.vocab as u32;
+    let c = &model.cfg;
+    let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BT).unwrap();
+    let prompt = toks(480, 8, vocab);
+    let peak_of = |mix: &str| -> (u64, u64) {
+        let (acc, _) = accounts(&model, 1 << 10);
+        let cfg = SessionConfig {
+            kv_mix: engine::forward::kv_mix_named(mix).unwrap(),
+            ..SessionConfig::new(512, 1, 64)
+        };
+        let mut s = Session::with_accounts(&model, cfg, &acc).unwrap();
+        s.eval(&prompt, Logits::Last).unwrap();
+        let snap = acc.budget.snapshot();
+        let kv = snap.pools.iter().find(|p| p.name.as_str() == "kv").unwrap();
+        (kv.peak.0, s.kv_bytes())
+    };
+    let (f16_peak, f16_end) = peak_of("f16");
+    assert_eq!(f16_peak, f16_end);
+    let (peak, end) = peak_of("tiered");
+    // One micro-batch (64 tokens = 4 blocks) of f16, plus the block it may straddle.
+    let one_ubatch = 5 * layout.block_bytes();
+    assert!(
+        peak <= end + one_ubatch,
+        "peak {peak} > {end} + {one_ubatch}"
+    );
+    // Before demoting stepwise, the peak was the all-f16 size.
+    assert!(
+        peak + one_ubatch < f16_peak,
+        "tiered peak {peak} vs f16 {f16_peak}"
+    );
+}

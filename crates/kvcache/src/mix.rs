@@ -37,6 +37,11 @@ impl TierMix {
     }
 
     /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
+    /// Whether every block stays f16 (nothing is ever transcoded).
+    pub fn is_all_f16(&self) -> bool {
+        self.cold_format == KvFormat::F16 && self.sink_format == KvFormat::F16
+    }
+
     pub fn format_for(&self, b: usize, len: usize, bt: usize) -> KvFormat {
         let end = (b + 1) * bt; // one past the block's last token
         if end > len {
