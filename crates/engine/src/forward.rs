@@ -210,6 +210,15 @@ fn par_rows(pool: &ThreadPool, n: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
+/// Whether `LLMEM_LOG` asks for the KV debug log (`kv` in its comma-separated list):
+/// every reclaim decision is printed to stderr with its score's factors.
+fn debug_kv() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("LLMEM_LOG").is_ok_and(|v| v.split(',').any(|x| x.trim() == "kv"))
+    })
+}
+
 /// One sequence being evaluated against a model.
 pub struct Session<'a, 'm> {
     model: &'a Model<'m>,
@@ -363,6 +372,12 @@ impl<'a, 'm> Session<'a, 'm> {
             self.kv
                 .reclaim(short, self.store.as_deref(), Compression::None, &w, &rates)?;
         self.reclaim_stats.add(&self.reclaim_log);
+        if debug_kv() {
+            eprintln!("llmem kv: short by {short} B");
+            for d in &self.reclaim_log {
+                eprintln!("llmem kv: {d}");
+            }
+        }
         let mut freed: u64 = self.reclaim_log.iter().map(|d| d.bytes_freed).sum();
         // Blocks read ahead but not yet taken are the last to go: dropped, re-read later.
         if freed < short
@@ -629,6 +644,8 @@ impl<'a, 'm> Session<'a, 'm> {
                 self.kv.seq_apply_mix(self.seq, &self.cfg.kv_mix)?;
             }
         }
+        // Recency and frequency of use, for the eviction score.
+        self.kv.seq_touch(self.seq)?;
         Ok(&self.logits)
     }
 

@@ -92,6 +92,11 @@ fn parked_sequences_are_demoted_to_make_room_and_continue() {
             s.kv().seq_blocks(a).unwrap().contains(&d.block),
             "only A gives"
         );
+        let line = d.to_string(); // the debug log's line (LLMEM_LOG=kv)
+        assert!(
+            line.contains("demote f16 -> int8") && line.contains("recency"),
+            "{line}"
+        );
     }
     // Freed no more than the shortfall needs: one block less one demotion's saving.
     let one_saving = bb

@@ -85,6 +85,24 @@ pub struct Decision {
     pub bytes_freed: u64,
 }
 
+impl std::fmt::Display for Decision {
+    /// One line for the debug log: what happened to which block, and why (the factors).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.action {
+            Action::Demote(from, to) => format!("demote {} -> {}", from.name(), to.name()),
+            Action::Compress(fmt) => format!("compress {}", fmt.name()),
+            Action::Spill => "spill to disk".to_string(),
+        };
+        let [r, fq, sz, c, inc] = self.factors;
+        write!(
+            f,
+            "block {}: {what}, freed {} B; score {:.3} = recency {r:.2}, frequency {fq:.2}, \
+             size {sz:.2}, cost {c:.2}, incompleteness {inc:.2}",
+            self.block.0, self.bytes_freed, self.score
+        )
+    }
+}
+
 /// One step down the ladder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
