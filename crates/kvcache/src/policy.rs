@@ -235,6 +235,8 @@ impl KvCache {
                 let before = self.pool().storage_bytes();
                 let m = self.pool().meta(id);
                 let mut action = match (m.format, m.compressed) {
+                    // A compressed block cannot be re-encoded without growing first.
+                    (_, true) => Action::Spill,
                     (KvFormat::F16, _) => Action::Demote(KvFormat::F16, KvFormat::Q8),
                     (KvFormat::Q8, _) => Action::Demote(KvFormat::Q8, KvFormat::Q4),
                     (KvFormat::Q4, _) => Action::Demote(KvFormat::Q4, KvFormat::Q2),
