@@ -75,6 +75,8 @@ struct FormatReport {
 #[derive(Serialize)]
 struct CodecReport {
     name: &'static str,
+    #[serde(skip)]
+    format: KvFormat,
     /// f16 bytes per second through quantization / out of dequantization.
     quantize_gb_s: f64,
     dequantize_gb_s: f64,
@@ -84,6 +86,10 @@ struct CodecReport {
 struct CompressorReport {
     name: String,
     on: &'static str,
+    #[serde(skip)]
+    codec: Compression,
+    #[serde(skip)]
+    on_format: KvFormat,
     ratio: f64,
     compress_gb_s: f64,
     decompress_gb_s: f64,
@@ -363,11 +369,11 @@ fn save_rates(
     use membench::{CodecKind, CodecThroughput, CompressorKind, CompressorThroughput};
     crate::tier::update(|t| {
         for c in codecs {
-            let kind = match c.name {
-                "int8" => CodecKind::Int8,
-                "int4" => CodecKind::Int4,
-                "int2" => CodecKind::Int2,
-                _ => continue,
+            let kind = match c.format {
+                KvFormat::Q8 => CodecKind::Int8,
+                KvFormat::Q4 => CodecKind::Int4,
+                KvFormat::Q2 => CodecKind::Int2,
+                KvFormat::F16 => continue,
             };
             let rate = CodecThroughput {
                 quantize_gb_s: c.quantize_gb_s,
@@ -376,10 +382,10 @@ fn save_rates(
             t.codecs.insert(kind, rate);
         }
         let mut zstd_seen = false;
-        for c in compressors.iter().filter(|c| c.on == "int4") {
-            let kind = match c.name.split(':').next() {
-                Some("lz4") => CompressorKind::Lz4,
-                Some("zstd") if !zstd_seen => {
+        for c in compressors.iter().filter(|c| c.on_format == KvFormat::Q4) {
+            let kind = match c.codec {
+                Compression::Lz4 => CompressorKind::Lz4,
+                Compression::Zstd(_) if !zstd_seen => {
                     zstd_seen = true;
                     CompressorKind::Zstd
                 }
@@ -442,6 +448,7 @@ fn codec_rates(
         });
         codecs.push(CodecReport {
             name: f.name(),
+            format: f,
             quantize_gb_s: f16_bytes / tq / 1e9,
             dequantize_gb_s: f16_bytes / td / 1e9,
         });
@@ -471,6 +478,8 @@ fn codec_rates(
             compressors.push(CompressorReport {
                 name: c.to_string(),
                 on: f.name(),
+                codec: c,
+                on_format: f,
                 ratio: raw / stored,
                 compress_gb_s: raw / tc / 1e9,
                 decompress_gb_s: raw / tdz / 1e9,

@@ -226,8 +226,10 @@ pub struct Session<'a, 'm> {
     store: Option<Arc<BlockStore>>,
     /// Reads disk-tier blocks ahead on its own thread (with a store).
     prefetch: Option<Prefetcher>,
-    /// What the eviction score weighs, and the rates its cost factor uses.
-    policy: (Weights, Rates),
+    /// What the eviction score weighs.
+    weights: Weights,
+    /// The rates the eviction score's cost factor uses.
+    rates: Rates,
     /// Demotions, compressions and spills made to fit this session's KV in its budget.
     reclaim_stats: ReclaimStats,
     /// The most recent of them, with their factors (for the debug log).
@@ -279,7 +281,8 @@ impl<'a, 'm> Session<'a, 'm> {
             computed_tokens: 0,
             store: None,
             prefetch: None,
-            policy: (Weights::default(), Rates::default()),
+            weights: Weights::default(),
+            rates: Rates::default(),
             reclaim_stats: ReclaimStats::default(),
             reclaim_log: Vec::new(),
             rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),

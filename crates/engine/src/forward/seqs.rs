@@ -22,7 +22,7 @@ impl Session<'_, '_> {
     /// Sets the rates the eviction score's cost factor uses (measured ones, from `llmem
     /// bench`, where they exist).
     pub fn set_rates(&mut self, rates: Rates) {
-        self.policy.1 = rates;
+        self.rates = rates;
     }
 
     /// Counts of the demotions, compressions and spills made so far to stay in budget.
@@ -57,10 +57,10 @@ impl Session<'_, '_> {
     /// then, if still short and `drop_read_ahead`, drops what was read ahead; returns the
     /// bytes freed (0 when nothing more can give).
     fn make_room(&mut self, short: u64, drop_read_ahead: bool) -> Result<u64, EvalError> {
-        let (w, rates) = self.policy;
+        let store = self.store.as_deref();
         self.reclaim_log =
             self.kv
-                .reclaim(short, self.store.as_deref(), Compression::None, &w, &rates)?;
+                .reclaim(short, store, Compression::None, &self.weights, &self.rates)?;
         self.reclaim_stats.add(&self.reclaim_log);
         if debug_kv() {
             eprintln!("llmem kv: short by {short} B");
