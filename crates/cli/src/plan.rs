@@ -12,23 +12,42 @@ use serde::Serialize;
 use crate::exit::{CliError, input};
 use crate::machine;
 
-/// KV cache element types, with their bytes per cached value (scales included).
+/// KV cache types (`--kv-type`): one format for every block, or a tier mix by age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvType {
     F16,
     Int8,
     Int4,
+    Int2,
+    #[value(name = "tiered-4bit")]
+    #[serde(rename = "tiered-4bit")]
+    Tiered4bit,
+    Tiered,
 }
 
 impl KvType {
-    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Int8, KvType::Int4];
+    pub const ALL: [KvType; 6] = [
+        KvType::F16,
+        KvType::Int8,
+        KvType::Int4,
+        KvType::Int2,
+        KvType::Tiered4bit,
+        KvType::Tiered,
+    ];
 
-    /// Bytes per token for `cfg`, from the block formats themselves
-    /// (`kernels::kvquant`: codes plus f16 scale and minimum per key channel per block
-    /// and per 32 values of each token's values). A head size the quantized formats do
-    /// not support is counted as f16, which is what the cache would then use.
-    pub fn bytes_per_token(self, cfg: &ModelConfig) -> u64 {
+    /// The type `--kv-type NAME` names (`engine::forward::KV_TYPES`).
+    pub fn from_name(name: &str) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Bytes per token of a sequence of `ctx` tokens, from the block formats themselves
+    /// (`kernels::kvquant`: codes plus per-channel and per-group scales and minima) and the
+    /// mix's format for each block at that length. A mixed cache also holds, while a
+    /// prompt is read, up to one micro-batch of `ubatch` tokens in f16 before the mix
+    /// demotes it: counted, so the figure is the peak, not the resting size. A head size
+    /// the quantized formats do not support counts as f16, which the cache then uses.
+    pub fn bytes_per_token(self, cfg: &ModelConfig, ctx: usize, ubatch: usize) -> u64 {
         use kernels::kvquant::{BlockGeom, KvFormat};
         let geom = BlockGeom {
             n_layers: cfg.n_layers,
@@ -36,13 +55,29 @@ impl KvType {
             head_dim: cfg.head_dim,
             block_tokens: engine::forward::BLOCK_TOKENS,
         };
-        let f = match self {
-            KvType::F16 => KvFormat::F16,
-            KvType::Int8 => KvFormat::Q8,
-            KvType::Int4 => KvFormat::Q4,
+        let mix = engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type");
+        let bt = geom.block_tokens;
+        let ctx = ctx.max(1);
+        let n = ctx.div_ceil(bt);
+        let bytes = |f: KvFormat| {
+            geom.block_bytes(if f.supports(&geom) { f } else { KvFormat::F16 }) as u64
         };
-        let f = if f.supports(&geom) { f } else { KvFormat::F16 };
-        (geom.block_bytes(f) / geom.block_tokens) as u64
+        let rest: u64 = (0..n).map(|b| bytes(mix.format_for(b, ctx, bt))).sum();
+        let transient = if mix.is_all_f16() || self.is_uniform() {
+            0
+        } else {
+            let f16 = bytes(KvFormat::F16);
+            // The newest micro-batch's blocks (plus the one it may straddle) as f16.
+            let k = (ubatch.min(ctx).div_ceil(bt) + 1).min(n);
+            (n - k..n)
+                .map(|b| f16 - bytes(mix.format_for(b, ctx, bt)))
+                .sum()
+        };
+        (rest + transient).div_ceil(ctx as u64)
+    }
+
+    fn is_uniform(self) -> bool {
+        !matches!(self, KvType::Tiered | KvType::Tiered4bit)
     }
 
     pub fn name(self) -> &'static str {
@@ -50,6 +85,9 @@ impl KvType {
             KvType::F16 => "f16",
             KvType::Int8 => "int8",
             KvType::Int4 => "int4",
+            KvType::Int2 => "int2",
+            KvType::Tiered4bit => "tiered-4bit",
+            KvType::Tiered => "tiered",
         }
     }
 }
@@ -131,6 +169,9 @@ pub struct PlanArgs {
     pub yaml: bool,
 }
 
+/// Prompt tokens per micro-batch the plan assumes (the session's default).
+const PLAN_UBATCH: usize = 512;
+
 /// A model's fixed facts, read from its header (nothing is loaded).
 pub struct ModelFacts {
     pub cfg: ModelConfig,
@@ -146,9 +187,9 @@ impl ModelFacts {
             tokenizer_bytes: self.tokenizer_bytes,
             n_ctx,
             n_seqs,
-            kv_bytes_per_token: kv.bytes_per_token(&self.cfg),
+            kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx, PLAN_UBATCH),
             threads,
-            ubatch: 512,
+            ubatch: PLAN_UBATCH,
         }
     }
 
@@ -305,7 +346,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
             .iter()
             .map(|&k| Fit {
                 kv_type: k,
-                kv_bytes_per_token: k.bytes_per_token(&f.cfg),
+                kv_bytes_per_token: k.bytes_per_token(&f.cfg, a.ctx, PLAN_UBATCH),
                 max_ctx: f.max_ctx(budget_bytes, a.seqs, k, threads),
                 max_seqs_at_ctx: f.max_seqs(budget_bytes, a.ctx, k, threads),
             })
@@ -364,7 +405,7 @@ fn print_table(r: &PlanReport) {
         _ => println!("run `llmem bench memory` once for a decode-speed bound"),
     }
     println!(
-        "\n  kv type   bytes/token   largest ctx   seqs at ctx {}",
+        "\n  kv type       bytes/token   largest ctx   seqs at ctx {}",
         r.ctx
     );
     for f in &r.fits_by_kv_type {
@@ -372,7 +413,7 @@ fn print_table(r: &PlanReport) {
             .max_ctx
             .map_or_else(|| "none".to_string(), |c| c.to_string());
         println!(
-            "  {:<8} {:>12} {:>13} {:>13}",
+            "  {:<12} {:>12} {:>13} {:>13}",
             f.kv_type.name(),
             f.kv_bytes_per_token,
             ctx,

@@ -52,8 +52,8 @@ pub struct RunArgs {
     /// Keep generating past end-of-generation tokens (for measurements).
     #[arg(long)]
     pub ignore_eos: bool,
-    /// KV cache type: f16, int8, int4, int2, or tiered (recent tokens f16, older ones
-    /// int8 then 2-bit).
+    /// KV cache type: f16, int8, int4, int2, tiered (recent tokens f16, older ones int8,
+    /// then 4-bit, then 2-bit) or tiered-4bit (never below 4-bit).
     #[arg(long, default_value = "f16", value_parser = clap::builder::PossibleValuesParser::new(engine::forward::KV_TYPES))]
     pub kv_type: String,
     /// Keep prompt-prefix KV blocks in this directory across runs (checksummed files,
@@ -159,7 +159,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         file_bytes: file.bytes().len() as u64,
         tokenizer_bytes: tm.tokenizer.table_bytes(),
     };
-    let kv = crate::plan::KvType::F16;
+    let kv = crate::plan::KvType::from_name(&a.kv_type).unwrap_or(crate::plan::KvType::F16);
     let need = engine::memory::plan(&facts.input(a.ctx, 1, kv, threads));
     // Check the budget before any weight page or buffer is touched.
     let accounts = match &profile {

@@ -38,7 +38,26 @@ fn plan_reports_exact_weights_and_kv() {
         .iter()
         .map(|f| f["kv_bytes_per_token"].as_u64().unwrap())
         .collect();
-    assert_eq!(kinds, [23_040, 13_680, 7_920]);
+    // Block bytes (16 tokens, 30 layers × 3 KV heads of 64): f16 368,640; a quantized
+    // (layer, head) pair of chunks is K = 2 + 3·64 + 16·row, V = 2 + 16·(3·2 + row) bytes.
+    let q = |row: u64| 90 * ((2 + 3 * 64 + 16 * row) + (2 + 16 * (6 + row)));
+    let (f16, q8, q4, q2) = (368_640u64, q(64), q(32), q(16));
+    // The mixes at 2,048 tokens (128 blocks), at their peak: the newest micro-batch of 512
+    // tokens (32 blocks, plus the one it may straddle) still f16, then the sink block f16
+    // and the 94 others at the mix's oldest format.
+    let peak = |oldest: u64| (34 * f16 + 94 * oldest).div_ceil(2048);
+    assert_eq!(
+        kinds,
+        [
+            23_040,
+            (q8 * 128).div_ceil(2048),
+            (q4 * 128).div_ceil(2048),
+            (q2 * 128).div_ceil(2048),
+            peak(q4),
+            peak(q2),
+        ]
+    );
+    assert_eq!(kinds[1..4], [13_163, 7_403, 4_523]);
     let y = llmem(&["plan", "--model", m, "--ctx", "512", "--yaml"]);
     assert!(y.status.success());
     assert!(String::from_utf8_lossy(&y.stdout).contains("total_bytes:"));

@@ -659,19 +659,50 @@ fn make_storage(f: KvFormat, body: &[u8]) -> Storage {
 /// `[format id u8][filled u16 le][block bytes]`.
 fn encode_payload(f: KvFormat, filled: u16, body: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(body.len() + 3);
-    p.push(f.bits() as u8);
+    p.push(payload_tag(f));
     p.extend_from_slice(&filled.to_le_bytes());
     p.extend_from_slice(body);
     p
 }
 
+/// A payload's first byte: its format, and for quantized ones the chunk layout — 0x40
+/// marks the layout with one-byte log scales; payloads of the earlier layout (f16 scales,
+/// tagged by bits alone) no longer decode and are recomputed, never misread.
+fn payload_tag(f: KvFormat) -> u8 {
+    match f {
+        KvFormat::F16 => 16,
+        q => 0x40 | q.bits() as u8,
+    }
+}
+
 fn decode_payload<'a>(p: &'a [u8], layout: &KvLayout) -> Option<(KvFormat, u16, &'a [u8])> {
     let (&id, rest) = p.split_first()?;
-    let f = KvFormat::ALL
-        .into_iter()
-        .find(|f| f.bits() == id as usize)?;
+    let f = KvFormat::ALL.into_iter().find(|&f| payload_tag(f) == id)?;
     let filled = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
     let body = &rest[2..];
     (body.len() == layout.geom().block_bytes(f) && filled as usize <= layout.block_tokens())
         .then_some((f, filled, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_of_the_earlier_chunk_layout_are_refused() {
+        let layout = KvLayout::new(2, 1, 32, 16).unwrap();
+        let body = vec![0u8; layout.geom().block_bytes(KvFormat::Q4)];
+        let p = encode_payload(KvFormat::Q4, 16, &body);
+        assert_eq!(decode_payload(&p, &layout).map(|d| d.0), Some(KvFormat::Q4));
+        // The same body tagged as the f16-scale layout tagged it (bits alone).
+        let mut old = p.clone();
+        old[0] = 4;
+        assert!(decode_payload(&old, &layout).is_none());
+        let f16 = vec![0u8; layout.geom().block_bytes(KvFormat::F16)];
+        let p = encode_payload(KvFormat::F16, 16, &f16);
+        assert_eq!(
+            decode_payload(&p, &layout).map(|d| d.0),
+            Some(KvFormat::F16)
+        );
+    }
 }
