@@ -45,6 +45,15 @@ pub(crate) struct Sample {
     pub(crate) gb_s: Vec<f64>,
 }
 
+/// One (op, threads) point of a working set, calibrated, collecting its repetitions.
+pub(crate) struct Point<'p> {
+    pub(crate) op: Op,
+    pub(crate) pool: &'p Pool,
+    kernels: Kernels,
+    iters: Vec<u64>,
+    pub(crate) samples: Vec<Sample>,
+}
+
 /// A working set ready to be measured.
 pub(crate) struct WorkingSet {
     region: Arc<Region>,
@@ -88,7 +97,9 @@ impl WorkingSet {
     }
 
     /// Times `op` on `pool` with each store kind `policy` allows, after a calibration that
-    /// doubles as warm-up.
+    /// doubles as warm-up: [`WorkingSet::prepare`], then `timing.reps` of
+    /// [`WorkingSet::repeat`].
+    #[cfg(test)]
     pub(crate) fn measure(
         &self,
         op: Op,
@@ -97,15 +108,31 @@ impl WorkingSet {
         policy: StorePolicy,
         timing: Timing,
     ) -> Vec<Sample> {
+        let mut point = self.prepare(op, pool, kernels, policy, timing);
+        for _ in 0..timing.reps {
+            self.repeat(&mut point);
+        }
+        point.samples
+    }
+
+    /// Calibrates `op` on `pool` (pass counts so each repetition lasts `timing.min_rep`;
+    /// the runs warm caches and TLB) for each store kind `policy` allows.
+    pub(crate) fn prepare<'p>(
+        &self,
+        op: Op,
+        pool: &'p Pool,
+        kernels: Kernels,
+        policy: StorePolicy,
+        timing: Timing,
+    ) -> Point<'p> {
         let nt = kernels.isa().has_nontemporal_stores() && op.writes();
         let stores: &[Stores] = match policy {
             StorePolicy::Best if nt => &[Stores::Temporal, Stores::NonTemporal],
             StorePolicy::NonTemporal if nt => &[Stores::NonTemporal],
             _ => &[Stores::Temporal],
         };
-        let bytes = self.bytes_per_pass(op) as f64;
         let threads = pool.threads();
-        let iters: Vec<u64> = stores
+        let iters = stores
             .iter()
             .map(|&st| {
                 calibrate(
@@ -115,24 +142,34 @@ impl WorkingSet {
                 )
             })
             .collect();
-        // Repetitions of the store kinds alternate, so a burst of interference from
-        // elsewhere on the machine hits both alike instead of deciding which one "wins".
-        let mut samples: Vec<Sample> = stores
-            .iter()
-            .map(|&stores| Sample {
-                stores,
-                gb_s: Vec::new(),
-            })
-            .collect();
-        for _ in 0..timing.reps {
-            for (sample, &n) in samples.iter_mut().zip(&iters) {
-                let t = pool.run(self.job(op, threads, kernels, sample.stores, n));
-                sample
-                    .gb_s
-                    .push(bytes * n as f64 / t.as_secs_f64().max(1e-9) / 1e9);
-            }
+        Point {
+            op,
+            pool,
+            kernels,
+            iters,
+            samples: stores
+                .iter()
+                .map(|&stores| Sample {
+                    stores,
+                    gb_s: Vec::new(),
+                })
+                .collect(),
         }
-        samples
+    }
+
+    /// One timed repetition of `point`, each store kind in turn (alternating, so a burst
+    /// of interference from elsewhere on the machine hits both alike instead of deciding
+    /// which one "wins").
+    pub(crate) fn repeat(&self, point: &mut Point<'_>) {
+        let bytes = self.bytes_per_pass(point.op) as f64;
+        let threads = point.pool.threads();
+        for (sample, &n) in point.samples.iter_mut().zip(&point.iters) {
+            let job = self.job(point.op, threads, point.kernels, sample.stores, n);
+            let t = point.pool.run(job);
+            sample
+                .gb_s
+                .push(bytes * n as f64 / t.as_secs_f64().max(1e-9) / 1e9);
+        }
     }
 
     fn job(&self, op: Op, threads: usize, kernels: Kernels, stores: Stores, iters: u64) -> Job {

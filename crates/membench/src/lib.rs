@@ -255,18 +255,29 @@ pub fn run_with(
             .unwrap_or_else(|| caches.default_bandwidth_sizes());
         for &size in &sizes {
             let set = WorkingSet::new(size, pools[pools.len() - 1])?;
-            for &op in &bandwidth_ops {
-                for pool in &pools {
-                    let samples = set.measure(op, pool, kernels, config.stores, timing);
-                    let threads = pool.threads();
-                    push(Measurement::bandwidth(
-                        op,
-                        size,
-                        threads,
-                        caches.level_of(size, threads),
-                        &samples,
-                    ));
+            let mut points: Vec<_> = bandwidth_ops
+                .iter()
+                .flat_map(|&op| pools.iter().map(move |&pool| (op, pool)))
+                .map(|(op, pool)| set.prepare(op, pool, kernels, config.stores, timing))
+                .collect();
+            // Repetitions go round every point of the size in turn, so each point's
+            // samples span the whole measurement: a slow minute on a shared host lowers
+            // one sample of every point rather than all samples of one (run-to-run
+            // agreement of the medians).
+            for _ in 0..timing.reps {
+                for p in &mut points {
+                    set.repeat(p);
                 }
+            }
+            for p in points {
+                let threads = p.pool.threads();
+                push(Measurement::bandwidth(
+                    p.op,
+                    size,
+                    threads,
+                    caches.level_of(size, threads),
+                    &p.samples,
+                ));
             }
         }
     }
