@@ -120,41 +120,6 @@ pub fn attention_with(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    attention_mass_with(isa, pool, q, kv, shape, scratch, out, None);
-}
-
-/// [`attention`], also adding to `mass[b]` the attention mass block `b` received: the
-/// softmax probability its keys got, summed over every query token and query head of
-/// this call (so the masses of one call sum to `n_q · n_heads`). Costs two `exp` per
-/// (query row, block) and a small buffer; for policies that keep what is attended to.
-///
-/// # Panics
-/// As [`attention`]; and if `mass` is shorter than the blocks the keys need.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_mass(
-    pool: &ThreadPool,
-    q: &[f32],
-    kv: &PagedKv<'_>,
-    shape: &AttnShape,
-    scratch: &mut [f32],
-    out: &mut [f32],
-    mass: &mut [f32],
-) {
-    attention_mass_with(Isa::detect(), pool, q, kv, shape, scratch, out, Some(mass));
-}
-
-/// [`attention_mass`] on a chosen instruction set, the mass optional.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_mass_with(
-    isa: Isa,
-    pool: &ThreadPool,
-    q: &[f32],
-    kv: &PagedKv<'_>,
-    shape: &AttnShape,
-    scratch: &mut [f32],
-    out: &mut [f32],
-    mut mass: Option<&mut [f32]>,
-) {
     let hd = kv.geom.head_dim;
     let bt = kv.geom.block_tokens;
     let g = shape.group();
@@ -177,35 +142,9 @@ pub fn attention_mass_with(
     );
     let sp = SyncPtr(scratch.as_mut_ptr());
     let next = AtomicUsize::new(0);
-    // Attention mass: a split-free item knows its rows' final maxima and sums and adds
-    // its blocks' masses to a per-thread total; split items leave each block's sum,
-    // relative to the item's own maximum, for the merge below to scale.
-    let n_blocks = n_keys.div_ceil(bt);
-    let rows = g * tq;
-    let want_mass = mass.is_some();
-    if let Some(m) = &mass {
-        assert!(
-            m.len() >= n_blocks,
-            "attention: mass shorter than the blocks"
-        );
-    }
-    let mut rel = vec![
-        0.0f32;
-        if want_mass && splits > 1 {
-            items * rows * n_blocks
-        } else {
-            0
-        }
-    ];
-    let rp = SyncPtr(rel.as_mut_ptr());
-    let totals = std::sync::Mutex::new(vec![0.0f32; if want_mass { n_blocks } else { 0 }]);
     pool.run(|_| {
         let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
         let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
-        let mut rec = want_mass.then(|| MassRec {
-            sums: Vec::new(),
-            total: vec![0.0f32; n_blocks],
-        });
         loop {
             let it = next.fetch_add(1, Ordering::Relaxed);
             if it >= items {
@@ -216,7 +155,7 @@ pub fn attention_mass_with(
             let h = it / splits / q_tiles;
             // SAFETY: item `it` owns scratch[it*slot .. (it+1)*slot].
             let part = unsafe { std::slice::from_raw_parts_mut(sp.get().add(it * slot), slot) };
-            let (b0, b1) = run_item(
+            run_item(
                 isa,
                 q,
                 kv,
@@ -225,47 +164,9 @@ pub fn attention_mass_with(
                 part,
                 &mut kf,
                 &mut vf,
-                rec.as_mut(),
             );
-            if let Some(r) = rec.as_mut() {
-                let n_rows = r.sums.len() / (2 * (b1 - b0)).max(1);
-                for row in 0..n_rows {
-                    let (m_fin, l_fin) = (part[row * (hd + 2)], part[row * (hd + 2) + 1]);
-                    if l_fin <= 0.0 {
-                        continue;
-                    }
-                    for b in b0..b1 {
-                        let i = 2 * (row * (b1 - b0) + b - b0);
-                        let (m_b, s_b) = (r.sums[i], r.sums[i + 1]);
-                        if s_b <= 0.0 {
-                            continue;
-                        }
-                        let w = s_b * (m_b - m_fin).exp();
-                        if splits == 1 {
-                            r.total[b] += w / l_fin;
-                        } else {
-                            // SAFETY: item `it` owns rel[it·rows·n_blocks ..][.. rows·n_blocks].
-                            unsafe { *rp.get().add((it * rows + row) * n_blocks + b) = w };
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(r) = rec {
-            let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
-            for (a, b) in t.iter_mut().zip(&r.total) {
-                *a += b;
-            }
         }
     });
-    if let Some(m) = mass.as_deref_mut() {
-        for (a, b) in m
-            .iter_mut()
-            .zip(totals.into_inner().unwrap_or_else(|e| e.into_inner()))
-        {
-            *a += b;
-        }
-    }
     // Merge the splits of each (head, tile) into the output.
     let mut acc = vec![0.0f32; hd];
     for h in 0..shape.n_kv_heads {
@@ -294,20 +195,6 @@ pub fn attention_mass_with(
                     let head = h * g + gi;
                     let o = &mut out[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
                     let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-                    if let (Some(ms), true) = (mass.as_deref_mut(), splits > 1) {
-                        for sp_i in 0..splits {
-                            let it = (h * q_tiles + tile) * splits + sp_i;
-                            let p = &scratch[it * slot + row * (hd + 2)..];
-                            if p[1] == 0.0 {
-                                continue;
-                            }
-                            let c = (p[0] - m).exp() * inv;
-                            let ws = &rel[(it * rows + row) * n_blocks..][..n_blocks];
-                            for (a, &w) in ms.iter_mut().zip(ws) {
-                                *a += w * c;
-                            }
-                        }
-                    }
                     for (ov, av) in o.iter_mut().zip(&acc) {
                         *ov = av * inv;
                     }
@@ -317,16 +204,8 @@ pub fn attention_mass_with(
     }
 }
 
-/// Per-thread record of attention mass: each (row, block) of the current item's
-/// running maximum and the block's sum at that maximum, and the thread's total per block.
-struct MassRec {
-    sums: Vec<f32>,
-    total: Vec<f32>,
-}
-
 /// One work item: rows = (query token in tile) × (query head in group); writes per row
-/// `[max, sum, acc[head_dim]]` into `part`. Returns the blocks it covered; with `rec`,
-/// records each (row, block)'s `(max after the block, the block's sum at that max)`.
+/// `[max, sum, acc[head_dim]]` into `part`.
 #[allow(clippy::too_many_arguments)]
 fn run_item(
     isa: Isa,
@@ -337,8 +216,7 @@ fn run_item(
     part: &mut [f32],
     kf: &mut [f32],
     vf: &mut [f32],
-    mut rec: Option<&mut MassRec>,
-) -> (usize, usize) {
+) {
     let hd = kv.geom.head_dim;
     let bt = kv.geom.block_tokens;
     let g = shape.group();
@@ -359,10 +237,6 @@ fn run_item(
         p[1] = 0.0;
         p[2..].iter_mut().for_each(|v| *v = 0.0);
     }
-    if let Some(r) = rec.as_deref_mut() {
-        r.sums.clear();
-        r.sums.resize(2 * rows * (b1 - b0), 0.0);
-    }
     let mut scores = [0.0f32; MAX_BLOCK_TOKENS];
     let mut ksm = [0.0f32; 2 * MAX_HEAD_DIM];
     let mut vsm = [0.0f32; kvquant::V_SCALES];
@@ -380,94 +254,41 @@ fn run_item(
             for gi in 0..g {
                 let head = h * g + gi;
                 let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
-                let row = ti * g + gi;
-                let p = &mut part[row * (hd + 2)..][..hd + 2];
-                if let Some(r) = rec.as_deref_mut() {
-                    // Before: remembered here, turned into the block's sum below.
-                    let i = 2 * (row * (b1 - b0) + b - b0);
-                    r.sums[i] = p[0];
-                    r.sums[i + 1] = p[1];
+                let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
+                if codes {
+                    // Key scales folded into the query: q·(c·s + m) = (q⊙s)·c + q·m.
+                    for ((o, &x), &sc) in qs.iter_mut().zip(qr).zip(&ksm[..hd]) {
+                        *o = x * sc;
+                    }
+                    let bias = simd::dot_f32(isa, qr, &ksm[hd..2 * hd]);
+                    let vs = &vsm[..2 * nv * hd / kvquant::V_GROUP];
+                    let done =
+                        attend_fast(isa, &qs[..hd], bias, kf, vf, Some(vs), nv, shape.scale, p);
+                    debug_assert!(done, "codes are only loaded for the fused kernel");
+                    continue;
                 }
-                attend_one(
-                    isa,
-                    qr,
-                    p,
-                    codes,
-                    kf,
-                    vf,
-                    &ksm,
-                    &vsm,
-                    &mut qs,
-                    &mut scores,
-                    nv,
-                    hd,
-                    shape.scale,
-                );
-                if let Some(r) = rec.as_deref_mut() {
-                    let i = 2 * (row * (b1 - b0) + b - b0);
-                    let (m0, l0) = (r.sums[i], r.sums[i + 1]);
-                    let c = if l0 > 0.0 && m0 != p[0] {
-                        (m0 - p[0]).exp()
-                    } else {
-                        1.0
-                    };
-                    r.sums[i] = p[0];
-                    r.sums[i + 1] = (p[1] - l0 * c).max(0.0);
+                if attend_fast(isa, qr, 0.0, kf, vf, None, nv, shape.scale, p) {
+                    continue;
+                }
+                let mut bmax = f32::NEG_INFINITY;
+                for j in 0..nv {
+                    let s = simd::dot_f32(isa, qr, &kf[j * hd..(j + 1) * hd]) * shape.scale;
+                    scores[j] = s;
+                    bmax = bmax.max(s);
+                }
+                let m_new = p[0].max(bmax);
+                if p[1] > 0.0 {
+                    let c = (p[0] - m_new).exp();
+                    p[1] *= c;
+                    p[2..].iter_mut().for_each(|v| *v *= c);
+                }
+                p[0] = m_new;
+                p[1] += simd::exp_sub_sum(isa, &mut scores[..nv], m_new);
+                for j in 0..nv {
+                    simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
                 }
             }
         }
-    }
-    (b0, b1)
-}
-
-/// One query row against one loaded block (see [`load_block`]): updates the row's
-/// running `[max, sum, acc]` in `p`.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    isa: Isa,
-    qr: &[f32],
-    p: &mut [f32],
-    codes: bool,
-    kf: &[f32],
-    vf: &[f32],
-    ksm: &[f32],
-    vsm: &[f32],
-    qs: &mut [f32],
-    scores: &mut [f32],
-    nv: usize,
-    hd: usize,
-    scale: f32,
-) {
-    if codes {
-        // Key scales folded into the query: q·(c·s + m) = (q⊙s)·c + q·m.
-        for ((o, &x), &sc) in qs.iter_mut().zip(qr).zip(&ksm[..hd]) {
-            *o = x * sc;
-        }
-        let bias = simd::dot_f32(isa, qr, &ksm[hd..2 * hd]);
-        let vs = &vsm[..2 * nv * hd / kvquant::V_GROUP];
-        let done = attend_fast(isa, &qs[..hd], bias, kf, vf, Some(vs), nv, scale, p);
-        debug_assert!(done, "codes are only loaded for the fused kernel");
-        return;
-    }
-    if attend_fast(isa, qr, 0.0, kf, vf, None, nv, scale, p) {
-        return;
-    }
-    let mut bmax = f32::NEG_INFINITY;
-    for j in 0..nv {
-        let s = simd::dot_f32(isa, qr, &kf[j * hd..(j + 1) * hd]) * scale;
-        scores[j] = s;
-        bmax = bmax.max(s);
-    }
-    let m_new = p[0].max(bmax);
-    if p[1] > 0.0 {
-        let c = (p[0] - m_new).exp();
-        p[1] *= c;
-        p[2..].iter_mut().for_each(|v| *v *= c);
-    }
-    p[0] = m_new;
-    p[1] += simd::exp_sub_sum(isa, &mut scores[..nv], m_new);
-    for j in 0..nv {
-        simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
     }
 }
 

@@ -13,12 +13,6 @@ use crate::seq::{KvCache, KvError, SeqId};
 /// window, which always includes the partial block being written); the `warm_tokens`
 /// before them are int8, the `cool_tokens` before those int4; everything older is
 /// `cold_format`. Blocks only ever move down.
-///
-/// With `by_mass`, the `cool_tokens` of int4 are not the newest blocks past the int8
-/// window but the ones attention has been weighing most (their importance, from
-/// [`KvCache::seq_note_mass`]): as a block leaves the int8 window, whichever of the int4
-/// candidates matters least goes to `cold_format`. Same count of each format, so the
-/// same bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TierMix {
     pub sink_blocks: usize,
@@ -27,7 +21,6 @@ pub struct TierMix {
     pub warm_tokens: usize,
     pub cool_tokens: usize,
     pub cold_format: KvFormat,
-    pub by_mass: bool,
 }
 
 impl TierMix {
@@ -40,7 +33,6 @@ impl TierMix {
             warm_tokens: 0,
             cool_tokens: 0,
             cold_format: f,
-            by_mass: false,
         }
     }
 
@@ -90,35 +82,8 @@ impl KvCache {
         let (blocks, len) = (s.blocks.clone(), s.reserved_tokens);
         let bt = self.layout().block_tokens();
         let before = self.pool.storage_bytes();
-        let mut wants: Vec<KvFormat> = (0..blocks.len())
-            .map(|b| mix.format_for(b, len, bt))
-            .collect();
-        if mix.by_mass && mix.cold_format > KvFormat::Q4 {
-            // Blocks the age rule sends to int4 or colder, still int4 or finer: keep the
-            // `cool_tokens / bt` most important at int4, the rest go cold.
-            let mut cand: Vec<usize> = (0..blocks.len())
-                .filter(|&b| {
-                    wants[b] >= KvFormat::Q4 && self.pool.meta(blocks[b]).format <= KvFormat::Q4
-                })
-                .collect();
-            let keep = mix.cool_tokens / bt;
-            cand.sort_by(|&a, &b| {
-                let (ia, ib) = (
-                    self.pool.meta(blocks[a]).importance,
-                    self.pool.meta(blocks[b]).importance,
-                );
-                ib.total_cmp(&ia).then(b.cmp(&a))
-            });
-            for (rank, &b) in cand.iter().enumerate() {
-                wants[b] = if rank < keep {
-                    KvFormat::Q4
-                } else {
-                    mix.cold_format
-                };
-            }
-        }
         for (b, id) in blocks.into_iter().enumerate() {
-            let want = wants[b];
+            let want = mix.format_for(b, len, bt);
             let m = self.pool.meta(id);
             if want > m.format && m.tier != Tier::Disk && !m.compressed {
                 self.pool.set_format(id, want)?;

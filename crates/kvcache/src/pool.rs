@@ -55,9 +55,6 @@ pub struct BlockMeta {
     pub last_use: u64,
     /// Accesses since allocation (for eviction scores).
     pub use_count: u32,
-    /// Share of attention this block has been getting: a moving average, over the steps
-    /// that attended to it, of the mass it received per query row (0 until measured).
-    pub importance: f32,
 }
 
 impl BlockMeta {
@@ -72,7 +69,6 @@ impl BlockMeta {
             pins: 0,
             last_use: 0,
             use_count: 0,
-            importance: 0.0,
         }
     }
 }

@@ -274,20 +274,6 @@ impl KvCache {
         Ok(())
     }
 
-    /// Folds one step's attention mass into the importance of `seq`'s blocks: `mass[b]`
-    /// is what block `b` received summed over `rows` query rows (query tokens × heads ×
-    /// layers); each block's importance moves a quarter of the way to its share per row.
-    pub fn seq_note_mass(&mut self, seq: SeqId, mass: &[f32], rows: usize) -> Result<(), KvError> {
-        const RATE: f32 = 0.25;
-        let blocks = self.get(seq)?.blocks.clone();
-        let per = 1.0 / rows.max(1) as f32;
-        for (id, &m) in blocks.iter().zip(mass) {
-            let meta = self.pool.meta_mut(*id);
-            meta.importance += RATE * (m * per - meta.importance);
-        }
-        Ok(())
-    }
-
     /// Forks `src`: the new sequence shares every full block and gets its own copy of a
     /// partial last block (so neither writes into a shared block).
     pub fn seq_copy(&mut self, src: SeqId) -> Result<SeqId, KvError> {

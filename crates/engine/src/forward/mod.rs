@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use budget::{Bytes, OutOfBudget, Reservation};
-use kernels::attention::{AttnShape, PagedKv, attention, attention_mass, scratch_len};
+use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
 use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
@@ -59,10 +59,6 @@ pub fn kv_mix_named(name: &str) -> Option<TierMix> {
     match name {
         "tiered" => Some(default_mix()),
         "tiered-4bit" => Some(mix_4bit()),
-        "tiered-mass" => Some(TierMix {
-            by_mass: true,
-            ..default_mix()
-        }),
         other => kvcache::KvFormat::parse(other).map(TierMix::uniform),
     }
 }
@@ -89,7 +85,6 @@ pub fn mix_4bit() -> TierMix {
         warm_tokens: 64,
         cool_tokens: 0,
         cold_format: kvcache::KvFormat::Q4,
-        by_mass: false,
     }
 }
 
@@ -141,9 +136,6 @@ struct Scratch {
     kf16: Vec<u16>,
     vf16: Vec<u16>,
     rope: Vec<Vec<(f32, f32)>>,
-    /// Attention mass per block of the sequence, summed over a step's layers (mixes that
-    /// keep what is attended to; a float per block).
-    mass: Vec<f32>,
 }
 
 impl Scratch {
@@ -165,7 +157,6 @@ impl Scratch {
             kf16: vec![0; kvd],
             vf16: vec![0; kvd],
             rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
-            mass: Vec::new(),
         }
     }
 
@@ -434,11 +425,6 @@ impl<'a, 'm> Session<'a, 'm> {
                 self.reserve_kv(self.n_past + chunk.len())?;
             }
             self.forward(chunk, out)?;
-            if self.cfg.kv_mix.by_mass {
-                let c = &self.model.cfg;
-                let rows = chunk.len() * c.n_heads * c.n_layers;
-                self.kv.seq_note_mass(self.seq, &self.s.mass, rows)?;
-            }
             self.tokens.extend_from_slice(chunk);
             self.computed_tokens += chunk.len() as u64;
             done += chunk.len();
@@ -482,11 +468,6 @@ impl<'a, 'm> Session<'a, 'm> {
             scale: 1.0 / (hd as f32).sqrt(),
         };
         let layout = *self.kv.layout();
-        let by_mass = self.cfg.kv_mix.by_mass;
-        if by_mass {
-            s.mass.clear();
-            s.mass.resize((pos0 + n).div_ceil(BLOCK_TOKENS), 0.0);
-        }
 
         for (li, l) in m.layers.iter().enumerate() {
             // Attention block.
@@ -543,26 +524,14 @@ impl<'a, 'm> Session<'a, 'm> {
                     geom: layout.geom(),
                     layer: li,
                 };
-                if by_mass {
-                    attention_mass(
-                        pool,
-                        &s.q[..n * qd],
-                        &paged,
-                        &shape,
-                        &mut s.attn,
-                        &mut s.att[..n * qd],
-                        &mut s.mass,
-                    );
-                } else {
-                    attention(
-                        pool,
-                        &s.q[..n * qd],
-                        &paged,
-                        &shape,
-                        &mut s.attn,
-                        &mut s.att[..n * qd],
-                    );
-                }
+                attention(
+                    pool,
+                    &s.q[..n * qd],
+                    &paged,
+                    &shape,
+                    &mut s.attn,
+                    &mut s.att[..n * qd],
+                );
             }
             quant_rows(pool, &s.att, &mut s.xq, qd, n);
             matmul(
