@@ -66,7 +66,7 @@ pub fn kv_mix_named(name: &str) -> Option<TierMix> {
 /// The default tiered mix, chosen by `llmem bench kv` measurements (docs/design/kv.md):
 /// the first block (the attention sink) and the last 32 tokens stay f16, the 64 before
 /// them int8, the 192 before those 4-bit, everything older 2-bit — 4.2× the tokens of
-/// f16 in the same bytes at ctx 512, perplexity +0.5% there (+4–5% at ctx 2048, where
+/// f16 in the same bytes at ctx 512, perplexity +0.5% there (+4% at ctx 2048, where
 /// most of the cache is 2-bit).
 pub fn default_mix() -> TierMix {
     TierMix {
