@@ -63,7 +63,7 @@ impl KvType {
             geom.block_bytes(if f.supports(&geom) { f } else { KvFormat::F16 }) as u64
         };
         let rest: u64 = (0..n).map(|b| bytes(mix.format_for(b, ctx, bt))).sum();
-        let transient = if mix.is_all_f16() || self.is_uniform() {
+        let transient = if mix.is_all_f16() {
             0
         } else {
             let f16 = bytes(KvFormat::F16);
@@ -76,8 +76,10 @@ impl KvType {
         (rest + transient).div_ceil(ctx as u64)
     }
 
-    fn is_uniform(self) -> bool {
-        !matches!(self, KvType::Tiered | KvType::Tiered4bit)
+    /// The prompt micro-batch a session with this type uses (the session's rule).
+    pub fn ubatch(self) -> usize {
+        let mix = engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type");
+        engine::forward::effective_ubatch(PLAN_UBATCH, &mix)
     }
 
     pub fn name(self) -> &'static str {
@@ -169,7 +171,8 @@ pub struct PlanArgs {
     pub yaml: bool,
 }
 
-/// Prompt tokens per micro-batch the plan assumes (the session's default).
+/// Prompt tokens per micro-batch the plan asks for (the session's default; a cache that
+/// transcodes blocks uses fewer, see [`KvType::ubatch`]).
 const PLAN_UBATCH: usize = 512;
 
 /// A model's fixed facts, read from its header (nothing is loaded).
@@ -181,15 +184,16 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     pub fn input(&self, n_ctx: usize, n_seqs: usize, kv: KvType, threads: usize) -> PlanInput<'_> {
+        let ubatch = kv.ubatch();
         PlanInput {
             cfg: &self.cfg,
             file_bytes: self.file_bytes,
             tokenizer_bytes: self.tokenizer_bytes,
             n_ctx,
             n_seqs,
-            kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx, PLAN_UBATCH),
+            kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx, ubatch),
             threads,
-            ubatch: PLAN_UBATCH,
+            ubatch,
         }
     }
 
@@ -346,7 +350,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
             .iter()
             .map(|&k| Fit {
                 kv_type: k,
-                kv_bytes_per_token: k.bytes_per_token(&f.cfg, a.ctx, PLAN_UBATCH),
+                kv_bytes_per_token: k.bytes_per_token(&f.cfg, a.ctx, k.ubatch()),
                 max_ctx: f.max_ctx(budget_bytes, a.seqs, k, threads),
                 max_seqs_at_ctx: f.max_seqs(budget_bytes, a.ctx, k, threads),
             })

@@ -42,22 +42,23 @@ fn plan_reports_exact_weights_and_kv() {
     // (layer, head) pair of chunks is K = 2 + 3·64 + 16·row, V = 2 + 16·(3·2 + row) bytes.
     let q = |row: u64| 90 * ((2 + 3 * 64 + 16 * row) + (2 + 16 * (6 + row)));
     let (f16, q8, q4, q2) = (368_640u64, q(64), q(32), q(16));
-    // The mixes at 2,048 tokens (128 blocks), at their peak: the newest micro-batch of 512
-    // tokens (32 blocks, plus the one it may straddle) still f16, then the sink block f16
-    // and the 94 others at the mix's oldest format.
-    let peak = |oldest: u64| (34 * f16 + 94 * oldest).div_ceil(2048);
+    // At 2,048 tokens (128 blocks), at the peak: a cache that transcodes reads prompts in
+    // micro-batches of 128 tokens, so its newest 8 blocks (+ the one a batch may straddle)
+    // are still f16. tiered: sink f16; blocks 110–121 int4 (ages 96–287), 122–125 int8,
+    // 126–127 f16, 1–109 int2 — of which 119–127 f16 at the peak.
+    let per_token = |bytes: u64| bytes.div_ceil(2048);
     assert_eq!(
         kinds,
         [
             23_040,
-            (q8 * 128).div_ceil(2048),
-            (q4 * 128).div_ceil(2048),
-            (q2 * 128).div_ceil(2048),
-            peak(q4),
-            peak(q2),
+            per_token(9 * f16 + 119 * q8),
+            per_token(9 * f16 + 119 * q4),
+            per_token(9 * f16 + 119 * q2),
+            per_token(10 * f16 + 118 * q4),
+            per_token(10 * f16 + 9 * q4 + 109 * q2),
         ]
     );
-    assert_eq!(kinds[1..4], [13_163, 7_403, 4_523]);
+    assert_eq!(kinds[1..4], [13_858, 8_503, 5_825]);
     let y = llmem(&["plan", "--model", m, "--ctx", "512", "--yaml"]);
     assert!(y.status.success());
     assert!(String::from_utf8_lossy(&y.stdout).contains("total_bytes:"));
