@@ -210,6 +210,19 @@ fn levels(bits: usize) -> f32 {
     ((1u32 << bits) - 1) as f32
 }
 
+/// Writes a chunk header — `[ref f16][min f16 × n][scale code u8 × n]` for the `n`
+/// groups' fitted scales `sc` and minima `mn` — and replaces both with the values as
+/// stored, which the codes must be computed against.
+fn store_params(head: &mut [u8], sc: &mut [f32], mn: &mut [f32], bits: usize) {
+    let n = sc.len();
+    let reference = put_ref(head, sc);
+    let (mins, scodes) = head[2..2 + 3 * n].split_at_mut(2 * n);
+    for i in 0..n {
+        (scodes[i], sc[i]) = scale_code(sc[i], reference, levels(bits));
+        mn[i] = put_f16(mins, i, mn[i]);
+    }
+}
+
 /// (scale, min) for values in `lo..=hi` with `bits`-bit codes (min–max).
 fn params(lo: f32, hi: f32, bits: usize) -> (f32, f32) {
     ((hi - lo) / levels(bits), lo)
@@ -339,12 +352,7 @@ pub fn quantize_k(f: KvFormat, geom: &BlockGeom, src: &[f32], nt: usize, dst: &m
         col.extend((0..nt).map(|t| src[t * hd + d]));
         (sc[d], mn[d]) = if nt == 0 { (0.0, 0.0) } else { fit(&col, bits) };
     }
-    let reference = put_ref(head, &sc);
-    let (mins, scodes) = head[2..].split_at_mut(2 * hd);
-    for d in 0..hd {
-        (scodes[d], sc[d]) = scale_code(sc[d], reference, levels(bits));
-        mn[d] = put_f16(mins, d, mn[d]);
-    }
+    store_params(head, &mut sc, &mut mn, bits);
     let rb = geom.code_row_bytes(f);
     let top = levels(bits);
     let inv: Vec<f32> = sc.iter().map(|&s| inverse(s)).collect();
@@ -376,12 +384,7 @@ pub fn quantize_v(f: KvFormat, geom: &BlockGeom, src: &[f32], nt: usize, dst: &m
             (sc[t * ng + g], mn[t * ng + g]) = fit(&src[t * hd + g * V_GROUP..][..V_GROUP], bits);
         }
     }
-    let reference = put_ref(head, &sc);
-    let (mins, scodes) = head[2..].split_at_mut(2 * n);
-    for i in 0..n {
-        (scodes[i], sc[i]) = scale_code(sc[i], reference, levels(bits));
-        mn[i] = put_f16(mins, i, mn[i]);
-    }
+    store_params(head, &mut sc, &mut mn, bits);
     let mut vals = vec![0u8; hd];
     let top = levels(bits);
     for t in 0..geom.block_tokens {
