@@ -43,11 +43,12 @@ impl KvType {
 
     /// Bytes per token of a sequence of `ctx` tokens, from the block formats themselves
     /// (`kernels::kvquant`: codes plus per-channel and per-group scales and minima) and the
-    /// mix's format for each block at that length. A mixed cache also holds, while a
-    /// prompt is read, up to one micro-batch of `ubatch` tokens in f16 before the mix
-    /// demotes it: counted, so the figure is the peak, not the resting size. A head size
-    /// the quantized formats do not support counts as f16, which the cache then uses.
-    pub fn bytes_per_token(self, cfg: &ModelConfig, ctx: usize, ubatch: usize) -> u64 {
+    /// mix's format for each block at that length. A cache that transcodes also holds,
+    /// while a prompt is read, up to one micro-batch ([`KvType::ubatch`]) in f16 before the
+    /// mix demotes it: counted, so the figure is the peak, not the resting size (for
+    /// several sequences this counts one transient per sequence: an upper bound). A head
+    /// size the quantized formats do not support counts as f16, which the cache then uses.
+    pub fn bytes_per_token(self, cfg: &ModelConfig, ctx: usize) -> u64 {
         use kernels::kvquant::{BlockGeom, KvFormat};
         let geom = BlockGeom {
             n_layers: cfg.n_layers,
@@ -68,7 +69,7 @@ impl KvType {
         } else {
             let f16 = bytes(KvFormat::F16);
             // The newest micro-batch's blocks (plus the one it may straddle) as f16.
-            let k = (ubatch.min(ctx).div_ceil(bt) + 1).min(n);
+            let k = (self.ubatch().min(ctx).div_ceil(bt) + 1).min(n);
             (n - k..n)
                 .map(|b| f16 - bytes(mix.format_for(b, ctx, bt)))
                 .sum()
@@ -184,16 +185,15 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     pub fn input(&self, n_ctx: usize, n_seqs: usize, kv: KvType, threads: usize) -> PlanInput<'_> {
-        let ubatch = kv.ubatch();
         PlanInput {
             cfg: &self.cfg,
             file_bytes: self.file_bytes,
             tokenizer_bytes: self.tokenizer_bytes,
             n_ctx,
             n_seqs,
-            kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx, ubatch),
+            kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx),
             threads,
-            ubatch,
+            ubatch: kv.ubatch(),
         }
     }
 
@@ -350,7 +350,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
             .iter()
             .map(|&k| Fit {
                 kv_type: k,
-                kv_bytes_per_token: k.bytes_per_token(&f.cfg, a.ctx, k.ubatch()),
+                kv_bytes_per_token: k.bytes_per_token(&f.cfg, a.ctx),
                 max_ctx: f.max_ctx(budget_bytes, a.seqs, k, threads),
                 max_seqs_at_ctx: f.max_seqs(budget_bytes, a.ctx, k, threads),
             })
