@@ -32,6 +32,14 @@ pub struct MemoryArgs {
     /// Timed repetitions per point (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// What to measure, e.g. copy,triad (default: read,write,copy,triad,latency and, on
+    /// Linux, latency_huge).
+    #[arg(long)]
+    pub ops: Option<String>,
+    /// Measure bandwidth on ordinary pages instead of transparent huge pages (Linux), to
+    /// see what the TLB costs a stream.
+    #[arg(long)]
+    pub base_pages: bool,
     /// Print JSON (with the machine's description) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -68,15 +76,40 @@ fn cache_levels() -> membench::CacheLevels {
     }
 }
 
+/// `read,copy,...` into ops, refusing unknown names and an empty list.
+fn parse_ops(list: &str) -> Result<Vec<membench::Op>, CliError> {
+    let mut ops = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let op = membench::Op::from_name(name).ok_or_else(|| {
+            let known: Vec<_> = membench::Op::ALL.iter().map(|o| o.name()).collect();
+            input(anyhow::anyhow!(
+                "--ops: unknown op {name:?} (known: {})",
+                known.join(", ")
+            ))
+        })?;
+        if !ops.contains(&op) {
+            ops.push(op);
+        }
+    }
+    if ops.is_empty() {
+        return Err(input(anyhow::anyhow!("--ops: no op given")));
+    }
+    Ok(ops)
+}
+
 fn memory(a: &MemoryArgs) -> Result<(), CliError> {
     let mut config = membench::Config {
         threads: a.threads,
         reps: a.reps,
+        huge_pages: cfg!(target_os = "linux") && !a.base_pages,
         ..membench::Config::default()
     };
     if let Some(s) = &a.sizes {
         config.sizes =
             Some(membench::parse_sizes(s).map_err(|e| input(anyhow::anyhow!("--sizes: {e}")))?);
+    }
+    if let Some(list) = &a.ops {
+        config.ops = parse_ops(list)?;
     }
     let report = membench::run(&config, &cache_levels()).map_err(|e| match e {
         membench::BenchError::InvalidConfig { .. } => input(e),
@@ -297,4 +330,25 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_parse_in_order_without_repeats_and_refuse_unknown_names() {
+        use membench::Op;
+        assert_eq!(
+            parse_ops("triad, copy,triad").unwrap(),
+            vec![Op::Triad, Op::Copy]
+        );
+        assert_eq!(parse_ops("latency_huge").unwrap(), vec![Op::LatencyHuge]);
+        let Err(CliError::Input(err)) = parse_ops("copy,memcpy") else {
+            panic!("an unknown op is an input error");
+        };
+        let err = err.to_string();
+        assert!(err.contains("memcpy") && err.contains("triad"), "{err}");
+        assert!(matches!(parse_ops(" , "), Err(CliError::Input(_))));
+    }
 }

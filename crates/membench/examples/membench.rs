@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release -p membench --example membench -- \
 //!     [--threads N] [--sizes 4K,1M,1G] [--reps N] [--ops read,write,copy,triad,latency,latency_huge]
-//!     [--min-rep-ms N] [--stores best|temporal|nontemporal] [--json FILE] [--plot FILE]
+//!     [--min-rep-ms N] [--stores best|temporal|nontemporal] [--base-pages] [--json FILE]
+//!     [--plot FILE]
 //!     [--disk DIR] [--save-tier]
 //! ```
 
@@ -50,17 +51,7 @@ fn parse_args() -> Result<Args, String> {
                 args.config.ops = value()?
                     .split(',')
                     .map(|name| {
-                        [
-                            Op::Read,
-                            Op::Write,
-                            Op::Copy,
-                            Op::Triad,
-                            Op::Latency,
-                            Op::LatencyHuge,
-                        ]
-                        .into_iter()
-                        .find(|op| op.name() == name.trim())
-                        .ok_or_else(|| format!("unknown op {name:?}"))
+                        Op::from_name(name.trim()).ok_or_else(|| format!("unknown op {name:?}"))
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -72,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("unknown store policy {other:?}")),
                 }
             }
+            "--base-pages" => args.config.huge_pages = false,
             "--json" => args.json = Some(value()?.into()),
             "--plot" => args.plot = Some(value()?.into()),
             "--disk" => args.disk = Some(value()?.into()),

@@ -58,12 +58,14 @@ pub(crate) struct Point<'p> {
 pub(crate) struct WorkingSet {
     region: Arc<Region>,
     size: u64,
+    huge_page_bytes: Option<u64>,
 }
 
 impl WorkingSet {
-    /// Allocates `size` bytes (plus skew) and page-touches them with `pool`'s workers, each
-    /// touching the part it will later use (first touch places pages near that core).
-    pub(crate) fn new(size: u64, pool: &Pool) -> Result<WorkingSet, BenchError> {
+    /// Allocates `size` bytes (plus skew) on `pages` and page-touches them with `pool`'s
+    /// workers, each touching the part it will later use (first touch places pages near
+    /// that core).
+    pub(crate) fn new(size: u64, pool: &Pool, pages: Pages) -> Result<WorkingSet, BenchError> {
         let bytes = usize::try_from(size)
             .ok()
             .and_then(|s| s.checked_add(4 * SKEW_BYTES))
@@ -71,8 +73,12 @@ impl WorkingSet {
                 what: "size must fit in memory",
                 value: size,
             })?;
-        let region = Arc::new(Region::new(bytes, Pages::Base)?);
-        let set = WorkingSet { region, size };
+        let region = Arc::new(Region::new(bytes, pages)?);
+        let mut set = WorkingSet {
+            region,
+            size,
+            huge_page_bytes: None,
+        };
         let elements = set.region.len() / 8 / BLOCK * BLOCK;
         let (region, threads) = (Arc::clone(&set.region), pool.threads());
         pool.run(Arc::new(move |worker| {
@@ -82,7 +88,14 @@ impl WorkingSet {
             let all = unsafe { array(&region, 0, elements) };
             all[start..end].fill(FILL);
         }));
+        set.huge_page_bytes = set.region.huge_page_bytes().map(|h| h.min(size));
         Ok(set)
+    }
+
+    /// Bytes of the working set backed by huge pages once touched (Linux; `None`
+    /// elsewhere).
+    pub(crate) fn huge_page_bytes(&self) -> Option<u64> {
+        self.huge_page_bytes
     }
 
     /// Elements in each of the op's arrays.
@@ -278,7 +291,7 @@ mod tests {
     #[test]
     fn kernels_leave_the_stream_results_in_the_arrays() {
         let pool = Pool::new(2).unwrap();
-        let set = WorkingSet::new(64 << 10, &pool).unwrap();
+        let set = WorkingSet::new(64 << 10, &pool, Pages::Base).unwrap();
         let kernels = Kernels::detect();
         for op in [Op::Write, Op::Copy, Op::Triad] {
             pool.run(set.job(op, 2, kernels, Stores::NonTemporal, 2));
@@ -300,7 +313,7 @@ mod tests {
     #[test]
     fn measurement_gives_one_sample_per_store_kind_with_reps_values() {
         let pool = Pool::new(1).unwrap();
-        let set = WorkingSet::new(16 << 10, &pool).unwrap();
+        let set = WorkingSet::new(16 << 10, &pool, Pages::Huge).unwrap();
         let kernels = Kernels::detect();
         let timing = Timing {
             reps: 3,

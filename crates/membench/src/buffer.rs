@@ -102,11 +102,9 @@ impl Region {
     /// `None` where that file is unavailable (not Linux).
     pub(crate) fn huge_page_bytes(&self) -> Option<u64> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        Some(anon_huge_bytes_in(
-            &smaps,
-            self.ptr as u64,
-            (self.ptr as u64) + self.len as u64,
-        ))
+        // smaps counts per mapping, and a mapping may reach past the region.
+        let mapped = anon_huge_bytes_in(&smaps, self.ptr as u64, self.ptr as u64 + self.len as u64);
+        Some(mapped.min(self.len as u64))
     }
 }
 

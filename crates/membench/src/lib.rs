@@ -97,6 +97,22 @@ impl Op {
         }
     }
 
+    /// Every op, in the order [`Config::default`] measures them.
+    pub const ALL: [Op; 6] = [
+        Op::Read,
+        Op::Write,
+        Op::Copy,
+        Op::Triad,
+        Op::Latency,
+        Op::LatencyHuge,
+    ];
+
+    /// The op [`Op::name`] names, if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+
     /// Whether this op measures bandwidth (else latency).
     #[must_use]
     pub fn is_bandwidth(self) -> bool {
@@ -157,6 +173,12 @@ pub struct Config {
     pub min_rep_time: Duration,
     /// Store kinds for the writing kernels.
     pub stores: StorePolicy,
+    /// Back the bandwidth working sets with transparent huge pages (Linux; ignored
+    /// elsewhere). In a virtual machine a TLB miss walks two page tables, and streaming
+    /// through base pages takes one such walk every 4 KiB: on a KVM guest that cost DRAM
+    /// copy about a fifth of its rate (see `docs/design/membench.md`). `false` measures
+    /// what an ordinary allocation sees.
+    pub huge_pages: bool,
 }
 
 impl Default for Config {
@@ -172,6 +194,7 @@ impl Default for Config {
             ops,
             min_rep_time: Duration::from_millis(20),
             stores: StorePolicy::Best,
+            huge_pages: cfg!(target_os = "linux"),
         }
     }
 }
@@ -253,8 +276,13 @@ pub fn run_with(
             .sizes
             .clone()
             .unwrap_or_else(|| caches.default_bandwidth_sizes());
+        let pages = if config.huge_pages {
+            Pages::Huge
+        } else {
+            Pages::Base
+        };
         for &size in &sizes {
-            let set = WorkingSet::new(size, pools[pools.len() - 1])?;
+            let set = WorkingSet::new(size, pools[pools.len() - 1], pages)?;
             let mut points: Vec<_> = bandwidth_ops
                 .iter()
                 .flat_map(|&op| pools.iter().map(move |&pool| (op, pool)))
@@ -277,6 +305,7 @@ pub fn run_with(
                     threads,
                     caches.level_of(size, threads),
                     &p.samples,
+                    set.huge_page_bytes(),
                 ));
             }
         }
@@ -355,5 +384,13 @@ mod tests {
         assert_eq!(Op::Read.bytes_per_element(), 8);
         assert!(Op::Triad.writes() && !Op::Read.writes());
         assert!(!Op::Latency.is_bandwidth());
+    }
+
+    #[test]
+    fn op_names_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(op));
+        }
+        assert_eq!(Op::from_name("memcpy"), None);
     }
 }

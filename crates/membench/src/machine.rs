@@ -55,17 +55,26 @@ impl Machine {
     }
 }
 
-/// The first `model name` of a `/proc/cpuinfo` text.
+/// The first `model name` of a `/proc/cpuinfo` text, with the x86 family and model
+/// numbers after it: a virtual machine's name is often just the vendor's brand ("AMD
+/// EPYC"), which hides whether the host is one generation or the next, and figures
+/// measured on one must not be taken for the other's.
 #[cfg(any(target_os = "linux", test))]
 fn cpuinfo_model(cpuinfo: &str) -> Option<String> {
-    cpuinfo.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        let key = key.trim();
-        // aarch64 Linux has no "model name"; "Hardware" or "CPU part" are too cryptic, so
-        // those systems report "unknown" unless the caller knows better.
-        (key == "model name")
-            .then(|| value.trim().to_owned())
-            .filter(|v| !v.is_empty())
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name)
+                .then(|| value.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        })
+    };
+    // aarch64 Linux has no "model name"; "Hardware" or "CPU part" are too cryptic, so
+    // those systems report "unknown" unless the caller knows better.
+    let name = field("model name")?;
+    Some(match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!("{name} (family {family}, model {model})"),
+        _ => name,
     })
 }
 
@@ -201,9 +210,15 @@ mod tests {
 
     #[test]
     fn reads_the_model_name_from_cpuinfo() {
-        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\
-                    processor\t: 1\nmodel name\t: AMD EPYC 7B13\n";
-        assert_eq!(cpuinfo_model(text).as_deref(), Some("AMD EPYC 7B13"));
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\
+                    model\t\t: 17\nmodel name\t: AMD EPYC\nprocessor\t: 1\n\
+                    model name\t: AMD EPYC\n";
+        assert_eq!(
+            cpuinfo_model(text).as_deref(),
+            Some("AMD EPYC (family 25, model 17)")
+        );
+        let bare = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n";
+        assert_eq!(cpuinfo_model(bare).as_deref(), Some("AMD EPYC 7B13"));
         assert_eq!(cpuinfo_model("processor : 0\nHardware : BCM2835\n"), None);
     }
 

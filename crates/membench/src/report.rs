@@ -81,7 +81,7 @@ pub struct Measurement {
     pub stores: Option<Stores>,
     /// Median GB/s with the other store kind, where both were timed.
     pub other_stores_gb_s: Option<f64>,
-    /// Bytes of the working set backed by huge pages (latency ops on Linux).
+    /// Bytes of the working set backed by huge pages (Linux).
     pub huge_page_bytes: Option<u64>,
 }
 
@@ -93,6 +93,7 @@ impl Measurement {
         threads: usize,
         level: Level,
         samples: &[Sample],
+        huge_page_bytes: Option<u64>,
     ) -> Measurement {
         let stats: Vec<(Stores, Option<Stats>)> = samples
             .iter()
@@ -116,7 +117,7 @@ impl Measurement {
             ns: None,
             stores: best.filter(|_| op.writes()).map(|b| b.0),
             other_stores_gb_s: other,
-            huge_page_bytes: None,
+            huge_page_bytes,
         }
     }
 
@@ -341,6 +342,19 @@ impl Report {
                 m.threads
             );
         }
+        let largest = self
+            .results
+            .iter()
+            .filter(|m| m.gb_s.is_some())
+            .max_by_key(|m| m.bytes);
+        if let Some((m, huge)) = largest.and_then(|m| m.huge_page_bytes.map(|h| (m, h))) {
+            let _ = writeln!(
+                out,
+                "huge pages: {:.0}% of the {} working set",
+                huge as f64 * 100.0 / m.bytes.max(1) as f64,
+                short_size(m.bytes)
+            );
+        }
     }
 
     fn latency_table(&self, out: &mut String) {
@@ -421,6 +435,7 @@ pub(crate) mod tests {
                     threads,
                     level,
                     &samples,
+                    Some(bytes / 2),
                 ));
             }
             let lat = LatencySample {
@@ -478,6 +493,7 @@ pub(crate) mod tests {
         assert_eq!(copy["gb_s"], 10.0);
         assert_eq!(copy["gb_s_min"], 10.0);
         assert_eq!(copy["stores"], "temporal");
+        assert_eq!(copy["huge_page_bytes"], 2048);
         let lat = results.iter().find(|r| r["op"] == "latency").unwrap();
         assert!(lat["gb_s"].is_null());
         assert_eq!(lat["ns"], 1.5);
@@ -504,5 +520,9 @@ pub(crate) mod tests {
             "{table}"
         );
         assert!(table.contains("DRAM"));
+        assert!(
+            table.contains("huge pages: 50% of the 1G working set"),
+            "{table}"
+        );
     }
 }

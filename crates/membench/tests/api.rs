@@ -22,6 +22,7 @@ fn quick(ops: Vec<Op>) -> Config {
         ops,
         min_rep_time: Duration::from_micros(300),
         stores: StorePolicy::Best,
+        huge_pages: true,
     }
 }
 
@@ -45,6 +46,10 @@ fn run_measures_every_op_size_and_thread_count() {
                 assert_eq!(m.reps, 3);
                 assert_eq!(m.stores.is_some(), op.writes());
                 assert!(m.ns.is_none());
+                // Linux reports how much of the set huge pages back (THP may be off).
+                let huge = m.huge_page_bytes;
+                assert_eq!(huge.is_some(), cfg!(target_os = "linux"), "{m:?}");
+                assert!(huge.unwrap_or(0) <= bytes, "{m:?}");
             }
         }
     }
