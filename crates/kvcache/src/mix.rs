@@ -1,9 +1,10 @@
 //! The tier mix: which precision each block of a sequence gets by its age.
 
 use kernels::kvquant::KvFormat;
+use kernels::pool::ThreadPool;
 
 use crate::layout::KvLayout;
-use crate::pool::Tier;
+use crate::pool::{BlockId, Tier};
 use crate::seq::{KvCache, KvError, SeqId};
 
 /// Precision by age inside one sequence: the default "tiered mix".
@@ -36,12 +37,12 @@ impl TierMix {
         }
     }
 
-    /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
     /// Whether every block stays f16 (nothing is ever transcoded).
     pub fn is_all_f16(&self) -> bool {
         self.cold_format == KvFormat::F16 && self.sink_format == KvFormat::F16
     }
 
+    /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
     pub fn format_for(&self, b: usize, len: usize, bt: usize) -> KvFormat {
         let end = (b + 1) * bt; // one past the block's last token
         if end > len {
@@ -78,17 +79,41 @@ impl KvCache {
     /// Moves the full blocks of `seq` to the formats `mix` gives them (down only).
     /// Returns the RAM bytes freed.
     pub fn seq_apply_mix(&mut self, seq: SeqId, mix: &TierMix) -> Result<u64, KvError> {
-        let s = self.get(seq)?;
-        let (blocks, len) = (s.blocks.clone(), s.reserved_tokens);
-        let bt = self.layout().block_tokens();
+        let changes = self.mix_changes(seq, mix)?;
         let before = self.pool.storage_bytes();
-        for (b, id) in blocks.into_iter().enumerate() {
-            let want = mix.format_for(b, len, bt);
-            let m = self.pool.meta(id);
-            if want > m.format && m.tier != Tier::Disk && !m.compressed {
-                self.pool.set_format(id, want)?;
-            }
+        for (id, format) in changes {
+            self.pool.set_format(id, format)?;
         }
         Ok(before.saturating_sub(self.pool.storage_bytes()))
+    }
+
+    /// As [`KvCache::seq_apply_mix`], encoding blocks on `threads` (the session's compute
+    /// threads, idle between micro-batches).
+    pub fn seq_apply_mix_on(
+        &mut self,
+        seq: SeqId,
+        mix: &TierMix,
+        threads: &ThreadPool,
+    ) -> Result<u64, KvError> {
+        let changes = self.mix_changes(seq, mix)?;
+        let before = self.pool.storage_bytes();
+        self.pool.set_formats(&changes, threads)?;
+        Ok(before.saturating_sub(self.pool.storage_bytes()))
+    }
+
+    /// The blocks of `seq` that `mix` moves to a lower format, with that format.
+    fn mix_changes(&self, seq: SeqId, mix: &TierMix) -> Result<Vec<(BlockId, KvFormat)>, KvError> {
+        let s = self.get(seq)?;
+        let len = s.reserved_tokens;
+        let bt = self.layout().block_tokens();
+        Ok(s.blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(b, &id)| {
+                let want = mix.format_for(b, len, bt);
+                let m = self.pool.meta(id);
+                (want > m.format && m.tier != Tier::Disk && !m.compressed).then_some((id, want))
+            })
+            .collect())
     }
 }

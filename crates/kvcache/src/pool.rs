@@ -13,7 +13,10 @@
 
 use budget::{Bytes, OutOfBudget, Reservation};
 use kernels::kvquant::{self, KvBlock, KvFormat};
+use kernels::pool::ThreadPool;
 use kvdisk::{BlockStore, Compression};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::layout::KvLayout;
 use crate::seq::KvError;
@@ -440,25 +443,77 @@ impl BlockPool {
     /// promotion back to f16 — precision lost stays lost). The ledger must grant any
     /// growth; on error nothing changes.
     pub fn set_format(&mut self, id: BlockId, format: KvFormat) -> Result<(), KvError> {
+        match self.encoded(id, format)? {
+            Some(new) => self.install(id, new),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`BlockPool::set_format`] for each `(block, format)` of `changes`, encoding on
+    /// `threads` (blocks are independent, and encoding is most of the work) and then
+    /// installing in order. One block per thread is encoded at a time, so the transient
+    /// beyond the ledger stays what it is for one block per thread. Stops at the first
+    /// error; blocks before it are changed, the one that failed and those after it are not.
+    pub fn set_formats(
+        &mut self,
+        changes: &[(BlockId, KvFormat)],
+        threads: &ThreadPool,
+    ) -> Result<(), KvError> {
+        let n = threads.n_threads();
+        if n == 1 {
+            return changes
+                .iter()
+                .try_for_each(|&(id, format)| self.set_format(id, format));
+        }
+        for batch in changes.chunks(n) {
+            let slots: Vec<OnceLock<Result<Option<Storage>, KvError>>> =
+                batch.iter().map(|_| OnceLock::new()).collect();
+            let next = AtomicUsize::new(0);
+            let this = &*self;
+            threads.run(|_| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(id, format)) = batch.get(i) else {
+                        break;
+                    };
+                    // Each index is taken once, so each slot is set once.
+                    let _ = slots[i].set(this.encoded(id, format));
+                }
+            });
+            for (slot, &(id, _)) in slots.into_iter().zip(batch) {
+                // `run` returned, so every index was taken and every slot set.
+                if let Some(new) = slot.into_inner().unwrap_or(Ok(None))? {
+                    self.install(id, new)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Block `id` encoded in `format`, or `None` when it already is.
+    fn encoded(&self, id: BlockId, format: KvFormat) -> Result<Option<Storage>, KvError> {
         let geom = self.layout.geom();
         if !format.supports(&geom) {
             return Err(KvError::Unsupported(format));
         }
         let m = &self.metas[id.0 as usize];
         if m.format == format && !m.compressed && m.tier != Tier::Disk {
-            return Ok(());
+            return Ok(None);
         }
         let nt = m.filled as usize;
-        let view = self.view(id)?;
-        let new = match (view, format) {
-            (KvBlock::F16(_), KvFormat::F16) => return Ok(()),
+        Ok(Some(match (self.view(id)?, format) {
+            (KvBlock::F16(_), KvFormat::F16) => return Ok(None),
             (KvBlock::Quant(from, b), KvFormat::F16) => {
                 let mut d = vec![0u16; self.layout.block_elems()].into_boxed_slice();
                 kvquant::decode_block(from, &geom, b, &mut d);
                 Storage::F16(d)
             }
             (v, f) => Storage::Quant(f, kvquant::transcode(&geom, v, f, nt).into_boxed_slice()),
-        };
+        }))
+    }
+
+    /// Replaces block `id`'s storage with `new`, after the ledger granted any growth.
+    fn install(&mut self, id: BlockId, new: Storage) -> Result<(), KvError> {
         let old = self.storage[id.0 as usize].ram_bytes();
         self.grow_account(new.ram_bytes().saturating_sub(old))?;
         self.set_storage(id, new);

@@ -453,3 +453,61 @@ fn a_crash_during_a_disk_write_never_yields_an_unverified_block() {
     );
     check_contents(&kv2, s2, &toks, &HashMap::new());
 }
+
+#[test]
+fn a_mix_applied_on_several_threads_equals_one_applied_on_one() {
+    use kvcache::TierMix;
+    let mix = TierMix {
+        sink_blocks: 1,
+        sink_format: KvFormat::F16,
+        hot_tokens: 2 * BT,
+        warm_tokens: 2 * BT,
+        cool_tokens: 3 * BT,
+        cold_format: KvFormat::Q2,
+    };
+    let toks: Vec<u32> = (0..20 * BT as u32 + 5).map(|t| t * 7 % 101).collect();
+    let l = layout();
+    let budget = BudgetBuilder::new(Bytes(64 * l.block_bytes()))
+        .pool("kv", Policy::Tiered, Bytes(64 * l.block_bytes()))
+        .build()
+        .unwrap();
+    let kvp = budget.pool_id("kv").unwrap();
+    let threads = kernels::pool::ThreadPool::new(3).unwrap();
+    let mut caches = Vec::new();
+    for parallel in [false, true] {
+        let mut kv = KvCache::new(l, 32);
+        kv.pool_mut()
+            .set_reservation(budget.reserve(kvp, Bytes(0)).unwrap())
+            .unwrap();
+        let seq = kv.seq_new();
+        // Two steps, as a prompt read in micro-batches is: blocks move down twice.
+        for (from, to) in [(0, 9 * BT + 3), (9 * BT + 3, toks.len())] {
+            append(&mut kv, seq, &toks[from..to], from).unwrap();
+            let freed = if parallel {
+                kv.seq_apply_mix_on(seq, &mix, &threads).unwrap()
+            } else {
+                kv.seq_apply_mix(seq, &mix).unwrap()
+            };
+            assert!(freed > 0);
+        }
+        kv.check_invariants();
+        caches.push((kv, seq));
+    }
+    let [(one, s1), (many, s2)] = &caches[..] else {
+        unreachable!()
+    };
+    assert_eq!(one.pool().storage_bytes(), many.pool().storage_bytes());
+    assert_eq!(one.pool().tier_counts(), many.pool().tier_counts());
+    assert_eq!(one.pool().tier_counts()[2], 20 - 1 - 2 - 2);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    one.block_views(*s1, &mut a).unwrap();
+    many.block_views(*s2, &mut b).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        match (x, y) {
+            (KvBlock::F16(p), KvBlock::F16(q)) => assert_eq!(p, q),
+            (KvBlock::Quant(f, p), KvBlock::Quant(g, q)) => assert!(f == g && p == q),
+            _ => panic!("blocks differ in kind"),
+        }
+    }
+}

@@ -449,7 +449,8 @@ impl<'a, 'm> Session<'a, 'm> {
             if stepwise || last_chunk {
                 self.kv
                     .seq_publish(self.seq, &self.tokens, self.model.digest)?;
-                self.kv.seq_apply_mix(self.seq, &self.cfg.kv_mix)?;
+                self.kv
+                    .seq_apply_mix_on(self.seq, &self.cfg.kv_mix, &self.pool)?;
             }
         }
         // Recency and frequency of use, for the eviction score.
