@@ -25,6 +25,15 @@ trait Kind {
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
     /// 8 lanes of partial integer dot products of weights `w` with activations `a`.
     unsafe fn dot(w: __m256i, a: __m256i) -> __m256i;
+    /// As [`Kind::dot`] with AVX-512 VNNI's one-instruction u8 × i8 dot product (the same
+    /// integers: neither form overflows).
+    unsafe fn dot_vnni(w: __m256i, a: __m256i) -> __m256i;
+}
+
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_u8_i8_vnni(w: __m256i, a: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -74,6 +83,11 @@ impl Kind for KQ4_0 {
         // SAFETY: AVX2 present (module contract).
         unsafe { dot_u8_i8(w, a) }
     }
+    #[inline(always)]
+    unsafe fn dot_vnni(w: __m256i, a: __m256i) -> __m256i {
+        // SAFETY: the caller has AVX-512 VNNI (only the wide build calls this).
+        unsafe { dot_u8_i8_vnni(w, a) }
+    }
 }
 
 impl Kind for KQ4_1 {
@@ -91,6 +105,11 @@ impl Kind for KQ4_1 {
     unsafe fn dot(w: __m256i, a: __m256i) -> __m256i {
         // SAFETY: AVX2 present (module contract).
         unsafe { dot_u8_i8(w, a) }
+    }
+    #[inline(always)]
+    unsafe fn dot_vnni(w: __m256i, a: __m256i) -> __m256i {
+        // SAFETY: the caller has AVX-512 VNNI (only the wide build calls this).
+        unsafe { dot_u8_i8_vnni(w, a) }
     }
 }
 
@@ -111,6 +130,11 @@ impl Kind for KQ8_0 {
         // SAFETY: AVX2 present (module contract).
         unsafe { dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)) }
     }
+    #[inline(always)]
+    unsafe fn dot_vnni(w: __m256i, a: __m256i) -> __m256i {
+        // SAFETY: the caller has AVX-512 VNNI (only the wide build calls this).
+        unsafe { dot_u8_i8_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)) }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -123,13 +147,15 @@ unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// Defines the prefill driver `$gemm` and its tile kernel `$tile` compiled for
-/// `$features`. The code is the same for every feature set: with AVX-512VL enabled the
-/// compiler has 32 vector registers instead of 16, so the 4 × 2 tile's accumulators,
-/// activations and scales stay in registers (measured: the AVX2 build spends 22% more
-/// samples in this loop on a Zen 4 core), and the results are bit for bit the same,
-/// since every float operation is spelled out and none is reassociated or contracted.
+/// `$features`, taking integer dot products with `Kind::$dot`. The code is the same for
+/// both builds: with AVX-512VL the compiler has 32 vector registers instead of 16, so the
+/// 4 × 2 tile's accumulators, activations and scales stay in registers, and VNNI's
+/// `vpdpbusd` replaces the two-instruction `maddubs`/`madd` dot product. Measured on a
+/// Zen 4 core: 18% fewer samples in this loop from the registers, then a further 9% off
+/// prefill from VNNI. The results are bit for bit the same: the integer dot products are
+/// exact either way, and every float operation is spelled out, none reassociated.
 macro_rules! gemm_driver {
-    ($tile:ident, $gemm:ident, $features:literal) => {
+    ($tile:ident, $gemm:ident, $dot:ident, $features:literal) => {
         /// Computes the RM × RN tile at rows `r0..r0+RM`, tokens `t0..t0+RN`.
         #[target_feature(enable = $features)]
         #[inline]
@@ -167,7 +193,7 @@ macro_rules! gemm_driver {
                     let (wv, d, m) = unsafe { K::load(p) };
                     for t in 0..RN {
                         // SAFETY: AVX2 present.
-                        let p = unsafe { K::dot(wv, av[t]) };
+                        let p = unsafe { K::$dot(wv, av[t]) };
                         acc[r][t] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(p),
                             _mm256_set1_ps(d * ad[t]),
@@ -235,19 +261,22 @@ macro_rules! gemm_driver {
     };
 }
 
-gemm_driver!(tile, gemm_kind, "avx2,fma,f16c");
+gemm_driver!(tile, gemm_kind, dot, "avx2,fma,f16c");
 gemm_driver!(
     tile_wide,
     gemm_kind_wide,
-    "avx2,fma,f16c,avx512f,avx512vl,avx512bw"
+    dot_vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 );
 
 /// Whether this CPU has the AVX-512 subsets [`gemm_kind_wide`] is built for (cached by
-/// the standard library after the first query).
+/// the standard library after the first query). CPUs with AVX-512 but no VNNI (the first
+/// AVX-512 generation) take the AVX2 build.
 fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 /// # Safety
@@ -266,7 +295,7 @@ pub(crate) unsafe fn gemm_q8(
 /// As [`gemm_q8`], on the AVX-512 build when `wide` (tests compare the two).
 ///
 /// # Safety
-/// As [`gemm_q8`], and AVX-512F/VL/BW must be present when `wide`.
+/// As [`gemm_q8`], and AVX-512F/VL/BW/VNNI must be present when `wide`.
 pub(crate) unsafe fn gemm_q8_on(
     wide: bool,
     w: RowsRef<'_>,
@@ -275,7 +304,7 @@ pub(crate) unsafe fn gemm_q8_on(
     n_tokens: usize,
     out: OutPtr,
 ) {
-    // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F/VL/BW.
+    // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F/VL/BW/VNNI.
     unsafe {
         match (w.wtype, wide) {
             (WType::Q4_0, false) => gemm_kind::<KQ4_0>(w, rows, acts, n_tokens, out),
@@ -715,7 +744,7 @@ mod tests {
     #[test]
     fn the_avx512_build_of_the_prefill_kernel_gives_the_avx2_build_bit_for_bit() {
         if crate::Isa::detect() != crate::Isa::Avx2 || !has_avx512() {
-            eprintln!("skipped: this CPU has no AVX-512F/VL/BW");
+            eprintln!("skipped: this CPU has no AVX-512F/VL/BW/VNNI");
             return;
         }
         // Odd row and token counts reach every tile edge (4 × 2, 4 × 1, 1 × 1).
@@ -750,7 +779,7 @@ mod tests {
                     ptr: out.as_mut_ptr(),
                     ld: rows,
                 };
-                // SAFETY: AVX2/FMA/F16C and AVX-512F/VL/BW checked above; `out` holds
+                // SAFETY: AVX2/FMA/F16C and AVX-512F/VL/BW/VNNI checked above; `out` holds
                 // n_tokens × rows and nothing else writes it.
                 unsafe { gemm_q8_on(wide, w, 0..rows, &xq, n_tokens, out) };
             }
