@@ -175,9 +175,9 @@ pub struct Config {
     pub stores: StorePolicy,
     /// Back the bandwidth working sets with transparent huge pages (Linux; ignored
     /// elsewhere). In a virtual machine a TLB miss walks two page tables, and streaming
-    /// through base pages takes one such walk every 4 KiB: on a KVM guest that cost DRAM
-    /// copy about a fifth of its rate (see `docs/design/membench.md`). `false` measures
-    /// what an ordinary allocation sees.
+    /// through base pages takes one such walk every 4 KiB: on a KVM guest that cost
+    /// single-thread DRAM copy 12% of its rate (see `docs/design/membench.md`). `false`
+    /// measures what an ordinary allocation sees.
     pub huge_pages: bool,
 }
 
