@@ -361,12 +361,16 @@ fn attend_fast(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if fused(isa, q.len()) {
-        // SAFETY: AVX2 detected; lengths: q and p sized by head_dim, kf/vf hold nv rows,
-        // vsm (with codes) two values per (row, group of 32).
+        // The AVX-512 build where the CPU has it (the same results, more registers).
+        // SAFETY: AVX2 detected, AVX-512 asked; lengths: q and p sized by head_dim, kf/vf
+        // hold nv rows, vsm (with codes) two values per (row, group of 32).
         unsafe {
-            match q.len() {
-                64 => simd::avx2::attend_block::<8>(q, bias, kf, vf, vsm, nv, scale, p),
-                _ => simd::avx2::attend_block::<16>(q, bias, kf, vf, vsm, nv, scale, p),
+            use simd::avx2::{attend_block, attend_block_wide, has_avx512};
+            match (q.len(), has_avx512()) {
+                (64, false) => attend_block::<8>(q, bias, kf, vf, vsm, nv, scale, p),
+                (64, true) => attend_block_wide::<8>(q, bias, kf, vf, vsm, nv, scale, p),
+                (_, false) => attend_block::<16>(q, bias, kf, vf, vsm, nv, scale, p),
+                (_, true) => attend_block_wide::<16>(q, bias, kf, vf, vsm, nv, scale, p),
             }
         }
         return true;

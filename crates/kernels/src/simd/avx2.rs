@@ -284,7 +284,7 @@ gemm_driver!(
 /// Whether this CPU has the AVX-512 subsets [`gemm_kind_wide`] is built for (cached by
 /// the standard library after the first query). CPUs with AVX-512 but no VNNI (the first
 /// AVX-512 generation) take the AVX2 build.
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bw")
@@ -590,86 +590,100 @@ unsafe fn softmax_step(scores: &mut [f32], bmax: f32, part: &mut [f32]) -> f32 {
     c
 }
 
-/// One query row against one block of keys, fused: scores, online-softmax update and the
-/// value accumulation, with the row's accumulator held in registers (`HD8` = head_dim/8).
-///
-/// `part` is `[running max, running sum, acc[head_dim]]`; `kf`/`vf` hold `nv` keys/values
-/// as f32 rows of `HD8 * 8`; scores are `(q · k + bias) · scale`.
-///
-/// With `vsm`, the block is a quantized one read as codes, never dequantized: the key
-/// scales are folded into `q` (the caller passes `q ⊙ key scale` and `bias = q · key
-/// minimum`, since `q · (code · scale + min) = (q ⊙ scale) · code + bias`), and each value
-/// row's per-group `(scale, min)` pairs (`vsm[2(j·G + g)..]`, `G = HD8 / 4` groups of 32
-/// channels) weigh its codes as they are accumulated: `Σ p (code · s + m) = Σ (p s) code
-/// + Σ p m`.
-///
-/// # Safety
-/// AVX2+FMA must be present; `q` has `HD8 * 8` values, `kf`/`vf` at least `nv` rows,
-/// `part` `HD8 * 8 + 2` values, and `nv ≤ 32`; with `vsm`, it holds `2 · nv · HD8 / 4`
-/// values, `HD8` is a multiple of 4 and at most 32.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn attend_block<const HD8: usize>(
-    q: &[f32],
-    bias: f32,
-    kf: &[f32],
-    vf: &[f32],
-    vsm: Option<&[f32]>,
-    nv: usize,
-    scale: f32,
-    part: &mut [f32],
-) {
-    let hd = HD8 * 8;
-    let mut qv = [_mm256_setzero_ps(); HD8];
-    let mut scores = [0.0f32; 32];
-    // SAFETY (whole body): every index stays inside the lengths the caller guarantees.
-    unsafe {
-        for i in 0..HD8 {
-            qv[i] = _mm256_loadu_ps(q.as_ptr().add(i * 8));
-        }
-        let bmax = block_scores::<HD8>(&qv, kf, nv, bias, scale, &mut scores);
-        let c = softmax_step(&mut scores[..nv], bmax, part);
-        let acc_p = part.as_mut_ptr().add(2);
-        let mut acc = [_mm256_setzero_ps(); HD8];
-        let cv = _mm256_set1_ps(c);
-        for i in 0..HD8 {
-            acc[i] = _mm256_mul_ps(_mm256_loadu_ps(acc_p.add(i * 8)), cv);
-        }
-        match vsm {
-            None => {
-                for j in 0..nv {
-                    let pj = _mm256_set1_ps(scores[j]);
-                    let v = vf.as_ptr().add(j * hd);
-                    for i in 0..HD8 {
-                        acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
-                    }
+/// Defines the fused attention kernel `$name` compiled for `$features` (see
+/// [`gemm_driver`] for why the same code is built twice: with 64-wide heads the query
+/// and the accumulator alone take all 16 AVX2 registers).
+macro_rules! attend_driver {
+    ($name:ident, $features:literal) => {
+        /// One query row against one block of keys, fused: scores, online-softmax update and the
+        /// value accumulation, with the row's accumulator held in registers (`HD8` = head_dim/8).
+        ///
+        /// `part` is `[running max, running sum, acc[head_dim]]`; `kf`/`vf` hold `nv` keys/values
+        /// as f32 rows of `HD8 * 8`; scores are `(q · k + bias) · scale`.
+        ///
+        /// With `vsm`, the block is a quantized one read as codes, never dequantized: the key
+        /// scales are folded into `q` (the caller passes `q ⊙ key scale` and `bias = q · key
+        /// minimum`, since `q · (code · scale + min) = (q ⊙ scale) · code + bias`), and each value
+        /// row's per-group `(scale, min)` pairs (`vsm[2(j·G + g)..]`, `G = HD8 / 4` groups of 32
+        /// channels) weigh its codes as they are accumulated: `Σ p (code · s + m) = Σ (p s) code
+        /// + Σ p m`.
+        ///
+        /// # Safety
+        /// AVX2+FMA must be present; `q` has `HD8 * 8` values, `kf`/`vf` at least `nv` rows,
+        /// `part` `HD8 * 8 + 2` values, and `nv ≤ 32`; with `vsm`, it holds `2 · nv · HD8 / 4`
+        /// values, `HD8` is a multiple of 4 and at most 32.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name<const HD8: usize>(
+            q: &[f32],
+            bias: f32,
+            kf: &[f32],
+            vf: &[f32],
+            vsm: Option<&[f32]>,
+            nv: usize,
+            scale: f32,
+            part: &mut [f32],
+        ) {
+            let hd = HD8 * 8;
+            let mut qv = [_mm256_setzero_ps(); HD8];
+            let mut scores = [0.0f32; 32];
+            // SAFETY (whole body): every index stays inside the lengths the caller guarantees.
+            unsafe {
+                for i in 0..HD8 {
+                    qv[i] = _mm256_loadu_ps(q.as_ptr().add(i * 8));
                 }
-            }
-            Some(sm) => {
-                let ng = HD8 / 4;
-                let mut msum = [0.0f32; 8];
-                for j in 0..nv {
-                    let p = scores[j];
-                    let v = vf.as_ptr().add(j * hd);
-                    let row = sm.as_ptr().add(2 * j * ng);
-                    for g in 0..ng {
-                        let w = _mm256_set1_ps(p * *row.add(2 * g));
-                        msum[g] += p * *row.add(2 * g + 1);
-                        for i in 4 * g..4 * g + 4 {
-                            acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+                let bmax = block_scores::<HD8>(&qv, kf, nv, bias, scale, &mut scores);
+                let c = softmax_step(&mut scores[..nv], bmax, part);
+                let acc_p = part.as_mut_ptr().add(2);
+                let mut acc = [_mm256_setzero_ps(); HD8];
+                let cv = _mm256_set1_ps(c);
+                for i in 0..HD8 {
+                    acc[i] = _mm256_mul_ps(_mm256_loadu_ps(acc_p.add(i * 8)), cv);
+                }
+                match vsm {
+                    None => {
+                        for j in 0..nv {
+                            let pj = _mm256_set1_ps(scores[j]);
+                            let v = vf.as_ptr().add(j * hd);
+                            for i in 0..HD8 {
+                                acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+                            }
+                        }
+                    }
+                    Some(sm) => {
+                        let ng = HD8 / 4;
+                        let mut msum = [0.0f32; 8];
+                        for j in 0..nv {
+                            let p = scores[j];
+                            let v = vf.as_ptr().add(j * hd);
+                            let row = sm.as_ptr().add(2 * j * ng);
+                            for g in 0..ng {
+                                let w = _mm256_set1_ps(p * *row.add(2 * g));
+                                msum[g] += p * *row.add(2 * g + 1);
+                                for i in 4 * g..4 * g + 4 {
+                                    acc[i] =
+                                        _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(i * 8)), acc[i]);
+                                }
+                            }
+                        }
+                        for i in 0..HD8 {
+                            acc[i] = _mm256_add_ps(acc[i], _mm256_set1_ps(msum[i / 4]));
                         }
                     }
                 }
                 for i in 0..HD8 {
-                    acc[i] = _mm256_add_ps(acc[i], _mm256_set1_ps(msum[i / 4]));
+                    _mm256_storeu_ps(acc_p.add(i * 8), acc[i]);
                 }
             }
         }
-        for i in 0..HD8 {
-            _mm256_storeu_ps(acc_p.add(i * 8), acc[i]);
-        }
-    }
+    };
 }
+
+attend_driver!(attend_block, "avx2,fma,f16c");
+attend_driver!(
+    attend_block_wide,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
+);
 
 /// Codes of `nt` packed KV rows as f32 rows of `hd`, in channel order (see `kvquant`'s
 /// packing: byte `j` of a row holds channel `j + k · hd · bits / 8` in bits `k · bits ..`).
@@ -753,16 +767,20 @@ mod tests {
     use super::*;
     use crate::quant::{quantize_row_q8, reference};
 
-    /// Weights of `rows` × `cols` in each 8-bit-activation type, and `n_tokens` quantized
-    /// activation rows, from a fixed xorshift sequence.
-    fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Vec<BlockQ8>) {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
+    /// Values in [-1, 1) from a xorshift sequence started at `seed`.
+    fn uniform(mut state: u64) -> impl FnMut() -> f32 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state >> 40) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        }
+    }
+
+    /// Weights of `rows` × `cols` in each 8-bit-activation type, and `n_tokens` quantized
+    /// activation rows, from a fixed xorshift sequence.
+    fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Vec<BlockQ8>) {
+        let mut next = uniform(0x2545_F491_4F6C_DD1D);
         let wf: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
         let x: Vec<f32> = (0..n_tokens * cols).map(|_| next()).collect();
         let mut xq = vec![BlockQ8::default(); n_tokens * cols / QK];
@@ -830,6 +848,64 @@ mod tests {
                     )
                 };
                 assert_eq!(one, two[..rows], "{:?} wide={wide}", w.0);
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx512_build_of_the_attention_kernel_gives_the_avx2_build_bit_for_bit() {
+        if crate::Isa::detect() != crate::Isa::Avx2 || !has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F/VL/BW/VNNI");
+            return;
+        }
+        let mut next = uniform(0x9E37_79B9_7F4A_7C15);
+        fn run<const HD8: usize>(
+            wide: bool,
+            q: &[f32],
+            kv: (&[f32], &[f32]),
+            vsm: Option<&[f32]>,
+            nv: usize,
+        ) -> Vec<u32> {
+            // Two blocks in a row, so the second rescales what the first accumulated.
+            let mut part = vec![0.0f32; HD8 * 8 + 2];
+            part[0] = f32::NEG_INFINITY;
+            for _ in 0..2 {
+                // SAFETY: features checked by the caller; q has HD8·8 values, kv nv rows
+                // each, part HD8·8 + 2, nv ≤ 32, vsm two values per (row, group).
+                unsafe {
+                    if wide {
+                        attend_block_wide::<HD8>(q, 0.25, kv.0, kv.1, vsm, nv, 0.125, &mut part)
+                    } else {
+                        attend_block::<HD8>(q, 0.25, kv.0, kv.1, vsm, nv, 0.125, &mut part)
+                    }
+                }
+            }
+            part.iter().map(|x| x.to_bits()).collect()
+        }
+        for hd in [64, 128] {
+            let nv = 13;
+            let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+            let kf: Vec<f32> = (0..nv * hd).map(|_| next()).collect();
+            let vf: Vec<f32> = (0..nv * hd).map(|_| next()).collect();
+            let sm: Vec<f32> = (0..2 * nv * hd / 32).map(|_| next()).collect();
+            for vsm in [None, Some(&sm[..])] {
+                let (narrow, wide) = if hd == 64 {
+                    (
+                        run::<8>(false, &q, (&kf, &vf), vsm, nv),
+                        run::<8>(true, &q, (&kf, &vf), vsm, nv),
+                    )
+                } else {
+                    (
+                        run::<16>(false, &q, (&kf, &vf), vsm, nv),
+                        run::<16>(true, &q, (&kf, &vf), vsm, nv),
+                    )
+                };
+                assert_eq!(narrow, wide, "hd {hd}, codes {}", vsm.is_some());
+                let finite = narrow.iter().all(|&b| f32::from_bits(b).is_finite());
+                assert!(
+                    finite && narrow[2..].iter().any(|&b| b != 0),
+                    "nothing computed"
+                );
             }
         }
     }
