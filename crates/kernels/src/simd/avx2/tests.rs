@@ -1,0 +1,171 @@
+//! The AVX-512 builds against the AVX2 ones, and decode's row-by-row path against the
+//! tiles: the same bits.
+
+use super::*;
+use crate::quant::{quantize_row_q8, reference};
+
+/// Values in [-1, 1) from a xorshift sequence started at `seed`.
+fn uniform(mut state: u64) -> impl FnMut() -> f32 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Weights of `rows` × `cols` in each 8-bit-activation type, and `n_tokens` quantized
+/// activation rows, from a fixed xorshift sequence.
+fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Vec<BlockQ8>) {
+    let mut next = uniform(0x2545_F491_4F6C_DD1D);
+    let wf: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+    let x: Vec<f32> = (0..n_tokens * cols).map(|_| next()).collect();
+    let mut xq = vec![BlockQ8::default(); n_tokens * cols / QK];
+    for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
+        quantize_row_q8(xr, qr);
+    }
+    let weights = vec![
+        (WType::Q4_0, reference::quantize_q4_0(&wf)),
+        (WType::Q4_1, reference::quantize_q4_1(&wf)),
+        (WType::Q8_0, reference::quantize_q8_0(&wf)),
+    ];
+    (weights, xq)
+}
+
+/// The bits of `n_tokens` × `rows` outputs of one build.
+///
+/// # Safety
+/// AVX2/FMA/F16C must be present, and AVX-512F/VL/BW/VNNI when `wide`.
+unsafe fn product(
+    wide: bool,
+    (wtype, bytes): &(WType, Vec<u8>),
+    rows: usize,
+    cols: usize,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+) -> Vec<u32> {
+    let w = RowsRef {
+        wtype: *wtype,
+        data: bytes,
+        row_bytes: bytes.len() / rows,
+        cols,
+    };
+    let mut out = vec![0.0f32; n_tokens * rows];
+    let ptr = OutPtr {
+        ptr: out.as_mut_ptr(),
+        ld: rows,
+    };
+    // SAFETY: forwarded feature contract; `out` holds n_tokens × rows and nothing
+    // else writes it.
+    unsafe { gemm_q8_on(wide, w, 0..rows, acts, n_tokens, ptr) };
+    assert!(out.iter().any(|&v| v != 0.0), "{wtype:?}: nothing computed");
+    out.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn one_token_row_by_row_gives_the_bits_of_the_two_token_tile() {
+    if crate::Isa::detect() != crate::Isa::Avx2 {
+        eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
+        return;
+    }
+    let (rows, cols) = (9, 96);
+    let (weights, xq) = case(rows, cols, 2);
+    let builds: &[bool] = if has_avx512() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for w in &weights {
+        for &wide in builds {
+            // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
+            let (one, two) = unsafe {
+                (
+                    product(wide, w, rows, cols, &xq[..cols / QK], 1),
+                    product(wide, w, rows, cols, &xq, 2),
+                )
+            };
+            assert_eq!(one, two[..rows], "{:?} wide={wide}", w.0);
+        }
+    }
+}
+
+#[test]
+fn the_avx512_build_of_the_attention_kernel_gives_the_avx2_build_bit_for_bit() {
+    if crate::Isa::detect() != crate::Isa::Avx2 || !has_avx512() {
+        eprintln!("skipped: this CPU has no AVX-512F/VL/BW/VNNI");
+        return;
+    }
+    let mut next = uniform(0x9E37_79B9_7F4A_7C15);
+    fn run<const HD8: usize>(
+        wide: bool,
+        q: &[f32],
+        kv: (&[f32], &[f32]),
+        vsm: Option<&[f32]>,
+        nv: usize,
+    ) -> Vec<u32> {
+        // Two blocks in a row, so the second rescales what the first accumulated.
+        let mut part = vec![0.0f32; HD8 * 8 + 2];
+        part[0] = f32::NEG_INFINITY;
+        for _ in 0..2 {
+            // SAFETY: features checked by the caller; q has HD8·8 values, kv nv rows
+            // each, part HD8·8 + 2, nv ≤ 32, vsm two values per (row, group).
+            unsafe {
+                if wide {
+                    attend_block_wide::<HD8>(q, 0.25, kv.0, kv.1, vsm, nv, 0.125, &mut part)
+                } else {
+                    attend_block::<HD8>(q, 0.25, kv.0, kv.1, vsm, nv, 0.125, &mut part)
+                }
+            }
+        }
+        part.iter().map(|x| x.to_bits()).collect()
+    }
+    for hd in [64, 128] {
+        let nv = 13;
+        let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+        let kf: Vec<f32> = (0..nv * hd).map(|_| next()).collect();
+        let vf: Vec<f32> = (0..nv * hd).map(|_| next()).collect();
+        let sm: Vec<f32> = (0..2 * nv * hd / 32).map(|_| next()).collect();
+        for vsm in [None, Some(&sm[..])] {
+            let (narrow, wide) = if hd == 64 {
+                (
+                    run::<8>(false, &q, (&kf, &vf), vsm, nv),
+                    run::<8>(true, &q, (&kf, &vf), vsm, nv),
+                )
+            } else {
+                (
+                    run::<16>(false, &q, (&kf, &vf), vsm, nv),
+                    run::<16>(true, &q, (&kf, &vf), vsm, nv),
+                )
+            };
+            assert_eq!(narrow, wide, "hd {hd}, codes {}", vsm.is_some());
+            let finite = narrow.iter().all(|&b| f32::from_bits(b).is_finite());
+            assert!(
+                finite && narrow[2..].iter().any(|&b| b != 0),
+                "nothing computed"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_avx512_build_of_the_prefill_kernel_gives_the_avx2_build_bit_for_bit() {
+    if crate::Isa::detect() != crate::Isa::Avx2 || !has_avx512() {
+        eprintln!("skipped: this CPU has no AVX-512F/VL/BW/VNNI");
+        return;
+    }
+    // Odd row and token counts reach every tile edge (4 × 2, 4 × 1, 1 × 1), and a
+    // single token the row-by-row decode path.
+    for (rows, cols, n_tokens) in [(37, 128, 67), (37, 128, 1)] {
+        let (weights, xq) = case(rows, cols, n_tokens);
+        for w in &weights {
+            // SAFETY: AVX2/FMA/F16C and AVX-512F/VL/BW/VNNI checked above.
+            let (narrow, wide) = unsafe {
+                (
+                    product(false, w, rows, cols, &xq, n_tokens),
+                    product(true, w, rows, cols, &xq, n_tokens),
+                )
+            };
+            assert_eq!(narrow, wide, "{:?}", w.0);
+        }
+    }
+}
