@@ -76,24 +76,14 @@ impl TierMix {
 }
 
 impl KvCache {
-    /// Moves the full blocks of `seq` to the formats `mix` gives them (down only).
-    /// Returns the RAM bytes freed.
-    pub fn seq_apply_mix(&mut self, seq: SeqId, mix: &TierMix) -> Result<u64, KvError> {
-        let changes = self.mix_changes(seq, mix)?;
-        let before = self.pool.storage_bytes();
-        for (id, format) in changes {
-            self.pool.set_format(id, format)?;
-        }
-        Ok(before.saturating_sub(self.pool.storage_bytes()))
-    }
-
-    /// As [`KvCache::seq_apply_mix`], encoding blocks on `threads` (the session's compute
-    /// threads, idle between micro-batches).
-    pub fn seq_apply_mix_on(
+    /// Moves the full blocks of `seq` to the formats `mix` gives them (down only),
+    /// encoding on `threads` when given (the session's compute threads, idle between
+    /// micro-batches). Returns the RAM bytes freed.
+    pub fn seq_apply_mix(
         &mut self,
         seq: SeqId,
         mix: &TierMix,
-        threads: &ThreadPool,
+        threads: Option<&ThreadPool>,
     ) -> Result<u64, KvError> {
         let changes = self.mix_changes(seq, mix)?;
         let before = self.pool.storage_bytes();

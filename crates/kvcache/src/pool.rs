@@ -450,22 +450,21 @@ impl BlockPool {
     }
 
     /// As [`BlockPool::set_format`] for each `(block, format)` of `changes`, encoding on
-    /// `threads` (blocks are independent, and encoding is most of the work) and then
-    /// installing in order. One block per thread is encoded at a time, so the transient
+    /// `threads` when given (blocks are independent, and encoding is most of the work) and
+    /// then installing in order. One block per thread is encoded at a time, so the transient
     /// beyond the ledger stays what it is for one block per thread. Stops at the first
     /// error; blocks before it are changed, the one that failed and those after it are not.
     pub fn set_formats(
         &mut self,
         changes: &[(BlockId, KvFormat)],
-        threads: &ThreadPool,
+        threads: Option<&ThreadPool>,
     ) -> Result<(), KvError> {
-        let n = threads.n_threads();
-        if n == 1 {
+        let Some(threads) = threads.filter(|t| t.n_threads() > 1) else {
             return changes
                 .iter()
                 .try_for_each(|&(id, format)| self.set_format(id, format));
-        }
-        for batch in changes.chunks(n) {
+        };
+        for batch in changes.chunks(threads.n_threads()) {
             let slots: Vec<OnceLock<Result<Option<Storage>, KvError>>> =
                 batch.iter().map(|_| OnceLock::new()).collect();
             let next = AtomicUsize::new(0);

@@ -483,11 +483,9 @@ fn a_mix_applied_on_several_threads_equals_one_applied_on_one() {
         // Two steps, as a prompt read in micro-batches is: blocks move down twice.
         for (from, to) in [(0, 9 * BT + 3), (9 * BT + 3, toks.len())] {
             append(&mut kv, seq, &toks[from..to], from).unwrap();
-            let freed = if parallel {
-                kv.seq_apply_mix_on(seq, &mix, &threads).unwrap()
-            } else {
-                kv.seq_apply_mix(seq, &mix).unwrap()
-            };
+            let freed = kv
+                .seq_apply_mix(seq, &mix, parallel.then_some(&threads))
+                .unwrap();
             assert!(freed > 0);
         }
         kv.check_invariants();

@@ -450,7 +450,7 @@ impl<'a, 'm> Session<'a, 'm> {
                 self.kv
                     .seq_publish(self.seq, &self.tokens, self.model.digest)?;
                 self.kv
-                    .seq_apply_mix_on(self.seq, &self.cfg.kv_mix, &self.pool)?;
+                    .seq_apply_mix(self.seq, &self.cfg.kv_mix, Some(&self.pool))?;
             }
         }
         // Recency and frequency of use, for the eviction score.

@@ -270,14 +270,18 @@ gemm_driver!(
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 );
 
-/// Whether this CPU has the AVX-512 subsets [`gemm_kind_wide`] is built for (cached by
-/// the standard library after the first query). CPUs with AVX-512 but no VNNI (the first
-/// AVX-512 generation) take the AVX2 build.
+/// Whether this CPU has the AVX-512 subsets [`gemm_kind_wide`] and [`attend_block_wide`]
+/// are built for. CPUs with AVX-512 but no VNNI (the first AVX-512 generation) take the
+/// AVX2 build. Asked once per attention block and head, so the answer is kept in one
+/// flag rather than re-read as four feature queries.
 pub(crate) fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vnni")
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    })
 }
 
 /// # Safety
