@@ -106,7 +106,7 @@ fn kv_types_shrink_the_cache_and_bench_kv_reports_formats() {
             "--model",
             m,
             "--text",
-            root().join("../shared/eval/licenses.txt").to_str().unwrap(),
+            root().join("testdata/eval/licenses.txt").to_str().unwrap(),
             "--chunks",
             "1",
             "--ctx",

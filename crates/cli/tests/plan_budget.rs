@@ -5,7 +5,7 @@ mod common_cli;
 use common_cli::{PathBuf, json_of as json, llmem, model, root};
 
 fn prompt_file(chars: usize) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("../shared/eval/licenses.txt")).unwrap();
+    let text = std::fs::read_to_string(root().join("testdata/eval/licenses.txt")).unwrap();
     let p = std::env::temp_dir().join(format!("llmem-prompt-{}-{chars}.txt", std::process::id()));
     std::fs::write(&p, &text[..chars]).unwrap();
     p

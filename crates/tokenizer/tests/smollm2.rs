@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{read_json, shared_file, smollm2, smollm2_spec, u32s};
+use common::{read_json, testdata_file, smollm2, smollm2_spec, u32s};
 use tokenizer::{BosEos, PreTokenizer, Render, Special, TokenId, Tokenizer};
 
 fn token_ids(raw: &[u32]) -> Vec<TokenId> {
@@ -56,7 +56,7 @@ fn vocabulary_metadata_is_read_as_llama_cpp_reads_it() {
 #[test]
 fn golden_prompts_encode_to_llama_cpp_ids() {
     let Some(tok) = smollm2() else { return };
-    let golden = read_json(&shared_file("golden/smollm2-greedy.json"));
+    let golden = read_json(&testdata_file("golden/smollm2-greedy.json"));
     let prompts = golden["prompts"].as_array().unwrap();
     assert!(prompts.len() >= 5);
     for p in prompts {
@@ -72,7 +72,7 @@ fn golden_prompts_encode_to_llama_cpp_ids() {
 #[test]
 fn golden_generations_decode_to_llama_cpp_text() {
     let Some(tok) = smollm2() else { return };
-    let golden = read_json(&shared_file("golden/smollm2-greedy.json"));
+    let golden = read_json(&testdata_file("golden/smollm2-greedy.json"));
     for p in golden["prompts"].as_array().unwrap() {
         let ids = token_ids(&u32s(&p["gen_ids"]));
         let want = p["gen_text"].as_str().unwrap();
@@ -107,7 +107,7 @@ fn fixture() -> serde_json::Value {
 fn fixture_cases_match_llama_cpp_ids() {
     let Some(tok) = smollm2() else { return };
     let fixture = fixture();
-    let golden = read_json(&shared_file("golden/smollm2-greedy.json"));
+    let golden = read_json(&testdata_file("golden/smollm2-greedy.json"));
     assert_eq!(
         fixture["model_sha256"], golden["model_sha256"],
         "fixture is for another model"
@@ -147,7 +147,7 @@ fn other_pre_tokenizers_match_llama_cpp_on_the_same_vocabulary() {
 fn licenses_file_matches_llama_cpp_and_round_trips() {
     let Some(tok) = smollm2() else { return };
     let fixture = fixture();
-    let text = std::fs::read_to_string(shared_file("eval/licenses.txt")).unwrap();
+    let text = std::fs::read_to_string(testdata_file("eval/licenses.txt")).unwrap();
     let ids = tok.encode(&text, BosEos::Omit, Special::AsText);
     assert_eq!(
         ids.len() as u64,

@@ -13,9 +13,9 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A file under the project's shared folder, which sits beside the workspace.
-pub fn shared_file(relative: &str) -> PathBuf {
-    workspace_root().join("../shared").join(relative)
+/// A file under the repository's `testdata/` folder (see its README for sources).
+pub fn testdata_file(relative: &str) -> PathBuf {
+    workspace_root().join("testdata").join(relative)
 }
 
 /// Converts GGUF metadata into the plain description the tokenizer takes. This is what
