@@ -162,8 +162,21 @@ fn with_a_disk_tier_parked_blocks_spill_and_reload_and_without_room_the_step_is_
     s.prefetch(a).unwrap();
     s.switch_seq(a).unwrap();
     let got = s.eval(&[9], Logits::Last).unwrap().to_vec();
-    assert!(got.iter().all(|x| x.is_finite()));
     assert_eq!(got.len(), a_next.len());
+    // A's blocks went down to int2 before the disk, so its logits are further from the
+    // unpressured run's than after int8 alone; the bound is the int2 error measured on
+    // this model, with room to spare, and far below what a lost or misread block gives.
+    let err = got
+        .iter()
+        .zip(&a_next)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    let scale = a_next.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    eprintln!("max logit error {err} of {scale}");
+    assert!(
+        err.is_finite() && err <= 0.25 * scale,
+        "max logit error {err} of {scale}"
+    );
     assert_eq!(s.n_past(), 4 * BT + 1, "nothing of A was lost");
     assert!(acc.budget.used(acc.kv).0 <= 5 * bb);
     assert!(
