@@ -527,6 +527,7 @@ fn run_real(model: &str, extra: &[&str]) -> Output {
 const CAPITAL: &str = "The capital of France is";
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn real_model_completes_the_capital_of_france() {
     let Some(m) = real_model() else { return };
     let r = json(&run_real(
@@ -548,6 +549,7 @@ fn real_model_completes_the_capital_of_france() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn real_model_chat_template_gives_llama_cpp_prompt_ids() {
     let Some(m) = real_model() else { return };
     let g = golden("chat-unified-memory");
@@ -563,6 +565,7 @@ fn real_model_chat_template_gives_llama_cpp_prompt_ids() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn real_model_prompt_file_equals_prompt() {
     let Some(m) = real_model() else { return };
     let path = write(
@@ -582,6 +585,7 @@ fn real_model_prompt_file_equals_prompt() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn real_model_streamed_text_equals_the_json_text() {
     let Some(m) = real_model() else { return };
     let args = ["--raw", "--prompt", CAPITAL, "--max-tokens", "8"];
@@ -595,6 +599,7 @@ fn real_model_streamed_text_equals_the_json_text() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn real_model_weights_are_mapped_not_copied() {
     let Some(m) = real_model() else { return };
     let r = json(&run_real(

@@ -29,6 +29,7 @@ fn run(m: &str, extra: &[&str]) -> Value {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn kv_dir_reuses_a_prefix_across_runs_and_recomputes_a_damaged_block() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
@@ -85,6 +86,7 @@ fn walk(p: &std::path::Path) -> Vec<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn kv_types_shrink_the_cache_and_bench_kv_reports_formats() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();

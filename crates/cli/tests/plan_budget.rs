@@ -12,6 +12,7 @@ fn prompt_file(chars: usize) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn plan_reports_exact_weights_and_kv() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
@@ -78,6 +79,7 @@ fn plan_reports_exact_weights_and_kv() {
 /// The plan's total is within 5% of the peak RSS a run filling that context measures, and
 /// memory outside the ledger is under 5% of RSS.
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn plan_matches_measured_peak_rss() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
@@ -125,6 +127,7 @@ fn plan_matches_measured_peak_rss() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn run_refuses_a_budget_below_the_plan_and_keeps_within_one_at_or_above() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
@@ -169,6 +172,7 @@ fn run_refuses_a_budget_below_the_plan_and_keeps_within_one_at_or_above() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn bad_budgets_and_profiles_are_refused_naming_the_problem() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();

@@ -48,6 +48,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn matches_llama_cpp_on_golden_prompts() {
     let Some(path) = model_path() else { return };
     let file = weights::MappedFile::open(&path).unwrap();

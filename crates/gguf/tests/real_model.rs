@@ -40,6 +40,7 @@ fn model_bytes() -> Option<Vec<u8>> {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn smollm2_135m_q4_1_parses() -> Result<(), GgufError> {
     let Some(bytes) = model_bytes() else {
         return Ok(());

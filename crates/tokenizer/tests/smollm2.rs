@@ -35,6 +35,7 @@ fn stream(tok: &Tokenizer, ids: &[TokenId], render: Render) -> (String, usize) {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn vocabulary_metadata_is_read_as_llama_cpp_reads_it() {
     let Some(tok) = smollm2() else { return };
     assert_eq!(tok.vocab_size(), 49152);
@@ -54,6 +55,7 @@ fn vocabulary_metadata_is_read_as_llama_cpp_reads_it() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn golden_prompts_encode_to_llama_cpp_ids() {
     let Some(tok) = smollm2() else { return };
     let golden = read_json(&testdata_file("golden/smollm2-greedy.json"));
@@ -70,6 +72,7 @@ fn golden_prompts_encode_to_llama_cpp_ids() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn golden_generations_decode_to_llama_cpp_text() {
     let Some(tok) = smollm2() else { return };
     let golden = read_json(&testdata_file("golden/smollm2-greedy.json"));
@@ -104,6 +107,7 @@ fn fixture() -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn fixture_cases_match_llama_cpp_ids() {
     let Some(tok) = smollm2() else { return };
     let fixture = fixture();
@@ -124,6 +128,7 @@ fn fixture_cases_match_llama_cpp_ids() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn other_pre_tokenizers_match_llama_cpp_on_the_same_vocabulary() {
     let Some(spec) = smollm2_spec() else { return };
     let fixture = fixture();
@@ -144,6 +149,7 @@ fn other_pre_tokenizers_match_llama_cpp_on_the_same_vocabulary() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn licenses_file_matches_llama_cpp_and_round_trips() {
     let Some(tok) = smollm2() else { return };
     let fixture = fixture();
@@ -174,6 +180,7 @@ fn expected_round_trip(tok: &Tokenizer, text: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn varied_text_round_trips_and_streams() {
     let Some(tok) = smollm2() else { return };
     let mut corpus: Vec<String> = fixture()["cases"]
@@ -222,6 +229,7 @@ fn varied_text_round_trips_and_streams() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn odd_inputs_never_panic() {
     let Some(tok) = smollm2() else { return };
     let long_digits = "9".repeat(100_000);
