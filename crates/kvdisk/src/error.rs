@@ -15,13 +15,17 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
-    /// A block file failed a check. [`crate::BlockStore::get`] has removed it, so the
-    /// block is recomputed rather than used.
+    /// A block file failed a check (or its name holds something other than a regular
+    /// file). [`crate::BlockStore::get`] has removed it (unless the handle is read-only),
+    /// so the block is recomputed rather than used.
     #[error("corrupt block file {path}: {what}")]
     Corrupt { path: PathBuf, what: Corruption },
     /// Another handle, in this process or another, holds the directory's lock.
     #[error("block directory {path} is in use by another BlockStore")]
     Locked { path: PathBuf },
+    /// A write or removal through a handle opened [`crate::Access::ReadOnly`].
+    #[error("block directory {path} is shared read-only: another BlockStore writes it")]
+    ReadOnly { path: PathBuf },
     /// A payload over [`crate::MAX_RAW_BYTES`].
     #[error("payload of {len_bytes} bytes exceeds the cap of {cap_bytes}")]
     TooLarge { len_bytes: u64, cap_bytes: u64 },

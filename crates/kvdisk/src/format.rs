@@ -73,6 +73,9 @@ pub enum Corruption {
     Decode(DecodeError),
     #[error("raw checksum {stored:#018x}, computed {computed:#018x}")]
     RawChecksum { stored: u64, computed: u64 },
+    /// The block's name holds a FIFO, a directory, a symlink, a device…
+    #[error("{kind}, not a regular file")]
+    NotRegularFile { kind: &'static str },
 }
 
 /// A decoded, self-consistent header. Fields are only trusted after [`Header::decode`].

@@ -9,7 +9,10 @@
 //! - [`Compression`], [`compress`], [`decompress`]: the codecs, usable on their own for
 //!   the in-RAM cold tier. Decoding is safe on hostile input.
 //! - [`BlockStore`]: one file per block under `root/<model digest>/`, written atomically
-//!   (temp file, fsync, rename, directory fsync) and verified end to end on every read.
+//!   (temp file, fsync, rename, directory fsync) and verified end to end on every read;
+//!   one writer per directory, others may share it read-only ([`Access`]). It remembers
+//!   each block's reads and chain [`Link`] so a caller can trim the directory to a cap by
+//!   its own score ([`BlockStore::entries`]).
 //!   The byte layout is in the `format` module's doc; the crash-safety argument in the
 //!   `store` module's doc and in `docs/design/kvdisk.md`, with the codec measurements
 //!   that chose the default.
@@ -42,7 +45,9 @@
 mod codec;
 mod error;
 mod format;
+mod fsx;
 mod store;
+mod usage;
 
 pub use codec::{
     Compression, DEFAULT_ZSTD_LEVEL, DecodeError, MAX_RAW_BYTES, ParseCompressionError, compress,
@@ -50,6 +55,7 @@ pub use codec::{
 };
 pub use error::DiskError;
 pub use format::{Corruption, FORMAT_VERSION, HEADER_LEN, MAGIC};
-pub use store::BlockStore;
 #[doc(hidden)]
 pub use store::Fault;
+pub use store::{Access, BlockStore, Entry};
+pub use usage::Link;

@@ -3,7 +3,8 @@
 //! ```text
 //! root/
 //!   00c0ffee12345678/            model digest, 16 lowercase hex digits
-//!     LOCK                       flock'd by the one open BlockStore
+//!     LOCK                       flock'd by the one writing BlockStore
+//!     USAGE                      reads and chain links per block (see `usage`), advisory
 //!     000000000000002a.kvb       block for key 0x2a (format: see `format`)
 //!     tmp-000000000000002b-…     a put in flight; removed by the next open
 //! ```
@@ -20,21 +21,40 @@
 //! lying disk, a bit rot, a file edited by hand), every read is checked end to end
 //! (header checksum, lengths, digest, key, payload and raw xxh3) and a bad file is
 //! deleted and reported as [`DiskError::Corrupt`], never returned.
+//!
+//! # Hostile names
+//! A block's name may hold a FIFO, a directory, a symlink or a device instead of a file:
+//! reads open with `O_NONBLOCK | O_NOFOLLOW` and check the type on the open handle (see
+//! `fsx`), so such a name is reported corrupt (and removed where that is safe), never
+//! followed and never waited on; a put over a squatting FIFO, symlink or empty directory
+//! replaces it.
+//!
+//! # Sharing a directory
+//! One handle at a time writes a directory (an exclusive `flock` on `LOCK`).
+//! [`BlockStore::open_or_share`] waits a moment for that lock and otherwise opens the
+//! directory [`Access::ReadOnly`]: reads verify as usual, but nothing is written, removed
+//! or cleaned up, since the lock's holder may be mid-put.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::codec::decompress_raw;
 use crate::format::{HEADER_LEN, Header};
+use crate::fsx::{self, OpenRefusal};
+use crate::usage::{self, BlockUse, Link};
 use crate::{Compression, Corruption, DiskError, MAX_RAW_BYTES, compress};
 
 const BLOCK_EXT: &str = ".kvb";
 const TEMP_PREFIX: &str = "tmp-";
 const LOCK_NAME: &str = "LOCK";
+const USAGE_NAME: &str = "USAGE";
 
 /// A point at which [`BlockStore::put_with_fault`] stops, leaving the directory exactly
 /// as a process killed there would. Testing hook, not part of the stable API.
@@ -51,25 +71,68 @@ pub enum Fault {
     BeforeDirSync,
 }
 
+/// What a handle may do to its directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Holds the directory's lock: reads, writes, removes and cleans up.
+    Exclusive,
+    /// Another handle holds the lock: reads and verifies only. Puts and removes fail with
+    /// [`DiskError::ReadOnly`]; a corrupt file is reported but left for the lock holder.
+    ReadOnly,
+}
+
+/// One block file and what the store remembers of it ([`BlockStore::entries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u64,
+    /// The file's size (header included).
+    pub file_bytes: u64,
+    /// Successful reads recorded by writing handles (0 when the usage file was lost).
+    pub uses: u32,
+    /// Last read or write, in ms since the Unix epoch (the file's mtime when unrecorded).
+    pub last_use_ms: u64,
+    /// Where the block sits in its chain, as given to [`BlockStore::link`].
+    pub link: Link,
+}
+
+/// Mutable bookkeeping shared by the threads using one handle.
+#[derive(Debug, Default)]
+struct State {
+    /// Keys whose file this handle wrote or read back whole: [`BlockStore::verify`]
+    /// does not read them again.
+    known_good: HashSet<u64>,
+    usage: HashMap<u64, BlockUse>,
+    /// `usage` differs from the `USAGE` file.
+    usage_dirty: bool,
+}
+
 /// Checksummed, crash-safe block files for one model.
 ///
 /// Blocks are opaque byte payloads keyed by a `u64` (the kvcache block hash). Files
 /// written with any codec are readable whatever `compression` this handle writes with.
 ///
 /// # Invariants
-/// - While the handle lives it holds an exclusive lock on `dir/LOCK`: no other
-///   `BlockStore` (in any process) writes or cleans this directory.
+/// - An [`Access::Exclusive`] handle holds an exclusive lock on `dir/LOCK` for its life:
+///   no other handle (in any process) writes or cleans this directory meanwhile.
+///   [`Access::ReadOnly`] handles never change it.
 /// - Every file named `<16 hex>.kvb` in `dir` was complete and fsynced before it got that
-///   name; any file that nonetheless fails a check is deleted by [`get`](Self::get).
-/// - Names starting with `tmp-` are puts in flight; after [`open`](Self::open) returns
-///   there are none left from earlier handles.
+///   name; any file that nonetheless fails a check is deleted by [`get`](Self::get) (by
+///   an exclusive handle).
+/// - Names starting with `tmp-` are puts in flight; after an exclusive
+///   [`open`](Self::open) returns there are none left from earlier handles.
 #[derive(Debug)]
 pub struct BlockStore {
+    root: PathBuf,
     dir: PathBuf,
     model_digest: u64,
     compression: Compression,
+    access: Access,
     /// Makes temp names unique among concurrent puts of this handle.
     temp_seq: AtomicU64,
+    /// Bytes puts may still write before they fail as on a full disk (testing hook,
+    /// [`BlockStore::simulate_full_disk`]); `u64::MAX` = no limit.
+    space_left: AtomicU64,
+    state: Mutex<State>,
     /// Held for the lock; never read or written.
     _lock: File,
 }
@@ -78,11 +141,32 @@ impl BlockStore {
     /// Opens (creating if needed) the directory `root/<model digest as 16 hex digits>/`,
     /// takes its lock and removes temp files left by a crashed writer.
     ///
-    /// Fails with [`DiskError::Locked`] while another `BlockStore` has it open.
+    /// Fails with [`DiskError::Locked`] while another writing `BlockStore` has it open.
     pub fn open(
         root: &Path,
         model_digest: u64,
         compression: Compression,
+    ) -> Result<Self, DiskError> {
+        Self::open_with(root, model_digest, compression, None)
+    }
+
+    /// As [`open`](Self::open), but while another handle holds the lock this waits up to
+    /// `wait` for it and then opens the directory [`Access::ReadOnly`] instead of failing:
+    /// a second run on the same directory reuses its blocks and writes none.
+    pub fn open_or_share(
+        root: &Path,
+        model_digest: u64,
+        compression: Compression,
+        wait: Duration,
+    ) -> Result<Self, DiskError> {
+        Self::open_with(root, model_digest, compression, Some(wait))
+    }
+
+    fn open_with(
+        root: &Path,
+        model_digest: u64,
+        compression: Compression,
+        share_after: Option<Duration>,
     ) -> Result<Self, DiskError> {
         let dir = root.join(format!("{model_digest:016x}"));
         fs::create_dir_all(&dir).map_err(|e| DiskError::io("create directory", &dir, e))?;
@@ -90,31 +174,59 @@ impl BlockStore {
         // only a cold cache.
         let _ = sync_dir(root);
         let lock_path = dir.join(LOCK_NAME);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock = fsx::open_regular_for_write(&lock_path)
             .map_err(|e| DiskError::io("open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(DiskError::Locked { path: dir }),
-            Err(fs::TryLockError::Error(e)) => return Err(DiskError::io("lock", &lock_path, e)),
-        }
+        let started = Instant::now();
+        let access = loop {
+            match lock.try_lock() {
+                Ok(()) => break Access::Exclusive,
+                Err(fs::TryLockError::WouldBlock) => match share_after {
+                    Some(wait) if started.elapsed() >= wait => break Access::ReadOnly,
+                    Some(_) => std::thread::sleep(Duration::from_millis(20)),
+                    None => return Err(DiskError::Locked { path: dir }),
+                },
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(DiskError::io("lock", &lock_path, e));
+                }
+            }
+        };
+        let usage = match fsx::open_regular(&dir.join(USAGE_NAME)) {
+            Ok(mut f) => usage::read_capped(&mut f).unwrap_or_default(),
+            Err(_) => HashMap::new(),
+        };
         let store = Self {
+            root: root.to_path_buf(),
             dir,
             model_digest,
             compression,
+            access,
             temp_seq: AtomicU64::new(0),
+            space_left: AtomicU64::new(u64::MAX),
+            state: Mutex::new(State {
+                usage,
+                ..State::default()
+            }),
             _lock: lock,
         };
-        store.remove_temp_files()?;
+        if access == Access::Exclusive {
+            store.remove_temp_files()?;
+        }
         Ok(store)
     }
 
     /// The directory holding this model's blocks.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The digest this store was opened for (its directory's name).
+    pub fn model_digest(&self) -> u64 {
+        self.model_digest
+    }
+
+    /// Whether this handle may write.
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     /// The codec new blocks are written with (a block it does not shrink is written
@@ -128,14 +240,31 @@ impl BlockStore {
         self.dir.join(format!("{key:016x}{BLOCK_EXT}"))
     }
 
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is bookkeeping only: a panic elsewhere cannot leave it unsafe to use.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn writable(&self) -> Result<(), DiskError> {
+        match self.access {
+            Access::Exclusive => Ok(()),
+            Access::ReadOnly => Err(DiskError::ReadOnly {
+                path: self.dir.clone(),
+            }),
+        }
+    }
+
     /// Stores `payload` under `key`, replacing any previous block, atomically and durably
     /// (see the module doc). Returns the file's size in bytes.
     ///
     /// Fails with [`DiskError::TooLarge`] for a payload over [`MAX_RAW_BYTES`], with
     /// [`DiskError::Codec`] if the store's codec is zstd and the `zstd` feature is off,
-    /// and with [`DiskError::Io`] when the file system does. After any error the key holds either
-    /// the previous block (or none) or, if only the final directory fsync failed, the
-    /// whole new block, which a power loss may roll back.
+    /// with [`DiskError::ReadOnly`] on a shared handle, and with [`DiskError::Io`] when
+    /// the file system does (a full disk among others). After any error the key holds
+    /// either the previous block (or none) or, if only the final directory fsync failed,
+    /// the whole new block, which a power loss may roll back.
     pub fn put(&self, key: u64, payload: &[u8]) -> Result<u64, DiskError> {
         self.put_inner(key, payload, None)
     }
@@ -147,7 +276,15 @@ impl BlockStore {
         self.put_inner(key, payload, Some(fault))
     }
 
+    /// Makes puts fail once they would write more than `bytes` more bytes in all, with
+    /// the error a full file system gives (ENOSPC). Testing hook.
+    #[doc(hidden)]
+    pub fn simulate_full_disk(&self, bytes: u64) {
+        self.space_left.store(bytes, Ordering::Relaxed);
+    }
+
     fn put_inner(&self, key: u64, payload: &[u8], fault: Option<Fault>) -> Result<u64, DiskError> {
+        self.writable()?;
         if payload.len() > MAX_RAW_BYTES {
             return Err(DiskError::TooLarge {
                 len_bytes: payload.len() as u64,
@@ -172,11 +309,18 @@ impl BlockStore {
         let header = Header::for_payload(codec, self.model_digest, key, payload, stored).encode();
         let file_bytes = (HEADER_LEN + stored.len()) as u64;
 
-        let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let temp = self.dir.join(format!(
-            "{TEMP_PREFIX}{key:016x}-{}-{seq}",
-            std::process::id()
-        ));
+        let temp = self.temp_path(&format!("{key:016x}"));
+        let left = self.space_left.load(Ordering::Relaxed);
+        if left != u64::MAX {
+            if file_bytes > left {
+                return Err(DiskError::io(
+                    "write",
+                    &temp,
+                    io::Error::from(io::ErrorKind::StorageFull),
+                ));
+            }
+            self.space_left.fetch_sub(file_bytes, Ordering::Relaxed);
+        }
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -194,9 +338,26 @@ impl BlockStore {
             return Err(DiskError::InjectedFault(Fault::BeforeRename));
         }
         let path = self.block_path(key);
-        if let Err(e) = fs::rename(&temp, &path) {
+        let renamed = fs::rename(&temp, &path).or_else(|e| {
+            // rename(2) replaces a FIFO or a symlink but not a directory: an empty one
+            // squatting on the name is removed and the rename tried once more.
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                fsx::remove_squatter(&path).map_err(|_| e)?;
+                fs::rename(&temp, &path)
+            } else {
+                Err(e)
+            }
+        });
+        if let Err(e) = renamed {
             let _ = fs::remove_file(&temp);
             return Err(DiskError::io("rename", &temp, e));
+        }
+        {
+            let mut st = self.state();
+            st.known_good.insert(key);
+            let u = st.usage.entry(key).or_default();
+            u.last_use_ms = usage::now_ms();
+            st.usage_dirty = true;
         }
         if fault == Some(Fault::BeforeDirSync) {
             return Err(DiskError::InjectedFault(Fault::BeforeDirSync));
@@ -205,31 +366,103 @@ impl BlockStore {
         Ok(file_bytes)
     }
 
+    fn temp_path(&self, what: &str) -> PathBuf {
+        let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(format!("{TEMP_PREFIX}{what}-{}-{seq}", std::process::id()))
+    }
+
+    /// Records where `key`'s block sits in its chain, for eviction
+    /// ([`entries`](Self::entries)); kept in the usage file. Ignored by a read-only handle.
+    pub fn link(&self, key: u64, link: Link) {
+        if self.access == Access::Exclusive {
+            let mut st = self.state();
+            st.usage.entry(key).or_default().link = link;
+            st.usage_dirty = true;
+        }
+    }
+
     /// The block stored under `key`: `Ok(None)` if there is none, the exact bytes given
-    /// to `put` otherwise.
+    /// to `put` otherwise. A successful read counts as a use of the block.
     ///
-    /// A file that fails any check gives [`DiskError::Corrupt`] naming the file and the
-    /// check, and is deleted (best effort) so the caller recomputes the block. A sound
+    /// A file that fails any check — or a name that holds something other than a regular
+    /// file — gives [`DiskError::Corrupt`] naming the file and the check, and is deleted
+    /// (best effort, by an exclusive handle) so the caller recomputes the block. A sound
     /// file stored with zstd, read by a build without the `zstd` feature, gives
     /// [`DiskError::CodecNotBuilt`] and is kept (a build with zstd can still read it).
     pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>, DiskError> {
+        let got = self.read(key)?;
+        if got.is_some() && self.access == Access::Exclusive {
+            let mut st = self.state();
+            let u = st.usage.entry(key).or_default();
+            u.uses = u.uses.saturating_add(1);
+            u.last_use_ms = usage::now_ms();
+            st.usage_dirty = true;
+        }
+        Ok(got)
+    }
+
+    /// Whether a sound block is stored under `key`. A file this handle wrote or read back
+    /// whole is trusted; any other is read and checked end to end (a corrupt one is
+    /// removed, as by [`get`](Self::get), and gives `Ok(false)`). Not a use of the block.
+    pub fn verify(&self, key: u64) -> Result<bool, DiskError> {
+        if self.state().known_good.contains(&key) && self.contains(key) {
+            return Ok(true);
+        }
+        match self.read(key) {
+            Ok(got) => Ok(got.is_some()),
+            Err(DiskError::Corrupt { .. }) => Ok(false),
+            Err(DiskError::CodecNotBuilt { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(&self, key: u64) -> Result<Option<Vec<u8>>, DiskError> {
         let path = self.block_path(key);
-        let mut file = match File::open(&path) {
+        let mut file = match fsx::open_regular(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DiskError::io("open", &path, e)),
+            Err(OpenRefusal::Missing) => {
+                self.forget(key);
+                return Ok(None);
+            }
+            Err(OpenRefusal::Io(e)) => return Err(DiskError::io("open", &path, e)),
+            Err(OpenRefusal::NotRegular(kind)) => {
+                if self.access == Access::Exclusive {
+                    let _ = fsx::remove_squatter(&path);
+                }
+                self.forget(key);
+                return Err(DiskError::Corrupt {
+                    path,
+                    what: Corruption::NotRegularFile { kind },
+                });
+            }
         };
         match self.read_block(&mut file, key) {
-            Ok(raw) => Ok(Some(raw)),
+            Ok(raw) => {
+                self.state().known_good.insert(key);
+                Ok(Some(raw))
+            }
             Err(ReadFailure::Io(op, e)) => Err(DiskError::io(op, &path, e)),
             Err(ReadFailure::CodecNotBuilt(codec)) => Err(DiskError::CodecNotBuilt { path, codec }),
             Err(ReadFailure::Corrupt(what)) => {
                 drop(file);
                 // If a concurrent put renamed a fresh file here meanwhile, this deletes a
                 // good block: harmless for a cache, it is recomputed.
-                let _ = fs::remove_file(&path);
+                if self.access == Access::Exclusive {
+                    let _ = fs::remove_file(&path);
+                }
+                self.forget(key);
                 Err(DiskError::Corrupt { path, what })
             }
+        }
+    }
+
+    /// Drops what this handle remembers of `key` (its file is gone or bad).
+    fn forget(&self, key: u64) {
+        let mut st = self.state();
+        st.known_good.remove(&key);
+        if self.access == Access::Exclusive && st.usage.remove(&key).is_some() {
+            st.usage_dirty = true;
         }
     }
 
@@ -315,18 +548,114 @@ impl BlockStore {
     /// Whether a file exists for `key`. Cheap (one stat); does not verify the file, so a
     /// later [`get`](Self::get) may still find it corrupt.
     pub fn contains(&self, key: u64) -> bool {
-        self.block_path(key).is_file()
+        fs::symlink_metadata(self.block_path(key)).is_ok_and(|m| m.is_file())
     }
 
     /// Deletes `key`'s block; absent is fine. The directory is not fsynced: a removal lost
     /// to a crash brings back a valid old block, which is harmless.
     pub fn remove(&self, key: u64) -> Result<(), DiskError> {
+        self.writable()?;
         let path = self.block_path(key);
+        self.forget(key);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(DiskError::io("remove", &path, e)),
         }
+    }
+
+    /// Every block file with its size and what the store remembers of its use, in key
+    /// order; the facts an eviction score needs. Not verified.
+    pub fn entries(&self) -> Result<Vec<Entry>, DiskError> {
+        let mut found = Vec::new();
+        self.for_each_entry(|name, entry| {
+            let Some(key) = parse_block_name(name) else {
+                return;
+            };
+            // DirEntry::metadata does not follow symlinks; a file removed meanwhile, or a
+            // name that is not a file, is no block.
+            let Ok(meta) = entry.metadata() else { return };
+            if !meta.is_file() {
+                return;
+            }
+            let mtime_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            found.push((key, meta.len(), mtime_ms));
+        })?;
+        let st = self.state();
+        let mut out: Vec<Entry> = found
+            .into_iter()
+            .map(|(key, file_bytes, mtime_ms)| {
+                let u = st.usage.get(&key).copied().unwrap_or_default();
+                Entry {
+                    key,
+                    file_bytes,
+                    uses: u.uses,
+                    last_use_ms: if u.last_use_ms == 0 {
+                        mtime_ms
+                    } else {
+                        u.last_use_ms
+                    },
+                    link: u.link,
+                }
+            })
+            .collect();
+        out.sort_unstable_by_key(|e| e.key);
+        Ok(out)
+    }
+
+    /// Exclusive handles on the other digests' directories beside this one (same root)
+    /// that no other handle holds now, for trimming the whole root to one cap. Locked or
+    /// unreadable ones are skipped; nothing is waited for.
+    pub fn siblings(&self) -> Vec<BlockStore> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| parse_hex16(e.file_name().to_str()?))
+            .filter(|&digest| digest != self.model_digest)
+            .filter_map(|digest| Self::open(&self.root, digest, self.compression).ok())
+            .collect()
+    }
+
+    /// Writes the usage file (reads, last uses and chain links; see the `usage` module)
+    /// if it changed, keeping only keys that still have a file. Done on drop as well; an
+    /// error here loses bookkeeping only, never a block. A read-only handle writes nothing.
+    pub fn save_usage(&self) -> Result<(), DiskError> {
+        if self.access != Access::Exclusive || !self.state().usage_dirty {
+            return Ok(());
+        }
+        let keys: HashSet<u64> = self.keys()?.into_iter().collect();
+        let bytes = {
+            let mut st = self.state();
+            st.usage.retain(|k, _| keys.contains(k));
+            st.usage_dirty = false;
+            usage::encode(&st.usage)
+        };
+        let temp = self.temp_path("usage");
+        let path = self.dir.join(USAGE_NAME);
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| {
+                fs::rename(&temp, &path).or_else(|e| {
+                    fsx::remove_squatter(&path).map_err(|_| e)?;
+                    fs::rename(&temp, &path)
+                })
+            });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            self.state().usage_dirty = true;
+            return Err(DiskError::io("write usage file", &path, e));
+        }
+        Ok(())
     }
 
     /// Keys with a block file, ascending. Like [`contains`](Self::contains), not verified.
@@ -381,6 +710,13 @@ impl BlockStore {
     }
 }
 
+impl Drop for BlockStore {
+    fn drop(&mut self) {
+        // Best effort: the usage file only orders evictions.
+        let _ = self.save_usage();
+    }
+}
+
 enum ReadFailure {
     Corrupt(Corruption),
     Io(&'static str, io::Error),
@@ -395,7 +731,11 @@ impl From<Corruption> for ReadFailure {
 
 /// `<16 lowercase hex digits>.kvb` → key.
 fn parse_block_name(name: &str) -> Option<u64> {
-    let hex = name.strip_suffix(BLOCK_EXT)?;
+    parse_hex16(name.strip_suffix(BLOCK_EXT)?)
+}
+
+/// Exactly 16 lowercase hex digits → their value (block names, directory names).
+fn parse_hex16(hex: &str) -> Option<u64> {
     let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
     if hex.len() != 16 || !hex.bytes().all(lower_hex) {
         return None;

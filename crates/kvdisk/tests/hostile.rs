@@ -295,3 +295,124 @@ proptest! {
         }
     }
 }
+
+/// Runs `f` on a thread and fails the test if it has not returned within 10 s (a FIFO
+/// opened for reading without O_NONBLOCK waits for a writer forever).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what}: still running after 10 s"))
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &std::path::Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+/// Issue 13, finding 5: a block name holding a FIFO hung the run (the open waited for a
+/// writer); a directory or a symlink there failed it. Each is now a corrupt block: reported
+/// at once, removed where that is safe, and the name written over by the next put.
+#[cfg(unix)]
+#[test]
+fn finding5_a_fifo_directory_or_symlink_at_a_block_path_is_corrupt_and_never_hangs() {
+    let root = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(BlockStore::open(root.path(), DIGEST, Compression::None).unwrap());
+    let target = root.path().join("elsewhere.kvb");
+    fs::write(&target, payload(KEY, 0, 500)).unwrap();
+    type Make<'a> = &'a dyn Fn(&std::path::Path);
+    let squatters: [(&str, Make); 4] = [
+        ("a FIFO", &|p| mkfifo(p)),
+        ("a directory", &|p| fs::create_dir(p).unwrap()),
+        ("a symbolic link", &|p| {
+            std::os::unix::fs::symlink(&target, p).unwrap()
+        }),
+        ("a directory", &|p| {
+            // Not empty: someone's data, left in place; the block stays unusable.
+            fs::create_dir(p).unwrap();
+            fs::write(p.join("keep"), b"x").unwrap();
+        }),
+    ];
+    for (i, (kind, make)) in squatters.iter().enumerate() {
+        let path = store.block_path(KEY);
+        make(&path);
+        assert!(!store.contains(KEY), "{kind}: not a block");
+        let s = store.clone();
+        let got = within_10s(kind, move || s.get(KEY));
+        match got {
+            Err(DiskError::Corrupt {
+                what: Corruption::NotRegularFile { kind: k },
+                ..
+            }) => assert_eq!(k, *kind),
+            other => panic!("{kind}: expected NotRegularFile, got {other:?}"),
+        }
+        let s = store.clone();
+        assert!(!within_10s(kind, move || s.verify(KEY)).unwrap(), "{kind}");
+        let s = store.clone();
+        let put = within_10s(kind, move || s.put(KEY, &payload(KEY, 1, 700)));
+        if i == 3 {
+            assert!(matches!(put, Err(DiskError::Io { .. })), "{put:?}");
+            assert!(path.join("keep").exists(), "someone's directory is kept");
+            fs::remove_dir_all(&path).unwrap();
+        } else {
+            put.unwrap();
+            assert_eq!(
+                store.get(KEY).unwrap(),
+                Some(payload(KEY, 1, 700)),
+                "{kind}"
+            );
+            store.remove(KEY).unwrap();
+        }
+        assert!(common::temp_files(store.dir()).is_empty());
+    }
+    // The symlink's target was never touched.
+    assert_eq!(fs::read(&target).unwrap(), payload(KEY, 0, 500));
+}
+
+/// A LOCK that is a FIFO or a directory fails the open at once instead of hanging it.
+#[cfg(unix)]
+#[test]
+fn finding5_a_hostile_lock_file_fails_the_open_without_hanging() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(format!("{DIGEST:016x}"));
+    fs::create_dir_all(&dir).unwrap();
+    mkfifo(&dir.join("LOCK"));
+    let r = root.path().to_path_buf();
+    let opened = within_10s("LOCK FIFO", move || {
+        BlockStore::open(&r, DIGEST, Compression::None)
+    });
+    assert!(matches!(opened, Err(DiskError::Io { .. })), "{opened:?}");
+    fs::remove_file(dir.join("LOCK")).unwrap();
+    fs::create_dir(dir.join("LOCK")).unwrap();
+    let opened = BlockStore::open(root.path(), DIGEST, Compression::None);
+    assert!(matches!(opened, Err(DiskError::Io { .. })), "{opened:?}");
+}
+
+/// A full file system fails the put with an I/O error and leaves no temp file; the store
+/// still reads what it has.
+#[test]
+fn finding5_a_full_disk_fails_puts_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let store = BlockStore::open(root.path(), DIGEST, Compression::None).unwrap();
+    store.put(1, &payload(1, 0, 1000)).unwrap();
+    store.simulate_full_disk(1500);
+    store.put(2, &payload(2, 0, 1000)).unwrap();
+    let err = store.put(3, &payload(3, 0, 1000)).unwrap_err();
+    match &err {
+        DiskError::Io { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(common::temp_files(store.dir()).is_empty());
+    assert_eq!(store.keys().unwrap(), vec![1, 2]);
+    assert_eq!(store.get(1).unwrap(), Some(payload(1, 0, 1000)));
+}

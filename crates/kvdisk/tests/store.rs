@@ -164,3 +164,129 @@ fn concurrent_puts_and_gets_only_ever_see_whole_payloads() {
     assert_eq!(store.keys().unwrap(), vec![0, 1, 2]);
     assert!(common::temp_files(store.dir()).is_empty());
 }
+
+/// Issue 13, item 9: a second run on the same directory exited at once. A second handle
+/// now waits for the lock a moment and then shares the directory read-only: it reads
+/// and verifies, writes and removes nothing.
+#[test]
+fn item9_a_second_handle_waits_for_the_lock_then_shares_read_only() {
+    use kvdisk::Access;
+    use std::time::{Duration, Instant};
+    let root = tempfile::tempdir().unwrap();
+    let first = BlockStore::open(root.path(), DIGEST, Compression::None).unwrap();
+    assert_eq!(first.access(), Access::Exclusive);
+    first.put(1, &payload(1, 0, 3000)).unwrap();
+    let t = Instant::now();
+    let shared = BlockStore::open_or_share(
+        root.path(),
+        DIGEST,
+        Compression::None,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300), "it waited first");
+    assert_eq!(shared.access(), Access::ReadOnly);
+    assert_eq!(shared.get(1).unwrap(), Some(payload(1, 0, 3000)));
+    assert!(matches!(
+        shared.put(2, &payload(2, 0, 10)),
+        Err(DiskError::ReadOnly { .. })
+    ));
+    assert!(matches!(shared.remove(1), Err(DiskError::ReadOnly { .. })));
+    // A damaged file is reported, and left for the writer.
+    std::fs::write(first.block_path(3), b"not a block").unwrap();
+    assert!(matches!(shared.get(3), Err(DiskError::Corrupt { .. })));
+    assert!(first.block_path(3).exists());
+    drop(shared);
+    assert!(
+        first.block_path(3).exists(),
+        "dropping a shared handle cleans nothing"
+    );
+
+    // The lock freed while waiting: the waiter becomes the writer.
+    let root2 = root.path().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        BlockStore::open_or_share(&root2, DIGEST, Compression::None, Duration::from_secs(10))
+            .unwrap()
+            .access()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(first);
+    assert_eq!(waiter.join().unwrap(), Access::Exclusive);
+}
+
+/// Reads, last uses and chain links outlive the handle (the `USAGE` file), so a later run
+/// can trim the directory by the eviction score; a damaged usage file reads as empty.
+#[test]
+fn usage_and_links_are_kept_across_handles_and_reported_by_entries() {
+    use kvdisk::Link;
+    let root = tempfile::tempdir().unwrap();
+    {
+        let store = BlockStore::open(root.path(), DIGEST, Compression::None).unwrap();
+        for key in [10u64, 11, 12] {
+            store.put(key, &payload(key, 0, 2000)).unwrap();
+        }
+        store.link(
+            11,
+            Link {
+                parent: Some(10),
+                depth: 1,
+            },
+        );
+        store.link(
+            12,
+            Link {
+                parent: Some(11),
+                depth: 2,
+            },
+        );
+        store.get(10).unwrap().unwrap();
+        store.get(10).unwrap().unwrap();
+        store.get(11).unwrap().unwrap();
+        store.remove(12).unwrap();
+    }
+    let store = BlockStore::open(root.path(), DIGEST, Compression::None).unwrap();
+    let e = store.entries().unwrap();
+    assert_eq!(e.iter().map(|x| x.key).collect::<Vec<_>>(), vec![10, 11]);
+    assert_eq!((e[0].uses, e[0].link), (2, Link::default()));
+    assert_eq!(
+        (e[1].uses, e[1].link),
+        (
+            1,
+            Link {
+                parent: Some(10),
+                depth: 1
+            }
+        )
+    );
+    assert!(e[0].file_bytes > 2000 && e[0].last_use_ms > 0);
+    // verify() reads an unknown file once, does not count it as a use.
+    assert!(store.verify(10).unwrap());
+    assert_eq!(store.entries().unwrap()[0].uses, 2);
+    drop(store);
+    let usage = root.path().join(format!("{DIGEST:016x}")).join("USAGE");
+    let mut bytes = std::fs::read(&usage).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&usage, &bytes).unwrap();
+    let store = BlockStore::open(root.path(), DIGEST, Compression::None).unwrap();
+    let e = store.entries().unwrap();
+    assert_eq!(e.len(), 2, "blocks survive a damaged usage file");
+    assert!(
+        e.iter()
+            .all(|x| x.uses == 0 && x.link == Link::default() && x.last_use_ms > 0)
+    );
+}
+
+#[test]
+fn siblings_are_the_other_digests_not_held_elsewhere() {
+    let root = tempfile::tempdir().unwrap();
+    let a = BlockStore::open(root.path(), 1, Compression::None).unwrap();
+    let b = BlockStore::open(root.path(), 2, Compression::None).unwrap();
+    drop(BlockStore::open(root.path(), 3, Compression::None).unwrap());
+    std::fs::create_dir(root.path().join("not-a-digest")).unwrap();
+    let sib: Vec<u64> = a.siblings().iter().map(BlockStore::model_digest).collect();
+    assert_eq!(sib, vec![3], "2 is held by b, 1 is a itself");
+    drop(b);
+    let mut sib: Vec<u64> = a.siblings().iter().map(BlockStore::model_digest).collect();
+    sib.sort_unstable();
+    assert_eq!(sib, vec![2, 3]);
+}
