@@ -70,6 +70,15 @@ pub fn scratch_len(shape: &AttnShape, head_dim: usize, n_threads: usize) -> usiz
     items * shape.group() * Q_TILE.min(shape.n_q.max(1)) * (head_dim + 2)
 }
 
+/// Whether [`attention`] may split one query row's keys across work items for `shape` on
+/// `n_threads` threads (it does when there are too few (KV head, query tile) items to go
+/// round), merging partial softmaxes. When it does not, each query row is computed alone,
+/// in the same order whatever the other rows of the call: a row's result then does not
+/// depend on how the tokens were batched, only on the row and the cache.
+pub fn splits_keys(shape: &AttnShape, n_threads: usize) -> bool {
+    shape.n_kv_heads * shape.n_q.div_ceil(Q_TILE) < 4 * n_threads
+}
+
 /// Returns (work items, key splits per (head, tile), query tiles).
 fn plan(shape: &AttnShape, _hd: usize, bt: usize, n_threads: usize) -> (usize, usize, usize) {
     let q_tiles = shape.n_q.div_ceil(Q_TILE);

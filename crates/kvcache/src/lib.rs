@@ -35,10 +35,10 @@ mod prefix;
 mod seq;
 
 pub use kernels::kvquant::{KvBlock, KvFormat};
-pub use kvdisk::{BlockStore, Compression};
+pub use kvdisk::{Access, BlockStore, Compression};
 pub use layout::{KvLayout, LayoutError};
 pub use mix::TierMix;
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
 pub use prefetch::{PrefetchStats, Prefetcher};
-pub use prefix::block_hash;
+pub use prefix::{ReuseRule, block_hash, disk_key};
 pub use seq::{KvCache, KvError, SeqId};

@@ -42,6 +42,18 @@ impl TierMix {
         self.cold_format == KvFormat::F16 && self.sink_format == KvFormat::F16
     }
 
+    /// The one format every full block ends up in, whatever the sequence's length, or
+    /// `None` for a mix by age (a block's format, and the path it took to get there, then
+    /// depend on when it was demoted).
+    pub fn uniform_format(&self) -> Option<KvFormat> {
+        if self.is_all_f16() {
+            return Some(KvFormat::F16);
+        }
+        let no_windows = self.hot_tokens == 0 && self.warm_tokens == 0 && self.cool_tokens == 0;
+        (no_windows && (self.sink_blocks == 0 || self.sink_format == self.cold_format))
+            .then_some(self.cold_format)
+    }
+
     /// The format block `b` of a sequence of `len` tokens should have (full blocks only).
     pub fn format_for(&self, b: usize, len: usize, bt: usize) -> KvFormat {
         let end = (b + 1) * bt; // one past the block's last token

@@ -563,10 +563,25 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Writes a resident quantized block to `store` under `key` and frees its RAM.
+    /// Writes a resident block to `store` under `key` and frees its RAM. If the write
+    /// fails (a full disk, a read-only store) the block stays as it was.
     pub fn spill(&mut self, id: BlockId, store: &BlockStore, key: u64) -> Result<(), KvError> {
-        self.decompress(id)?;
-        let payload = self.payload(id)?;
+        let payload = match &self.storage[id.0 as usize] {
+            // Decoded into a transient buffer rather than installed: a failed write must
+            // not leave the block bigger than before.
+            Storage::Packed {
+                format,
+                codec,
+                raw,
+                bytes,
+            } => {
+                let mut out = Vec::with_capacity(*raw);
+                kvdisk::decompress(*codec, bytes, *raw, &mut out)
+                    .map_err(|e| KvError::Disk(e.to_string()))?;
+                encode_payload(*format, self.metas[id.0 as usize].filled, &out)
+            }
+            _ => self.payload(id)?,
+        };
         store
             .put(key, &payload)
             .map_err(|e| KvError::Disk(e.to_string()))?;
@@ -603,9 +618,15 @@ impl BlockPool {
         self.install_payload(id, &payload, Some(format))
     }
 
-    /// Fills a fresh block from a verified disk payload (prefix reuse across runs).
-    pub(crate) fn fill_from_payload(&mut self, id: BlockId, payload: &[u8]) -> Result<(), KvError> {
-        self.install_payload(id, payload, None)
+    /// Fills a fresh block from a verified disk payload (prefix reuse across runs), which
+    /// must hold a block in `format`.
+    pub(crate) fn fill_prefix_payload(
+        &mut self,
+        id: BlockId,
+        payload: &[u8],
+        format: KvFormat,
+    ) -> Result<(), KvError> {
+        self.install_payload(id, payload, Some(format))
     }
 
     /// Replaces block `id`'s storage with a payload's, if it matches the layout (and

@@ -218,7 +218,14 @@ impl KvCache {
                 }
                 // No room to load it now (over budget): nothing is lost, try later.
                 Err(e) => return Err(e),
-                Ok(()) => {}
+                // A spill file is this block's alone (its key is never reused): once the
+                // block is back in RAM the file is garbage. Best effort; trimming catches
+                // what is left.
+                Ok(()) => {
+                    if let Some(st) = store {
+                        let _ = st.remove(key);
+                    }
+                }
             }
             if let Some(p) = pf.as_deref_mut() {
                 if hit {
@@ -232,7 +239,7 @@ impl KvCache {
     }
 
     /// (file key, payload bytes) of a disk-tier block.
-    fn disk_key(&self, id: BlockId) -> Option<(u64, u64)> {
+    pub(crate) fn disk_key(&self, id: BlockId) -> Option<(u64, u64)> {
         if self.pool().meta(id).tier != Tier::Disk {
             return None;
         }

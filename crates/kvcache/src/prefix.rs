@@ -1,12 +1,21 @@
 //! Chained block hashes for prefix sharing.
 //!
 //! A full block's hash is `xxh3(parent hash ‖ model digest ‖ its token ids)`: equal hashes
-//! mean equal token prefixes from position 0 under the same model, so the block's KV is
-//! the same and may be shared (and found again on disk in a later run). The cache's
-//! sharing verbs — publish, attach (from RAM or disk), persist — are here too.
+//! mean equal token prefixes from position 0 under the same model. The cache's sharing
+//! verbs — publish, attach (from RAM or disk), persist — are here too.
+//!
+//! Equal tokens are not enough for equal bytes: a block's KV also depends on the format
+//! it is kept in and on how the tokens were evaluated (which neighbours were already
+//! quantized, how attention split its work). The engine decides which blocks are exact
+//! (it publishes only those) and hands every reuse a [`ReuseRule`]: the format a reused
+//! block must have and the token boundary a reuse must stop on. On disk, a block's file
+//! name is [`disk_key`], which covers its format as well; the directory covers the rest
+//! (model bytes, KV type, evaluation schedule: see the engine's store identity).
 
-use kvdisk::BlockStore;
+use kernels::kvquant::KvFormat;
+use kvdisk::{BlockStore, Link};
 
+use crate::pool::BlockId;
 use crate::seq::{KvCache, KvError, SeqId};
 
 /// The chained hash of one full block.
@@ -20,12 +29,43 @@ pub fn block_hash(parent: u64, tokens: &[u32], model_digest: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&buf)
 }
 
+/// The disk store's key for a block of prefix hash `hash` kept in `format`: a file of
+/// another format can never answer for it.
+pub fn disk_key(hash: u64, format: KvFormat) -> u64 {
+    let mut buf = [0u8; 9];
+    buf[..8].copy_from_slice(&hash.to_le_bytes());
+    buf[8] = format.bits() as u8;
+    xxhash_rust::xxh3::xxh3_64(&buf)
+}
+
+/// What a reused block must match, beyond its tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReuseRule {
+    /// Identifies the model in the chained hashes ([`block_hash`]).
+    pub digest: u64,
+    /// Every reused block must be in this format (a block demoted further under
+    /// pressure, or kept in another, is not what a fresh evaluation would hold).
+    pub format: KvFormat,
+    /// A reuse stops on a multiple of this many tokens (itself a multiple of the block
+    /// size): the evaluation that continues after it then splits its work exactly as an
+    /// evaluation from position 0 would.
+    pub align_tokens: usize,
+}
+
+impl ReuseRule {
+    /// `n` rounded down to the rule's boundary (`bt`: tokens per block).
+    fn round(&self, n: usize, bt: usize) -> usize {
+        let align = self.align_tokens.max(bt).div_ceil(bt) * bt;
+        n / align * align
+    }
+}
+
 impl KvCache {
     /// Publishes `seq`'s full blocks for sharing: `tokens` are the sequence's token ids
-    /// from position 0 (at least its full blocks), `digest` identifies the model. Each
-    /// full block gets the chained hash H(parent, its tokens, digest). If an identical
-    /// block is already indexed, this sequence switches to it (deduplication) and its own
-    /// copy is freed.
+    /// from position 0 whose KV is exact (only full blocks inside them are published),
+    /// `digest` identifies the model. Each full block gets the chained hash
+    /// H(parent, its tokens, digest). If an identical block is already indexed, this
+    /// sequence switches to it (deduplication) and its own copy is freed.
     pub fn seq_publish(&mut self, seq: SeqId, tokens: &[u32], digest: u64) -> Result<(), KvError> {
         let bt = self.layout().block_tokens();
         let s = self.get(seq)?;
@@ -64,103 +104,206 @@ impl KvCache {
         Ok(())
     }
 
+    /// The indexed blocks matching `tokens` from position 0, at most `max_tokens`' worth,
+    /// in `rule.format`; and the hash of the last.
+    fn indexed_run(&self, tokens: &[u32], max_tokens: usize, rule: &ReuseRule) -> Vec<BlockId> {
+        let bt = self.layout().block_tokens();
+        let mut parent = 0;
+        let mut got = Vec::new();
+        for chunk in tokens[..max_tokens.min(tokens.len())].chunks_exact(bt) {
+            let h = block_hash(parent, chunk, rule.digest);
+            let Some(&id) = self.index.get(&h) else { break };
+            if self.pool.meta(id).format != rule.format {
+                break;
+            }
+            got.push(id);
+            parent = h;
+        }
+        got
+    }
+
+    /// Makes the empty `seq` hold `blocks` (already referenced for it) as its first ones.
+    fn adopt(&mut self, seq: SeqId, blocks: Vec<BlockId>) {
+        let bt = self.layout().block_tokens();
+        let n = blocks.len() * bt;
+        let s = self.seqs.get_mut(&seq).expect("checked by the caller");
+        s.hashed_blocks = blocks.len();
+        s.blocks = blocks;
+        s.reserved_tokens = n;
+        self.reused_tokens += n as u64;
+    }
+
     /// For an empty `seq`: attaches the longest run of indexed blocks matching `tokens`
-    /// from position 0 (at most `max_tokens`), so those tokens need no prefill. Returns
-    /// the tokens attached.
+    /// from position 0 that `rule` allows (at most `max_tokens`, in `rule.format`, ending
+    /// on `rule.align_tokens`), so those tokens need no prefill. Returns the tokens
+    /// attached.
     pub fn seq_attach_prefix(
         &mut self,
         seq: SeqId,
         tokens: &[u32],
-        digest: u64,
         max_tokens: usize,
+        rule: &ReuseRule,
     ) -> Result<usize, KvError> {
         let bt = self.layout().block_tokens();
         if self.get(seq)?.reserved_tokens != 0 {
             return Ok(0);
         }
-        let mut parent = 0;
-        let mut got = Vec::new();
-        for chunk in tokens[..max_tokens.min(tokens.len())].chunks_exact(bt) {
-            let h = block_hash(parent, chunk, digest);
-            let Some(&id) = self.index.get(&h) else { break };
-            got.push(id);
-            parent = h;
-        }
+        let mut got = self.indexed_run(tokens, max_tokens, rule);
+        got.truncate(rule.round(got.len() * bt, bt) / bt);
         for &id in &got {
             self.pool.retain(id);
             self.pool.touch(id);
         }
         let n = got.len() * bt;
-        let s = self.seqs.get_mut(&seq).expect("checked");
-        s.hashed_blocks = got.len();
-        s.blocks = got;
-        s.reserved_tokens = n;
-        self.reused_tokens += n as u64;
+        self.adopt(seq, got);
         self.debug_check();
         Ok(n)
     }
 
     /// Like [`KvCache::seq_attach_prefix`], continuing from the disk store: blocks whose
-    /// chained hash has a verified file are loaded into fresh blocks and indexed. A
-    /// corrupt file ends the match (it is removed by the store and recomputed).
+    /// file ([`disk_key`] of their chained hash and `rule.format`) verifies are loaded
+    /// into fresh blocks and indexed. A corrupt file, or one holding another format, ends
+    /// the match (the store removes it; it is recomputed and written again by
+    /// [`KvCache::seq_persist`]). Files are checked to exist first, so no block past the
+    /// last `rule.align_tokens` boundary is read for nothing.
     pub fn seq_attach_from_disk(
         &mut self,
         seq: SeqId,
         tokens: &[u32],
-        digest: u64,
         max_tokens: usize,
+        rule: &ReuseRule,
         store: &BlockStore,
     ) -> Result<usize, KvError> {
         let bt = self.layout().block_tokens();
-        let mut n = self.seq_attach_prefix(seq, tokens, digest, max_tokens)?;
-        let mut parent = match self.get(seq)?.blocks.last() {
-            Some(&id) => self.pool.meta(id).hash.unwrap_or(0),
-            None => 0,
-        };
-        while n + bt <= max_tokens.min(tokens.len()) {
-            let h = block_hash(parent, &tokens[n..n + bt], digest);
-            let Ok(Some(payload)) = store.get(h) else {
-                break;
-            };
-            if self.pool.free_blocks() == 0 {
-                break;
-            }
-            self.pool.account_for(1)?;
-            let id = self.pool.alloc().expect("checked free");
-            if self.pool.fill_from_payload(id, &payload).is_err() {
-                self.release(id);
-                break;
-            }
-            self.pool.meta_mut(id).hash = Some(h);
-            self.index.insert(h, id);
-            let s = self.seqs.get_mut(&seq).expect("checked");
-            s.blocks.push(id);
-            s.reserved_tokens += bt;
-            s.hashed_blocks += 1;
-            self.reused_tokens += bt as u64;
-            parent = h;
-            n += bt;
+        if self.get(seq)?.reserved_tokens != 0 {
+            return Ok(0);
         }
+        let max_blocks = max_tokens.min(tokens.len()) / bt;
+        let in_ram = self.indexed_run(tokens, max_tokens, rule);
+        let mut parent = in_ram
+            .last()
+            .map_or(0, |&id| self.pool.meta(id).hash.unwrap_or(0));
+        // The hashes of the blocks after the RAM run whose files exist.
+        let mut on_disk = Vec::new();
+        for b in in_ram.len()..max_blocks {
+            let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], rule.digest);
+            if !store.contains(disk_key(h, rule.format)) {
+                break;
+            }
+            on_disk.push(h);
+            parent = h;
+        }
+        let mut target = rule.round((in_ram.len() + on_disk.len()) * bt, bt) / bt;
+        let mut blocks: Vec<BlockId> = in_ram.into_iter().take(target).collect();
+        for &id in &blocks {
+            self.pool.retain(id);
+            self.pool.touch(id);
+        }
+        let mut loaded = Vec::new();
+        for &h in &on_disk[..target.saturating_sub(blocks.len())] {
+            match self.load_prefix_block(h, rule.format, store) {
+                Ok(Some(id)) => loaded.push(id),
+                Ok(None) => break,
+                Err(e) => {
+                    for id in blocks.into_iter().chain(loaded) {
+                        self.release(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // A block that failed to load moves the boundary back.
+        if blocks.len() + loaded.len() < target {
+            target = rule.round((blocks.len() + loaded.len()) * bt, bt) / bt;
+        }
+        blocks.extend(loaded);
+        for id in blocks.drain(target.min(blocks.len())..).collect::<Vec<_>>() {
+            self.release(id);
+        }
+        let n = blocks.len() * bt;
+        self.adopt(seq, blocks);
         self.debug_check();
         Ok(n)
     }
 
-    /// Writes `seq`'s published blocks to `store` (those not already there), so a later
-    /// run with the same prefix can skip its prefill. Returns blocks written.
-    pub fn seq_persist(&mut self, seq: SeqId, store: &BlockStore) -> Result<usize, KvError> {
+    /// Loads the stored block of prefix hash `h` into a fresh, indexed block; `None` when
+    /// there is no room or its file is missing, damaged or of another format.
+    fn load_prefix_block(
+        &mut self,
+        h: u64,
+        format: KvFormat,
+        store: &BlockStore,
+    ) -> Result<Option<BlockId>, KvError> {
+        let key = disk_key(h, format);
+        let Ok(Some(payload)) = store.get(key) else {
+            return Ok(None);
+        };
+        if self.pool.free_blocks() == 0 {
+            return Ok(None);
+        }
+        if self.pool.account_for(1).is_err() {
+            return Ok(None);
+        }
+        let id = self.pool.alloc().expect("checked free");
+        if self.pool.fill_prefix_payload(id, &payload, format).is_err() {
+            self.release(id);
+            // Sound checksums over the wrong bytes (another format under this name):
+            // removed, so the next persist writes the right block.
+            let _ = store.remove(key);
+            return Ok(None);
+        }
+        self.pool.meta_mut(id).hash = Some(h);
+        self.index.insert(h, id);
+        Ok(Some(id))
+    }
+
+    /// Writes `seq`'s published blocks that are in `format` to `store` under their
+    /// [`disk_key`], so a later run with the same prefix can skip its prefill. A file
+    /// already there is kept if it verifies ([`BlockStore::verify`]: one this store read
+    /// or wrote is trusted, any other is read and checked) and rewritten if not, so every
+    /// damaged block of the prefix is repaired in one run. Returns blocks written.
+    ///
+    /// # Errors
+    /// [`KvError::Disk`] at the first write that fails (a full disk, a read-only store):
+    /// the blocks written before it stay, valid.
+    pub fn seq_persist(
+        &mut self,
+        seq: SeqId,
+        store: &BlockStore,
+        format: KvFormat,
+    ) -> Result<usize, KvError> {
         let blocks = self.get(seq)?.blocks.clone();
         let mut written = 0;
-        for id in blocks {
-            let Some(h) = self.pool.meta(id).hash else {
+        let mut parent = None;
+        for (depth, id) in blocks.into_iter().enumerate() {
+            let m = self.pool.meta(id);
+            let Some(h) = m.hash else {
                 break;
             };
-            if store.contains(h) {
+            let key = disk_key(h, format);
+            let link = Link {
+                parent,
+                depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            };
+            parent = Some(key);
+            if m.format != format {
                 continue;
             }
-            let payload = self.pool.payload(id)?;
+            if store
+                .verify(key)
+                .map_err(|e| KvError::Disk(e.to_string()))?
+            {
+                store.link(key, link);
+                continue;
+            }
+            // Compressed or spilled blocks are not written (they are not this run's).
+            let Ok(payload) = self.pool.payload(id) else {
+                continue;
+            };
             store
-                .put(h, &payload)
+                .put(key, &payload)
                 .map_err(|e| KvError::Disk(e.to_string()))?;
+            store.link(key, link);
             written += 1;
         }
         Ok(written)

@@ -7,7 +7,8 @@
 use budget::{BudgetBuilder, Bytes, Policy};
 use kvcache::policy::{Rates, Weights};
 use kvcache::{
-    BlockId, BlockStore, Compression, KvBlock, KvCache, KvError, KvFormat, KvLayout, SeqId, Tier,
+    BlockId, BlockStore, Compression, KvBlock, KvCache, KvError, KvFormat, KvLayout, ReuseRule,
+    SeqId, Tier,
 };
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -117,17 +118,26 @@ enum Op {
     New,
     Append(usize, usize, u8),
     Fork(usize),
-    Share(usize),
+    Share(usize, u8, usize),
     Demote(usize, usize, u8),
     Promote(usize, usize),
     Compress(usize, usize),
     Spill(usize, usize),
     Prepare(usize),
-    Persist(usize),
-    Reload(usize),
+    Persist(usize, u8),
+    Reload(usize, u8, usize),
     Park(usize),
     Reclaim(u32),
     Remove(usize),
+}
+
+/// A reuse of blocks in `KvFormat::ALL[f]`, on multiples of `align` blocks.
+fn rule(f: u8, align: usize) -> ReuseRule {
+    ReuseRule {
+        digest: DIGEST,
+        format: KvFormat::ALL[f as usize],
+        align_tokens: align * BT,
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -135,14 +145,14 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::New),
         (0..6usize, 1..40usize, 0..3u8).prop_map(|(s, n, v)| Op::Append(s, n, v)),
         (0..6usize).prop_map(Op::Fork),
-        (0..6usize).prop_map(Op::Share),
+        (0..6usize, 0..4u8, 1..4usize).prop_map(|(s, f, a)| Op::Share(s, f, a)),
         (0..6usize, 0..8usize, 1..4u8).prop_map(|(s, b, f)| Op::Demote(s, b, f)),
         (0..6usize, 0..8usize).prop_map(|(s, b)| Op::Promote(s, b)),
         (0..6usize, 0..8usize).prop_map(|(s, b)| Op::Compress(s, b)),
         (0..6usize, 0..8usize).prop_map(|(s, b)| Op::Spill(s, b)),
         (0..6usize).prop_map(Op::Prepare),
-        (0..6usize).prop_map(Op::Persist),
-        (0..6usize).prop_map(Op::Reload),
+        (0..6usize, 0..4u8).prop_map(|(s, f)| Op::Persist(s, f)),
+        (0..6usize, 0..4u8, 1..4usize).prop_map(|(s, f, a)| Op::Reload(s, f, a)),
         (0..6usize).prop_map(Op::Park),
         (0..40_000u32).prop_map(Op::Reclaim),
         (0..6usize).prop_map(Op::Remove),
@@ -215,11 +225,15 @@ proptest! {
                         model.push((f, toks));
                     }
                 }
-                Op::Share(i) if m > 0 => {
+                Op::Share(i, f, align) if m > 0 => {
                     let toks = model[i % m].1.clone();
                     let s = kv.seq_new();
-                    let got = kv.seq_attach_prefix(s, &toks, DIGEST, toks.len()).unwrap();
-                    prop_assert_eq!(got % BT, 0);
+                    let r = rule(f, align);
+                    let got = kv.seq_attach_prefix(s, &toks, toks.len(), &r).unwrap();
+                    prop_assert_eq!(got % (align * BT), 0);
+                    for &id in kv.seq_blocks(s).unwrap() {
+                        prop_assert_eq!(kv.pool().meta(id).format, r.format);
+                    }
                     model.push((s, toks[..got].to_vec()));
                 }
                 Op::Demote(i, b, f) if m > 0 => {
@@ -257,15 +271,22 @@ proptest! {
                         Err(e) => prop_assert!(false, "prepare: {e}"),
                     }
                 }
-                Op::Persist(i) if m > 0 => {
+                Op::Persist(i, f) if m > 0 => {
                     let s = model[i % m].0;
-                    let _ = kv.seq_persist(s, &store);
+                    let _ = kv.seq_persist(s, &store, KvFormat::ALL[f as usize]);
                 }
-                Op::Reload(i) if m > 0 => {
+                Op::Reload(i, f, align) if m > 0 => {
                     let toks = model[i % m].1.clone();
                     let s = kv.seq_new();
-                    match kv.seq_attach_from_disk(s, &toks, DIGEST, toks.len(), &store) {
-                        Ok(got) => model.push((s, toks[..got].to_vec())),
+                    let r = rule(f, align);
+                    match kv.seq_attach_from_disk(s, &toks, toks.len(), &r, &store) {
+                        Ok(got) => {
+                            prop_assert_eq!(got % (align * BT), 0);
+                            for &id in kv.seq_blocks(s).unwrap() {
+                                prop_assert_eq!(kv.pool().meta(id).format, r.format);
+                            }
+                            model.push((s, toks[..got].to_vec()));
+                        }
                         Err(_) => { kv.seq_remove(s); }
                     }
                 }
@@ -277,7 +298,7 @@ proptest! {
                 Op::Reclaim(short) => {
                     let before = kv.pool().storage_bytes();
                     let d = kv.reclaim(u64::from(short), Some(&store), Compression::None,
-                        &Weights::default(), &Rates::default()).unwrap();
+                        &Weights::default(), &Rates::default()).unwrap().decisions;
                     let freed: u64 = d.iter().map(|x| x.bytes_freed).sum();
                     prop_assert_eq!(before - kv.pool().storage_bytes(), freed);
                     for x in &d {
@@ -325,6 +346,18 @@ proptest! {
     }
 }
 
+/// `toks` appended to a fresh cache, published, and every full block put in `f`.
+fn published_in(toks: &[u32], f: KvFormat) -> (KvCache, SeqId) {
+    let mut kv = KvCache::new(layout(), 32);
+    let s = kv.seq_new();
+    append(&mut kv, s, toks, 0).unwrap();
+    kv.seq_publish(s, toks, DIGEST).unwrap();
+    for id in kv.seq_blocks(s).unwrap().to_vec() {
+        kv.pool_mut().set_format(id, f).unwrap();
+    }
+    (kv, s)
+}
+
 /// A crash at any point of writing a block file (simulated by stopping the write there),
 /// then a restart: the reloaded prefix uses only blocks whose files verify, with exactly
 /// the bytes written; a flipped byte or a truncated file is refused and removed.
@@ -332,103 +365,126 @@ proptest! {
 fn a_crash_during_a_disk_write_never_yields_an_unverified_block() {
     use kvdisk::Fault;
     let toks: Vec<u32> = (0..64).map(|i| (i * 3 % 7) as u32).collect();
-    let mut kv = KvCache::new(layout(), 32);
-    let s = kv.seq_new();
-    append(&mut kv, s, &toks, 0).unwrap();
-    kv.seq_publish(s, &toks, DIGEST).unwrap();
-    let blocks = kv.seq_blocks(s).unwrap().to_vec();
-    // Keep block 2 in int4 so both payload kinds are exercised.
-    kv.pool_mut().set_format(blocks[2], KvFormat::Q4).unwrap();
-    let hashes: Vec<u64> = blocks
-        .iter()
-        .map(|&b| kv.pool().meta(b).hash.unwrap())
-        .collect();
-    let full_len = {
-        let dir = tempfile::tempdir().unwrap();
-        let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
-        kv.seq_persist(s, &st).unwrap();
-        std::fs::metadata(st.block_path(hashes[3])).unwrap().len()
-    };
-    let faults = [
-        Fault::AfterTempBytes(0),
-        Fault::AfterTempBytes(1),
-        Fault::AfterTempBytes(71),
-        Fault::AfterTempBytes(full_len / 2),
-        Fault::AfterTempBytes(full_len - 1),
-        Fault::BeforeTempSync,
-        Fault::BeforeRename,
-        Fault::BeforeDirSync,
-    ];
-    for fault in faults {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
-            // Blocks 0..3 made it; the write of block 3 "crashes" at `fault`.
-            let mut only3 = KvCache::new(layout(), 32);
-            let s3 = only3.seq_new();
-            append(&mut only3, s3, &toks[..48], 0).unwrap();
-            only3.seq_publish(s3, &toks[..48], DIGEST).unwrap();
-            let b2 = only3.seq_blocks(s3).unwrap()[2];
-            only3.pool_mut().set_format(b2, KvFormat::Q4).unwrap();
-            only3.seq_persist(s3, &st).unwrap();
-            // The fourth block's payload, written with the fault.
-            let mut full = KvCache::new(layout(), 32);
-            let sf = full.seq_new();
-            append(&mut full, sf, &toks, 0).unwrap();
-            full.seq_publish(sf, &toks, DIGEST).unwrap();
-            let dir4 = tempfile::tempdir().unwrap();
-            let st4 = BlockStore::open(dir4.path(), DIGEST, Compression::None).unwrap();
-            full.seq_persist(sf, &st4).unwrap();
-            let payload = st4.get(hashes[3]).unwrap().unwrap();
-            let r = st.put_with_fault(hashes[3], &payload, fault);
-            assert!(r.is_err(), "{fault:?} must stop the write");
-        }
-        // Restart: a new process opens the store and reuses what verifies.
-        let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
-        let mut fresh = KvCache::new(layout(), 32);
-        let r = fresh.seq_new();
-        let got = fresh
-            .seq_attach_from_disk(r, &toks, DIGEST, toks.len(), &st)
-            .unwrap();
-        // Before the rename the fourth block does not exist; after it, it is whole.
-        let want = if matches!(fault, Fault::BeforeDirSync) {
-            64
-        } else {
-            48
+    // Both payload kinds: f16 and quantized.
+    for f in [KvFormat::F16, KvFormat::Q4] {
+        let r = ReuseRule {
+            digest: DIGEST,
+            format: f,
+            align_tokens: BT,
         };
-        assert_eq!(got, want, "{fault:?}");
-        check_contents(&fresh, r, &toks, &HashMap::new());
+        let (mut kv, s) = published_in(&toks, f);
+        let keys: Vec<u64> = kv
+            .seq_blocks(s)
+            .unwrap()
+            .iter()
+            .map(|&b| kvcache::disk_key(kv.pool().meta(b).hash.unwrap(), f))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let st4 = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+        assert_eq!(kv.seq_persist(s, &st4, f).unwrap(), 4);
+        let payload = st4.get(keys[3]).unwrap().unwrap();
+        let full_len = std::fs::metadata(st4.block_path(keys[3])).unwrap().len();
+        let faults = [
+            Fault::AfterTempBytes(0),
+            Fault::AfterTempBytes(1),
+            Fault::AfterTempBytes(71),
+            Fault::AfterTempBytes(full_len / 2),
+            Fault::AfterTempBytes(full_len - 1),
+            Fault::BeforeTempSync,
+            Fault::BeforeRename,
+            Fault::BeforeDirSync,
+        ];
+        for fault in faults {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+                // Blocks 0..3 made it; the write of block 3 "crashes" at `fault`.
+                let (mut only3, s3) = published_in(&toks[..48], f);
+                assert_eq!(only3.seq_persist(s3, &st, f).unwrap(), 3);
+                let r = st.put_with_fault(keys[3], &payload, fault);
+                assert!(r.is_err(), "{fault:?} must stop the write");
+            }
+            // Restart: a new process opens the store and reuses what verifies.
+            let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+            let mut fresh = KvCache::new(layout(), 32);
+            let rs = fresh.seq_new();
+            let got = fresh
+                .seq_attach_from_disk(rs, &toks, toks.len(), &r, &st)
+                .unwrap();
+            // Before the rename the fourth block does not exist; after it, it is whole.
+            let want = if matches!(fault, Fault::BeforeDirSync) {
+                64
+            } else {
+                48
+            };
+            assert_eq!(got, want, "{f:?} {fault:?}");
+            check_contents(&fresh, rs, &toks, &HashMap::new());
+            for &id in fresh.seq_blocks(rs).unwrap() {
+                assert_eq!(fresh.pool().meta(id).format, f);
+            }
+        }
+        // Damaged files: refused (and removed), the prefix stops before them; and one
+        // persist repairs every damaged file of the prefix, not only the first.
+        let dir = tempfile::tempdir().unwrap();
+        let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+        kv.seq_persist(s, &st, f).unwrap();
+        drop(st);
+        let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+        let p1 = st.block_path(keys[1]);
+        let mut bytes = std::fs::read(&p1).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0x40;
+        std::fs::write(&p1, &bytes).unwrap();
+        let p3 = st.block_path(keys[3]);
+        let len = std::fs::metadata(&p3).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p3)
+            .unwrap()
+            .set_len(len - 9)
+            .unwrap();
+        let mut fresh = KvCache::new(layout(), 32);
+        let rs = fresh.seq_new();
         assert_eq!(
-            fresh.pool().meta(fresh.seq_blocks(r).unwrap()[2]).format,
-            KvFormat::Q4
+            fresh.seq_attach_from_disk(rs, &toks, 64, &r, &st).unwrap(),
+            16
         );
+        assert!(!st.contains(keys[1]), "the corrupt file was removed");
+        assert!(st.contains(keys[3]), "not read yet");
+        assert_eq!(
+            kv.seq_persist(s, &st, f).unwrap(),
+            2,
+            "blocks 1 and 3 rewritten"
+        );
+        let mut again = KvCache::new(layout(), 32);
+        let ra = again.seq_new();
+        assert_eq!(
+            again.seq_attach_from_disk(ra, &toks, 64, &r, &st).unwrap(),
+            64
+        );
+        check_contents(&again, ra, &toks, &HashMap::new());
+        // A sound file holding a block of another format never answers, even under
+        // this format's key: refused and removed.
+        let q2_key = kvcache::disk_key(
+            kv.pool().meta(kv.seq_blocks(s).unwrap()[0]).hash.unwrap(),
+            KvFormat::Q2,
+        );
+        st.put(q2_key, &st.get(keys[0]).unwrap().unwrap()).unwrap();
+        let mut other = KvCache::new(layout(), 32);
+        let ro = other.seq_new();
+        let q2 = ReuseRule {
+            format: KvFormat::Q2,
+            ..r
+        };
+        assert_eq!(
+            other.seq_attach_from_disk(ro, &toks, 64, &q2, &st).unwrap(),
+            0
+        );
+        assert!(!st.contains(q2_key));
     }
-    // Damaged files: refused (and removed), the prefix stops before them.
+    let toks: Vec<u32> = (0..64).map(|i| (i * 3 % 7) as u32).collect();
     let dir = tempfile::tempdir().unwrap();
     let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
-    kv.seq_persist(s, &st).unwrap();
-    let p1 = st.block_path(hashes[1]);
-    let mut bytes = std::fs::read(&p1).unwrap();
-    let at = bytes.len() - 5;
-    bytes[at] ^= 0x40;
-    std::fs::write(&p1, &bytes).unwrap();
-    let p3 = st.block_path(hashes[3]);
-    let len = std::fs::metadata(&p3).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&p3)
-        .unwrap()
-        .set_len(len - 9)
-        .unwrap();
-    let mut fresh = KvCache::new(layout(), 32);
-    let r = fresh.seq_new();
-    assert_eq!(
-        fresh
-            .seq_attach_from_disk(r, &toks, DIGEST, 64, &st)
-            .unwrap(),
-        16
-    );
-    assert!(!st.contains(hashes[1]), "the corrupt file was removed");
     // A disk-tier block whose file is corrupted is reported lost, never read.
     let mut kv2 = KvCache::new(layout(), 32);
     let s2 = kv2.seq_new();

@@ -238,11 +238,17 @@ pub struct Session<'a, 'm> {
     n_past: usize,
     /// Token ids of the current sequence (prefix hashing and recompute need them).
     tokens: Vec<u32>,
-    /// Other sequences' (n_past, tokens), while another one is current.
-    parked: std::collections::HashMap<SeqId, (usize, Vec<u32>)>,
+    /// Leading tokens of the current sequence whose KV is exactly what an evaluation from
+    /// position 0 computes (see `seqs.rs`, "Exact blocks"); only those are shared.
+    exact: usize,
+    /// Other sequences' state, while another one is current.
+    parked: std::collections::HashMap<SeqId, seqs::Parked>,
     /// Tokens run through the model (prefill and decode), for sharing statistics.
     computed_tokens: u64,
     store: Option<Arc<BlockStore>>,
+    /// Why the disk store stopped being written (a full disk, a failing write): from then
+    /// on it is only read.
+    store_failure: Option<String>,
     /// Reads disk-tier blocks ahead on its own thread (with a store).
     prefetch: Option<Prefetcher>,
     /// What the eviction score weighs.
@@ -296,9 +302,11 @@ impl<'a, 'm> Session<'a, 'm> {
             seq,
             n_past: 0,
             tokens: Vec::new(),
+            exact: 0,
             parked: std::collections::HashMap::new(),
             computed_tokens: 0,
             store: None,
+            store_failure: None,
             prefetch: None,
             weights: Weights::default(),
             rates: Rates::default(),
@@ -363,6 +371,7 @@ impl<'a, 'm> Session<'a, 'm> {
         self.kv.seq_remove(self.seq);
         self.seq = self.kv.seq_new();
         self.n_past = 0;
+        self.exact = 0;
         self.tokens.clear();
     }
 
@@ -370,6 +379,7 @@ impl<'a, 'm> Session<'a, 'm> {
     pub fn truncate(&mut self, n: usize) -> Result<(), EvalError> {
         self.kv.seq_truncate(self.seq, n)?;
         self.n_past = self.n_past.min(n);
+        self.exact = self.exact.min(n);
         self.tokens.truncate(self.n_past);
         Ok(())
     }
@@ -442,13 +452,17 @@ impl<'a, 'm> Session<'a, 'm> {
             if stepwise {
                 self.reserve_kv(self.n_past + chunk.len())?;
             }
+            let exact = self.chunk_is_exact(chunk.len());
             self.forward(chunk, out)?;
+            if exact {
+                self.exact = self.n_past;
+            }
             self.tokens.extend_from_slice(chunk);
             self.computed_tokens += chunk.len() as u64;
             done += chunk.len();
             if stepwise || last_chunk {
                 self.kv
-                    .seq_publish(self.seq, &self.tokens, self.model.digest)?;
+                    .seq_publish(self.seq, &self.tokens[..self.exact], self.model.digest)?;
                 self.kv
                     .seq_apply_mix(self.seq, &self.cfg.kv_mix, Some(&self.pool))?;
             }

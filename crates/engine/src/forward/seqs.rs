@@ -1,13 +1,52 @@
 //! The session's sequences and their KV under the budget: parking and switching, shared
 //! prefixes and the disk tier, read-ahead, and making room when the kv pool refuses.
+//!
+//! # Exact blocks
+//! A reused block must hold the bytes this session would have computed for it, or the
+//! answer changes. Equal tokens are not enough, because a token's KV depends on how it
+//! was evaluated:
+//! - with a quantized cache a prompt is read in micro-batches (`ubatch` tokens), each
+//!   written f16 and quantized after it, so a token attends to f16 copies of the tokens
+//!   before it in its micro-batch and to quantized ones before that;
+//! - attention splits a query row's keys across threads when a call has few query rows
+//!   ([`kernels::attention::splits_keys`]), and a split sums in another order.
+//!
+//! So the session counts the leading tokens whose KV is *exact* — what an evaluation
+//! from position 0, in micro-batches of `ubatch` tokens on the same threads, computes: a
+//! micro-batch is exact when everything before it is, it starts on a multiple of
+//! `ubatch`, every earlier full block is still in the cache type's format (pressure has
+//! demoted none), and it is whole or its rows are computed alone. Only exact blocks are
+//! published (shared in RAM, written to disk), and a reuse stops on a multiple of
+//! `ubatch` tokens, after which this session's micro-batches fall exactly where a fresh
+//! evaluation's would. Decoded tokens (one at a time, keys split) are never exact.
+//!
+//! A cache mixed by age (`tiered`, `tiered-4bit`) is not reused at all: a block's format
+//! depends on the sequence's length when it was demoted and on the path it took (f16 →
+//! int8 → int4 → int2 rounds differently from f16 → int2), so a stored block is not the
+//! block a run reaching that point would hold.
+//!
+//! The disk tier's directory ([`Session::kv_store_identity`]) covers everything else
+//! that decides the bytes: every byte of the model file, the cache type, the block size,
+//! the micro-batch, the thread count and the kernels' instruction set.
 
 use std::sync::Arc;
 
-use kvcache::policy::{Decision, Rates, ReclaimStats};
-use kvcache::{BlockStore, Compression, KvError, PrefetchStats, Prefetcher, SeqId};
+use kernels::attention::{AttnShape, splits_keys};
+use kvcache::policy::{Decision, Rates, ReclaimStats, Trimmed};
+use kvcache::{
+    Access, BlockStore, Compression, KvError, PrefetchStats, Prefetcher, ReuseRule, SeqId,
+};
 
-use super::{EvalError, Logits, Session};
+use super::{BLOCK_TOKENS, EvalError, Logits, Session};
 use crate::memory::Accounts;
+
+/// A sequence that is not current: its length, token ids and exact prefix.
+#[derive(Debug)]
+pub(super) struct Parked {
+    n_past: usize,
+    tokens: Vec<u32>,
+    exact: usize,
+}
 
 /// Whether `LLMEM_LOG` asks for the KV debug log (`kv` in its comma-separated list):
 /// every reclaim decision is printed to stderr with its score's factors.
@@ -57,10 +96,20 @@ impl Session<'_, '_> {
     /// then, if still short and `drop_read_ahead`, drops what was read ahead; returns the
     /// bytes freed (0 when nothing more can give).
     fn make_room(&mut self, short: u64, drop_read_ahead: bool) -> Result<u64, EvalError> {
-        let store = self.store.as_deref();
-        self.reclaim_log =
-            self.kv
-                .reclaim(short, store, Compression::None, &self.weights, &self.rates)?;
+        let store = self.writable_store();
+        let r = self.kv.reclaim(
+            short,
+            store.as_deref(),
+            Compression::None,
+            &self.weights,
+            &self.rates,
+        )?;
+        // A disk that refuses a spill is a cache gone bad, not a failed step: the block
+        // stayed in RAM, and the store is only read from now on.
+        if let Some(e) = r.spill_failure {
+            self.store_failure.get_or_insert(e.to_string());
+        }
+        self.reclaim_log = r.decisions;
         self.reclaim_stats.add(&self.reclaim_log);
         if debug_kv() {
             eprintln!("llmem kv: short by {short} B");
@@ -81,8 +130,90 @@ impl Session<'_, '_> {
         Ok(freed)
     }
 
+    /// The store, if one is open that may still be written.
+    fn writable_store(&self) -> Option<Arc<BlockStore>> {
+        self.store
+            .clone()
+            .filter(|st| st.access() == Access::Exclusive && self.store_failure.is_none())
+    }
+
+    /// Why the disk store stopped being written, if it did (a full disk, a failing
+    /// write); the session then only reads it. `None` while all is well.
+    pub fn store_failure(&self) -> Option<&str> {
+        self.store_failure.as_deref()
+    }
+
+    /// The directory name (digest) for this session's blocks in a disk store: covers
+    /// `model_file_digest` (a digest of every byte of the model file, which the caller
+    /// computes: [`crate::model::Model::digest`] is only a cheap identity for sharing in
+    /// RAM) and everything else that decides a block's bytes — the cache type, block size,
+    /// micro-batch, thread count and the kernels' instruction set (see the module doc).
+    pub fn kv_store_identity(&self, model_file_digest: u64) -> u64 {
+        let m = &self.cfg.kv_mix;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(b"llmem kv blocks 1");
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(kernels::Isa::detect().name().as_bytes());
+        for x in [
+            model_file_digest,
+            m.sink_blocks as u64,
+            m.sink_format.bits() as u64,
+            m.hot_tokens as u64,
+            m.warm_tokens as u64,
+            m.cool_tokens as u64,
+            m.cold_format.bits() as u64,
+            BLOCK_TOKENS as u64,
+            self.cfg.ubatch as u64,
+            self.pool.n_threads() as u64,
+        ] {
+            h.update(&x.to_le_bytes());
+        }
+        h.digest()
+    }
+
+    /// What a reused block must match, or `None` when this cache type offers no reuse
+    /// (a mix by age; see the module doc).
+    pub fn reuse_rule(&self) -> Option<ReuseRule> {
+        let format = self.cfg.kv_mix.uniform_format()?;
+        Some(ReuseRule {
+            digest: self.model.digest,
+            format,
+            align_tokens: lcm(self.cfg.ubatch, BLOCK_TOKENS),
+        })
+    }
+
+    /// Whether the micro-batch of `n` tokens about to be evaluated at `n_past` computes
+    /// exact KV (see the module doc).
+    pub(super) fn chunk_is_exact(&self, n: usize) -> bool {
+        let start = self.n_past;
+        let Some(rule) = self.reuse_rule() else {
+            return false;
+        };
+        if self.exact != start || !start.is_multiple_of(self.cfg.ubatch) {
+            return false;
+        }
+        let c = &self.model.cfg;
+        let shape = AttnShape {
+            n_q: n,
+            pos0: start,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            scale: 1.0,
+        };
+        if n != self.cfg.ubatch && splits_keys(&shape, self.pool.n_threads()) {
+            return false;
+        }
+        let Ok(blocks) = self.kv.seq_blocks(self.seq) else {
+            return false;
+        };
+        blocks[..start / BLOCK_TOKENS]
+            .iter()
+            .all(|&id| self.kv.pool().meta(id).format == rule.format)
+    }
+
     /// Opens a disk tier for this session's KV blocks (prefixes persist across runs),
     /// with a thread that reads spilled blocks ahead when asked ([`Session::prefetch`]).
+    /// Open it under [`Session::kv_store_identity`] for prefixes to be found again.
     pub fn set_store(&mut self, store: BlockStore) -> Result<(), EvalError> {
         let store = Arc::new(store);
         let res = self.kv.pool().sibling_reservation().unwrap_or_else(|| {
@@ -138,9 +269,14 @@ impl Session<'_, '_> {
     /// Parks the current sequence: its blocks become candidates for pressure.
     fn park_current(&mut self) {
         let _ = self.kv.seq_set_running(self.seq, false);
-        let toks = std::mem::take(&mut self.tokens);
-        self.parked.insert(self.seq, (self.n_past, toks));
+        let parked = Parked {
+            n_past: self.n_past,
+            tokens: std::mem::take(&mut self.tokens),
+            exact: self.exact,
+        };
+        self.parked.insert(self.seq, parked);
         self.n_past = 0;
+        self.exact = 0;
     }
 
     /// Makes `seq` current.
@@ -148,14 +284,15 @@ impl Session<'_, '_> {
         if seq == self.seq {
             return Ok(());
         }
-        let Some((n, toks)) = self.parked.remove(&seq) else {
+        let Some(p) = self.parked.remove(&seq) else {
             return Err(KvError::UnknownSeq(seq).into());
         };
         self.park_current();
         self.kv.seq_set_running(seq, true)?;
         self.seq = seq;
-        self.n_past = n;
-        self.tokens = toks;
+        self.n_past = p.n_past;
+        self.tokens = p.tokens;
+        self.exact = p.exact;
         Ok(())
     }
 
@@ -171,30 +308,66 @@ impl Session<'_, '_> {
     }
 
     /// For an empty current sequence: attaches the cached KV of the longest indexed (or,
-    /// with a disk tier, stored) prefix of `prompt`, leaving at least its last token to
-    /// evaluate. Returns the tokens reused; evaluate `prompt[reused..]` next.
+    /// with a disk tier, stored) prefix of `prompt` that is exactly what evaluating it
+    /// would compute (see the module doc: it ends on a multiple of the micro-batch, and a
+    /// cache mixed by age reuses nothing), leaving at least its last token to evaluate.
+    /// Returns the tokens reused; evaluate `prompt[reused..]` next.
     pub fn attach_prefix(&mut self, prompt: &[u32]) -> Result<usize, EvalError> {
         if self.n_past != 0 || prompt.is_empty() {
             return Ok(0);
         }
-        let digest = self.model.digest;
+        let Some(rule) = self.reuse_rule() else {
+            return Ok(0);
+        };
         let max = (prompt.len() - 1).min(self.cfg.n_ctx);
         let n = match &self.store {
             Some(st) => self
                 .kv
-                .seq_attach_from_disk(self.seq, prompt, digest, max, st)?,
-            None => self.kv.seq_attach_prefix(self.seq, prompt, digest, max)?,
+                .seq_attach_from_disk(self.seq, prompt, max, &rule, st)?,
+            None => self.kv.seq_attach_prefix(self.seq, prompt, max, &rule)?,
         };
         self.n_past = n;
+        self.exact = n;
         self.tokens.extend_from_slice(&prompt[..n]);
         Ok(n)
     }
 
-    /// Writes the current sequence's full blocks to the disk tier (if one is open).
-    /// Returns the blocks written.
+    /// Writes the current sequence's exact full blocks to the disk tier, if one is open
+    /// for writing and the cache type offers reuse, repairing any damaged file among them.
+    /// Returns the blocks written. A write that fails (a full disk) is not an error of
+    /// the session: it is recorded ([`Session::store_failure`]) and the store is only
+    /// read from then on.
     pub fn persist(&mut self) -> Result<usize, EvalError> {
-        let Some(st) = &self.store else { return Ok(0) };
-        Ok(self.kv.seq_persist(self.seq, st)?)
+        let (Some(st), Some(rule)) = (self.writable_store(), self.reuse_rule()) else {
+            return Ok(0);
+        };
+        match self.kv.seq_persist(self.seq, &st, rule.format) {
+            Ok(n) => Ok(n),
+            Err(KvError::Disk(e)) => {
+                self.store_failure = Some(e);
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Holds the disk store's root (this store's directory and the others beside it
+    /// that no one holds) to `cap_bytes` of block files, least valuable first by the
+    /// eviction score ([`kvcache::KvCache::trim_store`]). `None` without a writable
+    /// store; a failure is recorded as for [`Session::persist`].
+    pub fn trim_store(&mut self, cap_bytes: u64) -> Option<Trimmed> {
+        let st = self.writable_store()?;
+        let siblings = st.siblings();
+        match self
+            .kv
+            .trim_store(&st, &siblings, cap_bytes, &self.weights, &self.rates)
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.store_failure = Some(e.to_string());
+                None
+            }
+        }
     }
 
     /// Brings every block of the current sequence back to a readable tier. A block lost
@@ -214,6 +387,7 @@ impl Session<'_, '_> {
                     let kept = self.kv.seq_len(self.seq)?;
                     let redo = self.tokens[kept..self.n_past].to_vec();
                     self.n_past = kept;
+                    self.exact = self.exact.min(kept);
                     self.tokens.truncate(kept);
                     self.eval(&redo, Logits::Last)?;
                     return Ok(());
@@ -222,4 +396,13 @@ impl Session<'_, '_> {
             }
         }
     }
+}
+
+/// Least common multiple (both positive).
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a.max(1), b.max(1));
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a.max(1) / x * b.max(1)
 }
