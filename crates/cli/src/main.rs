@@ -4,6 +4,7 @@ mod bench;
 mod bench_kv;
 mod exit;
 mod health;
+mod kvdir;
 mod load;
 mod machine;
 mod metrics_http;

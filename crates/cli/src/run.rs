@@ -57,9 +57,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "f16", value_parser = clap::builder::PossibleValuesParser::new(engine::forward::KV_TYPES))]
     pub kv_type: String,
     /// Keep prompt-prefix KV blocks in this directory across runs (checksummed files,
-    /// keyed by the model): a later run with the same prefix skips its prefill.
+    /// keyed by every byte of the model and by the KV type): a later run with the same
+    /// prefix skips its prefill and answers the same. A cache: any failure of it is a
+    /// warning, never a failed run.
     #[arg(long)]
     pub kv_dir: Option<PathBuf>,
+    /// Most bytes of block files kept under --kv-dir (all models and types together);
+    /// the least valuable blocks go first.
+    #[arg(long, default_value = crate::kvdir::DEFAULT_MAX)]
+    pub kv_dir_max: String,
     #[command(flatten)]
     pub budget: crate::plan::BudgetArgs,
 }
@@ -135,6 +141,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(input(anyhow::anyhow!("--top-p must be in (0, 1]")));
     }
+    let kv_dir_max = crate::kvdir::parse_max(&a.kv_dir_max)?;
     let prompt = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -213,11 +220,10 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         crate::tier::load().as_ref(),
         tm.model.digest,
     ));
-    if let Some(dir) = &a.kv_dir {
-        let store = kvcache::BlockStore::open(dir, tm.model.digest, kvcache::Compression::None)
-            .with_context(|| format!("opening the KV directory {}", dir.display()))?;
-        session.set_store(store)?;
-    }
+    let mut kv_dir = a
+        .kv_dir
+        .as_ref()
+        .and_then(|dir| crate::kvdir::open(&mut session, &file, dir, &a.kv_type, kv_dir_max));
     let reused = session.attach_prefix(&ids)?;
     let load_s = t_load.elapsed().as_secs_f64();
 
@@ -231,6 +237,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let mut next = sampler.sample(session.eval(&ids[reused..], Logits::Last)?);
     let prefill_s = t_prefill.elapsed().as_secs_f64();
     let persisted = session.persist()?;
+    if let Some(k) = &mut kv_dir {
+        k.report(&session);
+    }
 
     let t_decode = Instant::now();
     let mut out_ids = Vec::new();
@@ -263,6 +272,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let tail = decoder.finish();
     text_out.push_str(&tail);
     let decode_s = t_decode.elapsed().as_secs_f64();
+    if let Some(k) = kv_dir {
+        k.finish(&mut session);
+    }
     // Decode speed counts tokens evaluated one by one: every generated token but the last
     // one was fed back through the model.
     let decoded = out_ids

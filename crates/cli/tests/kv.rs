@@ -1,6 +1,7 @@
 //! KV tiers through the binary (issue 4): `--kv-type` changes the cache's size and keeps
 //! the answer, `--kv-dir` keeps a prompt's prefix across runs and recomputes — never uses
-//! — a block whose file was damaged, and `bench kv --json` reports its formats.
+//! — a block whose file was damaged, and `bench kv --json` reports its formats. The disk
+//! tier against hostile use is in `kv_hostile.rs`.
 
 mod common_cli;
 
@@ -35,8 +36,28 @@ fn kv_dir_reuses_a_prefix_across_runs_and_recomputes_a_damaged_block() {
     let m = m.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let first = run(m, &["--kv-dir", d]);
+    // Past one f16 micro-batch (512 tokens): a reuse ends on a multiple of it.
+    let long = PROMPT.repeat(9);
+    let cache = tempfile::tempdir().unwrap();
+    let run_long = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            m,
+            "--prompt",
+            &long,
+            "--max-tokens",
+            "12",
+            "--threads",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&llmem_cached(cache.path(), &args))
+    };
+    let first = run_long(&["--kv-dir", d]);
     let n_prompt = first["prompt_token_ids"].as_array().unwrap().len();
+    assert!(n_prompt > 530, "{n_prompt}");
     assert_eq!(first["kv"]["prefix_reused_tokens"], 0);
     let persisted = first["kv"]["blocks_persisted"].as_u64().unwrap();
     assert_eq!(
@@ -44,30 +65,29 @@ fn kv_dir_reuses_a_prefix_across_runs_and_recomputes_a_damaged_block() {
         n_prompt / 16,
         "every full prompt block is kept"
     );
-    let second = run(m, &["--kv-dir", d]);
+    let second = run_long(&["--kv-dir", d]);
     let reused = second["kv"]["prefix_reused_tokens"].as_u64().unwrap() as usize;
-    assert_eq!(reused, (n_prompt - 1) / 16 * 16);
+    assert_eq!(reused, 512);
     assert_eq!(
         second["token_ids"], first["token_ids"],
         "same answer from reused KV"
     );
-    // Damage one block file: that block and those after it are recomputed, not used.
-    let mut files: Vec<PathBuf> = walk(dir.path())
+    // Damage every block file: none is used, all are recomputed.
+    let files: Vec<PathBuf> = walk(dir.path())
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e != "lock") && !p.ends_with("LOCK"))
+        .filter(|p| p.extension().is_some_and(|e| e == "kvb"))
         .collect();
-    files.sort();
     assert_eq!(files.len() as u64, persisted);
-    let victim = &files[files.len() / 2];
-    let mut bytes = std::fs::read(victim).unwrap();
-    let at = bytes.len() - 100;
-    bytes[at] ^= 0x10;
-    std::fs::write(victim, &bytes).unwrap();
-    let third = run(m, &["--kv-dir", d]);
-    let reused3 = third["kv"]["prefix_reused_tokens"].as_u64().unwrap() as usize;
-    assert!(
-        reused3 < reused,
-        "the damaged block was not used ({reused3} ≥ {reused})"
+    for victim in &files {
+        let mut bytes = std::fs::read(victim).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 0x10;
+        std::fs::write(victim, &bytes).unwrap();
+    }
+    let third = run_long(&["--kv-dir", d]);
+    assert_eq!(
+        third["kv"]["prefix_reused_tokens"], 0,
+        "a damaged block was used"
     );
     assert_eq!(third["token_ids"], first["token_ids"]);
 }

@@ -281,3 +281,52 @@ fn finding3_blocks_of_a_short_split_micro_batch_are_not_stored() {
         }
     }
 }
+
+/// Issue 13, finding 5: a disk that fills up while the prompt's blocks are written no
+/// longer fails the step. The session keeps what was written, records why, reads the
+/// store from then on and answers as without it.
+#[test]
+fn finding5_a_full_disk_leaves_the_session_reading_the_store_and_the_answer_unchanged() {
+    let bytes = tiny();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let vocab = model.cfg.vocab as u32;
+    let prompt: Vec<u32> = (0..300u32).map(|i| (i * 13 + 1) % vocab).collect();
+    let digest = file_digest(&bytes);
+    let s = Setup {
+        kv_type: "int4",
+        ubatch: 64,
+        threads: 2,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sess = session(&model, s);
+    let st = BlockStore::open(
+        dir.path(),
+        sess.kv_store_identity(digest),
+        Compression::None,
+    )
+    .unwrap();
+    st.simulate_full_disk(5_000);
+    sess.set_store(st).unwrap();
+    assert_eq!(sess.attach_prefix(&prompt).unwrap(), 0);
+    let mut got = vec![sess.eval(&prompt, Logits::Last).unwrap().to_vec()];
+    assert_eq!(sess.persist().unwrap(), 1, "one block fitted");
+    let why = sess
+        .store_failure()
+        .expect("the failure is recorded")
+        .to_string();
+    assert!(why.contains("write"), "{why}");
+    assert_eq!(sess.persist().unwrap(), 0, "no more writes are tried");
+    assert!(sess.trim_store(0).is_none(), "nor trims");
+    for _ in 0..3 {
+        let next = argmax(got.last().unwrap());
+        got.push(sess.eval(&[next], Logits::Last).unwrap().to_vec());
+    }
+    let mut alone = session(&model, s);
+    let mut want = vec![alone.eval(&prompt, Logits::Last).unwrap().to_vec()];
+    for _ in 0..3 {
+        let next = argmax(want.last().unwrap());
+        want.push(alone.eval(&[next], Logits::Last).unwrap().to_vec());
+    }
+    assert!(got == want);
+}

@@ -40,5 +40,5 @@ pub use layout::{KvLayout, LayoutError};
 pub use mix::TierMix;
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
 pub use prefetch::{PrefetchStats, Prefetcher};
-pub use prefix::{ReuseRule, block_hash, disk_key};
+pub use prefix::{Persisted, ReuseRule, block_hash, disk_key};
 pub use seq::{KvCache, KvError, SeqId};

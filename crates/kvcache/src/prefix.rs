@@ -261,19 +261,18 @@ impl KvCache {
     /// [`disk_key`], so a later run with the same prefix can skip its prefill. A file
     /// already there is kept if it verifies ([`BlockStore::verify`]: one this store read
     /// or wrote is trusted, any other is read and checked) and rewritten if not, so every
-    /// damaged block of the prefix is repaired in one run. Returns blocks written.
+    /// damaged block of the prefix is repaired in one run.
     ///
-    /// # Errors
-    /// [`KvError::Disk`] at the first write that fails (a full disk, a read-only store):
-    /// the blocks written before it stay, valid.
+    /// Stops at the first write that fails (a full disk, a read-only store) and says why
+    /// in [`Persisted::failure`]; the blocks written before it stay, valid.
     pub fn seq_persist(
         &mut self,
         seq: SeqId,
         store: &BlockStore,
         format: KvFormat,
-    ) -> Result<usize, KvError> {
+    ) -> Result<Persisted, KvError> {
         let blocks = self.get(seq)?.blocks.clone();
-        let mut written = 0;
+        let mut done = Persisted::default();
         let mut parent = None;
         for (depth, id) in blocks.into_iter().enumerate() {
             let m = self.pool.meta(id);
@@ -289,25 +288,39 @@ impl KvCache {
             if m.format != format {
                 continue;
             }
-            if store
-                .verify(key)
-                .map_err(|e| KvError::Disk(e.to_string()))?
-            {
-                store.link(key, link);
-                continue;
+            match store.verify(key) {
+                Ok(true) => {
+                    store.link(key, link);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    done.failure = Some(KvError::Disk(e.to_string()));
+                    break;
+                }
             }
             // Compressed or spilled blocks are not written (they are not this run's).
             let Ok(payload) = self.pool.payload(id) else {
                 continue;
             };
-            store
-                .put(key, &payload)
-                .map_err(|e| KvError::Disk(e.to_string()))?;
+            if let Err(e) = store.put(key, &payload) {
+                done.failure = Some(KvError::Disk(e.to_string()));
+                break;
+            }
             store.link(key, link);
-            written += 1;
+            done.written += 1;
         }
-        Ok(written)
+        Ok(done)
     }
+}
+
+/// What [`KvCache::seq_persist`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Persisted {
+    /// Block files written.
+    pub written: usize,
+    /// The write that failed, if one did (nothing was tried after it).
+    pub failure: Option<KvError>,
 }
 
 #[cfg(test)]

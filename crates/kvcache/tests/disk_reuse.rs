@@ -114,7 +114,7 @@ fn finding1_blocks_demoted_by_pressure_are_never_reused_as_the_types_blocks() {
         kv.seq_remove(b);
         // And nothing of another format is written as f16's.
         assert_eq!(
-            kv.seq_persist(a, &store, f).unwrap(),
+            kv.seq_persist(a, &store, f).unwrap().written,
             0,
             "{f:?}: spilled blocks are not persisted"
         );
@@ -127,7 +127,7 @@ fn finding1_blocks_demoted_by_pressure_are_never_reused_as_the_types_blocks() {
         Vec::<u64>::new(),
         "spill files removed after load"
     );
-    assert_eq!(kv.seq_persist(a, &store, KvFormat::F16).unwrap(), 0);
+    assert_eq!(kv.seq_persist(a, &store, KvFormat::F16).unwrap().written, 0);
     let c = kv.seq_new();
     assert_eq!(
         kv.seq_attach_from_disk(c, &toks, 64, &rule(KvFormat::F16), &store)
@@ -280,4 +280,34 @@ fn a_block_spilled_by_this_cache_is_never_trimmed() {
     assert_eq!(kv.pool().tier_counts()[Tier::Disk as usize], 2);
     kv.seq_prepare(a, Some(&store)).unwrap();
     assert_eq!(store.keys().unwrap(), Vec::<u64>::new());
+}
+
+/// Issue 13, finding 5: a full disk failed the run at the prompt's blocks. Persisting
+/// now stops at the first failed write, keeps what was written and says why.
+#[test]
+fn finding5_a_full_disk_stops_persist_with_the_blocks_written_so_far() {
+    let mut kv = KvCache::new(layout(), 32);
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+    let toks: Vec<u32> = (0..5 * BT as u32).collect();
+    let a = kv.seq_new();
+    append(&mut kv, a, &toks, 0).unwrap();
+    kv.seq_publish(a, &toks, DIGEST).unwrap();
+    let file = layout().block_bytes_in(KvFormat::F16) + 3 + kvdisk::HEADER_LEN as u64;
+    store.simulate_full_disk(2 * file + 10);
+    let p = kv.seq_persist(a, &store, KvFormat::F16).unwrap();
+    assert_eq!(p.written, 2);
+    assert!(
+        matches!(p.failure, Some(KvError::Disk(ref e)) if e.contains("write")),
+        "{p:?}"
+    );
+    assert_eq!(store.keys().unwrap().len(), 2);
+    let mut fresh = KvCache::new(layout(), 32);
+    let c = fresh.seq_new();
+    assert_eq!(
+        fresh
+            .seq_attach_from_disk(c, &toks, toks.len(), &rule(KvFormat::F16), &store)
+            .unwrap(),
+        32
+    );
 }

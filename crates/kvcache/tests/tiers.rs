@@ -381,7 +381,7 @@ fn a_crash_during_a_disk_write_never_yields_an_unverified_block() {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let st4 = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
-        assert_eq!(kv.seq_persist(s, &st4, f).unwrap(), 4);
+        assert_eq!(kv.seq_persist(s, &st4, f).unwrap().written, 4);
         let payload = st4.get(keys[3]).unwrap().unwrap();
         let full_len = std::fs::metadata(st4.block_path(keys[3])).unwrap().len();
         let faults = [
@@ -400,7 +400,7 @@ fn a_crash_during_a_disk_write_never_yields_an_unverified_block() {
                 let st = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
                 // Blocks 0..3 made it; the write of block 3 "crashes" at `fault`.
                 let (mut only3, s3) = published_in(&toks[..48], f);
-                assert_eq!(only3.seq_persist(s3, &st, f).unwrap(), 3);
+                assert_eq!(only3.seq_persist(s3, &st, f).unwrap().written, 3);
                 let r = st.put_with_fault(keys[3], &payload, fault);
                 assert!(r.is_err(), "{fault:?} must stop the write");
             }
@@ -452,7 +452,7 @@ fn a_crash_during_a_disk_write_never_yields_an_unverified_block() {
         assert!(!st.contains(keys[1]), "the corrupt file was removed");
         assert!(st.contains(keys[3]), "not read yet");
         assert_eq!(
-            kv.seq_persist(s, &st, f).unwrap(),
+            kv.seq_persist(s, &st, f).unwrap().written,
             2,
             "blocks 1 and 3 rewritten"
         );

@@ -6,11 +6,18 @@
 //! re-read them under pressure instead of swapping) and a second process mapping the same
 //! file shares them.
 //!
+//! [`MappedFile::content_digest`] hashes every byte of the file (cached per file version)
+//! for keys of data derived from the whole model.
+//!
 //! ```no_run
 //! let file = weights::MappedFile::open("model.gguf".as_ref()).unwrap();
 //! let bytes: &[u8] = file.bytes();
 //! println!("{} bytes mapped, {} resident", bytes.len(), file.resident_bytes(0..bytes.len()));
 //! ```
+
+mod digest;
+
+pub use digest::DigestCache;
 
 use std::fs::File;
 use std::ops::Range;
@@ -32,6 +39,11 @@ pub enum MapError {
     },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How the kernel should treat a range of the mapping.
@@ -50,6 +62,9 @@ pub enum Advice {
 pub struct MappedFile {
     path: PathBuf,
     map: memmap2::Mmap,
+    /// The handle that was mapped: the file's bytes are read back through it
+    /// ([`MappedFile::content_digest`]), whatever the path names by then.
+    file: File,
 }
 
 impl MappedFile {
@@ -84,6 +99,7 @@ impl MappedFile {
         Ok(MappedFile {
             path: path.into(),
             map,
+            file,
         })
     }
 

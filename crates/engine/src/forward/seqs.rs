@@ -341,14 +341,11 @@ impl Session<'_, '_> {
         let (Some(st), Some(rule)) = (self.writable_store(), self.reuse_rule()) else {
             return Ok(0);
         };
-        match self.kv.seq_persist(self.seq, &st, rule.format) {
-            Ok(n) => Ok(n),
-            Err(KvError::Disk(e)) => {
-                self.store_failure = Some(e);
-                Ok(0)
-            }
-            Err(e) => Err(e.into()),
+        let done = self.kv.seq_persist(self.seq, &st, rule.format)?;
+        if let Some(e) = done.failure {
+            self.store_failure = Some(e.to_string());
         }
+        Ok(done.written)
     }
 
     /// Holds the disk store's root (this store's directory and the others beside it

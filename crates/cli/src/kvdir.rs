@@ -1,0 +1,121 @@
+//! `--kv-dir`: the disk tier of `llmem run`, wired so that it can only ever make a run
+//! faster. It is a cache: whatever goes wrong with it (a directory that cannot be
+//! opened or is in use, a full disk, a failing write) costs at most one warning on
+//! stderr and the run goes on without it, or only reading it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine::forward::Session;
+use kvcache::{Access, BlockStore, Compression};
+use weights::{DigestCache, MappedFile};
+
+use crate::exit::{CliError, input};
+
+/// `--kv-dir-max`'s default: enough for hundreds of thousands of prompt tokens of a
+/// small model, little beside today's disks.
+pub const DEFAULT_MAX: &str = "4GiB";
+
+/// How long a run waits for another run to release the directory before it shares it
+/// read-only.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Parses `--kv-dir-max`.
+pub fn parse_max(text: &str) -> Result<u64, CliError> {
+    let bytes: budget::Bytes = text
+        .parse()
+        .map_err(|e| input(anyhow::anyhow!("--kv-dir-max {text}: {e}")))?;
+    if bytes.0 == 0 {
+        return Err(input(anyhow::anyhow!(
+            "--kv-dir-max must be more than 0 bytes (leave out --kv-dir to keep nothing)"
+        )));
+    }
+    Ok(bytes.0)
+}
+
+/// The open disk tier of one run.
+pub struct KvDir {
+    dir: PathBuf,
+    max_bytes: u64,
+    warned: bool,
+}
+
+/// Opens `dir` as `session`'s disk store, keyed by every byte of the model `file` and
+/// everything else that decides a block's bytes. `None` (after one line on stderr) when
+/// the KV type reuses nothing or the store cannot be opened.
+pub fn open(
+    session: &mut Session<'_, '_>,
+    file: &MappedFile,
+    dir: &Path,
+    kv_type: &str,
+    max_bytes: u64,
+) -> Option<KvDir> {
+    if session.reuse_rule().is_none() {
+        eprintln!(
+            "note: --kv-type {kv_type} reuses no KV across runs (a block's precision depends \
+             on when it was demoted, so a stored block is not the one this run computes); \
+             --kv-dir is not used"
+        );
+        return None;
+    }
+    let warn = |what: String| {
+        eprintln!(
+            "warning: --kv-dir {}: {what}; running without it",
+            dir.display()
+        );
+    };
+    let digest = match file.content_digest(&DigestCache::User) {
+        Ok(d) => d,
+        Err(e) => {
+            warn(e.to_string());
+            return None;
+        }
+    };
+    let id = session.kv_store_identity(digest);
+    let store = match BlockStore::open_or_share(dir, id, Compression::None, LOCK_WAIT) {
+        Ok(s) => s,
+        Err(e) => {
+            warn(e.to_string());
+            return None;
+        }
+    };
+    let shared = store.access() == Access::ReadOnly;
+    if let Err(e) = session.set_store(store) {
+        warn(e.to_string());
+        return None;
+    }
+    if shared {
+        eprintln!(
+            "warning: --kv-dir {} is in use by another llmem; reusing its blocks read-only, \
+             writing none",
+            dir.display()
+        );
+    }
+    Some(KvDir {
+        dir: dir.to_path_buf(),
+        max_bytes,
+        warned: shared,
+    })
+}
+
+impl KvDir {
+    /// Says once, on stderr, if the store stopped being written (the run goes on).
+    pub fn report(&mut self, session: &Session<'_, '_>) {
+        if let Some(why) = session.store_failure()
+            && !self.warned
+        {
+            self.warned = true;
+            eprintln!(
+                "warning: --kv-dir {}: {why}; continuing without writing to it",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// At the end of the run: holds the directory to `--kv-dir-max`, least valuable
+    /// blocks first, then reports any failure.
+    pub fn finish(mut self, session: &mut Session<'_, '_>) {
+        session.trim_store(self.max_bytes);
+        self.report(session);
+    }
+}
