@@ -387,3 +387,42 @@ fn item9_every_damaged_block_is_repaired_in_one_run() {
     assert_eq!(reused(&third), 512);
     assert_eq!(third["token_ids"], want["token_ids"]);
 }
+
+fn block_bytes(dir: &Path) -> u64 {
+    block_files(dir)
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum()
+}
+
+/// Issue 13, finding 5: the store had no size cap. `--kv-dir-max` now holds every model
+/// and type under the directory to it together, least valuable blocks first: the older
+/// type's before the newer's, and a chain from its end, so what is kept is still a
+/// prefix that is reused.
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn finding5_the_kv_dir_is_held_to_its_cap_least_valuable_first() {
+    let Some(m) = model() else { return };
+    let r = Runner::new(m);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let cap = 3 * 1024 * 1024;
+    let args = |t: &'static str| ["--kv-type", t, "--kv-dir", d, "--kv-dir-max", "3MiB"];
+    let first = r.run(&args("int4"));
+    assert_eq!(first["kv"]["blocks_persisted"], 35);
+    let kept = block_bytes(dir.path());
+    assert!(kept <= cap && kept > cap / 2, "{kept}");
+    // What was kept is the start of the prompt: reused, to a micro-batch boundary.
+    let again = r.run(&args("int4"));
+    let n_kept = block_files(dir.path()).len() as u64;
+    assert_eq!(reused(&again), n_kept * 16 / 128 * 128);
+    assert_eq!(again["token_ids"], first["token_ids"]);
+    // Another type: the older type's blocks go first.
+    r.run(&args("int8"));
+    assert!(block_bytes(dir.path()) <= cap);
+    assert_eq!(
+        reused(&r.run(&args("int4"))),
+        0,
+        "int4's blocks were evicted first"
+    );
+}

@@ -57,5 +57,5 @@ pub use error::DiskError;
 pub use format::{Corruption, FORMAT_VERSION, HEADER_LEN, MAGIC};
 #[doc(hidden)]
 pub use store::Fault;
-pub use store::{Access, BlockStore, Entry};
-pub use usage::Link;
+pub use store::{Access, BlockStore};
+pub use usage::{Entry, Link};

@@ -41,20 +41,20 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::codec::decompress_raw;
 use crate::format::{HEADER_LEN, Header};
 use crate::fsx::{self, OpenRefusal};
-use crate::usage::{self, BlockUse, Link};
+use crate::usage::{self, BlockUse};
 use crate::{Compression, Corruption, DiskError, MAX_RAW_BYTES, compress};
 
 const BLOCK_EXT: &str = ".kvb";
 const TEMP_PREFIX: &str = "tmp-";
 const LOCK_NAME: &str = "LOCK";
-const USAGE_NAME: &str = "USAGE";
+pub(crate) const USAGE_NAME: &str = "USAGE";
 
 /// A point at which [`BlockStore::put_with_fault`] stops, leaving the directory exactly
 /// as a process killed there would. Testing hook, not part of the stable API.
@@ -81,29 +81,15 @@ pub enum Access {
     ReadOnly,
 }
 
-/// One block file and what the store remembers of it ([`BlockStore::entries`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub key: u64,
-    /// The file's size (header included).
-    pub file_bytes: u64,
-    /// Successful reads recorded by writing handles (0 when the usage file was lost).
-    pub uses: u32,
-    /// Last read or write, in ms since the Unix epoch (the file's mtime when unrecorded).
-    pub last_use_ms: u64,
-    /// Where the block sits in its chain, as given to [`BlockStore::link`].
-    pub link: Link,
-}
-
 /// Mutable bookkeeping shared by the threads using one handle.
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// Keys whose file this handle wrote or read back whole: [`BlockStore::verify`]
     /// does not read them again.
     known_good: HashSet<u64>,
-    usage: HashMap<u64, BlockUse>,
+    pub(crate) usage: HashMap<u64, BlockUse>,
     /// `usage` differs from the `USAGE` file.
-    usage_dirty: bool,
+    pub(crate) usage_dirty: bool,
 }
 
 /// Checksummed, crash-safe block files for one model.
@@ -122,11 +108,11 @@ struct State {
 ///   [`open`](Self::open) returns there are none left from earlier handles.
 #[derive(Debug)]
 pub struct BlockStore {
-    root: PathBuf,
-    dir: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) dir: PathBuf,
     model_digest: u64,
     compression: Compression,
-    access: Access,
+    pub(crate) access: Access,
     /// Makes temp names unique among concurrent puts of this handle.
     temp_seq: AtomicU64,
     /// Bytes puts may still write before they fail as on a full disk (testing hook,
@@ -240,7 +226,7 @@ impl BlockStore {
         self.dir.join(format!("{key:016x}{BLOCK_EXT}"))
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         // The state is bookkeeping only: a panic elsewhere cannot leave it unsafe to use.
         self.state
             .lock()
@@ -366,20 +352,10 @@ impl BlockStore {
         Ok(file_bytes)
     }
 
-    fn temp_path(&self, what: &str) -> PathBuf {
+    pub(crate) fn temp_path(&self, what: &str) -> PathBuf {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
         self.dir
             .join(format!("{TEMP_PREFIX}{what}-{}-{seq}", std::process::id()))
-    }
-
-    /// Records where `key`'s block sits in its chain, for eviction
-    /// ([`entries`](Self::entries)); kept in the usage file. Ignored by a read-only handle.
-    pub fn link(&self, key: u64, link: Link) {
-        if self.access == Access::Exclusive {
-            let mut st = self.state();
-            st.usage.entry(key).or_default().link = link;
-            st.usage_dirty = true;
-        }
     }
 
     /// The block stored under `key`: `Ok(None)` if there is none, the exact bytes given
@@ -564,100 +540,6 @@ impl BlockStore {
         }
     }
 
-    /// Every block file with its size and what the store remembers of its use, in key
-    /// order; the facts an eviction score needs. Not verified.
-    pub fn entries(&self) -> Result<Vec<Entry>, DiskError> {
-        let mut found = Vec::new();
-        self.for_each_entry(|name, entry| {
-            let Some(key) = parse_block_name(name) else {
-                return;
-            };
-            // DirEntry::metadata does not follow symlinks; a file removed meanwhile, or a
-            // name that is not a file, is no block.
-            let Ok(meta) = entry.metadata() else { return };
-            if !meta.is_file() {
-                return;
-            }
-            let mtime_ms = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            found.push((key, meta.len(), mtime_ms));
-        })?;
-        let st = self.state();
-        let mut out: Vec<Entry> = found
-            .into_iter()
-            .map(|(key, file_bytes, mtime_ms)| {
-                let u = st.usage.get(&key).copied().unwrap_or_default();
-                Entry {
-                    key,
-                    file_bytes,
-                    uses: u.uses,
-                    last_use_ms: if u.last_use_ms == 0 {
-                        mtime_ms
-                    } else {
-                        u.last_use_ms
-                    },
-                    link: u.link,
-                }
-            })
-            .collect();
-        out.sort_unstable_by_key(|e| e.key);
-        Ok(out)
-    }
-
-    /// Exclusive handles on the other digests' directories beside this one (same root)
-    /// that no other handle holds now, for trimming the whole root to one cap. Locked or
-    /// unreadable ones are skipped; nothing is waited for.
-    pub fn siblings(&self) -> Vec<BlockStore> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| parse_hex16(e.file_name().to_str()?))
-            .filter(|&digest| digest != self.model_digest)
-            .filter_map(|digest| Self::open(&self.root, digest, self.compression).ok())
-            .collect()
-    }
-
-    /// Writes the usage file (reads, last uses and chain links; see the `usage` module)
-    /// if it changed, keeping only keys that still have a file. Done on drop as well; an
-    /// error here loses bookkeeping only, never a block. A read-only handle writes nothing.
-    pub fn save_usage(&self) -> Result<(), DiskError> {
-        if self.access != Access::Exclusive || !self.state().usage_dirty {
-            return Ok(());
-        }
-        let keys: HashSet<u64> = self.keys()?.into_iter().collect();
-        let bytes = {
-            let mut st = self.state();
-            st.usage.retain(|k, _| keys.contains(k));
-            st.usage_dirty = false;
-            usage::encode(&st.usage)
-        };
-        let temp = self.temp_path("usage");
-        let path = self.dir.join(USAGE_NAME);
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-            .and_then(|()| {
-                fs::rename(&temp, &path).or_else(|e| {
-                    fsx::remove_squatter(&path).map_err(|_| e)?;
-                    fs::rename(&temp, &path)
-                })
-            });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            self.state().usage_dirty = true;
-            return Err(DiskError::io("write usage file", &path, e));
-        }
-        Ok(())
-    }
-
     /// Keys with a block file, ascending. Like [`contains`](Self::contains), not verified.
     pub fn keys(&self) -> Result<Vec<u64>, DiskError> {
         let mut keys = Vec::new();
@@ -689,16 +571,21 @@ impl BlockStore {
                 temps.push(entry.path());
             }
         })?;
+        // Best effort: a temp name is never read as a block, so one that cannot be
+        // removed (a directory with contents put there by hand) costs space, not a run.
         for temp in &temps {
-            fs::remove_file(temp).map_err(|e| DiskError::io("remove temp file", temp, e))?;
+            let _ = fsx::remove_squatter(temp);
         }
         if !temps.is_empty() {
-            sync_dir(&self.dir)?;
+            let _ = sync_dir(&self.dir);
         }
         Ok(())
     }
 
-    fn for_each_entry(&self, mut f: impl FnMut(&str, &fs::DirEntry)) -> Result<(), DiskError> {
+    pub(crate) fn for_each_entry(
+        &self,
+        mut f: impl FnMut(&str, &fs::DirEntry),
+    ) -> Result<(), DiskError> {
         let entries = fs::read_dir(&self.dir).map_err(|e| DiskError::io("list", &self.dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| DiskError::io("list", &self.dir, e))?;
@@ -730,12 +617,12 @@ impl From<Corruption> for ReadFailure {
 }
 
 /// `<16 lowercase hex digits>.kvb` → key.
-fn parse_block_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_block_name(name: &str) -> Option<u64> {
     parse_hex16(name.strip_suffix(BLOCK_EXT)?)
 }
 
 /// Exactly 16 lowercase hex digits → their value (block names, directory names).
-fn parse_hex16(hex: &str) -> Option<u64> {
+pub(crate) fn parse_hex16(hex: &str) -> Option<u64> {
     let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
     if hex.len() != 16 || !hex.bytes().all(lower_hex) {
         return None;

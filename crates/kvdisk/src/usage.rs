@@ -1,6 +1,7 @@
 //! What the store remembers about each block between runs: how often and how recently it
 //! was read, and which block it continues — the facts an eviction score needs when the
-//! directory outgrows its cap (the score itself is the caller's, see [`crate::Entry`]).
+//! directory outgrows its cap (the score itself is the caller's): [`Entry`], and the
+//! store's methods that keep and list them, and find the directories beside it.
 //!
 //! Kept in one file per directory, `USAGE`, rewritten whole (temp file, fsync, rename) by
 //! the handle that holds the lock. It is advisory: a missing, damaged or foreign file is
@@ -18,11 +19,15 @@
 //!  16+40n     8  xxh3-64 of every byte before it
 //! ```
 
-use std::collections::HashMap;
-use std::io::Read;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::store::{Access, USAGE_NAME, parse_block_name, parse_hex16};
+use crate::{BlockStore, DiskError, fsx};
 
 const MAGIC: [u8; 8] = *b"LLMKVUSE";
 const VERSION: u16 = 1;
@@ -54,6 +59,126 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One block file and what the store remembers of it ([`BlockStore::entries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u64,
+    /// The file's size (header included).
+    pub file_bytes: u64,
+    /// Successful reads recorded by writing handles (0 when the usage file was lost).
+    pub uses: u32,
+    /// Last read or write, in ms since the Unix epoch (the file's mtime when unrecorded).
+    pub last_use_ms: u64,
+    /// Where the block sits in its chain, as given to [`BlockStore::link`].
+    pub link: Link,
+}
+
+impl BlockStore {
+    /// Records where `key`'s block sits in its chain, for eviction
+    /// ([`entries`](Self::entries)); kept in the usage file. Ignored by a read-only handle.
+    pub fn link(&self, key: u64, link: Link) {
+        if self.access == Access::Exclusive {
+            let mut st = self.state();
+            st.usage.entry(key).or_default().link = link;
+            st.usage_dirty = true;
+        }
+    }
+
+    /// Every block file with its size and what the store remembers of its use, in key
+    /// order; the facts an eviction score needs. Not verified.
+    pub fn entries(&self) -> Result<Vec<Entry>, DiskError> {
+        let mut found = Vec::new();
+        self.for_each_entry(|name, entry| {
+            let Some(key) = parse_block_name(name) else {
+                return;
+            };
+            // DirEntry::metadata does not follow symlinks; a file removed meanwhile, or a
+            // name that is not a file, is no block.
+            let Ok(meta) = entry.metadata() else { return };
+            if !meta.is_file() {
+                return;
+            }
+            let mtime_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            found.push((key, meta.len(), mtime_ms));
+        })?;
+        let st = self.state();
+        let mut out: Vec<Entry> = found
+            .into_iter()
+            .map(|(key, file_bytes, mtime_ms)| {
+                let u = st.usage.get(&key).copied().unwrap_or_default();
+                Entry {
+                    key,
+                    file_bytes,
+                    uses: u.uses,
+                    last_use_ms: if u.last_use_ms == 0 {
+                        mtime_ms
+                    } else {
+                        u.last_use_ms
+                    },
+                    link: u.link,
+                }
+            })
+            .collect();
+        out.sort_unstable_by_key(|e| e.key);
+        Ok(out)
+    }
+
+    /// Exclusive handles on the other digests' directories beside this one (same root)
+    /// that no other handle holds now, for trimming the whole root to one cap. Locked or
+    /// unreadable ones are skipped; nothing is waited for.
+    pub fn siblings(&self) -> Vec<BlockStore> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| parse_hex16(e.file_name().to_str()?))
+            .filter(|&digest| digest != self.model_digest())
+            .filter_map(|digest| Self::open(&self.root, digest, self.compression()).ok())
+            .collect()
+    }
+
+    /// Writes the usage file (reads, last uses and chain links; see the `usage` module)
+    /// if it changed, keeping only keys that still have a file. Done on drop as well; an
+    /// error here loses bookkeeping only, never a block. A read-only handle writes nothing.
+    pub fn save_usage(&self) -> Result<(), DiskError> {
+        if self.access != Access::Exclusive || !self.state().usage_dirty {
+            return Ok(());
+        }
+        let keys: HashSet<u64> = self.keys()?.into_iter().collect();
+        let bytes = {
+            let mut st = self.state();
+            st.usage.retain(|k, _| keys.contains(k));
+            st.usage_dirty = false;
+            encode(&st.usage)
+        };
+        let temp = self.temp_path("usage");
+        let path = self.dir.join(USAGE_NAME);
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| {
+                fs::rename(&temp, &path).or_else(|e| {
+                    fsx::remove_squatter(&path).map_err(|_| e)?;
+                    fs::rename(&temp, &path)
+                })
+            });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            self.state().usage_dirty = true;
+            return Err(DiskError::io("write usage file", &path, e));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn encode(table: &HashMap<u64, BlockUse>) -> Vec<u8> {

@@ -416,3 +416,21 @@ fn finding5_a_full_disk_fails_puts_cleanly() {
     assert_eq!(store.keys().unwrap(), vec![1, 2]);
     assert_eq!(store.get(1).unwrap(), Some(payload(1, 0, 1000)));
 }
+
+/// A temp name that cannot be removed (a directory with contents) no longer fails every
+/// later open of the directory: it is left, and the store works.
+#[test]
+fn finding5_a_temp_name_that_cannot_be_removed_does_not_stop_the_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(format!("{DIGEST:016x}"));
+    fs::create_dir_all(dir.join("tmp-stuck")).unwrap();
+    fs::write(dir.join("tmp-stuck").join("f"), b"x").unwrap();
+    fs::write(dir.join("tmp-0000000000000001-1-0"), b"half a put").unwrap();
+    let store = BlockStore::open(root.path(), DIGEST, Compression::None).unwrap();
+    assert_eq!(
+        common::temp_files(store.dir()),
+        vec!["tmp-stuck".to_string()]
+    );
+    store.put(KEY, &payload(KEY, 0, 100)).unwrap();
+    assert_eq!(store.get(KEY).unwrap(), Some(payload(KEY, 0, 100)));
+}
