@@ -63,19 +63,31 @@ impl ReuseRule {
 impl KvCache {
     /// Publishes `seq`'s full blocks for sharing: `tokens` are the sequence's token ids
     /// from position 0 whose KV is exact (only full blocks inside them are published),
-    /// `digest` identifies the model. Each full block gets the chained hash
-    /// H(parent, its tokens, digest). If an identical block is already indexed, this
-    /// sequence switches to it (deduplication) and its own copy is freed.
-    pub fn seq_publish(&mut self, seq: SeqId, tokens: &[u32], digest: u64) -> Result<(), KvError> {
+    /// `digest` identifies the model and `format` is the one a shared block of this cache
+    /// type has. Each full block gets the chained hash H(parent, its tokens, digest). If
+    /// an identical block in `format` is already indexed, this sequence switches to it
+    /// (deduplication) and its own copy is freed; one in another format (demoted under
+    /// pressure: not the bytes this block will have) gives up its place in the index.
+    pub fn seq_publish(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        digest: u64,
+        format: KvFormat,
+    ) -> Result<(), KvError> {
         let bt = self.layout().block_tokens();
         let s = self.get(seq)?;
         let full = s.reserved_tokens.min(tokens.len()) / bt;
         let mut b = s.hashed_blocks;
-        let mut parent = if b == 0 {
-            0
-        } else {
-            self.pool.meta(s.blocks[b - 1]).hash.unwrap_or(0)
-        };
+        let mut parent = 0;
+        if b > 0 {
+            // A parent that lost its hash (given up to an exact block) ends the chain
+            // here: hashing on from another parent would name the wrong prefix.
+            match self.pool.meta(s.blocks[b - 1]).hash {
+                Some(h) => parent = h,
+                None => return Ok(()),
+            }
+        }
         while b < full {
             let id = self.seqs[&seq].blocks[b];
             if (self.pool.meta(id).filled as usize) < bt {
@@ -83,10 +95,15 @@ impl KvCache {
             }
             let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], digest);
             match self.index.get(&h).copied() {
-                Some(other) if other != id => {
+                Some(other) if other != id && self.pool.meta(other).format == format => {
                     self.pool.retain(other);
                     self.seqs.get_mut(&seq).expect("checked").blocks[b] = other;
                     self.release(id);
+                }
+                Some(other) if other != id => {
+                    self.pool.meta_mut(other).hash = None;
+                    self.index.insert(h, id);
+                    self.pool.meta_mut(id).hash = Some(h);
                 }
                 Some(_) => {}
                 None => {
@@ -183,29 +200,40 @@ impl KvCache {
         let mut parent = in_ram
             .last()
             .map_or(0, |&id| self.pool.meta(id).hash.unwrap_or(0));
-        // The hashes of the blocks after the RAM run whose files exist.
-        let mut on_disk = Vec::new();
+        // The blocks after the RAM run, each in RAM already (indexed, in the format) or
+        // with a file, as far as they go.
+        let mut rest: Vec<(u64, Option<BlockId>)> = Vec::new();
         for b in in_ram.len()..max_blocks {
             let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], rule.digest);
-            if !store.contains(disk_key(h, rule.format)) {
+            let ram = self
+                .index
+                .get(&h)
+                .copied()
+                .filter(|&id| self.pool.meta(id).format == rule.format);
+            if ram.is_none() && !store.contains(disk_key(h, rule.format)) {
                 break;
             }
-            on_disk.push(h);
+            rest.push((h, ram));
             parent = h;
         }
-        let mut target = rule.round((in_ram.len() + on_disk.len()) * bt, bt) / bt;
+        let target = rule.round((in_ram.len() + rest.len()) * bt, bt) / bt;
         let mut blocks: Vec<BlockId> = in_ram.into_iter().take(target).collect();
         for &id in &blocks {
             self.pool.retain(id);
             self.pool.touch(id);
         }
-        let mut loaded = Vec::new();
-        for &h in &on_disk[..target.saturating_sub(blocks.len())] {
+        for &(h, ram) in &rest[..target.saturating_sub(blocks.len())] {
+            if let Some(id) = ram {
+                self.pool.retain(id);
+                self.pool.touch(id);
+                blocks.push(id);
+                continue;
+            }
             match self.load_prefix_block(h, rule.format, store) {
-                Ok(Some(id)) => loaded.push(id),
+                Ok(Some(id)) => blocks.push(id),
                 Ok(None) => break,
                 Err(e) => {
-                    for id in blocks.into_iter().chain(loaded) {
+                    for id in blocks {
                         self.release(id);
                     }
                     return Err(e);
@@ -213,11 +241,8 @@ impl KvCache {
             }
         }
         // A block that failed to load moves the boundary back.
-        if blocks.len() + loaded.len() < target {
-            target = rule.round((blocks.len() + loaded.len()) * bt, bt) / bt;
-        }
-        blocks.extend(loaded);
-        for id in blocks.drain(target.min(blocks.len())..).collect::<Vec<_>>() {
+        let keep = rule.round(blocks.len() * bt, bt) / bt;
+        for id in blocks.drain(keep..).collect::<Vec<_>>() {
             self.release(id);
         }
         let n = blocks.len() * bt;
@@ -227,7 +252,8 @@ impl KvCache {
     }
 
     /// Loads the stored block of prefix hash `h` into a fresh, indexed block; `None` when
-    /// there is no room or its file is missing, damaged or of another format.
+    /// there is no room or its file is missing, damaged or of another format. A block
+    /// indexed under `h` in another format (demoted under pressure) gives up its place.
     fn load_prefix_block(
         &mut self,
         h: u64,
@@ -252,8 +278,10 @@ impl KvCache {
             let _ = store.remove(key);
             return Ok(None);
         }
+        if let Some(old) = self.index.insert(h, id) {
+            self.pool.meta_mut(old).hash = None;
+        }
         self.pool.meta_mut(id).hash = Some(h);
-        self.index.insert(h, id);
         Ok(Some(id))
     }
 

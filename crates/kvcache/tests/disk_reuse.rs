@@ -68,7 +68,7 @@ fn finding1_blocks_demoted_by_pressure_are_never_reused_as_the_types_blocks() {
     let toks: Vec<u32> = (0..4 * BT as u32).map(|i| i * 5 % 97).collect();
     let a = kv.seq_new();
     append(&mut kv, a, &toks, 0).unwrap();
-    kv.seq_publish(a, &toks, DIGEST).unwrap();
+    kv.seq_publish(a, &toks, DIGEST, KvFormat::F16).unwrap();
     kv.seq_set_running(a, false).unwrap();
     // Pressure: every block goes f16 → int8 → int4 → int2 → disk.
     let mut spilled = 0;
@@ -292,7 +292,7 @@ fn finding5_a_full_disk_stops_persist_with_the_blocks_written_so_far() {
     let toks: Vec<u32> = (0..5 * BT as u32).collect();
     let a = kv.seq_new();
     append(&mut kv, a, &toks, 0).unwrap();
-    kv.seq_publish(a, &toks, DIGEST).unwrap();
+    kv.seq_publish(a, &toks, DIGEST, KvFormat::F16).unwrap();
     let file = layout().block_bytes_in(KvFormat::F16) + 3 + kvdisk::HEADER_LEN as u64;
     store.simulate_full_disk(2 * file + 10);
     let p = kv.seq_persist(a, &store, KvFormat::F16).unwrap();
@@ -310,4 +310,90 @@ fn finding5_a_full_disk_stops_persist_with_the_blocks_written_so_far() {
             .unwrap(),
         32
     );
+}
+
+/// A published block that pressure demoted is not the bytes its hash stands for any
+/// more: a new sequence computing the same prefix neither switches to it nor is it
+/// attached; the exact block takes its place in the index, in RAM and when loaded from
+/// disk, and the index stays consistent.
+#[test]
+fn finding1_a_block_demoted_under_pressure_gives_up_its_place_in_the_index() {
+    let mut kv = KvCache::new(layout(), 64);
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlockStore::open(dir.path(), DIGEST, Compression::None).unwrap();
+    let toks: Vec<u32> = (0..4 * BT as u32).map(|i| i * 3 + 1).collect();
+    let f16 = rule(KvFormat::F16);
+    let a = kv.seq_new();
+    append(&mut kv, a, &toks, 0).unwrap();
+    kv.seq_publish(a, &toks, DIGEST, KvFormat::F16).unwrap();
+    let a_blocks = kv.seq_blocks(a).unwrap().to_vec();
+    // Pressure demotes A's second block.
+    kv.pool_mut().set_format(a_blocks[1], KvFormat::Q8).unwrap();
+    // B attaches up to it, computes the rest, publishes: the exact block takes over.
+    let b = kv.seq_new();
+    assert_eq!(
+        kv.seq_attach_prefix(b, &toks, toks.len(), &f16).unwrap(),
+        BT
+    );
+    append(&mut kv, b, &toks[BT..], BT).unwrap();
+    kv.seq_publish(b, &toks, DIGEST, KvFormat::F16).unwrap();
+    let b_blocks = kv.seq_blocks(b).unwrap().to_vec();
+    assert_eq!(b_blocks[0], a_blocks[0]);
+    assert_ne!(b_blocks[1], a_blocks[1], "switched to the demoted block");
+    assert_eq!(
+        &b_blocks[2..],
+        &a_blocks[2..],
+        "later exact blocks are shared"
+    );
+    assert_eq!(kv.pool().meta(a_blocks[1]).hash, None);
+    for &id in &b_blocks {
+        assert_eq!(kv.pool().meta(id).format, KvFormat::F16);
+    }
+    kv.check_invariants();
+    // A's chain through the block that lost its hash is not extended from a wrong parent.
+    let more: Vec<u32> = (0..BT as u32).collect();
+    kv.seq_truncate(a, 2 * BT).unwrap();
+    append(&mut kv, a, &more, 2 * BT).unwrap();
+    let mut a_toks = toks[..2 * BT].to_vec();
+    a_toks.extend(&more);
+    kv.seq_publish(a, &a_toks, DIGEST, KvFormat::F16).unwrap();
+    let a2 = kv.seq_blocks(a).unwrap()[2];
+    assert_eq!(
+        kv.pool().meta(a2).hash,
+        None,
+        "hashed after a block without a hash"
+    );
+    kv.check_invariants();
+
+    // On disk: the exact blocks are stored; a cache whose index holds a demoted block
+    // under the same hash loads the stored one in its place.
+    assert_eq!(kv.seq_persist(b, &store, KvFormat::F16).unwrap().written, 4);
+    let mut other = KvCache::new(layout(), 64);
+    let c = other.seq_new();
+    append(&mut other, c, &toks, 0).unwrap();
+    other.seq_publish(c, &toks, DIGEST, KvFormat::F16).unwrap();
+    let c_blocks = other.seq_blocks(c).unwrap().to_vec();
+    other
+        .pool_mut()
+        .set_format(c_blocks[0], KvFormat::Q4)
+        .unwrap();
+    let d = other.seq_new();
+    assert_eq!(
+        other
+            .seq_attach_from_disk(d, &toks, toks.len() - 1, &f16, &store)
+            .unwrap(),
+        3 * BT
+    );
+    let d_blocks = other.seq_blocks(d).unwrap().to_vec();
+    assert_ne!(
+        d_blocks[0], c_blocks[0],
+        "loaded from disk, not the demoted one"
+    );
+    assert_eq!(
+        &d_blocks[1..],
+        &c_blocks[1..3],
+        "exact blocks in RAM are taken as they are"
+    );
+    assert_eq!(other.pool().meta(c_blocks[0]).hash, None);
+    other.check_invariants();
 }

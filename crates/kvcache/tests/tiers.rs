@@ -200,7 +200,7 @@ proptest! {
                     match append(&mut kv, *s, &new, len) {
                         Ok(()) => {
                             toks.extend(&new);
-                            kv.seq_publish(*s, toks, DIGEST).unwrap();
+                            kv.seq_publish(*s, toks, DIGEST, KvFormat::F16).unwrap();
                         }
                         Err(KvError::NoRoom { .. } | KvError::OverBudget(_)) => {
                             // All or nothing: the length did not change.
@@ -351,7 +351,7 @@ fn published_in(toks: &[u32], f: KvFormat) -> (KvCache, SeqId) {
     let mut kv = KvCache::new(layout(), 32);
     let s = kv.seq_new();
     append(&mut kv, s, toks, 0).unwrap();
-    kv.seq_publish(s, toks, DIGEST).unwrap();
+    kv.seq_publish(s, toks, DIGEST, KvFormat::F16).unwrap();
     for id in kv.seq_blocks(s).unwrap().to_vec() {
         kv.pool_mut().set_format(id, f).unwrap();
     }

@@ -461,8 +461,7 @@ impl<'a, 'm> Session<'a, 'm> {
             self.computed_tokens += chunk.len() as u64;
             done += chunk.len();
             if stepwise || last_chunk {
-                self.kv
-                    .seq_publish(self.seq, &self.tokens[..self.exact], self.model.digest)?;
+                self.publish()?;
                 self.kv
                     .seq_apply_mix(self.seq, &self.cfg.kv_mix, Some(&self.pool))?;
             }

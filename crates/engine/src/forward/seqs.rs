@@ -182,6 +182,20 @@ impl Session<'_, '_> {
         })
     }
 
+    /// Publishes the current sequence's exact full blocks for sharing (none for a cache
+    /// type that offers no reuse).
+    pub(super) fn publish(&mut self) -> Result<(), EvalError> {
+        if let Some(rule) = self.reuse_rule() {
+            self.kv.seq_publish(
+                self.seq,
+                &self.tokens[..self.exact],
+                rule.digest,
+                rule.format,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Whether the micro-batch of `n` tokens about to be evaluated at `n_past` computes
     /// exact KV (see the module doc).
     pub(super) fn chunk_is_exact(&self, n: usize) -> bool {
