@@ -71,7 +71,7 @@ pub fn open(
             return None;
         }
     };
-    let id = session.kv_store_identity(digest);
+    let id = session.kv_store_identity(digest, build_digest());
     let store = match BlockStore::open_or_share(dir, id, Compression::None, LOCK_WAIT) {
         Ok(s) => s,
         Err(e) => {
@@ -96,6 +96,22 @@ pub fn open(
         max_bytes,
         warned: shared,
     })
+}
+
+/// A digest of this executable (cached as the model's is): blocks computed by another
+/// build may round differently, so they are kept apart. On Linux `/proc/self/exe` is the
+/// running file even if a rebuild has replaced it at its path since. 0 if it cannot be
+/// read.
+fn build_digest() -> u64 {
+    let running = Path::new("/proc/self/exe");
+    let exe = if running.exists() {
+        Some(running.to_path_buf())
+    } else {
+        std::env::current_exe().ok()
+    };
+    exe.and_then(|p| MappedFile::open(&p).ok())
+        .and_then(|f| f.content_digest(&DigestCache::User).ok())
+        .unwrap_or(0)
 }
 
 impl KvDir {

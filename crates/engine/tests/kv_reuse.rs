@@ -14,6 +14,8 @@ use testkit::{TinyLlamaConfig, tiny_llama};
 
 const BT: usize = 16;
 const CTX: usize = 512;
+/// Stands in for the digest of the executable.
+const BUILD: u64 = 0xB1D;
 
 fn tiny() -> Vec<u8> {
     tiny_llama(&TinyLlamaConfig {
@@ -63,7 +65,7 @@ fn run(
 ) -> (usize, Vec<Vec<u32>>) {
     let mut sess = session(model, s);
     if let Some(root) = store_root {
-        let id = sess.kv_store_identity(digest);
+        let id = sess.kv_store_identity(digest, BUILD);
         sess.set_store(BlockStore::open(root, id, Compression::None).unwrap())
             .unwrap();
     }
@@ -179,7 +181,7 @@ fn finding1_blocks_of_another_kv_type_micro_batch_or_thread_count_are_never_reus
     };
     let (_, _) = run(&model, base, Some(dir.path()), digest, &prompt, 0);
     let mut ids = std::collections::HashSet::new();
-    ids.insert(session(&model, base).kv_store_identity(digest));
+    ids.insert(session(&model, base).kv_store_identity(digest, BUILD));
     for other in [
         Setup {
             kv_type: "f16",
@@ -193,7 +195,7 @@ fn finding1_blocks_of_another_kv_type_micro_batch_or_thread_count_are_never_reus
         Setup { threads: 1, ..base },
     ] {
         assert!(
-            ids.insert(session(&model, other).kv_store_identity(digest)),
+            ids.insert(session(&model, other).kv_store_identity(digest, BUILD)),
             "{other:?}"
         );
         let (reused, got) = run(&model, other, Some(dir.path()), digest, &prompt, 2);
@@ -204,10 +206,15 @@ fn finding1_blocks_of_another_kv_type_micro_batch_or_thread_count_are_never_reus
     // The same setup does reuse them (so the test above can fail).
     let (reused, _) = run(&model, base, Some(dir.path()), digest, &prompt, 0);
     assert_eq!(reused, 256);
-    // Another model file: another directory.
+    // Another model file or another build: another directory.
+    let id = session(&model, base).kv_store_identity(digest, BUILD);
     assert_ne!(
-        session(&model, base).kv_store_identity(digest),
-        session(&model, base).kv_store_identity(digest ^ 1)
+        id,
+        session(&model, base).kv_store_identity(digest ^ 1, BUILD)
+    );
+    assert_ne!(
+        id,
+        session(&model, base).kv_store_identity(digest, BUILD ^ 1)
     );
 }
 
@@ -302,7 +309,7 @@ fn finding5_a_full_disk_leaves_the_session_reading_the_store_and_the_answer_unch
     let mut sess = session(&model, s);
     let st = BlockStore::open(
         dir.path(),
-        sess.kv_store_identity(digest),
+        sess.kv_store_identity(digest, BUILD),
         Compression::None,
     )
     .unwrap();

@@ -146,9 +146,11 @@ impl Session<'_, '_> {
     /// The directory name (digest) for this session's blocks in a disk store: covers
     /// `model_file_digest` (a digest of every byte of the model file, which the caller
     /// computes: [`crate::model::Model::digest`] is only a cheap identity for sharing in
-    /// RAM) and everything else that decides a block's bytes — the cache type, block size,
-    /// micro-batch, thread count and the kernels' instruction set (see the module doc).
-    pub fn kv_store_identity(&self, model_file_digest: u64) -> u64 {
+    /// RAM), `build_digest` (identifies the code computing the blocks, e.g. a digest of
+    /// the executable: a kernel that rounds differently makes other bytes) and everything
+    /// else that decides a block's bytes — the cache type, block size, micro-batch,
+    /// thread count and the kernels' instruction set (see the module doc).
+    pub fn kv_store_identity(&self, model_file_digest: u64, build_digest: u64) -> u64 {
         let m = &self.cfg.kv_mix;
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(b"llmem kv blocks 1");
@@ -156,6 +158,7 @@ impl Session<'_, '_> {
         h.update(kernels::Isa::detect().name().as_bytes());
         for x in [
             model_file_digest,
+            build_digest,
             m.sink_blocks as u64,
             m.sink_format.bits() as u64,
             m.hot_tokens as u64,
