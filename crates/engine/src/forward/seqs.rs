@@ -26,8 +26,8 @@
 //! block a run reaching that point would hold.
 //!
 //! The disk tier's directory ([`Session::kv_store_identity`]) covers everything else
-//! that decides the bytes: every byte of the model file, the cache type, the block size,
-//! the micro-batch, the thread count and the kernels' instruction set.
+//! that decides the bytes: every byte of the model file, the build, the cache type, the
+//! block size, the micro-batch, the thread count and the kernels' instruction set.
 
 use std::sync::Arc;
 
