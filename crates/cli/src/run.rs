@@ -206,7 +206,16 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         seed: a.seed,
     });
     let t_prefill = Instant::now();
-    let mut next = sampler.sample(session.eval(&ids[reused..], Logits::Last)?);
+    let sampled = |sampler: &mut Sampler, logits: &[f32], at: usize| {
+        sampler
+            .sample(logits)
+            .map_err(|e| crate::load::non_finite(e, &a.model, &file, at))
+    };
+    let mut next = sampled(
+        &mut sampler,
+        session.eval(&ids[reused..], Logits::Last)?,
+        ids.len(),
+    )?;
     let prefill_s = t_prefill.elapsed().as_secs_f64();
     let persisted = session.persist()?;
 
@@ -236,7 +245,8 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         if session.n_past() >= a.ctx {
             break "ctx";
         }
-        next = sampler.sample(session.eval(&[next], Logits::Last)?);
+        let at = session.n_past() + 1;
+        next = sampled(&mut sampler, session.eval(&[next], Logits::Last)?, at)?;
     };
     let tail = decoder.finish();
     text_out.push_str(&tail);
