@@ -77,7 +77,10 @@ impl LinuxProbe {
     /// Reads a file every supported kernel has.
     fn read(&self, relative: &str) -> Result<String, ProbeError> {
         let path = self.path(relative);
-        fs::read_to_string(&path).map_err(|source| ProbeError::Read { path, source })
+        fs::read_to_string(&path).map_err(|source| ProbeError::Read {
+            path,
+            cause: source,
+        })
     }
 
     /// Reads a file a kernel may lack. Absent, forbidden or disabled (PSI compiled in but
@@ -87,7 +90,10 @@ impl LinuxProbe {
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text)),
             Err(e) if is_absent(&e) => Ok(None),
-            Err(source) => Err(ProbeError::Read { path, source }),
+            Err(source) => Err(ProbeError::Read {
+                path,
+                cause: source,
+            }),
         }
     }
 
@@ -99,7 +105,7 @@ impl LinuxProbe {
         let text = self.read(relative)?;
         parser(&text).map_err(|source| ProbeError::Parse {
             path: self.path(relative),
-            source,
+            cause: source,
         })
     }
 
@@ -114,7 +120,7 @@ impl LinuxProbe {
         };
         parser(&text).map(Some).map_err(|source| ProbeError::Parse {
             path: self.root.join(relative),
-            source,
+            cause: source,
         })
     }
 
