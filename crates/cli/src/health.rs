@@ -179,6 +179,14 @@ fn percent(part: u64, whole: u64) -> f64 {
 /// Memory by the OS's categories, swap, and GPUs.
 pub fn write_memory(out: &mut impl Write, sample: &Sample) -> io::Result<()> {
     let s = &sample.system;
+    let limit = s.memory_limit_bytes();
+    if limit < s.mem_total_bytes {
+        writeln!(
+            out,
+            "memory limit: {} (this process's cgroup; plans and budgets start here)",
+            format_bytes(limit)
+        )?;
+    }
     writeln!(
         out,
         "memory: total {}, available {} ({:.0}%), free {}, cached {}",
@@ -289,8 +297,12 @@ pub fn pressure_signals(sample: &Sample) -> Vec<String> {
         let limit = cg
             .max_bytes
             .map_or_else(|| "no limit".to_owned(), format_bytes);
+        let version = match cg.version {
+            probe::parse::CgroupVersion::V1 => "v1",
+            _ => "v2",
+        };
         lines.push(format!(
-            "cgroup working set {} of {limit}",
+            "cgroup {version} working set {} of {limit}",
             format_bytes(cg.working_set_bytes())
         ));
     }
