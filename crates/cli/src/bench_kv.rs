@@ -537,7 +537,10 @@ fn codec_rates(
     };
     let mut codecs = Vec::new();
     let mut compressors = Vec::new();
-    for f in [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2] {
+    // A head size a quantized format does not support has no codec to time (the cache
+    // keeps such blocks f16); encoding one anyway was a panic.
+    let formats = [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2];
+    for f in formats.into_iter().filter(|f| f.supports(&geom)) {
         let mut q: Vec<Vec<u8>> = blocks
             .iter()
             .map(|_| vec![0u8; geom.block_bytes(f)])
