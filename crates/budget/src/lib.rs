@@ -54,7 +54,7 @@ pub use bytes::{Bytes, Share, Size, SizeError};
 pub use error::{BuildError, OutOfBudget, ShrinkError};
 pub use ledger::Budget;
 pub use pool::{MAX_POOL_NAME, Policy, PoolId, PoolName, PoolNameError, PoolSpec, UnknownPolicy};
-pub use profile::{MAX_PROFILE_BYTES, ModelNeeds, Profile, ProfileError};
+pub use profile::{MAX_PROFILE_BYTES, ModelNeeds, Profile, ProfileError, ProfileFileError};
 pub use reclaim::{Reclaim, ReclaimReason, ReclaimRequest};
 pub use reservation::Reservation;
 pub use snapshot::{BudgetSnapshot, PoolSnapshot};

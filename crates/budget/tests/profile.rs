@@ -1,7 +1,8 @@
 //! Profiles: built-ins scaled to the machine, `auto`, YAML files, and every kind of bad file.
 
 use budget::{
-    BuildError, Bytes, MAX_PROFILE_BYTES, ModelNeeds, Policy, Profile, ProfileError, SizeError,
+    BuildError, Bytes, MAX_PROFILE_BYTES, ModelNeeds, Policy, Profile, ProfileError,
+    ProfileFileError, SizeError,
 };
 
 fn limits(profile: &Profile) -> Vec<(&str, Policy, Bytes)> {
@@ -102,7 +103,7 @@ fn unknown_builtins_and_empty_machines_are_refused() {
     assert!(matches!(
         Profile::builtin("production", Bytes::ZERO),
         Err(ProfileError::Generated {
-            source: BuildError::ZeroTotal,
+            cause: BuildError::ZeroTotal,
             ..
         })
     ));
@@ -234,7 +235,7 @@ fn negative_sizes_are_refused_by_key_and_line() {
     assert!(matches!(
         &err,
         ProfileError::InvalidSize {
-            source: SizeError::Negative { .. },
+            cause: SizeError::Negative { .. },
             ..
         }
     ));
@@ -243,7 +244,7 @@ fn negative_sizes_are_refused_by_key_and_line() {
     assert!(matches!(
         &err,
         ProfileError::InvalidSize {
-            source: SizeError::Negative { .. },
+            cause: SizeError::Negative { .. },
             ..
         }
     ));
@@ -257,7 +258,7 @@ fn unknown_units_are_refused_by_key_and_line() {
     let err = bad("total: 64GiB", "total: 64 gigs");
     assert!(matches!(
         &err,
-        ProfileError::InvalidSize { source: SizeError::UnknownUnit { unit, .. }, .. } if unit == "gigs"
+        ProfileError::InvalidSize { cause: SizeError::UnknownUnit { unit, .. }, .. } if unit == "gigs"
     ));
     names(&err, "total", 3);
     names(&bad("limit: 12GiB", "limit: 12mb"), "pools.kv.limit", 7);
@@ -280,7 +281,7 @@ fn unknown_keys_are_refused_by_key_and_line() {
 #[test]
 fn unknown_policies_are_refused_by_key_and_line() {
     let err = bad("policy: tiered", "policy: lru");
-    assert!(matches!(&err, ProfileError::UnknownPolicy { source, .. } if source.found == "lru"));
+    assert!(matches!(&err, ProfileError::UnknownPolicy { cause, .. } if cause.found == "lru"));
     names(&err, "pools.kv.policy", 7);
     assert!(
         err.to_string().contains("content-hash"),
@@ -294,7 +295,7 @@ fn pools_summing_past_the_total_are_refused_at_the_pool_that_tips_over() {
     assert!(matches!(
         &err,
         ProfileError::InvalidLayout {
-            source: BuildError::OverCommitted { .. },
+            cause: BuildError::OverCommitted { .. },
             ..
         }
     ));
@@ -315,7 +316,7 @@ fn a_zero_total_is_refused() {
             matches!(
                 &err,
                 ProfileError::InvalidLayout {
-                    source: BuildError::ZeroTotal,
+                    cause: BuildError::ZeroTotal,
                     ..
                 }
             ),
@@ -331,7 +332,7 @@ fn other_bad_values_are_refused_by_key_and_line() {
     assert!(matches!(
         &err,
         ProfileError::InvalidSize {
-            source: SizeError::ShareNotAllowed { .. },
+            cause: SizeError::ShareNotAllowed { .. },
             ..
         }
     ));
@@ -340,7 +341,7 @@ fn other_bad_values_are_refused_by_key_and_line() {
     assert!(matches!(
         &err,
         ProfileError::InvalidSize {
-            source: SizeError::ShareOutOfRange { .. },
+            cause: SizeError::ShareOutOfRange { .. },
             ..
         }
     ));
@@ -364,7 +365,7 @@ fn other_bad_values_are_refused_by_key_and_line() {
     );
     assert!(matches!(
         &err,
-        ProfileError::InvalidLayout { source: BuildError::UnknownPriorityPool { name, .. }, .. }
+        ProfileError::InvalidLayout { cause: BuildError::UnknownPriorityPool { name, .. }, .. }
             if name == "weight"
     ));
     names(&err, "priority[1]", 4);
@@ -402,7 +403,7 @@ fn missing_keys_are_refused() {
     assert!(matches!(
         &err,
         ProfileError::InvalidLayout {
-            source: BuildError::NoPools,
+            cause: BuildError::NoPools,
             ..
         }
     ));
@@ -439,4 +440,51 @@ fn broken_yaml_is_refused_with_its_line() {
         "]".repeat(100)
     );
     assert!(Profile::from_yaml_str(&deep).is_err());
+}
+
+#[cfg(unix)]
+#[test]
+fn finding6_a_profile_file_is_read_only_up_to_the_cap() {
+    // An endless file: reading it whole never ends, or ends out of memory.
+    let err = Profile::from_yaml_file(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ProfileFileError::Invalid {
+                cause: ProfileError::TooLarge { len, max: MAX_PROFILE_BYTES },
+                ..
+            } if *len == MAX_PROFILE_BYTES + 1
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("/dev/zero"), "{err}");
+}
+
+#[test]
+fn profile_files_are_read_and_their_errors_say_why_once() {
+    let dir = std::env::temp_dir().join(format!("llmem-profile-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    assert_eq!(
+        Profile::from_yaml_file(&path).unwrap(),
+        Profile::from_yaml_str(GOOD).unwrap()
+    );
+    std::fs::write(&path, b"name: x\n\xff\xfe").unwrap();
+    let not_text = Profile::from_yaml_file(&path).unwrap_err();
+    assert!(not_text.to_string().contains("not UTF-8"), "{not_text}");
+    // A directory and a missing file are read errors that carry the OS's words once.
+    for missing in [dir.clone(), dir.join("absent.yaml")] {
+        let err = Profile::from_yaml_file(&missing).unwrap_err();
+        assert!(matches!(err, ProfileFileError::Read { .. }), "{err:?}");
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+        assert!(err.to_string().contains("os error"), "{err}");
+    }
+    // Causes are shown in the message, not returned again as a source.
+    let bad_size = Profile::from_yaml_str(&GOOD.replace("limit: 12GiB", "limit: -1")).unwrap_err();
+    assert!(
+        std::error::Error::source(&bad_size).is_none(),
+        "{bad_size:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

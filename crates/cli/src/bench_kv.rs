@@ -8,15 +8,18 @@
 //! blocks in the format under test (a quantized cache is read as it is written; only the
 //! block being filled is still f16).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
 use engine::forward::{KV_TYPES, Logits, Session, SessionConfig, kv_mix_named};
 use kvcache::{Compression, KvFormat, TierMix};
 use serde::Serialize;
 
 use crate::exit::{CliError, input};
+use crate::limits;
 use crate::machine::{self, MachineInfo};
 
 #[derive(Args, Debug)]
@@ -51,7 +54,15 @@ pub struct KvArgs {
     /// Do not save the codec and compressor rates (the KV eviction score's reload costs).
     #[arg(long)]
     pub no_save: bool,
+    /// The sessions are held to this budget (default: the machine's memory); a bench
+    /// that needs more is refused before it starts.
+    #[command(flatten)]
+    pub budget: crate::plan::BudgetArgs,
 }
+
+/// Most bytes of `--text` read when every chunk is scored (`--chunks 0`); with a chunk
+/// count, only what those chunks can need is read. Eleven times wikitext-2's test set.
+const MAX_TEXT_BYTES: u64 = 16 << 20;
 
 #[derive(Serialize, Default)]
 struct FormatReport {
@@ -151,17 +162,99 @@ fn tokens_in(mix: &TierMix, layout: &kvcache::KvLayout, budget: f64) -> usize {
     len
 }
 
+/// The part of `--text` the chunks can use: `chunks` × `ctx` tokens of at most the
+/// longest token's bytes each (and a few tokens over, so the last chunk's end tokenizes
+/// as in the whole text), or up to [`MAX_TEXT_BYTES`] for every chunk. `bench kv --text
+/// /dev/zero` read until memory ran out (finding 6).
+fn text_cap(a: &KvArgs, tokenizer: &tokenizer::Tokenizer) -> (u64, u64) {
+    let per_token = tokenizer.longest_token_bytes() as u64;
+    let wanted = (a.chunks as u64)
+        .saturating_mul(a.ctx as u64)
+        .saturating_add(64)
+        .saturating_mul(per_token);
+    if a.chunks == 0 {
+        (MAX_TEXT_BYTES, u64::MAX)
+    } else {
+        (wanted.min(MAX_TEXT_BYTES), wanted)
+    }
+}
+
+fn read_text(a: &KvArgs, tokenizer: &tokenizer::Tokenizer) -> Result<String, CliError> {
+    let (cap, wanted) = text_cap(a, tokenizer);
+    let (bytes, rest) = crate::read::read_capped(&a.text, cap)
+        .with_context(|| format!("cannot read {}", a.text.display()))
+        .map_err(input)?;
+    if rest == crate::read::Rest::More && cap < wanted {
+        return Err(input(anyhow::anyhow!(
+            "--text {} is over {cap} bytes, the most read for scoring; give --chunks N to \
+             score its start",
+            a.text.display()
+        )));
+    }
+    crate::read::utf8_prefix(bytes).map_err(|e| {
+        input(anyhow::anyhow!(
+            "--text {} is not UTF-8 text (invalid byte at offset {})",
+            a.text.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// What the bench holds at its peak: one f16 session and one per type at `--ctx` (each
+/// with its KV and scratch), the f16 logits of a whole chunk and their log-softmax rows
+/// for the scored half, the `--depth` session, and the text with at most one 4-byte token
+/// id per byte of it.
+fn need_bytes(
+    a: &KvArgs,
+    tm: &engine::text::TextModel<'_>,
+    file_bytes: u64,
+    threads: usize,
+) -> u64 {
+    let session = |n_ctx: usize| {
+        let p = crate::bench::session_plan(tm, file_bytes, n_ctx, threads);
+        (p.total_bytes, p.kv_bytes.saturating_add(p.scratch_bytes))
+    };
+    let (one, per_session) = session(a.ctx);
+    let row = tm.model.cfg.vocab as u64 * 4;
+    let logits = (a.ctx as u64)
+        .saturating_add((a.ctx - a.ctx / 2) as u64)
+        .saturating_mul(row);
+    let deep = if a.depth > 0 {
+        session(a.depth + a.tg + 16).1
+    } else {
+        0
+    };
+    let text = text_cap(a, &tm.tokenizer).0.saturating_mul(5);
+    [
+        per_session.saturating_mul(a.types.len() as u64),
+        logits,
+        deep,
+        text,
+    ]
+    .into_iter()
+    .fold(one, u64::saturating_add)
+}
+
 pub fn kv(a: &KvArgs) -> Result<(), CliError> {
-    let file = crate::load::map(&a.model)?;
-    let tm = crate::load::text_model(&a.model, &file)?;
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
-    let text = std::fs::read_to_string(&a.text)
-        .map_err(|e| input(anyhow::anyhow!("cannot read {}: {e}", a.text.display())))?;
     if a.ctx < 32 || !a.ctx.is_multiple_of(16) {
         return Err(input(anyhow::anyhow!(
             "--ctx must be a multiple of 16, at least 32"
         )));
     }
+    limits::context("--ctx", a.ctx)?;
+    limits::count("--reps", a.reps, 1, limits::MAX_REPS)?;
+    if a.depth > 0 {
+        limits::context_sum("--depth + --tg", &[a.depth, a.tg, 16])?;
+    }
+    let limit = crate::fit::Limit::of(&a.budget)?;
+    let file = crate::load::map(&a.model)?;
+    let mut tm = crate::load::text_model(&a.model, &file)?;
+    limits::warn_past_training(&format!("--ctx {}", a.ctx), a.ctx, &tm.model.cfg);
+    if a.depth > 0 {
+        let deep = a.depth + a.tg;
+        limits::warn_past_training(&format!("--depth + --tg ({deep})"), deep, &tm.model.cfg);
+    }
+    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
     let mut mixes = Vec::new();
     for t in &a.types {
         let mix = kv_mix_named(t).ok_or_else(|| {
@@ -172,6 +265,10 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         })?;
         mixes.push((t.clone(), mix));
     }
+    let file_bytes = file.bytes().len() as u64;
+    let need = need_bytes(a, &tm, file_bytes, threads);
+    let accounts = crate::bench::bench_accounts(&mut tm, file_bytes, need, &limit)?;
+    let text = read_text(a, &tm.tokenizer)?;
     let all = tm.encode(&text);
     let bos = all.first().copied().unwrap_or(0);
     let avail = all.len() / a.ctx;
@@ -189,10 +286,12 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     }
     let vocab = tm.model.cfg.vocab;
     let cfg = SessionConfig::new(a.ctx, threads, 512);
-    let mut base = Session::new(&tm.model, cfg)?;
+    let mut base = Session::with_accounts(&tm.model, cfg, &accounts)?;
     let mut sessions: Vec<Session<'_, '_>> = mixes
         .iter()
-        .map(|(_, m)| Session::new(&tm.model, SessionConfig { kv_mix: *m, ..cfg }))
+        .map(|(_, m)| {
+            Session::with_accounts(&tm.model, SessionConfig { kv_mix: *m, ..cfg }, &accounts)
+        })
         .collect::<Result<_, _>>()?;
     let first = a.ctx / 2;
     let n_scored = n_chunks * (a.ctx - first - 1);
@@ -235,11 +334,11 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
             bytes_end[k] = s.kv_bytes();
         }
         if !a.json {
-            eprint!("\rchunk {}/{n_chunks}", c + 1);
+            crate::out::note_partial(&format!("\rchunk {}/{n_chunks}", c + 1));
         }
     }
     if !a.json {
-        eprintln!();
+        crate::out::note("");
     }
     let layout = *base.kv().layout();
     let f16_bpt = layout.bytes_per_token() as f64;
@@ -277,7 +376,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
                 kv_mix: *mix,
                 ..SessionConfig::new(a.depth + a.tg + 16, threads, 512)
             };
-            let mut s = Session::new(&tm.model, cfg)?;
+            let mut s = Session::with_accounts(&tm.model, cfg, &accounts)?;
             s.eval(&prompt, Logits::Last)?;
             let mut runs = Vec::new();
             for r in 0..=a.reps.max(1) {
@@ -294,7 +393,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     let (codecs, compressors) = codec_rates(&mut base, &all[..a.ctx.min(all.len())])?;
     if !a.no_save {
         let path = save_rates(&codecs, &compressors)?;
-        eprintln!("codec rates saved to {}", path.display());
+        crate::out::note(&format!("codec rates saved to {}", path.display()));
     }
     let report = KvReport {
         model: crate::bench::file_name(&a.model),
@@ -309,14 +408,18 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         compressors,
         machine: MachineInfo::detect(),
     };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "{} chunks × {} tokens, {} positions scored, {} threads",
             n_chunks, a.ctx, n_scored, threads
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "{:<8} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>10}",
             "type",
             "B/token",
@@ -328,9 +431,10 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
             "KL max",
             "top%",
             "tg@depth"
-        );
+        )?;
         for f in &report.formats {
-            println!(
+            writeln!(
+                out,
                 "{:<8} {:>9.0} {:>6.2} {:>9} {:>8.3} {:>+8.2} {:>9.5} {:>9.4} {:>7.1} {:>10}",
                 f.name,
                 f.bytes_per_token,
@@ -342,21 +446,24 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
                 f.kl_max,
                 f.same_top_pct,
                 f.tg_d4096_tok_s.map_or("-".into(), |v| format!("{v:.1}"))
-            );
+            )?;
         }
         for c in &report.codecs {
-            println!(
+            writeln!(
+                out,
                 "codec {:<5} quantize {:.2} GB/s, dequantize {:.2} GB/s (f16 bytes)",
                 c.name, c.quantize_gb_s, c.dequantize_gb_s
-            );
+            )?;
         }
         for c in &report.compressors {
-            println!(
+            writeln!(
+                out,
                 "{:<7} on {}: ratio {:.3}, compress {:.2} GB/s, decompress {:.2} GB/s",
                 c.name, c.on, c.ratio, c.compress_gb_s, c.decompress_gb_s
-            );
+            )?;
         }
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -430,7 +537,10 @@ fn codec_rates(
     };
     let mut codecs = Vec::new();
     let mut compressors = Vec::new();
-    for f in [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2] {
+    // A head size a quantized format does not support has no codec to time (the cache
+    // keeps such blocks f16); encoding one anyway was a panic.
+    let formats = [KvFormat::Q8, KvFormat::Q4, KvFormat::Q2];
+    for f in formats.into_iter().filter(|f| f.supports(&geom)) {
         let mut q: Vec<Vec<u8>> = blocks
             .iter()
             .map(|_| vec![0u8; geom.block_bytes(f)])

@@ -39,6 +39,6 @@ pub fn report(r: Result<(), CliError>) -> i32 {
         return OK;
     }
     let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    eprintln!("llmem: error: {}", msg.join(": "));
+    crate::out::note(&format!("llmem: error: {}", msg.join(": ")));
     code
 }

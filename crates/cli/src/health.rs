@@ -49,6 +49,8 @@ pub struct ModelFacts {
     pub weight_bytes: u64,
     /// Hot-tier (f16) KV per context position: layers × 2 × KV heads × head dim × 2.
     pub kv_bytes_per_token: u64,
+    /// The KV at full context as int8 (`--kv-type int8`), from the block format itself.
+    pub kv_int8_bytes: u64,
     pub ctx_tokens: u64,
 }
 
@@ -56,6 +58,9 @@ impl ModelFacts {
     /// Reads the GGUF header of `path`. The mapping is dropped before returning, so the
     /// file's pages do not count in the process's footprint of a later sample.
     pub fn read(path: &Path, ctx_tokens: Option<u64>) -> Result<Self, CliError> {
+        if let Some(ctx) = ctx_tokens {
+            crate::limits::context("--ctx", usize::try_from(ctx).unwrap_or(usize::MAX))?;
+        }
         let file = load::map(path)?;
         let gguf = gguf::GgufFile::parse(file.bytes())
             .with_context(|| format!("{} is not a usable GGUF file", path.display()))
@@ -64,11 +69,16 @@ impl ModelFacts {
             .with_context(|| format!("cannot read the model shape of {}", path.display()))
             .map_err(input)?;
         let weight_bytes = gguf.tensors().iter().map(|t| t.size_bytes()).sum();
+        let ctx = ctx_tokens.unwrap_or(DEFAULT_CTX_TOKENS);
+        // Within 1..=MAX_CTX_TOKENS after `limits::context` (2^24), so it fits a usize.
+        let ctx_usize = usize::try_from(ctx).unwrap_or(usize::MAX);
+        let int8_per_token = crate::plan::KvType::Int8.bytes_per_token(&config, ctx_usize);
         Ok(Self {
             path: path.to_owned(),
             weight_bytes,
             kv_bytes_per_token: config.kv_bytes_per_token(),
-            ctx_tokens: ctx_tokens.unwrap_or(DEFAULT_CTX_TOKENS),
+            kv_int8_bytes: int8_per_token.saturating_mul(ctx),
+            ctx_tokens: ctx,
         })
     }
 
@@ -84,6 +94,7 @@ impl ModelFacts {
             .with_model_weights(self.weight_bytes)
             .with_ctx(self.ctx_tokens, self.kv_bytes_per_token)
             .with_kv_f16(self.kv_bytes())
+            .with_kv_int8(self.kv_int8_bytes)
     }
 }
 
@@ -168,6 +179,14 @@ fn percent(part: u64, whole: u64) -> f64 {
 /// Memory by the OS's categories, swap, and GPUs.
 pub fn write_memory(out: &mut impl Write, sample: &Sample) -> io::Result<()> {
     let s = &sample.system;
+    let limit = s.memory_limit_bytes();
+    if limit < s.mem_total_bytes {
+        writeln!(
+            out,
+            "memory limit: {} (this process's cgroup; plans and budgets start here)",
+            format_bytes(limit)
+        )?;
+    }
     writeln!(
         out,
         "memory: total {}, available {} ({:.0}%), free {}, cached {}",
@@ -278,8 +297,12 @@ pub fn pressure_signals(sample: &Sample) -> Vec<String> {
         let limit = cg
             .max_bytes
             .map_or_else(|| "no limit".to_owned(), format_bytes);
+        let version = match cg.version {
+            probe::parse::CgroupVersion::V1 => "v1",
+            _ => "v2",
+        };
         lines.push(format!(
-            "cgroup working set {} of {limit}",
+            "cgroup {version} working set {} of {limit}",
             format_bytes(cg.working_set_bytes())
         ));
     }
@@ -350,4 +373,82 @@ pub fn write_health(out: &mut impl Write, report: &HealthReport) -> io::Result<(
         writeln!(out, "     effect: {}", r.effect)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use probe::{FakeProbe, ProcessSnapshot, RecommendationKind, Sample, SystemSnapshot};
+
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn recommendations(
+        system: SystemSnapshot,
+        process: ProcessSnapshot,
+        context: &HealthContext,
+    ) -> Vec<probe::Recommendation> {
+        let fake = FakeProbe::new();
+        fake.set_system(system);
+        fake.set_process(process);
+        let sample = Sample::capture(&fake, None, 0).unwrap();
+        HealthReport::assess(&sample, None, context).recommendations
+    }
+
+    #[test]
+    fn finding9_every_recommended_flag_parses_as_llmem_run() {
+        let mut all = Vec::new();
+        // Tight memory and swap in use: int8 KV and a shorter context.
+        let mut process = ProcessSnapshot::new(12 * GIB);
+        process.swap_bytes = Some(GIB);
+        all.extend(recommendations(
+            SystemSnapshot::new(16 * GIB, GIB),
+            process,
+            &HealthContext::new()
+                .with_kv_f16(6 * GIB)
+                .with_kv_int8(3 * GIB)
+                .with_ctx(8192, 768 * 1024),
+        ));
+        // KV at full context filling memory; then weights alone filling it.
+        let roomy = SystemSnapshot::new(32 * GIB, 30 * GIB);
+        all.extend(recommendations(
+            roomy.clone(),
+            ProcessSnapshot::new(GIB),
+            &HealthContext::new()
+                .with_model_weights(2 * GIB)
+                .with_kv_f16(30 * GIB)
+                .with_ctx(32_768, 30 * GIB / 32_768),
+        ));
+        all.extend(recommendations(
+            roomy,
+            ProcessSnapshot::new(GIB),
+            &HealthContext::new().with_model_weights(31 * GIB),
+        ));
+        let flagged: Vec<_> = all.iter().filter(|r| r.setting.starts_with("--")).collect();
+        for kind in [
+            RecommendationKind::KvInt8,
+            RecommendationKind::LowerCtx,
+            RecommendationKind::FitMemory,
+        ] {
+            assert!(
+                flagged.iter().any(|r| r.kind == kind),
+                "{kind:?} not exercised: {all:?}"
+            );
+        }
+        assert!(flagged.iter().any(|r| r.setting.starts_with("--model")));
+        for r in flagged {
+            let mut argv = vec!["llmem", "run", "--prompt", "hi"];
+            if !r.setting.starts_with("--model") {
+                argv.extend(["--model", "m.gguf"]);
+            }
+            argv.extend(r.setting.split_whitespace());
+            if let Err(e) = crate::Cli::try_parse_from(&argv) {
+                panic!(
+                    "{:?} recommends `{}`, which llmem run refuses: {e}",
+                    r.kind, r.setting
+                );
+            }
+        }
+    }
 }

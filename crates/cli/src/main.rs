@@ -3,13 +3,17 @@
 mod bench;
 mod bench_kv;
 mod exit;
+mod fit;
 mod health;
 mod kvdir;
+mod limits;
 mod load;
 mod machine;
 mod metrics_http;
 mod monitor;
+mod out;
 mod plan;
+mod read;
 mod run;
 mod tier;
 

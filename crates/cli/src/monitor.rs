@@ -211,7 +211,9 @@ fn headless(session: &mut Session) -> Result<(), CliError> {
     let addr = session
         .metrics_addr
         .context("headless without an endpoint")?;
-    eprintln!("llmem monitor: serving Prometheus metrics at http://{addr}/metrics");
+    crate::out::note(&format!(
+        "llmem monitor: serving Prometheus metrics at http://{addr}/metrics"
+    ));
     let mut next = Instant::now() + session.interval;
     let mut reported: Option<String> = None;
     loop {
@@ -221,7 +223,7 @@ fn headless(session: &mut Session) -> Result<(), CliError> {
         // Report a failure once, not once a second.
         if session.last_error != reported {
             if let Some(e) = &session.last_error {
-                eprintln!("llmem monitor: sampling failed: {e}");
+                crate::out::note(&format!("llmem monitor: sampling failed: {e}"));
             }
             reported.clone_from(&session.last_error);
         }

@@ -1,16 +1,16 @@
 //! `llmem plan`: what a model needs in this machine, whether it fits, and what would.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use budget::{Bytes, Profile};
 use clap::{Args, ValueEnum};
 use engine::config::ModelConfig;
 use engine::memory::{Plan, PlanInput, plan};
-use probe::MemoryProbe;
 use serde::Serialize;
 
 use crate::exit::{CliError, input};
-use crate::machine;
+use crate::{limits, machine};
 
 /// KV cache types (`--kv-type`): one format for every block, or a tier mix by age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -61,20 +61,27 @@ impl KvType {
         let ctx = ctx.max(1);
         let n = ctx.div_ceil(bt);
         let bytes = |f: KvFormat| {
-            geom.block_bytes(if f.supports(&geom) { f } else { KvFormat::F16 }) as u64
+            geom.block_bytes(if f.supports(&geom) { f } else { KvFormat::F16 }) as u128
         };
-        let rest: u64 = (0..n).map(|b| bytes(mix.format_for(b, ctx, bt))).sum();
-        let transient = if mix.is_all_f16() {
+        // Counted per format, not walked per block: a context of 2^64-1 tokens has 2^60
+        // blocks (finding 7).
+        let rest: u128 = KvFormat::ALL
+            .iter()
+            .zip(mix.block_counts(ctx, bt))
+            .map(|(&f, count)| bytes(f) * u128::from(count))
+            .sum();
+        let transient: u128 = if mix.is_all_f16() {
             0
         } else {
             let f16 = bytes(KvFormat::F16);
-            // The newest micro-batch's blocks (plus the one it may straddle) as f16.
+            // The newest micro-batch's blocks (plus the one it may straddle) as f16: at
+            // most 2 + ubatch / block_tokens blocks.
             let k = (self.ubatch().min(ctx).div_ceil(bt) + 1).min(n);
             (n - k..n)
                 .map(|b| f16 - bytes(mix.format_for(b, ctx, bt)))
                 .sum()
         };
-        (rest + transient).div_ceil(ctx as u64)
+        u64::try_from((rest + transient).div_ceil(ctx as u128)).unwrap_or(u64::MAX)
     }
 
     /// The prompt micro-batch a session with this type uses (the session's rule).
@@ -121,20 +128,21 @@ impl BudgetArgs {
         let Some(p) = &self.profile else {
             return Ok(None);
         };
-        let profile = if Profile::BUILTIN.contains(&p.as_str()) {
-            Profile::builtin(p, machine_total)
-        } else {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                input(anyhow::anyhow!(
-                    "--profile {p}: not a built-in profile ({}) and not a readable file: {e}",
-                    Profile::BUILTIN.join(", ")
-                ))
-            })?;
-            Profile::from_yaml_str(&text)
-        };
-        profile
+        if Profile::BUILTIN.contains(&p.as_str()) {
+            return Profile::builtin(p, machine_total)
+                .map(Some)
+                .map_err(|e| input(anyhow::anyhow!("--profile {p}: {e}")));
+        }
+        // Read with the profile's size cap: `--profile /dev/zero` stops after 64 KiB.
+        Profile::from_yaml_file(std::path::Path::new(p))
             .map(Some)
-            .map_err(|e| input(anyhow::anyhow!("--profile {p}: {e}")))
+            .map_err(|e| match e {
+                budget::ProfileFileError::Read { .. } => input(anyhow::anyhow!(
+                    "--profile: not a built-in profile ({}) and {e}",
+                    Profile::BUILTIN.join(", ")
+                )),
+                _ => input(anyhow::anyhow!("--profile {e}")),
+            })
     }
 }
 
@@ -205,7 +213,7 @@ impl ModelFacts {
             return None;
         }
         // Beyond its training context a model's output degrades: never suggest more.
-        let cap = self.cfg.ctx_train.max(16);
+        let cap = self.cfg.ctx_train.clamp(16, limits::MAX_CTX_TOKENS);
         if fits(cap) {
             return Some(cap);
         }
@@ -217,12 +225,14 @@ impl ModelFacts {
         Some(lo)
     }
 
-    /// Largest number of sequences of `ctx` tokens that fits `budget`.
+    /// Largest number of sequences of `ctx` tokens that fits `budget` (at most
+    /// [`limits::MAX_SEQS`]).
     pub fn max_seqs(&self, budget: u64, ctx: usize, kv: KvType, threads: usize) -> usize {
         let one = plan(&self.input(ctx, 1, kv, threads));
         let per = one.kv_bytes.max(1);
         let base = one.total_bytes - one.kv_bytes;
-        budget.saturating_sub(base).checked_div(per).unwrap_or(0) as usize
+        let seqs = budget.saturating_sub(base).checked_div(per).unwrap_or(0);
+        usize::try_from(seqs).map_or(limits::MAX_SEQS, |s| s.min(limits::MAX_SEQS))
     }
 }
 
@@ -312,25 +322,17 @@ pub fn suggestions(
 }
 
 pub fn run(a: &PlanArgs) -> Result<(), CliError> {
-    if a.ctx == 0 || a.seqs == 0 {
-        return Err(input(anyhow::anyhow!(
-            "--ctx and --seqs must be at least 1"
-        )));
-    }
+    limits::context("--ctx", a.ctx)?;
+    limits::count("--seqs", a.seqs, 1, limits::MAX_SEQS)?;
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
-    let machine_total = probe::NativeProbe::new()
-        .platform()
-        .map(|p| p.mem_total_bytes)
-        .map_err(|e| CliError::Runtime(anyhow::anyhow!("cannot read the machine's memory: {e}")))?;
-    let (budget_bytes, source) = match a.budget.profile(Bytes(machine_total))? {
-        Some(p) => (p.total().0, format!("profile {}", p.name())),
-        None => (machine_total, "machine memory".to_string()),
-    };
+    let limit = crate::fit::Limit::of(&a.budget)?;
+    let (budget_bytes, source) = (limit.total_bytes, limit.source);
     let f = facts(&a.model)?;
+    limits::warn_past_training(&format!("--ctx {}", a.ctx), a.ctx, &f.cfg);
     let p = plan(&f.input(a.ctx, a.seqs, a.kv_type, threads));
     let fits = p.total_bytes <= budget_bytes;
     let copy = crate::tier::load().and_then(|t| t.dram_copy_gb_s);
-    let per_token = p.weights_bytes + p.kv_bytes / a.seqs as u64;
+    let per_token = p.weights_bytes.saturating_add(p.kv_bytes / a.seqs as u64);
     let report = PlanReport {
         model: a.model.display().to_string(),
         ctx: a.ctx,
@@ -359,27 +361,33 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
         memory_copy_gb_s: copy,
         decode_bound_tok_s: copy.map(|g| g * 1e9 / per_token.max(1) as f64),
     };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else if a.yaml {
         let y = serde_saphyr::to_string(&report)
             .map_err(|e| CliError::Runtime(anyhow::anyhow!("{e}")))?;
-        print!("{y}");
+        write!(out, "{y}")?;
     } else {
-        print_table(&report);
+        write_table(&mut out, &report)?;
     }
+    out.flush()?;
     Ok(())
 }
 
-fn print_table(r: &PlanReport) {
+/// The report as a table. Written, not printed: a closed stdout (`llmem plan | head -c
+/// 0`) is an error that exits 0, where `println!` would panic.
+fn write_table(out: &mut impl Write, r: &PlanReport) -> std::io::Result<()> {
     let b = |n: u64| Bytes(n).to_string();
-    println!(
+    writeln!(
+        out,
         "plan for {}  (ctx {}, {} seq, {} KV)",
         r.model,
         r.ctx,
         r.seqs,
         r.kv_type.name()
-    );
+    )?;
     for (name, v, why) in [
         ("weights", r.weights_bytes, "mapped GGUF, resident"),
         ("tokenizer", r.tokenizer_bytes, "vocabulary tables"),
@@ -387,47 +395,59 @@ fn print_table(r: &PlanReport) {
         ("scratch", r.scratch_bytes, "activations, attention, logits"),
         ("runtime", r.runtime_bytes, "code, stacks, allocator"),
     ] {
-        println!("  {name:<10} {:>12}   {why}", b(v));
+        writeln!(out, "  {name:<10} {:>12}   {why}", b(v))?;
     }
-    println!("  {:<10} {:>12}", "total", b(r.total_bytes));
-    println!(
+    writeln!(out, "  {:<10} {:>12}", "total", b(r.total_bytes))?;
+    writeln!(
+        out,
         "  {:<10} {:>12}   ({})",
         "budget",
         b(r.budget_bytes),
         r.budget_source
-    );
+    )?;
     if r.fits {
-        println!("fits, with {} to spare", b(r.budget_bytes - r.total_bytes));
+        writeln!(
+            out,
+            "fits, with {} to spare",
+            b(r.budget_bytes - r.total_bytes)
+        )?;
     } else {
-        println!("does NOT fit: short by {}", b(r.shortfall_bytes));
+        writeln!(out, "does NOT fit: short by {}", b(r.shortfall_bytes))?;
     }
     match (r.decode_bound_tok_s, r.memory_copy_gb_s) {
-        (Some(t), Some(g)) => println!(
+        (Some(t), Some(g)) => writeln!(
+            out,
             "decode at most {t:.0} tok/s per sequence at full context (weights + its KV read \
              once per token at the measured {g:.1} GB/s memory rate)"
-        ),
-        _ => println!("run `llmem bench memory` once for a decode-speed bound"),
+        )?,
+        _ => writeln!(
+            out,
+            "run `llmem bench memory` once for a decode-speed bound"
+        )?,
     }
-    println!(
+    writeln!(
+        out,
         "\n  kv type       bytes/token   largest ctx   seqs at ctx {}",
         r.ctx
-    );
+    )?;
     for f in &r.fits_by_kv_type {
         let ctx = f
             .max_ctx
             .map_or_else(|| "none".to_string(), |c| c.to_string());
-        println!(
+        writeln!(
+            out,
             "  {:<12} {:>12} {:>13} {:>13}",
             f.kv_type.name(),
             f.kv_bytes_per_token,
             ctx,
             f.max_seqs_at_ctx
-        );
+        )?;
     }
     if !r.suggestions.is_empty() {
-        println!("\nwhat would fit:");
+        writeln!(out, "\nwhat would fit:")?;
         for s in &r.suggestions {
-            println!("  {s}");
+            writeln!(out, "  {s}")?;
         }
     }
+    Ok(())
 }

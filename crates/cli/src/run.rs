@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use engine::forward::{Logits, Session, SessionConfig};
 use engine::sampler::{Sampler, SamplerConfig};
@@ -130,9 +129,7 @@ struct KvReport {
 }
 
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
-    if a.ctx == 0 {
-        return Err(input(anyhow::anyhow!("--ctx must be at least 1")));
-    }
+    crate::limits::context("--ctx", a.ctx)?;
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         return Err(input(anyhow::anyhow!(
             "--temperature must be a finite number ≥ 0"
@@ -142,23 +139,13 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         return Err(input(anyhow::anyhow!("--top-p must be in (0, 1]")));
     }
     let kv_dir_max = crate::kvdir::parse_max(&a.kv_dir_max)?;
-    let prompt = match (&a.prompt, &a.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read prompt file {}", f.display()))
-            .map_err(input)?,
-        (None, None) => {
-            return Err(input(anyhow::anyhow!(
-                "give --prompt TEXT or --prompt-file FILE"
-            )));
-        }
-    };
+    let no_prompt = || input(anyhow::anyhow!("give --prompt TEXT or --prompt-file FILE"));
+    if a.prompt.is_none() && a.prompt_file.is_none() {
+        return Err(no_prompt());
+    }
     let t_load = Instant::now();
     let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
-    let machine_total = probe::NativeProbe::new()
-        .platform()
-        .map_or(0, |p| p.mem_total_bytes);
-    let profile = a.budget.profile(budget::Bytes(machine_total))?;
+    let limit = crate::fit::Limit::of(&a.budget)?;
     let file = crate::load::map(&a.model)?;
     let mut tm = crate::load::text_model(&a.model, &file)?;
     let facts = crate::plan::ModelFacts {
@@ -168,31 +155,16 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     };
     let kv = crate::plan::KvType::from_name(&a.kv_type).unwrap_or(crate::plan::KvType::F16);
     let need = engine::memory::plan(&facts.input(a.ctx, 1, kv, threads));
-    // Check the budget before any weight page or buffer is touched.
-    let accounts = match &profile {
-        Some(p) => {
-            let usable = p.total().0.saturating_sub(
-                p.pools()
-                    .iter()
-                    .filter(|s| s.policy() == budget::Policy::Reserved)
-                    .map(|s| s.limit().0)
-                    .sum::<u64>(),
-            );
-            if need.total_bytes > usable {
-                let tips = crate::plan::suggestions(&facts, &need, usable, a.ctx, 1, kv, threads);
-                return Err(input(anyhow::anyhow!(
-                    "this run needs {} ({} bytes) but the budget allows {} ({} bytes): short by {} bytes; cheapest change: {}",
-                    budget::Bytes(need.total_bytes),
-                    need.total_bytes,
-                    budget::Bytes(usable),
-                    usable,
-                    need.total_bytes - usable,
-                    tips.first().map_or("a larger --budget", String::as_str)
-                )));
-            }
-            engine::memory::Accounts::of(&p.to_budget()).map_err(input)?
-        }
-        None => engine::memory::Accounts::unlimited(),
+    // Check the budget (or the machine's memory) before any weight page or buffer is
+    // touched, and before the prompt is read.
+    limit.check("this run", need.total_bytes, || {
+        crate::plan::suggestions(&facts, &need, limit.usable_bytes, a.ctx, 1, kv, threads)
+    })?;
+    let accounts = limit.accounts()?;
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => crate::read::prompt_file(f, a.ctx, &tm.tokenizer)?,
+        (None, None) => return Err(no_prompt()),
     };
     tm.account(&accounts, facts.file_bytes)?;
     let text = if a.raw {
@@ -211,6 +183,11 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             a.ctx
         )));
     }
+    // The furthest this run can reach, not --ctx itself: the default 4096 is no reason to
+    // warn about a short exchange with a model trained for 2048.
+    let reach = a.ctx.min(ids.len().saturating_add(a.max_tokens));
+    let what = format!("this run reaches {reach} tokens (prompt + --max-tokens, up to --ctx)");
+    crate::limits::warn_past_training(&what, reach, &tm.model.cfg);
     let cfg = SessionConfig {
         kv_mix: engine::forward::kv_mix_named(&a.kv_type).expect("clap checked the name"),
         ..SessionConfig::new(a.ctx, threads, 512)
@@ -234,7 +211,16 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         seed: a.seed,
     });
     let t_prefill = Instant::now();
-    let mut next = sampler.sample(session.eval(&ids[reused..], Logits::Last)?);
+    let sampled = |sampler: &mut Sampler, logits: &[f32], at: usize| {
+        sampler
+            .sample(logits)
+            .map_err(|e| crate::load::non_finite(e, &a.model, &file, at))
+    };
+    let mut next = sampled(
+        &mut sampler,
+        session.eval(&ids[reused..], Logits::Last)?,
+        ids.len(),
+    )?;
     let prefill_s = t_prefill.elapsed().as_secs_f64();
     let persisted = session.persist()?;
     if let Some(k) = &mut kv_dir {
@@ -267,7 +253,8 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         if session.n_past() >= a.ctx {
             break "ctx";
         }
-        next = sampler.sample(session.eval(&[next], Logits::Last)?);
+        let at = session.n_past() + 1;
+        next = sampled(&mut sampler, session.eval(&[next], Logits::Last)?, at)?;
     };
     let tail = decoder.finish();
     text_out.push_str(&tail);
@@ -288,7 +275,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         let rss = proc_.as_ref().map(|p| p.rss_bytes);
         let untracked = rss.map(|r| r as i64 - snapshot.used.0 as i64);
         let ledger = Ledger {
-            budget_bytes: profile.as_ref().map(|p| p.total().0),
+            budget_bytes: limit.profile.as_ref().map(|p| p.total().0),
             plan_total_bytes: need.total_bytes,
             rss_bytes: rss,
             rss_file_bytes: proc_.as_ref().and_then(|p| p.rss_file_bytes),

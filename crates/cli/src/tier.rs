@@ -20,7 +20,7 @@ pub fn load() -> Option<TierThroughput> {
         }
         Ok(_) => None,
         Err(e) => {
-            eprintln!("warning: ignoring saved tier rates: {e}");
+            crate::out::warn(&format!("ignoring saved tier rates: {e}"));
             None
         }
     }

@@ -4,7 +4,8 @@
 //! - [`config::ModelConfig`]: hyper-parameters from GGUF metadata.
 //! - [`model::Model`]: weight views borrowed from the mapped file (no copies).
 //! - [`forward::Session`]: one sequence — tokens in, logits out.
-//! - [`sampler::Sampler`]: greedy or temperature/top-k/top-p sampling.
+//! - [`sampler::Sampler`]: greedy or temperature/top-k/top-p sampling; it refuses logits
+//!   that are NaN or infinite, and [`finite`] finds the weight behind them.
 //! - [`chat`]: the model's own chat template, rendered.
 //! - [`text::TextModel`]: a model plus its tokenizer and end-of-generation tokens.
 //!
@@ -21,6 +22,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod finite;
 pub mod forward;
 pub mod memory;
 pub mod model;

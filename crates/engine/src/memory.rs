@@ -133,23 +133,53 @@ pub struct PlanInput<'a> {
     pub ubatch: usize,
 }
 
+/// Longest context a plan or a session is sized for, in tokens: 2^24 (16,777,216).
+///
+/// Sixteen times the longest context the supported architectures are trained for (1M
+/// tokens); the f16 KV of even the smallest supported model (SmolLM2-135M, 23,040 bytes a
+/// token) is 360 GiB there. Every context a user names is checked against it before any
+/// work, so that the sizes derived from it (blocks, bytes, attention splits) stay far
+/// from overflow: 2^24 tokens × 2^16 sequences × 2^22 bytes a token is 2^62.
+pub const MAX_CTX_TOKENS: usize = 1 << 24;
+
+/// Most sequences a plan is sized for (2^16): see [`MAX_CTX_TOKENS`].
+pub const MAX_SEQS: usize = 1 << 16;
+
 /// Process overhead outside the ledger: the binary's code and data, libc, thread stacks
 /// and the allocator's own use. Measured on x86-64 Linux (docs/design/plan.md).
 pub const RUNTIME_BYTES: u64 = 4 << 20;
 
 /// Computes what `input` needs.
+///
+/// Sizes saturate at `u64::MAX` instead of wrapping: a context or sequence count past
+/// [`MAX_CTX_TOKENS`] or [`MAX_SEQS`] (which callers refuse first) plans as "more than any
+/// budget", never as a small number that fits. A wrapped product once planned
+/// 8,796,093,022,208 sequences as `kv_bytes: 0, fits: true`.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let cfg = input.cfg;
-    let blocks = input.n_ctx.div_ceil(crate::forward::BLOCK_TOKENS) as u64;
-    let kv_bytes = blocks
-        * crate::forward::BLOCK_TOKENS as u64
-        * input.kv_bytes_per_token
-        * input.n_seqs as u64;
+    let bt = crate::forward::BLOCK_TOKENS as u64;
+    let kv_bytes = (input.n_ctx as u64)
+        .div_ceil(bt)
+        .checked_mul(bt)
+        .and_then(|tokens| tokens.checked_mul(input.kv_bytes_per_token))
+        .and_then(|per_seq| per_seq.checked_mul(input.n_seqs as u64))
+        .unwrap_or(u64::MAX);
+    let attention = if input.n_ctx <= MAX_CTX_TOKENS {
+        attention_scratch_bytes(cfg, input.ubatch, input.n_ctx, input.threads)
+    } else {
+        u64::MAX
+    };
     let scratch_bytes = scratch_bytes(cfg, input.ubatch)
-        + attention_scratch_bytes(cfg, input.ubatch, input.n_ctx, input.threads)
-        + cfg.vocab as u64 * 4;
-    let total_bytes =
-        input.file_bytes + input.tokenizer_bytes + kv_bytes + scratch_bytes + RUNTIME_BYTES;
+        .saturating_add(attention)
+        .saturating_add(cfg.vocab as u64 * 4);
+    let total_bytes = [
+        input.tokenizer_bytes,
+        kv_bytes,
+        scratch_bytes,
+        RUNTIME_BYTES,
+    ]
+    .into_iter()
+    .fold(input.file_bytes, u64::saturating_add);
     Plan {
         weights_bytes: input.file_bytes,
         tokenizer_bytes: input.tokenizer_bytes,

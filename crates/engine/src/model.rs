@@ -53,7 +53,7 @@ pub fn model_digest(file: &GgufFile<'_>) -> u64 {
     h.digest()
 }
 
-fn wtype_of(name: &str, t: GgmlType) -> Result<WType, LoadError> {
+pub(crate) fn wtype_of(name: &str, t: GgmlType) -> Result<WType, LoadError> {
     Ok(match t {
         GgmlType::F32 => WType::F32,
         GgmlType::F16 => WType::F16,

@@ -1,9 +1,16 @@
 //! Choosing the next token from logits: greedy, or temperature with top-k and top-p.
 
+/// Temperatures below this sample greedily. Scaled by 1/T, a gap of 10^-4 between two
+/// logits becomes 100, a probability ratio of e^-100: sampling there is greedy in all but
+/// exact ties. Dividing by a smaller T overflows f32 (1/1e-38 is 1e38, and a logit of 4
+/// times that is inf): `--temperature 1e-38` once made inf − inf = NaN weights and sampled
+/// garbage.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-6;
+
 /// How to pick tokens.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplerConfig {
-    /// 0 (or below) means greedy.
+    /// Below [`GREEDY_BELOW_TEMPERATURE`] (0 included) means greedy.
     pub temperature: f32,
     /// Keep only the `top_k` most likely tokens (0 = all).
     pub top_k: usize,
@@ -20,6 +27,36 @@ impl Default for SamplerConfig {
             top_p: 0.95,
             seed: 0,
         }
+    }
+}
+
+/// The logits to sample from hold NaN or an infinity: something upstream (a corrupt
+/// weight, an overflowing activation) broke the forward pass, and any token picked from
+/// them would be arbitrary.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("the logits hold {value} at vocabulary index {index} (of {len})")]
+pub struct NonFiniteLogits {
+    /// The first non-finite entry.
+    pub index: usize,
+    /// Its value (NaN, inf or -inf).
+    pub value: f32,
+    /// Entries in the row.
+    pub len: usize,
+}
+
+/// The first entry of `logits` that is NaN or infinite. One pass over the row, against
+/// the forward pass that made it (a vocabulary row is ~0.01% of a token's work).
+///
+/// # Errors
+/// [`NonFiniteLogits`] naming the first such entry.
+pub fn check_finite(logits: &[f32]) -> Result<(), NonFiniteLogits> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(NonFiniteLogits {
+            index,
+            value: logits[index],
+            len: logits.len(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -60,17 +97,27 @@ impl Sampler {
     }
 
     /// Picks a token from `logits`.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.cfg.temperature <= 0.0 || logits.len() <= 1 {
-            return argmax(logits);
+    ///
+    /// # Errors
+    /// [`NonFiniteLogits`] when the row holds NaN or an infinity: no token is picked from
+    /// a broken forward pass.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32, NonFiniteLogits> {
+        check_finite(logits)?;
+        // False for a NaN temperature too, which then samples greedily.
+        let warm = self.cfg.temperature >= GREEDY_BELOW_TEMPERATURE;
+        if !warm || logits.len() <= 1 {
+            return Ok(argmax(logits));
         }
         let inv_t = 1.0 / self.cfg.temperature;
+        // Scaled after subtracting the maximum: every value is then ≤ 0 and the largest is
+        // exactly 0, so no product overflows to +inf and the weights below are in (0, 1].
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.cand.clear();
         self.cand.extend(
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &l)| (l * inv_t, i as u32)),
+                .map(|(i, &l)| ((l - max) * inv_t, i as u32)),
         );
         let k = if self.cfg.top_k == 0 {
             self.cand.len()
@@ -83,10 +130,9 @@ impl Sampler {
             self.cand.truncate(k);
         }
         self.cand.sort_unstable_by(by_logit);
-        let max = self.cand[0].0;
         let mut sum = 0.0f32;
         for c in self.cand.iter_mut() {
-            c.0 = (c.0 - max).exp();
+            c.0 = c.0.exp();
             sum += c.0;
         }
         // Top-p: smallest prefix reaching the mass.
@@ -105,10 +151,10 @@ impl Sampler {
         for c in &self.cand {
             r -= c.0;
             if r <= 0.0 {
-                return c.1;
+                return Ok(c.1);
             }
         }
-        self.cand.last().map_or(0, |c| c.1)
+        Ok(self.cand.last().map_or(0, |c| c.1))
     }
 }
 
@@ -120,7 +166,7 @@ mod tests {
     fn greedy_takes_the_first_maximum() {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
         let mut s = Sampler::new(SamplerConfig::default());
-        assert_eq!(s.sample(&[0.5, -1.0, 2.0]), 2);
+        assert_eq!(s.sample(&[0.5, -1.0, 2.0]).unwrap(), 2);
     }
 
     #[test]
@@ -134,11 +180,11 @@ mod tests {
         };
         let a: Vec<u32> = {
             let mut s = Sampler::new(cfg);
-            (0..50).map(|_| s.sample(&logits)).collect()
+            (0..50).map(|_| s.sample(&logits).unwrap()).collect()
         };
         let b: Vec<u32> = {
             let mut s = Sampler::new(cfg);
-            (0..50).map(|_| s.sample(&logits)).collect()
+            (0..50).map(|_| s.sample(&logits).unwrap()).collect()
         };
         assert_eq!(a, b);
         // The three largest logits are 2.7 at indices 9, 19, 29, …: only those may come out.
@@ -155,7 +201,54 @@ mod tests {
         };
         let mut s = Sampler::new(cfg);
         for _ in 0..20 {
-            assert_eq!(s.sample(&[10.0, 0.0, 0.0, 0.0]), 0);
+            assert_eq!(s.sample(&[10.0, 0.0, 0.0, 0.0]).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn finding9_tiny_temperatures_sample_greedily() {
+        // Logits past 3.4 overflowed once multiplied by 1/1e-38.
+        let logits = [5.0, -7.5, 12.0, 11.999, -40.0];
+        for t in [1e-38, 1e-30, 1e-7, f32::MIN_POSITIVE, 1e-45] {
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: t,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 3,
+            });
+            for _ in 0..10 {
+                assert_eq!(s.sample(&logits), Ok(2), "temperature {t}");
+            }
+        }
+        // Just above the threshold the scaled values stay finite and the top token wins.
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1e-5,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 3,
+        });
+        assert_eq!(s.sample(&[1e30, -1e30, 0.0]), Ok(0));
+    }
+
+    #[test]
+    fn finding9_non_finite_logits_are_an_error_naming_the_first() {
+        for cfg in [
+            SamplerConfig::default(),
+            SamplerConfig {
+                temperature: 0.8,
+                ..SamplerConfig::default()
+            },
+        ] {
+            let mut s = Sampler::new(cfg);
+            let err = s.sample(&[0.0, f32::NAN, f32::INFINITY]).unwrap_err();
+            assert_eq!((err.index, err.len), (1, 3));
+            assert!(err.value.is_nan());
+            let err = s.sample(&[0.0, 1.0, f32::NEG_INFINITY]).unwrap_err();
+            assert_eq!((err.index, err.value), (2, f32::NEG_INFINITY));
+            assert!(
+                err.to_string().contains("-inf at vocabulary index 2"),
+                "{err}"
+            );
         }
     }
 }

@@ -67,21 +67,59 @@ impl TierMix {
         if b < self.sink_blocks {
             return self.sink_format;
         }
-        if age < self.hot_tokens + self.warm_tokens {
+        let warm_age = self.hot_tokens.saturating_add(self.warm_tokens);
+        if age < warm_age {
             return KvFormat::Q8.min(self.cold_format);
         }
-        if age < self.hot_tokens + self.warm_tokens + self.cool_tokens {
+        if age < warm_age.saturating_add(self.cool_tokens) {
             return KvFormat::Q4.min(self.cold_format);
         }
         self.cold_format
     }
 
+    /// How many of the blocks of a sequence of `len` tokens (`bt` tokens a block) are in
+    /// each format, indexed as [`KvFormat::ALL`]: the counts [`TierMix::format_for`] gives
+    /// block by block, in constant time. Planning asks this for contexts of up to 2^24
+    /// tokens and searches over them; a walk over the blocks made `plan --ctx 2^64-1`
+    /// spin for minutes.
+    ///
+    /// # Panics
+    /// If `bt` is 0.
+    pub fn block_counts(&self, len: usize, bt: usize) -> [u64; 4] {
+        assert!(bt > 0, "blocks hold at least one token");
+        let mut counts = [0u64; 4];
+        let mut add = |f: KvFormat, n: usize| {
+            let i = KvFormat::ALL.iter().position(|&a| a == f).unwrap_or(0);
+            counts[i] += n as u64;
+        };
+        let full = len / bt;
+        // The partial block being written is f16.
+        add(KvFormat::F16, len.div_ceil(bt) - full);
+        // Full blocks with at least `t` tokens after them are the first `older(t)`: block
+        // b ends at (b + 1) · bt, so its age len − (b + 1) · bt ≥ t ⟺ b < (len − t) / bt.
+        let older = |t: usize| len.checked_sub(t).map_or(0, |rest| rest / bt);
+        let hot_end = older(self.hot_tokens);
+        add(KvFormat::F16, full - hot_end);
+        // Below the residual window: the sink first, then by age.
+        let sink_end = self.sink_blocks.min(hot_end);
+        add(self.sink_format, sink_end);
+        let warm_age = self.hot_tokens.saturating_add(self.warm_tokens);
+        let cool_age = warm_age.saturating_add(self.cool_tokens);
+        let warm_end = older(warm_age).max(sink_end);
+        let cool_end = older(cool_age).max(sink_end);
+        add(KvFormat::Q8.min(self.cold_format), hot_end - warm_end);
+        add(KvFormat::Q4.min(self.cold_format), warm_end - cool_end);
+        add(self.cold_format, cool_end - sink_end);
+        counts
+    }
+
     /// Average RAM bytes per token of a sequence of `len` tokens under this mix.
     pub fn bytes_per_token(&self, layout: &KvLayout, len: usize) -> f64 {
-        let bt = layout.block_tokens();
-        let n = len.div_ceil(bt);
-        let total: u64 = (0..n)
-            .map(|b| layout.block_bytes_in(self.format_for(b, len, bt)))
+        let counts = self.block_counts(len, layout.block_tokens());
+        let total: u64 = KvFormat::ALL
+            .iter()
+            .zip(counts)
+            .map(|(&f, n)| layout.block_bytes_in(f) * n)
             .sum();
         total as f64 / len.max(1) as f64
     }
@@ -117,5 +155,78 @@ impl KvCache {
                 (want > m.format && m.tier != Tier::Disk && !m.compressed).then_some((id, want))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`TierMix::block_counts`] against [`TierMix::format_for`] asked block by block.
+    fn counted_one_by_one(mix: &TierMix, len: usize, bt: usize) -> [u64; 4] {
+        let mut counts = [0u64; 4];
+        for b in 0..len.div_ceil(bt) {
+            let f = mix.format_for(b, len, bt);
+            counts[KvFormat::ALL.iter().position(|&a| a == f).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn block_counts_equal_the_block_by_block_formats() {
+        let tiered = TierMix {
+            sink_blocks: 2,
+            sink_format: KvFormat::Q8,
+            hot_tokens: 48,
+            warm_tokens: 64,
+            cool_tokens: 96,
+            cold_format: KvFormat::Q2,
+        };
+        let mixes = [
+            TierMix::uniform(KvFormat::F16),
+            TierMix::uniform(KvFormat::Q4),
+            tiered,
+            TierMix {
+                cold_format: KvFormat::Q4,
+                ..tiered
+            },
+            TierMix {
+                sink_blocks: 40,
+                hot_tokens: 5,
+                warm_tokens: 0,
+                cool_tokens: usize::MAX,
+                ..tiered
+            },
+            TierMix {
+                hot_tokens: usize::MAX,
+                ..tiered
+            },
+        ];
+        for mix in &mixes {
+            for bt in [1, 3, 16] {
+                for len in 0..700 {
+                    assert_eq!(
+                        mix.block_counts(len, bt),
+                        counted_one_by_one(mix, len, bt),
+                        "{mix:?} len {len} bt {bt}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn finding7_block_counts_of_the_largest_context_are_immediate() {
+        let mix = TierMix {
+            sink_blocks: 1,
+            sink_format: KvFormat::F16,
+            hot_tokens: 192,
+            warm_tokens: 1024,
+            cool_tokens: 4096,
+            cold_format: KvFormat::Q2,
+        };
+        let counts = mix.block_counts(usize::MAX, 16);
+        assert_eq!(counts.iter().sum::<u64>(), usize::MAX.div_ceil(16) as u64);
+        assert_eq!(counts[1], 1024 / 16);
     }
 }

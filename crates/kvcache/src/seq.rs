@@ -60,7 +60,15 @@ pub enum KvError {
     #[error("KV disk tier: {0}")]
     Disk(String),
     #[error("KV cache over its memory budget: {0}")]
-    OverBudget(#[from] budget::OutOfBudget),
+    OverBudget(budget::OutOfBudget),
+}
+
+// By hand, not `#[from]`: that would also return the cause from `source()`, and an error
+// chain printed whole would show it twice.
+impl From<budget::OutOfBudget> for KvError {
+    fn from(e: budget::OutOfBudget) -> Self {
+        KvError::OverBudget(e)
+    }
 }
 
 #[derive(Debug, Default, Clone)]

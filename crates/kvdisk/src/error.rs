@@ -4,16 +4,17 @@ use std::path::PathBuf;
 use crate::{Compression, Corruption, DecodeError, Fault};
 
 /// Everything that can go wrong in this crate.
+/// A variant with a cause shows it in its message and does not also return it from
+/// `source()`: an error chain printed whole would show the OS's words twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DiskError {
     /// A file-system call failed; `op` says which (`"create"`, `"rename"`, …).
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A block file failed a check (or its name holds something other than a regular
     /// file). [`crate::BlockStore::get`] has removed it (unless the handle is read-only),
@@ -57,7 +58,7 @@ impl DiskError {
         Self::Io {
             op,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -56,7 +56,7 @@ impl Region {
             .checked_add(align)
             .ok_or_else(|| BenchError::Alloc {
                 bytes: len as u64,
-                source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                cause: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
             })?;
         let map_ptr = map(map_len)?;
         let offset = map_ptr.align_offset(align);
@@ -132,7 +132,7 @@ fn map(len: usize) -> Result<*mut u8, BenchError> {
     if ptr == libc::MAP_FAILED {
         return Err(BenchError::Alloc {
             bytes: len as u64,
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     Ok(ptr.cast())
@@ -152,14 +152,14 @@ unsafe fn unmap(ptr: *mut u8, len: usize) {
 fn map(len: usize) -> Result<*mut u8, BenchError> {
     let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|_| BenchError::Alloc {
         bytes: len as u64,
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        cause: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
     // SAFETY: the layout has a non-zero size (callers map at least one alignment's worth).
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
         return Err(BenchError::Alloc {
             bytes: len as u64,
-            source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+            cause: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
         });
     }
     Ok(ptr)

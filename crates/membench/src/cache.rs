@@ -137,6 +137,46 @@ impl CacheLevels {
         self.sizes_up_to(top)
     }
 
+    /// Quick bandwidth working sets (the default): half of each known cache level, well
+    /// inside it, and one main-memory point at 4 × the last level, at least 256 MiB, where
+    /// the saved DRAM copy rate is read. The full sweep goes to 32 × the last level: 16 GiB
+    /// and over fifteen minutes on a two-core machine with a 480 MiB last level.
+    #[must_use]
+    pub fn quick_bandwidth_sizes(&self) -> Vec<u64> {
+        let dram = self.l3.unwrap_or(0).saturating_mul(4).max(256 * MIB);
+        let mut sizes = self.halves();
+        sizes.retain(|&s| s < dram);
+        sizes.push(dram);
+        sizes
+    }
+
+    /// Quick latency working sets (the default): half of each known cache level. Main
+    /// memory is left to the full sweep: a pointer chase visits every line of its set on
+    /// each of its ~8 laps, and at 4 × a 480 MiB last level that took seven minutes of a
+    /// shared two-core machine for one point. 64 MiB when no level is known.
+    #[must_use]
+    pub fn quick_latency_sizes(&self) -> Vec<u64> {
+        let sizes = self.halves();
+        if sizes.is_empty() {
+            vec![64 * MIB]
+        } else {
+            sizes
+        }
+    }
+
+    /// Half of each known level, in 4 KiB steps, ascending, without repeats.
+    fn halves(&self) -> Vec<u64> {
+        let mut sizes: Vec<u64> = [self.l1d, self.l2, self.l3]
+            .into_iter()
+            .flatten()
+            .map(|level| level / 2 / (4 * KIB) * (4 * KIB))
+            .filter(|&s| s >= MIN_SIZE_BYTES)
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
     fn sizes_up_to(&self, top: u64) -> Vec<u64> {
         let top = top.min(1 << 40).next_power_of_two();
         let mut sizes: Vec<u64> = std::iter::successors(Some(MIN_SIZE_BYTES), |s| Some(s * 2))
@@ -260,6 +300,27 @@ mod tests {
         assert!(sizes.windows(2).all(|w| w[0] < w[1]));
         let latency = levels.default_latency_sizes();
         assert_eq!(latency.last(), Some(&(256 * MIB)));
+    }
+
+    #[test]
+    fn quick_sizes_put_one_point_in_each_level_and_bandwidth_one_in_dram() {
+        let levels = zen3();
+        let sizes = levels.quick_bandwidth_sizes();
+        let found: Vec<Level> = sizes.iter().map(|&s| levels.level_of(s, 1)).collect();
+        assert_eq!(
+            found,
+            [Level::L1, Level::L2, Level::L3, Level::Dram],
+            "{sizes:?}"
+        );
+        assert_eq!(sizes.last(), Some(&(256 * MIB)));
+        assert_eq!(levels.quick_latency_sizes(), sizes[..3]);
+        let big_l3 = CacheLevels {
+            l3: Some(480 * MIB),
+            ..zen3()
+        };
+        assert_eq!(big_l3.quick_bandwidth_sizes().last(), Some(&(1920 * MIB)));
+        assert_eq!(CacheLevels::default().quick_bandwidth_sizes(), [256 * MIB]);
+        assert_eq!(CacheLevels::default().quick_latency_sizes(), [64 * MIB]);
     }
 
     #[test]

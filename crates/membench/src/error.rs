@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 /// Why a memory benchmark run could not be carried out.
+/// A variant with a cause shows it in its message and does not also return it from
+/// `source()`: an error chain printed whole would show the OS's words twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BenchError {
@@ -15,20 +17,20 @@ pub enum BenchError {
         value: u64,
     },
     /// The operating system refused the memory for a working set.
-    #[error("could not allocate {bytes} bytes for a working set: {source}")]
+    #[error("could not allocate {bytes} bytes for a working set: {cause}")]
     Alloc {
         /// Bytes requested, including alignment padding.
         bytes: u64,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A worker thread could not be started.
-    #[error("could not start benchmark worker thread {index}: {source}")]
+    #[error("could not start benchmark worker thread {index}: {cause}")]
     Spawn {
         /// The worker's index in the pool.
         index: usize,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -56,26 +58,27 @@ pub enum ParseSizeError {
 }
 
 /// Why tier throughput could not be measured, saved or loaded.
+/// Causes are shown in the messages only (see [`BenchError`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TierError {
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {cause}")]
     Io {
         /// What was being done (`create`, `write`, `fsync`, `read`, `rename`, ...).
         op: &'static str,
         /// The file or directory involved.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A saved throughput file is not valid JSON of the expected shape.
-    #[error("malformed tier throughput file {path}: {source}")]
+    #[error("malformed tier throughput file {path}: {cause}")]
     Json {
         /// The file read.
         path: PathBuf,
         /// What the parser said.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A saved throughput file was written by an incompatible version.
     #[error("tier throughput file {path} has schema version {found}, expected {expected}")]

@@ -159,8 +159,13 @@ pub enum StorePolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Working-set sizes in bytes (total over an op's arrays). `None`: chosen from the
-    /// cache sizes, 4 KiB to ≥ 1 GiB for bandwidth and to ≥ 256 MiB for latency.
+    /// cache sizes as [`Config::sweep`] says.
     pub sizes: Option<Vec<u64>>,
+    /// Which sizes `sizes: None` means.
+    pub sweep: Sweep,
+    /// Largest working set the chosen sizes may have (`sizes: None` only): a budget's or
+    /// the machine's memory. `None`: no limit.
+    pub max_bytes: Option<u64>,
     /// Threads for the all-threads runs. `None`: every CPU the process may use. Bandwidth
     /// is measured on one thread and on this many (once when it is 1).
     pub threads: Option<usize>,
@@ -181,6 +186,19 @@ pub struct Config {
     pub huge_pages: bool,
 }
 
+/// How many working-set sizes a run without explicit sizes measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// One point inside each cache level, and one in main memory for bandwidth
+    /// ([`CacheLevels::quick_bandwidth_sizes`], [`CacheLevels::quick_latency_sizes`]):
+    /// about a minute.
+    Quick,
+    /// Every power of two from 4 KiB to past the last level, plus points around each
+    /// level ([`CacheLevels::default_bandwidth_sizes`], [`CacheLevels::default_latency_sizes`]):
+    /// many minutes where the last level is large.
+    Full,
+}
+
 impl Default for Config {
     fn default() -> Config {
         let mut ops = vec![Op::Read, Op::Write, Op::Copy, Op::Triad, Op::Latency];
@@ -189,6 +207,8 @@ impl Default for Config {
         }
         Config {
             sizes: None,
+            sweep: Sweep::Quick,
+            max_bytes: None,
             threads: None,
             reps: 5,
             ops,
@@ -200,6 +220,31 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The bandwidth working sets this configuration measures, in order.
+    #[must_use]
+    pub fn bandwidth_sizes(&self, caches: &CacheLevels) -> Vec<u64> {
+        match (&self.sizes, self.sweep) {
+            (Some(sizes), _) => sizes.clone(),
+            (None, Sweep::Quick) => self.at_most_max(caches.quick_bandwidth_sizes()),
+            (None, Sweep::Full) => self.at_most_max(caches.default_bandwidth_sizes()),
+        }
+    }
+
+    /// The latency working sets this configuration measures, in order.
+    #[must_use]
+    pub fn latency_sizes(&self, caches: &CacheLevels) -> Vec<u64> {
+        match (&self.sizes, self.sweep) {
+            (Some(sizes), _) => sizes.clone(),
+            (None, Sweep::Quick) => self.at_most_max(caches.quick_latency_sizes()),
+            (None, Sweep::Full) => self.at_most_max(caches.default_latency_sizes()),
+        }
+    }
+
+    fn at_most_max(&self, mut sizes: Vec<u64>) -> Vec<u64> {
+        sizes.retain(|&s| self.max_bytes.is_none_or(|max| s <= max));
+        sizes
+    }
+
     fn validate(&self) -> Result<(), BenchError> {
         let invalid = |what, value: u64| Err(BenchError::InvalidConfig { what, value });
         if self.reps == 0 {
@@ -224,7 +269,7 @@ impl Config {
 }
 
 /// Measures what `config` asks for on this machine. Takes as long as the points need:
-/// one to two minutes for the defaults on a two-core machine.
+/// about a minute for the defaults ([`Sweep::Quick`]) on a two-core machine.
 ///
 /// # Errors
 /// [`BenchError`] when the configuration is invalid, a working set cannot be allocated, or
@@ -272,10 +317,7 @@ pub fn run_with(
         .filter(|o| o.is_bandwidth())
         .collect();
     if !bandwidth_ops.is_empty() {
-        let sizes = config
-            .sizes
-            .clone()
-            .unwrap_or_else(|| caches.default_bandwidth_sizes());
+        let sizes = config.bandwidth_sizes(caches);
         let pages = if config.huge_pages {
             Pages::Huge
         } else {
@@ -318,10 +360,7 @@ pub fn run_with(
         .filter(|o| *o == Op::Latency || (*o == Op::LatencyHuge && cfg!(target_os = "linux")))
         .collect();
     if !latency_ops.is_empty() {
-        let sizes = config
-            .sizes
-            .clone()
-            .unwrap_or_else(|| caches.default_latency_sizes());
+        let sizes = config.latency_sizes(caches);
         let line = caches.line_or_default();
         for &size in &sizes {
             for &op in &latency_ops {

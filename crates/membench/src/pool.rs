@@ -118,7 +118,10 @@ impl Pool {
                     let _ = tx.send(affinity::pin_current(cpu));
                     worker(&shared, index);
                 })
-                .map_err(|source| BenchError::Spawn { index, source })?;
+                .map_err(|source| BenchError::Spawn {
+                    index,
+                    cause: source,
+                })?;
             pool.handles.push(handle);
         }
         drop(tx);

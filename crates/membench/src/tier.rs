@@ -151,7 +151,7 @@ impl TierThroughput {
         }
         let json = serde_json::to_string_pretty(self).map_err(|source| TierError::Json {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
         std::fs::write(&tmp, json).map_err(io_error("write", &tmp))?;
@@ -182,7 +182,7 @@ impl TierThroughput {
                 return Err(TierError::Io {
                     op: "read",
                     path: path.to_owned(),
-                    source,
+                    cause: source,
                 });
             }
         };
@@ -192,7 +192,7 @@ impl TierThroughput {
         }
         let json = |source| TierError::Json {
             path: path.to_owned(),
-            source,
+            cause: source,
         };
         let version: Version = serde_json::from_str(&text).map_err(json)?;
         if version.schema_version != SCHEMA_VERSION {
@@ -211,7 +211,7 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     move |source| TierError::Io {
         op,
         path: path.to_owned(),
-        source,
+        cause: source,
     }
 }
 
@@ -284,7 +284,7 @@ pub fn measure_disk(config: &DiskConfig) -> Result<DiskThroughput, TierError> {
     std::fs::create_dir_all(&config.dir).map_err(|source| TierError::Io {
         op: "create directory",
         path: config.dir.clone(),
-        source,
+        cause: source,
     })?;
     let file = TempFile(
         config

@@ -23,6 +23,7 @@ fn quick(ops: Vec<Op>) -> Config {
         min_rep_time: Duration::from_micros(300),
         stores: StorePolicy::Best,
         huge_pages: true,
+        ..Config::default()
     }
 }
 

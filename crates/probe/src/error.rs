@@ -61,35 +61,35 @@ pub(crate) fn excerpt(text: &str) -> String {
 /// Signals that a platform may simply lack (PSI, cgroup v2, NVML, a sysctl of a newer OS)
 /// are never errors: they read as `None`. These variants are for what every supported
 /// system has.
+///
+/// A variant with a cause shows it in its message and does not also return it from
+/// `source()`: an error chain printed whole would show the OS's words twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProbeError {
     /// A file every supported kernel has could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A file was read but its contents made no sense.
-    #[error("cannot parse {}: {source}", path.display())]
+    #[error("cannot parse {}: {cause}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
         /// What was wrong.
-        #[source]
-        source: ParseError,
+        cause: ParseError,
     },
     /// A sysctl that every supported macOS has failed.
-    #[error("sysctl {name} failed: {source}")]
+    #[error("sysctl {name} failed: {cause}")]
     Sysctl {
         /// The sysctl's name.
         name: &'static str,
         /// The errno it failed with.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A Mach call returned an error code.
     #[error("{call} failed with kern_return_t {code}")]
@@ -101,12 +101,11 @@ pub enum ProbeError {
     },
     /// NVML was loaded but a query failed.
     #[cfg(all(feature = "nvml", target_os = "linux"))]
-    #[error("NVML {call} failed: {source}")]
+    #[error("NVML {call} failed: {cause}")]
     Nvml {
         /// The NVML call, e.g. `nvmlDeviceGetMemoryInfo`.
         call: &'static str,
         /// What NVML said.
-        #[source]
-        source: nvml_wrapper::error::NvmlError,
+        cause: nvml_wrapper::error::NvmlError,
     },
 }

@@ -179,7 +179,7 @@ impl FakeProbe {
         if self.state().fault == Some(what) {
             return Err(ProbeError::Read {
                 path: PathBuf::from(format!("fake/{what:?}")),
-                source: io::Error::other("fault scripted by the test"),
+                cause: io::Error::other("fault scripted by the test"),
             });
         }
         Ok(())

@@ -39,6 +39,9 @@ pub struct HealthContext {
     /// The GPU's working-set size when the probe's GPU view lacks it (Metal's
     /// `recommendedMaxWorkingSetSize`).
     pub gpu_working_set_bytes: Option<u64>,
+    /// What `kv_f16_bytes` of KV would take as int8, from the KV format's own layout
+    /// (codes, scales and minima). Without it the int8 advice estimates 17/32 of f16.
+    pub kv_int8_bytes: Option<u64>,
 }
 
 impl HealthContext {
@@ -74,6 +77,13 @@ impl HealthContext {
     #[must_use]
     pub fn with_gpu_working_set(mut self, bytes: u64) -> Self {
         self.gpu_working_set_bytes = Some(bytes);
+        self
+    }
+
+    /// With the bytes the same KV takes as int8.
+    #[must_use]
+    pub fn with_kv_int8(mut self, bytes: u64) -> Self {
+        self.kv_int8_bytes = Some(bytes);
         self
     }
 }

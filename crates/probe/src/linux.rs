@@ -1,5 +1,6 @@
-//! The Linux backend: `/proc`, PSI, cgroup v2, sysfs, and NVML when the `nvml` feature is
-//! on and a driver is present. Thin: it reads files and hands them to [`crate::parse`].
+//! The Linux backend: `/proc`, PSI, cgroup v2 (v1's memory controller where v2 has none),
+//! sysfs, and NVML when the `nvml` feature is on and a driver is present. Thin: it reads
+//! files and hands them to [`crate::parse`].
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -9,9 +10,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{ParseError, ProbeError};
 use crate::memory_probe::MemoryProbe;
 use crate::parse::{
-    CgroupMemory, MemInfo, parse_buddyinfo, parse_cache_kind, parse_cache_size,
+    CgroupMemory, CgroupVersion, MemInfo, parse_buddyinfo, parse_cache_kind, parse_cache_size,
     parse_cgroup_events, parse_cgroup_limit, parse_cgroup_stat, parse_cgroup_value,
-    parse_cgroup2_mount, parse_cpu_list, parse_meminfo, parse_proc_cgroup, parse_proc_status,
+    parse_cgroup1_limit, parse_cgroup1_memory_mount, parse_cgroup1_stat, parse_cgroup2_mount,
+    parse_cpu_list, parse_meminfo, parse_proc_cgroup, parse_proc_cgroup1_memory, parse_proc_status,
     parse_psi, parse_smaps_rollup,
 };
 use crate::snapshot::{
@@ -77,7 +79,10 @@ impl LinuxProbe {
     /// Reads a file every supported kernel has.
     fn read(&self, relative: &str) -> Result<String, ProbeError> {
         let path = self.path(relative);
-        fs::read_to_string(&path).map_err(|source| ProbeError::Read { path, source })
+        fs::read_to_string(&path).map_err(|source| ProbeError::Read {
+            path,
+            cause: source,
+        })
     }
 
     /// Reads a file a kernel may lack. Absent, forbidden or disabled (PSI compiled in but
@@ -87,7 +92,10 @@ impl LinuxProbe {
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text)),
             Err(e) if is_absent(&e) => Ok(None),
-            Err(source) => Err(ProbeError::Read { path, source }),
+            Err(source) => Err(ProbeError::Read {
+                path,
+                cause: source,
+            }),
         }
     }
 
@@ -99,7 +107,7 @@ impl LinuxProbe {
         let text = self.read(relative)?;
         parser(&text).map_err(|source| ProbeError::Parse {
             path: self.path(relative),
-            source,
+            cause: source,
         })
     }
 
@@ -114,7 +122,7 @@ impl LinuxProbe {
         };
         parser(&text).map(Some).map_err(|source| ProbeError::Parse {
             path: self.root.join(relative),
-            source,
+            cause: source,
         })
     }
 
@@ -172,8 +180,73 @@ impl LinuxProbe {
         Ok(u32::try_from(cores.len()).ok().filter(|&n| n > 0))
     }
 
-    /// The cgroup v2 this process is in, or `None` on v1/hybrid hosts and at the root.
-    fn cgroup(&self) -> Result<Option<CgroupMemory>, ProbeError> {
+    /// This process's cgroup: v2 where its hierarchy has the memory controller, else v1's
+    /// memory controller; `None` without either (or at a v2 root).
+    fn cgroup(&self, mem_total_bytes: u64) -> Result<Option<CgroupMemory>, ProbeError> {
+        match self.cgroup2()? {
+            Some(cgroup) => Ok(Some(cgroup)),
+            None => self.cgroup1(mem_total_bytes),
+        }
+    }
+
+    /// The v1 memory controller's view of this process's cgroup. Its `memory.stat` gives
+    /// the tightest limit over the ancestors (`hierarchical_memory_limit`), so no walk up
+    /// is needed; v1's "no limit" value reads as `None`.
+    fn cgroup1(&self, mem_total_bytes: u64) -> Result<Option<CgroupMemory>, ProbeError> {
+        let Some(path) = self
+            .parse_optional("proc/self/cgroup", parse_proc_cgroup1_memory)?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let Some(mount) = self
+            .parse_optional("proc/self/mountinfo", parse_cgroup1_memory_mount)?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let mut dir = PathBuf::from(mount.dir_of(&path));
+        // A container often sees its own cgroup at the hierarchy's mount point while
+        // /proc/self/cgroup still names the host's path for it.
+        if self
+            .read_optional(&dir.join("memory.usage_in_bytes"))?
+            .is_none()
+        {
+            dir = PathBuf::from(mount.dir_of(&mount.root));
+        }
+        let Some(current_bytes) = self.parse_optional(dir.join("memory.usage_in_bytes"), |t| {
+            parse_cgroup_value("memory.usage_in_bytes", t)
+        })?
+        else {
+            return Ok(None);
+        };
+        let limit = self
+            .parse_optional(dir.join("memory.limit_in_bytes"), |t| {
+                parse_cgroup1_limit("memory.limit_in_bytes", t, mem_total_bytes)
+            })?
+            .flatten();
+        let stat = self.parse_optional(dir.join("memory.stat"), |t| {
+            parse_cgroup1_stat(t, mem_total_bytes)
+        })?;
+        let memsw = self.parse_optional(dir.join("memory.memsw.usage_in_bytes"), |t| {
+            parse_cgroup_value("memory.memsw.usage_in_bytes", t)
+        })?;
+        Ok(Some(CgroupMemory {
+            version: CgroupVersion::V1,
+            path,
+            current_bytes,
+            max_bytes: tighter(limit, stat.and_then(|(_, l)| l)),
+            high_bytes: None,
+            swap_current_bytes: memsw.map(|m| m.saturating_sub(current_bytes)),
+            stat: stat.map(|(s, _)| s),
+            events: None,
+            psi: None,
+        }))
+    }
+
+    /// The cgroup v2 this process is in, or `None` on v1-only hosts, where v2 has no
+    /// memory controller, and at the root.
+    fn cgroup2(&self) -> Result<Option<CgroupMemory>, ProbeError> {
         let Some(path) = self
             .parse_optional("proc/self/cgroup", parse_proc_cgroup)?
             .flatten()
@@ -213,6 +286,7 @@ impl LinuxProbe {
             at = d.parent().filter(|p| p.starts_with(&top));
         }
         Ok(Some(CgroupMemory {
+            version: CgroupVersion::V2,
             path,
             current_bytes,
             max_bytes,
@@ -310,7 +384,7 @@ impl MemoryProbe for LinuxProbe {
     fn system(&self) -> Result<SystemSnapshot, ProbeError> {
         let info = self.parse("proc/meminfo", parse_meminfo)?;
         let psi = self.parse_optional("proc/pressure/memory", parse_psi)?;
-        let cgroup = self.cgroup()?;
+        let cgroup = self.cgroup(info.total_bytes)?;
         let order = huge_page_order(page_size_bytes());
         let fragmentation = self
             .parse_optional("proc/buddyinfo", parse_buddyinfo)?

@@ -84,7 +84,7 @@ fn sysctl_int(name: &'static CStr) -> Result<Option<i64>, ProbeError> {
 fn sysctl_error(name: &'static CStr, source: io::Error) -> ProbeError {
     ProbeError::Sysctl {
         name: name.to_str().unwrap_or("sysctl"),
-        source,
+        cause: source,
     }
 }
 

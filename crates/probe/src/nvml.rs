@@ -31,7 +31,12 @@ impl NvmlGpus {
         &self,
         system: &SystemSnapshot,
     ) -> Result<Vec<GpuSnapshot>, ProbeError> {
-        let nvml_err = |call| move |source| ProbeError::Nvml { call, source };
+        let nvml_err = |call| {
+            move |source| ProbeError::Nvml {
+                call,
+                cause: source,
+            }
+        };
         let count = self
             .nvml
             .device_count()
@@ -67,7 +72,7 @@ impl NvmlGpus {
                 Err(source) => {
                     return Err(ProbeError::Nvml {
                         call: "nvmlDeviceGetMemoryInfo_v2",
-                        source,
+                        cause: source,
                     });
                 }
             };
@@ -77,7 +82,7 @@ impl NvmlGpus {
                 Err(source) => {
                     return Err(ProbeError::Nvml {
                         call: "nvmlDeviceGetUtilizationRates",
-                        source,
+                        cause: source,
                     });
                 }
             };

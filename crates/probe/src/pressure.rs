@@ -7,7 +7,7 @@
 //! | signal | value |
 //! |---|---|
 //! | MemAvailable (macOS: total − "Memory Used") | `1 − available / total` |
-//! | cgroup v2 | working set (`memory.current − inactive_file`) / min(`memory.max`, `memory.high`) |
+//! | cgroup (v2, or v1's memory controller) | working set (`memory.current − inactive_file`) / min(`memory.max`, `memory.high`) |
 //! | PSI `some avg10` (system-wide, and the cgroup's `memory.pressure`) | piecewise linear through 0 % → 0, 10 % → 0.85, 40 % → 0.95, 100 % → 1 |
 //! | PSI `full avg10` | piecewise linear through 0 % → 0, 5 % → 0.85, 20 % → 0.95, 100 % → 1 |
 //! | macOS memorystatus level | normal → 0, warning → 0.85, critical → 0.95 |

@@ -2,15 +2,16 @@
 //!
 //! | kind | when | setting | effect |
 //! |---|---|---|---|
-//! | `kv_int8` | pressure ≥ warning or memory > 90 % used, ≥ 64 MiB of f16 KV | `--kv-dtype int8` | frees 15/32 of the f16 KV (int8 plus one f16 scale per 32 values) |
+//! | `kv_int8` | pressure ≥ warning or memory > 90 % used, ≥ 64 MiB of f16 KV | `--kv-type int8` | frees the f16 KV less its int8 size (given by the caller, else 17/32 of it) |
 //! | `wired_limit` | weights + KV exceed the GPU working set, and a limit leaving the OS max(8 GiB, 1/8) would fit them | `sudo sysctl iogpu.wired_limit_mb=N` | working set from X to N MiB |
 //! | `lower_ctx` | this process has ≥ 16 MiB in swap (or, where the OS does not say per process, swap ≥ 1 % of memory) | `--ctx N` | KV shrinks by about the swapped bytes |
 //! | `untracked_drift` | footprint − ledger > max(256 MiB, 10 % of footprint) | `pools.reserve` in the profile, raised by the drift | the budget stops promising memory already gone |
 //! | `cgroup_limit` | the cgroup's working set ≥ 85 % of its limit | `memory.max` (systemd `MemoryMax=`) | working set at 75 % of the new limit |
 //! | `compact_memory` | the OS's free memory ≥ 30 % unusable for 2 MiB blocks | `sudo sysctl vm.compact_memory=1` | the stranded free memory can back huge pages again |
-//! | `lazy_weights` | weights + KV ≥ 90 % of physical memory | `--weights lazy` | resident weights bounded by the weight pool |
+//! | `fit_memory` | weights + KV at full context ≥ 90 % of memory (the cgroup's limit where lower) | `--ctx N`, or, when the weights alone leave no room, `--model` with a smaller file | weights + KV at 75 % of memory |
 //!
-//! The flag names are the binary's; keep this table and `cli` in step.
+//! Settings that start with `--` are flags of `llmem run`; the binary's tests parse each
+//! one with its own parser, so a flag renamed there fails here first.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,8 +38,9 @@ pub enum RecommendationKind {
     CgroupLimit,
     /// Compact the kernel's free memory (Linux).
     CompactMemory,
-    /// Map weights lazily.
-    LazyWeights,
+    /// The model and its KV at full context nearly fill memory: a shorter context, or a
+    /// smaller file when the weights alone do.
+    FitMemory,
 }
 
 /// One thing to change.
@@ -47,7 +49,7 @@ pub enum RecommendationKind {
 pub struct Recommendation {
     /// What it is about.
     pub kind: RecommendationKind,
-    /// The one setting to change, as typed (`--kv-dtype int8`).
+    /// The one setting to change, as typed (`--kv-type int8`).
     pub setting: String,
     /// What changing it will do, with numbers.
     pub effect: String,
@@ -79,7 +81,7 @@ pub fn recommend(sample: &Sample, context: &HealthContext) -> Vec<Recommendation
     out.extend(cgroup_limit(sample));
     out.extend(wired_limit(sample, context));
     out.extend(kv_int8(sample, context));
-    out.extend(lazy_weights(sample, context));
+    out.extend(fit_memory(sample, context));
     out.extend(untracked_drift(sample));
     out.extend(compact_memory(sample));
     out
@@ -94,15 +96,18 @@ fn kv_int8(sample: &Sample, context: &HealthContext) -> Option<Recommendation> {
     if !tight(sample) {
         return None;
     }
-    // f16: 2 bytes a value; int8 with an f16 scale per 32 values: 1 + 2/32 = 17/16.
-    let saved = kv / 32 * 15;
+    // Without the caller's figure: 1 byte a value plus an f16 scale per 32 values, 17/32
+    // of f16's 2 bytes.
+    let int8 = context.kv_int8_bytes.unwrap_or(kv / 32 * 17).min(kv);
+    let saved = kv - int8;
     Some(Recommendation {
         kind: RecommendationKind::KvInt8,
-        setting: "--kv-dtype int8".to_owned(),
+        setting: "--kv-type int8".to_owned(),
         effect: format!(
-            "+{} headroom: {} of f16 KV stored as int8 with f16 scales",
+            "+{} headroom: {} of f16 KV stored as int8 in {}",
             format_bytes(saved),
-            format_bytes(kv)
+            format_bytes(kv),
+            format_bytes(int8)
         ),
         message: format!("int8 KV: +{} headroom", format_bytes(saved)),
         bytes: Some(saved),
@@ -241,25 +246,68 @@ fn compact_memory(sample: &Sample) -> Option<Recommendation> {
     })
 }
 
-fn lazy_weights(sample: &Sample, context: &HealthContext) -> Option<Recommendation> {
+/// Weights and KV at ≥ 90 % of memory. The KV is what `--ctx` controls, so a shorter
+/// context comes first, sized to bring both to 75 %; only when the weights alone leave no
+/// room for 256 positions is the file itself the thing to change. (The weights were once
+/// blamed for the KV's bytes, and told to load lazily through a flag that does not exist.)
+fn fit_memory(sample: &Sample, context: &HealthContext) -> Option<Recommendation> {
     let weights = context.model_weight_bytes?;
-    let need = weights + context.kv_f16_bytes.unwrap_or(0);
-    let total = sample.system.mem_total_bytes;
+    let kv = context.kv_f16_bytes.unwrap_or(0);
+    let need = weights.saturating_add(kv);
+    let total = sample.system.memory_limit_bytes();
     if total == 0 || (need as f64) < 0.9 * total as f64 {
         return None;
     }
+    let target = total / 4 * 3;
+    let both = format!(
+        "weights {} and KV {} at full context",
+        format_bytes(weights),
+        format_bytes(kv)
+    );
+    let shorter = context
+        .ctx_tokens
+        .zip(context.kv_bytes_per_token.filter(|&b| b > 0))
+        .and_then(|(ctx, per_token)| {
+            let fits = target.saturating_sub(weights) / per_token;
+            let new_ctx = fits.min(ctx.saturating_sub(1)) / 256 * 256;
+            (new_ctx >= 256).then_some((ctx, new_ctx, per_token))
+        });
+    if let Some((ctx, new_ctx, per_token)) = shorter {
+        let new_kv = new_ctx.saturating_mul(per_token);
+        return Some(Recommendation {
+            kind: RecommendationKind::FitMemory,
+            setting: format!("--ctx {new_ctx}"),
+            effect: format!(
+                "{both} are {:.0}% of memory ({}); at --ctx {new_ctx} instead of {ctx} the \
+                 KV is {} and both fit in 75%",
+                need as f64 * 100.0 / total as f64,
+                format_bytes(total),
+                format_bytes(new_kv)
+            ),
+            message: format!(
+                "KV at --ctx {ctx} ({}) and weights ({}) nearly fill memory: lower --ctx to \
+                 {new_ctx}",
+                format_bytes(kv),
+                format_bytes(weights)
+            ),
+            bytes: Some(kv.saturating_sub(new_kv)),
+        });
+    }
+    if weights < target {
+        return None; // the KV is the problem, but its context is not known here
+    }
     Some(Recommendation {
-        kind: RecommendationKind::LazyWeights,
-        setting: "--weights lazy".to_owned(),
+        kind: RecommendationKind::FitMemory,
+        setting: "--model SMALLER.gguf".to_owned(),
         effect: format!(
-            "only the layers in use stay resident, bounded by the weight pool, instead of \
-             all {} of weights on a {} machine",
+            "the weights alone are {} of {} memory; a lower-bit quantization of the model \
+             (or a smaller model) is the change that fits",
             format_bytes(weights),
             format_bytes(total)
         ),
         message: format!(
-            "model ({}) nearly fills memory ({}): map weights lazily",
-            format_bytes(need),
+            "weights ({}) nearly fill memory ({}): use a smaller quantization",
+            format_bytes(weights),
             format_bytes(total)
         ),
         bytes: None,

@@ -227,6 +227,18 @@ impl SystemSnapshot {
             .saturating_sub(self.mem_available_bytes)
     }
 
+    /// The most memory this process's group may hold: physical memory, or the cgroup's
+    /// limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) where that is lower. A budget
+    /// taken from "the machine" starts here: inside a container, physical memory is not
+    /// what the kernel lets the container keep.
+    #[must_use]
+    pub fn memory_limit_bytes(&self) -> u64 {
+        let cgroup = self.signals.cgroup.as_ref().and_then(|c| c.max_bytes);
+        cgroup.map_or(self.mem_total_bytes, |limit| {
+            limit.min(self.mem_total_bytes)
+        })
+    }
+
     /// `used / total` in [0, 1] (0 when the total is unknown).
     #[must_use]
     pub fn mem_used_ratio(&self) -> f64 {

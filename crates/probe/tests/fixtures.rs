@@ -119,11 +119,24 @@ fn buddyinfo_measures_huge_page_fragmentation() {
 }
 
 #[test]
-fn host_hybrid_cgroup_reads_unknown() {
-    // cgroup v2 is mounted but holds no memory controller; memory is under v1.
+fn finding9_host_hybrid_cgroup_reads_v1() {
+    // cgroup v2 is mounted but holds no memory controller; memory is under v1, with v1's
+    // "no limit" value.
     let probe = probe::LinuxProbe::with_root(fixture(HOST));
     let system = probe.system().unwrap();
-    assert_eq!(system.signals.cgroup, None);
+    let cgroup = system
+        .signals
+        .cgroup
+        .clone()
+        .expect("the v1 memory controller");
+    assert_eq!(cgroup.version, probe::parse::CgroupVersion::V1);
+    assert_eq!(cgroup.path, "/sandbox/6f0528b527030aefb34f912eb9a13b23");
+    assert_eq!(cgroup.max_bytes, None);
+    assert_eq!(cgroup.current_bytes, 1_672_699_904);
+    // The memsw reading raced the usage one and came out lower: no swap, not a wrap.
+    assert_eq!(cgroup.swap_current_bytes, Some(0));
+    assert_eq!(cgroup.working_set_bytes(), 1_672_699_904 - 1_035_415_552);
+    assert_eq!(system.memory_limit_bytes(), system.mem_total_bytes);
     assert_eq!(system.mem_total_bytes, 24_683_656 * KIB);
     assert_eq!(system.mem_available_bytes, 24_322_336 * KIB);
     assert!(system.signals.psi.is_some());
@@ -144,11 +157,23 @@ fn host_hybrid_cgroup_reads_unknown() {
 }
 
 #[test]
-fn v1_host_without_psi_reads_unknown_not_error() {
+fn finding9_v1_host_reads_the_slice_limit_and_no_psi() {
     let probe = probe::LinuxProbe::with_root(fixture(EL8));
     let system = probe.system().unwrap();
     assert_eq!(system.signals.psi, None);
-    assert_eq!(system.signals.cgroup, None);
+    // The scope has no limit of its own; its slice's 16 GiB binds, and is what a budget
+    // taken from the machine starts from.
+    let cgroup = system
+        .signals
+        .cgroup
+        .clone()
+        .expect("the v1 memory controller");
+    assert_eq!(cgroup.max_bytes, Some(16 << 30));
+    assert_eq!(cgroup.high_bytes, None);
+    assert_eq!(cgroup.swap_current_bytes, Some(100 << 20));
+    assert_eq!(cgroup.working_set_bytes(), (6 << 30) - (2 << 30));
+    assert_eq!(cgroup.usage_ratio(), Some(0.25));
+    assert_eq!(system.memory_limit_bytes(), 16 << 30);
     let pressure = probe.pressure().unwrap();
     assert_eq!(pressure.source, PressureSource::MemAvailable);
     assert_eq!(pressure.level, PressureLevel::Normal);

@@ -161,20 +161,64 @@ fn wired_limit_when_the_model_exceeds_the_gpu_working_set() {
     let huge = HealthContext::new().with_model_weights(116 * GIB);
     assert_eq!(
         kinds(&HealthReport::assess(&sample, None, &huge)),
-        [RecommendationKind::LazyWeights]
+        [RecommendationKind::FitMemory]
     );
 }
 
 #[test]
-fn lazy_weights_when_the_model_nearly_fills_memory() {
+fn finding9_fit_memory_names_real_flags_and_blames_what_is_large() {
+    // The weights alone nearly fill memory: a smaller file, not a flag that does not exist.
     let system = SystemSnapshot::new(32 * GIB, 20 * GIB);
-    let sample = fake_sample(system, ProcessSnapshot::new(GIB), vec![]);
+    let sample = fake_sample(system.clone(), ProcessSnapshot::new(GIB), vec![]);
     let context = HealthContext::new()
         .with_model_weights(30 * GIB)
-        .with_kv_f16(MIB);
+        .with_kv_f16(MIB)
+        .with_ctx(4096, 256);
     let report = HealthReport::assess(&sample, None, &context);
-    assert_eq!(kinds(&report), [RecommendationKind::LazyWeights]);
-    assert_eq!(report.recommendations[0].setting, "--weights lazy");
+    assert_eq!(kinds(&report), [RecommendationKind::FitMemory]);
+    let rec = &report.recommendations[0];
+    assert_eq!(rec.setting, "--model SMALLER.gguf");
+    assert!(
+        rec.message.contains("weights (30.0 GiB)"),
+        "{}",
+        rec.message
+    );
+
+    // Small weights, KV at full context filling memory: the context is what to change, and
+    // the message says the KV is what is large.
+    let per_token = 30 * GIB / 32_768;
+    let context = HealthContext::new()
+        .with_model_weights(2 * GIB)
+        .with_kv_f16(30 * GIB)
+        .with_ctx(32_768, per_token);
+    let report = HealthReport::assess(&sample, None, &context);
+    let rec = report
+        .recommendations
+        .iter()
+        .find(|r| r.kind == RecommendationKind::FitMemory)
+        .expect("fit_memory");
+    // (24 GiB − 2 GiB) / 983,040 B = 24,029 positions, down to a multiple of 256.
+    assert_eq!(rec.setting, "--ctx 23808");
+    assert!(
+        rec.message.starts_with("KV at --ctx 32768 (30.0 GiB)"),
+        "{}",
+        rec.message
+    );
+    assert_eq!(rec.bytes, Some(30 * GIB - 23_808 * per_token));
+
+    // A cgroup limit below physical memory is the memory that counts.
+    let mut limited = SystemSnapshot::new(64 * GIB, 60 * GIB);
+    let mut cgroup = probe::parse::CgroupMemory::default();
+    cgroup.max_bytes = Some(8 * GIB);
+    limited.signals.cgroup = Some(cgroup);
+    let sample = fake_sample(limited, ProcessSnapshot::new(GIB), vec![]);
+    let context = HealthContext::new()
+        .with_model_weights(15 * GIB / 2)
+        .with_kv_f16(MIB);
+    assert_eq!(
+        kinds(&HealthReport::assess(&sample, None, &context)),
+        [RecommendationKind::FitMemory]
+    );
 }
 
 #[test]

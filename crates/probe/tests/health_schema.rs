@@ -158,7 +158,7 @@ fn reports_with_every_recommendation_validate() {
         RecommendationKind::UntrackedDrift,
         RecommendationKind::CgroupLimit,
         RecommendationKind::CompactMemory,
-        RecommendationKind::LazyWeights,
+        RecommendationKind::FitMemory,
     ] {
         assert!(seen.contains(&kind), "{kind:?} not exercised: {seen:?}");
     }

@@ -265,6 +265,17 @@ impl Tokenizer {
         }
     }
 
+    /// The most bytes of input text one token can stand for: its longest decoded piece
+    /// (a special token's text included), and at least 4, one UTF-8 character, which an
+    /// unknown token may replace. A text of more than `n` times this many bytes encodes to
+    /// more than `n` tokens, so a caller can refuse a prompt longer than its context after
+    /// reading only that many bytes.
+    pub fn longest_token_bytes(&self) -> usize {
+        (0..self.pieces.len())
+            .map(|i| self.pieces.get(i).len())
+            .fold(4, usize::max)
+    }
+
     /// Number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.texts.len()

@@ -491,3 +491,22 @@ fn sentencepiece_round_trips_random_text() {
         assert_eq!(streamed, batch);
     }
 }
+
+#[test]
+fn finding6_no_token_stands_for_more_than_the_longest_token_bytes() {
+    let tok = Tokenizer::from_spec(&bpe_spec("smollm")).unwrap();
+    // `<|endoftext|>` (13 bytes) is the longest piece; merged words are at most 6.
+    assert_eq!(tok.longest_token_bytes(), 13);
+    // A text over n × longest bytes encodes to more than n tokens, whatever it holds: the
+    // bound a prompt reader caps its read with.
+    let longest = tok.longest_token_bytes();
+    for text in [
+        "<|endoftext|>".repeat(7),
+        "hello world ".repeat(9),
+        "\0".repeat(40),
+        "é12".repeat(30),
+    ] {
+        let n = tok.encode(&text, BosEos::Omit, Special::Parse).len();
+        assert!(n * longest >= text.len(), "{text:?}: {n} tokens");
+    }
+}

@@ -24,18 +24,20 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Why a model file could not be mapped.
+/// A variant with a cause shows it in its message and does not also return it from
+/// `source()`: an error chain printed whole would show the OS's words twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MapError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}: {cause}")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot map {path}: {source}")]
+    #[error("cannot map {path}: {cause}")]
     Map {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
@@ -72,13 +74,13 @@ impl MappedFile {
     pub fn open(path: &Path) -> Result<Self, MapError> {
         let file = File::open(path).map_err(|source| MapError::Open {
             path: path.into(),
-            source,
+            cause: source,
         })?;
         let len = file
             .metadata()
             .map_err(|source| MapError::Open {
                 path: path.into(),
-                source,
+                cause: source,
             })?
             .len();
         if len == 0 {
@@ -94,7 +96,7 @@ impl MappedFile {
         // SAFETY: (see above) read-only private mapping of a file treated as immutable.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| MapError::Map {
             path: path.into(),
-            source,
+            cause: source,
         })?;
         Ok(MappedFile {
             path: path.into(),

@@ -93,6 +93,45 @@ impl Profile {
         yaml::read(yaml)
     }
 
+    /// Reads a profile from the YAML file at `path`, reading at most
+    /// [`MAX_PROFILE_BYTES`] + 1 bytes: a longer file (`/dev/zero`, a log named by mistake)
+    /// is refused once the cap is passed, not after it has been read whole.
+    ///
+    /// # Errors
+    /// [`ProfileFileError::Read`] when the file cannot be opened or read (a directory
+    /// included), [`ProfileFileError::Invalid`] with the [`ProfileError`] of
+    /// [`from_yaml_str`](Profile::from_yaml_str), [`ProfileError::TooLarge`] past the cap
+    /// and a YAML error for text that is not UTF-8.
+    pub fn from_yaml_file(path: &std::path::Path) -> Result<Profile, ProfileFileError> {
+        use std::io::Read;
+        let read = |cause| ProfileFileError::Read {
+            path: path.to_owned(),
+            cause,
+        };
+        let invalid = |cause| ProfileFileError::Invalid {
+            path: path.to_owned(),
+            cause,
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_PROFILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() > MAX_PROFILE_BYTES {
+            return Err(invalid(ProfileError::TooLarge {
+                len: bytes.len(),
+                max: MAX_PROFILE_BYTES,
+            }));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            invalid(ProfileError::Yaml {
+                line: None,
+                message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+            })
+        })?;
+        Profile::from_yaml_str(&text).map_err(invalid)
+    }
+
     /// A built-in profile scaled to a machine with `machine_total` bytes of memory; the total
     /// is the machine's memory and each pool keeps its share of the seed's 128 GiB.
     ///
@@ -224,22 +263,49 @@ fn generated(name: &str, layout: Result<Layout, BuildError>) -> Result<Profile, 
             name: name.to_owned(),
             layout,
         }),
-        Err(source) => Err(ProfileError::Generated {
+        Err(cause) => Err(ProfileError::Generated {
             profile: name.to_owned(),
-            source,
+            cause,
         }),
     }
 }
 
+/// Why a profile file could not be used.
+///
+/// Like [`ProfileError`], each variant's message includes its cause and does not also
+/// return it from `source()`: a caller printing the error chain (anyhow's `{:#}`) would
+/// otherwise print the cause twice.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileFileError {
+    /// The file cannot be opened or read.
+    #[error("cannot read {}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        cause: std::io::Error,
+    },
+    /// The file was read but is not a valid profile.
+    #[error("{}: {cause}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        cause: ProfileError,
+    },
+}
+
 /// Why a profile was refused. Errors from files name the dotted key (`pools.kv.limit`) and
-/// the 1-based line.
+/// the 1-based line. A variant with a cause shows it in its message and does not also
+/// return it from `source()` (an error chain would print it twice).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProfileError {
     /// The text is longer than [`MAX_PROFILE_BYTES`].
-    #[error("the profile is {len} bytes; at most {max} are read")]
+    #[error("the profile is over {max} bytes, the most that is read")]
     TooLarge {
-        /// Bytes given.
+        /// Bytes given (from a file: the bytes read, one past the cap).
         len: usize,
         /// The cap.
         max: usize,
@@ -283,35 +349,35 @@ pub enum ProfileError {
         found: &'static str,
     },
     /// A size that cannot be read.
-    #[error("line {line}: `{key}`: {source}")]
+    #[error("line {line}: `{key}`: {cause}")]
     InvalidSize {
         /// The dotted key.
         key: String,
         /// Its line.
         line: u64,
         /// Why.
-        source: SizeError,
+        cause: SizeError,
     },
     /// A policy name that does not exist.
-    #[error("line {line}: `{key}`: {source}")]
+    #[error("line {line}: `{key}`: {cause}")]
     UnknownPolicy {
         /// The dotted key.
         key: String,
         /// Its line.
         line: u64,
         /// The name found.
-        source: UnknownPolicy,
+        cause: UnknownPolicy,
     },
     /// The layout breaks a budget rule: zero total, limits past the total, a bad or repeated
     /// pool name, a bad priority list.
-    #[error("line {line}: `{key}`: {source}")]
+    #[error("line {line}: `{key}`: {cause}")]
     InvalidLayout {
         /// The dotted key of the offending value.
         key: String,
         /// Its line.
         line: u64,
         /// The rule broken.
-        source: BuildError,
+        cause: BuildError,
     },
     /// A built-in name that does not exist.
     #[error("unknown built-in profile `{name}`; built-in profiles are production and development")]
@@ -320,12 +386,12 @@ pub enum ProfileError {
         name: String,
     },
     /// A built-in or automatic profile could not be made for this machine.
-    #[error("profile `{profile}`: {source}")]
+    #[error("profile `{profile}`: {cause}")]
     Generated {
         /// The profile's name.
         profile: String,
         /// The rule broken.
-        source: BuildError,
+        cause: BuildError,
     },
     /// The model does not fit the machine less its reserve.
     #[error(

@@ -48,10 +48,10 @@ impl Field<'_> {
     }
 
     fn size(&self) -> Result<Size, ProfileError> {
-        let invalid = |source: SizeError| ProfileError::InvalidSize {
+        let invalid = |cause: SizeError| ProfileError::InvalidSize {
             key: self.key.clone(),
             line: self.line,
-            source,
+            cause,
         };
         match self.node {
             Node::Unsigned(n) => Ok(Size::Bytes(Bytes(*n))),
@@ -163,7 +163,7 @@ pub(super) fn read(yaml: &str) -> Result<Profile, ProfileError> {
             return Err(ProfileError::InvalidSize {
                 key: total_field.key,
                 line: total_field.line,
-                source: SizeError::ShareNotAllowed {
+                cause: SizeError::ShareNotAllowed {
                     text: share.to_string(),
                 },
             });
@@ -175,9 +175,9 @@ pub(super) fn read(yaml: &str) -> Result<Profile, ProfileError> {
         Some(field) => read_priority(field)?,
         None => (Vec::new(), Vec::new()),
     };
-    let layout = Layout::new(total, specs, &order).map_err(|source| {
+    let layout = Layout::new(total, specs, &order).map_err(|cause| {
         let pool_line = |pool: &str| lines.iter().find(|l| l.name == pool);
-        let (key, line) = match &source {
+        let (key, line) = match &cause {
             BuildError::ZeroTotal => (total_field.key.clone(), total_field.line),
             BuildError::OverCommitted { pool, .. } => match pool_line(pool.as_str()) {
                 Some(l) => (format!("pools.{}.limit", l.name), l.limit_line),
@@ -194,7 +194,7 @@ pub(super) fn read(yaml: &str) -> Result<Profile, ProfileError> {
             ),
             _ => (pools_field.key.clone(), pools_field.line),
         };
-        ProfileError::InvalidLayout { key, line, source }
+        ProfileError::InvalidLayout { key, line, cause }
     })?;
     Ok(Profile { name, layout })
 }
@@ -208,7 +208,7 @@ fn read_pools(
         return Err(ProfileError::InvalidLayout {
             key: field.key.clone(),
             line: field.line,
-            source: BuildError::NoPools,
+            cause: BuildError::NoPools,
         });
     }
     let mut specs = Vec::with_capacity(entries.len());
@@ -217,7 +217,7 @@ fn read_pools(
         let name = PoolName::new(raw_name).map_err(|source| ProfileError::InvalidLayout {
             key: pool.key.clone(),
             line: pool.line,
-            source: BuildError::InvalidPoolName(source),
+            cause: BuildError::InvalidPoolName(source),
         })?;
         let (mut policy, mut limit) = (None, None);
         for (key, value) in pool.entries(&["policy", "limit"], POOL_KEYS)? {
@@ -232,10 +232,10 @@ fn read_pools(
         let policy: Policy = policy_field
             .text("a policy name")?
             .parse()
-            .map_err(|source| ProfileError::UnknownPolicy {
+            .map_err(|cause| ProfileError::UnknownPolicy {
                 key: policy_field.key.clone(),
                 line: policy_field.line,
-                source,
+                cause,
             })?;
         let limit_field = limit.ok_or_else(|| missing(format!("{}.limit", pool.key), pool.line))?;
         let limit = limit_field.size()?.resolve(total);

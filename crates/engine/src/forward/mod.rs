@@ -134,9 +134,23 @@ pub enum EvalError {
     #[error(transparent)]
     Kv(#[from] KvError),
     #[error("cannot start compute threads: {0}")]
-    Threads(#[from] std::io::Error),
+    Threads(std::io::Error),
     #[error("scratch buffers over budget: {0}")]
-    OverBudget(#[from] OutOfBudget),
+    OverBudget(OutOfBudget),
+}
+
+// By hand, not `#[from]`: that would also return the cause from `source()`, and an error
+// chain printed whole (`llmem: error: …`) would show it twice.
+impl From<std::io::Error> for EvalError {
+    fn from(e: std::io::Error) -> Self {
+        EvalError::Threads(e)
+    }
+}
+
+impl From<OutOfBudget> for EvalError {
+    fn from(e: OutOfBudget) -> Self {
+        EvalError::OverBudget(e)
+    }
 }
 
 /// Per-micro-batch buffers, allocated once.

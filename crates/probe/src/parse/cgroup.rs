@@ -1,8 +1,11 @@
-//! Pure parsers for cgroup v2 memory files and for finding this process's cgroup.
+//! Pure parsers for cgroup memory files and for finding this process's cgroup.
 //!
-//! cgroup v1 is not read: its memory controller reports different counters under
-//! different names, and every distribution that llmem targets has moved to v2. On a v1 or
-//! hybrid host the cgroup signal reads as unknown.
+//! cgroup v2 first; where the v2 hierarchy has no memory controller (a v1-only or hybrid
+//! host, which many container hosts still are), the v1 memory controller's files:
+//! `memory.limit_in_bytes`, `memory.usage_in_bytes` and `memory.stat`, whose `total_*`
+//! lines cover the cgroup's subtree and whose `hierarchical_memory_limit` is the tightest
+//! limit of the cgroup and its ancestors. v1 says "no limit" with a huge page-rounded
+//! number (9223372036854771712 on x86-64) rather than `max`.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,30 @@ pub fn parse_cgroup_limit(input: &'static str, text: &str) -> Result<Option<u64>
         return Ok(None);
     }
     parse_cgroup_value(input, text).map(Some)
+}
+
+/// A v1 limit at or above this is v1's "no limit" (`PAGE_COUNTER_MAX` pages, just under
+/// 2^63 bytes; page-size dependent, so compared with a margin).
+pub const CGROUP1_NO_LIMIT_BYTES: u64 = 1 << 62;
+
+/// Parses a v1 limit (`memory.limit_in_bytes`, `hierarchical_memory_limit`): a byte
+/// count, `None` for v1's "no limit" value or for a limit above `mem_total_bytes`, which
+/// cannot bind (a limit the machine cannot reach is no limit to plan with).
+///
+/// # Errors
+/// Anything but one number.
+pub fn parse_cgroup1_limit(
+    input: &'static str,
+    text: &str,
+    mem_total_bytes: u64,
+) -> Result<Option<u64>, ParseError> {
+    let bytes = parse_cgroup_value(input, text)?;
+    Ok(cgroup1_limit(bytes, mem_total_bytes))
+}
+
+fn cgroup1_limit(bytes: u64, mem_total_bytes: u64) -> Option<u64> {
+    let unreachable = mem_total_bytes > 0 && bytes > mem_total_bytes;
+    (bytes < CGROUP1_NO_LIMIT_BYTES && !unreachable).then_some(bytes)
 }
 
 /// Parses `key value` lines, handing each known key's value to `f`.
@@ -136,6 +163,61 @@ pub fn parse_cgroup_stat(text: &str) -> Result<CgroupStat, ParseError> {
     Ok(stat)
 }
 
+/// Parses a v1 `memory.stat`: the subtree's counters (`total_*`) in v2's terms, and the
+/// tightest limit of the cgroup and its ancestors (`hierarchical_memory_limit`, `None` when
+/// unlimited or above `mem_total_bytes`).
+///
+/// # Errors
+/// A line that is not `key number`.
+pub fn parse_cgroup1_stat(
+    text: &str,
+    mem_total_bytes: u64,
+) -> Result<(CgroupStat, Option<u64>), ParseError> {
+    let mut stat = CgroupStat::default();
+    let mut limit = None;
+    for_each_pair("memory.stat", text, |key, value| {
+        let slot = match key {
+            "total_rss" => &mut stat.anon_bytes,
+            "total_cache" => &mut stat.file_bytes,
+            "total_mapped_file" => &mut stat.file_mapped_bytes,
+            "total_active_file" => &mut stat.active_file_bytes,
+            "total_inactive_file" => &mut stat.inactive_file_bytes,
+            "total_shmem" => &mut stat.shmem_bytes,
+            "hierarchical_memory_limit" => &mut limit,
+            _ => return,
+        };
+        *slot = Some(value);
+    })?;
+    Ok((stat, limit.and_then(|l| cgroup1_limit(l, mem_total_bytes))))
+}
+
+/// Finds this process's cgroup in the v1 memory hierarchy in `/proc/self/cgroup` (the
+/// `N:…memory…:/path` line); `None` on a v2-only host.
+///
+/// # Errors
+/// A line that is not `id:controllers:path`.
+pub fn parse_proc_cgroup1_memory(text: &str) -> Result<Option<String>, ParseError> {
+    for (index, raw) in text.lines().enumerate() {
+        if raw.is_empty() {
+            continue;
+        }
+        let mut parts = raw.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ParseError::BadLine {
+                input: "cgroup",
+                line: index + 1,
+                expected: "`id:controllers:path`",
+                found: excerpt(raw),
+            });
+        };
+        if controllers.split(',').any(|c| c == "memory") {
+            return Ok(Some(path.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
 /// Finds this process's cgroup v2 path in `/proc/self/cgroup` (the `0::/path` line).
 /// `None` on a v1-only host.
 ///
@@ -163,7 +245,8 @@ pub fn parse_proc_cgroup(text: &str) -> Result<Option<String>, ParseError> {
     Ok(None)
 }
 
-/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`.
+/// Where a cgroup hierarchy is mounted, from `/proc/self/mountinfo`: the v2 hierarchy, or
+/// the v1 hierarchy of the memory controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup2Mount {
     /// The directory of the hierarchy that is mounted (field 4; `/` unless a container
@@ -219,6 +302,26 @@ fn unescape_mount(text: &str) -> String {
 /// # Errors
 /// A line without the ` - ` separator or with too few fields.
 pub fn parse_cgroup2_mount(mountinfo: &str) -> Result<Option<Cgroup2Mount>, ParseError> {
+    find_mount(mountinfo, |fstype, _| fstype == "cgroup2")
+}
+
+/// Finds the v1 hierarchy that holds the memory controller in `/proc/self/mountinfo`
+/// (fstype `cgroup`, `memory` among its super options); `None` when there is none. The
+/// result has the same shape as a v2 mount's ([`Cgroup2Mount`]).
+///
+/// # Errors
+/// A line without the ` - ` separator or with too few fields.
+pub fn parse_cgroup1_memory_mount(mountinfo: &str) -> Result<Option<Cgroup2Mount>, ParseError> {
+    find_mount(mountinfo, |fstype, options| {
+        fstype == "cgroup" && options.split(',').any(|opt| opt == "memory")
+    })
+}
+
+/// The first mount whose fstype and super options `matches`.
+fn find_mount(
+    mountinfo: &str,
+    matches: impl Fn(&str, &str) -> bool,
+) -> Result<Option<Cgroup2Mount>, ParseError> {
     for (index, raw) in mountinfo.lines().enumerate() {
         if raw.is_empty() {
             continue;
@@ -234,7 +337,11 @@ pub fn parse_cgroup2_mount(mountinfo: &str) -> Result<Option<Cgroup2Mount>, Pars
         if fields.len() < 6 {
             return Err(bad());
         }
-        if tail.split(' ').next() == Some("cgroup2") {
+        // ` - fstype source super-options`
+        let mut tail_fields = tail.split(' ');
+        let fstype = tail_fields.next().unwrap_or("");
+        let options = tail_fields.nth(1).unwrap_or("");
+        if matches(fstype, options) {
             return Ok(Some(Cgroup2Mount {
                 root: unescape_mount(fields[3]),
                 mount_point: unescape_mount(fields[4]),
@@ -244,7 +351,19 @@ pub fn parse_cgroup2_mount(mountinfo: &str) -> Result<Option<Cgroup2Mount>, Pars
     Ok(None)
 }
 
-/// The memory state of this process's cgroup v2, as the probe read it.
+/// Which cgroup interface a reading came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// v1's memory controller: `memory.limit_in_bytes`, `memory.usage_in_bytes`.
+    V1,
+    /// The unified hierarchy: `memory.max`, `memory.current`.
+    #[default]
+    V2,
+}
+
+/// The memory state of this process's cgroup (v2, or v1's memory controller), as the
+/// probe read it.
 ///
 /// `memory.current` charges the page cache to the cgroup, including the pages of mapped
 /// model files, so a cgroup holding a 40 GiB mapped model shows 40 GiB "used" even though
@@ -255,15 +374,22 @@ pub fn parse_cgroup2_mount(mountinfo: &str) -> Result<Option<Cgroup2Mount>, Pars
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CgroupMemory {
+    /// Which interface the numbers came from (v1 names in brackets below).
+    #[serde(default)]
+    pub version: CgroupVersion,
     /// The cgroup's path in the hierarchy (`/user.slice/…`).
     pub path: String,
-    /// `memory.current`: everything charged, page cache included.
+    /// `memory.current` (`memory.usage_in_bytes`): everything charged, page cache
+    /// included.
     pub current_bytes: u64,
-    /// The tightest `memory.max` of this cgroup and its ancestors; `None` = no limit.
+    /// The tightest `memory.max` of this cgroup and its ancestors (the lower of
+    /// `memory.limit_in_bytes` and `hierarchical_memory_limit`); `None` = no limit.
     pub max_bytes: Option<u64>,
-    /// The tightest `memory.high` (throttling starts there); `None` = none.
+    /// The tightest `memory.high` (throttling starts there); `None` = none (v1: no
+    /// counterpart).
     pub high_bytes: Option<u64>,
-    /// `memory.swap.current`, where the kernel has swap accounting.
+    /// `memory.swap.current` (`memory.memsw.usage_in_bytes` − usage), where the kernel has
+    /// swap accounting.
     pub swap_current_bytes: Option<u64>,
     /// `memory.stat`.
     pub stat: Option<CgroupStat>,
@@ -354,5 +480,55 @@ mod tests {
         assert_eq!(cg.usage_ratio(), Some(0.5));
         let unlimited = CgroupMemory::default();
         assert_eq!(unlimited.usage_ratio(), None);
+    }
+
+    #[test]
+    fn finding9_v1_limits_read_unlimited_as_none() {
+        const GIB: u64 = 1 << 30;
+        let total = 24 * GIB;
+        let limit = |text| parse_cgroup1_limit("memory.limit_in_bytes", text, total).unwrap();
+        assert_eq!(limit("9223372036854771712\n"), None);
+        // arm64 with 64 KiB pages rounds "no limit" lower.
+        assert_eq!(limit("9223372036854710272\n"), None);
+        assert_eq!(limit("8589934592\n"), Some(8 * GIB));
+        // More than the machine has binds nothing.
+        assert_eq!(limit("34359738368\n"), None);
+        assert!(parse_cgroup1_limit("memory.limit_in_bytes", "-1\n", total).is_err());
+    }
+
+    #[test]
+    fn v1_memory_is_found_in_proc_self_cgroup_and_mountinfo() {
+        let cgroup = "12:pids:/a\n9:cpu,memory:/user.slice/s.scope\n0::/\n";
+        assert_eq!(
+            parse_proc_cgroup1_memory(cgroup).unwrap().as_deref(),
+            Some("/user.slice/s.scope")
+        );
+        assert_eq!(parse_proc_cgroup1_memory("0::/x\n").unwrap(), None);
+        let mountinfo = "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 /docker/abc /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let v1 = parse_cgroup1_memory_mount(mountinfo).unwrap().unwrap();
+        assert_eq!(v1.mount_point, "/sys/fs/cgroup/memory");
+        assert_eq!(v1.dir_of("/docker/abc"), "sys/fs/cgroup/memory");
+        let v2 = parse_cgroup2_mount(mountinfo).unwrap().unwrap();
+        assert_eq!(v2.mount_point, "/sys/fs/cgroup/unified");
+    }
+
+    #[test]
+    fn v1_stat_reads_subtree_totals_and_the_hierarchical_limit() {
+        let text = "cache 10\nrss 20\ninactive_file 3\nhierarchical_memory_limit 4096\n\
+                    total_cache 100\ntotal_rss 200\ntotal_inactive_file 30\n\
+                    total_active_file 40\ntotal_mapped_file 5\ntotal_shmem 6\n";
+        let (stat, limit) = parse_cgroup1_stat(text, 1 << 20).unwrap();
+        assert_eq!(limit, Some(4096));
+        assert_eq!(
+            (stat.file_bytes, stat.anon_bytes, stat.inactive_file_bytes),
+            (Some(100), Some(200), Some(30))
+        );
+        assert_eq!(stat.file_mapped_bytes, Some(5));
+        let unlimited = "hierarchical_memory_limit 9223372036854771712\n";
+        assert_eq!(parse_cgroup1_stat(unlimited, 1 << 20).unwrap().1, None);
     }
 }

@@ -9,8 +9,10 @@ mod procfs;
 mod sysfs;
 
 pub use cgroup::{
-    Cgroup2Mount, CgroupEvents, CgroupMemory, CgroupStat, parse_cgroup_events, parse_cgroup_limit,
-    parse_cgroup_stat, parse_cgroup_value, parse_cgroup2_mount, parse_proc_cgroup,
+    CGROUP1_NO_LIMIT_BYTES, Cgroup2Mount, CgroupEvents, CgroupMemory, CgroupStat, CgroupVersion,
+    parse_cgroup_events, parse_cgroup_limit, parse_cgroup_stat, parse_cgroup_value,
+    parse_cgroup1_limit, parse_cgroup1_memory_mount, parse_cgroup1_stat, parse_cgroup2_mount,
+    parse_proc_cgroup, parse_proc_cgroup1_memory,
 };
 pub use darwin::{MacVmCounts, MacVmStats, SwapUsage, parse_swapusage, wired_limit_from_mib};
 pub use procfs::{
