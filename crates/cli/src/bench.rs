@@ -8,7 +8,7 @@ use engine::forward::{Logits, Session, SessionConfig};
 use serde::Serialize;
 
 use crate::exit::{CliError, input};
-use crate::machine::{self, MachineInfo};
+use crate::machine::MachineInfo;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -23,9 +23,9 @@ pub enum BenchCommand {
 
 #[derive(Args, Debug)]
 pub struct MemoryArgs {
-    /// Threads for the all-threads runs (default: every CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    // The all-threads runs default to every CPU this process may use.
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     /// Working-set sizes, e.g. 4K,1M,1G (default: chosen from the cache sizes).
     #[arg(long)]
     pub sizes: Option<String>,
@@ -99,7 +99,7 @@ fn parse_ops(list: &str) -> Result<Vec<membench::Op>, CliError> {
 
 fn memory(a: &MemoryArgs) -> Result<(), CliError> {
     let mut config = membench::Config {
-        threads: a.threads,
+        threads: a.threads.requested(),
         reps: a.reps,
         huge_pages: cfg!(target_os = "linux") && !a.base_pages,
         ..membench::Config::default()
@@ -152,9 +152,8 @@ fn memory(a: &MemoryArgs) -> Result<(), CliError> {
 pub struct InferArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// Compute threads (default: the physical cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     /// Timed repetitions per figure (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
@@ -248,7 +247,7 @@ pub(crate) fn decode(s: &mut Session<'_, '_>, n: usize) -> Result<f64, CliError>
 fn infer(a: &InferArgs) -> Result<(), CliError> {
     let file = crate::load::map(&a.model)?;
     let tm = crate::load::text_model(&a.model, &file)?;
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let vocab = tm.model.cfg.vocab;
     let n_ctx = (a.pp.max(a.depth) + a.tg + 16).max(1024);
     let mut s = Session::new(&tm.model, SessionConfig::new(n_ctx, threads, 512))?;

@@ -17,7 +17,7 @@ use kvcache::{Compression, KvFormat, TierMix};
 use serde::Serialize;
 
 use crate::exit::{CliError, input};
-use crate::machine::{self, MachineInfo};
+use crate::machine::MachineInfo;
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
@@ -44,8 +44,8 @@ pub struct KvArgs {
     /// Speed repetitions (median reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     #[arg(long)]
     pub json: bool,
     /// Do not save the codec and compressor rates (the KV eviction score's reload costs).
@@ -154,7 +154,7 @@ fn tokens_in(mix: &TierMix, layout: &kvcache::KvLayout, budget: f64) -> usize {
 pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     let file = crate::load::map(&a.model)?;
     let tm = crate::load::text_model(&a.model, &file)?;
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let text = std::fs::read_to_string(&a.text)
         .map_err(|e| input(anyhow::anyhow!("cannot read {}: {e}", a.text.display())))?;
     if a.ctx < 32 || !a.ctx.is_multiple_of(16) {

@@ -10,6 +10,7 @@ mod metrics_http;
 mod monitor;
 mod plan;
 mod run;
+mod threads;
 mod tier;
 
 use clap::{Parser, Subcommand};

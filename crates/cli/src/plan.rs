@@ -10,7 +10,6 @@ use probe::MemoryProbe;
 use serde::Serialize;
 
 use crate::exit::{CliError, input};
-use crate::machine;
 
 /// KV cache types (`--kv-type`): one format for every block, or a tier mix by age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -164,8 +163,8 @@ pub struct PlanArgs {
     pub kv_type: KvType,
     #[command(flatten)]
     pub budget: BudgetArgs,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     #[arg(long, conflicts_with = "yaml")]
     pub json: bool,
     #[arg(long)]
@@ -317,7 +316,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
             "--ctx and --seqs must be at least 1"
         )));
     }
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let machine_total = probe::NativeProbe::new()
         .platform()
         .map(|p| p.mem_total_bytes)

@@ -40,9 +40,8 @@ pub struct RunArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compute threads (default: the physical cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     /// Context size in tokens (prompt + generated).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
@@ -147,7 +146,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         }
     };
     let t_load = Instant::now();
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let machine_total = probe::NativeProbe::new()
         .platform()
         .map_or(0, |p| p.mem_total_bytes);
