@@ -6,6 +6,7 @@ mod exit;
 mod health;
 mod load;
 mod machine;
+mod malloc;
 mod metrics_http;
 mod monitor;
 mod plan;
@@ -39,6 +40,7 @@ enum Command {
 }
 
 fn main() {
+    malloc::tune();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

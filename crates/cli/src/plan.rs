@@ -9,6 +9,9 @@ use engine::memory::{Plan, PlanInput, plan};
 use probe::MemoryProbe;
 use serde::Serialize;
 
+use kernels::kvquant::{BlockGeom, KvFormat};
+use probe::PlatformInfo;
+
 use crate::exit::{CliError, input};
 
 /// KV cache types (`--kv-type`): one format for every block, or a tier mix by age.
@@ -48,20 +51,12 @@ impl KvType {
     /// several sequences this counts one transient per sequence: an upper bound). A head
     /// size the quantized formats do not support counts as f16, which the cache then uses.
     pub fn bytes_per_token(self, cfg: &ModelConfig, ctx: usize) -> u64 {
-        use kernels::kvquant::{BlockGeom, KvFormat};
-        let geom = BlockGeom {
-            n_layers: cfg.n_layers,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            block_tokens: engine::forward::BLOCK_TOKENS,
-        };
-        let mix = engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type");
+        let geom = block_geom(cfg);
+        let mix = self.mix();
         let bt = geom.block_tokens;
         let ctx = ctx.max(1);
         let n = ctx.div_ceil(bt);
-        let bytes = |f: KvFormat| {
-            geom.block_bytes(if f.supports(&geom) { f } else { KvFormat::F16 }) as u64
-        };
+        let bytes = |f| stored_block_bytes(&geom, f);
         let rest: u64 = (0..n).map(|b| bytes(mix.format_for(b, ctx, bt))).sum();
         let transient = if mix.is_all_f16() {
             0
@@ -76,10 +71,35 @@ impl KvType {
         (rest + transient).div_ceil(ctx as u64)
     }
 
+    /// Bytes one compute thread holds outside the ledger while it re-encodes a block of a
+    /// sequence of up to `ctx` tokens (kvcache's `set_formats`: a decoded f16 copy of a
+    /// quantized block, and the new encoding until the pool installs and accounts it); 0
+    /// when every block stays f16. The largest format the mix gives any block at `ctx`
+    /// (every age up to `ctx` occurs there) bounds the new encoding.
+    pub fn transcode_bytes(self, cfg: &ModelConfig, ctx: usize) -> u64 {
+        let mix = self.mix();
+        if mix.is_all_f16() {
+            return 0;
+        }
+        let geom = block_geom(cfg);
+        let (bt, ctx) = (geom.block_tokens, ctx.max(1));
+        let f16 = stored_block_bytes(&geom, KvFormat::F16);
+        let widest = (0..ctx.div_ceil(bt))
+            .map(|b| mix.format_for(b, ctx, bt))
+            .filter(|&f| f != KvFormat::F16)
+            .map(|f| stored_block_bytes(&geom, f))
+            .max()
+            .unwrap_or(0);
+        f16 + widest
+    }
+
     /// The prompt micro-batch a session with this type uses (the session's rule).
     pub fn ubatch(self) -> usize {
-        let mix = engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type");
-        engine::forward::effective_ubatch(PLAN_UBATCH, &mix)
+        engine::forward::effective_ubatch(PLAN_UBATCH, &self.mix())
+    }
+
+    fn mix(self) -> kvcache::TierMix {
+        engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type")
     }
 
     pub fn name(self) -> &'static str {
@@ -92,6 +112,22 @@ impl KvType {
             KvType::Tiered => "tiered",
         }
     }
+}
+
+/// The block geometry of `cfg`'s KV cache.
+fn block_geom(cfg: &ModelConfig) -> BlockGeom {
+    BlockGeom {
+        n_layers: cfg.n_layers,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        block_tokens: engine::forward::BLOCK_TOKENS,
+    }
+}
+
+/// Bytes of a block the cache stores in format `f` (a head size the quantized formats do
+/// not support is stored f16).
+fn stored_block_bytes(geom: &BlockGeom, f: KvFormat) -> u64 {
+    geom.block_bytes(if f.supports(geom) { f } else { KvFormat::F16 }) as u64
 }
 
 /// Where the budget comes from.
@@ -175,14 +211,30 @@ pub struct PlanArgs {
 /// transcodes blocks uses fewer, see [`KvType::ubatch`]).
 const PLAN_UBATCH: usize = 512;
 
-/// A model's fixed facts, read from its header (nothing is loaded).
+/// A model's fixed facts, read from its header (nothing is loaded), and the machine's page
+/// size.
 pub struct ModelFacts {
     pub cfg: ModelConfig,
     pub file_bytes: u64,
     pub tokenizer_bytes: u64,
+    page_bytes: u64,
 }
 
 impl ModelFacts {
+    pub fn new(cfg: ModelConfig, file_bytes: u64, tokenizer_bytes: u64) -> Self {
+        let page_bytes = probe::NativeProbe::new()
+            .platform()
+            .map_or(PlatformInfo::default().page_size_bytes, |p| {
+                p.page_size_bytes
+            });
+        ModelFacts {
+            cfg,
+            file_bytes,
+            tokenizer_bytes,
+            page_bytes,
+        }
+    }
+
     pub fn input(&self, n_ctx: usize, n_seqs: usize, kv: KvType, threads: usize) -> PlanInput<'_> {
         PlanInput {
             cfg: &self.cfg,
@@ -193,6 +245,8 @@ impl ModelFacts {
             kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx),
             threads,
             ubatch: kv.ubatch(),
+            kv_transcode_bytes: kv.transcode_bytes(&self.cfg, n_ctx),
+            page_bytes: self.page_bytes,
         }
     }
 
@@ -218,10 +272,22 @@ impl ModelFacts {
 
     /// Largest number of sequences of `ctx` tokens that fits `budget`.
     pub fn max_seqs(&self, budget: u64, ctx: usize, kv: KvType, threads: usize) -> usize {
+        let fits = |seqs: usize| plan(&self.input(ctx, seqs, kv, threads)).total_bytes <= budget;
         let one = plan(&self.input(ctx, 1, kv, threads));
-        let per = one.kv_bytes.max(1);
-        let base = one.total_bytes - one.kv_bytes;
-        budget.saturating_sub(base).checked_div(per).unwrap_or(0) as usize
+        if one.total_bytes > budget {
+            return 0;
+        }
+        // Each sequence adds at least its KV, so no more than this fits; the runtime's
+        // share grows less than linearly, so search below it.
+        let (mut lo, mut hi) = (
+            1usize,
+            1 + ((budget - one.total_bytes) / one.kv_bytes.max(1)) as usize,
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) { lo = mid } else { hi = mid - 1 }
+        }
+        lo
     }
 }
 
@@ -229,11 +295,11 @@ impl ModelFacts {
 pub fn facts(path: &std::path::Path) -> Result<ModelFacts, CliError> {
     let file = crate::load::map(path)?;
     let tm = crate::load::text_model(path, &file)?;
-    Ok(ModelFacts {
-        cfg: tm.model.cfg.clone(),
-        file_bytes: file.bytes().len() as u64,
-        tokenizer_bytes: tm.tokenizer.table_bytes(),
-    })
+    Ok(ModelFacts::new(
+        tm.model.cfg.clone(),
+        file.bytes().len() as u64,
+        tm.tokenizer.table_bytes(),
+    ))
 }
 
 #[derive(Serialize)]

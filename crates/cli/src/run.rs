@@ -153,11 +153,11 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let profile = a.budget.profile(budget::Bytes(machine_total))?;
     let file = crate::load::map(&a.model)?;
     let mut tm = crate::load::text_model(&a.model, &file)?;
-    let facts = crate::plan::ModelFacts {
-        cfg: tm.model.cfg.clone(),
-        file_bytes: file.bytes().len() as u64,
-        tokenizer_bytes: tm.tokenizer.table_bytes(),
-    };
+    let facts = crate::plan::ModelFacts::new(
+        tm.model.cfg.clone(),
+        file.bytes().len() as u64,
+        tm.tokenizer.table_bytes(),
+    );
     let kv = crate::plan::KvType::from_name(&a.kv_type).unwrap_or(crate::plan::KvType::F16);
     let need = engine::memory::plan(&facts.input(a.ctx, 1, kv, threads));
     // Check the budget before any weight page or buffer is touched.
