@@ -316,6 +316,8 @@ struct PlanReport {
     ctx: usize,
     seqs: usize,
     kv_type: KvType,
+    /// Compute threads the plan is for (the runtime line counts each one's stack).
+    threads: usize,
     weights_bytes: u64,
     tokenizer_bytes: u64,
     kv_bytes: u64,
@@ -401,6 +403,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
         ctx: a.ctx,
         seqs: a.seqs,
         kv_type: a.kv_type,
+        threads,
         weights_bytes: p.weights_bytes,
         tokenizer_bytes: p.tokenizer_bytes,
         kv_bytes: p.kv_bytes,
@@ -439,18 +442,23 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
 fn print_table(r: &PlanReport) {
     let b = |n: u64| Bytes(n).to_string();
     println!(
-        "plan for {}  (ctx {}, {} seq, {} KV)",
+        "plan for {}  (ctx {}, {} seq, {} KV, {} threads)",
         r.model,
         r.ctx,
         r.seqs,
-        r.kv_type.name()
+        r.kv_type.name(),
+        r.threads
     );
     for (name, v, why) in [
         ("weights", r.weights_bytes, "mapped GGUF, resident"),
         ("tokenizer", r.tokenizer_bytes, "vocabulary tables"),
         ("kv", r.kv_bytes, "full context, all layers"),
         ("scratch", r.scratch_bytes, "activations, attention, logits"),
-        ("runtime", r.runtime_bytes, "code, stacks, allocator"),
+        (
+            "runtime",
+            r.runtime_bytes,
+            "code, thread stacks, allocator, KV re-encoding",
+        ),
     ] {
         println!("  {name:<10} {:>12}   {why}", b(v));
     }

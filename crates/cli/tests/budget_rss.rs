@@ -153,7 +153,16 @@ fn finding4_threads_beyond_the_cpus_are_capped_with_a_warning() {
             .filter(|l| l.contains("warning"))
             .map(str::to_owned)
             .collect::<Vec<_>>();
-        (json_of(&o)["runtime_bytes"].as_u64().unwrap(), warnings)
+        let report = json_of(&o);
+        assert_eq!(
+            report["threads"].as_u64(),
+            Some(if extra.is_empty() {
+                threads.parse::<u64>().unwrap().min(cpus as u64)
+            } else {
+                threads.parse().unwrap()
+            })
+        );
+        (report["runtime_bytes"].as_u64().unwrap(), warnings)
     };
     let (at_cpus, quiet) = runtime(&cpus.to_string(), &[]);
     assert!(quiet.is_empty(), "{quiet:?}");
