@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::exit::{CliError, input};
 use crate::limits;
-use crate::machine::{self, MachineInfo};
+use crate::machine::MachineInfo;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -26,9 +26,9 @@ pub enum BenchCommand {
 
 #[derive(Args, Debug)]
 pub struct MemoryArgs {
-    /// Threads for the all-threads runs (default: every CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    // The all-threads runs default to every CPU this process may use.
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     /// Working-set sizes, e.g. 4K,1M,1G (default: half of each cache level and one
     /// main-memory point, about a minute; --full for the whole sweep).
     #[arg(long)]
@@ -186,7 +186,7 @@ fn memory(a: &MemoryArgs) -> Result<(), CliError> {
     let plot = a.plot.as_deref().map(plot_file).transpose()?;
     let limit = crate::fit::Limit::of(&a.budget)?;
     let mut config = membench::Config {
-        threads: a.threads,
+        threads: a.threads.requested(),
         reps: a.reps,
         huge_pages: cfg!(target_os = "linux") && !a.base_pages,
         sweep: if a.full {
@@ -276,9 +276,8 @@ fn memory(a: &MemoryArgs) -> Result<(), CliError> {
 pub struct InferArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// Compute threads (default: the physical cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     /// Timed repetitions per figure (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
@@ -388,11 +387,11 @@ pub(crate) fn session_plan(
     n_ctx: usize,
     threads: usize,
 ) -> engine::memory::Plan {
-    let facts = crate::plan::ModelFacts {
-        cfg: tm.model.cfg.clone(),
+    let facts = crate::plan::ModelFacts::new(
+        tm.model.cfg.clone(),
         file_bytes,
-        tokenizer_bytes: tm.tokenizer.table_bytes(),
-    };
+        tm.tokenizer.table_bytes(),
+    );
     engine::memory::plan(&facts.input(n_ctx, 1, crate::plan::KvType::F16, threads))
 }
 
@@ -425,7 +424,7 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
     let deepest = a.pp.max(a.depth + a.tg);
     let what = format!("a bench context of {deepest} tokens (--pp, or --depth + --tg)");
     limits::warn_past_training(&what, deepest, &tm.model.cfg);
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let vocab = tm.model.cfg.vocab;
     let file_bytes = file.bytes().len() as u64;
     let need = session_plan(&tm, file_bytes, n_ctx, threads).total_bytes;

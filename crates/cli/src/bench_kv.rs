@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::exit::{CliError, input};
 use crate::limits;
-use crate::machine::{self, MachineInfo};
+use crate::machine::MachineInfo;
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
@@ -47,8 +47,8 @@ pub struct KvArgs {
     /// Speed repetitions (median reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     #[arg(long)]
     pub json: bool,
     /// Do not save the codec and compressor rates (the KV eviction score's reload costs).
@@ -254,7 +254,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         let deep = a.depth + a.tg;
         limits::warn_past_training(&format!("--depth + --tg ({deep})"), deep, &tm.model.cfg);
     }
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let mut mixes = Vec::new();
     for t in &a.types {
         let mix = kv_mix_named(t).ok_or_else(|| {

@@ -33,30 +33,6 @@ impl MachineInfo {
     }
 }
 
-/// Physical cores (the default thread count): distinct (package, core) pairs on Linux,
-/// else the logical count.
-pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Ok(s) = std::fs::read_to_string("/proc/cpuinfo") else {
-        return logical;
-    };
-    let mut seen = std::collections::BTreeSet::new();
-    let mut phys = String::new();
-    for l in s.lines() {
-        if let Some(v) = l.strip_prefix("physical id") {
-            phys = v.trim_start_matches([' ', '\t', ':']).into();
-        } else if let Some(v) = l.strip_prefix("core id") {
-            let core: String = v.trim_start_matches([' ', '\t', ':']).into();
-            seen.insert((phys.clone(), core));
-        }
-    }
-    if seen.is_empty() {
-        logical
-    } else {
-        seen.len().min(logical)
-    }
-}
-
 /// Peak resident set size of this process in bytes (VmHWM), if the OS tells.
 pub fn peak_rss_bytes() -> Option<u64> {
     status_kib("VmHWM:").map(|k| k * 1024)

@@ -9,12 +9,14 @@ mod kvdir;
 mod limits;
 mod load;
 mod machine;
+mod malloc;
 mod metrics_http;
 mod monitor;
 mod out;
 mod plan;
 mod read;
 mod run;
+mod threads;
 mod tier;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,7 @@ enum Command {
 }
 
 fn main() {
+    malloc::tune();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

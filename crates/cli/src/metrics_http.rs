@@ -1,32 +1,49 @@
-//! A deliberately small HTTP/1.1 endpoint: `GET /metrics` in Prometheus text format.
+//! `GET /metrics` in Prometheus text format, served by hyper on a one-thread tokio runtime.
 //!
-//! No framework: one scrape a second does not need one, and every byte read is bounded.
-//! Each connection gets its own short-lived thread (at most [`MAX_CONNECTIONS`] at once;
-//! more are closed unanswered), a deadline for the whole request head, a cap on its size,
-//! and one response followed by `Connection: close`. Anything that is not a well-formed
-//! `GET`/`HEAD` request line gets a 4xx; nothing a client sends can end the server.
+//! The first version of this endpoint was a hand-written server with a thread per
+//! connection and at most 32 of them: 33 clients that connected and sent nothing made
+//! every scrape fail for as long as they stayed (issue 13, finding 8). Here a connection is
+//! a task on one event loop, so an idle one costs a socket and a few hundred bytes, and
+//! none can hold up another. Each connection:
+//!
+//! - gets [`HEAD_TIMEOUT`] to send its whole request head, counted from the moment the
+//!   server waits for it (hyper's `header_read_timeout`, with tokio's timer): a client that
+//!   sends nothing, or a header a byte at a time, is closed when it runs out;
+//! - may send at most [`MAX_HEAD_BYTES`] of head (431 beyond);
+//! - is served one request and closed (`Connection: close`), all within
+//!   [`CONNECTION_DEADLINE`], so a client that never reads its response goes too.
+//!
+//! There is no cap on connections beyond the operating system's limit on open files, whose
+//! soft value is raised to the hard one when the endpoint starts. hyper answers what does
+//! not parse as HTTP/1.1 (400, 431) or closes the connection (an HTTP/2 preface, a head cut
+//! short); nothing a client sends can end the server.
 //!
 //! The body is the latest exposition the sampler published ([`Exposition`]): a scrape never
 //! waits for a probe reading.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use probe::PROMETHEUS_CONTENT_TYPE;
 
 /// Largest request head (request line and headers) read; Prometheus sends about 300 bytes.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Connections handled at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its whole request head, and each write may take.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// After an error response, at most this much of the rest of the request is read and
-/// thrown away before closing, so the client sees the response rather than a reset.
-const DRAIN_BYTES: usize = 64 * 1024;
+/// Time a client has to send its whole request head, from the moment it is accepted.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may live in all: its head, our response, and the client reading it.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the accept loop waits before trying again when the OS refuses a connection
+/// (out of file descriptors): the deadlines above free some meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The text served at `/metrics`, replaced by the sampler each tick.
 #[derive(Debug, Clone, Default)]
@@ -47,235 +64,148 @@ impl Exposition {
 
 /// Binds `addr` and serves `exposition` from a background thread. Returns the bound
 /// address (the real port when `addr` asked for port 0).
+///
+/// # Errors
+/// When the address cannot be bound, or the runtime or its thread cannot be started.
 pub fn serve(addr: SocketAddr, exposition: Exposition) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     thread::Builder::new()
         .name("metrics-http".to_owned())
-        .spawn(move || accept_loop(&listener, &exposition))?;
+        .spawn(move || runtime.block_on(accept_loop(listener, exposition)))?;
     Ok(local)
 }
 
-fn accept_loop(listener: &TcpListener, exposition: &Exposition) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        // Per-connection errors (a client that reset before accept) are the client's.
-        let Ok(stream) = stream else { continue };
-        let slot = Slot::take(&active);
-        if slot.is_none() {
-            drop(stream);
-            continue;
+async fn accept_loop(listener: TcpListener, exposition: Exposition) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("llmem monitor: the metrics endpoint stopped: {e}");
+            return;
         }
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // A client that reset before accept is its own problem; out of descriptors,
+            // wait for the deadlines to close some.
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let exposition = exposition.clone();
-        // If the thread cannot be spawned the closure is dropped unrun, and with it the
-        // stream (closed unanswered) and the slot (given back).
-        let _ = thread::Builder::new()
-            .name("metrics-conn".to_owned())
-            .spawn(move || {
-                let _slot = slot;
-                let _ = handle(stream, &exposition);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = respond(req.method(), req.uri().path(), &exposition);
+                async move { Ok::<_, Infallible>(response) }
             });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_header_size(MAX_HEAD_BYTES)
+                .keep_alive(false)
+                .title_case_headers(true)
+                .serve_connection(TokioIo::new(stream), service);
+            // Errors (bad heads, timeouts, resets) end only this connection; dropping it
+            // at the deadline closes the socket.
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
+        });
     }
 }
 
-/// One of the [`MAX_CONNECTIONS`] places, given back on drop (a panicking handler too).
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Self(Arc::clone(active)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What a request head asks for, or why it cannot be answered.
+/// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// `GET /metrics` (with `HEAD`: the same without a body).
-    Metrics {
-        head_only: bool,
-    },
+    Metrics,
     NotFound,
     MethodNotAllowed,
-    BadRequest,
 }
 
-/// Judges a request line (`GET /metrics HTTP/1.1`).
-pub fn route(request_line: &str) -> Route {
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    let is_token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic());
-    if !is_token(method) || !version.starts_with("HTTP/1.") || target.is_empty() {
-        return Route::BadRequest;
-    }
-    // Absolute form (`http://host/metrics`) names the same resource as origin form.
-    let path = match target.strip_prefix("http://") {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None if target.starts_with('/') => target,
-        None => return Route::BadRequest,
-    };
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Route::MethodNotAllowed,
-    };
-    if path == "/metrics" {
-        Route::Metrics { head_only }
+/// Judges a request's method and path (the query is not part of `path`).
+pub fn route(method: &Method, path: &str) -> Route {
+    if *method != Method::GET && *method != Method::HEAD {
+        Route::MethodNotAllowed
+    } else if path == "/metrics" {
+        Route::Metrics
     } else {
         Route::NotFound
     }
 }
 
-/// Why the head could not be read.
-enum HeadError {
-    TooLarge,
-    TimedOut,
-    /// Closed before the head ended; `true` when it had sent something.
-    Closed(bool),
-    Io,
-}
-
-/// Reads up to the blank line ending the head; returns the request line.
-fn read_head(stream: &mut TcpStream) -> Result<String, HeadError> {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0_u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::TimedOut);
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|_| HeadError::Io)?;
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => return Err(HeadError::Closed(!head.is_empty())),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(HeadError::TimedOut);
-            }
-            Err(_) => return Err(HeadError::Io),
-        };
-        // Only the new bytes (and the three before them) can complete the terminator.
-        let scan_from = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..n]);
-        let end = find_head_end(&head[scan_from..]).map(|i| scan_from + i);
-        if let Some(end) = end {
-            let head = &head[..end];
-            let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-            let line = head[..line_end]
-                .strip_suffix(b"\r")
-                .unwrap_or(&head[..line_end]);
-            return Ok(String::from_utf8_lossy(line).into_owned());
-        }
-        if head.len() > MAX_HEAD_BYTES {
-            return Err(HeadError::TooLarge);
-        }
-    }
-}
-
-/// Index of the blank line that ends a head (`\r\n\r\n`, or a bare `\n\n`).
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    (0..bytes.len())
-        .find(|&i| bytes[i..].starts_with(b"\r\n\r\n") || bytes[i..].starts_with(b"\n\n"))
-}
-
-fn handle(mut stream: TcpStream, exposition: &Exposition) -> io::Result<()> {
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let route = match read_head(&mut stream) {
-        Ok(line) => route(&line),
-        Err(HeadError::TooLarge) => {
-            respond_error(&mut stream, "431 Request Header Fields Too Large", None)?;
-            return drain_and_close(stream);
-        }
-        Err(HeadError::TimedOut) => {
-            respond_error(&mut stream, "408 Request Timeout", None)?;
-            return drain_and_close(stream);
-        }
-        Err(HeadError::Closed(true)) => {
-            return respond_error(&mut stream, "400 Bad Request", None);
-        }
-        Err(HeadError::Closed(false) | HeadError::Io) => return Ok(()),
-    };
-    match route {
-        Route::Metrics { head_only } => {
+/// The whole response to a request (hyper leaves the body out for `HEAD`).
+fn respond(method: &Method, path: &str, exposition: &Exposition) -> Response<Full<Bytes>> {
+    match route(method, path) {
+        Route::Metrics => {
             let body = exposition.current();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {PROMETHEUS_CONTENT_TYPE}\r\n\
-                 Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-                body.len()
+            let mut r = text(StatusCode::OK, body);
+            let h = r.headers_mut();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
             );
-            stream.write_all(head.as_bytes())?;
-            if !head_only {
-                stream.write_all(body.as_bytes())?;
-            }
-            stream.flush()?;
-            let _ = stream.shutdown(Shutdown::Write);
-            Ok(())
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
         }
-        Route::NotFound => respond_error(&mut stream, "404 Not Found", None),
+        Route::NotFound => error(StatusCode::NOT_FOUND),
         Route::MethodNotAllowed => {
-            respond_error(
-                &mut stream,
-                "405 Method Not Allowed",
-                Some("Allow: GET, HEAD"),
-            )?;
-            drain_and_close(stream)
-        }
-        Route::BadRequest => {
-            respond_error(&mut stream, "400 Bad Request", None)?;
-            drain_and_close(stream)
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED);
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
         }
     }
 }
 
-fn respond_error(stream: &mut TcpStream, status: &str, extra: Option<&str>) -> io::Result<()> {
-    let body = format!("{status}\nllmem serves Prometheus metrics at GET /metrics\n");
-    let extra = extra.map(|h| format!("{h}\r\n")).unwrap_or_default();
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n{extra}\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+fn error(status: StatusCode) -> Response<Full<Bytes>> {
+    text(
+        status,
+        format!("{status}\nllmem serves Prometheus metrics at GET /metrics\n"),
+    )
+}
+
+/// A plain-text response whose length is stated (also for `HEAD`, which has no body).
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    r
 }
 
-/// Closes our side, then reads (bounded in bytes and time) what the client still sends: a
-/// close with unread data makes the kernel send a reset, which can destroy the response
-/// before the client reads it.
-fn drain_and_close(mut stream: TcpStream) -> io::Result<()> {
-    stream.shutdown(Shutdown::Write)?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut chunk = [0_u8; 4096];
-    let mut drained = 0;
-    while drained < DRAIN_BYTES {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
+/// Raises this process's soft limit on open files to its hard limit, so that the
+/// connections the endpoint holds at once are bounded by the OS's ceiling rather than by
+/// the customary soft 1,024. A refusal leaves the limit as it was.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            // SAFETY: setrlimit reads the struct we own; raising the soft limit up to the
+            // hard one needs no privilege.
+            let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -284,40 +214,29 @@ mod tests {
 
     #[test]
     fn routes() {
-        let metrics = Route::Metrics { head_only: false };
-        assert_eq!(route("GET /metrics HTTP/1.1"), metrics);
-        assert_eq!(route("GET /metrics?x=1 HTTP/1.0"), metrics);
-        assert_eq!(route("GET http://127.0.0.1:9/metrics HTTP/1.1"), metrics);
-        assert_eq!(
-            route("HEAD /metrics HTTP/1.1"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(route("GET / HTTP/1.1"), Route::NotFound);
-        assert_eq!(route("GET /metricsx HTTP/1.1"), Route::NotFound);
-        assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
-        assert_eq!(route("DELETE / HTTP/1.1"), Route::MethodNotAllowed);
-        for bad in [
-            "",
-            "GET",
-            "GET /metrics",
-            "GET /metrics HTTP/2.0",
-            "GET  /metrics HTTP/1.1",
-            "GET /metrics HTTP/1.1 extra",
-            "G3T /metrics HTTP/1.1",
-            "GET metrics HTTP/1.1",
-            "\u{fffd}\u{fffd} / HTTP/1.1",
-        ] {
-            assert_eq!(route(bad), Route::BadRequest, "{bad:?}");
-        }
+        assert_eq!(route(&Method::GET, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::HEAD, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::GET, "/"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/metricsx"), Route::NotFound);
+        assert_eq!(route(&Method::HEAD, "/metrics/"), Route::NotFound);
+        assert_eq!(route(&Method::POST, "/metrics"), Route::MethodNotAllowed);
+        assert_eq!(route(&Method::DELETE, "/"), Route::MethodNotAllowed);
     }
 
     #[test]
-    fn head_end_is_found_in_either_line_ending() {
+    fn responses_state_their_type_and_length() {
+        let e = Exposition::default();
+        e.publish("llmem_x 1\n".to_owned());
+        let ok = respond(&Method::GET, "/metrics", &e);
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[CONTENT_TYPE], PROMETHEUS_CONTENT_TYPE);
+        assert_eq!(ok.headers()[CONTENT_LENGTH], "10");
+        let not_allowed = respond(&Method::PUT, "/metrics", &e);
+        assert_eq!(not_allowed.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(not_allowed.headers()[ALLOW], "GET, HEAD");
         assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(23)
+            respond(&Method::GET, "/x", &e).status(),
+            StatusCode::NOT_FOUND
         );
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(14));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 }

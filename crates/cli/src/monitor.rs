@@ -122,6 +122,12 @@ impl Session {
         let bound = metrics_http::serve(addr, exposition)
             .with_context(|| format!("cannot serve metrics on {addr}"))
             .map_err(input)?;
+        if !bound.ip().is_loopback() {
+            eprintln!(
+                "llmem monitor: warning: /metrics on {bound} is reachable from other machines; \
+                 bind 127.0.0.1 to keep it to this one"
+            );
+        }
         self.metrics_addr = Some(bound);
         Ok(())
     }

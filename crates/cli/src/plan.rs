@@ -9,8 +9,11 @@ use engine::config::ModelConfig;
 use engine::memory::{Plan, PlanInput, plan};
 use serde::Serialize;
 
+use kernels::kvquant::{BlockGeom, KvFormat};
+use probe::{MemoryProbe, PlatformInfo};
+
 use crate::exit::{CliError, input};
-use crate::{limits, machine};
+use crate::limits;
 
 /// KV cache types (`--kv-type`): one format for every block, or a tier mix by age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -49,20 +52,12 @@ impl KvType {
     /// several sequences this counts one transient per sequence: an upper bound). A head
     /// size the quantized formats do not support counts as f16, which the cache then uses.
     pub fn bytes_per_token(self, cfg: &ModelConfig, ctx: usize) -> u64 {
-        use kernels::kvquant::{BlockGeom, KvFormat};
-        let geom = BlockGeom {
-            n_layers: cfg.n_layers,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            block_tokens: engine::forward::BLOCK_TOKENS,
-        };
-        let mix = engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type");
+        let geom = block_geom(cfg);
+        let mix = self.mix();
         let bt = geom.block_tokens;
         let ctx = ctx.max(1);
         let n = ctx.div_ceil(bt);
-        let bytes = |f: KvFormat| {
-            geom.block_bytes(if f.supports(&geom) { f } else { KvFormat::F16 }) as u128
-        };
+        let bytes = |f: KvFormat| u128::from(stored_block_bytes(&geom, f));
         // Counted per format, not walked per block: a context of 2^64-1 tokens has 2^60
         // blocks (finding 7).
         let rest: u128 = KvFormat::ALL
@@ -84,10 +79,35 @@ impl KvType {
         u64::try_from((rest + transient).div_ceil(ctx as u128)).unwrap_or(u64::MAX)
     }
 
+    /// Bytes one compute thread holds outside the ledger while it re-encodes a block of a
+    /// sequence of up to `ctx` tokens (kvcache's `set_formats`: a decoded f16 copy of a
+    /// quantized block, and the new encoding until the pool installs and accounts it); 0
+    /// when every block stays f16. The largest format the mix gives any block at `ctx`
+    /// (every age up to `ctx` occurs there) bounds the new encoding.
+    pub fn transcode_bytes(self, cfg: &ModelConfig, ctx: usize) -> u64 {
+        let mix = self.mix();
+        if mix.is_all_f16() {
+            return 0;
+        }
+        let geom = block_geom(cfg);
+        let (bt, ctx) = (geom.block_tokens, ctx.max(1));
+        let f16 = stored_block_bytes(&geom, KvFormat::F16);
+        let widest = (0..ctx.div_ceil(bt))
+            .map(|b| mix.format_for(b, ctx, bt))
+            .filter(|&f| f != KvFormat::F16)
+            .map(|f| stored_block_bytes(&geom, f))
+            .max()
+            .unwrap_or(0);
+        f16 + widest
+    }
+
     /// The prompt micro-batch a session with this type uses (the session's rule).
     pub fn ubatch(self) -> usize {
-        let mix = engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type");
-        engine::forward::effective_ubatch(PLAN_UBATCH, &mix)
+        engine::forward::effective_ubatch(PLAN_UBATCH, &self.mix())
+    }
+
+    fn mix(self) -> kvcache::TierMix {
+        engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type")
     }
 
     pub fn name(self) -> &'static str {
@@ -100,6 +120,22 @@ impl KvType {
             KvType::Tiered => "tiered",
         }
     }
+}
+
+/// The block geometry of `cfg`'s KV cache.
+fn block_geom(cfg: &ModelConfig) -> BlockGeom {
+    BlockGeom {
+        n_layers: cfg.n_layers,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        block_tokens: engine::forward::BLOCK_TOKENS,
+    }
+}
+
+/// Bytes of a block the cache stores in format `f` (a head size the quantized formats do
+/// not support is stored f16).
+fn stored_block_bytes(geom: &BlockGeom, f: KvFormat) -> u64 {
+    geom.block_bytes(if f.supports(geom) { f } else { KvFormat::F16 }) as u64
 }
 
 /// Where the budget comes from.
@@ -172,8 +208,8 @@ pub struct PlanArgs {
     pub kv_type: KvType,
     #[command(flatten)]
     pub budget: BudgetArgs,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     #[arg(long, conflicts_with = "yaml")]
     pub json: bool,
     #[arg(long)]
@@ -184,14 +220,30 @@ pub struct PlanArgs {
 /// transcodes blocks uses fewer, see [`KvType::ubatch`]).
 const PLAN_UBATCH: usize = 512;
 
-/// A model's fixed facts, read from its header (nothing is loaded).
+/// A model's fixed facts, read from its header (nothing is loaded), and the machine's page
+/// size.
 pub struct ModelFacts {
     pub cfg: ModelConfig,
     pub file_bytes: u64,
     pub tokenizer_bytes: u64,
+    page_bytes: u64,
 }
 
 impl ModelFacts {
+    pub fn new(cfg: ModelConfig, file_bytes: u64, tokenizer_bytes: u64) -> Self {
+        let page_bytes = probe::NativeProbe::new()
+            .platform()
+            .map_or(PlatformInfo::default().page_size_bytes, |p| {
+                p.page_size_bytes
+            });
+        ModelFacts {
+            cfg,
+            file_bytes,
+            tokenizer_bytes,
+            page_bytes,
+        }
+    }
+
     pub fn input(&self, n_ctx: usize, n_seqs: usize, kv: KvType, threads: usize) -> PlanInput<'_> {
         PlanInput {
             cfg: &self.cfg,
@@ -202,6 +254,8 @@ impl ModelFacts {
             kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx),
             threads,
             ubatch: kv.ubatch(),
+            kv_transcode_bytes: kv.transcode_bytes(&self.cfg, n_ctx),
+            page_bytes: self.page_bytes,
         }
     }
 
@@ -228,11 +282,25 @@ impl ModelFacts {
     /// Largest number of sequences of `ctx` tokens that fits `budget` (at most
     /// [`limits::MAX_SEQS`]).
     pub fn max_seqs(&self, budget: u64, ctx: usize, kv: KvType, threads: usize) -> usize {
+        let fits = |seqs: usize| plan(&self.input(ctx, seqs, kv, threads)).total_bytes <= budget;
         let one = plan(&self.input(ctx, 1, kv, threads));
-        let per = one.kv_bytes.max(1);
-        let base = one.total_bytes - one.kv_bytes;
-        let seqs = budget.saturating_sub(base).checked_div(per).unwrap_or(0);
-        usize::try_from(seqs).map_or(limits::MAX_SEQS, |s| s.min(limits::MAX_SEQS))
+        if one.total_bytes > budget {
+            return 0;
+        }
+        // Each sequence adds at least its KV, so no more than this fits (and never more
+        // than limits::MAX_SEQS); the runtime's share grows less than linearly, so search
+        // below it: O(log) plans, whatever the budget.
+        let most = (budget - one.total_bytes) / one.kv_bytes.max(1);
+        let (mut lo, mut hi) = (
+            1usize,
+            usize::try_from(most.saturating_add(1))
+                .map_or(limits::MAX_SEQS, |h| h.min(limits::MAX_SEQS)),
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) { lo = mid } else { hi = mid - 1 }
+        }
+        lo
     }
 }
 
@@ -240,11 +308,11 @@ impl ModelFacts {
 pub fn facts(path: &std::path::Path) -> Result<ModelFacts, CliError> {
     let file = crate::load::map(path)?;
     let tm = crate::load::text_model(path, &file)?;
-    Ok(ModelFacts {
-        cfg: tm.model.cfg.clone(),
-        file_bytes: file.bytes().len() as u64,
-        tokenizer_bytes: tm.tokenizer.table_bytes(),
-    })
+    Ok(ModelFacts::new(
+        tm.model.cfg.clone(),
+        file.bytes().len() as u64,
+        tm.tokenizer.table_bytes(),
+    ))
 }
 
 #[derive(Serialize)]
@@ -261,6 +329,8 @@ struct PlanReport {
     ctx: usize,
     seqs: usize,
     kv_type: KvType,
+    /// Compute threads the plan is for (the runtime line counts each one's stack).
+    threads: usize,
     weights_bytes: u64,
     tokenizer_bytes: u64,
     kv_bytes: u64,
@@ -324,7 +394,7 @@ pub fn suggestions(
 pub fn run(a: &PlanArgs) -> Result<(), CliError> {
     limits::context("--ctx", a.ctx)?;
     limits::count("--seqs", a.seqs, 1, limits::MAX_SEQS)?;
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let limit = crate::fit::Limit::of(&a.budget)?;
     let (budget_bytes, source) = (limit.total_bytes, limit.source);
     let f = facts(&a.model)?;
@@ -338,6 +408,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
         ctx: a.ctx,
         seqs: a.seqs,
         kv_type: a.kv_type,
+        threads,
         weights_bytes: p.weights_bytes,
         tokenizer_bytes: p.tokenizer_bytes,
         kv_bytes: p.kv_bytes,
@@ -382,18 +453,23 @@ fn write_table(out: &mut impl Write, r: &PlanReport) -> std::io::Result<()> {
     let b = |n: u64| Bytes(n).to_string();
     writeln!(
         out,
-        "plan for {}  (ctx {}, {} seq, {} KV)",
+        "plan for {}  (ctx {}, {} seq, {} KV, {} threads)",
         r.model,
         r.ctx,
         r.seqs,
-        r.kv_type.name()
+        r.kv_type.name(),
+        r.threads
     )?;
     for (name, v, why) in [
         ("weights", r.weights_bytes, "mapped GGUF, resident"),
         ("tokenizer", r.tokenizer_bytes, "vocabulary tables"),
         ("kv", r.kv_bytes, "full context, all layers"),
         ("scratch", r.scratch_bytes, "activations, attention, logits"),
-        ("runtime", r.runtime_bytes, "code, stacks, allocator"),
+        (
+            "runtime",
+            r.runtime_bytes,
+            "code, thread stacks, allocator, KV re-encoding",
+        ),
     ] {
         writeln!(out, "  {name:<10} {:>12}   {why}", b(v))?;
     }

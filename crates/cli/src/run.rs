@@ -39,9 +39,8 @@ pub struct RunArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compute threads (default: the physical cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
     /// Context size in tokens (prompt + generated).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
@@ -144,15 +143,15 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         return Err(no_prompt());
     }
     let t_load = Instant::now();
-    let threads = a.threads.unwrap_or_else(machine::physical_cores).max(1);
+    let threads = a.threads.resolve();
     let limit = crate::fit::Limit::of(&a.budget)?;
     let file = crate::load::map(&a.model)?;
     let mut tm = crate::load::text_model(&a.model, &file)?;
-    let facts = crate::plan::ModelFacts {
-        cfg: tm.model.cfg.clone(),
-        file_bytes: file.bytes().len() as u64,
-        tokenizer_bytes: tm.tokenizer.table_bytes(),
-    };
+    let facts = crate::plan::ModelFacts::new(
+        tm.model.cfg.clone(),
+        file.bytes().len() as u64,
+        tm.tokenizer.table_bytes(),
+    );
     let kv = crate::plan::KvType::from_name(&a.kv_type).unwrap_or(crate::plan::KvType::F16);
     let need = engine::memory::plan(&facts.input(a.ctx, 1, kv, threads));
     // Check the budget (or the machine's memory) before any weight page or buffer is

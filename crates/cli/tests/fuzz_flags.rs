@@ -35,7 +35,7 @@ const SEED: u64 = 0x1337_f1a9;
 /// refused, and a refusal is allowed this much.
 const PROCESS_FLOOR_BYTES: u64 = 16 << 20;
 /// How far a run may pass its budget today: the plan counts the process itself (code,
-/// stacks, allocator) as a calibrated 4 MiB (`engine::memory::RUNTIME_BYTES`, measured on
+/// stacks, allocator) as `engine::memory::runtime_bytes` (stacks, arenas, page rounding; measured on
 /// the real model). This fuzzer found the tiny model's `bench infer` at an 8 MiB budget
 /// and a 10,197-token cache holding 10.4 MiB against a plan of 8.0 MiB (9.4 MiB without a
 /// budget). TODO(issue 13): shrink this to 0 when the plan's runtime line counts thread

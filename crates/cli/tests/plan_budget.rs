@@ -76,14 +76,16 @@ fn plan_reports_exact_weights_and_kv() {
     );
 }
 
-/// The plan's total is within 5% of the peak RSS a run filling that context measures, and
-/// memory outside the ledger is under 5% of RSS.
+/// The plan's total bounds the peak RSS a run filling that context measures, by at most
+/// 5% too much, and memory outside the ledger is under 5% of RSS. The prompts are long
+/// enough (425 and 660 tokens) for the prompt's micro-batch buffers to reach the size the
+/// plan counts.
 #[test]
 #[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn plan_matches_measured_peak_rss() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
-    for (ctx, chars) in [(512usize, 1200usize), (2048, 3000)] {
+    for (ctx, chars) in [(512usize, 1900usize), (2048, 3000)] {
         let pf = prompt_file(chars);
         let ctx_s = ctx.to_string();
         let r = json(&llmem(&[
@@ -111,7 +113,7 @@ fn plan_matches_measured_peak_rss() {
         let ratio = plan / peak;
         eprintln!("ctx {ctx}: plan {plan} / peak RSS {peak} = {ratio:.3}");
         assert!(
-            (ratio - 1.0).abs() <= 0.05,
+            (1.0..=1.05).contains(&ratio),
             "ctx {ctx}: plan/peak = {ratio}"
         );
         let drift = r["ledger"]["untracked_ratio"].as_f64().unwrap();

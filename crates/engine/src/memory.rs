@@ -113,8 +113,8 @@ pub struct Plan {
     pub kv_bytes: u64,
     /// Activations, attention workspace and logits.
     pub scratch_bytes: u64,
-    /// The process itself: code, libraries, thread stacks, allocator (measured, see the
-    /// calibration notes in docs/design/plan.md).
+    /// The process itself, outside the ledger: code, libraries, thread stacks, the
+    /// allocator's arenas and page rounding, KV re-encoding in flight ([`runtime_bytes`]).
     pub runtime_bytes: u64,
     pub total_bytes: u64,
 }
@@ -131,6 +131,12 @@ pub struct PlanInput<'a> {
     pub kv_bytes_per_token: u64,
     pub threads: usize,
     pub ubatch: usize,
+    /// Bytes one compute thread holds outside the ledger while it re-encodes one KV block
+    /// (a decoded f16 copy and the new encoding, before the pool installs it); 0 for a
+    /// cache whose blocks all stay f16.
+    pub kv_transcode_bytes: u64,
+    /// The OS page size: a buffer of 64 KiB or more is its own mapping, rounded up to it.
+    pub page_bytes: u64,
 }
 
 /// Longest context a plan or a session is sized for, in tokens: 2^24 (16,777,216).
@@ -145,9 +151,63 @@ pub const MAX_CTX_TOKENS: usize = 1 << 24;
 /// Most sequences a plan is sized for (2^16): see [`MAX_CTX_TOKENS`].
 pub const MAX_SEQS: usize = 1 << 16;
 
-/// Process overhead outside the ledger: the binary's code and data, libc, thread stacks
-/// and the allocator's own use. Measured on x86-64 Linux (docs/design/plan.md).
-pub const RUNTIME_BYTES: u64 = 4 << 20;
+/// The part of the process outside the ledger that does not depend on the configuration:
+/// resident code and data of the binary and its libraries (5.1 MiB for a release build,
+/// 6.3 MiB for the test profile's, whose dependencies are less optimized), the main
+/// thread's stack (under 0.1 MiB), the small blocks of the allocator's main heap beyond the
+/// tokenizer's tables (under 0.1 MiB). Measured on x86-64 Linux with glibc; 8 MiB leaves
+/// 1.5 MiB over the larger (docs/design/plan.md, "Runtime").
+pub const RUNTIME_BASE_BYTES: u64 = 8 << 20;
+
+/// What each thread beyond the main one may hold of its malloc arena: glibc gives threads
+/// arenas of their own (up to 8 per CPU), which keep their small blocks and up to the trim
+/// threshold (128 KiB) of free memory resident. Measured: 8 to 144 KiB per arena (64
+/// threads, ctx 4096, tiered KV).
+pub const THREAD_ARENA_BYTES: u64 = 192 << 10;
+
+/// Buffers of 64 KiB or more other than KV blocks (scratch, logits, attention workspace,
+/// tokenizer tables), each of which may round up to one more page.
+const OTHER_LARGE_BUFFERS: u64 = 64;
+
+/// Process memory outside the ledger for `input`, an upper bound:
+///
+/// - [`RUNTIME_BASE_BYTES`];
+/// - each compute-pool worker (`threads - 1`: the calling thread is the main one) and the
+///   KV read-ahead thread: its whole stack (`kernels::pool::WORKER_STACK_BYTES`,
+///   `kvcache::PREFETCH_STACK_BYTES`: the most it can have resident) and
+///   [`THREAD_ARENA_BYTES`];
+/// - KV blocks re-encoded at once, one per thread and at most one per block
+///   (`kv_transcode_bytes` each, plus two pages for the two buffers);
+/// - one page per large buffer: the allocator maps each one on its own (the binary sets
+///   glibc's mmap threshold to 64 KiB), and its header pushes a page-sized block into
+///   one more page.
+pub fn runtime_bytes(input: &PlanInput<'_>) -> u64 {
+    // Saturating throughout: counts past MAX_CTX_TOKENS or MAX_SEQS plan as "more than
+    // any budget", never as a wrapped small number.
+    let threads = input.threads.max(1) as u64;
+    let workers = threads - 1;
+    let stacks = workers
+        .saturating_mul(kernels::pool::WORKER_STACK_BYTES as u64)
+        .saturating_add(kvcache::PREFETCH_STACK_BYTES as u64);
+    let arenas = (workers + 1).saturating_mul(THREAD_ARENA_BYTES);
+    let blocks = (input.n_ctx.div_ceil(crate::forward::BLOCK_TOKENS) as u64)
+        .saturating_mul(input.n_seqs.max(1) as u64);
+    let transcoding = if input.kv_transcode_bytes == 0 {
+        0
+    } else {
+        threads.min(blocks).saturating_mul(
+            input
+                .kv_transcode_bytes
+                .saturating_add(2 * input.page_bytes),
+        )
+    };
+    let rounding = blocks
+        .saturating_add(OTHER_LARGE_BUFFERS)
+        .saturating_mul(input.page_bytes);
+    [stacks, arenas, transcoding, rounding]
+        .into_iter()
+        .fold(RUNTIME_BASE_BYTES, u64::saturating_add)
+}
 
 /// Computes what `input` needs.
 ///
@@ -172,11 +232,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let scratch_bytes = scratch_bytes(cfg, input.ubatch)
         .saturating_add(attention)
         .saturating_add(cfg.vocab as u64 * 4);
+    let runtime_bytes = runtime_bytes(input);
     let total_bytes = [
         input.tokenizer_bytes,
         kv_bytes,
         scratch_bytes,
-        RUNTIME_BYTES,
+        runtime_bytes,
     ]
     .into_iter()
     .fold(input.file_bytes, u64::saturating_add);
@@ -185,7 +246,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         tokenizer_bytes: input.tokenizer_bytes,
         kv_bytes,
         scratch_bytes,
-        runtime_bytes: RUNTIME_BYTES,
+        runtime_bytes,
         total_bytes,
     }
 }

@@ -27,6 +27,17 @@ use std::time::{Duration, Instant};
 
 type Job = dyn Fn(usize) + Sync;
 
+/// Stack of each worker thread (the caller, thread 0, keeps its own).
+///
+/// Set rather than inherited so that the memory plan can count it: a thread never has more
+/// of its stack resident than this, and Rust's default (2 MiB, or `RUST_MIN_STACK`) would
+/// be a bound 25 times too loose. The deepest worker path measured is attention's item
+/// loop: 80 KiB resident on every worker (its two 32 KiB K/V tiles, zero-filled, plus
+/// the frames below them; x86-64, AVX-512 and AVX2 builds); a panic there, printing a
+/// symbolized backtrace, runs within 32 KiB more. 256 KiB leaves more than half of it
+/// spare for kernels to grow. A kernel that outgrows it aborts with "has overflowed its
+/// stack" in the tests, which run every kernel on pool workers.
+pub const WORKER_STACK_BYTES: usize = 256 * 1024;
 /// How long an idle thread spins before it yields and then sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 /// How long it yields before sleeping.
@@ -79,6 +90,7 @@ impl ThreadPool {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("llmem-worker-{idx}"))
+                    .stack_size(WORKER_STACK_BYTES)
                     .spawn(move || worker(&s, idx))?,
             );
         }

@@ -39,6 +39,6 @@ pub use kvdisk::{Access, BlockStore, Compression};
 pub use layout::{KvLayout, LayoutError};
 pub use mix::TierMix;
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
-pub use prefetch::{PrefetchStats, Prefetcher};
+pub use prefetch::{PREFETCH_STACK_BYTES, PrefetchStats, Prefetcher};
 pub use prefix::{Persisted, ReuseRule, block_hash, disk_key};
 pub use seq::{KvCache, KvError, SeqId};

@@ -37,6 +37,12 @@ pub struct PrefetchStats {
     pub misses: u64,
 }
 
+/// Stack of the read-ahead thread, set so that the memory plan can count it (Rust's
+/// default is 2 MiB). It reads a file, checks its xxh3 sum and decodes lz4 or zstd, whose
+/// working memory is on the heap; 256 KiB is the compute workers' size
+/// (`kernels::pool::WORKER_STACK_BYTES`), several times what this path needs.
+pub const PREFETCH_STACK_BYTES: usize = 256 * 1024;
+
 /// A worker thread reading disk-tier blocks ahead; see the module doc.
 pub struct Prefetcher {
     jobs: Option<Sender<u64>>,
@@ -60,6 +66,7 @@ impl Prefetcher {
         let (tx, done) = channel();
         let worker = std::thread::Builder::new()
             .name("llmem-kv-prefetch".into())
+            .stack_size(PREFETCH_STACK_BYTES)
             .spawn(move || {
                 for key in rx {
                     let got = store.get(key).map_err(|e| e.to_string());

@@ -407,8 +407,8 @@ fn finding5_a_full_disk_fails_puts_cleanly() {
     store.put(2, &payload(2, 0, 1000)).unwrap();
     let err = store.put(3, &payload(3, 0, 1000)).unwrap_err();
     match &err {
-        DiskError::Io { source, .. } => {
-            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+        DiskError::Io { cause, .. } => {
+            assert_eq!(cause.kind(), std::io::ErrorKind::StorageFull, "{err}");
         }
         other => panic!("{other:?}"),
     }

@@ -98,6 +98,7 @@ impl FakeProbe {
             mem_total_bytes: total,
             physical_cores: Some(4),
             logical_cores: 8,
+            usable_cpus: 8,
             ..PlatformInfo::default()
         };
         let current = FakeReading::new(

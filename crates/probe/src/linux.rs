@@ -378,6 +378,7 @@ impl MemoryProbe for LinuxProbe {
             mem_total_bytes: meminfo.total_bytes,
             physical_cores,
             logical_cores,
+            usable_cpus: crate::snapshot::usable_cpus(logical_cores),
         })
     }
 

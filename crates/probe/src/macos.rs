@@ -256,13 +256,15 @@ impl MemoryProbe for MacProbe {
     fn platform(&self) -> Result<PlatformInfo, ProbeError> {
         let cache_line_bytes = sysctl_required(c"hw.cachelinesize")?;
         let count = |v: Option<u64>| v.and_then(|n| u32::try_from(n).ok());
+        let logical_cores = count(sysctl_optional(c"hw.logicalcpu")?).unwrap_or(1);
         Ok(PlatformInfo {
             page_size_bytes: sysctl_required(c"hw.pagesize")?,
             cache_line_bytes,
             caches: caches(cache_line_bytes)?,
             mem_total_bytes: sysctl_required(c"hw.memsize")?,
             physical_cores: count(sysctl_optional(c"hw.physicalcpu")?),
-            logical_cores: count(sysctl_optional(c"hw.logicalcpu")?).unwrap_or(1),
+            logical_cores,
+            usable_cpus: crate::snapshot::usable_cpus(logical_cores),
         })
     }
 

@@ -80,6 +80,10 @@ pub struct PlatformInfo {
     pub physical_cores: Option<u32>,
     /// Logical CPUs online.
     pub logical_cores: u32,
+    /// Logical CPUs this process may run on: its affinity mask and cgroup CPU quota, as
+    /// `std::thread::available_parallelism` reads them, at most `logical_cores`. The most
+    /// compute threads that can run at once (issue 13: more are refused unless asked for).
+    pub usable_cpus: u32,
 }
 
 impl PlatformInfo {
@@ -90,6 +94,26 @@ impl PlatformInfo {
             .iter()
             .find(|c| c.level == level && c.kind != CacheKind::Instruction && (c.cores == cores))
     }
+
+    /// Compute threads to run when none are asked for: one per physical core (a second
+    /// hardware thread on a core adds little to memory-bound kernels), within the CPUs
+    /// this process may use.
+    #[must_use]
+    pub fn default_threads(&self) -> u32 {
+        self.physical_cores
+            .unwrap_or(self.usable_cpus)
+            .min(self.usable_cpus)
+            .max(1)
+    }
+}
+
+/// [`PlatformInfo::usable_cpus`] for a machine with `logical_cores` online.
+pub(crate) fn usable_cpus(logical_cores: u32) -> u32 {
+    std::thread::available_parallelism()
+        .map_or(logical_cores, |n| {
+            u32::try_from(n.get()).unwrap_or(u32::MAX)
+        })
+        .clamp(1, logical_cores.max(1))
 }
 
 impl Default for PlatformInfo {
@@ -101,6 +125,7 @@ impl Default for PlatformInfo {
             mem_total_bytes: 0,
             physical_cores: None,
             logical_cores: 1,
+            usable_cpus: 1,
         }
     }
 }
@@ -359,5 +384,36 @@ impl GpuSnapshot {
             working_set_bytes: None,
             process_allocated_bytes: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_threads_is_the_physical_cores_within_the_usable_cpus() {
+        let mut p = PlatformInfo {
+            physical_cores: Some(4),
+            logical_cores: 8,
+            usable_cpus: 8,
+            ..PlatformInfo::default()
+        };
+        assert_eq!(p.default_threads(), 4);
+        // A process pinned to 2 CPUs runs 2 threads, whatever the machine has.
+        p.usable_cpus = 2;
+        assert_eq!(p.default_threads(), 2);
+        // Cores the OS cannot tell apart: every usable CPU.
+        p.physical_cores = None;
+        p.usable_cpus = 6;
+        assert_eq!(p.default_threads(), 6);
+    }
+
+    #[test]
+    fn usable_cpus_never_exceeds_the_online_count() {
+        assert_eq!(usable_cpus(1), 1);
+        assert!(usable_cpus(4096) >= 1);
+        assert!(usable_cpus(2) <= 2);
+        assert_eq!(usable_cpus(0), 1);
     }
 }

@@ -96,6 +96,9 @@ fn platform_facts_match_the_os() {
     let expected = probe::parse::parse_cpu_list(&online).unwrap().len();
     assert_eq!(platform.logical_cores as usize, expected);
     assert!(platform.physical_cores.unwrap_or(1) <= platform.logical_cores);
+    let allowed = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(platform.usable_cpus as usize, allowed.min(expected));
+    assert!((1..=platform.usable_cpus).contains(&platform.default_threads()));
     assert!([32, 64, 128, 256].contains(&platform.cache_line_bytes));
 }
 

@@ -215,6 +215,13 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
 /// `llmem monitor --headless --prometheus 127.0.0.1:0`, with the address it bound (it
 /// prints it on stderr).
 pub fn start_headless() -> (ChildGuard, SocketAddr) {
+    let (child, addr, _) = start_headless_on("127.0.0.1:0");
+    (child, addr)
+}
+
+/// `llmem monitor --headless --prometheus BIND`, the address it bound, and the lines it
+/// printed on stderr up to the one naming that address.
+pub fn start_headless_on(bind: &str) -> (ChildGuard, SocketAddr, Vec<String>) {
     let mut child = ChildGuard(
         Command::new(BIN)
             .args([
@@ -223,7 +230,7 @@ pub fn start_headless() -> (ChildGuard, SocketAddr) {
                 "--interval-ms",
                 "250",
                 "--prometheus",
-                "127.0.0.1:0",
+                bind,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -239,17 +246,20 @@ pub fn start_headless() -> (ChildGuard, SocketAddr) {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("no address printed by llmem monitor: {e}"));
+            .unwrap_or_else(|e| panic!("no address printed by llmem monitor: {e} ({seen:?})"));
         if let Some(rest) = line.split("http://").nth(1) {
             let addr = rest
                 .trim_end_matches("/metrics")
                 .parse()
                 .expect("an address");
-            return (child, addr);
+            seen.push(line);
+            return (child, addr, seen);
         }
+        seen.push(line);
     }
 }
