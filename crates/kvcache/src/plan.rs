@@ -47,9 +47,9 @@ impl NoRoom {
     }
 }
 
-/// Why a plan could not be made.
+/// Why a plan could not be made. Exhaustive on purpose: a plan fails for exactly these
+/// two reasons, and a scheduler matches on them (room is its business, the rest a bug).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum PlanError {
     /// The growth does not fit now; nothing changed.
     #[error(transparent)]
