@@ -19,6 +19,9 @@ pub enum BenchCommand {
     /// KV cache types: bytes per token, perplexity and KL against f16, decode at depth,
     /// codec throughput.
     Kv(crate::bench_kv::KvArgs),
+    /// Many sequences decoded together: prefill and summed decode tokens/s and KV bytes
+    /// per batch size (as llama-batched-bench).
+    Batch(crate::bench_batch::BatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +221,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
         BenchCommand::Infer(a) => infer(a),
         BenchCommand::Memory(a) => memory(a),
         BenchCommand::Kv(a) => crate::bench_kv::kv(a),
+        BenchCommand::Batch(a) => crate::bench_batch::batch(a),
     }
 }
 
