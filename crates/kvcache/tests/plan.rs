@@ -25,8 +25,11 @@ fn fill(kv: &mut KvCache, seq: SeqId, from: usize, to: usize) {
     }
 }
 
+/// Each sequence's id, length and block table.
+type Tables = Vec<(SeqId, usize, Vec<kvcache::BlockId>)>;
+
 /// The state a plan must not touch.
-fn snapshot(kv: &KvCache) -> (Vec<(SeqId, usize, Vec<kvcache::BlockId>)>, usize, u64) {
+fn snapshot(kv: &KvCache) -> (Tables, usize, u64) {
     let seqs = kv
         .seq_ids()
         .into_iter()
