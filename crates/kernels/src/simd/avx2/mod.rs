@@ -144,7 +144,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// prefill from VNNI. The results are bit for bit the same: the integer dot products are
 /// exact either way, and every float operation is spelled out, none reassociated.
 macro_rules! gemm_driver {
-    ($tile:ident, $gemm:ident, $dot:ident, $features:literal) => {
+    ($tile:ident, $tile4:ident, $gemm:ident, $dot:ident, $widest:literal, $features:literal) => {
         /// Computes the RM × RN tile at rows `r0..r0+RM`, tokens `t0..t0+RN`.
         #[target_feature(enable = $features)]
         #[inline]
@@ -204,6 +204,77 @@ macro_rules! gemm_driver {
             }
         }
 
+        /// The RM × 4 tile at rows `r0..r0+RM`, tokens `t0..t0+4`: as `$tile`, with each
+        /// weight block unpacked once for four tokens and the per-(row, token) scale
+        /// products and offset terms taken four tokens to a vector. Lane `t` of each vector
+        /// does exactly the scalar operations `$tile` does for token `t` (one multiply for
+        /// `d · ad`, a multiply then an add for the offset), so the results are the same bits.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $tile4<K: Kind, const RM: usize>(
+            w: &RowsRef<'_>,
+            r0: usize,
+            acts: *const BlockQ8,
+            nb: usize,
+            t0: usize,
+            out: OutPtr,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; RM];
+            let mut corr = [_mm_setzero_ps(); RM];
+            let lane = [
+                _mm256_set1_epi32(0),
+                _mm256_set1_epi32(1),
+                _mm256_set1_epi32(2),
+                _mm256_set1_epi32(3),
+            ];
+            let wbase = w.data.as_ptr();
+            for b in 0..nb {
+                let mut av = [_mm256_setzero_si256(); 4];
+                let mut ad = [0.0f32; 4];
+                let mut asum = [0.0f32; 4];
+                for t in 0..4 {
+                    // SAFETY: token t0+t and block b lie inside `acts` (checked by the driver).
+                    unsafe {
+                        let blk = acts.add((t0 + t) * nb + b);
+                        av[t] = _mm256_loadu_si256((*blk).qs.as_ptr().cast());
+                        ad[t] = (*blk).d;
+                        asum[t] = (*blk).s;
+                    }
+                }
+                // SAFETY: four floats each.
+                let (adv, asv) =
+                    unsafe { (_mm_loadu_ps(ad.as_ptr()), _mm_loadu_ps(asum.as_ptr())) };
+                for r in 0..RM {
+                    let p = wbase.wrapping_add((r0 + r) * w.row_bytes + b * K::BB);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+                    // SAFETY: row r0+r block b lies inside w.data (checked by QMatrix::new).
+                    let (wv, d, m) = unsafe { K::load(p) };
+                    let dv = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(d), adv));
+                    if K::HAS_M {
+                        corr[r] = _mm_add_ps(corr[r], _mm_mul_ps(_mm_set1_ps(m), asv));
+                    }
+                    for t in 0..4 {
+                        // SAFETY: AVX2 present.
+                        let p = unsafe { K::$dot(wv, av[t]) };
+                        acc[r][t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p),
+                            _mm256_permutevar8x32_ps(dv, lane[t]),
+                            acc[r][t],
+                        );
+                    }
+                }
+            }
+            for r in 0..RM {
+                let mut c = [0.0f32; 4];
+                // SAFETY: four floats.
+                unsafe { _mm_storeu_ps(c.as_mut_ptr(), corr[r]) };
+                for t in 0..4 {
+                    // SAFETY: the driver's caller owns (t0+t, r0+r) of `out`.
+                    unsafe { *out.ptr.add((t0 + t) * out.ld + r0 + r) = hsum(acc[r][t]) + c[t] };
+                }
+            }
+        }
+
         #[target_feature(enable = $features)]
         unsafe fn $gemm<K: Kind>(
             w: RowsRef<'_>,
@@ -238,6 +309,11 @@ macro_rules! gemm_driver {
                 while r + 4 <= rows.end {
                     let mut t = tb;
                     // SAFETY (all tile calls): bounds asserted above; the caller owns these rows.
+                    while $widest == 4 && t + 4 <= te {
+                        // SAFETY: bounds asserted above; the caller owns rows r..r+4.
+                        unsafe { $tile4::<K, 4>(&w, r, a, nb, t, out) };
+                        t += 4;
+                    }
                     while t + 2 <= te {
                         // SAFETY: bounds asserted above; the caller owns rows r..r+4.
                         unsafe { $tile::<K, 4, 2>(&w, r, a, nb, t, out) };
@@ -262,11 +338,13 @@ macro_rules! gemm_driver {
     };
 }
 
-gemm_driver!(tile, gemm_kind, dot, "avx2,fma,f16c");
+gemm_driver!(tile, tile4, gemm_kind, dot, 2, "avx2,fma,f16c");
 gemm_driver!(
     tile_wide,
+    tile4_wide,
     gemm_kind_wide,
     dot_vnni,
+    4,
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 );
 
