@@ -2,7 +2,8 @@
 //! tiles: the same bits.
 
 use super::*;
-use crate::quant::{quantize_row_q8, reference};
+use super::super::{OutPtr, RowsRef};
+use crate::quant::{BlockQ8, QK, WType, quantize_row_q8, reference};
 
 /// Values in [-1, 1) from a xorshift sequence started at `seed`.
 fn uniform(mut state: u64) -> impl FnMut() -> f32 {
