@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// KV cache types: bytes per token, perplexity and KL against f16, decode at depth,
     /// codec throughput.
     Kv(crate::bench_kv::KvArgs),
+    /// Many sequences decoded together: prefill and summed decode tokens/s and KV bytes
+    /// per batch size (as llama-batched-bench).
+    Batch(crate::bench_batch::BatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -345,6 +348,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
         BenchCommand::Infer(a) => infer(a),
         BenchCommand::Memory(a) => memory(a),
         BenchCommand::Kv(a) => crate::bench_kv::kv(a),
+        BenchCommand::Batch(a) => crate::bench_batch::batch(a),
     }
 }
 
@@ -387,11 +391,8 @@ pub(crate) fn session_plan(
     n_ctx: usize,
     threads: usize,
 ) -> engine::memory::Plan {
-    let facts = crate::plan::ModelFacts::new(
-        tm.model.cfg.clone(),
-        file_bytes,
-        tm.tokenizer.table_bytes(),
-    );
+    let facts =
+        crate::plan::ModelFacts::new(tm.model.cfg.clone(), file_bytes, tm.tokenizer.table_bytes());
     engine::memory::plan(&facts.input(n_ctx, 1, crate::plan::KvType::F16, threads))
 }
 

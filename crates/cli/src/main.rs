@@ -1,6 +1,7 @@
 //! The llmem binary: wires the library crates into the `llmem` command line.
 
 mod bench;
+mod bench_batch;
 mod bench_kv;
 mod exit;
 mod fit;

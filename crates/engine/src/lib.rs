@@ -4,6 +4,8 @@
 //! - [`config::ModelConfig`]: hyper-parameters from GGUF metadata.
 //! - [`model::Model`]: weight views borrowed from the mapped file (no copies).
 //! - [`forward::Session`]: one sequence — tokens in, logits out.
+//! - [`batch::Engine`]: many sequences in one forward pass — a [`batch::Batch`] of
+//!   `{seq, pos, token, wants_logits}` in, the logits asked for out.
 //! - [`sampler::Sampler`]: greedy or temperature/top-k/top-p sampling; it refuses logits
 //!   that are NaN or infinite, and [`finite`] finds the weight behind them.
 //! - [`chat`]: the model's own chat template, rendered.
@@ -20,10 +22,12 @@
 //! println!("next: {}", engine::sampler::argmax(logits));
 //! ```
 
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod finite;
 pub mod forward;
+mod layers;
 pub mod memory;
 pub mod model;
 pub mod sampler;

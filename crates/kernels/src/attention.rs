@@ -129,55 +129,30 @@ pub fn attention_with(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = kv.geom.head_dim;
-    let bt = kv.geom.block_tokens;
+    let call = AttnCall {
+        q,
+        kv: *kv,
+        shape: *shape,
+        out,
+    };
+    attention_many_with(isa, pool, &mut [call], scratch);
+}
+
+/// Merges the key splits of each (head, tile) of one call from its scratch (`[max, sum,
+/// acc]` per row, as [`run_item`] leaves them) into the output rows.
+fn merge(
+    isa: Isa,
+    shape: &AttnShape,
+    hd: usize,
+    (splits, q_tiles): (usize, usize),
+    scratch: &[f32],
+    out: &mut [f32],
+) {
     let g = shape.group();
-    assert_eq!(kv.geom.n_kv_heads, shape.n_kv_heads);
-    assert!(kv.layer < kv.geom.n_layers);
-    assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && (1..=MAX_GROUP).contains(&g));
-    assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
-    let n_keys = shape.pos0 + shape.n_q;
-    assert!(
-        kv.blocks.len() * bt >= n_keys,
-        "attention: fewer blocks than keys"
-    );
-    assert!(q.len() >= shape.n_q * shape.n_heads * hd && out.len() >= q.len());
-    let (items, splits, q_tiles) = plan(shape, hd, bt, pool.n_threads());
     let tq = Q_TILE.min(shape.n_q.max(1));
     let slot = g * tq * (hd + 2);
-    assert!(
-        scratch.len() >= items * slot,
-        "attention: scratch too short"
-    );
-    let sp = SyncPtr(scratch.as_mut_ptr());
-    let next = AtomicUsize::new(0);
-    pool.run(|_| {
-        let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
-        let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
-        loop {
-            let it = next.fetch_add(1, Ordering::Relaxed);
-            if it >= items {
-                break;
-            }
-            let split = it % splits;
-            let tile = (it / splits) % q_tiles;
-            let h = it / splits / q_tiles;
-            // SAFETY: item `it` owns scratch[it*slot .. (it+1)*slot].
-            let part = unsafe { std::slice::from_raw_parts_mut(sp.get().add(it * slot), slot) };
-            run_item(
-                isa,
-                q,
-                kv,
-                shape,
-                (h, tile, split, splits),
-                part,
-                &mut kf,
-                &mut vf,
-            );
-        }
-    });
-    // Merge the splits of each (head, tile) into the output.
-    let mut acc = vec![0.0f32; hd];
+    let mut acc = [0.0f32; MAX_HEAD_DIM];
+    let acc = &mut acc[..hd];
     for h in 0..shape.n_kv_heads {
         for tile in 0..q_tiles {
             let t0 = tile * Q_TILE;
@@ -199,18 +174,136 @@ pub fn attention_with(
                         }
                         let c = (p[0] - m).exp();
                         l += p[1] * c;
-                        simd::axpy(isa, c, &p[2..2 + hd], &mut acc);
+                        simd::axpy(isa, c, &p[2..2 + hd], acc);
                     }
                     let head = h * g + gi;
                     let o = &mut out[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
                     let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-                    for (ov, av) in o.iter_mut().zip(&acc) {
+                    for (ov, av) in o.iter_mut().zip(acc.iter()) {
                         *ov = av * inv;
                     }
                 }
             }
         }
     }
+}
+
+/// One sequence's share of [`attention_many`]: its queries (`n_q × n_heads × head_dim`),
+/// its blocks, its shape, and where its output rows go.
+#[derive(Debug)]
+pub struct AttnCall<'a> {
+    pub q: &'a [f32],
+    pub kv: PagedKv<'a>,
+    pub shape: AttnShape,
+    pub out: &'a mut [f32],
+}
+
+/// f32 scratch [`attention_many`] needs for calls of these shapes, in elements.
+pub fn scratch_len_many<'s>(
+    shapes: impl IntoIterator<Item = &'s AttnShape>,
+    head_dim: usize,
+    n_threads: usize,
+) -> usize {
+    shapes
+        .into_iter()
+        .map(|s| scratch_len(s, head_dim, n_threads))
+        .sum()
+}
+
+/// [`attention`] for many sequences in one dispatch: every call's work items (KV head,
+/// query tile, key split) go into one pool job, so a batch of single-token sequences
+/// shares the threads across (sequence, head) pairs instead of waking them once per
+/// sequence. Each call is split and merged exactly as [`attention`] would split it on
+/// this pool, so its output is bit for bit what [`attention`] gives.
+///
+/// # Panics
+/// As [`attention`], for any call; or if `scratch` is shorter than [`scratch_len_many`].
+pub fn attention_many(pool: &ThreadPool, calls: &mut [AttnCall<'_>], scratch: &mut [f32]) {
+    attention_many_with(Isa::detect(), pool, calls, scratch);
+}
+
+/// [`attention_many`] on a chosen instruction set.
+pub fn attention_many_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    calls: &mut [AttnCall<'_>],
+    scratch: &mut [f32],
+) {
+    // Per call: (first item, first scratch element, splits, query tiles, slot).
+    let mut plans = Vec::with_capacity(calls.len());
+    let (mut items, mut used) = (0, 0);
+    for c in calls.iter() {
+        check_call(c.q, &c.kv, &c.shape, c.out.len());
+        let hd = c.kv.geom.head_dim;
+        let (n, splits, q_tiles) = plan(&c.shape, hd, c.kv.geom.block_tokens, pool.n_threads());
+        let slot = c.shape.group() * Q_TILE.min(c.shape.n_q.max(1)) * (hd + 2);
+        plans.push((items, used, splits, q_tiles, slot));
+        items += n;
+        used += n * slot;
+    }
+    assert!(scratch.len() >= used, "attention: scratch too short");
+    let sp = SyncPtr(scratch.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    let calls_ref = &*calls;
+    pool.run(|_| {
+        let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        loop {
+            let it = next.fetch_add(1, Ordering::Relaxed);
+            if it >= items {
+                break;
+            }
+            let ci = plans.partition_point(|p| p.0 <= it) - 1;
+            let (first, base, splits, q_tiles, slot) = plans[ci];
+            let local = it - first;
+            let split = local % splits;
+            let tile = (local / splits) % q_tiles;
+            let h = local / splits / q_tiles;
+            // SAFETY: item `it` owns its slot of the scratch, inside the length asserted.
+            let part =
+                unsafe { std::slice::from_raw_parts_mut(sp.get().add(base + local * slot), slot) };
+            let c = &calls_ref[ci];
+            run_item(
+                isa,
+                c.q,
+                &c.kv,
+                &c.shape,
+                (h, tile, split, splits),
+                part,
+                &mut kf,
+                &mut vf,
+            );
+        }
+    });
+    for (c, &(_, base, splits, q_tiles, _)) in calls.iter_mut().zip(&plans) {
+        let hd = c.kv.geom.head_dim;
+        merge(
+            isa,
+            &c.shape,
+            hd,
+            (splits, q_tiles),
+            &scratch[base..],
+            c.out,
+        );
+    }
+}
+
+/// Checks one call's shapes (see [`attention`]'s panics).
+fn check_call(q: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, out_len: usize) {
+    let hd = kv.geom.head_dim;
+    let bt = kv.geom.block_tokens;
+    let g = shape.group();
+    assert_eq!(kv.geom.n_kv_heads, shape.n_kv_heads);
+    assert!(kv.layer < kv.geom.n_layers);
+    assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && (1..=MAX_GROUP).contains(&g));
+    assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
+    let n_keys = shape.pos0 + shape.n_q;
+    assert!(
+        kv.blocks.len() * bt >= n_keys,
+        "attention: fewer blocks than keys"
+    );
+    let n = shape.n_q * shape.n_heads * hd;
+    assert!(q.len() >= n && out_len >= n, "attention: buffers too short");
 }
 
 /// One work item: rows = (query token in tile) × (query head in group); writes per row

@@ -1,7 +1,10 @@
 //! Every SIMD path gives the portable path's results (within float summation order).
 
 use kernels::Isa;
-use kernels::attention::{AttnShape, PagedKv, attention_with, scratch_len};
+use kernels::attention::{
+    AttnCall, AttnShape, PagedKv, attention_many_with, attention_with, scratch_len,
+    scratch_len_many,
+};
 use kernels::kvquant::{self, BlockGeom, KvBlock, KvFormat};
 use kernels::matmul::{MatJob, QMatrix, matmul_with};
 use kernels::pool::ThreadPool;
@@ -246,6 +249,125 @@ fn paged_attention_matches_naive_on_every_path() {
                         "{fmt:?} {isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bit() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut rng = Rng(23);
+    let (hd, bt, n_kv, n_heads) = (64usize, 16usize, 3usize, 9usize);
+    let geom = BlockGeom {
+        n_layers: 2,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        block_tokens: bt,
+    };
+    let block_len = 2 * 2 * n_kv * bt * hd;
+    // (pos0, n_q, format) per sequence: decode at several depths, a prefill chunk, and
+    // quantized blocks beside f16 ones.
+    let seqs = [
+        (0usize, 1usize, KvFormat::F16),
+        (5, 1, KvFormat::Q8),
+        (40, 9, KvFormat::F16),
+        (300, 1, KvFormat::Q4),
+        (17, 1, KvFormat::F16),
+        (33, 64, KvFormat::Q2),
+    ];
+    let f16: Vec<Vec<Vec<u16>>> = seqs
+        .iter()
+        .map(|&(pos0, n_q, _)| {
+            (0..(pos0 + n_q).div_ceil(bt))
+                .map(|_| {
+                    (0..block_len)
+                        .map(|_| half::f16::from_f32(rng.f32()).to_bits())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let quant: Vec<Vec<Vec<u8>>> = seqs
+        .iter()
+        .zip(&f16)
+        .map(|(&(_, _, fmt), blocks)| {
+            blocks
+                .iter()
+                .map(|b| {
+                    let mut out = vec![0u8; geom.block_bytes(fmt)];
+                    if fmt != KvFormat::F16 {
+                        kvquant::encode_block(fmt, &geom, b, bt, &mut out);
+                    }
+                    out
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<Vec<KvBlock<'_>>> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, _, fmt))| {
+            if fmt == KvFormat::F16 {
+                f16[i].iter().map(|b| KvBlock::F16(b)).collect()
+            } else {
+                quant[i].iter().map(|b| KvBlock::Quant(fmt, b)).collect()
+            }
+        })
+        .collect();
+    let shapes: Vec<AttnShape> = seqs
+        .iter()
+        .map(|&(pos0, n_q, _)| AttnShape {
+            n_q,
+            pos0,
+            n_heads,
+            n_kv_heads: n_kv,
+            scale: 0.125,
+        })
+        .collect();
+    let qs: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|s| rng.vec(s.n_q * n_heads * hd))
+        .collect();
+    for isa in Isa::available() {
+        for layer in 0..2 {
+            let kv = |i: usize| PagedKv {
+                blocks: &views[i],
+                geom,
+                layer,
+            };
+            let mut outs: Vec<Vec<f32>> = qs.iter().map(|q| vec![0.0; q.len()]).collect();
+            let mut scratch = vec![0.0f32; scratch_len_many(&shapes, hd, pool.n_threads())];
+            let mut calls: Vec<AttnCall<'_>> = outs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, out)| AttnCall {
+                    q: &qs[i],
+                    kv: kv(i),
+                    shape: shapes[i],
+                    out,
+                })
+                .collect();
+            attention_many_with(isa, &pool, &mut calls, &mut scratch);
+            for (i, got) in outs.iter().enumerate() {
+                let mut one = vec![0.0f32; got.len()];
+                let mut scratch = vec![0.0f32; scratch_len(&shapes[i], hd, pool.n_threads())];
+                attention_with(
+                    isa,
+                    &pool,
+                    &qs[i],
+                    &kv(i),
+                    &shapes[i],
+                    &mut scratch,
+                    &mut one,
+                );
+                assert!(
+                    got.iter()
+                        .zip(&one)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?} layer {layer} sequence {i}: batched differs from alone"
+                );
+                assert!(got.iter().all(|x| x.is_finite() && *x != 0.0));
             }
         }
     }

@@ -26,8 +26,10 @@
 //! assert_eq!(kv.pool().used_blocks(), 0);
 //! ```
 
+mod free;
 mod layout;
 mod mix;
+mod plan;
 pub mod policy;
 mod pool;
 mod prefetch;
@@ -38,6 +40,7 @@ pub use kernels::kvquant::{KvBlock, KvFormat};
 pub use kvdisk::{Access, BlockStore, Compression};
 pub use layout::{KvLayout, LayoutError};
 pub use mix::TierMix;
+pub use plan::{NoRoom, Plan, PlanError};
 pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
 pub use prefetch::{PREFETCH_STACK_BYTES, PrefetchStats, Prefetcher};
 pub use prefix::{Persisted, ReuseRule, block_hash, disk_key};

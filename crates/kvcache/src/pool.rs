@@ -1,7 +1,9 @@
-//! The block pool: metadata, storage in every tier, and the free list.
+//! The block pool: metadata, storage in every tier, and the free queue.
 //!
 //! # Invariants
 //! - A block is either free (in `free`, ref count 0) or in use (ref count ≥ 1), never both.
+//! - A free block is on the free queue's stocked list exactly when it keeps f16 storage,
+//!   and on its bare list exactly when it has none.
 //! - `used` equals the number of blocks with a ref count ≥ 1.
 //! - Every block in use has storage in exactly one tier, and its [`BlockMeta::tier`] and
 //!   [`BlockMeta::format`] say which; free blocks hold f16 storage or none.
@@ -18,6 +20,7 @@ use kvdisk::{BlockStore, Compression};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::free::{FreeQueue, Stock};
 use crate::layout::KvLayout;
 use crate::seq::KvError;
 
@@ -124,7 +127,8 @@ pub struct BlockPool {
     capacity: usize,
     metas: Vec<BlockMeta>,
     storage: Vec<Storage>,
-    free: Vec<BlockId>,
+    /// Free blocks, with and without storage (O(1) to take, return and count).
+    free: FreeQueue,
     used: usize,
     storage_bytes: u64,
     clock: u64,
@@ -140,7 +144,7 @@ impl BlockPool {
             capacity,
             metas: Vec::new(),
             storage: Vec::new(),
-            free: Vec::new(),
+            free: FreeQueue::new(),
             used: 0,
             storage_bytes: 0,
             clock: 0,
@@ -188,13 +192,20 @@ impl BlockPool {
     /// list that still hold storage cost nothing; the rest grow the reservation, all or
     /// nothing.
     pub(crate) fn account_for(&mut self, n: usize) -> Result<(), OutOfBudget> {
-        let with_storage = self
-            .free
-            .iter()
-            .filter(|id| matches!(self.storage[id.0 as usize], Storage::F16(_)))
-            .count();
-        let new_blocks = n.saturating_sub(with_storage) as u64;
-        self.grow_account(new_blocks * self.layout.block_bytes())
+        self.grow_account(self.new_storage_bytes(n))
+    }
+
+    /// Bytes of new storage that handing out `n` more blocks allocates: the free blocks
+    /// that keep f16 storage are handed out first and cost nothing.
+    pub fn new_storage_bytes(&self, n: usize) -> u64 {
+        n.saturating_sub(self.free.len(Stock::Stocked)) as u64 * self.layout.block_bytes()
+    }
+
+    /// Bytes the ledger could grant this pool's storage now beyond what it holds (`None`
+    /// if unbudgeted).
+    pub fn available_bytes(&self) -> Option<u64> {
+        let r = self.reservation.as_ref()?;
+        Some(r.budget().available(r.pool()).0)
     }
 
     fn sync_reservation(&mut self) {
@@ -272,13 +283,10 @@ impl BlockPool {
             return None;
         }
         // Prefer a free block that still has f16 storage.
-        let pos = self
+        let id = match self
             .free
-            .iter()
-            .rposition(|id| matches!(self.storage[id.0 as usize], Storage::F16(_)));
-        let id = match pos
-            .map(|p| self.free.swap_remove(p))
-            .or_else(|| self.free.pop())
+            .pop(Stock::Stocked)
+            .or_else(|| self.free.pop(Stock::Bare))
         {
             Some(id) => id,
             None => {
@@ -322,10 +330,12 @@ impl BlockPool {
         let hash = m.hash.take();
         m.pins = 0;
         self.used -= 1;
-        self.free.push(id);
-        if !matches!(self.storage[id.0 as usize], Storage::F16(_)) {
+        if matches!(self.storage[id.0 as usize], Storage::F16(_)) {
+            self.free.push(id, Stock::Stocked);
+        } else {
             self.set_storage(id, Storage::None);
             self.sync_reservation();
+            self.free.push(id, Stock::Bare);
         }
         hash
     }
@@ -336,17 +346,10 @@ impl BlockPool {
     }
 
     fn trim_to(&mut self, keep_free_storage: usize) {
-        let mut kept = 0;
-        for k in 0..self.free.len() {
-            let id = self.free[k];
-            if matches!(self.storage[id.0 as usize], Storage::None) {
-                continue;
-            }
-            if kept < keep_free_storage {
-                kept += 1;
-                continue;
-            }
+        while self.free.len(Stock::Stocked) > keep_free_storage {
+            let id = self.free.pop(Stock::Stocked).expect("counted above");
             self.set_storage(id, Storage::None);
+            self.free.push(id, Stock::Bare);
         }
         self.sync_reservation();
     }
@@ -434,6 +437,31 @@ impl BlockPool {
         self.grow_account(extra.saturating_sub(had))?;
         self.set_storage(dst, s);
         self.sync_reservation();
+        let filled = self.metas[src.0 as usize].filled;
+        self.metas[dst.0 as usize].filled = filled;
+        Ok(())
+    }
+
+    /// Writes block `src`'s contents, decoded to f16 if it is quantized, into the f16
+    /// storage of the fresh block `dst` (copy on write of a partial block: the copy is
+    /// written next, so it must be f16). Allocates nothing.
+    pub(crate) fn copy_into_f16(&mut self, src: BlockId, dst: BlockId) -> Result<(), KvError> {
+        assert_ne!(src, dst);
+        let (s, d) = if src.0 < dst.0 {
+            let (a, b) = self.storage.split_at_mut(dst.0 as usize);
+            (&a[src.0 as usize], &mut b[0])
+        } else {
+            let (a, b) = self.storage.split_at_mut(src.0 as usize);
+            (&b[0], &mut a[dst.0 as usize])
+        };
+        let Storage::F16(out) = d else {
+            return Err(KvError::NotWritable(dst));
+        };
+        match s {
+            Storage::F16(b) => out.copy_from_slice(b),
+            Storage::Quant(f, b) => kvquant::decode_block(*f, &self.layout.geom(), b, out),
+            _ => return Err(KvError::NotResident(src)),
+        }
         let filled = self.metas[src.0 as usize].filled;
         self.metas[dst.0 as usize].filled = filled;
         Ok(())
@@ -670,21 +698,23 @@ impl BlockPool {
     /// # Panics
     /// If any invariant is broken.
     pub fn check_invariants(&self) {
-        let mut in_free = vec![false; self.metas.len()];
-        for id in &self.free {
-            let i = id.0 as usize;
-            assert!(!in_free[i], "block {i} twice on the free list");
-            in_free[i] = true;
+        self.free.check_invariants();
+        for i in 0..self.metas.len() {
+            let Some(list) = self.free.list_of(BlockId(i as u32)) else {
+                continue;
+            };
             assert_eq!(self.metas[i].ref_count, 0, "free block {i} has references");
-            assert!(
-                matches!(self.storage[i], Storage::None | Storage::F16(_)),
-                "free block {i} keeps non-f16 storage"
-            );
+            let want = match self.storage[i] {
+                Storage::F16(_) => Stock::Stocked,
+                Storage::None => Stock::Bare,
+                _ => panic!("free block {i} keeps non-f16 storage"),
+            };
+            assert_eq!(list, want, "free block {i} on the wrong list");
         }
         let used = self.metas.iter().filter(|m| m.ref_count > 0).count();
         assert_eq!(used, self.used, "used count drifted");
         assert_eq!(
-            used + self.free.len(),
+            used + self.free.total(),
             self.metas.len(),
             "a block is neither free nor used"
         );

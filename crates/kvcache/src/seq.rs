@@ -59,6 +59,8 @@ pub enum KvError {
     Unsupported(KvFormat),
     #[error("KV disk tier: {0}")]
     Disk(String),
+    #[error("plan for {0:?} was made before the sequence changed: plan again")]
+    StalePlan(SeqId),
     #[error("KV cache over its memory budget: {0}")]
     OverBudget(budget::OutOfBudget),
 }

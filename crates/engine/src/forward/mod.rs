@@ -9,17 +9,15 @@
 mod seqs;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use budget::{Bytes, OutOfBudget, Reservation};
 use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
-use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
-use kernels::quant::{BlockQ8, QK, dequantize_row, quantize_row_q8};
 use kvcache::policy::{Decision, Rates, ReclaimStats, Weights};
 use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, Prefetcher, SeqId, TierMix};
 
+use crate::layers::{self, Scratch};
 use crate::memory::{Accounts, scratch_bytes};
 
 use crate::model::Model;
@@ -137,6 +135,16 @@ pub enum EvalError {
     Threads(std::io::Error),
     #[error("scratch buffers over budget: {0}")]
     OverBudget(OutOfBudget),
+    /// A batch item out of its sequence's order (batched engine).
+    #[error("batch item of {seq:?} at position {pos}, expected {expected}")]
+    BadPosition {
+        seq: SeqId,
+        pos: usize,
+        expected: usize,
+    },
+    /// The KV cache cannot hold a batch now (batched engine); nothing changed.
+    #[error(transparent)]
+    NoRoom(#[from] kvcache::NoRoom),
 }
 
 // By hand, not `#[from]`: that would also return the cause from `source()`, and an error
@@ -151,95 +159,6 @@ impl From<OutOfBudget> for EvalError {
     fn from(e: OutOfBudget) -> Self {
         EvalError::OverBudget(e)
     }
-}
-
-/// Per-micro-batch buffers, allocated once.
-struct Scratch {
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    xq: Vec<BlockQ8>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    attn: Vec<f32>,
-    kf16: Vec<u16>,
-    vf16: Vec<u16>,
-    rope: Vec<Vec<(f32, f32)>>,
-}
-
-impl Scratch {
-    fn new(m: &Model<'_>, n: usize) -> Self {
-        let c = &m.cfg;
-        let (d, qd, kvd) = (c.d_model, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let widest = d.max(qd).max(c.d_ff);
-        Scratch {
-            x: vec![0.0; n * d],
-            xn: vec![0.0; n * d],
-            xq: vec![BlockQ8::default(); n * widest / QK],
-            q: vec![0.0; n * qd],
-            k: vec![0.0; n * kvd],
-            v: vec![0.0; n * kvd],
-            att: vec![0.0; n * qd],
-            gate: vec![0.0; n * c.d_ff],
-            up: vec![0.0; n * c.d_ff],
-            attn: Vec::new(),
-            kf16: vec![0; kvd],
-            vf16: vec![0; kvd],
-            rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
-        }
-    }
-
-    /// Bytes of the fixed buffers (the attention workspace is accounted as it grows).
-    fn fixed_bytes(&self) -> u64 {
-        let f = |n: usize| n as u64 * 4;
-        f(self.x.len() + self.xn.len() + self.q.len() + self.k.len() + self.v.len())
-            + f(self.att.len() + self.gate.len() + self.up.len())
-            + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
-            + (self.kf16.len() + self.vf16.len()) as u64 * 2
-            + self
-                .rope
-                .iter()
-                .map(|r| r.capacity() as u64 * 8)
-                .sum::<u64>()
-    }
-}
-
-/// Shares a mutable buffer between pool threads that write disjoint rows.
-struct Rows<T>(*mut T, usize);
-// SAFETY: `row` hands out row `t` only; callers give each row to one thread.
-unsafe impl<T: Send> Sync for Rows<T> {}
-impl<T> Rows<T> {
-    fn new(v: &mut [T], width: usize) -> Self {
-        Rows(v.as_mut_ptr(), width)
-    }
-    /// # Safety
-    /// Row `t` must lie inside the buffer and be used by one thread at a time.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, t: usize) -> &mut [T] {
-        // SAFETY: forwarded contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * self.1), self.1) }
-    }
-}
-
-/// Runs `f(t)` for `t in 0..n`, on the pool when there is enough work to share.
-fn par_rows(pool: &ThreadPool, n: usize, f: impl Fn(usize) + Sync) {
-    if n < 4 {
-        (0..n).for_each(f);
-        return;
-    }
-    let next = AtomicUsize::new(0);
-    pool.run(|_| {
-        loop {
-            let t = next.fetch_add(1, Ordering::Relaxed);
-            if t >= n {
-                break;
-            }
-            f(t);
-        }
-    });
 }
 
 /// One sequence being evaluated against a model.
@@ -493,68 +412,23 @@ impl<'a, 'm> Session<'a, 'm> {
         let c = &m.cfg;
         let n = tokens.len();
         let pos0 = self.n_past;
-        let (d, hd) = (c.d_model, c.head_dim);
-        let (qd, kvd, ff) = (c.n_heads * hd, c.n_kv_heads * hd, c.d_ff);
+        let kvd = c.n_kv_heads * c.head_dim;
+        let qd = c.n_heads * c.head_dim;
         let pool = &self.pool;
         let s = &mut self.s;
 
-        for (t, &tok) in tokens.iter().enumerate() {
-            dequantize_row(
-                m.tok_embd.wtype(),
-                m.tok_embd.row(tok as usize),
-                &mut s.x[t * d..(t + 1) * d],
-            );
-            self.rope.angles(pos0 + t, &mut s.rope[t]);
-        }
+        layers::embed(m, &self.rope, s, n, |t| (tokens[t], pos0 + t));
         let shape = AttnShape {
             n_q: n,
             pos0,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
-            scale: 1.0 / (hd as f32).sqrt(),
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
         };
         let layout = *self.kv.layout();
 
         for (li, l) in m.layers.iter().enumerate() {
-            // Attention block.
-            norm_quant(
-                pool,
-                &s.x,
-                &mut s.xn,
-                &mut s.xq,
-                &l.attn_norm,
-                c.rms_eps,
-                d,
-                n,
-            );
-            matmul(
-                pool,
-                &mut [
-                    MatJob::new(l.wq, &mut s.q[..n * qd]),
-                    MatJob::new(l.wk, &mut s.k[..n * kvd]),
-                    MatJob::new(l.wv, &mut s.v[..n * kvd]),
-                ],
-                &s.xn[..n * d],
-                &s.xq[..n * d / QK],
-                n,
-            );
-            if let Some([bq, bk, bv]) = &l.bias_qkv {
-                for t in 0..n {
-                    ops::add_assign(&mut s.q[t * qd..(t + 1) * qd], bq);
-                    ops::add_assign(&mut s.k[t * kvd..(t + 1) * kvd], bk);
-                    ops::add_assign(&mut s.v[t * kvd..(t + 1) * kvd], bv);
-                }
-            }
-            {
-                let (qr, kr) = (Rows::new(&mut s.q, qd), Rows::new(&mut s.k, kvd));
-                let (rope, cs) = (&self.rope, &s.rope);
-                par_rows(pool, n, |t| {
-                    // SAFETY: each t is handled by one thread; rows lie inside the buffers.
-                    let (q, k) = unsafe { (qr.row(t), kr.row(t)) };
-                    rope.apply(q, hd, &cs[t]);
-                    rope.apply(k, hd, &cs[t]);
-                });
-            }
+            layers::project_qkv(pool, c, l, &self.rope, s, n);
             for t in 0..n {
                 ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
                 ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
@@ -579,55 +453,7 @@ impl<'a, 'm> Session<'a, 'm> {
                     &mut s.att[..n * qd],
                 );
             }
-            quant_rows(pool, &s.att, &mut s.xq, qd, n);
-            matmul(
-                pool,
-                &mut [MatJob::new(l.wo, &mut s.xn[..n * d])],
-                &s.att,
-                &s.xq,
-                n,
-            );
-            ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
-
-            // Feed-forward block.
-            norm_quant(
-                pool,
-                &s.x,
-                &mut s.xn,
-                &mut s.xq,
-                &l.ffn_norm,
-                c.rms_eps,
-                d,
-                n,
-            );
-            matmul(
-                pool,
-                &mut [
-                    MatJob::new(l.gate, &mut s.gate[..n * ff]),
-                    MatJob::new(l.up, &mut s.up[..n * ff]),
-                ],
-                &s.xn[..n * d],
-                &s.xq[..n * d / QK],
-                n,
-            );
-            {
-                let (gr, xq) = (Rows::new(&mut s.gate, ff), Rows::new(&mut s.xq, ff / QK));
-                let up = &s.up;
-                par_rows(pool, n, |t| {
-                    // SAFETY: each t is handled by one thread; rows lie inside the buffers.
-                    let (g, q) = unsafe { (gr.row(t), xq.row(t)) };
-                    ops::silu_mul(g, &up[t * ff..(t + 1) * ff]);
-                    quantize_row_q8(g, q);
-                });
-            }
-            matmul(
-                pool,
-                &mut [MatJob::new(l.down, &mut s.xn[..n * d])],
-                &s.gate,
-                &s.xq,
-                n,
-            );
-            ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+            layers::finish_layer(pool, c, l, s, n);
         }
         self.n_past += n;
 
@@ -637,58 +463,15 @@ impl<'a, 'm> Session<'a, 'm> {
         } else {
             (0, n, out_row)
         };
-        let x = &s.x[first * d..(first + n_out) * d];
-        norm_quant(
-            pool,
-            x,
-            &mut s.xn,
-            &mut s.xq,
-            &m.output_norm,
-            c.rms_eps,
-            d,
-            n_out,
-        );
         let vocab = c.vocab;
-        matmul(
+        layers::output_logits(
             pool,
-            &mut [MatJob::new(
-                m.output,
-                &mut self.logits[row0 * vocab..(row0 + n_out) * vocab],
-            )],
-            &s.xn[..n_out * d],
-            &s.xq[..n_out * d / QK],
+            m,
+            s,
+            |j| first + j,
             n_out,
+            &mut self.logits[row0 * vocab..(row0 + n_out) * vocab],
         );
         Ok(())
     }
-}
-
-/// `xn[t] = rms_norm(x[t]) · w` and its 8-bit quantization, for `n` rows of width `d`.
-#[allow(clippy::too_many_arguments)]
-fn norm_quant(
-    pool: &ThreadPool,
-    x: &[f32],
-    xn: &mut [f32],
-    xq: &mut [BlockQ8],
-    w: &[f32],
-    eps: f32,
-    d: usize,
-    n: usize,
-) {
-    let (xr, qr) = (Rows::new(xn, d), Rows::new(xq, d / QK));
-    par_rows(pool, n, |t| {
-        // SAFETY: each t is handled by one thread; rows lie inside the buffers.
-        let (o, q) = unsafe { (xr.row(t), qr.row(t)) };
-        ops::rms_norm(&x[t * d..(t + 1) * d], w, eps, o);
-        quantize_row_q8(o, q);
-    });
-}
-
-/// Quantizes `n` rows of width `w` of `x` into `xq`.
-fn quant_rows(pool: &ThreadPool, x: &[f32], xq: &mut [BlockQ8], w: usize, n: usize) {
-    let qr = Rows::new(xq, w / QK);
-    par_rows(pool, n, |t| {
-        // SAFETY: each t is handled by one thread; rows lie inside the buffer.
-        quantize_row_q8(&x[t * w..(t + 1) * w], unsafe { qr.row(t) });
-    });
 }

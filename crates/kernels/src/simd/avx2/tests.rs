@@ -1,8 +1,9 @@
 //! The AVX-512 builds against the AVX2 ones, and decode's row-by-row path against the
 //! tiles: the same bits.
 
+use super::super::{OutPtr, RowsRef};
 use super::*;
-use crate::quant::{quantize_row_q8, reference};
+use crate::quant::{BlockQ8, QK, WType, quantize_row_q8, reference};
 
 /// Values in [-1, 1) from a xorshift sequence started at `seed`.
 fn uniform(mut state: u64) -> impl FnMut() -> f32 {
@@ -166,6 +167,41 @@ fn the_avx512_build_of_the_prefill_kernel_gives_the_avx2_build_bit_for_bit() {
                 )
             };
             assert_eq!(narrow, wide, "{:?}", w.0);
+        }
+    }
+}
+
+#[test]
+fn every_token_of_a_many_token_product_gives_the_bits_of_that_token_alone() {
+    if crate::Isa::detect() != crate::Isa::Avx2 {
+        eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
+        return;
+    }
+    // 11 tokens: two 4-token tiles, a 2-token one and a single one; 9 rows: two 4-row
+    // tiles and a lone row. A batched decode step relies on this: each sequence's token
+    // gets the logits it would get decoded alone.
+    let (rows, cols, n) = (9, 96, 11);
+    let (weights, xq) = case(rows, cols, n);
+    let nb = cols / QK;
+    let builds: &[bool] = if has_avx512() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for w in &weights {
+        for &wide in builds {
+            // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
+            let all = unsafe { product(wide, w, rows, cols, &xq, n) };
+            for t in 0..n {
+                // SAFETY: as above.
+                let one = unsafe { product(wide, w, rows, cols, &xq[t * nb..(t + 1) * nb], 1) };
+                assert_eq!(
+                    one,
+                    all[t * rows..(t + 1) * rows],
+                    "{:?} wide={wide} token {t}",
+                    w.0
+                );
+            }
         }
     }
 }

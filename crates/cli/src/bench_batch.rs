@@ -1,0 +1,263 @@
+//! `llmem bench batch`: throughput of many sequences decoded together, measured as
+//! llama.cpp's `llama-batched-bench -npp P -ntg G -npl N,…` measures it.
+//!
+//! For each batch size N: N sequences, each with its own distinct P-token prompt, are
+//! prefilled in one batch (all prompts' tokens together, in micro-batches), then G decode
+//! steps run with all N sequences in one batch per step (feeding a fixed token, with
+//! logits for every sequence, as the peer does). Reported: prefill tokens/s (N·P over the
+//! prefill's time), summed decode tokens/s (N·G over the decode's time) and the most KV
+//! bytes held; the median of `--reps` timed repetitions, after one untimed warm-up.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use engine::batch::{Batch, BatchConfig, Engine};
+use engine::forward::{KV_TYPES, Logits, kv_mix_named};
+use engine::model::Model;
+use kvcache::SeqId;
+use serde::Serialize;
+
+use crate::exit::{CliError, input};
+use crate::machine::MachineInfo;
+
+/// Most sequences one batch size may ask for.
+const MAX_SEQS: usize = 4096;
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
+    /// Batch sizes: how many sequences decode together, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
+    pub seqs: Vec<usize>,
+    /// Prompt tokens per sequence (each sequence's prompt is its own).
+    #[arg(long, default_value_t = 128)]
+    pub prompt: usize,
+    /// Decode steps (tokens generated per sequence).
+    #[arg(long = "gen", default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Timed repetitions per batch size (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// KV cache type (see `llmem bench kv`).
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct SizeReport {
+    seqs: usize,
+    /// Prefill tokens per second, all sequences' prompts together (median).
+    pp_tok_s: f64,
+    /// Decode tokens per second summed over the sequences (median).
+    tg_tok_s: f64,
+    /// Most KV bytes held at once.
+    kv_bytes: u64,
+    /// Prefill and decode tokens per CPU-second (all threads), where the OS tells.
+    pp_tok_per_cpu_s: Option<f64>,
+    tg_tok_per_cpu_s: Option<f64>,
+    pp_runs: Vec<f64>,
+    tg_runs: Vec<f64>,
+}
+
+#[derive(Serialize)]
+struct BatchReport {
+    model: String,
+    threads: usize,
+    prompt: usize,
+    #[serde(rename = "gen")]
+    gen_tokens: usize,
+    reps: usize,
+    kv_type: String,
+    results: Vec<SizeReport>,
+    machine: MachineInfo,
+}
+
+/// Sequence `seq`'s prompt: `n` token ids, different for every sequence (so nothing is
+/// shared between them), sequence 0's being the one `bench infer` uses.
+fn prompt_for(seq: usize, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seq * 104_729) % 40_000 + 100).min(vocab - 1) as u32)
+        .collect()
+}
+
+/// CPU seconds this process has used (all threads, user and system), where the OS tells
+/// (Linux: `/proc/self/stat`, 10 ms resolution). On a host shared with other work, tokens
+/// per CPU-second move less than tokens per second.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn median(runs: &[f64]) -> f64 {
+    let mut s = runs.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One repetition's figures.
+struct Rep {
+    pp_tok_s: f64,
+    tg_tok_s: f64,
+    /// CPU seconds of the prefill and of the decode, if known.
+    pp_cpu_s: Option<f64>,
+    tg_cpu_s: Option<f64>,
+}
+
+/// One repetition at `n` sequences.
+fn once(e: &mut Engine<'_, '_>, n: usize, prompt: usize, n_gen: usize) -> Result<Rep, CliError> {
+    let vocab = e.model().cfg.vocab;
+    let seqs: Vec<SeqId> = (0..n).map(|_| e.seq_new()).collect();
+    let mut batch = Batch::new();
+    for (j, &s) in seqs.iter().enumerate() {
+        batch.push_tokens(s, 0, &prompt_for(j, prompt, vocab), Logits::Last);
+    }
+    let (t, c0) = (Instant::now(), cpu_seconds());
+    e.decode(&batch)?;
+    let pp = (n * prompt) as f64 / t.elapsed().as_secs_f64();
+    let tok = 3575.min(vocab - 1) as u32;
+    let (t, c1) = (Instant::now(), cpu_seconds());
+    for step in 0..n_gen {
+        batch.clear();
+        for &s in &seqs {
+            batch.push_tokens(s, prompt + step, &[tok], Logits::Last);
+        }
+        e.decode(&batch)?;
+    }
+    let tg = (n * n_gen) as f64 / t.elapsed().as_secs_f64();
+    let c2 = cpu_seconds();
+    for s in seqs {
+        e.seq_remove(s);
+    }
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    Ok(Rep {
+        pp_tok_s: pp,
+        tg_tok_s: tg,
+        pp_cpu_s: diff(c0, c1),
+        tg_cpu_s: diff(c1, c2),
+    })
+}
+
+fn size(
+    model: &Model<'_>,
+    a: &BatchArgs,
+    threads: usize,
+    n: usize,
+) -> Result<SizeReport, CliError> {
+    let mix = kv_mix_named(&a.kv_type).expect("checked by the caller");
+    let cfg = BatchConfig {
+        kv_mix: mix,
+        ..BatchConfig::new(a.prompt + a.gen_tokens, n, threads)
+    };
+    let mut e = Engine::new(model, cfg)?;
+    let (mut pp_runs, mut tg_runs, mut pp_cpu, mut tg_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.reps.max(1) {
+        let r = once(&mut e, n, a.prompt, a.gen_tokens)?;
+        pp_runs.push(r.pp_tok_s);
+        tg_runs.push(r.tg_tok_s);
+        pp_cpu.extend(r.pp_cpu_s.map(|c| (n * a.prompt) as f64 / c.max(0.01)));
+        tg_cpu.extend(r.tg_cpu_s.map(|c| (n * a.gen_tokens) as f64 / c.max(0.01)));
+    }
+    Ok(SizeReport {
+        seqs: n,
+        pp_tok_s: median(&pp_runs),
+        tg_tok_s: median(&tg_runs),
+        kv_bytes: e.peak_kv_bytes(),
+        pp_tok_per_cpu_s: (!pp_cpu.is_empty()).then(|| median(&pp_cpu)),
+        tg_tok_per_cpu_s: (!tg_cpu.is_empty()).then(|| median(&tg_cpu)),
+        pp_runs,
+        tg_runs,
+    })
+}
+
+pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
+    if a.seqs.is_empty() || a.seqs.iter().any(|&n| n == 0 || n > MAX_SEQS) {
+        return Err(input(anyhow::anyhow!(
+            "--seqs: give batch sizes from 1 to {MAX_SEQS}, e.g. 1,2,4,8"
+        )));
+    }
+    if a.prompt == 0 || a.gen_tokens == 0 {
+        return Err(input(anyhow::anyhow!(
+            "--prompt and --gen must be at least 1 token"
+        )));
+    }
+    if kv_mix_named(&a.kv_type).is_none() {
+        return Err(input(anyhow::anyhow!(
+            "--kv-type: unknown type {:?} (known: {})",
+            a.kv_type,
+            KV_TYPES.join(", ")
+        )));
+    }
+    let file = crate::load::map(&a.model)?;
+    let tm = crate::load::text_model(&a.model, &file)?;
+    let threads = a.threads.resolve();
+    // Warm-up: page the weights in and settle the threads, untimed.
+    let warm = BatchArgs {
+        model: a.model.clone(),
+        seqs: Vec::new(),
+        gen_tokens: a.gen_tokens.min(8),
+        reps: 1,
+        kv_type: a.kv_type.clone(),
+        threads: a.threads.clone(),
+        ..*a
+    };
+    size(&tm.model, &warm, threads, a.seqs[0])?;
+    let mut results = Vec::new();
+    for &n in &a.seqs {
+        let r = size(&tm.model, a, threads, n)?;
+        if !a.json {
+            eprintln!(
+                "{n:>5} seqs: pp {:>8.1} tok/s  tg {:>8.1} tok/s  KV {:>8.1} MiB  \
+                 (per CPU-second: pp {:.1}, tg {:.1})",
+                r.pp_tok_s,
+                r.tg_tok_s,
+                r.kv_bytes as f64 / f64::from(1 << 20),
+                r.pp_tok_per_cpu_s.unwrap_or(0.0),
+                r.tg_tok_per_cpu_s.unwrap_or(0.0),
+            );
+        }
+        results.push(r);
+    }
+    let report = BatchReport {
+        model: crate::bench::file_name(&a.model),
+        threads,
+        prompt: a.prompt,
+        gen_tokens: a.gen_tokens,
+        reps: a.reps.max(1),
+        kv_type: a.kv_type.clone(),
+        results,
+        machine: MachineInfo::detect(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "model {}  threads {}  prompt {}  gen {}  KV {}  ({} reps, median)",
+            report.model, threads, a.prompt, a.gen_tokens, a.kv_type, report.reps
+        );
+        println!(
+            "{:>6} {:>12} {:>12} {:>10}",
+            "seqs", "pp tok/s", "tg tok/s", "KV MiB"
+        );
+        for r in &report.results {
+            println!(
+                "{:>6} {:>12.1} {:>12.1} {:>10.1}",
+                r.seqs,
+                r.pp_tok_s,
+                r.tg_tok_s,
+                r.kv_bytes as f64 / f64::from(1 << 20)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! [`Engine::decode`]: checking a batch, grouping it into runs and micro-batches, the KV
+//! plan, and one micro-batch's forward pass.
+//!
+//! A **run** is a sequence's consecutive items computed in one attention call (a prefill
+//! chunk: `n_q > 1`; a decode step: `n_q = 1`). A sequence's items are cut into runs of at
+//! most `run_cap` tokens counted from its first item in the batch — the chunks a
+//! [`Session`](crate::forward::Session) would cut the same tokens into — and a
+//! **micro-batch** takes at most one run of each sequence, as many as fit `ubatch` tokens.
+//! So a sequence's runs go through the model in order, one per forward pass, and with a
+//! mixed cache its blocks are demoted between them as a session demotes them.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use kernels::attention::{AttnCall, AttnShape, PagedKv, attention_many, scratch_len_many};
+use kernels::ops;
+use kvcache::{KvBlock, KvError, PlanError, SeqId};
+
+use super::{Batch, BatchItem, BatchOutput, Engine};
+use crate::forward::{BLOCK_TOKENS, EvalError, MIXED_UBATCH};
+use crate::layers;
+
+/// Consecutive items of one sequence, attended in one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    seq: SeqId,
+    /// Position of its first token.
+    pos0: usize,
+    /// Its items are `order[start..start + len]`.
+    start: usize,
+    len: usize,
+}
+
+/// Groups `items` by sequence (in order of first appearance, each sequence's items in
+/// batch order) into `order`, cuts each sequence's items into runs of at most `run_cap`,
+/// and packs the runs into micro-batches of at most `ubatch` tokens, at most one run of a
+/// sequence per micro-batch. Requires `1 ≤ run_cap ≤ ubatch`.
+fn schedule(items: &[BatchItem], run_cap: usize, ubatch: usize) -> (Vec<usize>, Vec<Vec<Run>>) {
+    debug_assert!((1..=ubatch).contains(&run_cap));
+    let mut first_seen: Vec<SeqId> = Vec::new();
+    let mut by_seq: BTreeMap<SeqId, Vec<usize>> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        by_seq
+            .entry(it.seq)
+            .or_insert_with(|| {
+                first_seen.push(it.seq);
+                Vec::new()
+            })
+            .push(i);
+    }
+    let mut order = Vec::with_capacity(items.len());
+    let mut queues: Vec<VecDeque<Run>> = Vec::with_capacity(first_seen.len());
+    for seq in first_seen {
+        let idx = &by_seq[&seq];
+        let mut q = VecDeque::new();
+        for chunk in idx.chunks(run_cap) {
+            q.push_back(Run {
+                seq,
+                pos0: items[chunk[0]].pos,
+                start: order.len(),
+                len: chunk.len(),
+            });
+            order.extend_from_slice(chunk);
+        }
+        queues.push(q);
+    }
+    let mut micro = Vec::new();
+    while queues.iter().any(|q| !q.is_empty()) {
+        let (mut mb, mut used) = (Vec::new(), 0);
+        for q in &mut queues {
+            if let Some(r) = q.front()
+                && used + r.len <= ubatch
+            {
+                used += r.len;
+                mb.push(q.pop_front().expect("front exists"));
+            }
+        }
+        micro.push(mb);
+    }
+    (order, micro)
+}
+
+impl Engine<'_, '_> {
+    /// Decodes `batch`: appends every item's token to its sequence and returns the logits
+    /// of the items that asked for them.
+    ///
+    /// A sequence's items must be consecutive positions starting at its length (in batch
+    /// order; they may be interleaved with other sequences' items). With an all-f16 cache
+    /// the whole batch's KV is planned and reserved before anything is computed: on error
+    /// nothing changed ([`EvalError::NoRoom`] says what was short). With a mixed cache the
+    /// KV grows one micro-batch at a time and is demoted between them, so a long prompt
+    /// holds at most one micro-batch of f16 beyond its mix; if the cache refuses part-way,
+    /// the micro-batches already computed stay ([`Engine::seq_tokens`] says how far each
+    /// sequence got) and the error says why.
+    pub fn decode(&mut self, batch: &Batch) -> Result<BatchOutput<'_>, EvalError> {
+        let items = batch.items();
+        let grows = self.check(items)?;
+        let c = &self.model.cfg;
+        let (vocab, hd) = (c.vocab, c.head_dim);
+        let all_f16 = self.cfg.kv_mix.is_all_f16();
+        let run_cap = if all_f16 {
+            self.cfg.ubatch
+        } else {
+            self.cfg.ubatch.min(MIXED_UBATCH)
+        };
+        let (order, micro) = schedule(items, run_cap, self.cfg.ubatch);
+        let n_out = items.iter().filter(|i| i.wants_logits).count();
+        let attn_need = micro
+            .iter()
+            .map(|mb| {
+                let shapes: Vec<AttnShape> = mb.iter().map(|r| self.shape(r)).collect();
+                scratch_len_many(&shapes, hd, self.pool.n_threads())
+            })
+            .max()
+            .unwrap_or(0);
+        self.account_scratch(n_out * vocab, attn_need)?;
+        if all_f16 {
+            self.grow_kv(&grows)?;
+        }
+        // Exact growth, so the buffers hold no more than the ledger granted.
+        self.logits
+            .reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
+        self.logits.resize(n_out * vocab, 0.0);
+        if self.s.attn.len() < attn_need {
+            self.s.attn.reserve_exact(attn_need - self.s.attn.len());
+            self.s.attn.resize(attn_need, 0.0);
+        }
+        self.rows.clear();
+        self.rows.resize(items.len(), None);
+        let mut next_row = 0;
+        for mb in &micro {
+            if !all_f16 {
+                let g: Vec<(SeqId, usize)> = mb.iter().map(|r| (r.seq, r.len)).collect();
+                self.grow_kv(&g)?;
+            }
+            let wanted = self.forward(items, &order, mb, next_row)?;
+            for i in wanted {
+                self.rows[i] = Some(next_row as u32);
+                next_row += 1;
+            }
+            let share = self.share_rule();
+            for r in mb {
+                let st = self.seqs.get_mut(&r.seq).expect("checked");
+                st.tokens.extend(
+                    order[r.start..r.start + r.len]
+                        .iter()
+                        .map(|&i| items[i].token),
+                );
+                self.computed_tokens += r.len as u64;
+                if let Some(rule) = &share {
+                    self.kv
+                        .seq_publish(r.seq, &st.tokens, rule.digest, rule.format)?;
+                }
+                if !all_f16 {
+                    self.kv
+                        .seq_apply_mix(r.seq, &self.cfg.kv_mix, Some(&self.pool))?;
+                }
+            }
+        }
+        // Recency and frequency of use, for the eviction score.
+        for &(seq, _) in &grows {
+            self.kv.seq_touch(seq)?;
+        }
+        Ok(BatchOutput {
+            vocab,
+            logits: &self.logits[..n_out * vocab],
+            rows: &self.rows,
+        })
+    }
+
+    /// Checks every item (known sequence, token in the vocabulary, positions in order,
+    /// room in the context) and returns each sequence's new tokens, in id order.
+    fn check(&self, items: &[BatchItem]) -> Result<Vec<(SeqId, usize)>, EvalError> {
+        let vocab = self.model.cfg.vocab;
+        // Per sequence: (length before the batch, next position expected).
+        let mut at: BTreeMap<SeqId, (usize, usize)> = BTreeMap::new();
+        for it in items {
+            if it.token as usize >= vocab {
+                return Err(EvalError::BadToken {
+                    id: it.token,
+                    vocab,
+                });
+            }
+            let (_, next) = match at.entry(it.seq) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let st = self.seqs.get(&it.seq).ok_or(KvError::UnknownSeq(it.seq))?;
+                    e.insert((st.tokens.len(), st.tokens.len()))
+                }
+            };
+            if it.pos != *next {
+                return Err(EvalError::BadPosition {
+                    seq: it.seq,
+                    pos: it.pos,
+                    expected: *next,
+                });
+            }
+            *next += 1;
+        }
+        let n_ctx = self.cfg.n_ctx;
+        at.into_iter()
+            .map(|(seq, (have, end))| {
+                if end > n_ctx {
+                    return Err(EvalError::ContextFull {
+                        have,
+                        adding: end - have,
+                        n_ctx,
+                    });
+                }
+                Ok((seq, end - have))
+            })
+            .collect()
+    }
+
+    /// Plans and applies growing each `(seq, tokens)`; no room is returned as a value.
+    fn grow_kv(&mut self, grows: &[(SeqId, usize)]) -> Result<(), EvalError> {
+        let plan = self.kv.plan(grows).map_err(|e| match e {
+            PlanError::NoRoom(n) => EvalError::NoRoom(n),
+            PlanError::Kv(e) => EvalError::Kv(e),
+        })?;
+        self.kv.apply(plan)?;
+        self.note_kv_peak();
+        Ok(())
+    }
+
+    fn shape(&self, r: &Run) -> AttnShape {
+        let c = &self.model.cfg;
+        AttnShape {
+            n_q: r.len,
+            pos0: r.pos0,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Runs one micro-batch — the tokens of `runs`, row by row — through the model, its
+    /// KV into the cache (reserved already), and writes the logits of the rows that want
+    /// them from logits row `row0` on. Returns those rows' item indices, in order.
+    fn forward(
+        &mut self,
+        items: &[BatchItem],
+        order: &[usize],
+        runs: &[Run],
+        row0: usize,
+    ) -> Result<Vec<usize>, EvalError> {
+        let m = self.model;
+        let c = &m.cfg;
+        let qd = c.n_heads * c.head_dim;
+        let kvd = c.n_kv_heads * c.head_dim;
+        let rows: Vec<usize> = runs
+            .iter()
+            .flat_map(|r| order[r.start..r.start + r.len].iter().copied())
+            .collect();
+        let n = rows.len();
+        let shapes: Vec<AttnShape> = runs.iter().map(|r| self.shape(r)).collect();
+        let n_blocks: usize = runs
+            .iter()
+            .map(|r| (r.pos0 + r.len).div_ceil(BLOCK_TOKENS))
+            .sum();
+        let geom = self.kv.layout().geom();
+        let pool = &self.pool;
+        let s = &mut self.s;
+
+        layers::embed(m, &self.rope, s, n, |t| {
+            (items[rows[t]].token, items[rows[t]].pos)
+        });
+        for (li, l) in m.layers.iter().enumerate() {
+            layers::project_qkv(pool, c, l, &self.rope, s, n);
+            for (t, &i) in rows.iter().enumerate() {
+                ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
+                ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
+                self.kv
+                    .write(items[i].seq, li, items[i].pos, &s.kf16, &s.vf16)
+                    .expect("positions were reserved");
+            }
+            // Every run's blocks in one list, each run's calls over its own span.
+            let mut views: Vec<KvBlock<'_>> = Vec::with_capacity(n_blocks);
+            let mut spans = Vec::with_capacity(runs.len());
+            for r in runs {
+                let first = views.len();
+                for &id in self.kv.seq_blocks(r.seq)? {
+                    views.push(self.kv.pool().view(id)?);
+                }
+                spans.push(first..views.len());
+            }
+            let mut calls = Vec::with_capacity(runs.len());
+            let (mut q_rest, mut out_rest) = (&s.q[..n * qd], &mut s.att[..n * qd]);
+            for ((r, span), shape) in runs.iter().zip(spans).zip(&shapes) {
+                let (q, rest) = q_rest.split_at(r.len * qd);
+                q_rest = rest;
+                let (out, rest) = std::mem::take(&mut out_rest).split_at_mut(r.len * qd);
+                out_rest = rest;
+                calls.push(AttnCall {
+                    q,
+                    kv: PagedKv {
+                        blocks: &views[span],
+                        geom,
+                        layer: li,
+                    },
+                    shape: *shape,
+                    out,
+                });
+            }
+            attention_many(pool, &mut calls, &mut s.attn);
+            drop(calls);
+            layers::finish_layer(pool, c, l, s, n);
+        }
+
+        let wanted: Vec<usize> = (0..n).filter(|&t| items[rows[t]].wants_logits).collect();
+        if !wanted.is_empty() {
+            let vocab = c.vocab;
+            layers::output_logits(
+                pool,
+                m,
+                s,
+                |j| wanted[j],
+                wanted.len(),
+                &mut self.logits[row0 * vocab..(row0 + wanted.len()) * vocab],
+            );
+        }
+        Ok(wanted.into_iter().map(|t| rows[t]).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u32, pos: usize) -> BatchItem {
+        BatchItem {
+            seq: SeqId(seq),
+            pos,
+            token: 0,
+            wants_logits: false,
+        }
+    }
+
+    #[test]
+    fn runs_follow_each_sequence_and_micro_batches_take_one_run_of_each() {
+        // Sequence 1: 5 tokens, interleaved with sequence 0's 2 and sequence 2's 1.
+        let items = [
+            item(1, 0),
+            item(0, 7),
+            item(1, 1),
+            item(1, 2),
+            item(0, 8),
+            item(2, 3),
+            item(1, 3),
+            item(1, 4),
+        ];
+        let (order, micro) = schedule(&items, 2, 4);
+        // Grouped by first appearance: sequence 1, then 0, then 2.
+        assert_eq!(order, vec![0, 2, 3, 6, 7, 1, 4, 5]);
+        let runs = |mb: &[Run]| -> Vec<(u32, usize, usize)> {
+            mb.iter().map(|r| (r.seq.0, r.pos0, r.len)).collect()
+        };
+        assert_eq!(micro.len(), 3);
+        // 1's runs: [0,1] [2,3] [4]; 0's: [7,8]; 2's: [3].
+        assert_eq!(runs(&micro[0]), vec![(1, 0, 2), (0, 7, 2)]);
+        assert_eq!(runs(&micro[1]), vec![(1, 2, 2), (2, 3, 1)]);
+        assert_eq!(runs(&micro[2]), vec![(1, 4, 1)]);
+        for mb in &micro {
+            assert!(mb.iter().map(|r| r.len).sum::<usize>() <= 4);
+        }
+    }
+
+    #[test]
+    fn a_decode_step_of_many_sequences_is_one_micro_batch() {
+        let items: Vec<BatchItem> = (0..32).map(|s| item(s, 100)).collect();
+        let (order, micro) = schedule(&items, 512, 512);
+        assert_eq!(order, (0..32).collect::<Vec<_>>());
+        assert_eq!(micro.len(), 1);
+        assert!(micro[0].iter().all(|r| r.len == 1));
+    }
+}

@@ -1,0 +1,348 @@
+//! The batched engine: many sequences in one forward pass.
+//!
+//! A [`Batch`] is a list of [`BatchItem`]s `{seq, pos, token, wants_logits}` from any
+//! number of sequences. [`Engine::decode`] runs them together: the matrix products run
+//! over all the batch's tokens at once, so a decode step of N sequences reads the weights
+//! once instead of N times (decode is memory-bound: one token of SmolLM2-135M reads all
+//! ~97 MB of its weights). Attention runs per sequence over its own block table, each
+//! sequence's consecutive items in one call, all sequences' calls in one pool dispatch.
+//! Logits are computed only for the items that ask for them.
+//!
+//! One [`Engine`] holds one thread pool, one [`KvCache`] for every sequence (so prefixes
+//! are shared between live sequences through the cache's chained hashes), scratch sized
+//! for a micro-batch of tokens (reserved in the ledger before it is allocated), and each
+//! sequence's tokens. Sequences join ([`Engine::seq_new`], [`Engine::seq_fork`]) and leave
+//! ([`Engine::seq_remove`]) between calls, so a scheduler can drive it step by step.
+//!
+//! ```no_run
+//! # let file = weights::MappedFile::open("model.gguf".as_ref()).unwrap();
+//! # let gguf = gguf::GgufFile::parse(file.bytes()).unwrap();
+//! # let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
+//! use engine::batch::{Batch, BatchConfig, Engine};
+//! use engine::forward::Logits;
+//! let mut e = Engine::new(&tm.model, BatchConfig::new(512, 8, 2)).unwrap();
+//! let (a, b) = (e.seq_new(), e.seq_new());
+//! let mut batch = Batch::new();
+//! batch.push_tokens(a, 0, &tm.encode("The capital of France is"), Logits::Last);
+//! batch.push_tokens(b, 0, &tm.encode("Once upon a time"), Logits::Last);
+//! let out = e.decode(&batch).unwrap();
+//! let next_a = engine::sampler::argmax(out.logits(batch.len() - 1).unwrap());
+//! ```
+
+mod forward;
+
+use std::collections::BTreeMap;
+
+use budget::{Bytes, OutOfBudget, Reservation};
+use kernels::ops::Rope;
+use kernels::pool::ThreadPool;
+use kvcache::{KvCache, KvError, KvFormat, KvLayout, SeqId, TierMix};
+
+use crate::forward::{BLOCK_TOKENS, EvalError, Logits};
+use crate::layers::Scratch;
+use crate::memory::{Accounts, scratch_bytes};
+use crate::model::Model;
+
+/// Settings of a batched engine.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchConfig {
+    /// Most tokens one sequence may hold.
+    pub n_ctx: usize,
+    /// Sequences the cache is sized for: `⌈n_ctx / block⌉ × max_seqs` blocks, unless
+    /// `kv_blocks` says otherwise.
+    pub max_seqs: usize,
+    pub n_threads: usize,
+    /// Most tokens in one forward pass (scratch is sized for it); a longer batch is run
+    /// in micro-batches.
+    pub ubatch: usize,
+    /// Precision of each sequence's KV blocks by age (default: all f16).
+    pub kv_mix: TierMix,
+    /// The cache's capacity in blocks, instead of the one `n_ctx × max_seqs` gives.
+    pub kv_blocks: Option<usize>,
+}
+
+impl BatchConfig {
+    /// `max_seqs` sequences of up to `n_ctx` tokens, an all-f16 cache, micro-batches of
+    /// 512 tokens.
+    pub fn new(n_ctx: usize, max_seqs: usize, n_threads: usize) -> Self {
+        BatchConfig {
+            n_ctx,
+            max_seqs,
+            n_threads,
+            ubatch: 512,
+            kv_mix: TierMix::uniform(KvFormat::F16),
+            kv_blocks: None,
+        }
+    }
+}
+
+/// One token of one sequence in a [`Batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchItem {
+    pub seq: SeqId,
+    /// Its position: a sequence's items in a batch are consecutive, starting at the
+    /// number of tokens the sequence holds.
+    pub pos: usize,
+    pub token: u32,
+    /// Whether [`BatchOutput`] gets a row of logits for it.
+    pub wants_logits: bool,
+}
+
+/// Tokens of any number of sequences, decoded together by [`Engine::decode`].
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    items: Vec<BatchItem>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn push(&mut self, item: BatchItem) {
+        self.items.push(item);
+    }
+
+    /// Appends `tokens` of `seq` at positions `pos0..`, asking logits for the last of them
+    /// ([`Logits::Last`]) or for each ([`Logits::All`]).
+    pub fn push_tokens(&mut self, seq: SeqId, pos0: usize, tokens: &[u32], which: Logits) {
+        let last = tokens.len().saturating_sub(1);
+        self.items
+            .extend(tokens.iter().enumerate().map(|(i, &token)| BatchItem {
+                seq,
+                pos: pos0 + i,
+                token,
+                wants_logits: which == Logits::All || i == last,
+            }));
+    }
+
+    pub fn items(&self) -> &[BatchItem] {
+        &self.items
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+}
+
+/// The logits of a decoded batch: one row for each item that asked for them.
+#[derive(Debug)]
+pub struct BatchOutput<'e> {
+    vocab: usize,
+    logits: &'e [f32],
+    /// Each item's row in `logits`, if it asked for one.
+    rows: &'e [Option<u32>],
+}
+
+impl BatchOutput<'_> {
+    /// The logits of item `item` (its index in the batch), if it asked for them.
+    pub fn logits(&self, item: usize) -> Option<&[f32]> {
+        let r = (*self.rows.get(item)?)? as usize;
+        Some(&self.logits[r * self.vocab..(r + 1) * self.vocab])
+    }
+
+    /// Rows of logits (items that asked for them).
+    pub fn n_rows(&self) -> usize {
+        self.logits.len() / self.vocab.max(1)
+    }
+}
+
+/// A live sequence's state beside its KV blocks.
+#[derive(Debug, Default, Clone)]
+struct SeqState {
+    /// Its tokens from position 0 (prefix hashing needs them); its length is the
+    /// sequence's length, which always equals the tokens its KV blocks hold.
+    tokens: Vec<u32>,
+}
+
+/// Runs batches of many sequences against one model. See the module docs.
+pub struct Engine<'a, 'm> {
+    model: &'a Model<'m>,
+    cfg: BatchConfig,
+    pool: ThreadPool,
+    kv: KvCache,
+    seqs: BTreeMap<SeqId, SeqState>,
+    /// Tokens run through the model (shared prefixes are not counted).
+    computed_tokens: u64,
+    /// Most KV storage bytes held at once.
+    peak_kv_bytes: u64,
+    rope: Rope,
+    s: Scratch,
+    /// The last batch's logits, one row per item that asked.
+    logits: Vec<f32>,
+    /// The last batch's row of each item.
+    rows: Vec<Option<u32>>,
+    /// The ledger's account for `s`, `logits` and the attention workspace.
+    scratch_res: Reservation,
+}
+
+impl<'a, 'm> Engine<'a, 'm> {
+    /// An engine with its own unlimited ledger (accounting only).
+    pub fn new(model: &'a Model<'m>, cfg: BatchConfig) -> Result<Self, EvalError> {
+        Self::with_accounts(model, cfg, &Accounts::unlimited())
+    }
+
+    /// An engine whose buffers are reserved in `accounts`: scratch now (before it is
+    /// allocated), KV blocks as sequences grow.
+    pub fn with_accounts(
+        model: &'a Model<'m>,
+        cfg: BatchConfig,
+        accounts: &Accounts,
+    ) -> Result<Self, EvalError> {
+        let c = &model.cfg;
+        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BLOCK_TOKENS)
+            .expect("model dimensions were validated at load");
+        let blocks = cfg
+            .kv_blocks
+            .unwrap_or(cfg.n_ctx.div_ceil(BLOCK_TOKENS) * cfg.max_seqs.max(1));
+        let mut kv = KvCache::new(layout, blocks);
+        kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
+        // A mixed cache limits each sequence's run, not the micro-batch (see `decode`).
+        let ubatch = cfg.ubatch.clamp(1, 4096);
+        // Reserve before allocating: a budget too small fails here, with nothing held.
+        let scratch_res = accounts.reserve(accounts.scratch, scratch_bytes(c, ubatch))?;
+        let s = Scratch::new(model, ubatch);
+        debug_assert_eq!(s.fixed_bytes(), scratch_bytes(c, ubatch));
+        Ok(Engine {
+            model,
+            cfg: BatchConfig { ubatch, ..cfg },
+            pool: ThreadPool::new(cfg.n_threads)?,
+            kv,
+            seqs: BTreeMap::new(),
+            computed_tokens: 0,
+            peak_kv_bytes: 0,
+            rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
+            s,
+            logits: Vec::new(),
+            rows: Vec::new(),
+            scratch_res,
+        })
+    }
+
+    pub fn model(&self) -> &Model<'m> {
+        self.model
+    }
+
+    /// The settings in force (`ubatch` clamped to 1..=4096).
+    pub fn config(&self) -> &BatchConfig {
+        &self.cfg
+    }
+
+    /// The shared KV cache (tiers, block counts, prefix index).
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// Bytes of KV block storage held now (in use or kept for reuse).
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.pool().storage_bytes()
+    }
+
+    /// The most KV storage bytes held at once so far.
+    pub fn peak_kv_bytes(&self) -> u64 {
+        self.peak_kv_bytes.max(self.kv_bytes())
+    }
+
+    /// Bytes of scratch, logits and attention workspace (as reserved in the ledger).
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch_res.size().0
+    }
+
+    /// Tokens run through the model so far (tokens attached from shared prefixes were
+    /// not computed and are not counted).
+    pub fn computed_tokens(&self) -> u64 {
+        self.computed_tokens
+    }
+
+    /// Starts an empty sequence.
+    pub fn seq_new(&mut self) -> SeqId {
+        let id = self.kv.seq_new();
+        self.seqs.insert(id, SeqState::default());
+        id
+    }
+
+    /// Forks `src`: the new sequence shares `src`'s full blocks and gets its own copy of
+    /// its partial last block, so both continue from the same tokens without recomputing
+    /// them.
+    pub fn seq_fork(&mut self, src: SeqId) -> Result<SeqId, EvalError> {
+        let st = self.seqs.get(&src).ok_or(KvError::UnknownSeq(src))?.clone();
+        let id = self.kv.seq_copy(src)?;
+        self.seqs.insert(id, st);
+        self.note_kv_peak();
+        Ok(id)
+    }
+
+    /// Ends `seq` (finished or cancelled): its blocks return to the pool, except those
+    /// other sequences share. Unknown ids are ignored.
+    pub fn seq_remove(&mut self, seq: SeqId) {
+        if self.seqs.remove(&seq).is_some() {
+            self.kv.seq_remove(seq);
+        }
+    }
+
+    /// For an empty `seq`: attaches the cached KV of the longest prefix of `prompt` that
+    /// a live sequence has published, leaving at least its last token to decode (its
+    /// logits are wanted). Returns the tokens attached: decode `prompt[n..]` next.
+    pub fn seq_attach_prefix(&mut self, seq: SeqId, prompt: &[u32]) -> Result<usize, EvalError> {
+        let st = self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        if !st.tokens.is_empty() || prompt.is_empty() {
+            return Ok(0);
+        }
+        let Some(rule) = self.share_rule() else {
+            return Ok(0);
+        };
+        let max = (prompt.len() - 1).min(self.cfg.n_ctx);
+        let n = self.kv.seq_attach_prefix(seq, prompt, max, &rule)?;
+        let st = self.seqs.get_mut(&seq).expect("checked above");
+        st.tokens.extend_from_slice(&prompt[..n]);
+        Ok(n)
+    }
+
+    /// What a block shared between live sequences must match: the cache type's one
+    /// format (a mix by age shares nothing: a block's precision depends on when it was
+    /// demoted) and the block boundary. Unlike `--kv-dir` reuse (micro-batch aligned, see
+    /// docs/design/kv.md), a sequence that continues from a shared block may round its
+    /// next tokens' attention differently from a run alone: bit-identity holds for the
+    /// shared blocks themselves, not for what follows them.
+    pub(crate) fn share_rule(&self) -> Option<kvcache::ReuseRule> {
+        Some(kvcache::ReuseRule {
+            digest: self.model.digest,
+            format: self.cfg.kv_mix.uniform_format()?,
+            align_tokens: crate::forward::BLOCK_TOKENS,
+        })
+    }
+
+    /// Live sequences, in id order.
+    pub fn seq_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.seqs.keys().copied()
+    }
+
+    /// The tokens `seq` holds, or `None` if it is unknown.
+    pub fn seq_tokens(&self, seq: SeqId) -> Option<&[u32]> {
+        self.seqs.get(&seq).map(|s| s.tokens.as_slice())
+    }
+
+    /// Grows the scratch reservation so it covers the buffers after a resize.
+    fn account_scratch(&mut self, logits_len: usize, attn_len: usize) -> Result<(), OutOfBudget> {
+        let want = self.s.fixed_bytes()
+            + self.logits.capacity().max(logits_len) as u64 * 4
+            + self.s.attn.capacity().max(attn_len) as u64 * 4;
+        let have = self.scratch_res.size().0;
+        if want > have {
+            self.scratch_res.try_grow(Bytes(want - have))?;
+        }
+        Ok(())
+    }
+
+    fn note_kv_peak(&mut self) {
+        self.peak_kv_bytes = self.peak_kv_bytes.max(self.kv_bytes());
+    }
+}

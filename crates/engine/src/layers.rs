@@ -1,0 +1,306 @@
+//! The per-layer computation both forward passes share: the single-sequence
+//! [`Session`](crate::forward::Session) and the batched [`Engine`](crate::batch::Engine)
+//! differ only in where each token's keys and values go and which blocks its attention
+//! reads; everything row-wise — norms, the matrix products over all of a micro-batch's
+//! tokens, RoPE, the feed-forward block, the output head — is here, once.
+//!
+//! Every step works on rows (one token each) independently, so the rows of a micro-batch
+//! may belong to any sequences; each row's sums are formed in the same order whatever
+//! else is in the micro-batch, so a token's results do not depend on its neighbours.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kernels::matmul::{MatJob, matmul};
+use kernels::ops::{self, Rope};
+use kernels::pool::ThreadPool;
+use kernels::quant::{BlockQ8, QK, quantize_row_q8};
+
+use crate::config::ModelConfig;
+use crate::model::{Layer, Model};
+
+/// Per-micro-batch buffers, allocated once (sized by [`crate::memory::scratch_bytes`]).
+pub(crate) struct Scratch {
+    pub(crate) x: Vec<f32>,
+    pub(crate) xn: Vec<f32>,
+    pub(crate) xq: Vec<BlockQ8>,
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) att: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
+    /// Attention workspace, grown (after its reservation) as calls need it.
+    pub(crate) attn: Vec<f32>,
+    pub(crate) kf16: Vec<u16>,
+    pub(crate) vf16: Vec<u16>,
+    /// RoPE angles of each row's position.
+    pub(crate) rope: Vec<Vec<(f32, f32)>>,
+}
+
+impl Scratch {
+    pub(crate) fn new(m: &Model<'_>, n: usize) -> Self {
+        let c = &m.cfg;
+        let (d, qd, kvd) = (c.d_model, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let widest = d.max(qd).max(c.d_ff);
+        Scratch {
+            x: vec![0.0; n * d],
+            xn: vec![0.0; n * d],
+            xq: vec![BlockQ8::default(); n * widest / QK],
+            q: vec![0.0; n * qd],
+            k: vec![0.0; n * kvd],
+            v: vec![0.0; n * kvd],
+            att: vec![0.0; n * qd],
+            gate: vec![0.0; n * c.d_ff],
+            up: vec![0.0; n * c.d_ff],
+            attn: Vec::new(),
+            kf16: vec![0; kvd],
+            vf16: vec![0; kvd],
+            rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
+        }
+    }
+
+    /// Bytes of the fixed buffers (the attention workspace is accounted as it grows).
+    pub(crate) fn fixed_bytes(&self) -> u64 {
+        let f = |n: usize| n as u64 * 4;
+        f(self.x.len() + self.xn.len() + self.q.len() + self.k.len() + self.v.len())
+            + f(self.att.len() + self.gate.len() + self.up.len())
+            + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
+            + (self.kf16.len() + self.vf16.len()) as u64 * 2
+            + self
+                .rope
+                .iter()
+                .map(|r| r.capacity() as u64 * 8)
+                .sum::<u64>()
+    }
+}
+
+/// Shares a mutable buffer between pool threads that write disjoint rows.
+pub(crate) struct Rows<T>(*mut T, usize);
+// SAFETY: `row` hands out row `t` only; callers give each row to one thread.
+unsafe impl<T: Send> Sync for Rows<T> {}
+impl<T> Rows<T> {
+    pub(crate) fn new(v: &mut [T], width: usize) -> Self {
+        Rows(v.as_mut_ptr(), width)
+    }
+    /// # Safety
+    /// Row `t` must lie inside the buffer and be used by one thread at a time.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn row(&self, t: usize) -> &mut [T] {
+        // SAFETY: forwarded contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * self.1), self.1) }
+    }
+}
+
+/// Runs `f(t)` for `t in 0..n`, on the pool when there is enough work to share.
+pub(crate) fn par_rows(pool: &ThreadPool, n: usize, f: impl Fn(usize) + Sync) {
+    if n < 4 {
+        (0..n).for_each(f);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    pool.run(|_| {
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= n {
+                break;
+            }
+            f(t);
+        }
+    });
+}
+
+/// Row `t` of `xn` = `rms_norm(x[src(t)]) · w`, and its 8-bit quantization into `xq`, for
+/// `n` rows of width `d`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_quant(
+    pool: &ThreadPool,
+    x: &[f32],
+    src: impl Fn(usize) -> usize + Sync,
+    xn: &mut [f32],
+    xq: &mut [BlockQ8],
+    w: &[f32],
+    eps: f32,
+    (d, n): (usize, usize),
+) {
+    let (xr, qr) = (Rows::new(xn, d), Rows::new(xq, d / QK));
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+        let (o, q) = unsafe { (xr.row(t), qr.row(t)) };
+        let s = src(t);
+        ops::rms_norm(&x[s * d..(s + 1) * d], w, eps, o);
+        quantize_row_q8(o, q);
+    });
+}
+
+/// Quantizes `n` rows of width `w` of `x` into `xq`.
+pub(crate) fn quant_rows(pool: &ThreadPool, x: &[f32], xq: &mut [BlockQ8], w: usize, n: usize) {
+    let qr = Rows::new(xq, w / QK);
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffer.
+        quantize_row_q8(&x[t * w..(t + 1) * w], unsafe { qr.row(t) });
+    });
+}
+
+/// Row `t` of `s.x` = token `token(t)`'s embedding, and `s.rope[t]` = the angles of
+/// position `pos(t)`, for `n` rows.
+pub(crate) fn embed(
+    m: &Model<'_>,
+    rope: &Rope,
+    s: &mut Scratch,
+    n: usize,
+    mut at: impl FnMut(usize) -> (u32, usize),
+) {
+    let d = m.cfg.d_model;
+    for t in 0..n {
+        let (tok, pos) = at(t);
+        kernels::quant::dequantize_row(
+            m.tok_embd.wtype(),
+            m.tok_embd.row(tok as usize),
+            &mut s.x[t * d..(t + 1) * d],
+        );
+        rope.angles(pos, &mut s.rope[t]);
+    }
+}
+
+/// The attention block up to attention itself, for `n` rows: `s.q`, `s.k`, `s.v` = the
+/// normed input's projections (plus biases), with RoPE applied to queries and keys.
+pub(crate) fn project_qkv(
+    pool: &ThreadPool,
+    c: &ModelConfig,
+    l: &Layer<'_>,
+    rope: &Rope,
+    s: &mut Scratch,
+    n: usize,
+) {
+    let (d, hd) = (c.d_model, c.head_dim);
+    let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+    norm_quant(
+        pool,
+        &s.x,
+        |t| t,
+        &mut s.xn,
+        &mut s.xq,
+        &l.attn_norm,
+        c.rms_eps,
+        (d, n),
+    );
+    matmul(
+        pool,
+        &mut [
+            MatJob::new(l.wq, &mut s.q[..n * qd]),
+            MatJob::new(l.wk, &mut s.k[..n * kvd]),
+            MatJob::new(l.wv, &mut s.v[..n * kvd]),
+        ],
+        &s.xn[..n * d],
+        &s.xq[..n * d / QK],
+        n,
+    );
+    if let Some([bq, bk, bv]) = &l.bias_qkv {
+        for t in 0..n {
+            ops::add_assign(&mut s.q[t * qd..(t + 1) * qd], bq);
+            ops::add_assign(&mut s.k[t * kvd..(t + 1) * kvd], bk);
+            ops::add_assign(&mut s.v[t * kvd..(t + 1) * kvd], bv);
+        }
+    }
+    let (qr, kr) = (Rows::new(&mut s.q, qd), Rows::new(&mut s.k, kvd));
+    let cs = &s.rope;
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+        let (q, k) = unsafe { (qr.row(t), kr.row(t)) };
+        rope.apply(q, hd, &cs[t]);
+        rope.apply(k, hd, &cs[t]);
+    });
+}
+
+/// The rest of a layer after attention wrote `s.att`, for `n` rows: the output
+/// projection and residual, then the feed-forward block and its residual, into `s.x`.
+pub(crate) fn finish_layer(
+    pool: &ThreadPool,
+    c: &ModelConfig,
+    l: &Layer<'_>,
+    s: &mut Scratch,
+    n: usize,
+) {
+    let (d, qd, ff) = (c.d_model, c.n_heads * c.head_dim, c.d_ff);
+    quant_rows(pool, &s.att, &mut s.xq, qd, n);
+    matmul(
+        pool,
+        &mut [MatJob::new(l.wo, &mut s.xn[..n * d])],
+        &s.att,
+        &s.xq,
+        n,
+    );
+    ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+
+    // Feed-forward block.
+    norm_quant(
+        pool,
+        &s.x,
+        |t| t,
+        &mut s.xn,
+        &mut s.xq,
+        &l.ffn_norm,
+        c.rms_eps,
+        (d, n),
+    );
+    matmul(
+        pool,
+        &mut [
+            MatJob::new(l.gate, &mut s.gate[..n * ff]),
+            MatJob::new(l.up, &mut s.up[..n * ff]),
+        ],
+        &s.xn[..n * d],
+        &s.xq[..n * d / QK],
+        n,
+    );
+    {
+        let (gr, xq) = (Rows::new(&mut s.gate, ff), Rows::new(&mut s.xq, ff / QK));
+        let up = &s.up;
+        par_rows(pool, n, |t| {
+            // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+            let (g, q) = unsafe { (gr.row(t), xq.row(t)) };
+            ops::silu_mul(g, &up[t * ff..(t + 1) * ff]);
+            quantize_row_q8(g, q);
+        });
+    }
+    matmul(
+        pool,
+        &mut [MatJob::new(l.down, &mut s.xn[..n * d])],
+        &s.gate,
+        &s.xq,
+        n,
+    );
+    ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+}
+
+/// Logits for `n_out` rows: output row `j` is `s.x` row `src(j)` through the final norm
+/// and the output head, written to `out[j * vocab..]`. Only the rows asked for are
+/// computed: the head is the largest matrix of a small model (49,152 × 576 in SmolLM2).
+pub(crate) fn output_logits(
+    pool: &ThreadPool,
+    m: &Model<'_>,
+    s: &mut Scratch,
+    src: impl Fn(usize) -> usize + Sync,
+    n_out: usize,
+    out: &mut [f32],
+) {
+    let c = &m.cfg;
+    let d = c.d_model;
+    norm_quant(
+        pool,
+        &s.x,
+        src,
+        &mut s.xn,
+        &mut s.xq,
+        &m.output_norm,
+        c.rms_eps,
+        (d, n_out),
+    );
+    matmul(
+        pool,
+        &mut [MatJob::new(m.output, &mut out[..n_out * c.vocab])],
+        &s.xn[..n_out * d],
+        &s.xq[..n_out * d / QK],
+        n_out,
+    );
+}
