@@ -5,6 +5,7 @@ mod common_cli;
 use common_cli::*;
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn bench_batch_reports_every_batch_size() {
     let Some(m) = model() else { return };
     let m = m.to_string_lossy().into_owned();

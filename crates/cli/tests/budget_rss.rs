@@ -76,6 +76,7 @@ fn run_measured(args: &[&str]) -> (Value, u64) {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn finding4_a_budget_equal_to_the_plan_is_never_exceeded_in_peak_rss() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
@@ -139,6 +140,7 @@ fn finding4_a_budget_equal_to_the_plan_is_never_exceeded_in_peak_rss() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn finding4_threads_beyond_the_cpus_are_capped_with_a_warning() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
@@ -189,6 +191,7 @@ fn finding4_threads_beyond_the_cpus_are_capped_with_a_warning() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn finding9_threads_zero_is_an_input_error_in_every_command() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();

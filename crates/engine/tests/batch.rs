@@ -145,6 +145,7 @@ impl Together<'_, '_, '_> {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn eight_sequences_decoded_together_match_each_decoded_alone_bit_for_bit() {
     with_model(|tm| {
         let model = &tm.model;
@@ -188,6 +189,7 @@ fn eight_sequences_decoded_together_match_each_decoded_alone_bit_for_bit() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn a_sequence_joining_and_one_cancelled_mid_run_leave_the_others_unchanged() {
     with_model(|tm| {
         let model = &tm.model;
@@ -247,6 +249,7 @@ fn a_sequence_joining_and_one_cancelled_mid_run_leave_the_others_unchanged() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn a_tiered_cache_applied_per_sequence_by_age_matches_a_session_with_the_same_mix() {
     with_model(|tm| {
         let model = &tm.model;
@@ -302,6 +305,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn golden_prompts_all_in_one_batch_match_llama_cpp() {
     with_model(|tm| {
         let g = golden();
@@ -375,6 +379,7 @@ fn golden_prompts_all_in_one_batch_match_llama_cpp() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn bad_batches_are_refused_with_nothing_changed() {
     with_model(|tm| {
         let model = &tm.model;
