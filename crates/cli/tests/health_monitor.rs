@@ -231,14 +231,23 @@ fn health_with_a_model_counts_its_weights_and_kv() {
     assert!(text.contains("KV f16 at ctx 512"), "{text}");
 
     // A context whose KV exceeds the machine: the recommendation that depends on the model
-    // (weights + KV ≥ 90 % of memory) fires.
+    // (weights + KV ≥ 90 % of memory) fires. Contexts stop at 2^24 tokens (issue 13), so
+    // the model has 16 KiB of KV a position: 256 GiB at the largest context.
+    let deep = testkit::TinyLlamaConfig {
+        n_layers: 64,
+        n_heads: 8,
+        n_kv_heads: 8,
+        ..testkit::TinyLlamaConfig::default()
+    };
+    let deep_path = dir.path().join("deep.gguf");
+    std::fs::write(&deep_path, testkit::tiny_llama(&deep).bytes).unwrap();
     let out = llmem(&[
         "health",
         "--json",
         "--model",
-        path,
+        deep_path.to_str().unwrap(),
         "--ctx",
-        "1099511627776",
+        "16777216",
     ]);
     assert!(
         out.status.success(),
@@ -253,7 +262,21 @@ fn health_with_a_model_counts_its_weights_and_kv() {
         .iter()
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"lazy_weights"), "{kinds:?}");
+    assert!(kinds.contains(&"fit_memory"), "{kinds:?}");
+    // The KV is what is large, so the context is what to change.
+    let fit = report["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "fit_memory")
+        .unwrap();
+    assert!(
+        fit["setting"].as_str().unwrap().starts_with("--ctx "),
+        "{fit}"
+    );
+    // Past the cap, the context is refused.
+    let out = llmem(&["health", "--model", path, "--ctx", "1099511627776"]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
