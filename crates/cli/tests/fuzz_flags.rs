@@ -14,9 +14,9 @@
 //! refused command (exit 2) did no budgeted work but still is a process: a budget below
 //! [`PROCESS_FLOOR_BYTES`] is held to that floor then.
 //!
-//! `--threads` is left out: capping it is the thread-count change of issue 13 (today
-//! `bench memory --threads 4294967296` aborts on a failed allocation in the memory bench's
-//! pool); add `("--threads", Kind::Count)` to each command below with it.
+//! `--threads` is fuzzed too: it is parsed as 1 to 1024 and capped to the CPUs this
+//! process may use (before the cap, `bench memory --threads 4294967296` aborted on a failed
+//! allocation in the memory bench's pool).
 
 mod child;
 
@@ -123,6 +123,7 @@ fn commands() -> Vec<Command> {
         Command {
             base: s(&["run", "--model", m, "--prompt", "hi", "--max-tokens", "4"]),
             flags: vec![
+                ("--threads", Kind::Count),
                 ("--max-tokens", Kind::Count),
                 ("--temperature", Kind::Float),
                 ("--top-k", Kind::Count),
@@ -136,6 +137,7 @@ fn commands() -> Vec<Command> {
         Command {
             base: s(&["plan", "--model", m]),
             flags: vec![
+                ("--threads", Kind::Count),
                 ("--ctx", Kind::Count),
                 ("--seqs", Kind::Count),
                 ("--budget", Kind::Size),
@@ -161,6 +163,7 @@ fn commands() -> Vec<Command> {
                 "8MiB",
             ]),
             flags: vec![
+                ("--threads", Kind::Count),
                 ("--reps", Kind::Count),
                 ("--pp", Kind::Count),
                 ("--tg", Kind::Count),
@@ -194,6 +197,7 @@ fn commands() -> Vec<Command> {
                 "8MiB",
             ]),
             flags: vec![
+                ("--threads", Kind::Count),
                 ("--ctx", Kind::Count),
                 ("--chunks", Kind::Count),
                 ("--depth", Kind::Count),
@@ -218,6 +222,7 @@ fn commands() -> Vec<Command> {
                 "64MiB",
             ]),
             flags: vec![
+                ("--threads", Kind::Count),
                 ("--sizes", Kind::SizeList),
                 ("--reps", Kind::Count),
                 ("--budget", Kind::Size),
@@ -398,6 +403,7 @@ fn real_model() -> Option<String> {
 /// plan counts the whole file as weights, so a run held to a budget stays within it with
 /// its weights resident. Random contexts and budgets around what the plan needs.
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn real_model_runs_stay_within_their_budget() {
     let Some(m) = real_model() else { return };
     let mut rng = SplitMix64::new(SEED ^ 0x5eed);
