@@ -111,6 +111,9 @@ async fn accept_loop(listener: TcpListener, exposition: Exposition) {
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_header_size(MAX_HEAD_BYTES)
                 .keep_alive(false)
+                // A client may shut its side once its request is sent: still answer it
+                // (without this hyper drops the request when it sees that end first).
+                .half_close(true)
                 .title_case_headers(true)
                 .serve_connection(TokioIo::new(stream), service);
             // Errors (bad heads, timeouts, resets) end only this connection; dropping it
