@@ -1,8 +1,8 @@
 //! The AVX-512 builds against the AVX2 ones, and decode's row-by-row path against the
 //! tiles: the same bits.
 
-use super::*;
 use super::super::{OutPtr, RowsRef};
+use super::*;
 use crate::quant::{BlockQ8, QK, WType, quantize_row_q8, reference};
 
 /// Values in [-1, 1) from a xorshift sequence started at `seed`.
