@@ -504,8 +504,7 @@ fn real_model() -> Option<&'static str> {
 
 /// The golden entry `name` of llama.cpp's greedy outputs.
 fn golden(name: &str) -> Value {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/smollm2-greedy.json");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/smollm2-greedy.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let all: Value = serde_json::from_str(&text).expect("golden JSON");
     all["prompts"]

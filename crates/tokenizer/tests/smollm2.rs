@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{read_json, testdata_file, smollm2, smollm2_spec, u32s};
+use common::{read_json, smollm2, smollm2_spec, testdata_file, u32s};
 use tokenizer::{BosEos, PreTokenizer, Render, Special, TokenId, Tokenizer};
 
 fn token_ids(raw: &[u32]) -> Vec<TokenId> {
