@@ -184,7 +184,7 @@ fn eight_sequences_decoded_together_match_each_decoded_alone_bit_for_bit() {
         }
         let total: usize = prompts.iter().map(|p| p.len() + steps - 1).sum();
         assert_eq!(e.computed_tokens(), total as u64);
-        e.kv().check_invariants();
+        e.check_invariants();
     });
 }
 
@@ -244,7 +244,7 @@ fn a_sequence_joining_and_one_cancelled_mid_run_leave_the_others_unchanged() {
                 kvcache::KvError::UnknownSeq(_)
             ))
         ));
-        t.e.kv().check_invariants();
+        t.e.check_invariants();
     });
 }
 
@@ -285,7 +285,7 @@ fn a_tiered_cache_applied_per_sequence_by_age_matches_a_session_with_the_same_mi
             let want = alone(model, mix, n_ctx, p, steps);
             assert_same(t.trace(*seq), &want, &format!("tiered sequence {i}"));
         }
-        e.kv().check_invariants();
+        e.check_invariants();
     });
 }
 
@@ -429,6 +429,26 @@ fn bad_batches_are_refused_with_nothing_changed() {
         }
         assert_eq!(small.kv().pool().used_blocks(), 0);
         assert_eq!(small.computed_tokens(), 0);
+        small.check_invariants();
+
+        // A mixed cache grows a run at a time: refused at the second 128-token run of a
+        // 300-token prompt, the first run stays computed and the engine consistent.
+        let cfg = BatchConfig {
+            kv_blocks: Some(10),
+            kv_mix: default_mix(),
+            ..BatchConfig::new(320, 1, THREADS)
+        };
+        let mut mixed = Engine::new(model, cfg).unwrap();
+        let s = mixed.seq_new();
+        let mut batch = Batch::new();
+        batch.push_tokens(s, 0, &synthetic(300, 5), Logits::Last);
+        assert!(matches!(
+            mixed.decode(&batch),
+            Err(engine::forward::EvalError::NoRoom(_))
+        ));
+        assert_eq!(mixed.seq_tokens(s).unwrap().len(), 128);
+        assert_eq!(mixed.computed_tokens(), 128);
+        mixed.check_invariants();
     });
 }
 
@@ -529,7 +549,7 @@ mod prefix {
                 "sequence {r}"
             );
         }
-        e.kv().check_invariants();
+        e.check_invariants();
     }
 
     #[test]
@@ -574,6 +594,6 @@ mod prefix {
             e.kv_bytes(),
             bound(&e)
         );
-        e.kv().check_invariants();
+        e.check_invariants();
     }
 }

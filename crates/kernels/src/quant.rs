@@ -81,7 +81,23 @@ pub struct BlockQ8 {
 /// # Panics
 /// If the lengths do not match; callers size both from the same model dimension.
 pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    quantize_row_q8_with(crate::Isa::detect(), x, out);
+}
+
+/// [`quantize_row_q8`] on a chosen instruction set. For finite input every instruction
+/// set gives the same bits (tests compare them).
+///
+/// # Panics
+/// As [`quantize_row_q8`].
+pub fn quantize_row_q8_with(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8]) {
     assert_eq!(x.len(), out.len() * QK, "quantize_row_q8: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if isa == crate::Isa::Avx2 {
+        // SAFETY: Isa::Avx2 is only reported when AVX2 is present; lengths asserted.
+        unsafe { crate::simd::avx2::quantize_row_q8(x, out) };
+        return;
+    }
+    let _ = isa;
     for (chunk, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;

@@ -8,7 +8,9 @@ use kernels::attention::{
 use kernels::kvquant::{self, BlockGeom, KvBlock, KvFormat};
 use kernels::matmul::{MatJob, QMatrix, matmul_with};
 use kernels::pool::ThreadPool;
-use kernels::quant::{BlockQ8, WType, dequantize_row, quantize_row_q8, reference};
+use kernels::quant::{
+    BlockQ8, WType, dequantize_row, quantize_row_q8, quantize_row_q8_with, reference,
+};
 
 /// A small deterministic generator (splitmix64) so tests need no RNG crate.
 struct Rng(u64);
@@ -369,6 +371,32 @@ fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bi
                 );
                 assert!(got.iter().all(|x| x.is_finite() && *x != 0.0));
             }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_gives_the_portable_bits_on_every_isa() {
+    let mut rng = Rng(31);
+    // Random rows, a block of zeros, values on the rounding boundaries (k + 0.5 steps),
+    // negative zeros and a lone large value.
+    let mut x = rng.vec(32 * 40);
+    x.extend([0.0f32; 32]);
+    x.extend((0..32).map(|i| (i as f32 - 16.0 + 0.5) / 127.0 * 16.0));
+    x.extend((0..32).map(|i| if i % 2 == 0 { -0.0 } else { 1e-30 }));
+    x.extend((0..32).map(|i| if i == 7 { -1e6 } else { i as f32 }));
+    let n = x.len() / 32;
+    let mut want = vec![BlockQ8::default(); n];
+    quantize_row_q8_with(Isa::Portable, &x, &mut want);
+    for isa in Isa::available() {
+        let mut got = vec![BlockQ8::default(); n];
+        quantize_row_q8_with(isa, &x, &mut got);
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                (g.d.to_bits(), g.s.to_bits(), g.qs),
+                (w.d.to_bits(), w.s.to_bits(), w.qs),
+                "{isa:?} block {b}"
+            );
         }
     }
 }

@@ -126,13 +126,42 @@ impl Engine<'_, '_> {
         }
         self.rows.clear();
         self.rows.resize(items.len(), None);
+        if let Err(e) = self.run_micro_batches(items, &order, &micro) {
+            // Part of a mixed cache's batch may have been computed (see above); no item
+            // has logits.
+            self.rows.clear();
+            self.logits.clear();
+            self.debug_check();
+            return Err(e);
+        }
+        // Recency and frequency of use, for the eviction score.
+        for &(seq, _) in &grows {
+            self.kv.seq_touch(seq)?;
+        }
+        self.debug_check();
+        Ok(BatchOutput {
+            vocab,
+            logits: &self.logits[..n_out * vocab],
+            rows: &self.rows,
+        })
+    }
+
+    /// Runs `micro` in order: KV growth (per micro-batch for a mixed cache), the forward
+    /// pass, then each sequence's tokens, published blocks and tier mix.
+    fn run_micro_batches(
+        &mut self,
+        items: &[BatchItem],
+        order: &[usize],
+        micro: &[Vec<Run>],
+    ) -> Result<(), EvalError> {
+        let all_f16 = self.cfg.kv_mix.is_all_f16();
         let mut next_row = 0;
-        for mb in &micro {
+        for mb in micro {
             if !all_f16 {
                 let g: Vec<(SeqId, usize)> = mb.iter().map(|r| (r.seq, r.len)).collect();
                 self.grow_kv(&g)?;
             }
-            let wanted = self.forward(items, &order, mb, next_row)?;
+            let wanted = self.forward(items, order, mb, next_row)?;
             for i in wanted {
                 self.rows[i] = Some(next_row as u32);
                 next_row += 1;
@@ -156,15 +185,7 @@ impl Engine<'_, '_> {
                 }
             }
         }
-        // Recency and frequency of use, for the eviction score.
-        for &(seq, _) in &grows {
-            self.kv.seq_touch(seq)?;
-        }
-        Ok(BatchOutput {
-            vocab,
-            logits: &self.logits[..n_out * vocab],
-            rows: &self.rows,
-        })
+        Ok(())
     }
 
     /// Checks every item (known sequence, token in the vocabulary, positions in order,

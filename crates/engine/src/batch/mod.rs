@@ -164,6 +164,13 @@ struct SeqState {
 }
 
 /// Runs batches of many sequences against one model. See the module docs.
+///
+/// # Invariants
+/// - The live sequences here and in `kv` are the same, and each one's `tokens` are as
+///   many as the tokens its KV blocks hold (`kv.seq_len`): a decode that fails before
+///   computing changes neither, one that computes a micro-batch changes both.
+/// - `rows` has one entry per item of the last batch, and the rows it names are the
+///   rows of `logits` (each once).
 pub struct Engine<'a, 'm> {
     model: &'a Model<'m>,
     cfg: BatchConfig,
@@ -277,6 +284,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         let id = self.kv.seq_copy(src)?;
         self.seqs.insert(id, st);
         self.note_kv_peak();
+        self.debug_check();
         Ok(id)
     }
 
@@ -286,6 +294,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         if self.seqs.remove(&seq).is_some() {
             self.kv.seq_remove(seq);
         }
+        self.debug_check();
     }
 
     /// For an empty `seq`: attaches the cached KV of the longest prefix of `prompt` that
@@ -303,6 +312,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         let n = self.kv.seq_attach_prefix(seq, prompt, max, &rule)?;
         let st = self.seqs.get_mut(&seq).expect("checked above");
         st.tokens.extend_from_slice(&prompt[..n]);
+        self.debug_check();
         Ok(n)
     }
 
@@ -340,6 +350,36 @@ impl<'a, 'm> Engine<'a, 'm> {
             self.scratch_res.try_grow(Bytes(want - have))?;
         }
         Ok(())
+    }
+
+    /// Checks the invariants in this type's docs (and the cache's).
+    ///
+    /// # Panics
+    /// If any is broken.
+    pub fn check_invariants(&self) {
+        self.kv.check_invariants();
+        let live: Vec<SeqId> = self.seqs.keys().copied().collect();
+        assert_eq!(
+            live,
+            self.kv.seq_ids(),
+            "engine and cache disagree on live sequences"
+        );
+        for (id, st) in &self.seqs {
+            let held = self.kv.seq_len(*id).expect("live in the cache");
+            assert_eq!(st.tokens.len(), held, "{id:?}: tokens vs KV length");
+        }
+        let mut named: Vec<u32> = self.rows.iter().flatten().copied().collect();
+        named.sort_unstable();
+        let n_rows = self.logits.len() / self.model.cfg.vocab.max(1);
+        assert!(
+            named.iter().copied().eq(0..n_rows as u32),
+            "logits rows named once each"
+        );
+    }
+
+    pub(crate) fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        self.check_invariants();
     }
 
     fn note_kv_peak(&mut self) {

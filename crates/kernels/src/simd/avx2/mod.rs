@@ -117,6 +117,53 @@ pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
     super::portable::f32_to_f16(&src[i..n], &mut dst[i..n]);
 }
 
+/// [`crate::quant::quantize_row_q8`] eight values to a register: the same operations per
+/// value as the scalar loop (max of absolute values, one divide and one reciprocal per
+/// block, multiply, add ±0.5, truncate), so the same bits for finite input.
+///
+/// # Safety
+/// AVX2 must be present; `out` holds `x.len() / 32` blocks (the caller checked).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_row_q8(x: &[f32], out: &mut [crate::quant::BlockQ8]) {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let half = _mm256_set1_ps(0.5);
+    // packs interleaves 128-bit lanes; this puts the four groups of eight back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (chunk, blk) in x.chunks_exact(32).zip(out.iter_mut()) {
+        // SAFETY: the chunk holds 32 floats.
+        let v = unsafe { [0, 8, 16, 24].map(|i| _mm256_loadu_ps(chunk.as_ptr().add(i))) };
+        let m = v.map(|v| _mm256_and_ps(v, abs_mask));
+        let m = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let q = v.map(|v| {
+            let x = _mm256_mul_ps(v, id);
+            let r = _mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign_mask), half));
+            _mm256_cvttps_epi32(r)
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let sum = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01));
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let packed = _mm256_permutevar8x32_epi32(packed, order);
+        // SAFETY: `qs` holds 32 bytes.
+        unsafe { _mm256_storeu_si256(blk.qs.as_mut_ptr().cast(), packed) };
+        blk.d = d;
+        blk.s = d * _mm_cvtsi128_si32(sum) as f32;
+    }
+}
+
 /// e^x for 8 lanes: range reduction by ln 2, a degree-6 polynomial on |r| ≤ ln2/2
 /// (relative error ≈ 2e-7), and the exponent put back through the float's bits.
 #[target_feature(enable = "avx2,fma,f16c")]
