@@ -15,8 +15,81 @@ use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, quantize_row_q8};
 
+use budget::{Bytes, OutOfBudget, Reservation};
+
 use crate::config::ModelConfig;
+use crate::memory::{Accounts, scratch_bytes};
 use crate::model::{Layer, Model};
+
+/// A forward pass's buffers with their account in the ledger: the fixed per-micro-batch
+/// [`Scratch`], the logits rows and the attention workspace. The session and the batched
+/// engine both hold one; the logits and the workspace grow only after the account does.
+pub(crate) struct Workspace {
+    pub(crate) s: Scratch,
+    pub(crate) logits: Vec<f32>,
+    /// The ledger's account for `s`, `logits` and `s.attn`.
+    res: Reservation,
+}
+
+impl Workspace {
+    /// Reserves the fixed scratch for `ubatch` rows, then allocates it: a budget too small
+    /// fails here, with nothing held.
+    pub(crate) fn new(
+        model: &Model<'_>,
+        ubatch: usize,
+        accounts: &Accounts,
+    ) -> Result<Self, OutOfBudget> {
+        let c = &model.cfg;
+        let res = accounts.reserve(accounts.scratch, scratch_bytes(c, ubatch))?;
+        let s = Scratch::new(model, ubatch);
+        debug_assert_eq!(
+            s.fixed_bytes(),
+            scratch_bytes(c, ubatch),
+            "scratch formula drifted"
+        );
+        Ok(Workspace {
+            s,
+            logits: Vec::new(),
+            res,
+        })
+    }
+
+    /// Bytes reserved in the ledger for these buffers.
+    pub(crate) fn reserved_bytes(&self) -> u64 {
+        self.res.size().0
+    }
+
+    /// Grows the reservation so that it covers `logits_len` logits and an attention
+    /// workspace of `attn_len`; allocates nothing.
+    pub(crate) fn account(
+        &mut self,
+        logits_len: usize,
+        attn_len: usize,
+    ) -> Result<(), OutOfBudget> {
+        let want = self.s.fixed_bytes()
+            + self.logits.capacity().max(logits_len) as u64 * 4
+            + self.s.attn.capacity().max(attn_len) as u64 * 4;
+        let have = self.res.size().0;
+        if want > have {
+            self.res.try_grow(Bytes(want - have))?;
+        }
+        Ok(())
+    }
+
+    /// Sizes the logits to `logits_len` and the attention workspace to at least
+    /// `attn_len`, growing exactly, so the buffers hold no more than [`Workspace::account`]
+    /// had the ledger grant.
+    pub(crate) fn fit(&mut self, logits_len: usize, attn_len: usize) {
+        self.logits
+            .reserve_exact(logits_len.saturating_sub(self.logits.len()));
+        self.logits.resize(logits_len, 0.0);
+        let attn = &mut self.s.attn;
+        if attn.len() < attn_len {
+            attn.reserve_exact(attn_len - attn.len());
+            attn.resize(attn_len, 0.0);
+        }
+    }
+}
 
 /// Per-micro-batch buffers, allocated once (sized by [`crate::memory::scratch_bytes`]).
 pub(crate) struct Scratch {

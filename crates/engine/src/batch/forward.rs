@@ -112,25 +112,18 @@ impl Engine<'_, '_> {
             })
             .max()
             .unwrap_or(0);
-        self.account_scratch(n_out * vocab, attn_need)?;
+        self.w.account(n_out * vocab, attn_need)?;
         if all_f16 {
             self.grow_kv(&grows)?;
         }
-        // Exact growth, so the buffers hold no more than the ledger granted.
-        self.logits
-            .reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
-        self.logits.resize(n_out * vocab, 0.0);
-        if self.s.attn.len() < attn_need {
-            self.s.attn.reserve_exact(attn_need - self.s.attn.len());
-            self.s.attn.resize(attn_need, 0.0);
-        }
+        self.w.fit(n_out * vocab, attn_need);
         self.rows.clear();
         self.rows.resize(items.len(), None);
         if let Err(e) = self.run_micro_batches(items, &order, &micro) {
             // Part of a mixed cache's batch may have been computed (see above); no item
             // has logits.
             self.rows.clear();
-            self.logits.clear();
+            self.w.logits.clear();
             self.debug_check();
             return Err(e);
         }
@@ -141,7 +134,7 @@ impl Engine<'_, '_> {
         self.debug_check();
         Ok(BatchOutput {
             vocab,
-            logits: &self.logits[..n_out * vocab],
+            logits: &self.w.logits[..n_out * vocab],
             rows: &self.rows,
         })
     }
@@ -280,7 +273,7 @@ impl Engine<'_, '_> {
             .sum();
         let geom = self.kv.layout().geom();
         let pool = &self.pool;
-        let s = &mut self.s;
+        let s = &mut self.w.s;
 
         layers::embed(m, &self.rope, s, n, |t| {
             (items[rows[t]].token, items[rows[t]].pos)
@@ -336,7 +329,7 @@ impl Engine<'_, '_> {
                 s,
                 |j| wanted[j],
                 wanted.len(),
-                &mut self.logits[row0 * vocab..(row0 + wanted.len()) * vocab],
+                &mut self.w.logits[row0 * vocab..(row0 + wanted.len()) * vocab],
             );
         }
         Ok(wanted.into_iter().map(|t| rows[t]).collect())

@@ -33,14 +33,13 @@ mod forward;
 
 use std::collections::BTreeMap;
 
-use budget::{Bytes, OutOfBudget, Reservation};
 use kernels::ops::Rope;
 use kernels::pool::ThreadPool;
 use kvcache::{KvCache, KvError, KvFormat, KvLayout, SeqId, TierMix};
 
 use crate::forward::{BLOCK_TOKENS, EvalError, Logits};
-use crate::layers::Scratch;
-use crate::memory::{Accounts, scratch_bytes};
+use crate::layers::Workspace;
+use crate::memory::Accounts;
 use crate::model::Model;
 
 /// Settings of a batched engine.
@@ -182,13 +181,11 @@ pub struct Engine<'a, 'm> {
     /// Most KV storage bytes held at once.
     peak_kv_bytes: u64,
     rope: Rope,
-    s: Scratch,
-    /// The last batch's logits, one row per item that asked.
-    logits: Vec<f32>,
+    /// Scratch, the last batch's logits (one row per item that asked) and the attention
+    /// workspace, with their account in the ledger.
+    w: Workspace,
     /// The last batch's row of each item.
     rows: Vec<Option<u32>>,
-    /// The ledger's account for `s`, `logits` and the attention workspace.
-    scratch_res: Reservation,
 }
 
 impl<'a, 'm> Engine<'a, 'm> {
@@ -214,10 +211,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
         // A mixed cache limits each sequence's run, not the micro-batch (see `decode`).
         let ubatch = cfg.ubatch.clamp(1, 4096);
-        // Reserve before allocating: a budget too small fails here, with nothing held.
-        let scratch_res = accounts.reserve(accounts.scratch, scratch_bytes(c, ubatch))?;
-        let s = Scratch::new(model, ubatch);
-        debug_assert_eq!(s.fixed_bytes(), scratch_bytes(c, ubatch));
+        let w = Workspace::new(model, ubatch, accounts)?;
         Ok(Engine {
             model,
             cfg: BatchConfig { ubatch, ..cfg },
@@ -227,10 +221,8 @@ impl<'a, 'm> Engine<'a, 'm> {
             computed_tokens: 0,
             peak_kv_bytes: 0,
             rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
-            s,
-            logits: Vec::new(),
+            w,
             rows: Vec::new(),
-            scratch_res,
         })
     }
 
@@ -260,7 +252,7 @@ impl<'a, 'm> Engine<'a, 'm> {
 
     /// Bytes of scratch, logits and attention workspace (as reserved in the ledger).
     pub fn scratch_bytes(&self) -> u64 {
-        self.scratch_res.size().0
+        self.w.reserved_bytes()
     }
 
     /// Tokens run through the model so far (tokens attached from shared prefixes were
@@ -340,18 +332,6 @@ impl<'a, 'm> Engine<'a, 'm> {
         self.seqs.get(&seq).map(|s| s.tokens.as_slice())
     }
 
-    /// Grows the scratch reservation so it covers the buffers after a resize.
-    fn account_scratch(&mut self, logits_len: usize, attn_len: usize) -> Result<(), OutOfBudget> {
-        let want = self.s.fixed_bytes()
-            + self.logits.capacity().max(logits_len) as u64 * 4
-            + self.s.attn.capacity().max(attn_len) as u64 * 4;
-        let have = self.scratch_res.size().0;
-        if want > have {
-            self.scratch_res.try_grow(Bytes(want - have))?;
-        }
-        Ok(())
-    }
-
     /// Checks the invariants in this type's docs (and the cache's).
     ///
     /// # Panics
@@ -370,7 +350,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         }
         let mut named: Vec<u32> = self.rows.iter().flatten().copied().collect();
         named.sort_unstable();
-        let n_rows = self.logits.len() / self.model.cfg.vocab.max(1);
+        let n_rows = self.w.logits.len() / self.model.cfg.vocab.max(1);
         assert!(
             named.iter().copied().eq(0..n_rows as u32),
             "logits rows named once each"

@@ -10,15 +10,15 @@ mod seqs;
 
 use std::sync::Arc;
 
-use budget::{Bytes, OutOfBudget, Reservation};
+use budget::OutOfBudget;
 use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kvcache::policy::{Decision, Rates, ReclaimStats, Weights};
 use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, Prefetcher, SeqId, TierMix};
 
-use crate::layers::{self, Scratch};
-use crate::memory::{Accounts, scratch_bytes};
+use crate::layers::{self, Workspace};
+use crate::memory::Accounts;
 
 use crate::model::Model;
 
@@ -193,10 +193,8 @@ pub struct Session<'a, 'm> {
     /// The most recent of them, with their factors (for the debug log).
     reclaim_log: Vec<Decision>,
     rope: Rope,
-    s: Scratch,
-    logits: Vec<f32>,
-    /// The ledger's account for `s` and `logits`.
-    scratch_res: Reservation,
+    /// Scratch, logits and attention workspace, with their account in the ledger.
+    w: Workspace,
 }
 
 impl<'a, 'm> Session<'a, 'm> {
@@ -219,14 +217,7 @@ impl<'a, 'm> Session<'a, 'm> {
         kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
         let seq = kv.seq_new();
         let ubatch = effective_ubatch(cfg.ubatch, &cfg.kv_mix);
-        // Reserve before allocating: a budget too small fails here, with nothing held.
-        let scratch_res = accounts.reserve(accounts.scratch, scratch_bytes(c, ubatch))?;
-        let s = Scratch::new(model, ubatch);
-        debug_assert_eq!(
-            s.fixed_bytes(),
-            scratch_bytes(c, ubatch),
-            "scratch formula drifted"
-        );
+        let w = Workspace::new(model, ubatch, accounts)?;
         Ok(Session {
             model,
             cfg: SessionConfig { ubatch, ..cfg },
@@ -246,9 +237,7 @@ impl<'a, 'm> Session<'a, 'm> {
             reclaim_stats: ReclaimStats::default(),
             reclaim_log: Vec::new(),
             rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
-            s,
-            logits: Vec::new(),
-            scratch_res,
+            w,
         })
     }
 
@@ -284,19 +273,7 @@ impl<'a, 'm> Session<'a, 'm> {
 
     /// Bytes of scratch and logits buffers (as reserved in the ledger).
     pub fn scratch_bytes(&self) -> u64 {
-        self.scratch_res.size().0
-    }
-
-    /// Grows the scratch reservation so it covers the buffers after a resize.
-    fn account_scratch(&mut self, logits_len: usize, attn_len: usize) -> Result<(), OutOfBudget> {
-        let want = self.s.fixed_bytes()
-            + self.logits.capacity().max(logits_len) as u64 * 4
-            + self.s.attn.capacity().max(attn_len) as u64 * 4;
-        let have = self.scratch_res.size().0;
-        if want > have {
-            self.scratch_res.try_grow(Bytes(want - have))?;
-        }
-        Ok(())
+        self.w.reserved_bytes()
     }
 
     /// Forgets the sequence (the cache's blocks return to the pool).
@@ -357,7 +334,7 @@ impl<'a, 'm> Session<'a, 'm> {
             })
             .max()
             .unwrap_or(0);
-        self.account_scratch(n_out * vocab, attn_need)?;
+        self.w.account(n_out * vocab, attn_need)?;
         self.prepare()?;
         // An all-f16 cache reserves the whole step up front (all or nothing); a mixed one
         // grows a micro-batch at a time and demotes as it goes, so a long prompt never
@@ -366,14 +343,7 @@ impl<'a, 'm> Session<'a, 'm> {
         if !stepwise {
             self.reserve_kv(self.n_past + tokens.len())?;
         }
-        // Exact growth, so the buffers hold no more than the ledger granted.
-        self.logits
-            .reserve_exact((n_out * vocab).saturating_sub(self.logits.len()));
-        self.logits.resize(n_out * vocab, 0.0);
-        if self.s.attn.len() < attn_need {
-            self.s.attn.reserve_exact(attn_need - self.s.attn.len());
-            self.s.attn.resize(attn_need, 0.0);
-        }
+        self.w.fit(n_out * vocab, attn_need);
         let mut done = 0;
         for chunk in tokens.chunks(self.cfg.ubatch) {
             let last_chunk = done + chunk.len() == tokens.len();
@@ -401,7 +371,7 @@ impl<'a, 'm> Session<'a, 'm> {
         }
         // Recency and frequency of use, for the eviction score.
         self.kv.seq_touch(self.seq)?;
-        Ok(&self.logits)
+        Ok(&self.w.logits)
     }
 
     /// Runs one micro-batch at positions `n_past..`. `out`: where its logits go — `None`
@@ -415,7 +385,7 @@ impl<'a, 'm> Session<'a, 'm> {
         let kvd = c.n_kv_heads * c.head_dim;
         let qd = c.n_heads * c.head_dim;
         let pool = &self.pool;
-        let s = &mut self.s;
+        let s = &mut self.w.s;
 
         layers::embed(m, &self.rope, s, n, |t| (tokens[t], pos0 + t));
         let shape = AttnShape {
@@ -470,7 +440,7 @@ impl<'a, 'm> Session<'a, 'm> {
             s,
             |j| first + j,
             n_out,
-            &mut self.logits[row0 * vocab..(row0 + n_out) * vocab],
+            &mut self.w.logits[row0 * vocab..(row0 + n_out) * vocab],
         );
         Ok(())
     }
