@@ -11,8 +11,9 @@
 //! into the chunks a session cuts it into, and with a mixed cache its blocks are demoted
 //! between them as a session demotes them.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common_model;
+
+use common_model::{golden, ids, model_path};
 
 use engine::batch::{Batch, BatchConfig, Engine};
 use engine::forward::{Logits, Session, SessionConfig, default_mix};
@@ -22,26 +23,6 @@ use kernels::ops::log_softmax_at;
 use kvcache::{SeqId, TierMix};
 
 const THREADS: usize = 2;
-
-/// The model, fetched by the project's script into `models/` (cached). Outside CI a
-/// missing network skips the test with a message; under CI it fails.
-fn model_path() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/fetch-model.sh"))
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(PathBuf::from(
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )),
-        other => {
-            let why = format!("could not fetch the model: {other:?}");
-            assert!(std::env::var_os("CI").is_none(), "{why}");
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
-}
 
 /// Runs `f` on the loaded model (skips without it).
 fn with_model(f: impl FnOnce(&engine::text::TextModel<'_>)) {
@@ -287,21 +268,6 @@ fn a_tiered_cache_applied_per_sequence_by_age_matches_a_session_with_the_same_mi
         }
         e.check_invariants();
     });
-}
-
-fn golden() -> serde_json::Value {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/smollm2-greedy.json");
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

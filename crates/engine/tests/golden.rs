@@ -5,47 +5,12 @@
 //! either way); and teacher-forced over prompt + continuation, the log-probability of
 //! llama.cpp's next token is within 0.05 of llama.cpp's on average and 0.3 at worst.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common_model;
 
+use common_model::{golden, ids, model_path};
 use engine::forward::{Logits, Session, SessionConfig};
 use engine::sampler::argmax;
 use kernels::ops::log_softmax_at;
-
-/// The model, fetched by the project's script into `models/` (cached). Outside CI a
-/// missing network skips the test with a message; under CI it fails.
-pub fn model_path() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/fetch-model.sh"))
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(PathBuf::from(
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )),
-        other => {
-            let why = format!("could not fetch the model: {other:?}");
-            assert!(std::env::var_os("CI").is_none(), "{why}");
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
-}
-
-fn golden() -> serde_json::Value {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/smollm2-greedy.json");
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 #[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
