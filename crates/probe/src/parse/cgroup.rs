@@ -197,25 +197,9 @@ pub fn parse_cgroup1_stat(
 /// # Errors
 /// A line that is not `id:controllers:path`.
 pub fn parse_proc_cgroup1_memory(text: &str) -> Result<Option<String>, ParseError> {
-    for (index, raw) in text.lines().enumerate() {
-        if raw.is_empty() {
-            continue;
-        }
-        let mut parts = raw.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(ParseError::BadLine {
-                input: "cgroup",
-                line: index + 1,
-                expected: "`id:controllers:path`",
-                found: excerpt(raw),
-            });
-        };
-        if controllers.split(',').any(|c| c == "memory") {
-            return Ok(Some(path.to_owned()));
-        }
-    }
-    Ok(None)
+    find_proc_cgroup(text, |_, controllers| {
+        controllers.split(',').any(|c| c == "memory")
+    })
 }
 
 /// Finds this process's cgroup v2 path in `/proc/self/cgroup` (the `0::/path` line).
@@ -224,6 +208,15 @@ pub fn parse_proc_cgroup1_memory(text: &str) -> Result<Option<String>, ParseErro
 /// # Errors
 /// A line that is not `id:controllers:path`.
 pub fn parse_proc_cgroup(text: &str) -> Result<Option<String>, ParseError> {
+    find_proc_cgroup(text, |id, controllers| id == "0" && controllers.is_empty())
+}
+
+/// The path of the first `/proc/self/cgroup` line (`id:controllers:path`) whose id and
+/// controllers `pick` accepts.
+fn find_proc_cgroup(
+    text: &str,
+    pick: impl Fn(&str, &str) -> bool,
+) -> Result<Option<String>, ParseError> {
     for (index, raw) in text.lines().enumerate() {
         if raw.is_empty() {
             continue;
@@ -238,7 +231,7 @@ pub fn parse_proc_cgroup(text: &str) -> Result<Option<String>, ParseError> {
                 found: excerpt(raw),
             });
         };
-        if id == "0" && controllers.is_empty() {
+        if pick(id, controllers) {
             return Ok(Some(path.to_owned()));
         }
     }
