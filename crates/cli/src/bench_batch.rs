@@ -19,6 +19,7 @@ use kvcache::SeqId;
 use serde::Serialize;
 
 use crate::exit::{CliError, input};
+use crate::limits;
 use crate::machine::MachineInfo;
 
 /// Most sequences one batch size may ask for.
@@ -43,7 +44,7 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// KV cache type (see `llmem bench kv`).
-    #[arg(long, default_value = "f16")]
+    #[arg(long, default_value = "f16", value_parser = clap::builder::PossibleValuesParser::new(KV_TYPES))]
     pub kv_type: String,
     #[arg(long)]
     pub json: bool,
@@ -161,7 +162,7 @@ fn size(
     let mut e = Engine::new(model, cfg)?;
     let (mut pp_runs, mut tg_runs, mut pp_cpu, mut tg_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..a.reps.max(1) {
+    for _ in 0..a.reps {
         let r = once(&mut e, n, a.prompt, a.gen_tokens)?;
         pp_runs.push(r.pp_tok_s);
         tg_runs.push(r.tg_tok_s);
@@ -181,23 +182,21 @@ fn size(
 }
 
 pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
-    if a.seqs.is_empty() || a.seqs.iter().any(|&n| n == 0 || n > MAX_SEQS) {
+    if a.seqs.is_empty() {
         return Err(input(anyhow::anyhow!(
             "--seqs: give batch sizes from 1 to {MAX_SEQS}, e.g. 1,2,4,8"
         )));
     }
-    if a.prompt == 0 || a.gen_tokens == 0 {
-        return Err(input(anyhow::anyhow!(
-            "--prompt and --gen must be at least 1 token"
-        )));
+    for &n in &a.seqs {
+        limits::count("--seqs", n, 1, MAX_SEQS)?;
     }
-    if kv_mix_named(&a.kv_type).is_none() {
-        return Err(input(anyhow::anyhow!(
-            "--kv-type: unknown type {:?} (known: {})",
-            a.kv_type,
-            KV_TYPES.join(", ")
-        )));
-    }
+    limits::count("--prompt", a.prompt, 1, limits::MAX_CTX_TOKENS)?;
+    limits::count("--gen", a.gen_tokens, 1, limits::MAX_CTX_TOKENS)?;
+    limits::context_sum(
+        "a sequence's context (--prompt + --gen)",
+        &[a.prompt, a.gen_tokens],
+    )?;
+    limits::count("--reps", a.reps, 1, limits::MAX_REPS)?;
     let file = crate::load::map(&a.model)?;
     let tm = crate::load::text_model(&a.model, &file)?;
     let threads = a.threads.resolve();
@@ -233,7 +232,7 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         threads,
         prompt: a.prompt,
         gen_tokens: a.gen_tokens,
-        reps: a.reps.max(1),
+        reps: a.reps,
         kv_type: a.kv_type.clone(),
         results,
         machine: MachineInfo::detect(),
