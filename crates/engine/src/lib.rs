@@ -6,6 +6,9 @@
 //! - [`forward::Session`]: one sequence — tokens in, logits out.
 //! - [`batch::Engine`]: many sequences in one forward pass — a [`batch::Batch`] of
 //!   `{seq, pos, token, wants_logits}` in, the logits asked for out.
+//! - [`sched::Scheduler`]: continuous batching of many requests on one engine, with
+//!   the pressure ladder; [`sched::service::Service`] runs one on its own thread.
+//! - [`shared::SharedModel`]: a model owning its mapping, `Send + Sync`, for threads.
 //! - [`sampler::Sampler`]: greedy or temperature/top-k/top-p sampling; it refuses logits
 //!   that are NaN or infinite, and [`finite`] finds the weight behind them.
 //! - [`chat`]: the model's own chat template, rendered.
@@ -31,6 +34,8 @@ mod layers;
 pub mod memory;
 pub mod model;
 pub mod sampler;
+pub mod sched;
+pub mod shared;
 pub mod text;
 
 /// Why a model could not be loaded. Each variant names the key or tensor at fault.

@@ -142,6 +142,17 @@ impl<'m> TextModel<'m> {
         Ok(())
     }
 
+    /// Reserves only the tokenizer's tables in the `weights` pool (for a caller that
+    /// reserved the mapped file itself, before reading it).
+    pub fn account_tokenizer(
+        &mut self,
+        accounts: &crate::memory::Accounts,
+    ) -> Result<(), budget::OutOfBudget> {
+        let bytes = self.tokenizer.table_bytes();
+        self.weights_res = Some(accounts.reserve(accounts.weights, bytes)?);
+        Ok(())
+    }
+
     /// Bytes reserved for the weights (0 before [`TextModel::account`]).
     pub fn weights_reserved(&self) -> u64 {
         self.weights_res.as_ref().map_or(0, |r| r.size().0)

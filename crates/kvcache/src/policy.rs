@@ -251,6 +251,22 @@ impl KvCache {
         w: &Weights,
         rates: &Rates,
     ) -> Result<Reclaimed, KvError> {
+        self.reclaim_with(shortfall, store, codec, true, w, rates)
+    }
+
+    /// [`KvCache::reclaim`], demoting blocks only if `demote`: without it a block keeps
+    /// its precision and is compressed or spilled whole, so a sequence that gets it back
+    /// computes exactly what it would have (a scheduler preempting sequences it must
+    /// finish with unchanged answers).
+    pub fn reclaim_with(
+        &mut self,
+        shortfall: u64,
+        store: Option<&BlockStore>,
+        codec: Compression,
+        demote: bool,
+        w: &Weights,
+        rates: &Rates,
+    ) -> Result<Reclaimed, KvError> {
         let mut out = Reclaimed::default();
         let mut store = store;
         let mut freed = 0u64;
@@ -266,6 +282,8 @@ impl KvCache {
                 let mut action = match (m.format, m.compressed) {
                     // A compressed block cannot be re-encoded without growing first.
                     (_, true) => Action::Spill,
+                    (f, false) if !demote && codec != Compression::None => Action::Compress(f),
+                    (_, false) if !demote => Action::Spill,
                     (KvFormat::F16, _) => Action::Demote(KvFormat::F16, KvFormat::Q8),
                     (KvFormat::Q8, _) => Action::Demote(KvFormat::Q8, KvFormat::Q4),
                     (KvFormat::Q4, _) => Action::Demote(KvFormat::Q4, KvFormat::Q2),

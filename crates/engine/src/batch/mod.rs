@@ -35,7 +35,8 @@ use std::collections::BTreeMap;
 
 use kernels::ops::Rope;
 use kernels::pool::ThreadPool;
-use kvcache::{KvCache, KvError, KvFormat, KvLayout, SeqId, TierMix};
+use kvcache::policy::{Rates, Reclaimed, Weights};
+use kvcache::{BlockStore, Compression, KvCache, KvError, KvFormat, KvLayout, SeqId, TierMix};
 
 use crate::forward::{BLOCK_TOKENS, EvalError, Logits};
 use crate::layers::Workspace;
@@ -320,6 +321,77 @@ impl<'a, 'm> Engine<'a, 'm> {
             format: self.cfg.kv_mix.uniform_format()?,
             align_tokens: crate::forward::BLOCK_TOKENS,
         })
+    }
+
+    /// Marks `seq` running (its blocks are never chosen by [`Engine::reclaim`]) or
+    /// paused (preempted: its blocks may be demoted, compressed or written to disk).
+    pub fn seq_set_running(&mut self, seq: SeqId, running: bool) -> Result<(), EvalError> {
+        Ok(self.kv.seq_set_running(seq, running)?)
+    }
+
+    /// Frees at least `shortfall` bytes of KV RAM from paused sequences' blocks if they
+    /// allow: demoted (only if `demote`), then written to `store`. Returns what was done.
+    pub fn reclaim(
+        &mut self,
+        shortfall: u64,
+        store: Option<&BlockStore>,
+        demote: bool,
+    ) -> Result<Reclaimed, EvalError> {
+        let r = self.kv.reclaim_with(
+            shortfall,
+            store,
+            Compression::None,
+            demote,
+            &Weights::default(),
+            &Rates::default(),
+        )?;
+        Ok(r)
+    }
+
+    /// Makes every block of `seq` readable by attention again (loads the ones written to
+    /// `store`). A block that cannot be read back cuts the sequence before it: its
+    /// tokens from there on must be computed again ([`Engine::seq_tokens`] says how many
+    /// remain).
+    pub fn seq_prepare(&mut self, seq: SeqId, store: Option<&BlockStore>) -> Result<(), EvalError> {
+        let r = self.kv.seq_prepare(seq, store);
+        if let (Err(KvError::Lost(..)), Some(st)) = (&r, self.seqs.get_mut(&seq)) {
+            let held = self.kv.seq_len(seq)?;
+            st.tokens.truncate(held);
+        }
+        self.note_kv_peak();
+        self.debug_check();
+        Ok(r?)
+    }
+
+    /// Tokens of one sequence the cache could ever hold: the pool's blocks, or what the
+    /// ledger's `kv` pool grants at most in the cache's format, whichever is less.
+    pub fn kv_capacity_tokens(&self) -> usize {
+        let p = self.kv.pool();
+        let bt = p.layout().block_tokens();
+        let fmt = self.cfg.kv_mix.uniform_format().unwrap_or(KvFormat::F16);
+        let block = p.layout().block_bytes_in(fmt).max(1);
+        let by_bytes = p
+            .available_bytes()
+            .map_or(usize::MAX, |a| ((a + p.storage_bytes()) / block) as usize);
+        p.capacity().min(by_bytes).saturating_mul(bt)
+    }
+
+    /// Shrinks `seq` to its first `tokens` tokens (to compute the rest again).
+    pub fn seq_truncate(&mut self, seq: SeqId, tokens: usize) -> Result<(), EvalError> {
+        let st = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        let keep = tokens.min(st.tokens.len());
+        st.tokens.truncate(keep);
+        self.kv.seq_truncate(seq, keep)?;
+        self.debug_check();
+        Ok(())
+    }
+
+    /// The logits of item `item` of the last batch [`Engine::decode`] ran, if it asked
+    /// for them (what that call's [`BatchOutput::logits`] returned).
+    pub fn last_logits(&self, item: usize) -> Option<&[f32]> {
+        let vocab = self.model.cfg.vocab;
+        let r = (*self.rows.get(item)?)? as usize;
+        self.w.logits.get(r * vocab..(r + 1) * vocab)
     }
 
     /// Live sequences, in id order.

@@ -1,0 +1,864 @@
+//! The scheduler: continuous batching of many requests on one [`Engine`].
+//!
+//! Every [`Scheduler::step`] is one forward pass. Requests join the running batch at any
+//! step and leave it when they finish or are cancelled. A step holds one token of every
+//! running sequence that is decoding, plus prompt chunks of the ones still prefilling, up
+//! to a per-step token budget ([`SchedConfig::step_tokens`]), so a long prompt is
+//! prefilled over several steps beside the decodes and no stream stalls behind it.
+//! Waiting requests are taken by priority, then arrival.
+//!
+//! **Under pressure** (the KV cache or its ledger pool has no room for the step) the
+//! scheduler walks the pressure ladder of the design, in order, and retries the step:
+//! 1. paused sequences' blocks give up RAM: demoted to a lower precision (only with
+//!    [`Pressure::demote`], which changes their answers slightly) or written whole to the
+//!    disk store ([`Pressure::store`]);
+//! 2. the newest, lowest-priority running sequence is **preempted**: paused, its blocks
+//!    now candidates for step 1; without a store or demotion its KV is dropped and its
+//!    tokens (prompt and generated) computed again when it resumes.
+//!
+//! Accepted work is never dropped: a preempted request waits at the head of the queue and
+//! resumes from its KV (read back from disk) or by recomputing it. Refusals happen at
+//! [`Scheduler::submit`] only, for requests that can never fit ([`Refused`]).
+//!
+//! Logit processors ([`TokenHook`]) let a client constrain or stop generation (grammars,
+//! stop strings, penalties) without the scheduler knowing their rules.
+//!
+//! [`service::Service`] runs a scheduler on its own thread for servers and pipelines.
+
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kvcache::{BlockStore, KvError, SeqId};
+
+use crate::batch::{Batch, BatchItem, Engine};
+use crate::forward::EvalError;
+use crate::sampler::{Sampler, SamplerConfig};
+
+/// A request's id, unique for its scheduler.
+pub type ReqId = u64;
+
+/// What the client hooks into each sampling step of its request.
+pub trait TokenHook: Send {
+    /// Adjusts the logits before a token is sampled (set a token's logit to
+    /// `f32::NEG_INFINITY` to forbid it).
+    fn mask(&mut self, logits: &mut [f32]);
+    /// Sees the token chosen; returns `true` to end the request after it
+    /// ([`FinishReason::Hook`]).
+    fn accept(&mut self, token: u32) -> bool;
+}
+
+/// One generation request.
+pub struct Request {
+    /// The prompt's token ids (at least one).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Higher runs first (and is preempted last).
+    pub priority: i32,
+    /// Tokens that end generation (the model's end-of-generation tokens); the ending
+    /// token is reported and counted, not followed.
+    pub stop_tokens: Vec<u32>,
+    /// Log-probabilities of this many most likely tokens with each generated token.
+    pub top_logprobs: usize,
+    /// Report the log-probability of every prompt token after the first given the
+    /// tokens before it ([`Event::PromptLogprob`]); the prompt is then computed whole
+    /// (no shared prefix).
+    pub prompt_logprobs: bool,
+    pub hook: Option<Box<dyn TokenHook>>,
+}
+
+impl Request {
+    /// Greedy generation of up to `max_tokens` after `prompt`.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Request {
+            prompt,
+            max_tokens,
+            sampler: SamplerConfig::default(),
+            priority: 0,
+            stop_tokens: Vec::new(),
+            top_logprobs: 0,
+            prompt_logprobs: false,
+            hook: None,
+        }
+    }
+}
+
+/// Why a request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was generated.
+    Stop,
+    /// `max_tokens` were generated, or the context is full.
+    Length,
+    /// Its [`TokenHook`] ended it.
+    Hook,
+    /// [`Scheduler::cancel`], or its sink went away.
+    Cancelled,
+    /// The forward pass failed (non-finite logits); the message says why.
+    Failed(String),
+}
+
+/// Token counts of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from a shared prefix instead of being computed.
+    pub cached_tokens: usize,
+}
+
+/// What a request's sink receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A generated token with its log-probability and the `top_logprobs` most likely
+    /// tokens (id, log-probability), most likely first.
+    Token {
+        token: u32,
+        logprob: f32,
+        top: Vec<(u32, f32)>,
+    },
+    /// The log-probability of prompt token `index` (≥ 1) given those before it.
+    PromptLogprob {
+        index: usize,
+        token: u32,
+        logprob: f32,
+    },
+    /// The last event of a request.
+    Done { reason: FinishReason, usage: Usage },
+}
+
+/// Receives a request's events on the scheduler's thread; returns `false` when nobody
+/// listens any more (the request is then cancelled).
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+/// Why a request was not accepted. Nothing was queued.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error(
+        "the prompt ({prompt} tokens) and max_tokens ({max_tokens}) exceed the context of \
+         {n_ctx} tokens"
+    )]
+    TooLong {
+        prompt: usize,
+        max_tokens: usize,
+        n_ctx: usize,
+    },
+    #[error(
+        "the request needs {needed} tokens of KV but this server's budget holds at most \
+         {fits} for one sequence"
+    )]
+    NeverFits { needed: usize, fits: usize },
+    #[error("{waiting} requests are waiting already (the queue's limit)")]
+    QueueFull { waiting: usize },
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+    #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
+    BadToken { id: u32, vocab: usize },
+}
+
+/// What the scheduler may do when the KV cache has no room.
+#[derive(Clone, Default)]
+pub struct Pressure {
+    /// Demote paused sequences' blocks to lower precisions (their answers may change
+    /// slightly) before writing them to disk.
+    pub demote: bool,
+    /// Write paused sequences' blocks to this store, read back exactly when they resume.
+    pub store: Option<Arc<BlockStore>>,
+}
+
+/// Settings of a [`Scheduler`].
+#[derive(Clone)]
+pub struct SchedConfig {
+    /// Most tokens in one step (decodes plus prompt chunks).
+    pub step_tokens: usize,
+    /// Most prompt tokens of one sequence in one step.
+    pub prefill_chunk: usize,
+    /// Most sequences running at once.
+    pub max_running: usize,
+    /// Most requests waiting (not yet started); more are refused.
+    pub queue_cap: usize,
+    pub pressure: Pressure,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        SchedConfig {
+            step_tokens: 512,
+            prefill_chunk: 256,
+            max_running: 64,
+            queue_cap: 1024,
+            pressure: Pressure::default(),
+        }
+    }
+}
+
+/// Counters of what the scheduler did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedStats {
+    pub steps: u64,
+    pub submitted: u64,
+    pub finished: u64,
+    pub cancelled: u64,
+    pub refused: u64,
+    /// Requests waiting now (never started, or preempted).
+    pub waiting: usize,
+    /// Sequences running now.
+    pub running: usize,
+    /// Most sequences running in one step.
+    pub peak_running: usize,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    /// Prompt tokens computed (shared-prefix tokens are not).
+    pub computed_tokens: u64,
+    /// Prompt tokens taken from a shared prefix.
+    pub cached_tokens: u64,
+    /// Blocks demoted under pressure.
+    pub demotions: u64,
+    /// Blocks written to disk under pressure.
+    pub disk_writes: u64,
+    /// Sequences preempted.
+    pub preemptions: u64,
+    /// Preempted sequences whose KV was dropped and computed again.
+    pub recomputes: u64,
+    /// Steps that found no room and walked the ladder.
+    pub pressure_steps: u64,
+}
+
+/// Where a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Running,
+    /// Preempted with its KV kept (paused, maybe on disk).
+    Paused,
+}
+
+struct Live {
+    req: Request,
+    sink: Sink,
+    sampler: Sampler,
+    phase: Phase,
+    seq: Option<SeqId>,
+    /// Prompt then generated tokens: everything the KV must hold before the next step,
+    /// except the last generated token, which is fed by the next step.
+    tokens: Vec<u32>,
+    generated: usize,
+    cached: usize,
+    arrival: u64,
+    /// Prompt log-probabilities already reported (prompt tokens 1..=this).
+    prompt_lp_done: usize,
+}
+
+impl Live {
+    fn rank(&self) -> (i32, std::cmp::Reverse<u64>) {
+        (self.req.priority, std::cmp::Reverse(self.arrival))
+    }
+}
+
+/// Continuous batching over one [`Engine`]. See the module docs.
+///
+/// # Invariants
+/// - Every request in `live` is in exactly one phase; a running or paused one has a
+///   sequence in the engine, a waiting one may (a request preempted with its KV dropped
+///   has none).
+/// - A sequence's engine tokens are a prefix of its request's `tokens`.
+pub struct Scheduler<'a, 'm> {
+    engine: Engine<'a, 'm>,
+    cfg: SchedConfig,
+    live: BTreeMap<ReqId, Live>,
+    next_id: ReqId,
+    clock: u64,
+    stats: SchedStats,
+    batch: Batch,
+}
+
+impl<'a, 'm> Scheduler<'a, 'm> {
+    pub fn new(engine: Engine<'a, 'm>, cfg: SchedConfig) -> Self {
+        Scheduler {
+            engine,
+            cfg: SchedConfig {
+                step_tokens: cfg.step_tokens.max(1),
+                prefill_chunk: cfg.prefill_chunk.max(1),
+                max_running: cfg.max_running.max(1),
+                ..cfg
+            },
+            live: BTreeMap::new(),
+            next_id: 1,
+            clock: 0,
+            stats: SchedStats::default(),
+            batch: Batch::new(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine<'a, 'm> {
+        &self.engine
+    }
+
+    pub fn stats(&self) -> SchedStats {
+        let mut s = self.stats;
+        s.waiting = self
+            .live
+            .values()
+            .filter(|l| l.phase != Phase::Running)
+            .count();
+        s.running = self.live.len() - s.waiting;
+        s
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.live.is_empty()
+    }
+
+    /// The most tokens (prompt + generated) one request can hold.
+    pub fn max_request_tokens(&self) -> usize {
+        self.engine
+            .config()
+            .n_ctx
+            .min(self.engine.kv_capacity_tokens())
+    }
+
+    /// Whether `req` would be accepted now (see [`Refused`]).
+    pub fn check(&self, req: &Request) -> Result<(), Refused> {
+        if req.prompt.is_empty() {
+            return Err(Refused::EmptyPrompt);
+        }
+        let vocab = self.engine.model().cfg.vocab;
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Refused::BadToken { id, vocab });
+        }
+        let n_ctx = self.engine.config().n_ctx;
+        let needed = req.prompt.len().saturating_add(req.max_tokens);
+        if needed > n_ctx {
+            return Err(Refused::TooLong {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                n_ctx,
+            });
+        }
+        let fits = self.engine.kv_capacity_tokens();
+        if needed > fits {
+            return Err(Refused::NeverFits { needed, fits });
+        }
+        let waiting = self
+            .live
+            .values()
+            .filter(|l| l.phase == Phase::Waiting)
+            .count();
+        if waiting >= self.cfg.queue_cap {
+            return Err(Refused::QueueFull { waiting });
+        }
+        Ok(())
+    }
+
+    /// Checks `req` against what can ever fit ([`Scheduler::check`]), and queues it.
+    pub fn submit(&mut self, req: Request, sink: Sink) -> Result<ReqId, Refused> {
+        if let Err(r) = self.check(&req) {
+            self.stats.refused += 1;
+            return Err(r);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.clock += 1;
+        self.stats.submitted += 1;
+        self.live.insert(
+            id,
+            Live {
+                sampler: Sampler::new(req.sampler),
+                tokens: req.prompt.clone(),
+                req,
+                sink,
+                phase: Phase::Waiting,
+                seq: None,
+                generated: 0,
+                cached: 0,
+                arrival: self.clock,
+                prompt_lp_done: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Ends request `id` now (its sink gets `Done` with [`FinishReason::Cancelled`]);
+    /// its blocks return to the pool. Unknown ids are ignored.
+    pub fn cancel(&mut self, id: ReqId) {
+        if self.live.contains_key(&id) {
+            self.stats.cancelled += 1;
+            self.finish(id, FinishReason::Cancelled);
+        }
+    }
+
+    /// Whether request `id` is waiting or running.
+    pub fn is_live(&self, id: ReqId) -> bool {
+        self.live.contains_key(&id)
+    }
+
+    /// Ends every request with `reason`.
+    pub fn fail_all(&mut self, reason: &FinishReason) {
+        let ids: Vec<ReqId> = self.live.keys().copied().collect();
+        for id in ids {
+            self.finish(id, reason.clone());
+        }
+    }
+
+    /// Runs one step: admits waiting requests, runs one forward pass of the running
+    /// ones, samples and reports their tokens. Returns the tokens computed (0 when idle).
+    ///
+    /// # Errors
+    /// Only what is not a matter of room (a broken cache, threads that cannot start);
+    /// the requests stay as they were.
+    pub fn step(&mut self) -> Result<usize, EvalError> {
+        if self.live.is_empty() {
+            return Ok(0);
+        }
+        self.admit()?;
+        loop {
+            self.build_batch();
+            if self.batch.is_empty() {
+                // Everything waits for room that only finishing requests can free: with
+                // nothing running, that is a request that cannot resume at all.
+                if !self.live.values().any(|l| l.phase == Phase::Running) {
+                    self.fail_stuck();
+                }
+                return Ok(0);
+            }
+            let batch = std::mem::take(&mut self.batch);
+            let r = self.engine.decode(&batch).map(|_| ());
+            match r {
+                Ok(()) => {
+                    let n = batch.len();
+                    self.after_decode(&batch);
+                    self.batch = batch;
+                    self.stats.steps += 1;
+                    return Ok(n);
+                }
+                Err(e) if is_room(&e) => {
+                    self.batch = batch;
+                    self.stats.pressure_steps += 1;
+                    if !self.relieve(room_short(&e))? {
+                        // One sequence runs and even it cannot grow: the cache cannot
+                        // hold what it was admitted with (the ledger shrank under it).
+                        self.fail_running(&e);
+                        return Ok(0);
+                    }
+                }
+                Err(e) => {
+                    self.batch = batch;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Runs steps until every request has finished.
+    pub fn run_to_completion(&mut self) -> Result<(), EvalError> {
+        while self.has_work() {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Starts waiting requests while there are running slots and room: paused ones
+    /// first (their blocks read back), then new ones (a shared prefix attached).
+    fn admit(&mut self) -> Result<(), EvalError> {
+        let mut order: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.phase != Phase::Running)
+            .map(|(&id, l)| (id, l.rank()))
+            .collect();
+        order.sort_by(|a, b| b.1.cmp(&a.1));
+        let store = self.cfg.pressure.store.clone();
+        for (id, _) in order {
+            let running = self
+                .live
+                .values()
+                .filter(|l| l.phase == Phase::Running)
+                .count();
+            if running >= self.cfg.max_running {
+                break;
+            }
+            // A new sequence needs room for its first chunk; keep one block per running
+            // sequence free for their decodes, so admitting does not preempt at once.
+            let bt = self.engine.kv().layout().block_tokens();
+            let free = self.free_blocks();
+            let l = &self.live[&id];
+            let first = (l.tokens.len() - self.held(id)).min(self.cfg.prefill_chunk);
+            let want = first.div_ceil(bt) + 1 + running;
+            if running > 0 && want > free {
+                break;
+            }
+            let l = self.live.get_mut(&id).expect("listed above");
+            match (l.phase, l.seq) {
+                (Phase::Paused, Some(seq)) => {
+                    match self.engine.seq_prepare(seq, store.as_deref()) {
+                        Ok(()) => {}
+                        Err(EvalError::Kv(KvError::Lost(..))) => {
+                            self.stats.recomputes += 1;
+                        }
+                        Err(e) if is_room(&e) => break,
+                        Err(e) => return Err(e),
+                    }
+                    self.engine.seq_set_running(seq, true)?;
+                    self.live.get_mut(&id).expect("listed").phase = Phase::Running;
+                }
+                (_, None) => {
+                    let seq = self.engine.seq_new();
+                    let l = self.live.get_mut(&id).expect("listed");
+                    l.seq = Some(seq);
+                    l.phase = Phase::Running;
+                    if !l.req.prompt_logprobs && l.generated == 0 && l.cached == 0 {
+                        let prompt = l.req.prompt.clone();
+                        let n = self.engine.seq_attach_prefix(seq, &prompt)?;
+                        let l = self.live.get_mut(&id).expect("listed");
+                        l.cached = n;
+                        self.stats.cached_tokens += n as u64;
+                    }
+                    self.engine.seq_set_running(seq, true)?;
+                }
+                (Phase::Waiting | Phase::Running, Some(_)) => {
+                    self.live.get_mut(&id).expect("listed").phase = Phase::Running;
+                }
+            }
+        }
+        let running = self
+            .live
+            .values()
+            .filter(|l| l.phase == Phase::Running)
+            .count();
+        self.stats.peak_running = self.stats.peak_running.max(running);
+        Ok(())
+    }
+
+    fn free_blocks(&self) -> usize {
+        let p = self.engine.kv().pool();
+        let fmt_block = p.layout().block_bytes().max(1);
+        let by_bytes = p
+            .available_bytes()
+            .map_or(usize::MAX, |a| (a / fmt_block) as usize);
+        p.free_blocks().min(by_bytes)
+    }
+
+    /// Tokens of request `id` its sequence holds.
+    fn held(&self, id: ReqId) -> usize {
+        self.live[&id]
+            .seq
+            .and_then(|s| self.engine.seq_tokens(s))
+            .map_or(0, <[u32]>::len)
+    }
+
+    /// The step's batch: one token of each decoding sequence, then prompt chunks in
+    /// rank order until the token budget is spent.
+    fn build_batch(&mut self) {
+        self.batch.clear();
+        let mut running: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Running)
+            .map(|(&id, l)| (id, l.rank()))
+            .collect();
+        running.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut budget = self.cfg.step_tokens;
+        // Decodes first: a stream never waits behind a prompt.
+        for pass in [true, false] {
+            for &(id, _) in &running {
+                let mut held = self.held(id);
+                let l = &self.live[&id];
+                if held == l.tokens.len() && pass {
+                    // A failed step computed its last token but lost the logits: compute
+                    // that token again.
+                    let seq = l.seq.expect("running sequences have one");
+                    if self.engine.seq_truncate(seq, held - 1).is_ok() {
+                        held -= 1;
+                    }
+                }
+                let l = &self.live[&id];
+                let todo = l.tokens.len() - held;
+                if (todo == 1) != pass || todo == 0 || budget == 0 {
+                    continue;
+                }
+                let n = todo.min(self.cfg.prefill_chunk).min(budget);
+                budget -= n;
+                let seq = l.seq.expect("running sequences have one");
+                let end = held + n;
+                let prompt_lp = l.req.prompt_logprobs && held < l.req.prompt.len();
+                for (i, &token) in l.tokens[held..end].iter().enumerate() {
+                    let pos = held + i;
+                    self.batch.push(BatchItem {
+                        seq,
+                        pos,
+                        token,
+                        wants_logits: pos + 1 == l.tokens.len()
+                            || (prompt_lp && pos + 1 < l.req.prompt.len()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Samples and reports what the decoded batch produced.
+    fn after_decode(&mut self, batch: &Batch) {
+        // Logits rows follow the items that asked, in batch order.
+        let vocab = self.engine.model().cfg.vocab;
+        let by_seq: BTreeMap<SeqId, ReqId> = self
+            .live
+            .iter()
+            .filter_map(|(&id, l)| l.seq.map(|s| (s, id)))
+            .collect();
+        let wanted: Vec<(usize, BatchItem)> = batch
+            .items()
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| it.wants_logits)
+            .map(|(i, it)| (i, *it))
+            .collect();
+        let mut done: Vec<(ReqId, FinishReason)> = Vec::new();
+        let mut row = vec![0.0f32; vocab];
+        for (i, it) in wanted {
+            let Some(&id) = by_seq.get(&it.seq) else {
+                continue;
+            };
+            // Re-borrow the output per row: the engine keeps the last batch's logits.
+            row.copy_from_slice(self.engine.last_logits(i).expect("asked for logits"));
+            let l = self.live.get_mut(&id).expect("mapped above");
+            if it.pos + 1 < l.tokens.len() {
+                // A prompt position: its log-probability of the next prompt token
+                // (reported once, even when a preempted prompt is computed again).
+                if it.pos < l.prompt_lp_done {
+                    continue;
+                }
+                let next = l.tokens[it.pos + 1];
+                let lp = log_softmax_at(&row, next);
+                l.prompt_lp_done = it.pos + 1;
+                if !(l.sink)(Event::PromptLogprob {
+                    index: it.pos + 1,
+                    token: next,
+                    logprob: lp,
+                }) {
+                    done.push((id, FinishReason::Cancelled));
+                }
+                continue;
+            }
+            if let Some(h) = l.req.hook.as_mut() {
+                h.mask(&mut row);
+            }
+            let token = match l.sampler.sample(&row) {
+                Ok(t) => t,
+                Err(e) => {
+                    done.push((id, FinishReason::Failed(e.to_string())));
+                    continue;
+                }
+            };
+            let logprob = log_softmax_at(&row, token);
+            let top = top_logprobs(&row, l.req.top_logprobs);
+            l.generated += 1;
+            self.stats.generated_tokens += 1;
+            let hook_stop = l.req.hook.as_mut().is_some_and(|h| h.accept(token));
+            let alive = (l.sink)(Event::Token {
+                token,
+                logprob,
+                top,
+            });
+            let reason = if !alive {
+                Some(FinishReason::Cancelled)
+            } else if l.req.stop_tokens.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if hook_stop {
+                Some(FinishReason::Hook)
+            } else if l.generated >= l.req.max_tokens
+                || l.tokens.len() + 1 > self.engine.config().n_ctx
+            {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            match reason {
+                Some(r) => done.push((id, r)),
+                None => l.tokens.push(token),
+            }
+        }
+        for (id, r) in done {
+            if r == FinishReason::Cancelled {
+                self.stats.cancelled += 1;
+            }
+            self.finish(id, r);
+        }
+    }
+
+    fn finish(&mut self, id: ReqId, reason: FinishReason) {
+        let Some(mut l) = self.live.remove(&id) else {
+            return;
+        };
+        if let Some(seq) = l.seq {
+            self.engine.seq_remove(seq);
+        }
+        if reason != FinishReason::Cancelled {
+            self.stats.finished += 1;
+        }
+        let usage = Usage {
+            prompt_tokens: l.req.prompt.len(),
+            completion_tokens: l.generated,
+            cached_tokens: l.cached,
+        };
+        self.stats.prompt_tokens += l.req.prompt.len() as u64;
+        let _ = (l.sink)(Event::Done { reason, usage });
+    }
+
+    fn fail_running(&mut self, e: &EvalError) {
+        let ids: Vec<ReqId> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Running)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.finish(id, FinishReason::Failed(e.to_string()));
+        }
+    }
+
+    /// Walks the pressure ladder for a step that found no room; returns whether anything
+    /// changed (then the step is tried again).
+    fn relieve(&mut self, short_bytes: u64) -> Result<bool, EvalError> {
+        let store = self.cfg.pressure.store.clone();
+        let demote = self.cfg.pressure.demote;
+        // 1. Paused sequences give up RAM.
+        if store.is_some() || demote {
+            let r = self
+                .engine
+                .reclaim(short_bytes.max(1), store.as_deref(), demote)?;
+            let (mut d, mut w) = (0, 0);
+            for x in &r.decisions {
+                match x.action {
+                    kvcache::policy::Action::Demote(..) => d += 1,
+                    kvcache::policy::Action::Spill => w += 1,
+                    kvcache::policy::Action::Compress(_) => {}
+                }
+            }
+            self.stats.demotions += d;
+            self.stats.disk_writes += w;
+            if !r.decisions.is_empty() {
+                return Ok(true);
+            }
+        }
+        // 2. Preempt the lowest-ranked running sequence (when another one runs).
+        let mut running: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Running)
+            .map(|(&id, l)| (id, l.rank()))
+            .collect();
+        if running.len() <= 1 {
+            // 3. The last runner stays; a paused sequence's KV is dropped instead (it is
+            // computed again when it resumes).
+            let paused = self
+                .live
+                .iter()
+                .filter(|(_, l)| l.phase == Phase::Paused)
+                .min_by_key(|(_, l)| l.rank())
+                .map(|(&id, _)| id);
+            let Some(id) = paused else {
+                return Ok(false);
+            };
+            let l = self.live.get_mut(&id).expect("listed");
+            let seq = l.seq.take().expect("paused sequences have one");
+            l.phase = Phase::Waiting;
+            self.engine.seq_remove(seq);
+            self.stats.recomputes += 1;
+            return Ok(true);
+        }
+        running.sort_by(|a, b| a.1.cmp(&b.1));
+        let victim = running[0].0;
+        self.stats.preemptions += 1;
+        let l = self.live.get_mut(&victim).expect("listed");
+        let seq = l.seq.expect("running sequences have one");
+        if store.is_some() || demote {
+            l.phase = Phase::Paused;
+            self.engine.seq_set_running(seq, false)?;
+        } else {
+            // Nowhere to keep its KV: drop it, compute it again on resume.
+            l.phase = Phase::Waiting;
+            l.seq = None;
+            self.engine.seq_remove(seq);
+            self.stats.recomputes += 1;
+        }
+        Ok(true)
+    }
+
+    /// Nothing runs and nothing can start: the waiting requests cannot get room (a
+    /// paused sequence's blocks cannot be read back). Fails the one that blocks so the
+    /// rest can go on; accepted work is only ever ended this way when the cache itself
+    /// cannot hold what the request was admitted with.
+    fn fail_stuck(&mut self) {
+        let mut waiting: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> =
+            self.live.iter().map(|(&id, l)| (id, l.rank())).collect();
+        waiting.sort_by(|a, b| b.1.cmp(&a.1));
+        // Drop a paused one's KV first: it recomputes instead (nothing is lost).
+        for &(id, _) in &waiting {
+            let l = self.live.get_mut(&id).expect("listed");
+            if let Some(seq) = l.seq.take() {
+                l.phase = Phase::Waiting;
+                self.engine.seq_remove(seq);
+                self.stats.recomputes += 1;
+                return;
+            }
+        }
+        if let Some(&(id, _)) = waiting.first() {
+            self.finish(
+                id,
+                FinishReason::Failed("no room in the KV cache for this request".into()),
+            );
+        }
+    }
+}
+
+fn is_room(e: &EvalError) -> bool {
+    matches!(
+        e,
+        EvalError::NoRoom(_)
+            | EvalError::Kv(KvError::OverBudget(_))
+            | EvalError::Kv(KvError::NoRoom { .. })
+    )
+}
+
+fn room_short(e: &EvalError) -> u64 {
+    match e {
+        EvalError::NoRoom(n) => n.short_bytes(),
+        EvalError::Kv(KvError::OverBudget(o)) => o.shortfall().0,
+        _ => 0,
+    }
+}
+
+/// `log softmax(logits)[i]`, computed in f64.
+pub fn log_softmax_at(logits: &[f32], i: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    (logits[i as usize] as f64 - max - sum.ln()) as f32
+}
+
+/// The `k` largest log-probabilities of `logits`, most likely first.
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(idx.len());
+    let by = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    idx.select_nth_unstable_by(k - 1, by);
+    idx.truncate(k);
+    idx.sort_by(by);
+    idx.into_iter()
+        .map(|i| (i, (logits[i as usize] as f64 - lse) as f32))
+        .collect()
+}

@@ -1,0 +1,281 @@
+//! A [`Scheduler`] on its own thread: [`Service`], for servers and pipelines.
+//!
+//! The engine, its thread pool and its KV cache live on the service's thread; callers on
+//! any thread submit requests and get their events through the [`Sink`] they pass (it is
+//! called on the service's thread: hand the events to a channel). Submission answers at
+//! once — accepted or [`Refused`] — without waiting for a step to end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::{
+    Event, FinishReason, Refused, ReqId, Request, SchedConfig, SchedStats, Scheduler, Sink,
+};
+use crate::batch::{BatchConfig, Engine};
+use crate::forward::EvalError;
+use crate::memory::Accounts;
+use crate::shared::SharedModel;
+
+/// What a service reports between steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stats: SchedStats,
+    /// KV storage bytes held now, and per tier (hot f16, warm, cold, disk).
+    pub kv_bytes: u64,
+    pub kv_tier_bytes: [u64; 4],
+    /// Most KV storage bytes held at once.
+    pub peak_kv_bytes: u64,
+    /// Scratch, logits and attention workspace bytes.
+    pub scratch_bytes: u64,
+}
+
+enum Cmd {
+    Submit(ReqId, Request, Sink),
+    Cancel(ReqId),
+}
+
+struct Shared {
+    next_id: AtomicU64,
+    /// Requests accepted and not finished.
+    in_flight: AtomicUsize,
+    closing: AtomicBool,
+    snapshot: Mutex<Snapshot>,
+    n_ctx: usize,
+    fits: usize,
+    vocab: usize,
+    queue_cap: usize,
+    max_running: usize,
+}
+
+/// A scheduler running on its own thread. Dropping it finishes the accepted requests
+/// first, then stops the thread.
+pub struct Service {
+    tx: Mutex<Option<Sender<Cmd>>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    model: Arc<SharedModel>,
+}
+
+impl Service {
+    /// Starts a service for `model`: an engine with `batch` settings whose KV and
+    /// scratch are reserved in `accounts`, scheduled by `sched`.
+    pub fn start(
+        model: Arc<SharedModel>,
+        batch: BatchConfig,
+        sched: SchedConfig,
+        accounts: Accounts,
+    ) -> Result<Service, EvalError> {
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<Shared>, EvalError>>();
+        let m = model.clone();
+        let thread = std::thread::Builder::new()
+            .name("llmem-sched".into())
+            .spawn(move || {
+                let engine = match Engine::with_accounts(&m.text().model, batch, &accounts) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let queue_cap = sched.queue_cap;
+                let max_running = sched.max_running;
+                let s = Scheduler::new(engine, sched);
+                let shared = Arc::new(Shared {
+                    next_id: AtomicU64::new(1),
+                    in_flight: AtomicUsize::new(0),
+                    closing: AtomicBool::new(false),
+                    snapshot: Mutex::new(Snapshot::default()),
+                    n_ctx: s.engine().config().n_ctx,
+                    fits: s.engine().kv_capacity_tokens(),
+                    vocab: s.engine().model().cfg.vocab,
+                    queue_cap,
+                    max_running,
+                });
+                let _ = ready_tx.send(Ok(shared.clone()));
+                run(s, rx, &shared);
+            })
+            .map_err(EvalError::Threads)?;
+        let shared = ready_rx
+            .recv()
+            .map_err(|_| EvalError::Threads(std::io::Error::other("scheduler thread died")))??;
+        Ok(Service {
+            tx: Mutex::new(Some(tx)),
+            shared,
+            thread: Mutex::new(Some(thread)),
+            model,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<SharedModel> {
+        &self.model
+    }
+
+    /// The context size of one request (prompt + generated).
+    pub fn n_ctx(&self) -> usize {
+        self.shared.n_ctx
+    }
+
+    /// The most tokens one request can hold under this service's KV budget.
+    pub fn max_request_tokens(&self) -> usize {
+        self.shared.n_ctx.min(self.shared.fits)
+    }
+
+    /// Queues `req`; its events go to `sink` (on the service's thread). Refused at once
+    /// when it can never fit, or when the queue is full.
+    pub fn submit(&self, req: Request, sink: Sink) -> Result<ReqId, Refused> {
+        let sh = &self.shared;
+        if sh.closing.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
+        if req.prompt.is_empty() {
+            return Err(Refused::EmptyPrompt);
+        }
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= sh.vocab) {
+            return Err(Refused::BadToken {
+                id,
+                vocab: sh.vocab,
+            });
+        }
+        let needed = req.prompt.len().saturating_add(req.max_tokens);
+        if needed > sh.n_ctx {
+            return Err(Refused::TooLong {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                n_ctx: sh.n_ctx,
+            });
+        }
+        if needed > sh.fits {
+            return Err(Refused::NeverFits {
+                needed,
+                fits: sh.fits,
+            });
+        }
+        // Accepted requests beyond the running slots wait; the queue is bounded.
+        let in_flight = sh.in_flight.fetch_add(1, Ordering::AcqRel);
+        let waiting = in_flight.saturating_sub(sh.max_running);
+        if waiting >= sh.queue_cap {
+            sh.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::QueueFull { waiting });
+        }
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let tx = self.tx.lock().expect("not poisoned");
+        let sent = tx
+            .as_ref()
+            .is_some_and(|t| t.send(Cmd::Submit(id, req, sink)).is_ok());
+        if !sent {
+            sh.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::ShuttingDown);
+        }
+        Ok(id)
+    }
+
+    /// Cancels request `id` (its sink gets `Done` with `Cancelled`); unknown or finished
+    /// ids are ignored.
+    pub fn cancel(&self, id: ReqId) {
+        if let Some(t) = self.tx.lock().expect("not poisoned").as_ref() {
+            let _ = t.send(Cmd::Cancel(id));
+        }
+    }
+
+    /// Counters and KV bytes as of the last step.
+    pub fn snapshot(&self) -> Snapshot {
+        *self.shared.snapshot.lock().expect("not poisoned")
+    }
+
+    /// Requests accepted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting requests, finishes the accepted ones, and stops the thread.
+    pub fn shutdown(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        drop(self.tx.lock().expect("not poisoned").take());
+        if let Some(t) = self.thread.lock().expect("not poisoned").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The service thread: commands between steps, steps while there is work, until the
+/// command channel closes and every accepted request has finished.
+fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>) {
+    // Service ids → scheduler ids.
+    let mut ids: HashMap<ReqId, ReqId> = HashMap::new();
+    let mut open = true;
+    loop {
+        let cmd = if s.has_work() || !open {
+            rx.try_recv().ok()
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    open = false;
+                    None
+                }
+            }
+        };
+        if let Some(cmd) = cmd {
+            match cmd {
+                Cmd::Submit(id, req, mut sink) => {
+                    let sh = shared.clone();
+                    let wrapped: Sink = Box::new(move |ev: Event| {
+                        if matches!(ev, Event::Done { .. }) {
+                            sh.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        sink(ev)
+                    });
+                    if let Err(r) = s.check(&req) {
+                        // Checked on submission already; a refusal here (a race with the
+                        // queue's bound) still reaches the client.
+                        let mut w = wrapped;
+                        w(Event::Done {
+                            reason: FinishReason::Failed(r.to_string()),
+                            usage: super::Usage::default(),
+                        });
+                        continue;
+                    }
+                    if let Ok(sid) = s.submit(req, wrapped) {
+                        ids.insert(id, sid);
+                    }
+                }
+                Cmd::Cancel(id) => {
+                    if let Some(sid) = ids.remove(&id) {
+                        s.cancel(sid);
+                    }
+                }
+            }
+            continue;
+        }
+        if !s.has_work() {
+            if !open {
+                break;
+            }
+            continue;
+        }
+        if let Err(e) = s.step() {
+            // Not a matter of room (that is handled inside): the running requests end
+            // with the reason, the service goes on for the rest.
+            s.fail_all(&FinishReason::Failed(e.to_string()));
+        }
+        ids.retain(|_, sid| s.is_live(*sid));
+        let e = s.engine();
+        *shared.snapshot.lock().expect("not poisoned") = Snapshot {
+            stats: s.stats(),
+            kv_bytes: e.kv_bytes(),
+            kv_tier_bytes: e.kv().pool().tier_bytes(),
+            peak_kv_bytes: e.peak_kv_bytes(),
+            scratch_bytes: e.scratch_bytes(),
+        };
+    }
+}
