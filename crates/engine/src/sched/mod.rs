@@ -466,15 +466,9 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// Starts waiting requests while there are running slots and room: paused ones
     /// first (their blocks read back), then new ones (a shared prefix attached).
     fn admit(&mut self) -> Result<(), EvalError> {
-        let mut order: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.phase != Phase::Running)
-            .map(|(&id, l)| (id, l.rank()))
-            .collect();
-        order.sort_by(|a, b| b.1.cmp(&a.1));
+        let order = self.ranked(|p| p != Phase::Running);
         let store = self.cfg.pressure.store.clone();
-        for (id, _) in order {
+        for id in order {
             let running = self
                 .live
                 .values()
@@ -535,6 +529,18 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         Ok(())
     }
 
+    /// Requests in a phase `keep` accepts, best ranked first (priority, then arrival).
+    fn ranked(&self, keep: impl Fn(Phase) -> bool) -> Vec<ReqId> {
+        let mut v: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
+            .live
+            .iter()
+            .filter(|(_, l)| keep(l.phase))
+            .map(|(&id, l)| (id, l.rank()))
+            .collect();
+        v.sort_by_key(|&(_, r)| std::cmp::Reverse(r));
+        v.into_iter().map(|(id, _)| id).collect()
+    }
+
     fn free_blocks(&self) -> usize {
         let p = self.engine.kv().pool();
         let fmt_block = p.layout().block_bytes().max(1);
@@ -556,17 +562,11 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// rank order until the token budget is spent.
     fn build_batch(&mut self) {
         self.batch.clear();
-        let mut running: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.phase == Phase::Running)
-            .map(|(&id, l)| (id, l.rank()))
-            .collect();
-        running.sort_by(|a, b| b.1.cmp(&a.1));
+        let running = self.ranked(|p| p == Phase::Running);
         let mut budget = self.cfg.step_tokens;
         // Decodes first: a stream never waits behind a prompt.
         for pass in [true, false] {
-            for &(id, _) in &running {
+            for &id in &running {
                 let mut held = self.held(id);
                 let l = &self.live[&id];
                 if held == l.tokens.len() && pass {
@@ -746,12 +746,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             }
         }
         // 2. Preempt the lowest-ranked running sequence (when another one runs).
-        let mut running: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.phase == Phase::Running)
-            .map(|(&id, l)| (id, l.rank()))
-            .collect();
+        let running = self.ranked(|p| p == Phase::Running);
         if running.len() <= 1 {
             // 3. The last runner stays; a paused sequence's KV is dropped instead (it is
             // computed again when it resumes).
@@ -771,8 +766,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             self.stats.recomputes += 1;
             return Ok(true);
         }
-        running.sort_by(|a, b| a.1.cmp(&b.1));
-        let victim = running[0].0;
+        let victim = *running.last().expect("two or more run");
         self.stats.preemptions += 1;
         let l = self.live.get_mut(&victim).expect("listed");
         let seq = l.seq.expect("running sequences have one");
@@ -794,11 +788,9 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// rest can go on; accepted work is only ever ended this way when the cache itself
     /// cannot hold what the request was admitted with.
     fn fail_stuck(&mut self) {
-        let mut waiting: Vec<(ReqId, (i32, std::cmp::Reverse<u64>))> =
-            self.live.iter().map(|(&id, l)| (id, l.rank())).collect();
-        waiting.sort_by(|a, b| b.1.cmp(&a.1));
+        let waiting = self.ranked(|_| true);
         // Drop a paused one's KV first: it recomputes instead (nothing is lost).
-        for &(id, _) in &waiting {
+        for &id in &waiting {
             let l = self.live.get_mut(&id).expect("listed");
             if let Some(seq) = l.seq.take() {
                 l.phase = Phase::Waiting;
@@ -807,7 +799,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 return;
             }
         }
-        if let Some(&(id, _)) = waiting.first() {
+        if let Some(&id) = waiting.first() {
             self.finish(
                 id,
                 FinishReason::Failed("no room in the KV cache for this request".into()),
