@@ -348,6 +348,13 @@ impl<'a, 'm> Engine<'a, 'm> {
         Ok(r)
     }
 
+    /// Gives back the storage that free blocks keep for reuse; returns the bytes freed.
+    pub fn trim_free_blocks(&mut self) -> u64 {
+        let before = self.kv.pool().storage_bytes();
+        self.kv.pool_mut().trim();
+        before - self.kv.pool().storage_bytes()
+    }
+
     /// Makes every block of `seq` readable by attention again (loads the ones written to
     /// `store`). A block that cannot be read back cuts the sequence before it: its
     /// tokens from there on must be computed again ([`Engine::seq_tokens`] says how many

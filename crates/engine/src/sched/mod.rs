@@ -213,7 +213,8 @@ pub struct SchedStats {
     pub peak_running: usize,
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
-    /// Prompt tokens computed (shared-prefix tokens are not).
+    /// Tokens run through the model: prompts (shared-prefix tokens are not), generated
+    /// tokens fed back, and whatever preemption made compute again.
     pub computed_tokens: u64,
     /// Prompt tokens taken from a shared prefix.
     pub cached_tokens: u64,
@@ -307,6 +308,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             .filter(|l| l.phase != Phase::Running)
             .count();
         s.running = self.live.len() - s.waiting;
+        s.computed_tokens = self.engine.computed_tokens();
         s
     }
 
@@ -467,7 +469,6 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// first (their blocks read back), then new ones (a shared prefix attached).
     fn admit(&mut self) -> Result<(), EvalError> {
         let order = self.ranked(|p| p != Phase::Running);
-        let store = self.cfg.pressure.store.clone();
         for id in order {
             let running = self
                 .live
@@ -490,15 +491,9 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             let l = self.live.get_mut(&id).expect("listed above");
             match (l.phase, l.seq) {
                 (Phase::Paused, Some(seq)) => {
-                    match self.engine.seq_prepare(seq, store.as_deref()) {
-                        Ok(()) => {}
-                        Err(EvalError::Kv(KvError::Lost(..))) => {
-                            self.stats.recomputes += 1;
-                        }
-                        Err(e) if is_room(&e) => break,
-                        Err(e) => return Err(e),
+                    if !self.resume(seq)? {
+                        break;
                     }
-                    self.engine.seq_set_running(seq, true)?;
                     self.live.get_mut(&id).expect("listed").phase = Phase::Running;
                 }
                 (_, None) => {
@@ -527,6 +522,56 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             .count();
         self.stats.peak_running = self.stats.peak_running.max(running);
         Ok(())
+    }
+
+    /// Brings a paused sequence's blocks back into RAM, other paused sequences' blocks
+    /// making way (written to disk or demoted) if needed; returns whether it can run.
+    /// A block that cannot be read back is computed again (the sequence is cut there).
+    fn resume(&mut self, seq: SeqId) -> Result<bool, EvalError> {
+        let store = self.cfg.pressure.store.clone();
+        // Running now: its own blocks are no longer candidates to make way.
+        self.engine.seq_set_running(seq, true)?;
+        loop {
+            match self.engine.seq_prepare(seq, store.as_deref()) {
+                Ok(()) => return Ok(true),
+                Err(EvalError::Kv(KvError::Lost(..))) => {
+                    self.stats.recomputes += 1;
+                    return Ok(true);
+                }
+                Err(e) if is_room(&e) => {
+                    // Free blocks kept for reuse hold storage a load cannot use: give
+                    // it back first, then make paused sequences give way.
+                    if self.engine.trim_free_blocks() > 0 {
+                        continue;
+                    }
+                    if !self.reclaim_paused(room_short(&e).max(1))? {
+                        self.engine.seq_set_running(seq, false)?;
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Rung 1 of the ladder: paused sequences' blocks give up `short` bytes of RAM
+    /// (demoted if allowed, written to the store if there is one). Returns whether any
+    /// block moved.
+    fn reclaim_paused(&mut self, short: u64) -> Result<bool, EvalError> {
+        let store = self.cfg.pressure.store.clone();
+        let demote = self.cfg.pressure.demote;
+        if store.is_none() && !demote {
+            return Ok(false);
+        }
+        let r = self.engine.reclaim(short, store.as_deref(), demote)?;
+        for x in &r.decisions {
+            match x.action {
+                kvcache::policy::Action::Demote(..) => self.stats.demotions += 1,
+                kvcache::policy::Action::Spill => self.stats.disk_writes += 1,
+                kvcache::policy::Action::Compress(_) => {}
+            }
+        }
+        Ok(!r.decisions.is_empty())
     }
 
     /// Requests in a phase `keep` accepts, best ranked first (priority, then arrival).
@@ -727,23 +772,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let store = self.cfg.pressure.store.clone();
         let demote = self.cfg.pressure.demote;
         // 1. Paused sequences give up RAM.
-        if store.is_some() || demote {
-            let r = self
-                .engine
-                .reclaim(short_bytes.max(1), store.as_deref(), demote)?;
-            let (mut d, mut w) = (0, 0);
-            for x in &r.decisions {
-                match x.action {
-                    kvcache::policy::Action::Demote(..) => d += 1,
-                    kvcache::policy::Action::Spill => w += 1,
-                    kvcache::policy::Action::Compress(_) => {}
-                }
-            }
-            self.stats.demotions += d;
-            self.stats.disk_writes += w;
-            if !r.decisions.is_empty() {
-                return Ok(true);
-            }
+        if self.reclaim_paused(short_bytes.max(1))? {
+            return Ok(true);
         }
         // 2. Preempt the lowest-ranked running sequence (when another one runs).
         let running = self.ranked(|p| p == Phase::Running);

@@ -1,6 +1,9 @@
 //! The default model and llama.cpp's reference outputs for it, shared by the engine's
 //! tests that run the real model.
 
+// Each test binary uses a part of these helpers.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 
