@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use clap::Args;
 use engine::batch::{Batch, BatchConfig, Engine};
-use engine::forward::{KV_TYPES, Logits, kv_mix_named};
+use engine::forward::Logits;
 use engine::model::Model;
+use kvcache::KvType;
 use kvcache::SeqId;
 use serde::Serialize;
 
@@ -44,8 +45,8 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// KV cache type (see `llmem bench kv`).
-    #[arg(long, default_value = "f16", value_parser = clap::builder::PossibleValuesParser::new(KV_TYPES))]
-    pub kv_type: String,
+    #[arg(long, default_value = "f16", value_parser = crate::plan::kv_type_parser())]
+    pub kv_type: KvType,
     #[arg(long)]
     pub json: bool,
 }
@@ -74,7 +75,7 @@ struct BatchReport {
     #[serde(rename = "gen")]
     gen_tokens: usize,
     reps: usize,
-    kv_type: String,
+    kv_type: KvType,
     results: Vec<SizeReport>,
     machine: MachineInfo,
 }
@@ -154,7 +155,7 @@ fn size(
     threads: usize,
     n: usize,
 ) -> Result<SizeReport, CliError> {
-    let mix = kv_mix_named(&a.kv_type).expect("checked by the caller");
+    let mix = a.kv_type.mix();
     let cfg = BatchConfig {
         kv_mix: mix,
         ..BatchConfig::new(a.prompt + a.gen_tokens, n, threads)
@@ -206,7 +207,7 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         seqs: Vec::new(),
         gen_tokens: a.gen_tokens.min(8),
         reps: 1,
-        kv_type: a.kv_type.clone(),
+        kv_type: a.kv_type,
         threads: a.threads.clone(),
         ..*a
     };
@@ -233,7 +234,7 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         prompt: a.prompt,
         gen_tokens: a.gen_tokens,
         reps: a.reps,
-        kv_type: a.kv_type.clone(),
+        kv_type: a.kv_type,
         results,
         machine: MachineInfo::detect(),
     };

@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use engine::forward::{KV_TYPES, Logits, Session, SessionConfig, kv_mix_named};
+use engine::forward::{Logits, Session, SessionConfig};
+use kvcache::KvType;
 use kvcache::{Compression, KvFormat, TierMix};
 use serde::Serialize;
 
@@ -36,7 +37,7 @@ pub struct KvArgs {
     #[arg(long, default_value_t = 16)]
     pub chunks: usize,
     /// KV types to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = KV_TYPES.map(String::from))]
+    #[arg(long, value_delimiter = ',', default_values_t = KvType::NAMES.map(String::from))]
     pub types: Vec<String>,
     /// Cache depth for the decode figure (0 skips it).
     #[arg(long, default_value_t = 4096)]
@@ -257,12 +258,10 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     let threads = a.threads.resolve();
     let mut mixes = Vec::new();
     for t in &a.types {
-        let mix = kv_mix_named(t).ok_or_else(|| {
-            input(anyhow::anyhow!(
-                "unknown KV type {t:?}; one of {}",
-                KV_TYPES.join(", ")
-            ))
-        })?;
+        let mix = t
+            .parse::<KvType>()
+            .map_err(|e| input(anyhow::Error::new(e)))?
+            .mix();
         mixes.push((t.clone(), mix));
     }
     let file_bytes = file.bytes().len() as u64;

@@ -72,7 +72,8 @@ impl ModelFacts {
         let ctx = ctx_tokens.unwrap_or(DEFAULT_CTX_TOKENS);
         // Within 1..=MAX_CTX_TOKENS after `limits::context` (2^24), so it fits a usize.
         let ctx_usize = usize::try_from(ctx).unwrap_or(usize::MAX);
-        let int8_per_token = crate::plan::KvType::Int8.bytes_per_token(&config, ctx_usize);
+        let int8_per_token =
+            crate::plan::kv_bytes_per_token(crate::plan::KvType::Int8, &config, ctx_usize);
         Ok(Self {
             path: path.to_owned(),
             weight_bytes,

@@ -4,122 +4,43 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use budget::{Bytes, Profile};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::TypedValueParser;
 use engine::config::ModelConfig;
 use engine::memory::{Plan, PlanInput, plan};
 use serde::Serialize;
 
-use kernels::kvquant::{BlockGeom, KvFormat};
+use kernels::kvquant::BlockGeom;
 use probe::{MemoryProbe, PlatformInfo};
 
 use crate::exit::{CliError, input};
 use crate::limits;
 
-/// KV cache types (`--kv-type`): one format for every block, or a tier mix by age.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KvType {
-    F16,
-    Int8,
-    Int4,
-    Int2,
-    #[value(name = "tiered-4bit")]
-    #[serde(rename = "tiered-4bit")]
-    Tiered4bit,
-    Tiered,
+pub use kvcache::KvType;
+
+/// The parser of `--kv-type` (every command that takes one): [`KvType`]'s names, listed
+/// in `--help` and in the error for any other.
+pub fn kv_type_parser() -> impl clap::builder::TypedValueParser<Value = KvType> {
+    clap::builder::PossibleValuesParser::new(KvType::NAMES)
+        .map(|s| s.parse::<KvType>().expect("a listed name parses"))
 }
 
-impl KvType {
-    pub const ALL: [KvType; 6] = [
-        KvType::F16,
-        KvType::Int8,
-        KvType::Int4,
-        KvType::Int2,
-        KvType::Tiered4bit,
-        KvType::Tiered,
-    ];
+/// Bytes per token of a sequence of `ctx` tokens of `cfg`'s model at type `kv`, counting
+/// the f16 transient of a session's micro-batch ([`kv_ubatch`]): see
+/// [`KvType::bytes_per_token`].
+pub fn kv_bytes_per_token(kv: KvType, cfg: &ModelConfig, ctx: usize) -> u64 {
+    kv.bytes_per_token(&block_geom(cfg), ctx, kv_ubatch(kv))
+}
 
-    /// The type `--kv-type NAME` names (`engine::forward::KV_TYPES`).
-    pub fn from_name(name: &str) -> Option<KvType> {
-        KvType::ALL.into_iter().find(|k| k.name() == name)
-    }
+/// Bytes one compute thread holds outside the ledger while it re-encodes a block: see
+/// [`KvType::transcode_bytes`].
+pub fn kv_transcode_bytes(kv: KvType, cfg: &ModelConfig, ctx: usize) -> u64 {
+    kv.transcode_bytes(&block_geom(cfg), ctx)
+}
 
-    /// Bytes per token of a sequence of `ctx` tokens, from the block formats themselves
-    /// (`kernels::kvquant`: codes plus per-channel and per-group scales and minima) and the
-    /// mix's format for each block at that length. A cache that transcodes also holds,
-    /// while a prompt is read, up to one micro-batch ([`KvType::ubatch`]) in f16 before the
-    /// mix demotes it: counted, so the figure is the peak, not the resting size (for
-    /// several sequences this counts one transient per sequence: an upper bound). A head
-    /// size the quantized formats do not support counts as f16, which the cache then uses.
-    pub fn bytes_per_token(self, cfg: &ModelConfig, ctx: usize) -> u64 {
-        let geom = block_geom(cfg);
-        let mix = self.mix();
-        let bt = geom.block_tokens;
-        let ctx = ctx.max(1);
-        let n = ctx.div_ceil(bt);
-        let bytes = |f: KvFormat| u128::from(stored_block_bytes(&geom, f));
-        // Counted per format, not walked per block: a context of 2^64-1 tokens has 2^60
-        // blocks (finding 7).
-        let rest: u128 = KvFormat::ALL
-            .iter()
-            .zip(mix.block_counts(ctx, bt))
-            .map(|(&f, count)| bytes(f) * u128::from(count))
-            .sum();
-        let transient: u128 = if mix.is_all_f16() {
-            0
-        } else {
-            let f16 = bytes(KvFormat::F16);
-            // The newest micro-batch's blocks (plus the one it may straddle) as f16: at
-            // most 2 + ubatch / block_tokens blocks.
-            let k = (self.ubatch().min(ctx).div_ceil(bt) + 1).min(n);
-            (n - k..n)
-                .map(|b| f16 - bytes(mix.format_for(b, ctx, bt)))
-                .sum()
-        };
-        u64::try_from((rest + transient).div_ceil(ctx as u128)).unwrap_or(u64::MAX)
-    }
-
-    /// Bytes one compute thread holds outside the ledger while it re-encodes a block of a
-    /// sequence of up to `ctx` tokens (kvcache's `set_formats`: a decoded f16 copy of a
-    /// quantized block, and the new encoding until the pool installs and accounts it); 0
-    /// when every block stays f16. The largest format the mix gives any block at `ctx`
-    /// (every age up to `ctx` occurs there) bounds the new encoding.
-    pub fn transcode_bytes(self, cfg: &ModelConfig, ctx: usize) -> u64 {
-        let mix = self.mix();
-        if mix.is_all_f16() {
-            return 0;
-        }
-        let geom = block_geom(cfg);
-        let (bt, ctx) = (geom.block_tokens, ctx.max(1));
-        let f16 = stored_block_bytes(&geom, KvFormat::F16);
-        let widest = (0..ctx.div_ceil(bt))
-            .map(|b| mix.format_for(b, ctx, bt))
-            .filter(|&f| f != KvFormat::F16)
-            .map(|f| stored_block_bytes(&geom, f))
-            .max()
-            .unwrap_or(0);
-        f16 + widest
-    }
-
-    /// The prompt micro-batch a session with this type uses (the session's rule).
-    pub fn ubatch(self) -> usize {
-        engine::forward::effective_ubatch(PLAN_UBATCH, &self.mix())
-    }
-
-    fn mix(self) -> kvcache::TierMix {
-        engine::forward::kv_mix_named(self.name()).expect("every KvType is a KV type")
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KvType::F16 => "f16",
-            KvType::Int8 => "int8",
-            KvType::Int4 => "int4",
-            KvType::Int2 => "int2",
-            KvType::Tiered4bit => "tiered-4bit",
-            KvType::Tiered => "tiered",
-        }
-    }
+/// The prompt micro-batch a session with type `kv` uses (the session's rule).
+pub fn kv_ubatch(kv: KvType) -> usize {
+    engine::forward::effective_ubatch(PLAN_UBATCH, &kv.mix())
 }
 
 /// The block geometry of `cfg`'s KV cache.
@@ -130,12 +51,6 @@ fn block_geom(cfg: &ModelConfig) -> BlockGeom {
         head_dim: cfg.head_dim,
         block_tokens: engine::forward::BLOCK_TOKENS,
     }
-}
-
-/// Bytes of a block the cache stores in format `f` (a head size the quantized formats do
-/// not support is stored f16).
-fn stored_block_bytes(geom: &BlockGeom, f: KvFormat) -> u64 {
-    geom.block_bytes(if f.supports(geom) { f } else { KvFormat::F16 }) as u64
 }
 
 /// Where the budget comes from.
@@ -204,7 +119,7 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 1)]
     pub seqs: usize,
     /// KV cache element type.
-    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    #[arg(long, default_value = "f16", value_parser = kv_type_parser())]
     pub kv_type: KvType,
     #[command(flatten)]
     pub budget: BudgetArgs,
@@ -217,7 +132,7 @@ pub struct PlanArgs {
 }
 
 /// Prompt tokens per micro-batch the plan asks for (the session's default; a cache that
-/// transcodes blocks uses fewer, see [`KvType::ubatch`]).
+/// transcodes blocks uses fewer, see [`kv_ubatch`]).
 const PLAN_UBATCH: usize = 512;
 
 /// A model's fixed facts, read from its header (nothing is loaded), and the machine's page
@@ -251,10 +166,10 @@ impl ModelFacts {
             tokenizer_bytes: self.tokenizer_bytes,
             n_ctx,
             n_seqs,
-            kv_bytes_per_token: kv.bytes_per_token(&self.cfg, n_ctx),
+            kv_bytes_per_token: kv_bytes_per_token(kv, &self.cfg, n_ctx),
             threads,
-            ubatch: kv.ubatch(),
-            kv_transcode_bytes: kv.transcode_bytes(&self.cfg, n_ctx),
+            ubatch: kv_ubatch(kv),
+            kv_transcode_bytes: kv_transcode_bytes(kv, &self.cfg, n_ctx),
             page_bytes: self.page_bytes,
         }
     }
@@ -423,7 +338,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
             .iter()
             .map(|&k| Fit {
                 kv_type: k,
-                kv_bytes_per_token: k.bytes_per_token(&f.cfg, a.ctx),
+                kv_bytes_per_token: kv_bytes_per_token(k, &f.cfg, a.ctx),
                 max_ctx: f.max_ctx(budget_bytes, a.seqs, k, threads),
                 max_seqs_at_ctx: f.max_seqs(budget_bytes, a.ctx, k, threads),
             })

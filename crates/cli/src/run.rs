@@ -52,8 +52,8 @@ pub struct RunArgs {
     pub ignore_eos: bool,
     /// KV cache type: f16, int8, int4, int2, tiered (recent tokens f16, older ones int8,
     /// then 4-bit, then 2-bit) or tiered-4bit (never below 4-bit).
-    #[arg(long, default_value = "f16", value_parser = clap::builder::PossibleValuesParser::new(engine::forward::KV_TYPES))]
-    pub kv_type: String,
+    #[arg(long, default_value = "f16", value_parser = crate::plan::kv_type_parser())]
+    pub kv_type: kvcache::KvType,
     /// Keep prompt-prefix KV blocks in this directory across runs (checksummed files,
     /// keyed by every byte of the model and by the KV type): a later run with the same
     /// prefix skips its prefill and answers the same. A cache: any failure of it is a
@@ -116,7 +116,7 @@ struct RunReport {
 
 #[derive(Serialize)]
 struct KvReport {
-    kv_type: String,
+    kv_type: kvcache::KvType,
     /// Prompt tokens whose KV came from the cache (`--kv-dir` or shared blocks).
     prefix_reused_tokens: usize,
     /// Tokens run through the model.
@@ -152,7 +152,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         file.bytes().len() as u64,
         tm.tokenizer.table_bytes(),
     );
-    let kv = crate::plan::KvType::from_name(&a.kv_type).unwrap_or(crate::plan::KvType::F16);
+    let kv = a.kv_type;
     let need = engine::memory::plan(&facts.input(a.ctx, 1, kv, threads));
     // Check the budget (or the machine's memory) before any weight page or buffer is
     // touched, and before the prompt is read.
@@ -188,7 +188,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let what = format!("this run reaches {reach} tokens (prompt + --max-tokens, up to --ctx)");
     crate::limits::warn_past_training(&what, reach, &tm.model.cfg);
     let cfg = SessionConfig {
-        kv_mix: engine::forward::kv_mix_named(&a.kv_type).expect("clap checked the name"),
+        kv_mix: a.kv_type.mix(),
         ..SessionConfig::new(a.ctx, threads, 512)
     };
     let mut session = Session::with_accounts(&tm.model, cfg, &accounts)?;
@@ -199,7 +199,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let mut kv_dir = a
         .kv_dir
         .as_ref()
-        .and_then(|dir| crate::kvdir::open(&mut session, &file, dir, &a.kv_type, kv_dir_max));
+        .and_then(|dir| crate::kvdir::open(&mut session, &file, dir, a.kv_type.name(), kv_dir_max));
     let reused = session.attach_prefix(&ids)?;
     let load_s = t_load.elapsed().as_secs_f64();
 
@@ -303,7 +303,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
                 scratch_bytes: session.scratch_bytes(),
             },
             kv: KvReport {
-                kv_type: a.kv_type.clone(),
+                kv_type: a.kv_type,
                 prefix_reused_tokens: reused,
                 computed_tokens: session.computed_tokens(),
                 blocks_persisted: persisted,

@@ -11,7 +11,7 @@ use common_cli::*;
 const CTX: usize = 512;
 /// About 420 tokens of the evaluation text.
 const PROMPT_CHARS: usize = 1_900;
-const KV_TYPES: [&str; 6] = ["f16", "int8", "int4", "int2", "tiered-4bit", "tiered"];
+const KV_TYPES: [&str; 6] = kvcache::KvType::NAMES;
 
 /// What `llmem plan` says a configuration needs, in bytes.
 fn plan_total(model: &str, kv: &str, threads: &str) -> u64 {

@@ -16,7 +16,7 @@ mod common_model;
 use common_model::{golden, ids, model_path};
 
 use engine::batch::{Batch, BatchConfig, Engine};
-use engine::forward::{Logits, Session, SessionConfig, default_mix};
+use engine::forward::{Logits, Session, SessionConfig};
 use engine::model::Model;
 use engine::sampler::argmax;
 use kernels::ops::log_softmax_at;
@@ -234,7 +234,7 @@ fn a_sequence_joining_and_one_cancelled_mid_run_leave_the_others_unchanged() {
 fn a_tiered_cache_applied_per_sequence_by_age_matches_a_session_with_the_same_mix() {
     with_model(|tm| {
         let model = &tm.model;
-        let mix = default_mix();
+        let mix = kvcache::KvType::Tiered.mix();
         // Long enough that the mix demotes blocks to int8, 4-bit and 2-bit.
         let prompts = [
             synthetic(40, 5),
@@ -401,7 +401,7 @@ fn bad_batches_are_refused_with_nothing_changed() {
         // 300-token prompt, the first run stays computed and the engine consistent.
         let cfg = BatchConfig {
             kv_blocks: Some(10),
-            kv_mix: default_mix(),
+            kv_mix: kvcache::KvType::Tiered.mix(),
             ..BatchConfig::new(320, 1, THREADS)
         };
         let mut mixed = Engine::new(model, cfg).unwrap();

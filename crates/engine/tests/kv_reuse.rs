@@ -4,7 +4,14 @@
 //! a type whose blocks could differ (a mix by age) reuses nothing, and no block of
 //! another type, micro-batch or thread count is ever found.
 
-use engine::forward::{KV_TYPES, Logits, Session, SessionConfig, kv_mix_named};
+use engine::forward::{Logits, Session, SessionConfig};
+use kvcache::KvType;
+
+const KV_TYPES: [&str; 6] = KvType::NAMES;
+
+fn kv_mix_named(name: &str) -> Option<kvcache::TierMix> {
+    name.parse::<KvType>().ok().map(KvType::mix)
+}
 use engine::model::Model;
 use gguf::GgufFile;
 use kernels::attention::{AttnShape, splits_keys};

@@ -234,7 +234,7 @@ fn a_long_prompt_in_a_mixed_cache_holds_one_micro_batch_of_f16_at_most() {
     let peak_of = |mix: &str| -> (u64, u64) {
         let (acc, _) = accounts(&model, 1 << 10);
         let cfg = SessionConfig {
-            kv_mix: engine::forward::kv_mix_named(mix).unwrap(),
+            kv_mix: mix.parse::<kvcache::KvType>().unwrap().mix(),
             ..SessionConfig::new(512, 1, 64)
         };
         let mut s = Session::with_accounts(&model, cfg, &acc).unwrap();

@@ -8,7 +8,8 @@
 //! a tier change moves bytes, not names. Hot and warm (and uncompressed cold) blocks are
 //! read in place by attention ([`KvBlock`]); compressed and disk blocks are promoted by
 //! [`KvCache::seq_prepare`] first, disk blocks read ahead on a [`Prefetcher`]'s thread. The [`TierMix`] says which precision each block of a
-//! sequence gets by age; [`policy`] chooses what to demote or evict under the ledger's
+//! sequence gets by age, and [`KvType`] names the mixes a user chooses (`--kv-type`) with
+//! what a token costs in each; [`policy`] chooses what to demote or evict under the ledger's
 //! limit. This crate knows nothing of models or the engine; it is tested without a model.
 //!
 //! ```
@@ -27,6 +28,7 @@
 //! ```
 
 mod free;
+mod kvtype;
 mod layout;
 mod mix;
 mod plan;
@@ -38,6 +40,7 @@ mod seq;
 
 pub use kernels::kvquant::{KvBlock, KvFormat};
 pub use kvdisk::{Access, BlockStore, Compression};
+pub use kvtype::{KvType, UnknownKvType, stored_block_bytes};
 pub use layout::{KvLayout, LayoutError};
 pub use mix::TierMix;
 pub use plan::{NoRoom, Plan, PlanError};

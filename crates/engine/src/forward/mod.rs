@@ -48,45 +48,6 @@ pub struct SessionConfig {
     pub n_seqs: usize,
 }
 
-/// The KV cache types `--kv-type` accepts, most precise first.
-pub const KV_TYPES: [&str; 6] = ["f16", "int8", "int4", "int2", "tiered-4bit", "tiered"];
-
-/// The tier mix for a `--kv-type` name: one format for every block, `tiered` (the
-/// default mix, [`default_mix`]) or `tiered-4bit` ([`mix_4bit`]).
-pub fn kv_mix_named(name: &str) -> Option<TierMix> {
-    match name {
-        "tiered" => Some(default_mix()),
-        "tiered-4bit" => Some(mix_4bit()),
-        other => kvcache::KvFormat::parse(other).map(TierMix::uniform),
-    }
-}
-
-/// The default tiered mix, chosen by `llmem bench kv` measurements (docs/design/kv.md):
-/// the first block (the attention sink) and the last 32 tokens stay f16, the 64 before
-/// them int8, the 192 before those 4-bit, everything older 2-bit — 4.2× the tokens of
-/// f16 in the same bytes at ctx 512, perplexity +0.5% there (+4% at ctx 2048, where
-/// most of the cache is 2-bit).
-pub fn default_mix() -> TierMix {
-    TierMix {
-        cool_tokens: 192,
-        cold_format: kvcache::KvFormat::Q2,
-        ..mix_4bit()
-    }
-}
-
-/// As [`default_mix`], but never below 4 bits: everything older than the int8 window is
-/// 4-bit (2.4× the tokens of f16, perplexity unchanged within noise).
-pub fn mix_4bit() -> TierMix {
-    TierMix {
-        sink_blocks: 1,
-        sink_format: kvcache::KvFormat::F16,
-        hot_tokens: 32,
-        warm_tokens: 64,
-        cool_tokens: 0,
-        cold_format: kvcache::KvFormat::Q4,
-    }
-}
-
 /// Most prompt tokens per micro-batch with a mixed cache: each micro-batch is written as
 /// f16 and demoted after it, so this bounds the f16 a long prompt holds beyond its mix.
 /// Measured (1,946-token prompt, `tiered`): 128 instead of 512 read 3.5% slower and
