@@ -15,7 +15,7 @@ use probe::MemoryProbe;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Path to a GGUF model file.
+    /// A GGUF file, or a catalog model's name (`llmem list`) in the models folder.
     #[arg(long)]
     pub model: PathBuf,
     /// The prompt text.
@@ -145,8 +145,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let t_load = Instant::now();
     let threads = a.threads.resolve();
     let limit = crate::fit::Limit::of(&a.budget)?;
-    let file = crate::load::map(&a.model)?;
-    let mut tm = crate::load::text_model(&a.model, &file)?;
+    let model = crate::catalog::resolve(&a.model)?;
+    let file = crate::load::map(&model)?;
+    let mut tm = crate::load::text_model(&model, &file)?;
     let facts = crate::plan::ModelFacts::new(
         tm.model.cfg.clone(),
         file.bytes().len() as u64,
@@ -213,7 +214,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let sampled = |sampler: &mut Sampler, logits: &[f32], at: usize| {
         sampler
             .sample(logits)
-            .map_err(|e| crate::load::non_finite(e, &a.model, &file, at))
+            .map_err(|e| crate::load::non_finite(e, &model, &file, at))
     };
     let mut next = sampled(
         &mut sampler,
