@@ -97,7 +97,7 @@ fn describe(path: &Path, row: &mut Row) -> anyhow::Result<()> {
         .map(str::to_string);
     let mut mix: Vec<TensorTypes> = Vec::new();
     for t in g.tensors() {
-        let name = t.ggml_type().name().to_string();
+        let name = t.ggml_type().name().to_ascii_uppercase();
         match mix.iter_mut().find(|m| m.ggml_type == name) {
             Some(m) => {
                 m.tensors += 1;
