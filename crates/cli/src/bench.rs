@@ -277,6 +277,7 @@ fn memory(a: &MemoryArgs) -> Result<(), CliError> {
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
+    /// A GGUF file, or a catalog model's name (`llmem list`) in the models folder.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -420,8 +421,9 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
     let what = "the bench's context (--pp or --depth, plus --tg)";
     let n_ctx = bench_ctx(what, &[a.pp.max(a.depth), a.tg])?;
     let limit = crate::fit::Limit::of(&a.budget)?;
-    let file = crate::load::map(&a.model)?;
-    let mut tm = crate::load::text_model(&a.model, &file)?;
+    let model = crate::catalog::resolve(&a.model)?;
+    let file = crate::load::map(&model)?;
+    let mut tm = crate::load::text_model(&model, &file)?;
     let deepest = a.pp.max(a.depth + a.tg);
     let what = format!("a bench context of {deepest} tokens (--pp, or --depth + --tg)");
     limits::warn_past_training(&what, deepest, &tm.model.cfg);
@@ -469,7 +471,7 @@ fn infer(a: &InferArgs) -> Result<(), CliError> {
         None
     };
     let report = InferReport {
-        model: file_name(&a.model),
+        model: file_name(&model),
         threads,
         pp512_tok_s: Figure::of(pp.clone()).median,
         tg128_tok_s: Figure::of(tg.clone()).median,

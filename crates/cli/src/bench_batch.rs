@@ -28,6 +28,7 @@ const MAX_SEQS: usize = 4096;
 
 #[derive(Args, Debug)]
 pub struct BatchArgs {
+    /// A GGUF file, or a catalog model's name (`llmem list`) in the models folder.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -198,8 +199,9 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         &[a.prompt, a.gen_tokens],
     )?;
     limits::count("--reps", a.reps, 1, limits::MAX_REPS)?;
-    let file = crate::load::map(&a.model)?;
-    let tm = crate::load::text_model(&a.model, &file)?;
+    let model = crate::catalog::resolve(&a.model)?;
+    let file = crate::load::map(&model)?;
+    let tm = crate::load::text_model(&model, &file)?;
     let threads = a.threads.resolve();
     // Warm-up: page the weights in and settle the threads, untimed.
     let warm = BatchArgs {
@@ -229,7 +231,7 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         results.push(r);
     }
     let report = BatchReport {
-        model: crate::bench::file_name(&a.model),
+        model: crate::bench::file_name(&model),
         threads,
         prompt: a.prompt,
         gen_tokens: a.gen_tokens,

@@ -25,6 +25,7 @@ use crate::machine::MachineInfo;
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
+    /// A GGUF file, or a catalog model's name (`llmem list`) in the models folder.
     #[arg(long)]
     pub model: PathBuf,
     /// Text to score.
@@ -248,8 +249,9 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         limits::context_sum("--depth + --tg", &[a.depth, a.tg, 16])?;
     }
     let limit = crate::fit::Limit::of(&a.budget)?;
-    let file = crate::load::map(&a.model)?;
-    let mut tm = crate::load::text_model(&a.model, &file)?;
+    let model = crate::catalog::resolve(&a.model)?;
+    let file = crate::load::map(&model)?;
+    let mut tm = crate::load::text_model(&model, &file)?;
     limits::warn_past_training(&format!("--ctx {}", a.ctx), a.ctx, &tm.model.cfg);
     if a.depth > 0 {
         let deep = a.depth + a.tg;
@@ -395,7 +397,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
         crate::out::note(&format!("codec rates saved to {}", path.display()));
     }
     let report = KvReport {
-        model: crate::bench::file_name(&a.model),
+        model: crate::bench::file_name(&model),
         text: crate::bench::file_name(&a.text),
         ctx: a.ctx,
         chunks: n_chunks,

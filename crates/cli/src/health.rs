@@ -33,7 +33,8 @@ pub struct HealthArgs {
 /// The model a report is about, so that recommendations on KV and context can be made.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {
-    /// A GGUF model: its weights and its KV cache at --ctx feed the recommendations.
+    /// A GGUF model (a file, or a catalog model's name): its weights and its KV cache at
+    /// --ctx feed the recommendations.
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Context length the model would run with [default: 4096, as `llmem run`].
@@ -61,6 +62,7 @@ impl ModelFacts {
         if let Some(ctx) = ctx_tokens {
             crate::limits::context("--ctx", usize::try_from(ctx).unwrap_or(usize::MAX))?;
         }
+        let path = &crate::catalog::resolve(path)?;
         let file = load::map(path)?;
         let gguf = gguf::GgufFile::parse(file.bytes())
             .with_context(|| format!("{} is not a usable GGUF file", path.display()))

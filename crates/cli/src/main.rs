@@ -3,11 +3,13 @@
 mod bench;
 mod bench_batch;
 mod bench_kv;
+mod catalog;
 mod exit;
 mod fit;
 mod health;
 mod kvdir;
 mod limits;
+mod list;
 mod load;
 mod machine;
 mod malloc;
@@ -43,6 +45,11 @@ enum Command {
     Health(health::HealthArgs),
     /// Live memory view at 1 Hz; --once prints one snapshot; --prometheus serves /metrics.
     Monitor(monitor::MonitorArgs),
+    /// Fetch a catalog model into the models folder and verify it; prints its path.
+    Pull(catalog::PullArgs),
+    /// The catalog's models and the models folder: size, architecture, tensor types,
+    /// whether each is here and fits this machine (--json for scripts).
+    List(list::ListArgs),
 }
 
 fn main() {
@@ -65,6 +72,8 @@ fn main() {
         Command::Bench(b) => bench::run(&b),
         Command::Health(a) => health::run(&a),
         Command::Monitor(a) => monitor::run(&a),
+        Command::Pull(a) => catalog::run_pull(&a),
+        Command::List(a) => list::run(&a),
     };
     std::process::exit(exit::report(result));
 }

@@ -110,6 +110,7 @@ fn flat_profile(total: Bytes) -> Result<Profile, CliError> {
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
+    /// A GGUF file, or a catalog model's name (`llmem list`) in the models folder.
     #[arg(long)]
     pub model: PathBuf,
     /// Context size in tokens.
@@ -312,14 +313,15 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
     let threads = a.threads.resolve();
     let limit = crate::fit::Limit::of(&a.budget)?;
     let (budget_bytes, source) = (limit.total_bytes, limit.source);
-    let f = facts(&a.model)?;
+    let model = crate::catalog::resolve(&a.model)?;
+    let f = facts(&model)?;
     limits::warn_past_training(&format!("--ctx {}", a.ctx), a.ctx, &f.cfg);
     let p = plan(&f.input(a.ctx, a.seqs, a.kv_type, threads));
     let fits = p.total_bytes <= budget_bytes;
     let copy = crate::tier::load().and_then(|t| t.dram_copy_gb_s);
     let per_token = p.weights_bytes.saturating_add(p.kv_bytes / a.seqs as u64);
     let report = PlanReport {
-        model: a.model.display().to_string(),
+        model: model.display().to_string(),
         ctx: a.ctx,
         seqs: a.seqs,
         kv_type: a.kv_type,

@@ -15,7 +15,7 @@ use probe::MemoryProbe;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Path to a GGUF model file.
+    /// A GGUF file, or a catalog model's name (`llmem list`) in the models folder.
     #[arg(long)]
     pub model: PathBuf,
     /// The prompt text.
@@ -30,15 +30,25 @@ pub struct RunArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Sampling temperature; 0 is greedy [default: the model's `general.sampling.temp`,
+    /// else 0.8].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Keep the K likeliest tokens, 0 for all [default: the model's, else 40].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the likeliest tokens up to this probability mass [default: the model's, else
+    /// 0.95].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep tokens at least this fraction as likely as the likeliest, 0 for all [default:
+    /// the model's, else 0.05].
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Random seed; the same seed repeats a run [default: a random one, reported by
+    /// --json].
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub threads: crate::threads::ThreadsArgs,
     /// Context size in tokens (prompt + generated).
@@ -102,12 +112,74 @@ struct Ledger {
     untracked_ratio: Option<f64>,
 }
 
+/// The sampling a run used and where each setting came from.
+#[derive(Serialize, Debug, PartialEq)]
+struct Sampling {
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    seed: u64,
+    /// Whether `temperature` makes it greedy (the other settings then do nothing).
+    greedy: bool,
+    /// The settings taken from the model's `general.sampling.*` metadata.
+    from_model: Vec<&'static str>,
+}
+
+/// The sampling settings: each flag given, else the model's recommendation, else
+/// llama.cpp's default; the seed as given or else random.
+fn sampling(a: &RunArgs, model: &engine::sampler::ModelSampling) -> Sampling {
+    let d = SamplerConfig::SAMPLING;
+    let mut from_model = Vec::new();
+    let mut pick = |flag: Option<f32>, of_model: Option<f32>, default: f32, key| match flag {
+        Some(v) => v,
+        None => of_model.map_or(default, |v| {
+            from_model.push(key);
+            v
+        }),
+    };
+    let temperature = pick(a.temperature, model.temperature, d.temperature, "temp");
+    let top_p = pick(a.top_p, model.top_p, d.top_p, "top_p");
+    let min_p = pick(a.min_p, model.min_p, d.min_p, "min_p");
+    let top_k = match (a.top_k, model.top_k) {
+        (Some(k), _) => k,
+        (None, Some(k)) => {
+            from_model.push("top_k");
+            k
+        }
+        (None, None) => d.top_k,
+    };
+    Sampling {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seed: a.seed.unwrap_or_else(random_seed),
+        // Finite and ≥ 0: the flag is checked and the model's value filtered.
+        greedy: temperature < engine::sampler::GREEDY_BELOW_TEMPERATURE,
+        from_model,
+    }
+}
+
+/// A seed from the OS's randomness (std's hash keys), mixed with the time.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 #[derive(Serialize)]
 struct RunReport {
     prompt_token_ids: Vec<u32>,
     token_ids: Vec<u32>,
     text: String,
     stop_reason: &'static str,
+    sampling: Sampling,
     timings: Timings,
     memory: Memory,
     kv: KvReport,
@@ -129,13 +201,22 @@ struct KvReport {
 
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
     crate::limits::context("--ctx", a.ctx)?;
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+    if let Some(t) = a.temperature
+        && !(t >= 0.0 && t.is_finite())
+    {
         return Err(input(anyhow::anyhow!(
             "--temperature must be a finite number ≥ 0"
         )));
     }
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+    if let Some(p) = a.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
         return Err(input(anyhow::anyhow!("--top-p must be in (0, 1]")));
+    }
+    if let Some(p) = a.min_p
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(input(anyhow::anyhow!("--min-p must be in [0, 1]")));
     }
     let kv_dir_max = crate::kvdir::parse_max(&a.kv_dir_max)?;
     let no_prompt = || input(anyhow::anyhow!("give --prompt TEXT or --prompt-file FILE"));
@@ -145,8 +226,15 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let t_load = Instant::now();
     let threads = a.threads.resolve();
     let limit = crate::fit::Limit::of(&a.budget)?;
-    let file = crate::load::map(&a.model)?;
-    let mut tm = crate::load::text_model(&a.model, &file)?;
+    let model = crate::catalog::resolve(&a.model)?;
+    let file = crate::load::map(&model)?;
+    let mut tm = crate::load::text_model(&model, &file)?;
+    let settings = sampling(
+        a,
+        &gguf::GgufFile::parse(file.bytes())
+            .map(|g| engine::sampler::ModelSampling::from_gguf(&g))
+            .unwrap_or_default(),
+    );
     let facts = crate::plan::ModelFacts::new(
         tm.model.cfg.clone(),
         file.bytes().len() as u64,
@@ -204,16 +292,17 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let load_s = t_load.elapsed().as_secs_f64();
 
     let mut sampler = Sampler::new(SamplerConfig {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
+        temperature: settings.temperature,
+        top_k: settings.top_k,
+        top_p: settings.top_p,
+        min_p: settings.min_p,
+        seed: settings.seed,
     });
     let t_prefill = Instant::now();
     let sampled = |sampler: &mut Sampler, logits: &[f32], at: usize| {
         sampler
             .sample(logits)
-            .map_err(|e| crate::load::non_finite(e, &a.model, &file, at))
+            .map_err(|e| crate::load::non_finite(e, &model, &file, at))
     };
     let mut next = sampled(
         &mut sampler,
@@ -288,6 +377,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             token_ids: out_ids,
             text: text_out,
             stop_reason,
+            sampling: settings,
             timings: Timings {
                 load_s,
                 prefill_s,
@@ -318,4 +408,57 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         writeln!(stdout)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use engine::sampler::ModelSampling;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = [&["llmem", "--model", "m.gguf", "--prompt", "hi"][..], extra].concat();
+        Cli::parse_from(argv).run
+    }
+
+    #[test]
+    fn sampling_defaults_are_llama_cpps_with_a_random_seed() {
+        let s = sampling(&args(&[]), &ModelSampling::default());
+        assert_eq!(
+            (s.temperature, s.top_k, s.top_p, s.min_p, s.greedy),
+            (0.8, 40, 0.95, 0.05, false)
+        );
+        assert!(s.from_model.is_empty());
+        let other = sampling(&args(&[]), &ModelSampling::default());
+        assert_ne!(s.seed, other.seed, "two runs drew the same seed");
+        assert_eq!(
+            sampling(&args(&["--seed", "9"]), &ModelSampling::default()).seed,
+            9
+        );
+    }
+
+    #[test]
+    fn the_models_recommendation_beats_the_default_and_a_flag_beats_both() {
+        let model = ModelSampling {
+            temperature: Some(0.6),
+            top_k: Some(20),
+            top_p: None,
+            min_p: Some(0.0),
+        };
+        let s = sampling(&args(&[]), &model);
+        assert_eq!(
+            (s.temperature, s.top_k, s.top_p, s.min_p),
+            (0.6, 20, 0.95, 0.0)
+        );
+        assert_eq!(s.from_model, ["temp", "min_p", "top_k"]);
+        let s = sampling(&args(&["--temperature", "0", "--top-k", "5"]), &model);
+        assert_eq!((s.temperature, s.top_k, s.greedy), (0.0, 5, true));
+        assert_eq!(s.from_model, ["min_p"]);
+    }
 }

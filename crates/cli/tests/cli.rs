@@ -81,9 +81,18 @@ fn tiny_model() -> &'static str {
     PATH.get_or_init(|| write(&scratch_dir("tiny"), "tiny.gguf", tiny_bytes()))
 }
 
-/// `llmem run` on the tiny model with `extra` arguments.
+/// `--temperature 0` unless `extra` sets the temperature: runs sample by default, and
+/// these tests compare tokens.
+fn greedy_unless_set(args: &mut Vec<&str>, extra: &[&str]) {
+    if !extra.iter().any(|a| a.starts_with("--temperature")) {
+        args.extend_from_slice(&["--temperature", "0"]);
+    }
+}
+
+/// `llmem run` on the tiny model with `extra` arguments (greedy unless they say).
 fn run_tiny(extra: &[&str]) -> Output {
     let mut args = vec!["run", "--model", tiny_model(), "--threads", "2"];
+    greedy_unless_set(&mut args, extra);
     args.extend_from_slice(extra);
     llmem(&args)
 }
@@ -263,6 +272,7 @@ fn bad_flags_are_usage_errors() {
         (&["--top-p", "1.5"], "--top-p"),
         (&["--ctx", "0"], "--ctx"),
         (&["--temperature=-1"], "--temperature"),
+        (&["--min-p=1.5"], "--min-p"),
     ] {
         let mut args = vec!["--prompt", "hi"];
         args.extend_from_slice(flags);
@@ -355,9 +365,65 @@ fn greedy_runs_are_deterministic() {
     assert_eq!(a["token_ids"], b["token_ids"]);
     assert_eq!(a["text"], b["text"]);
     // More threads must not change greedy output either.
-    let mut more = vec!["run", "--model", tiny_model(), "--threads", "3"];
+    let mut more = vec![
+        "run",
+        "--model",
+        tiny_model(),
+        "--threads",
+        "3",
+        "--temperature",
+        "0",
+    ];
     more.extend_from_slice(&args);
     assert_eq!(json(&llmem(&more))["token_ids"], a["token_ids"]);
+}
+
+#[test]
+fn runs_sample_by_default_and_report_the_seed_that_repeats_them() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            tiny_model(),
+            "--threads",
+            "2",
+            "--prompt",
+            "hello",
+            "--raw",
+            "--max-tokens",
+            "16",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&llmem(&args))
+    };
+    let r = run(&[]);
+    let s = &r["sampling"];
+    assert_eq!(s["temperature"].as_f64().unwrap() as f32, 0.8);
+    assert_eq!(s["top_k"], 40);
+    assert_eq!(s["top_p"].as_f64().unwrap() as f32, 0.95);
+    assert_eq!(s["min_p"].as_f64().unwrap() as f32, 0.05);
+    assert_eq!(s["greedy"], false);
+    // The tiny model carries no recommendation.
+    assert_eq!(s["from_model"], Value::Array(vec![]));
+    let seed = s["seed"]
+        .as_u64()
+        .expect("the seed is reported")
+        .to_string();
+    assert_eq!(run(&["--seed", &seed])["token_ids"], r["token_ids"]);
+    // Another run draws another seed.
+    let seeds: Vec<u64> = (0..3)
+        .map(|_| run(&[])["sampling"]["seed"].as_u64().unwrap())
+        .collect();
+    assert!(seeds.iter().any(|&x| x.to_string() != seed), "{seeds:?}");
+    // --temperature 0 is greedy whatever the rest.
+    let g = run(&["--temperature", "0", "--min-p", "0.5"]);
+    assert_eq!(g["sampling"]["greedy"], true);
+    assert_eq!(
+        g["token_ids"],
+        run(&["--temperature", "0"])["token_ids"],
+        "greedy ignores min-p"
+    );
 }
 
 #[test]
@@ -480,8 +546,8 @@ fn benches_save_measured_rates_that_plan_reads() {
 // ---------------------------------------------------------------------------------------
 // The real model.
 
-/// The model, fetched by the project's script (cached in models/). Outside CI a failed
-/// fetch skips the test with a message; under CI it fails.
+/// The model, fetched by the project's script (cached in the models folder). Outside CI
+/// a failed fetch skips the test with a message; under CI it fails.
 fn real_model() -> Option<&'static str> {
     static PATH: OnceLock<Option<String>> = OnceLock::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -516,9 +582,11 @@ fn golden(name: &str) -> Value {
         .clone()
 }
 
-/// `llmem run` on the real model: `extra` then small context and two threads.
+/// `llmem run` on the real model: `extra` then small context and two threads (greedy
+/// unless `extra` says).
 fn run_real(model: &str, extra: &[&str]) -> Output {
     let mut args = vec!["run", "--model", model];
+    greedy_unless_set(&mut args, extra);
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--ctx", "512", "--threads", "2"]);
     llmem(&args)

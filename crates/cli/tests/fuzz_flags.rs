@@ -127,6 +127,7 @@ fn commands() -> Vec<Command> {
                 ("--temperature", Kind::Float),
                 ("--top-k", Kind::Count),
                 ("--top-p", Kind::Float),
+                ("--min-p", Kind::Float),
                 ("--seed", Kind::Count),
                 ("--ctx", Kind::Count),
                 ("--budget", Kind::Size),

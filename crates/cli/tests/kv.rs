@@ -23,6 +23,8 @@ fn run(m: &str, extra: &[&str]) -> Value {
         "12",
         "--threads",
         "2",
+        "--temperature",
+        "0",
         "--json",
     ];
     args.extend_from_slice(extra);
@@ -50,6 +52,8 @@ fn kv_dir_reuses_a_prefix_across_runs_and_recomputes_a_damaged_block() {
             "12",
             "--threads",
             "2",
+            "--temperature",
+            "0",
             "--json",
         ];
         args.extend_from_slice(extra);

@@ -53,6 +53,8 @@ impl Runner {
             "8",
             "--threads",
             "2",
+            "--temperature",
+            "0",
             "--json",
         ];
         args.extend_from_slice(extra);
@@ -304,6 +306,8 @@ fn finding5_a_fifo_at_a_block_path_neither_hangs_nor_fails_the_run() {
                 "8",
                 "--threads",
                 "2",
+                "--temperature",
+                "0",
                 "--json",
                 "--kv-dir",
                 &dd,
@@ -350,6 +354,8 @@ fn item9_a_second_run_on_a_busy_kv_dir_shares_it_read_only() {
             // The same threads as the runs: the thread count is part of the store's key.
             "--threads",
             "2",
+            "--temperature",
+            "0",
             "--kv-dir",
             d,
         ])

@@ -1,4 +1,5 @@
-//! Choosing the next token from logits: greedy, or temperature with top-k and top-p.
+//! Choosing the next token from logits: greedy, or sampling in llama.cpp's default order
+//! (top-k, top-p, min-p, then temperature).
 
 /// Temperatures below this sample greedily. Scaled by 1/T, a gap of 10^-4 between two
 /// logits becomes 100, a probability ratio of e^-100: sampling there is greedy in all but
@@ -16,6 +17,8 @@ pub struct SamplerConfig {
     pub top_k: usize,
     /// Keep the smallest set whose probability reaches `top_p` (1.0 = all).
     pub top_p: f32,
+    /// Keep only tokens at least `min_p` times as likely as the likeliest (0 = all).
+    pub min_p: f32,
     pub seed: u64,
 }
 
@@ -23,10 +26,58 @@ impl Default for SamplerConfig {
     fn default() -> Self {
         SamplerConfig {
             temperature: 0.0,
-            top_k: 40,
-            top_p: 0.95,
-            seed: 0,
+            ..SamplerConfig::SAMPLING
         }
+    }
+}
+
+impl SamplerConfig {
+    /// The settings llama.cpp and Ollama sample with when neither the user nor the model
+    /// says otherwise (seed 0: the caller picks one).
+    pub const SAMPLING: SamplerConfig = SamplerConfig {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        seed: 0,
+    };
+}
+
+/// The sampling settings a model's authors recommend, from its GGUF metadata
+/// (`general.sampling.temp`, `.top_k`, `.top_p`, `.min_p`, as llama.cpp reads them). A
+/// value of the wrong type or out of range is left out, as if absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ModelSampling {
+    pub temperature: Option<f32>,
+    /// 0 for a key ≤ 0 (llama.cpp's "off": every token).
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+}
+
+impl ModelSampling {
+    pub fn from_gguf(file: &gguf::GgufFile<'_>) -> Self {
+        let num = |key: &str| {
+            file.get(&format!("general.sampling.{key}"))
+                .and_then(|v| v.as_f64().or_else(|| v.as_i128().map(|i| i as f64)))
+                .filter(|v| v.is_finite())
+        };
+        let unit = |key: &str| {
+            num(key)
+                .filter(|v| (0.0..=1.0).contains(v))
+                .map(|v| v as f32)
+        };
+        ModelSampling {
+            temperature: num("temp").filter(|&t| t >= 0.0).map(|t| t as f32),
+            top_k: num("top_k").map(|k| if k <= 0.0 { 0 } else { k as usize }),
+            top_p: unit("top_p").filter(|&p| p > 0.0),
+            min_p: unit("min_p"),
+        }
+    }
+
+    /// Whether the file carries any of the keys.
+    pub fn is_empty(&self) -> bool {
+        *self == ModelSampling::default()
     }
 }
 
@@ -108,17 +159,14 @@ impl Sampler {
         if !warm || logits.len() <= 1 {
             return Ok(argmax(logits));
         }
-        let inv_t = 1.0 / self.cfg.temperature;
-        // Scaled after subtracting the maximum: every value is then ≤ 0 and the largest is
-        // exactly 0, so no product overflows to +inf and the weights below are in (0, 1].
+        // llama.cpp's default chain: top-k, top-p and min-p on the model's own
+        // probabilities, then the temperature on what is left. Logits are taken relative to
+        // the maximum, so every value is ≤ 0, the largest is exactly 0, and no weight below
+        // overflows (a tiny temperature sends the others to −inf, weight 0).
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.cand.clear();
-        self.cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| ((l - max) * inv_t, i as u32)),
-        );
+        self.cand
+            .extend(logits.iter().enumerate().map(|(i, &l)| (l - max, i as u32)));
         let k = if self.cfg.top_k == 0 {
             self.cand.len()
         } else {
@@ -130,22 +178,31 @@ impl Sampler {
             self.cand.truncate(k);
         }
         self.cand.sort_unstable_by(by_logit);
-        let mut sum = 0.0f32;
-        for c in self.cand.iter_mut() {
-            c.0 = c.0.exp();
-            sum += c.0;
-        }
-        // Top-p: smallest prefix reaching the mass.
-        let mut keep = self.cand.len();
-        let mut acc = 0.0;
-        for (i, c) in self.cand.iter().enumerate() {
-            acc += c.0 / sum;
-            if acc >= self.cfg.top_p {
-                keep = i + 1;
-                break;
+        // Top-p: the smallest prefix whose probability reaches the mass.
+        if self.cfg.top_p < 1.0 {
+            let sum: f32 = self.cand.iter().map(|c| c.0.exp()).sum();
+            let mut keep = self.cand.len();
+            let mut acc = 0.0;
+            for (i, c) in self.cand.iter().enumerate() {
+                acc += c.0.exp() / sum;
+                if acc >= self.cfg.top_p {
+                    keep = i + 1;
+                    break;
+                }
             }
+            self.cand.truncate(keep);
         }
-        self.cand.truncate(keep);
+        // Min-p: p ≥ min_p · p_max, that is logit − max ≥ ln(min_p); the first token
+        // (logit − max = 0) always stays.
+        if self.cfg.min_p > 0.0 {
+            let floor = self.cfg.min_p.min(1.0).ln();
+            let keep = self.cand.iter().take_while(|c| c.0 >= floor).count();
+            self.cand.truncate(keep.max(1));
+        }
+        let inv_t = 1.0 / self.cfg.temperature;
+        for c in self.cand.iter_mut() {
+            c.0 = (c.0 * inv_t).exp();
+        }
         let total: f32 = self.cand.iter().map(|c| c.0).sum();
         let mut r = self.next_f32() * total;
         for c in &self.cand {
@@ -176,6 +233,7 @@ mod tests {
             temperature: 1.0,
             top_k: 3,
             top_p: 1.0,
+            min_p: 0.0,
             seed: 42,
         };
         let a: Vec<u32> = {
@@ -197,6 +255,7 @@ mod tests {
             temperature: 1.0,
             top_k: 0,
             top_p: 0.5,
+            min_p: 0.0,
             seed: 1,
         };
         let mut s = Sampler::new(cfg);
@@ -214,6 +273,7 @@ mod tests {
                 temperature: t,
                 top_k: 0,
                 top_p: 1.0,
+                min_p: 0.0,
                 seed: 3,
             });
             for _ in 0..10 {
@@ -225,6 +285,7 @@ mod tests {
             temperature: 1e-5,
             top_k: 0,
             top_p: 1.0,
+            min_p: 0.0,
             seed: 3,
         });
         assert_eq!(s.sample(&[1e30, -1e30, 0.0]), Ok(0));
@@ -250,5 +311,94 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Draws `n` tokens from `logits` with `cfg`.
+    fn draws(cfg: SamplerConfig, logits: &[f32], n: usize) -> Vec<u32> {
+        let mut s = Sampler::new(cfg);
+        (0..n).map(|_| s.sample(logits).unwrap()).collect()
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_at_least_that_fraction_of_the_likeliest() {
+        // Relative to the first token: e^-1 = 0.37, e^-2.5 = 0.08, e^-3.5 = 0.03.
+        let logits = [4.0, 3.0, 1.5, 0.5];
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.05,
+            seed: 7,
+        };
+        let got = draws(cfg, &logits, 2000);
+        assert!(got.iter().all(|&t| t <= 2), "token 3 is below min-p");
+        for t in 0..=2 {
+            assert!(got.contains(&t), "token {t} is above min-p: {got:?}");
+        }
+        // min-p 1 keeps the likeliest alone.
+        let only = draws(SamplerConfig { min_p: 1.0, ..cfg }, &logits, 200);
+        assert!(only.iter().all(|&t| t == 0));
+    }
+
+    #[test]
+    fn filters_see_the_models_probabilities_and_temperature_comes_last() {
+        // At temperature 100 every survivor is about equally likely, but which tokens
+        // survive is decided at the model's own probabilities: min-p 0.05 drops the
+        // token 12 logits down (e^-12), so it never comes out however hot the sampling.
+        let logits = [2.0, 1.0, -10.0];
+        let cfg = SamplerConfig {
+            temperature: 100.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.05,
+            seed: 11,
+        };
+        let got = draws(cfg, &logits, 2000);
+        assert!(!got.contains(&2), "token 2 is below min-p at temperature 1");
+        let ones = got.iter().filter(|&&t| t == 1).count();
+        assert!(
+            ones > 800,
+            "temperature 100 flattens the survivors: {ones} of 2000"
+        );
+        // Top-p likewise: token 0 holds 73% of the mass at temperature 1, so top-p 0.7
+        // keeps it alone even at temperature 100.
+        let got = draws(
+            SamplerConfig {
+                min_p: 0.0,
+                top_p: 0.7,
+                ..cfg
+            },
+            &logits,
+            500,
+        );
+        assert!(got.iter().all(|&t| t == 0), "{got:?}");
+    }
+
+    #[test]
+    fn model_sampling_reads_the_general_sampling_keys() {
+        use testkit::{GgufWriter, MetaValue as Val};
+        let gguf_with = |kv: &[(&str, Val)]| {
+            kv.iter()
+                .fold(GgufWriter::new(), |w, (k, v)| w.metadata(k, v.clone()))
+                .to_bytes()
+        };
+        let file = gguf_with(&[
+            ("general.sampling.temp", Val::F32(0.6)),
+            ("general.sampling.top_k", Val::I32(20)),
+            ("general.sampling.top_p", Val::F32(0.9)),
+            ("general.sampling.min_p", Val::F32(2.0)),
+        ]);
+        let g = gguf::GgufFile::parse(&file).unwrap();
+        let m = ModelSampling::from_gguf(&g);
+        assert_eq!(m.temperature, Some(0.6));
+        assert_eq!(m.top_k, Some(20));
+        assert!((m.top_p.unwrap() - 0.9).abs() < 1e-6);
+        // Out of range: left out.
+        assert_eq!(m.min_p, None);
+        let off = gguf_with(&[("general.sampling.top_k", Val::I32(-1))]);
+        let g = gguf::GgufFile::parse(&off).unwrap();
+        assert_eq!(ModelSampling::from_gguf(&g).top_k, Some(0));
+        let none = gguf_with(&[]);
+        assert!(ModelSampling::from_gguf(&gguf::GgufFile::parse(&none).unwrap()).is_empty());
     }
 }

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The model, fetched by the project's script into `models/` (cached). Outside CI a
-/// missing network skips the test with a message; under CI it fails.
+/// The model, fetched by the project's script into the shared models folder (cached; a
+/// checkout's older `models/` copy is taken over). Outside CI a missing network skips the
+/// test with a message; under CI it fails.
 pub fn model_path() -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = Command::new("bash")
