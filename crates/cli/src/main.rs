@@ -17,6 +17,8 @@ mod metrics_http;
 mod monitor;
 mod out;
 mod plan;
+#[allow(dead_code)] // wired by serve and qa
+mod pressure;
 mod read;
 mod run;
 mod threads;

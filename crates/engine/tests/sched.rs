@@ -393,3 +393,77 @@ fn sixteen_requests_under_a_four_sequence_budget_all_finish_unchanged() {
         }
     });
 }
+
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+#[test]
+fn the_service_answers_from_its_thread_and_gives_back_kv_under_pressure() {
+    use engine::sched::service::Service;
+    use engine::shared::SharedModel;
+    use std::sync::mpsc;
+    let Some(path) = model_path() else { return };
+    let accounts = kv_budget(1 << 30);
+    let model = SharedModel::load(&path, &accounts).unwrap();
+    let ps = prompts(model.text(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        BlockStore::open(
+            dir.path(),
+            model.text().model.digest,
+            kvcache::Compression::None,
+        )
+        .unwrap(),
+    );
+    let svc = Service::start(
+        model.clone(),
+        BatchConfig::new(256, 4, THREADS),
+        SchedConfig {
+            pressure: Pressure {
+                demote: false,
+                store: Some(store),
+            },
+            ..SchedConfig::default()
+        },
+        accounts.clone(),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel::<(usize, Event)>();
+    for (i, p) in ps.iter().enumerate() {
+        let tx = tx.clone();
+        svc.submit(
+            Request::greedy(p.clone(), 24),
+            Box::new(move |ev| tx.send((i, ev)).is_ok()),
+        )
+        .unwrap();
+    }
+    drop(tx);
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); 4];
+    let mut asked = false;
+    let mut done = 0;
+    while done < 4 {
+        let (i, ev) = rx.recv().unwrap();
+        match ev {
+            Event::Token { token, .. } => tokens[i].push(token),
+            Event::Done { reason, .. } => {
+                assert_eq!(reason, FinishReason::Length);
+                done += 1;
+            }
+            Event::PromptLogprob { .. } => {}
+        }
+        // Mid-run, the pressure ladder asks the kv pool for everything it holds.
+        if !asked && tokens.iter().all(|t| t.len() >= 4) {
+            let kv_used = accounts.budget.used(accounts.kv).0;
+            accounts.budget.reclaim(accounts.kv, Bytes(kv_used));
+            asked = true;
+        }
+    }
+    assert!(asked);
+    svc.shutdown();
+    let snap = svc.snapshot();
+    assert!(snap.stats.pressure_reclaims >= 1, "{:?}", snap.stats);
+    assert!(snap.stats.preemptions >= 1, "{:?}", snap.stats);
+    assert!(snap.stats.disk_writes >= 1, "{:?}", snap.stats);
+    for (i, p) in ps.iter().enumerate() {
+        assert_eq!(tokens[i], alone(&model.text().model, p, 24), "request {i}");
+    }
+    assert_eq!(svc.in_flight(), 0);
+}

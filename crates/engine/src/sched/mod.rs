@@ -228,6 +228,8 @@ pub struct SchedStats {
     pub recomputes: u64,
     /// Steps that found no room and walked the ladder.
     pub pressure_steps: u64,
+    /// Requests from the pressure ladder to give back memory ([`Scheduler::ease`]).
+    pub pressure_reclaims: u64,
 }
 
 /// Where a request is.
@@ -455,6 +457,30 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 }
             }
         }
+    }
+
+    /// Gives back up to `want` bytes of KV RAM because the machine or the ledger is
+    /// under pressure (the pressure ladder's entry, called between steps): free blocks'
+    /// kept storage first, then paused sequences' blocks (demoted or written to disk),
+    /// then the newest running sequences are preempted, one at a time, while more
+    /// than one runs. Returns the bytes freed. Accepted work is kept: preempted
+    /// requests resume when there is room.
+    pub fn ease(&mut self, want: u64) -> u64 {
+        self.stats.pressure_reclaims += 1;
+        let before = self.engine.kv_bytes();
+        let freed = |s: &Self| before.saturating_sub(s.engine.kv_bytes());
+        self.engine.trim_free_blocks();
+        while freed(self) < want {
+            let short = want - freed(self);
+            if matches!(self.reclaim_paused(short), Ok(true)) {
+                continue;
+            }
+            let running = self.ranked(|p| p == Phase::Running);
+            if running.len() <= 1 || !self.preempt(*running.last().expect("two or more")) {
+                break;
+            }
+        }
+        freed(self)
     }
 
     /// Runs steps until every request has finished.
@@ -769,8 +795,6 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// Walks the pressure ladder for a step that found no room; returns whether anything
     /// changed (then the step is tried again).
     fn relieve(&mut self, short_bytes: u64) -> Result<bool, EvalError> {
-        let store = self.cfg.pressure.store.clone();
-        let demote = self.cfg.pressure.demote;
         // 1. Paused sequences give up RAM.
         if self.reclaim_paused(short_bytes.max(1))? {
             return Ok(true);
@@ -796,13 +820,25 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             self.stats.recomputes += 1;
             return Ok(true);
         }
-        let victim = *running.last().expect("two or more run");
+        Ok(self.preempt(*running.last().expect("two or more run")))
+    }
+
+    /// Preempts running request `victim`: paused with its KV kept where the ladder can
+    /// keep it (disk or fewer bits), else its KV dropped to be computed again. Returns
+    /// whether it was running.
+    fn preempt(&mut self, victim: ReqId) -> bool {
+        let keep = self.cfg.pressure.store.is_some() || self.cfg.pressure.demote;
+        let Some(l) = self.live.get_mut(&victim) else {
+            return false;
+        };
+        let Some(seq) = l.seq.filter(|_| l.phase == Phase::Running) else {
+            return false;
+        };
         self.stats.preemptions += 1;
-        let l = self.live.get_mut(&victim).expect("listed");
-        let seq = l.seq.expect("running sequences have one");
-        if store.is_some() || demote {
+        if keep {
             l.phase = Phase::Paused;
-            self.engine.seq_set_running(seq, false)?;
+            // Cannot fail: the sequence is live in the engine.
+            let _ = self.engine.seq_set_running(seq, false);
         } else {
             // Nowhere to keep its KV: drop it, compute it again on resume.
             l.phase = Phase::Waiting;
@@ -810,7 +846,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             self.engine.seq_remove(seq);
             self.stats.recomputes += 1;
         }
-        Ok(true)
+        true
     }
 
     /// Nothing runs and nothing can start: the waiting requests cannot get room (a

@@ -37,6 +37,21 @@ enum Cmd {
     Cancel(ReqId),
 }
 
+/// The `kv` pool's reclaim hook: the ledger's pressure ladder asks for bytes from any
+/// thread; the cache lives on the service's thread, which gives them back between steps
+/// ([`Scheduler::ease`]). So the hook records the request and reports nothing freed yet.
+#[derive(Default)]
+struct PressureHook {
+    want: AtomicU64,
+}
+
+impl budget::Reclaim for PressureHook {
+    fn reclaim(&self, request: budget::ReclaimRequest) -> budget::Bytes {
+        self.want.fetch_max(request.want.0, Ordering::AcqRel);
+        budget::Bytes(0)
+    }
+}
+
 struct Shared {
     next_id: AtomicU64,
     /// Requests accepted and not finished.
@@ -57,6 +72,8 @@ pub struct Service {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     model: Arc<SharedModel>,
+    /// Registered (weakly) with the ledger as the `kv` pool's reclaim hook.
+    _hook: Arc<PressureHook>,
 }
 
 impl Service {
@@ -69,6 +86,9 @@ impl Service {
         accounts: Accounts,
     ) -> Result<Service, EvalError> {
         let (tx, rx) = mpsc::channel::<Cmd>();
+        let hook = Arc::new(PressureHook::default());
+        accounts.budget.set_reclaim(accounts.kv, &hook);
+        let thread_hook = hook.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<Shared>, EvalError>>();
         let m = model.clone();
         let thread = std::thread::Builder::new()
@@ -96,7 +116,7 @@ impl Service {
                     max_running,
                 });
                 let _ = ready_tx.send(Ok(shared.clone()));
-                run(s, rx, &shared);
+                run(s, rx, &shared, &thread_hook);
             })
             .map_err(EvalError::Threads)?;
         let shared = ready_rx
@@ -107,6 +127,7 @@ impl Service {
             shared,
             thread: Mutex::new(Some(thread)),
             model,
+            _hook: hook,
         })
     }
 
@@ -209,17 +230,23 @@ impl Drop for Service {
 
 /// The service thread: commands between steps, steps while there is work, until the
 /// command channel closes and every accepted request has finished.
-fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>) {
+fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: &PressureHook) {
     // Service ids → scheduler ids.
     let mut ids: HashMap<ReqId, ReqId> = HashMap::new();
     let mut open = true;
     loop {
+        let want = hook.want.swap(0, Ordering::AcqRel);
+        if want > 0 {
+            s.ease(want);
+        }
         let cmd = if s.has_work() || !open {
             rx.try_recv().ok()
         } else {
-            match rx.recv() {
+            // Idle: wake now and then for the pressure ladder's requests.
+            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
                 Ok(c) => Some(c),
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
                     open = false;
                     None
                 }
