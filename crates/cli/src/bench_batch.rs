@@ -50,6 +50,8 @@ pub struct BatchArgs {
     pub kv_type: KvType,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub budget: crate::plan::BudgetArgs,
 }
 
 #[derive(Serialize)]
@@ -155,13 +157,14 @@ fn size(
     a: &BatchArgs,
     threads: usize,
     n: usize,
+    accounts: &engine::memory::Accounts,
 ) -> Result<SizeReport, CliError> {
     let mix = a.kv_type.mix();
     let cfg = BatchConfig {
         kv_mix: mix,
         ..BatchConfig::new(a.prompt + a.gen_tokens, n, threads)
     };
-    let mut e = Engine::new(model, cfg)?;
+    let mut e = Engine::with_accounts(model, cfg, accounts)?;
     let (mut pp_runs, mut tg_runs, mut pp_cpu, mut tg_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.reps {
@@ -199,10 +202,25 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         &[a.prompt, a.gen_tokens],
     )?;
     limits::count("--reps", a.reps, 1, limits::MAX_REPS)?;
+    let limit = crate::fit::Limit::of(&a.budget)?;
     let model = crate::catalog::resolve(&a.model)?;
     let file = crate::load::map(&model)?;
-    let tm = crate::load::text_model(&model, &file)?;
+    let mut tm = crate::load::text_model(&model, &file)?;
     let threads = a.threads.resolve();
+    // The largest batch size's plan, checked before anything is held; every size then
+    // reserves its KV and scratch in the same ledger.
+    let file_bytes = file.bytes().len() as u64;
+    let most = a.seqs.iter().copied().max().unwrap_or(1);
+    let facts =
+        crate::plan::ModelFacts::new(tm.model.cfg.clone(), file_bytes, tm.tokenizer.table_bytes());
+    let need =
+        engine::memory::plan(&facts.input(a.prompt + a.gen_tokens, most, a.kv_type, threads))
+            .total_bytes;
+    limit.check("this bench", need, || {
+        vec!["fewer --seqs, a shorter --prompt or --gen, or --kv-type int8".to_string()]
+    })?;
+    let accounts = limit.accounts()?;
+    tm.account(&accounts, file_bytes)?;
     // Warm-up: page the weights in and settle the threads, untimed.
     let warm = BatchArgs {
         model: a.model.clone(),
@@ -211,12 +229,13 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
         reps: 1,
         kv_type: a.kv_type,
         threads: a.threads.clone(),
+        budget: a.budget.clone(),
         ..*a
     };
-    size(&tm.model, &warm, threads, a.seqs[0])?;
+    size(&tm.model, &warm, threads, a.seqs[0], &accounts)?;
     let mut results = Vec::new();
     for &n in &a.seqs {
-        let r = size(&tm.model, a, threads, n)?;
+        let r = size(&tm.model, a, threads, n, &accounts)?;
         if !a.json {
             eprintln!(
                 "{n:>5} seqs: pp {:>8.1} tok/s  tg {:>8.1} tok/s  KV {:>8.1} MiB  \

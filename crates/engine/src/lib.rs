@@ -19,7 +19,7 @@
 //! let gguf = gguf::GgufFile::parse(file.bytes()).unwrap();
 //! let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
 //! let cfg = engine::forward::SessionConfig::new(2048, 2, 512);
-//! let mut session = engine::forward::Session::new(&tm.model, cfg).unwrap();
+//! let mut session = engine::forward::Session::unbudgeted(&tm.model, cfg).unwrap();
 //! let ids = tm.encode("The capital of France is");
 //! let logits = session.eval(&ids, engine::forward::Logits::Last).unwrap();
 //! println!("next: {}", engine::sampler::argmax(logits));

@@ -63,7 +63,7 @@ fn alone(model: &Model<'_>, mix: TierMix, n_ctx: usize, prompt: &[u32], steps: u
         kv_mix: mix,
         ..SessionConfig::new(n_ctx, THREADS, 512)
     };
-    let mut s = Session::new(model, cfg).unwrap();
+    let mut s = Session::unbudgeted(model, cfg).unwrap();
     let mut tr = Trace::default();
     let mut next = tr.push(s.eval(prompt, Logits::Last).unwrap());
     for _ in 1..steps {
@@ -139,7 +139,7 @@ fn eight_sequences_decoded_together_match_each_decoded_alone_bit_for_bit() {
         prompts[3] = tm.encode("The capital of France is Paris, and the capital of Italy is");
         let steps = 12;
         let n_ctx = 600;
-        let mut e = Engine::new(model, BatchConfig::new(n_ctx, 8, THREADS)).unwrap();
+        let mut e = Engine::unbudgeted(model, BatchConfig::new(n_ctx, 8, THREADS)).unwrap();
         let mut t = Together {
             e: &mut e,
             live: Vec::new(),
@@ -178,7 +178,7 @@ fn a_sequence_joining_and_one_cancelled_mid_run_leave_the_others_unchanged() {
         let prompts = [synthetic(30, 1), synthetic(7, 2), synthetic(60, 3)];
         let late = synthetic(25, 4);
         let (steps, n_ctx) = (10, 128);
-        let mut e = Engine::new(model, BatchConfig::new(n_ctx, 4, THREADS)).unwrap();
+        let mut e = Engine::unbudgeted(model, BatchConfig::new(n_ctx, 4, THREADS)).unwrap();
         let mut t = Together {
             e: &mut e,
             live: Vec::new(),
@@ -247,7 +247,7 @@ fn a_tiered_cache_applied_per_sequence_by_age_matches_a_session_with_the_same_mi
             kv_mix: mix,
             ..BatchConfig::new(n_ctx, 4, THREADS)
         };
-        let mut e = Engine::new(model, cfg).unwrap();
+        let mut e = Engine::unbudgeted(model, cfg).unwrap();
         let mut t = Together {
             e: &mut e,
             live: Vec::new(),
@@ -276,7 +276,8 @@ fn golden_prompts_all_in_one_batch_match_llama_cpp() {
     with_model(|tm| {
         let g = golden();
         let prompts = g["prompts"].as_array().unwrap();
-        let mut e = Engine::new(&tm.model, BatchConfig::new(256, prompts.len(), THREADS)).unwrap();
+        let mut e =
+            Engine::unbudgeted(&tm.model, BatchConfig::new(256, prompts.len(), THREADS)).unwrap();
 
         // Greedy: every prompt prefilled in one batch, then decoded together.
         let mut t = Together {
@@ -349,7 +350,7 @@ fn golden_prompts_all_in_one_batch_match_llama_cpp() {
 fn bad_batches_are_refused_with_nothing_changed() {
     with_model(|tm| {
         let model = &tm.model;
-        let mut e = Engine::new(model, BatchConfig::new(32, 2, THREADS)).unwrap();
+        let mut e = Engine::unbudgeted(model, BatchConfig::new(32, 2, THREADS)).unwrap();
         let (a, b) = (e.seq_new(), e.seq_new());
         let mut ok = Batch::new();
         ok.push_tokens(a, 0, &synthetic(5, 1), Logits::Last);
@@ -379,7 +380,7 @@ fn bad_batches_are_refused_with_nothing_changed() {
             kv_blocks: Some(2),
             ..BatchConfig::new(32, 2, THREADS)
         };
-        let mut small = Engine::new(model, cfg).unwrap();
+        let mut small = Engine::unbudgeted(model, cfg).unwrap();
         let (c, d) = (small.seq_new(), small.seq_new());
         let mut batch = Batch::new();
         batch.push_tokens(c, 0, &synthetic(17, 3), Logits::Last);
@@ -404,7 +405,7 @@ fn bad_batches_are_refused_with_nothing_changed() {
             kv_mix: kvcache::KvType::Tiered.mix(),
             ..BatchConfig::new(320, 1, THREADS)
         };
-        let mut mixed = Engine::new(model, cfg).unwrap();
+        let mut mixed = Engine::unbudgeted(model, cfg).unwrap();
         let s = mixed.seq_new();
         let mut batch = Batch::new();
         batch.push_tokens(s, 0, &synthetic(300, 5), Logits::Last);
@@ -466,7 +467,8 @@ mod prefix {
         let file = GgufFile::parse(&bytes).unwrap();
         let model = Model::from_gguf(&file).unwrap();
         let (prefix, own) = prompts(model.cfg.vocab as u32);
-        let mut e = Engine::new(&model, BatchConfig::new(PREFIX + OWN, SEQS, THREADS)).unwrap();
+        let mut e =
+            Engine::unbudgeted(&model, BatchConfig::new(PREFIX + OWN, SEQS, THREADS)).unwrap();
         let first = e.seq_new();
         let mut b = Batch::new();
         b.push_tokens(first, 0, &prefix, Logits::Last);
@@ -504,8 +506,8 @@ mod prefix {
         );
         // Each got what it gets alone (same chunks, so bit for bit).
         for r in [0, 13, SEQS - 1] {
-            let mut s =
-                Session::new(&model, SessionConfig::new(PREFIX + OWN, THREADS, 512)).unwrap();
+            let mut s = Session::unbudgeted(&model, SessionConfig::new(PREFIX + OWN, THREADS, 512))
+                .unwrap();
             s.eval(&prefix, Logits::Last).unwrap();
             let want = s.eval(&own[r], Logits::Last).unwrap();
             assert!(
@@ -525,7 +527,8 @@ mod prefix {
         let model = Model::from_gguf(&file).unwrap();
         let (prefix, own) = prompts(model.cfg.vocab as u32);
         let prompt = |r: usize| -> Vec<u32> { prefix.iter().chain(&own[r]).copied().collect() };
-        let mut e = Engine::new(&model, BatchConfig::new(PREFIX + OWN, SEQS, THREADS)).unwrap();
+        let mut e =
+            Engine::unbudgeted(&model, BatchConfig::new(PREFIX + OWN, SEQS, THREADS)).unwrap();
         let first = e.seq_new();
         let mut b = Batch::new();
         b.push_tokens(first, 0, &prompt(0), Logits::Last);

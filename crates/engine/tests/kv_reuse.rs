@@ -52,7 +52,7 @@ fn session<'a, 'm>(model: &'a Model<'m>, s: Setup) -> Session<'a, 'm> {
         kv_mix: kv_mix_named(s.kv_type).unwrap(),
         ..SessionConfig::new(CTX, s.threads, s.ubatch)
     };
-    Session::new(model, cfg).unwrap()
+    Session::unbudgeted(model, cfg).unwrap()
 }
 
 fn argmax(x: &[f32]) -> u32 {

@@ -25,7 +25,7 @@ fn thirty_two_requests_share_a_1024_token_prefix_stored_and_prefilled_once() {
         n_seqs: 32,
         ..SessionConfig::new(1040, 2, 256)
     };
-    let mut s = Session::new(&model, cfg).unwrap();
+    let mut s = Session::unbudgeted(&model, cfg).unwrap();
     let mut last = Vec::new();
     for r in 0..32u32 {
         if r > 0 {
@@ -47,7 +47,7 @@ fn thirty_two_requests_share_a_1024_token_prefix_stored_and_prefilled_once() {
     }
     // Same answers as running alone, bit for bit.
     for r in [0u32, 7, 31] {
-        let mut alone = Session::new(&model, SessionConfig::new(1040, 2, 256)).unwrap();
+        let mut alone = Session::unbudgeted(&model, SessionConfig::new(1040, 2, 256)).unwrap();
         let want = alone.eval(&prompt(r), Logits::Last).unwrap();
         assert_eq!(want, &last[r as usize][..], "request {r}");
     }

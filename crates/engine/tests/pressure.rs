@@ -51,7 +51,7 @@ fn cfg() -> SessionConfig {
 
 /// Where sequence `prompt` goes after `next`, without any pressure.
 fn unpressured(model: &Model<'_>, prompt: &[u32], next: u32) -> Vec<f32> {
-    let mut free = Session::new(model, cfg()).unwrap();
+    let mut free = Session::unbudgeted(model, cfg()).unwrap();
     free.eval(prompt, Logits::Last).unwrap();
     free.eval(&[next], Logits::Last).unwrap().to_vec()
 }

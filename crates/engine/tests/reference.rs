@@ -186,7 +186,7 @@ fn one_token_at_a_time_equals_one_batch() {
         let batch = engine_logits(&m.bytes, &toks, 512);
         let file = GgufFile::parse(&m.bytes).unwrap();
         let model = Model::from_gguf(&file).unwrap();
-        let mut s = Session::new(&model, session_config(64, 512)).unwrap();
+        let mut s = Session::unbudgeted(&model, session_config(64, 512)).unwrap();
         let mut single = Vec::new();
         for (i, &t) in toks.iter().enumerate() {
             single.extend_from_slice(s.eval(&[t], Logits::All).unwrap());
@@ -236,7 +236,7 @@ fn truncate_then_eval_equals_a_fresh_session() {
         let vocab = m.vocab.len();
         let file = GgufFile::parse(&m.bytes).unwrap();
         let model = Model::from_gguf(&file).unwrap();
-        let mut s = Session::new(&model, session_config(64, 512)).unwrap();
+        let mut s = Session::unbudgeted(&model, session_config(64, 512)).unwrap();
         // Mid-block, at a block boundary, just past one, and at zero.
         for keep in [5, 16, 17, 0] {
             s.reset();
@@ -264,7 +264,7 @@ fn reset_starts_the_sequence_over() {
     let fresh = engine_logits(&m.bytes, &toks, 512);
     let file = GgufFile::parse(&m.bytes).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let mut s = Session::new(&model, session_config(32, 512)).unwrap();
+    let mut s = Session::unbudgeted(&model, session_config(32, 512)).unwrap();
     // Several rounds in a context that holds only one: reset must give the blocks back.
     for round in 0..4 {
         s.eval(&tokens(20, 100 + round), Logits::Last).unwrap();
@@ -285,7 +285,7 @@ fn out_of_vocabulary_token_is_bad_token() {
     let vocab = m.vocab.len();
     let file = GgufFile::parse(&m.bytes).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let mut s = Session::new(&model, session_config(64, 512)).unwrap();
+    let mut s = Session::unbudgeted(&model, session_config(64, 512)).unwrap();
     let toks = tokens(10, 4);
     s.eval(&toks[..5], Logits::Last).unwrap();
     for bad in [vocab as u32, u32::MAX] {
@@ -307,7 +307,7 @@ fn overflowing_the_context_is_context_full_and_the_session_survives() {
     let file = GgufFile::parse(&m.bytes).unwrap();
     let model = Model::from_gguf(&file).unwrap();
     // 20 is not a multiple of the 16-token KV block.
-    let mut s = Session::new(&model, session_config(20, 512)).unwrap();
+    let mut s = Session::unbudgeted(&model, session_config(20, 512)).unwrap();
     let toks = tokens(20, 6);
     s.eval(&toks[..15], Logits::Last).unwrap();
     match s.eval(&tokens(6, 1), Logits::Last) {

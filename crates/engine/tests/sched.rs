@@ -100,7 +100,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> Request {
 
 /// Greedy decode of `prompt` alone in a session.
 fn alone(model: &Model<'_>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let mut s = Session::new(model, SessionConfig::new(1024, THREADS, 512)).unwrap();
+    let mut s = Session::unbudgeted(model, SessionConfig::new(1024, THREADS, 512)).unwrap();
     let mut out = vec![argmax(s.eval(prompt, Logits::Last).unwrap())];
     while out.len() < steps {
         let l = s.eval(&[*out.last().unwrap()], Logits::Last).unwrap();
@@ -195,7 +195,7 @@ fn joining_and_cancelling_mid_run_leave_the_others_unchanged() {
     with_model(|tm| {
         let ps = prompts(tm, 4);
         let mut s = Scheduler::new(
-            Engine::new(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
+            Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
             SchedConfig::default(),
         );
         let outs: Vec<Arc<Mutex<Out>>> = (0..4).map(|_| Arc::default()).collect();
@@ -231,7 +231,7 @@ fn higher_priority_runs_first_and_shared_prompts_are_computed_once() {
     with_model(|tm| {
         let ps = prompts(tm, 2);
         let mut s = Scheduler::new(
-            Engine::new(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
+            Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
             SchedConfig {
                 max_running: 1,
                 ..SchedConfig::default()
@@ -266,7 +266,7 @@ fn higher_priority_runs_first_and_shared_prompts_are_computed_once() {
             long.extend_from_slice(&ps[1]);
         }
         let mut s = Scheduler::new(
-            Engine::new(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
+            Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
             SchedConfig::default(),
         );
         let outs: Vec<Arc<Mutex<Out>>> = (0..2).map(|_| Arc::default()).collect();

@@ -20,7 +20,7 @@
 //! # let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
 //! use engine::batch::{Batch, BatchConfig, Engine};
 //! use engine::forward::Logits;
-//! let mut e = Engine::new(&tm.model, BatchConfig::new(512, 8, 2)).unwrap();
+//! let mut e = Engine::unbudgeted(&tm.model, BatchConfig::new(512, 8, 2)).unwrap();
 //! let (a, b) = (e.seq_new(), e.seq_new());
 //! let mut batch = Batch::new();
 //! batch.push_tokens(a, 0, &tm.encode("The capital of France is"), Logits::Last);
@@ -190,8 +190,10 @@ pub struct Engine<'a, 'm> {
 }
 
 impl<'a, 'm> Engine<'a, 'm> {
-    /// An engine with its own unlimited ledger (accounting only).
-    pub fn new(model: &'a Model<'m>, cfg: BatchConfig) -> Result<Self, EvalError> {
+    /// An engine with its own unlimited ledger: accounting only, nothing is ever refused
+    /// for memory. An explicit opt-out of the budget for tests and benches; a command
+    /// that runs under a budget uses [`Engine::with_accounts`].
+    pub fn unbudgeted(model: &'a Model<'m>, cfg: BatchConfig) -> Result<Self, EvalError> {
         Self::with_accounts(model, cfg, &Accounts::unlimited())
     }
 

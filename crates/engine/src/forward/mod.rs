@@ -159,8 +159,10 @@ pub struct Session<'a, 'm> {
 }
 
 impl<'a, 'm> Session<'a, 'm> {
-    /// Creates a session with its own unlimited ledger (accounting only).
-    pub fn new(model: &'a Model<'m>, cfg: SessionConfig) -> Result<Self, EvalError> {
+    /// Creates a session with its own unlimited ledger: accounting only, nothing is ever
+    /// refused for memory. An explicit opt-out of the budget for tests and benches; a
+    /// command that runs under a budget uses [`Session::with_accounts`].
+    pub fn unbudgeted(model: &'a Model<'m>, cfg: SessionConfig) -> Result<Self, EvalError> {
         Self::with_accounts(model, cfg, &Accounts::unlimited())
     }
 

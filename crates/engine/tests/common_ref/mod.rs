@@ -374,7 +374,7 @@ pub fn session_config(n_ctx: usize, ubatch: usize) -> SessionConfig {
 pub fn engine_logits(bytes: &[u8], tokens: &[u32], ubatch: usize) -> Vec<f32> {
     let file = GgufFile::parse(bytes).expect("the model parses");
     let model = Model::from_gguf(&file).expect("the model loads");
-    let mut s = Session::new(&model, session_config(256, ubatch)).expect("session");
+    let mut s = Session::unbudgeted(&model, session_config(256, ubatch)).expect("session");
     s.eval(tokens, Logits::All).expect("eval").to_vec()
 }
 
