@@ -1,7 +1,8 @@
 //! Throughput of the k-quant and 5-bit products on Qwen2.5-1.5B-shaped matrices, beside
 //! the machine's plain read bandwidth (a development aid).
 //!
-//! `cargo run --release -p kernels --example kquant_speed -- [threads] [seconds per case]`
+//! `cargo run --release -p kernels --example kquant_speed -- [threads] [seconds per case]
+//! [types, comma-separated, e.g. Q4_K,Q6_K] [skip-bandwidth]`
 
 use std::time::{Duration, Instant};
 
@@ -77,13 +78,17 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let threads = args.next().and_then(|s| s.parse().ok()).unwrap_or(2);
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let only: Option<String> = args.next();
+    let skip_bandwidth = args.next().is_some();
     let budget = Duration::from_secs_f64(secs);
     let pool = ThreadPool::new(threads).unwrap();
     println!("{threads} threads; best of repeated runs within {secs} s per case");
-    println!(
-        "plain read bandwidth: {:.1} GB/s",
-        read_bandwidth(&pool, budget)
-    );
+    if !skip_bandwidth {
+        println!(
+            "plain read bandwidth: {:.1} GB/s",
+            read_bandwidth(&pool, budget)
+        );
+    }
     // (type, rows, cols, tokens): Qwen2.5-1.5B's FFN gate/up (8960 × 1536), down
     // (1536 × 8960) and output head (151936 × 1536).
     let cases = [
@@ -102,6 +107,13 @@ fn main() {
         (WType::Q8_0, 8960, 1536, 1),
     ];
     for (t, rows, cols, n) in cases {
+        let name = format!("{t:?}");
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|s| s == name))
+        {
+            continue;
+        }
         let w = matrix(t, rows, cols);
         let m = QMatrix::new(t, rows, cols, &w).unwrap();
         let x = values(n * cols, 7);
