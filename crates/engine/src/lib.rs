@@ -48,7 +48,7 @@ pub enum LoadError {
     #[error("missing tensor '{name}'")]
     MissingTensor { name: String },
     #[error(
-        "tensor '{tensor}' has unsupported type {ggml_type} (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+        "tensor '{tensor}' has unsupported type {ggml_type} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
     )]
     UnsupportedType { tensor: String, ggml_type: String },
     #[error("tensor '{tensor}' has shape {got:?}, expected {expected:?}")]

@@ -68,6 +68,14 @@ pub(crate) fn wtype_of(name: &str, t: GgmlType) -> Result<WType, LoadError> {
         GgmlType::Q4_0 => WType::Q4_0,
         GgmlType::Q4_1 => WType::Q4_1,
         GgmlType::Q8_0 => WType::Q8_0,
+        GgmlType::Q5_0 => WType::Q5_0,
+        GgmlType::Q5_1 => WType::Q5_1,
+        GgmlType::Q2_K => WType::Q2_K,
+        GgmlType::Q3_K => WType::Q3_K,
+        GgmlType::Q4_K => WType::Q4_K,
+        GgmlType::Q5_K => WType::Q5_K,
+        GgmlType::Q6_K => WType::Q6_K,
+        GgmlType::BF16 => WType::BF16,
         other => {
             return Err(LoadError::UnsupportedType {
                 tensor: name.into(),

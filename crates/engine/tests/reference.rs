@@ -393,14 +393,15 @@ fn wrong_shape_is_refused_with_both_shapes() {
 #[test]
 fn unsupported_tensor_type_is_refused() {
     let mut p = Parts::of(&tiny(config(WeightType::Q4_0)).bytes);
-    // Q5_0 (id 6): 22 bytes per 32 values, so the file itself is well-formed.
+    // Q8_1 (id 9, an activation format no weight file uses): 36 bytes per 32 values, so
+    // the file itself is well-formed.
     let t = p.tensor_mut("blk.0.ffn_gate.weight");
-    t.ggml_type = GgmlType::Q5_0.id();
-    t.data = vec![0; 64 * 128 / 32 * 22];
+    t.ggml_type = GgmlType::Q8_1.id();
+    t.data = vec![0; 64 * 128 / 32 * 36];
     let e = load_error(&p.to_bytes());
     assert!(
         matches!(&e, LoadError::UnsupportedType { tensor, ggml_type }
-            if tensor == "blk.0.ffn_gate.weight" && ggml_type == "q5_0"),
+            if tensor == "blk.0.ffn_gate.weight" && ggml_type == "q8_1"),
         "{e:?}"
     );
 }

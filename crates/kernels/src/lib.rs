@@ -4,8 +4,9 @@
 //! llmem owns its compute so that every buffer is visible to its memory ledger: these
 //! kernels never allocate large buffers themselves; callers hand them slices.
 //!
-//! - [`quant`]: weight block formats (`Q4_0`, `Q4_1`, `Q8_0`, `F16`, `F32`) read in place
-//!   from mapped GGUF bytes, and 8-bit activation blocks ([`quant::BlockQ8`]).
+//! - [`quant`]: weight block formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, the k-quants
+//!   `Q2_K`..`Q6_K`, `F16`, `BF16`, `F32`) read in place from mapped GGUF bytes, and
+//!   8-bit activation blocks ([`quant::BlockQ8`]).
 //! - [`matmul`]: matrix × activations for one token (decode) or many (prefill), tiled,
 //!   with integer dot products on quantized weights.
 //! - [`attention`]: causal attention reading K/V straight from paged f16 blocks.

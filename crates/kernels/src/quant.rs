@@ -8,17 +8,28 @@
 //! Q4_1  (20 B / 32 values)  | d: f16 | m: f16 | qs: 16 B | value[i] = q[i] · d + m
 //! Q8_0  (34 B / 32 values)  | d: f16 | qs: 32 × i8 |     value[i] = q[i] · d
 //!   4-bit nibbles: byte j holds q[j] in its low nibble and q[j + 16] in its high nibble.
+//! Q5_0, Q5_1 (22, 24 B / 32 values) and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+//!   (84, 110, 144, 176, 210 B / 256 values): see [`layout`].
+//! BF16  (2 B / value)       the top half of an f32
 //! ```
 //!
 //! Activations are quantized per token into [`BlockQ8`]: 32 values, an f32 scale and
 //! the scaled sum, so that `Q4_1`'s offset term and `Q4_0`'s `-8` fold into one multiply.
+//! The k-quants use the same blocks: each 32-value activation block meets one sub-block
+//! of a super-block (two 16-value groups), so the finer activation scales cost one float
+//! multiply per 32 values and the callers keep a single activation format.
 
 use half::f16;
 
 /// Values per quantization block.
 pub const QK: usize = 32;
 
+/// Values per k-quant super-block.
+pub const QK_K: usize = 256;
+
 /// A weight element type the kernels compute with.
+// The k-quants keep ggml's names (`Q4_K`), which is how users and GGUF files spell them.
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum WType {
@@ -27,14 +38,23 @@ pub enum WType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    BF16,
 }
 
 impl WType {
     /// Elements per block (1 for float types).
     pub fn block_elems(self) -> usize {
         match self {
-            WType::F32 | WType::F16 => 1,
-            WType::Q4_0 | WType::Q4_1 | WType::Q8_0 => QK,
+            WType::F32 | WType::F16 | WType::BF16 => 1,
+            WType::Q4_0 | WType::Q4_1 | WType::Q8_0 | WType::Q5_0 | WType::Q5_1 => QK,
+            WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K => QK_K,
         }
     }
 
@@ -42,10 +62,17 @@ impl WType {
     pub fn block_bytes(self) -> usize {
         match self {
             WType::F32 => 4,
-            WType::F16 => 2,
+            WType::F16 | WType::BF16 => 2,
             WType::Q4_0 => 18,
             WType::Q4_1 => 20,
             WType::Q8_0 => 34,
+            WType::Q5_0 => 22,
+            WType::Q5_1 => 24,
+            WType::Q2_K => 84,
+            WType::Q3_K => 110,
+            WType::Q4_K => 144,
+            WType::Q5_K => 176,
+            WType::Q6_K => 210,
         }
     }
 
@@ -60,7 +87,15 @@ impl WType {
 
     /// Whether the matrix product quantizes activations to [`BlockQ8`] for this type.
     pub fn uses_q8_activations(self) -> bool {
-        matches!(self, WType::Q4_0 | WType::Q4_1 | WType::Q8_0)
+        !matches!(self, WType::F32 | WType::F16 | WType::BF16)
+    }
+
+    /// Whether this is a k-quant (256-value super-blocks, decoded by [`layout::decode_k`]).
+    pub fn is_k_quant(self) -> bool {
+        matches!(
+            self,
+            WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K
+        )
     }
 }
 
@@ -122,6 +157,12 @@ pub fn read_f16(bytes: &[u8], off: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[off], bytes[off + 1]])).to_f32()
 }
 
+/// Reads a little-endian bf16 at `bytes[off..off + 2]` as f32.
+#[inline]
+pub fn read_bf16(bytes: &[u8], off: usize) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes([bytes[off], bytes[off + 1]])) << 16)
+}
+
 /// Dequantizes one row of `cols` elements stored as `wtype` into `out`.
 ///
 /// # Panics
@@ -164,70 +205,35 @@ pub fn dequantize_row(wtype: WType, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        WType::BF16 => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = read_bf16(row, 2 * i);
+            }
+        }
+        WType::Q5_0 | WType::Q5_1 => {
+            let bb = wtype.block_bytes();
+            for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+                let (code, d, m) = layout::decode_q5(wtype, &row[b * bb..(b + 1) * bb]);
+                for (o, c) in o.iter_mut().zip(code) {
+                    *o = f32::from(c) * d + m;
+                }
+            }
+        }
+        WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K => {
+            let bb = wtype.block_bytes();
+            let mut k = layout::KCodes::default();
+            for (b, o) in out.chunks_exact_mut(QK_K).enumerate() {
+                layout::decode_k(wtype, &row[b * bb..(b + 1) * bb], &mut k);
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = k.scale[i / 16] * f32::from(k.code[i]) + k.offset[i / 16];
+                }
+            }
+        }
     }
 }
 
-/// Reference quantizers, used by tests and by tools that write small models.
-pub mod reference {
-    use super::{QK, f16};
-
-    /// Quantizes `x` to Q8_0 bytes.
-    pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(x.len() / QK * 34);
-        for c in x.chunks_exact(QK) {
-            let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
-            out.extend(c.iter().map(|v| ((v * id).round() as i8) as u8));
-        }
-        out
-    }
-
-    /// Quantizes `x` to Q4_0 bytes.
-    pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(x.len() / QK * 18);
-        for c in x.chunks_exact(QK) {
-            let max = c
-                .iter()
-                .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-            let d = max / -8.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
-            let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
-            out.extend((0..16).map(|j| q(c[j]) | (q(c[j + 16]) << 4)));
-        }
-        out
-    }
-
-    /// Quantizes `x` to Q4_1 bytes.
-    pub fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(x.len() / QK * 20);
-        for c in x.chunks_exact(QK) {
-            let min = c.iter().copied().fold(f32::INFINITY, f32::min);
-            let max = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let d = (max - min) / 15.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
-            out.extend_from_slice(&f16::from_f32(min).to_bits().to_le_bytes());
-            let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
-            out.extend((0..16).map(|j| q(c[j]) | (q(c[j + 16]) << 4)));
-        }
-        out
-    }
-
-    /// Converts `x` to F16 bytes.
-    pub fn to_f16_bytes(x: &[f32]) -> Vec<u8> {
-        x.iter()
-            .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
-            .collect()
-    }
-
-    /// Converts `x` to F32 bytes.
-    pub fn to_f32_bytes(x: &[f32]) -> Vec<u8> {
-        x.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
-}
+pub mod layout;
+pub mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -257,7 +263,10 @@ mod tests {
             (WType::Q8_0, reference::quantize_q8_0(&x), 1.0 / 127.0),
             (WType::Q4_0, reference::quantize_q4_0(&x), 1.0 / 7.0),
             (WType::Q4_1, reference::quantize_q4_1(&x), 2.0 / 15.0),
+            (WType::Q5_0, reference::quantize_q5_0(&x), 1.0 / 15.0),
+            (WType::Q5_1, reference::quantize_q5_1(&x), 1.0 / 31.0),
             (WType::F16, reference::to_f16_bytes(&x), 1e-3),
+            (WType::BF16, reference::to_bf16_bytes(&x), 1.0 / 256.0),
             (WType::F32, reference::to_f32_bytes(&x), 0.0),
         ] {
             assert_eq!(bytes.len(), t.row_bytes(96).unwrap());
@@ -266,6 +275,118 @@ mod tests {
             for (a, b) in out.iter().zip(&x) {
                 assert!((a - b).abs() <= tol + 1e-6, "{t:?}: {a} vs {b}");
             }
+        }
+    }
+
+    /// Values in [-1, 1) whose groups of 16 differ in range and offset (some all
+    /// positive, some all negative, a few near zero), so a scale or offset read from the
+    /// wrong place shows, and every code of every format is used.
+    fn varied(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let g = i / 16;
+                let u = ((i * 7919 + 13) % 101) as f32 / 101.0;
+                let span = [1.0, 0.5, 0.02, 0.8, 0.25][g % 5];
+                let base = [-1.0, 0.0, -0.5, -0.8, 0.3][(g / 5) % 5];
+                (base + span * u).clamp(-1.0, 0.999)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn k_quants_dequantize_within_half_a_step_of_their_group() {
+        let x = varied(3 * QK_K);
+        // Half a code step of each group's range plus the rounding of the 6-bit (Q2_K:
+        // 4-bit) scales; the groups span at most 1, so these bound the error.
+        for (t, bytes, levels) in [
+            (WType::Q2_K, reference::quantize_q2_k(&x), 3.0),
+            (WType::Q3_K, reference::quantize_q3_k(&x), 3.0),
+            (WType::Q4_K, reference::quantize_q4_k(&x), 15.0),
+            (WType::Q5_K, reference::quantize_q5_k(&x), 31.0),
+            (WType::Q6_K, reference::quantize_q6_k(&x), 31.0),
+        ] {
+            assert_eq!(bytes.len(), t.row_bytes(x.len()).unwrap(), "{t:?}");
+            let mut out = vec![0.0; x.len()];
+            dequantize_row(t, &bytes, &mut out);
+            // Q4_K and Q5_K scale sub-blocks of 32, the others groups of 16.
+            let n = if matches!(t, WType::Q4_K | WType::Q5_K) {
+                32
+            } else {
+                16
+            };
+            for (g, (o, v)) in out.chunks(n).zip(x.chunks(n)).enumerate() {
+                let mn = v.iter().copied().fold(0.0f32, f32::min);
+                let mx = v.iter().copied().fold(0.0f32, f32::max);
+                // Symmetric formats cover [-amax, amax]; the others [min(0, mn), mx].
+                let span = if matches!(t, WType::Q3_K | WType::Q6_K) {
+                    2.0 * mx.max(-mn)
+                } else {
+                    mx - mn
+                };
+                let sb = g * n / QK_K;
+                let sb_max = x[sb * QK_K..(sb + 1) * QK_K]
+                    .iter()
+                    .fold(0.0f32, |m, v| m.max(v.abs()));
+                let tol = 0.5 * span / levels + 2.5 * sb_max / levels / 15.0 + 1e-4;
+                for (a, b) in o.iter().zip(v) {
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{t:?} group {g}: {a} vs {b} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn k_quant_layouts_decode_hand_built_blocks() {
+        // Q4_K: d = 1, dmin = 0.5; sub-block s has scale s + 1 and min 2s (s ≥ 4 uses
+        // the split 6-bit encoding); value 32s + l has code (s + l) % 16.
+        let mut b = vec![0u8; 144];
+        b[0..2].copy_from_slice(&f16::from_f32(1.0).to_bits().to_le_bytes());
+        b[2..4].copy_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+        let (sc, mn): (Vec<u8>, Vec<u8>) = (0..8u8)
+            .map(|s| (s + 1 + 40 * (s / 7), 2 * s + 40 * (s / 6)))
+            .unzip();
+        for s in 0..8 {
+            if s < 4 {
+                b[4 + s] = sc[s];
+                b[8 + s] = mn[s];
+            } else {
+                b[12 + s - 4] = (sc[s] & 15) | ((mn[s] & 15) << 4);
+                b[4 + s - 4] |= (sc[s] >> 4) << 6;
+                b[8 + s - 4] |= (mn[s] >> 4) << 6;
+            }
+            for l in 0..32 {
+                let c = ((s + l) % 16) as u8;
+                b[16 + 32 * (s / 2) + l] |= if s % 2 == 0 { c } else { c << 4 };
+            }
+        }
+        let mut out = vec![0.0; 256];
+        dequantize_row(WType::Q4_K, &b, &mut out);
+        for s in 0..8 {
+            for l in 0..32 {
+                let want = f32::from(sc[s]) * ((s + l) % 16) as f32 - 0.5 * f32::from(mn[s]);
+                assert_eq!(out[32 * s + l], want, "Q4_K value {}", 32 * s + l);
+            }
+        }
+        // Q6_K: d = 0.5; group g has scale g - 8; value i has code (i * 5) % 64 - 32.
+        let mut b = vec![0u8; 210];
+        for i in 0..256 {
+            let (s, l) = (i / 32, i % 32);
+            let (n, j) = (s / 4, s % 4);
+            let c = ((i * 5) % 64) as u8;
+            b[64 * n + 32 * (j % 2) + l] |= (c & 15) << (4 * (j / 2));
+            b[128 + 32 * n + l] |= (c >> 4) << (2 * j);
+        }
+        for g in 0..16 {
+            b[192 + g] = (g as i8 - 8) as u8;
+        }
+        b[208..210].copy_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+        dequantize_row(WType::Q6_K, &b, &mut out);
+        for i in 0..256 {
+            let want = 0.5 * ((i / 16) as f32 - 8.0) * (((i * 5) % 64) as f32 - 32.0);
+            assert_eq!(out[i], want, "Q6_K value {i}");
         }
     }
 }

@@ -35,7 +35,15 @@ fn encode(t: WType, x: &[f32]) -> Vec<u8> {
         WType::Q4_0 => reference::quantize_q4_0(x),
         WType::Q4_1 => reference::quantize_q4_1(x),
         WType::Q8_0 => reference::quantize_q8_0(x),
+        WType::Q5_0 => reference::quantize_q5_0(x),
+        WType::Q5_1 => reference::quantize_q5_1(x),
+        WType::Q2_K => reference::quantize_q2_k(x),
+        WType::Q3_K => reference::quantize_q3_k(x),
+        WType::Q4_K => reference::quantize_q4_k(x),
+        WType::Q5_K => reference::quantize_q5_k(x),
+        WType::Q6_K => reference::quantize_q6_k(x),
         WType::F16 => reference::to_f16_bytes(x),
+        WType::BF16 => reference::to_bf16_bytes(x),
         _ => reference::to_f32_bytes(x),
     }
 }
@@ -48,11 +56,25 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
         WType::Q4_0,
         WType::Q4_1,
         WType::Q8_0,
+        WType::Q5_0,
+        WType::Q5_1,
+        WType::Q2_K,
+        WType::Q3_K,
+        WType::Q4_K,
+        WType::Q5_K,
+        WType::Q6_K,
         WType::F16,
+        WType::BF16,
         WType::F32,
     ] {
-        // Odd row counts and token counts exercise every tile edge.
-        for &(rows, cols, n_tokens) in &[(1, 32, 1), (7, 64, 3), (37, 96, 5), (130, 128, 67)] {
+        // Odd row counts and token counts exercise every tile edge; k-quant rows are
+        // whole 256-value super-blocks.
+        let shapes: &[(usize, usize, usize)] = if t.block_elems() == 256 {
+            &[(1, 256, 1), (7, 512, 3), (37, 256, 5), (130, 768, 67)]
+        } else {
+            &[(1, 32, 1), (7, 64, 3), (37, 96, 5), (130, 128, 67)]
+        };
+        for &(rows, cols, n_tokens) in shapes {
             let wf = rng.vec(rows * cols);
             let bytes = encode(t, &wf);
             let w = QMatrix::new(t, rows, cols, &bytes).unwrap();

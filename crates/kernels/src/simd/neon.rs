@@ -66,7 +66,12 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                 };
                 sum += d * a.d * isum as f32;
             }
-            WType::F16 | WType::F32 => unreachable!("float weights take f32 activations"),
+            WType::F16 | WType::F32 | WType::BF16 => {
+                unreachable!("float weights take f32 activations")
+            }
+            // The 5-bit and k-quant types take the portable loop until they have NEON
+            // ones (dispatched in `gemm_q8`, never reaching here).
+            _ => unreachable!("{wtype:?} takes the portable loop"),
         }
     }
     sum
@@ -86,8 +91,12 @@ pub(crate) unsafe fn gemm_q8(
         let a = &acts[t * nb..(t + 1) * nb];
         for r in rows.clone() {
             let row = &w.data[r * w.row_bytes..(r + 1) * w.row_bytes];
+            let v = match w.wtype {
+                WType::Q4_0 | WType::Q4_1 | WType::Q8_0 => dot_row(w.wtype, row, a),
+                _ => super::portable::dot_q8_row(w.wtype, row, a),
+            };
             // SAFETY: the caller owns (t, r) of `out`.
-            unsafe { *out.ptr.add(t * out.ld + r) = dot_row(w.wtype, row, a) };
+            unsafe { *out.ptr.add(t * out.ld + r) = v };
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The reference implementation: plain Rust, no intrinsics.
 
 use super::{OutPtr, RowsRef};
-use crate::quant::{BlockQ8, QK, WType, read_f16};
+use crate::quant::layout::{self, KCodes};
+use crate::quant::{BlockQ8, QK, QK_K, WType, read_bf16, read_f16};
 
 /// Dot of one quantized weight row with one token's activation blocks.
 pub(crate) fn dot_q8_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
@@ -37,7 +38,49 @@ pub(crate) fn dot_q8_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                 sum += read_f16(blk, 0) * a.d * isum as f32;
             }
         }
-        WType::F32 | WType::F16 => unreachable!("float weights take f32 activations"),
+        WType::Q5_0 | WType::Q5_1 => {
+            let bb = wtype.block_bytes();
+            for (b, a) in acts.iter().enumerate() {
+                let (code, d, m) = layout::decode_q5(wtype, &row[b * bb..(b + 1) * bb]);
+                let mut isum = 0i32;
+                for j in 0..QK {
+                    isum += i32::from(code[j]) * i32::from(a.qs[j]);
+                }
+                sum += d * a.d * isum as f32 + m * a.s;
+            }
+        }
+        WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K => {
+            sum = dot_k_row(wtype, row, acts);
+        }
+        WType::F32 | WType::F16 | WType::BF16 => {
+            unreachable!("float weights take f32 activations")
+        }
+    }
+    sum
+}
+
+/// A k-quant row against 32-value activation blocks: each activation block meets two
+/// 16-value groups, each with its own scale and offset:
+/// `Σ (s c + o) · a_d q = a_d (s Σ c q + o Σ q)`.
+fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let bb = wtype.block_bytes();
+    let per = QK_K / QK;
+    let mut k = KCodes::default();
+    let mut sum = 0.0f32;
+    for (sb, a8) in acts.chunks_exact(per).enumerate() {
+        layout::decode_k(wtype, &row[sb * bb..(sb + 1) * bb], &mut k);
+        for (s, a) in a8.iter().enumerate() {
+            for h in 0..2 {
+                let g = 2 * s + h;
+                let (mut isum, mut asum) = (0i32, 0i32);
+                for l in 16 * h..16 * h + 16 {
+                    let q = i32::from(a.qs[l]);
+                    isum += i32::from(k.code[32 * s + l]) * q;
+                    asum += q;
+                }
+                sum += a.d * (k.scale[g] * isum as f32 + k.offset[g] * asum as f32);
+            }
+        }
     }
     sum
 }
@@ -52,6 +95,7 @@ pub(crate) unsafe fn gemm_q8(
     out: OutPtr,
 ) {
     let nb = w.cols / QK;
+    debug_assert!(!w.wtype.is_k_quant() || w.cols.is_multiple_of(QK_K));
     for t in 0..n_tokens {
         let a = &acts[t * nb..(t + 1) * nb];
         for r in rows.clone() {
@@ -80,6 +124,7 @@ pub(crate) unsafe fn gemm_f32(
             for (i, xv) in xt.iter().enumerate() {
                 let wv = match w.wtype {
                     WType::F16 => read_f16(row, 2 * i),
+                    WType::BF16 => read_bf16(row, 2 * i),
                     _ => f32::from_le_bytes([
                         row[4 * i],
                         row[4 * i + 1],

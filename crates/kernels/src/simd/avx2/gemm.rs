@@ -9,10 +9,10 @@ use crate::quant::{BlockQ8, QK, WType};
 
 /// Tokens per cache block in the prefill loop: 64 tokens of activations (≈46 KiB for a
 /// 576-wide model) stay in L2 while every row tile of the chunk streams past them.
-const TOKEN_BLOCK: usize = 64;
+pub(super) const TOKEN_BLOCK: usize = 64;
 
 /// How far ahead of the current block the weight stream is prefetched.
-const PREFETCH_BYTES: usize = 4096;
+pub(super) const PREFETCH_BYTES: usize = 4096;
 
 /// How a weight block turns into 32 small integers plus scale and offset.
 trait Kind {
@@ -40,13 +40,13 @@ trait Kind {
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn dot_u8_i8_vnni(w: __m256i, a: __m256i) -> __m256i {
+pub(super) unsafe fn dot_u8_i8_vnni(w: __m256i, a: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+pub(super) unsafe fn f16x2(p: *const u8) -> (f32, f32) {
     // SAFETY: the caller guarantees 4 readable bytes at p.
     let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
@@ -66,7 +66,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+pub(super) unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
     // u8 × i8 pairs summed to i16: 15 · 127 · 2 fits; then pairs of i16 to i32.
     _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
 }
@@ -74,6 +74,58 @@ unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
 struct KQ4_0;
 struct KQ4_1;
 struct KQ8_0;
+struct KQ5_0;
+struct KQ5_1;
+
+/// Bytes 0..32 of a 5-bit block's codes: nibbles from `qs` (16 bytes), bit 4 from the
+/// matching bit of the little-endian u32 at `qh`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn five_bits(qh: *const u8, qs: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 4 bytes at qh and 16 at qs.
+    let (bits, low) = unsafe { (std::ptr::read_unaligned(qh.cast::<i32>()), nibbles(qs)) };
+    // Byte i takes byte i / 8 of the mask (each 128-bit lane holds all four), then keeps
+    // bit i % 8 of it: all ones where the bit is set.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_or_si256(low, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+}
+
+impl Kind for KQ5_0 {
+    const BB: usize = 22;
+    const HAS_M: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: p points at a whole 22-byte block (caller). Codes ≤ 31, so the u8 × i8
+        // pairs of the dot product (31 · 127 · 2) fit an i16.
+        unsafe {
+            let (d, _) = f16x2(p);
+            (five_bits(p.add(2), p.add(6)), d, -16.0 * d)
+        }
+    }
+}
+
+impl Kind for KQ5_1 {
+    const BB: usize = 24;
+    const HAS_M: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: p points at a whole 24-byte block (caller).
+        unsafe {
+            let (d, m) = f16x2(p);
+            (five_bits(p.add(4), p.add(8)), d, m)
+        }
+    }
+}
 
 impl Kind for KQ4_0 {
     const BB: usize = 18;
@@ -372,7 +424,18 @@ pub(crate) unsafe fn gemm_q8_on(
             (WType::Q4_0, true) => gemm_kind_wide::<KQ4_0>(w, rows, acts, n_tokens, out),
             (WType::Q4_1, true) => gemm_kind_wide::<KQ4_1>(w, rows, acts, n_tokens, out),
             (WType::Q8_0, true) => gemm_kind_wide::<KQ8_0>(w, rows, acts, n_tokens, out),
-            (WType::F16 | WType::F32, _) => {
+            (WType::Q5_0, false) => gemm_kind::<KQ5_0>(w, rows, acts, n_tokens, out),
+            (WType::Q5_1, false) => gemm_kind::<KQ5_1>(w, rows, acts, n_tokens, out),
+            (WType::Q5_0, true) => gemm_kind_wide::<KQ5_0>(w, rows, acts, n_tokens, out),
+            (WType::Q5_1, true) => gemm_kind_wide::<KQ5_1>(w, rows, acts, n_tokens, out),
+            (WType::Q4_K | WType::Q5_K | WType::Q6_K, _) => {
+                super::kgemm::gemm_k(wide, w, rows, acts, n_tokens, out)
+            }
+            // Q2_K and Q3_K (rare in downloaded models) take the portable loop.
+            (WType::Q2_K | WType::Q3_K, _) => {
+                super::super::portable::gemm_q8(w, rows, acts, n_tokens, out)
+            }
+            (WType::F16 | WType::F32 | WType::BF16, _) => {
                 unreachable!("float weights take f32 activations")
             }
         }
@@ -386,6 +449,9 @@ unsafe fn load8(wtype: WType, row: *const u8, i: usize) -> __m256 {
     unsafe {
         match wtype {
             WType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * i).cast())),
+            WType::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(row.add(2 * i).cast()),
+            ))),
             _ => _mm256_loadu_ps(row.add(4 * i).cast()),
         }
     }
@@ -403,7 +469,7 @@ pub(crate) unsafe fn gemm_f32(
 ) {
     let k = w.cols;
     assert!(x.len() >= n_tokens * k && rows.end * w.row_bytes <= w.data.len());
-    let esz = if w.wtype == WType::F16 { 2 } else { 4 };
+    let esz = if w.wtype == WType::F32 { 4 } else { 2 };
     for t in 0..n_tokens {
         let xt = &x[t * k..(t + 1) * k];
         for r in rows.clone() {
@@ -422,7 +488,9 @@ pub(crate) unsafe fn gemm_f32(
             let mut s = unsafe { hsum(acc) };
             while i < k {
                 let bytes = &w.data[r * w.row_bytes + i * esz..];
-                let wv = if esz == 2 {
+                let wv = if w.wtype == WType::BF16 {
+                    crate::quant::read_bf16(bytes, 0)
+                } else if esz == 2 {
                     crate::quant::read_f16(bytes, 0)
                 } else {
                     f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])

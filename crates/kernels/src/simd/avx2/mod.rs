@@ -6,6 +6,7 @@
 use std::arch::x86_64::*;
 
 mod gemm;
+mod kgemm;
 
 #[cfg(test)]
 pub(crate) use gemm::gemm_q8_on;

@@ -25,11 +25,20 @@ fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Ve
     for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
         quantize_row_q8(xr, qr);
     }
-    let weights = vec![
+    let mut weights = vec![
         (WType::Q4_0, reference::quantize_q4_0(&wf)),
         (WType::Q4_1, reference::quantize_q4_1(&wf)),
         (WType::Q8_0, reference::quantize_q8_0(&wf)),
+        (WType::Q5_0, reference::quantize_q5_0(&wf)),
+        (WType::Q5_1, reference::quantize_q5_1(&wf)),
     ];
+    if cols.is_multiple_of(crate::quant::QK_K) {
+        weights.extend([
+            (WType::Q4_K, reference::quantize_q4_k(&wf)),
+            (WType::Q5_K, reference::quantize_q5_k(&wf)),
+            (WType::Q6_K, reference::quantize_q6_k(&wf)),
+        ]);
+    }
     (weights, xq)
 }
 
@@ -69,7 +78,7 @@ fn one_token_row_by_row_gives_the_bits_of_the_two_token_tile() {
         eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
         return;
     }
-    let (rows, cols) = (9, 96);
+    let (rows, cols) = (9, 512);
     let (weights, xq) = case(rows, cols, 2);
     let builds: &[bool] = if has_avx512() {
         &[false, true]
@@ -156,7 +165,7 @@ fn the_avx512_build_of_the_prefill_kernel_gives_the_avx2_build_bit_for_bit() {
     }
     // Odd row and token counts reach every tile edge (4 × 2, 4 × 1, 1 × 1), and a
     // single token the row-by-row decode path.
-    for (rows, cols, n_tokens) in [(37, 128, 67), (37, 128, 1)] {
+    for (rows, cols, n_tokens) in [(37, 128, 67), (37, 128, 1), (37, 512, 67), (37, 256, 1)] {
         let (weights, xq) = case(rows, cols, n_tokens);
         for w in &weights {
             // SAFETY: AVX2/FMA/F16C and AVX-512F/VL/BW/VNNI checked above.
@@ -180,7 +189,7 @@ fn every_token_of_a_many_token_product_gives_the_bits_of_that_token_alone() {
     // 11 tokens: two 4-token tiles, a 2-token one and a single one; 9 rows: two 4-row
     // tiles and a lone row. A batched decode step relies on this: each sequence's token
     // gets the logits it would get decoded alone.
-    let (rows, cols, n) = (9, 96, 11);
+    let (rows, cols, n) = (9, 256, 11);
     let (weights, xq) = case(rows, cols, n);
     let nb = cols / QK;
     let builds: &[bool] = if has_avx512() {

@@ -1,0 +1,392 @@
+//! The AVX2 and AVX-512 builds of the k-quant product (Q4_K, Q5_K, Q6_K) against 32-value
+//! activation blocks.
+//!
+//! A super-block's scales are unpacked once per row into sixteen floats (eight per-lane
+//! scales or sixteen group scales, and for Q4_K/Q5_K eight offsets), then each of its
+//! eight 32-value sub-blocks is one integer dot product with one activation block, turned
+//! to float and scaled lane by lane: lanes 0..4 of the dot product cover values 0..16 and
+//! lanes 4..8 values 16..32, so Q6_K's two group scales per sub-block are a per-lane
+//! vector, never a branch. The offsets meet the activation blocks' sums once per
+//! super-block, eight sub-blocks to a vector. Q6_K's codes stay unsigned (0..64): each
+//! token's `-32 · Σ a` per lane is formed once per tile and is where that token's dot
+//! products start (VNNI's `vpdpbusd` adds onto it for free), rather than moving signs
+//! onto the activations for every row.
+//!
+//! Each output element takes the same operations in the same order whatever tile it is
+//! computed in, and both builds spell out the same float operations (the integer dot
+//! products are exact either way), so the results are the same bits on every path.
+
+use std::arch::x86_64::*;
+
+use super::super::{OutPtr, RowsRef};
+use super::gemm::{PREFETCH_BYTES, TOKEN_BLOCK, f16x2};
+use super::hsum;
+use crate::quant::{BlockQ8, QK, QK_K, WType};
+
+/// Activation blocks per super-block.
+const SUBS: usize = QK_K / QK;
+
+/// How a k-quant super-block unpacks.
+trait KKind {
+    /// Bytes per super-block.
+    const BB: usize;
+    /// Whether the format has per-sub-block offsets (the header's floats 8..16).
+    const HAS_M: bool;
+    /// Whether the codes are stored 32 too high (Q6_K): the dot product then starts from
+    /// `-32 · Σ a` over each lane's four activations.
+    const MINUS_32: bool = false;
+    /// The super-block's scales as floats (see each kind).
+    unsafe fn header(p: *const u8) -> [f32; 16];
+    /// Sub-block `s`'s 32 codes and the per-lane scale of its dot product.
+    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256);
+}
+
+/// `acc` plus 8 lanes of the integer dot product of unsigned codes `w` (below 64, so the
+/// u8 × i8 pairs summed fit an i16) with activations `a`, four bytes to a lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
+    _mm256_add_epi32(acc, p)
+}
+
+/// As [`dot`] in one AVX-512 VNNI instruction (the same integers).
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, w, a)
+}
+
+struct KQ4K;
+struct KQ5K;
+struct KQ6K;
+
+/// The Q4_K/Q5_K header at `p` (d, dmin, 12 bytes of 6-bit scales and mins): floats
+/// 0..8 are `d · scale[s]`, 8..16 are `-dmin · min[s]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn header_k4(p: *const u8) -> [f32; 16] {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    // SAFETY: the caller guarantees the 16 header bytes at p.
+    let (d, dmin, a, b, c) = unsafe {
+        let (d, dmin) = f16x2(p);
+        let w = |o: usize| std::ptr::read_unaligned(p.add(o).cast::<u32>());
+        (d, dmin, w(4), w(8), w(12))
+    };
+    // Sub-blocks 0..4 keep the low six bits of bytes 0..4 (scales) and 4..8 (mins);
+    // 4..8 take the nibbles of bytes 8..12 and, as bits 4 and 5, the top two bits of
+    // those same bytes 0..8.
+    let sc = u64::from(a & LOW6) | (u64::from((c & LOW4) | (((a >> 6) & LOW2) << 4)) << 32);
+    let mn = u64::from(b & LOW6) | (u64::from(((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4)) << 32);
+    let widen = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
+    let mut h = [0.0f32; 16];
+    // SAFETY: h holds 16 floats.
+    unsafe {
+        _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(widen(sc), _mm256_set1_ps(d)));
+        _mm256_storeu_ps(
+            h.as_mut_ptr().add(8),
+            _mm256_mul_ps(widen(mn), _mm256_set1_ps(-dmin)),
+        );
+    }
+    h
+}
+
+/// Nibbles of sub-block `s` from the 128 bytes at `qs`: 32 bytes per pair of sub-blocks,
+/// low nibbles for the even one.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_nibbles(qs: *const u8, s: usize) -> __m256i {
+    // SAFETY: the caller guarantees 128 bytes at qs.
+    let q = unsafe { _mm256_loadu_si256(qs.add(32 * (s / 2)).cast()) };
+    let q = if s.is_multiple_of(2) {
+        q
+    } else {
+        _mm256_srli_epi16::<4>(q)
+    };
+    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
+}
+
+impl KKind for KQ4K {
+    const BB: usize = 144;
+    const HAS_M: bool = true;
+    #[inline(always)]
+    unsafe fn header(p: *const u8) -> [f32; 16] {
+        // SAFETY: p points at a whole super-block (caller).
+        unsafe { header_k4(p) }
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
+        // SAFETY: p points at a whole super-block (caller).
+        unsafe { (k4_nibbles(p.add(16), s), _mm256_set1_ps(h[s])) }
+    }
+}
+
+impl KKind for KQ5K {
+    const BB: usize = 176;
+    const HAS_M: bool = true;
+    #[inline(always)]
+    unsafe fn header(p: *const u8) -> [f32; 16] {
+        // SAFETY: p points at a whole super-block (caller).
+        unsafe { header_k4(p) }
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
+        // SAFETY: p points at a whole super-block (caller): qh at 16, qs at 48.
+        unsafe {
+            let qh = _mm256_loadu_si256(p.add(16).cast());
+            // Bit s of each qh byte, moved to bit 4 (a 16-bit shift: the masked bit
+            // cannot cross into the next byte).
+            let hb = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)),
+                _mm256_set1_epi8(1),
+            );
+            let codes = _mm256_or_si256(k4_nibbles(p.add(48), s), _mm256_slli_epi16::<4>(hb));
+            (codes, _mm256_set1_ps(h[s]))
+        }
+    }
+}
+
+impl KKind for KQ6K {
+    const BB: usize = 210;
+    const HAS_M: bool = false;
+    const MINUS_32: bool = true;
+    /// Floats 0..16: `d · scale[g]` for the sixteen groups of 16.
+    #[inline(always)]
+    unsafe fn header(p: *const u8) -> [f32; 16] {
+        let mut h = [0.0f32; 16];
+        // SAFETY: p points at a whole 210-byte super-block (caller); h holds 16 floats.
+        unsafe {
+            let bits = i32::from(std::ptr::read_unaligned(p.add(208).cast::<u16>()));
+            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))));
+            let sc = _mm_loadu_si128(p.add(192).cast());
+            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
+            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
+            _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(lo, d));
+            _mm256_storeu_ps(h.as_mut_ptr().add(8), _mm256_mul_ps(hi, d));
+        }
+        h
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
+        let (n, i) = (s / 4, s % 4);
+        // SAFETY: p points at a whole super-block (caller): ql at 0, qh at 128; h holds
+        // 16 floats, and 2s + 1 < 16.
+        unsafe {
+            let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (i % 2)).cast());
+            let ql = if i < 2 {
+                ql
+            } else {
+                _mm256_srli_epi16::<4>(ql)
+            };
+            let low = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
+            let qh = _mm256_loadu_si256(p.add(128 + 32 * n).cast());
+            let high = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32)),
+                _mm256_set1_epi8(3),
+            );
+            // Codes 0..64; the tile subtracts 32 · Σ a once per token.
+            let codes = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+            // Lanes 0..4 take group 2s's scale, lanes 4..8 group 2s + 1's.
+            let pair = _mm_castpd_ps(_mm_load_sd(h.as_ptr().add(2 * s).cast()));
+            let scale = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(pair),
+                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+            );
+            (codes, scale)
+        }
+    }
+}
+
+/// Defines the k-quant tile `$tile` and driver `$gemm` for `$features`, with dot products
+/// from `$dot` and prefill tiles of up to 4 rows × `$rn` tokens.
+macro_rules! kgemm_driver {
+    ($tile:ident, $gemm:ident, $dot:ident, $rn:literal, $features:literal) => {
+        /// The RM × RN tile at rows `r0..r0+RM`, tokens `t0..t0+RN`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $tile<K: KKind, const RM: usize, const RN: usize>(
+            w: &RowsRef<'_>,
+            r0: usize,
+            acts: *const BlockQ8,
+            nb: usize,
+            t0: usize,
+            out: OutPtr,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+            let wbase = w.data.as_ptr();
+            for sb in 0..nb / SUBS {
+                let mut hdr = [[0.0f32; 16]; RM];
+                for r in 0..RM {
+                    let p = wbase.wrapping_add((r0 + r) * w.row_bytes + sb * K::BB);
+                    // SAFETY: row r0+r super-block sb lies inside w.data (QMatrix::new).
+                    hdr[r] = unsafe { K::header(p) };
+                }
+                if K::HAS_M {
+                    for t in 0..RN {
+                        let mut sums = [0.0f32; SUBS];
+                        for s in 0..SUBS {
+                            // SAFETY: token t0+t's blocks lie inside `acts` (driver).
+                            sums[s] = unsafe { (*acts.add((t0 + t) * nb + sb * SUBS + s)).s };
+                        }
+                        // SAFETY: eight floats each.
+                        let sv = unsafe { _mm256_loadu_ps(sums.as_ptr()) };
+                        for r in 0..RM {
+                            // SAFETY: floats 8..16 of the header.
+                            let mv = unsafe { _mm256_loadu_ps(hdr[r].as_ptr().add(8)) };
+                            acc[r][t] = _mm256_fmadd_ps(mv, sv, acc[r][t]);
+                        }
+                    }
+                }
+                for s in 0..SUBS {
+                    let mut av = [_mm256_setzero_si256(); RN];
+                    let mut ad = [_mm256_setzero_ps(); RN];
+                    let mut start = [_mm256_setzero_si256(); RN];
+                    for t in 0..RN {
+                        // SAFETY: token t0+t's blocks lie inside `acts` (driver).
+                        unsafe {
+                            let blk = acts.add((t0 + t) * nb + sb * SUBS + s);
+                            av[t] = _mm256_loadu_si256((*blk).qs.as_ptr().cast());
+                            ad[t] = _mm256_set1_ps((*blk).d);
+                            if K::MINUS_32 {
+                                let zero = _mm256_setzero_si256();
+                                let sum32 = $dot(zero, _mm256_set1_epi8(32), av[t]);
+                                start[t] = _mm256_sub_epi32(zero, sum32);
+                            }
+                        }
+                    }
+                    for r in 0..RM {
+                        let p = wbase.wrapping_add((r0 + r) * w.row_bytes + sb * K::BB);
+                        if s * 64 < K::BB {
+                            // A hint, never a fault, even past the end of the data.
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                p.wrapping_add(PREFETCH_BYTES + s * 64).cast(),
+                            );
+                        }
+                        // SAFETY: as for the header.
+                        let (wv, scale) = unsafe { K::sub(p, &hdr[r], s) };
+                        for t in 0..RN {
+                            // SAFETY: AVX2 present (and VNNI for the wide build).
+                            let dot = unsafe { $dot(start[t], wv, av[t]) };
+                            acc[r][t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(dot),
+                                _mm256_mul_ps(scale, ad[t]),
+                                acc[r][t],
+                            );
+                        }
+                    }
+                }
+            }
+            for r in 0..RM {
+                for t in 0..RN {
+                    // SAFETY: the driver's caller owns (t0+t, r0+r) of `out`.
+                    unsafe { *out.ptr.add((t0 + t) * out.ld + r0 + r) = hsum(acc[r][t]) };
+                }
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $gemm<K: KKind>(
+            w: RowsRef<'_>,
+            rows: std::ops::Range<usize>,
+            acts: &[BlockQ8],
+            n_tokens: usize,
+            out: OutPtr,
+        ) {
+            let nb = w.cols / QK;
+            assert!(w.cols.is_multiple_of(QK_K), "gemm: partial super-block");
+            assert!(acts.len() >= n_tokens * nb, "gemm: activations too short");
+            assert!(
+                rows.end * w.row_bytes <= w.data.len(),
+                "gemm: rows out of range"
+            );
+            let a = acts.as_ptr();
+            let mut tb = 0;
+            while tb < n_tokens {
+                let te = (tb + TOKEN_BLOCK).min(n_tokens);
+                let mut r = rows.start;
+                if te - tb == 1 {
+                    // One token (decode): two rows at a time. A row's sum is one chain of
+                    // dependent adds, which alone held a core to the add latency when the
+                    // weights were in cache; two rows interleave two chains. Measured on a
+                    // Xeon (AVX-512 VNNI), one thread, 7.7 MB Q4_K matrix: 1 row 0.62 ms,
+                    // 2 rows 0.53 ms, 4 rows 0.57 ms; Q6_K 1.00 / 0.78 / 1.10 ms.
+                    while r + 2 <= rows.end {
+                        // SAFETY: bounds asserted above; the caller owns these rows.
+                        unsafe { $tile::<K, 2, 1>(&w, r, a, nb, tb, out) };
+                        r += 2;
+                    }
+                    while r < rows.end {
+                        // SAFETY: bounds asserted above; the caller owns these rows.
+                        unsafe { $tile::<K, 1, 1>(&w, r, a, nb, tb, out) };
+                        r += 1;
+                    }
+                }
+                while r + 4 <= rows.end {
+                    let mut t = tb;
+                    while $rn == 4 && t + 4 <= te {
+                        // SAFETY: bounds asserted above; the caller owns rows r..r+4.
+                        unsafe { $tile::<K, 4, 4>(&w, r, a, nb, t, out) };
+                        t += 4;
+                    }
+                    while t + 2 <= te {
+                        // SAFETY: as above.
+                        unsafe { $tile::<K, 4, 2>(&w, r, a, nb, t, out) };
+                        t += 2;
+                    }
+                    if t < te {
+                        // SAFETY: as above.
+                        unsafe { $tile::<K, 4, 1>(&w, r, a, nb, t, out) };
+                    }
+                    r += 4;
+                }
+                while r < rows.end {
+                    for t in tb..te {
+                        // SAFETY: as above.
+                        unsafe { $tile::<K, 1, 1>(&w, r, a, nb, t, out) };
+                    }
+                    r += 1;
+                }
+                tb = te;
+            }
+        }
+    };
+}
+
+kgemm_driver!(ktile, kgemm, dot, 2, "avx2,fma,f16c");
+kgemm_driver!(
+    ktile_wide,
+    kgemm_wide,
+    dot_vnni,
+    4,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
+);
+
+/// Q4_K, Q5_K or Q6_K weights × 32-value activation blocks, on the AVX-512 build when
+/// `wide`.
+///
+/// # Safety
+/// AVX2+FMA+F16C must be present, and AVX-512F/VL/BW/VNNI when `wide`; see
+/// [`super::super::gemm_q8`] for the output contract.
+pub(crate) unsafe fn gemm_k(
+    wide: bool,
+    w: RowsRef<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+    out: OutPtr,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match (w.wtype, wide) {
+            (WType::Q4_K, false) => kgemm::<KQ4K>(w, rows, acts, n_tokens, out),
+            (WType::Q5_K, false) => kgemm::<KQ5K>(w, rows, acts, n_tokens, out),
+            (WType::Q6_K, false) => kgemm::<KQ6K>(w, rows, acts, n_tokens, out),
+            (WType::Q4_K, true) => kgemm_wide::<KQ4K>(w, rows, acts, n_tokens, out),
+            (WType::Q5_K, true) => kgemm_wide::<KQ5K>(w, rows, acts, n_tokens, out),
+            (WType::Q6_K, true) => kgemm_wide::<KQ6K>(w, rows, acts, n_tokens, out),
+            (t, _) => unreachable!("{t:?} is not a SIMD k-quant"),
+        }
+    }
+}
