@@ -31,6 +31,7 @@ fn matrix(t: WType, rows: usize, cols: usize) -> Vec<u8> {
         WType::Q4_K => reference::quantize_q4_k(&x),
         WType::Q5_K => reference::quantize_q5_k(&x),
         WType::Q6_K => reference::quantize_q6_k(&x),
+        WType::Q3_K => reference::quantize_q3_k(&x),
         WType::Q5_0 => reference::quantize_q5_0(&x),
         WType::Q4_0 => reference::quantize_q4_0(&x),
         WType::Q8_0 => reference::quantize_q8_0(&x),
@@ -43,6 +44,19 @@ fn matrix(t: WType, rows: usize, cols: usize) -> Vec<u8> {
         out.extend_from_slice(&block[..n]);
     }
     out
+}
+
+/// CPU time of every thread of this process so far, in seconds (Linux; 0 elsewhere). On a
+/// machine shared with other work the wall time of a long run includes other tasks'
+/// slices; the CPU time per run does not.
+fn cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
 }
 
 /// Plain read bandwidth over a buffer far larger than the caches, on the pool.
@@ -100,11 +114,15 @@ fn main() {
         (WType::Q6_K, 1536, 8960, 1),
         (WType::Q6_K, 1536, 8960, 64),
         (WType::Q5_K, 8960, 1536, 1),
+        (WType::Q3_K, 8960, 1536, 1),
+        (WType::Q3_K, 8960, 1536, 64),
         (WType::Q5_0, 8960, 1536, 1),
         (WType::Q5_0, 8960, 1536, 64),
         (WType::Q4_0, 8960, 1536, 1),
         (WType::Q4_0, 8960, 1536, 64),
         (WType::Q8_0, 8960, 1536, 1),
+        (WType::Q4_0, 151_936, 1536, 1),
+        (WType::Q5_0, 151_936, 1536, 1),
     ];
     for (t, rows, cols, n) in cases {
         let name = format!("{t:?}");
@@ -124,6 +142,7 @@ fn main() {
         let mut out = vec![0.0f32; n * rows];
         let mut best = f64::INFINITY;
         let start = Instant::now();
+        let cpu0 = cpu_seconds();
         let mut reps = 0;
         while reps < 3 || start.elapsed() < budget {
             let t0 = Instant::now();
@@ -131,13 +150,16 @@ fn main() {
             best = best.min(t0.elapsed().as_secs_f64());
             reps += 1;
         }
+        let cpu = (cpu_seconds() - cpu0) / reps as f64;
         let flops = 2.0 * (rows * cols * n) as f64;
         println!(
-            "{:>5} {rows:>6} x {cols:>5}, {n:>2} tok: {:8.3} ms  {:6.1} GB/s of weights  {:6.1} GFLOP/s",
-            format!("{t:?}"),
+            "{name:>5} {rows:>6} x {cols:>5}, {n:>2} tok: {:8.3} ms  {:6.1} GB/s of weights  \
+             {:6.1} GFLOP/s | {:8.3} CPU-ms per run, {:6.1} GFLOP per CPU-s",
             best * 1e3,
             w.len() as f64 / best / 1e9,
-            flops / best / 1e9
+            flops / best / 1e9,
+            cpu * 1e3,
+            flops / cpu / 1e9
         );
     }
 }

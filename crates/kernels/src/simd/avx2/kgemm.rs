@@ -1,4 +1,4 @@
-//! The AVX2 and AVX-512 builds of the k-quant product (Q4_K, Q5_K, Q6_K) against 32-value
+//! The AVX2 and AVX-512 builds of the k-quant product (Q3_K, Q4_K, Q5_K, Q6_K) against 32-value
 //! activation blocks.
 //!
 //! A super-block's scales are unpacked once per row into sixteen floats (eight per-lane
@@ -32,9 +32,9 @@ trait KKind {
     const BB: usize;
     /// Whether the format has per-sub-block offsets (the header's floats 8..16).
     const HAS_M: bool;
-    /// Whether the codes are stored 32 too high (Q6_K): the dot product then starts from
-    /// `-32 · Σ a` over each lane's four activations.
-    const MINUS_32: bool = false;
+    /// How far above the signed values the codes are stored (32 for Q6_K, 4 for Q3_K):
+    /// the dot product then starts from `-OFFSET · Σ a` over each lane's activations.
+    const OFFSET: i8 = 0;
     /// The super-block's scales as floats (see each kind).
     unsafe fn header(p: *const u8) -> [f32; 16];
     /// Sub-block `s`'s 32 codes and the per-lane scale of its dot product.
@@ -60,6 +60,7 @@ unsafe fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
 struct KQ4K;
 struct KQ5K;
 struct KQ6K;
+struct KQ3K;
 
 /// The Q4_K/Q5_K header at `p` (d, dmin, 12 bytes of 6-bit scales and mins): floats
 /// 0..8 are `d · scale[s]`, 8..16 are `-dmin · min[s]`.
@@ -151,7 +152,7 @@ impl KKind for KQ5K {
 impl KKind for KQ6K {
     const BB: usize = 210;
     const HAS_M: bool = false;
-    const MINUS_32: bool = true;
+    const OFFSET: i8 = 32;
     /// Floats 0..16: `d · scale[g]` for the sixteen groups of 16.
     #[inline(always)]
     unsafe fn header(p: *const u8) -> [f32; 16] {
@@ -189,6 +190,59 @@ impl KKind for KQ6K {
             // Codes 0..64; the tile subtracts 32 · Σ a once per token.
             let codes = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
             // Lanes 0..4 take group 2s's scale, lanes 4..8 group 2s + 1's.
+            let pair = _mm_castpd_ps(_mm_load_sd(h.as_ptr().add(2 * s).cast()));
+            let scale = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(pair),
+                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+            );
+            (codes, scale)
+        }
+    }
+}
+
+impl KKind for KQ3K {
+    const BB: usize = 110;
+    const HAS_M: bool = false;
+    const OFFSET: i8 = 4;
+    /// Floats 0..16: `d · (scale[g] - 32)` for the sixteen groups of 16.
+    #[inline(always)]
+    unsafe fn header(p: *const u8) -> [f32; 16] {
+        // SAFETY: p points at a whole 110-byte super-block (caller): scales at 96, d at 108.
+        let (sc, bits) = unsafe {
+            let b = std::slice::from_raw_parts(p.add(96), 12);
+            let bits = i32::from(std::ptr::read_unaligned(p.add(108).cast::<u16>()));
+            (crate::quant::layout::scales_q3k(b), bits)
+        };
+        let mut h = [0.0f32; 16];
+        // SAFETY: AVX2/F16C present (module contract); sc holds 16 bytes, h 16 floats.
+        unsafe {
+            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))));
+            let v = _mm_sub_epi8(_mm_loadu_si128(sc.as_ptr().cast()), _mm_set1_epi8(32));
+            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(v)));
+            _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(lo, d));
+            _mm256_storeu_ps(h.as_mut_ptr().add(8), _mm256_mul_ps(hi, d));
+        }
+        h
+    }
+    /// Codes `value + 4` (0..8): two bits from `qs`, the third from bit `s` of `hmask`.
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
+        let (n, j) = (s / 4, s % 4);
+        // SAFETY: p points at a whole super-block (caller): hmask at 0, qs at 32; h holds
+        // 16 floats, and 2s + 1 < 16.
+        unsafe {
+            let q = _mm256_loadu_si256(p.add(32 + 32 * n).cast());
+            let low = _mm256_and_si256(
+                _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)),
+                _mm256_set1_epi8(3),
+            );
+            let hm = _mm256_loadu_si256(p.cast());
+            let high = _mm256_and_si256(
+                _mm256_srl_epi16(hm, _mm_cvtsi32_si128(s as i32)),
+                _mm256_set1_epi8(1),
+            );
+            let codes = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
             let pair = _mm_castpd_ps(_mm_load_sd(h.as_ptr().add(2 * s).cast()));
             let scale = _mm256_permutevar8x32_ps(
                 _mm256_castps128_ps256(pair),
@@ -249,10 +303,10 @@ macro_rules! kgemm_driver {
                             let blk = acts.add((t0 + t) * nb + sb * SUBS + s);
                             av[t] = _mm256_loadu_si256((*blk).qs.as_ptr().cast());
                             ad[t] = _mm256_set1_ps((*blk).d);
-                            if K::MINUS_32 {
+                            if K::OFFSET != 0 {
                                 let zero = _mm256_setzero_si256();
-                                let sum32 = $dot(zero, _mm256_set1_epi8(32), av[t]);
-                                start[t] = _mm256_sub_epi32(zero, sum32);
+                                let off = $dot(zero, _mm256_set1_epi8(K::OFFSET), av[t]);
+                                start[t] = _mm256_sub_epi32(zero, off);
                             }
                         }
                     }
@@ -363,7 +417,7 @@ kgemm_driver!(
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 );
 
-/// Q4_K, Q5_K or Q6_K weights × 32-value activation blocks, on the AVX-512 build when
+/// Q3_K, Q4_K, Q5_K or Q6_K weights × 32-value activation blocks, on the AVX-512 build when
 /// `wide`.
 ///
 /// # Safety
@@ -386,6 +440,8 @@ pub(crate) unsafe fn gemm_k(
             (WType::Q4_K, true) => kgemm_wide::<KQ4K>(w, rows, acts, n_tokens, out),
             (WType::Q5_K, true) => kgemm_wide::<KQ5K>(w, rows, acts, n_tokens, out),
             (WType::Q6_K, true) => kgemm_wide::<KQ6K>(w, rows, acts, n_tokens, out),
+            (WType::Q3_K, false) => kgemm::<KQ3K>(w, rows, acts, n_tokens, out),
+            (WType::Q3_K, true) => kgemm_wide::<KQ3K>(w, rows, acts, n_tokens, out),
             (t, _) => unreachable!("{t:?} is not a SIMD k-quant"),
         }
     }

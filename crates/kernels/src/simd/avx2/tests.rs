@@ -37,6 +37,7 @@ fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Ve
             (WType::Q4_K, reference::quantize_q4_k(&wf)),
             (WType::Q5_K, reference::quantize_q5_k(&wf)),
             (WType::Q6_K, reference::quantize_q6_k(&wf)),
+            (WType::Q3_K, reference::quantize_q3_k(&wf)),
         ]);
     }
     (weights, xq)
