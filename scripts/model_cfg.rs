@@ -1,4 +1,4 @@
-// Included by the build scripts of the crates whose tests run the default model.
+// Included by the build scripts of the crates whose tests run real models.
 //
 // Sets `cfg(llmem_model)` when the model is in the models folder (where
 // scripts/fetch-model.sh and `llmem pull` put it: $LLMEM_MODELS, else the user cache
@@ -7,6 +7,19 @@
 // cannot is a failure there). Tests that need the model carry
 // `#[cfg_attr(not(llmem_model), ignore = "…")]`, so a machine without it reports them
 // as ignored instead of passing them without a check.
+//
+// The other reference models (see `EXTRA_MODELS`; `scripts/fetch-model.sh NAME` or
+// `llmem pull NAME` fetch them) are looked for in the models folder. Each one found sets
+// its own cfg (`llmem_model_qwen05`, …) and an environment variable holding its path
+// (`LLMEM_MODEL_QWEN05`, …) for the tests, which read it with `option_env!`.
+
+/// (cfg suffix, file name) of each optional reference model.
+const EXTRA_MODELS: [(&str, &str); 3] = [
+    ("qwen05", "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf"),
+    ("qwen15", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+    ("gemma3", "gemma-3-270m-q4_k_m.gguf"),
+];
+
 fn main() {
     const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
     println!("cargo::rustc-check-cfg=cfg(llmem_model)");
@@ -30,11 +43,27 @@ fn main() {
         }
     });
     let mut found = false;
-    for dir in shared.into_iter().chain([root.join("models")]) {
+    for dir in shared.iter().cloned().chain([root.join("models")]) {
         println!("cargo::rerun-if-changed={}", dir.display());
         found |= dir.join(FILE).is_file();
     }
     if std::env::var_os("CI").is_some() || found {
         println!("cargo::rustc-cfg=llmem_model");
+    }
+
+    for (name, file) in EXTRA_MODELS {
+        println!("cargo::rustc-check-cfg=cfg(llmem_model_{name})");
+        let Some(path) = shared.as_ref().map(|d| d.join(file)) else {
+            continue;
+        };
+        if path.is_file() {
+            println!("cargo::rerun-if-changed={}", path.display());
+            println!("cargo::rustc-cfg=llmem_model_{name}");
+            println!(
+                "cargo::rustc-env=LLMEM_MODEL_{}={}",
+                name.to_uppercase(),
+                path.display()
+            );
+        }
     }
 }

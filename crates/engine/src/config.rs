@@ -5,7 +5,8 @@ use kernels::ops::RopeStyle;
 
 use crate::LoadError;
 
-/// Architectures the engine runs.
+/// Architectures the engine runs. They share one graph; what differs is in
+/// [`ArchHooks`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Arch {
@@ -13,6 +14,11 @@ pub enum Arch {
     Llama,
     /// Qwen2: Llama plus Q/K/V biases and NeoX RoPE.
     Qwen2,
+    /// Qwen3: Llama plus per-head RMSNorm on queries and keys, NeoX RoPE.
+    Qwen3,
+    /// Gemma 3: scaled embeddings, Q/K norms, norms after attention and the feed-forward
+    /// block as well as before, GELU, sliding-window layers.
+    Gemma3,
 }
 
 impl Arch {
@@ -20,6 +26,86 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            _ => return None,
+        })
+    }
+}
+
+/// The feed-forward block's activation on the gate, multiplied by the up projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) · up` (SwiGLU).
+    Silu,
+    /// `gelu(gate) · up`, GELU in its tanh form (GeGLU).
+    GeluTanh,
+}
+
+/// How RoPE angles are scaled beyond the plain `base^(-2i/d)` frequencies.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// `rope.scaling.type = "linear"`: positions divided by `factor`.
+    Linear {
+        factor: f32,
+    },
+}
+
+/// What one architecture does differently in the shared graph, all read from metadata
+/// (or fixed by the architecture where llama.cpp fixes it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchHooks {
+    /// Q/K/V projections have biases (`attn_q.bias`, …).
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm with weights on queries and keys before RoPE (`attn_q_norm`,
+    /// `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm on the attention and feed-forward outputs before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Embeddings are multiplied by this (Gemma: √d_model).
+    pub embed_scale: Option<f32>,
+    pub activation: Activation,
+    /// Attention logits are `q·k · attn_scale` (`1/√head_dim` unless the metadata says).
+    pub attn_scale: f32,
+    /// Logits become `cap · tanh(logits / cap)` (`final_logit_softcapping`).
+    pub final_softcap: Option<f32>,
+    /// Sliding-window attention: a local layer attends to the last `window` positions
+    /// (itself included).
+    pub sliding_window: Option<usize>,
+    /// With a window: every `swa_pattern`-th layer (the last of each group) is global,
+    /// the others local; 0 means every layer is local.
+    pub swa_pattern: usize,
+    /// RoPE base of the local layers (global ones use [`ModelConfig::rope_base`]).
+    pub rope_base_local: f32,
+    pub rope_scaling: RopeScaling,
+}
+
+impl ArchHooks {
+    /// Llama's graph: nothing extra.
+    pub fn llama(head_dim: usize, rope_base: f32) -> Self {
+        ArchHooks {
+            qkv_bias: false,
+            qk_norm: false,
+            post_norms: false,
+            embed_scale: None,
+            activation: Activation::Silu,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            final_softcap: None,
+            sliding_window: None,
+            swa_pattern: 0,
+            rope_base_local: rope_base,
+            rope_scaling: RopeScaling::None,
         }
     }
 }
@@ -39,6 +125,8 @@ pub struct ModelConfig {
     pub rope_base: f32,
     pub rope_style: RopeStyle,
     pub rms_eps: f32,
+    /// What the architecture adds to the shared graph.
+    pub hooks: ArchHooks,
 }
 
 /// Caps on dimensions from a file: generous for real models, small enough that a hostile
@@ -99,6 +187,66 @@ pub(crate) fn meta_str<'a>(file: &GgufFile<'a>, key: &str) -> Result<Option<&'a 
     }
 }
 
+/// The hooks of `arch`, from the file's `{arch}.*` keys.
+fn hooks(
+    file: &GgufFile<'_>,
+    arch: Arch,
+    k: &dyn Fn(&str) -> String,
+    head_dim: usize,
+    d_model: usize,
+    rope_base: f32,
+) -> Result<ArchHooks, LoadError> {
+    let bad = |key: String, why: &str| LoadError::BadValue {
+        key,
+        why: why.into(),
+    };
+    let mut h = ArchHooks::llama(head_dim, rope_base);
+    match arch {
+        Arch::Llama => {}
+        Arch::Qwen2 => h.qkv_bias = true,
+        Arch::Qwen3 => h.qk_norm = true,
+        Arch::Gemma3 => {
+            h.qk_norm = true;
+            h.post_norms = true;
+            h.embed_scale = Some((d_model as f32).sqrt());
+            h.activation = Activation::GeluTanh;
+            // As llama.cpp: every 6th layer global, local layers on RoPE base 10,000.
+            h.sliding_window = Some(meta_usize(file, &k("attention.sliding_window"))?);
+            h.swa_pattern = 6;
+            h.rope_base_local = 10_000.0;
+        }
+    }
+    if let Some(s) = meta_f32(file, &k("attention.scale"))? {
+        h.attn_scale = s;
+    }
+    if let Some(c) = meta_f32(file, &k("final_logit_softcapping"))? {
+        if c <= 0.0 {
+            return Err(bad(k("final_logit_softcapping"), "must be positive"));
+        }
+        h.final_softcap = Some(c);
+    }
+    if h.sliding_window == Some(0) {
+        return Err(bad(k("attention.sliding_window"), "must be positive"));
+    }
+    h.rope_scaling = match meta_str(file, &k("rope.scaling.type"))? {
+        None | Some("none") => RopeScaling::None,
+        Some("linear") => {
+            let factor = meta_f32(file, &k("rope.scaling.factor"))?.unwrap_or(1.0);
+            if factor <= 0.0 {
+                return Err(bad(k("rope.scaling.factor"), "must be positive"));
+            }
+            RopeScaling::Linear { factor }
+        }
+        Some(other) => {
+            return Err(bad(
+                k("rope.scaling.type"),
+                &format!("'{other}' is not supported (none, linear)"),
+            ));
+        }
+    };
+    Ok(h)
+}
+
 impl ModelConfig {
     /// Reads the configuration of the file's `general.architecture`.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Self, LoadError> {
@@ -106,11 +254,8 @@ impl ModelConfig {
             meta_str(file, "general.architecture")?.ok_or_else(|| LoadError::MissingKey {
                 key: "general.architecture".into(),
             })?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => return Err(LoadError::UnsupportedArch(other.into())),
-        };
+        let arch = Arch::from_name(arch_name)
+            .ok_or_else(|| LoadError::UnsupportedArch(arch_name.into()))?;
         let k = |s: &str| format!("{arch_name}.{s}");
         let n_layers = meta_usize(file, &k("block_count"))?;
         let d_model = meta_usize(file, &k("embedding_length"))?;
@@ -128,10 +273,26 @@ impl ModelConfig {
         if n_layers == 0 || d_model == 0 || n_heads == 0 || n_kv_heads == 0 || d_ff == 0 {
             return Err(bad(k("block_count"), "model dimensions must be non-zero"));
         }
-        if d_model % n_heads != 0 {
+        // The head size is `attention.key_length` where the file states it (Gemma 3 and
+        // Qwen3 heads are wider than d_model / heads), else d_model / heads.
+        let head_dim = match file.get(&k("attention.key_length")) {
+            Some(_) => meta_usize(file, &k("attention.key_length"))?,
+            None => {
+                if d_model % n_heads != 0 {
+                    return Err(bad(
+                        k("attention.head_count"),
+                        "embedding length is not a multiple of heads",
+                    ));
+                }
+                d_model / n_heads
+            }
+        };
+        if file.get(&k("attention.value_length")).is_some()
+            && meta_usize(file, &k("attention.value_length"))? != head_dim
+        {
             return Err(bad(
-                k("attention.head_count"),
-                "embedding length is not a multiple of heads",
+                k("attention.value_length"),
+                "value heads of another size than key heads",
             ));
         }
         if n_heads % n_kv_heads != 0 {
@@ -149,11 +310,16 @@ impl ModelConfig {
                 ));
             }
         }
-        let head_dim = d_model / n_heads;
-        if head_dim % 2 != 0 || head_dim > kernels::attention::MAX_HEAD_DIM {
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > kernels::attention::MAX_HEAD_DIM {
             return Err(bad(
-                k("embedding_length"),
+                k("attention.key_length"),
                 "head dimension must be even and ≤ 256",
+            ));
+        }
+        if (n_heads * head_dim) % 32 != 0 {
+            return Err(bad(
+                k("attention.key_length"),
+                "heads × head dimension must be a multiple of 32 (the activation block size)",
             ));
         }
         if n_heads / n_kv_heads > kernels::attention::MAX_GROUP {
@@ -174,8 +340,9 @@ impl ModelConfig {
         let rms_eps = meta_f32(file, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
         let rope_style = match arch {
             Arch::Llama => RopeStyle::Normal,
-            Arch::Qwen2 => RopeStyle::Neox,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeStyle::Neox,
         };
+        let hooks = hooks(file, arch, &k, head_dim, d_model, rope_base)?;
         Ok(ModelConfig {
             arch,
             n_layers,
@@ -189,7 +356,15 @@ impl ModelConfig {
             rope_base,
             rope_style,
             rms_eps,
+            hooks,
         })
+    }
+
+    /// The attention window of layer `il`: `Some(window)` for a sliding-window layer.
+    pub fn layer_window(&self, il: usize) -> Option<usize> {
+        let w = self.hooks.sliding_window?;
+        let p = self.hooks.swa_pattern;
+        (p == 0 || il % p < p - 1).then_some(w)
     }
 
     /// Hot-tier KV bytes per token: layers × 2 × KV heads × head dim × 2 bytes.

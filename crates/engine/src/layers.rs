@@ -17,7 +17,7 @@ use kernels::quant::{BlockQ8, QK, quantize_row_q8};
 
 use budget::{Bytes, OutOfBudget, Reservation};
 
-use crate::config::ModelConfig;
+use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::memory::{Accounts, scratch_bytes};
 use crate::model::{Layer, Model};
 
@@ -108,6 +108,33 @@ pub(crate) struct Scratch {
     pub(crate) vf16: Vec<u16>,
     /// RoPE angles of each row's position.
     pub(crate) rope: Vec<Vec<(f32, f32)>>,
+    /// The same from the local layers' table (empty rows without one).
+    pub(crate) rope_local: Vec<Vec<(f32, f32)>>,
+}
+
+/// A model's RoPE tables: the global one (scaled as the metadata says, divided by
+/// `rope_freqs` where the model has them) and, for a model with sliding-window layers,
+/// the local layers' own (their base, unscaled, as llama.cpp runs Gemma 3's).
+pub(crate) struct Ropes {
+    pub(crate) global: Rope,
+    pub(crate) local: Option<Rope>,
+}
+
+impl Ropes {
+    pub(crate) fn new(m: &Model<'_>) -> Self {
+        let c = &m.cfg;
+        let freq_scale = match c.hooks.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } => 1.0 / factor,
+        };
+        let global = Rope::new(c.head_dim, c.rope_base, c.rope_style)
+            .scaled(freq_scale, m.rope_freqs.as_deref());
+        let local = c
+            .hooks
+            .sliding_window
+            .map(|_| Rope::new(c.head_dim, c.hooks.rope_base_local, c.rope_style));
+        Ropes { global, local }
+    }
 }
 
 impl Scratch {
@@ -129,6 +156,12 @@ impl Scratch {
             kf16: vec![0; kvd],
             vf16: vec![0; kvd],
             rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
+            rope_local: (0..n)
+                .map(|_| match c.hooks.sliding_window {
+                    Some(_) => Vec::with_capacity(c.head_dim / 2),
+                    None => Vec::new(),
+                })
+                .collect(),
         }
     }
 
@@ -142,6 +175,7 @@ impl Scratch {
             + self
                 .rope
                 .iter()
+                .chain(&self.rope_local)
                 .map(|r| r.capacity() as u64 * 8)
                 .sum::<u64>()
     }
@@ -214,11 +248,11 @@ pub(crate) fn quant_rows(pool: &ThreadPool, x: &[f32], xq: &mut [BlockQ8], w: us
     });
 }
 
-/// Row `t` of `s.x` = token `token(t)`'s embedding, and `s.rope[t]` = the angles of
-/// position `pos(t)`, for `n` rows.
+/// Row `t` of `s.x` = token `token(t)`'s embedding (scaled where the model scales it),
+/// and `s.rope[t]` (`s.rope_local[t]`) = the angles of position `pos(t)`, for `n` rows.
 pub(crate) fn embed(
     m: &Model<'_>,
-    rope: &Rope,
+    ropes: &Ropes,
     s: &mut Scratch,
     n: usize,
     mut at: impl FnMut(usize) -> (u32, usize),
@@ -226,22 +260,27 @@ pub(crate) fn embed(
     let d = m.cfg.d_model;
     for t in 0..n {
         let (tok, pos) = at(t);
-        kernels::quant::dequantize_row(
-            m.tok_embd.wtype(),
-            m.tok_embd.row(tok as usize),
-            &mut s.x[t * d..(t + 1) * d],
-        );
-        rope.angles(pos, &mut s.rope[t]);
+        let row = &mut s.x[t * d..(t + 1) * d];
+        kernels::quant::dequantize_row(m.tok_embd.wtype(), m.tok_embd.row(tok as usize), row);
+        if let Some(scale) = m.cfg.hooks.embed_scale {
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+        ropes.global.angles(pos, &mut s.rope[t]);
+        if let Some(local) = &ropes.local {
+            local.angles(pos, &mut s.rope_local[t]);
+        }
     }
 }
 
-/// The attention block up to attention itself, for `n` rows: `s.q`, `s.k`, `s.v` = the
-/// normed input's projections (plus biases), with RoPE applied to queries and keys.
+/// The attention block up to attention itself, for `n` rows of layer `il`: `s.q`, `s.k`,
+/// `s.v` = the normed input's projections (plus biases), queries and keys normed per head
+/// where the model does, then rotated by the layer's RoPE table.
 pub(crate) fn project_qkv(
     pool: &ThreadPool,
     c: &ModelConfig,
     l: &Layer<'_>,
-    rope: &Rope,
+    il: usize,
+    ropes: &Ropes,
     s: &mut Scratch,
     n: usize,
 ) {
@@ -275,18 +314,29 @@ pub(crate) fn project_qkv(
             ops::add_assign(&mut s.v[t * kvd..(t + 1) * kvd], bv);
         }
     }
+    let (rope, cs) = match (&ropes.local, c.layer_window(il)) {
+        (Some(local), Some(_)) => (local, &s.rope_local),
+        _ => (&ropes.global, &s.rope),
+    };
     let (qr, kr) = (Rows::new(&mut s.q, qd), Rows::new(&mut s.k, kvd));
-    let cs = &s.rope;
+    let eps = c.rms_eps;
     par_rows(pool, n, |t| {
         // SAFETY: each t is handled by one thread; rows lie inside the buffers.
         let (q, k) = unsafe { (qr.row(t), kr.row(t)) };
+        if let Some([qn, kn]) = &l.qk_norm {
+            q.chunks_exact_mut(hd)
+                .for_each(|h| ops::rms_norm_in_place(h, qn, eps));
+            k.chunks_exact_mut(hd)
+                .for_each(|h| ops::rms_norm_in_place(h, kn, eps));
+        }
         rope.apply(q, hd, &cs[t]);
         rope.apply(k, hd, &cs[t]);
     });
 }
 
 /// The rest of a layer after attention wrote `s.att`, for `n` rows: the output
-/// projection and residual, then the feed-forward block and its residual, into `s.x`.
+/// projection and residual, then the feed-forward block and its residual, into `s.x`
+/// (each block's output normed before its residual add where the model does).
 pub(crate) fn finish_layer(
     pool: &ThreadPool,
     c: &ModelConfig,
@@ -303,6 +353,7 @@ pub(crate) fn finish_layer(
         &s.xq,
         n,
     );
+    post_norm(pool, l.post_norms.as_ref().map(|p| &p[0][..]), c, s, n);
     ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
 
     // Feed-forward block.
@@ -329,10 +380,15 @@ pub(crate) fn finish_layer(
     {
         let (gr, xq) = (Rows::new(&mut s.gate, ff), Rows::new(&mut s.xq, ff / QK));
         let up = &s.up;
+        let act = c.hooks.activation;
         par_rows(pool, n, |t| {
             // SAFETY: each t is handled by one thread; rows lie inside the buffers.
             let (g, q) = unsafe { (gr.row(t), xq.row(t)) };
-            ops::silu_mul(g, &up[t * ff..(t + 1) * ff]);
+            let u = &up[t * ff..(t + 1) * ff];
+            match act {
+                Activation::Silu => ops::silu_mul(g, u),
+                Activation::GeluTanh => ops::gelu_mul(g, u),
+            }
             quantize_row_q8(g, q);
         });
     }
@@ -343,7 +399,19 @@ pub(crate) fn finish_layer(
         &s.xq,
         n,
     );
+    post_norm(pool, l.post_norms.as_ref().map(|p| &p[1][..]), c, s, n);
     ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+}
+
+/// RMSNorm of the first `n` rows of `s.xn` in place with weights `w`, if any.
+fn post_norm(pool: &ThreadPool, w: Option<&[f32]>, c: &ModelConfig, s: &mut Scratch, n: usize) {
+    let Some(w) = w else { return };
+    let d = c.d_model;
+    let xr = Rows::new(&mut s.xn, d);
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffer.
+        ops::rms_norm_in_place(unsafe { xr.row(t) }, w, c.rms_eps);
+    });
 }
 
 /// Logits for `n_out` rows: output row `j` is `s.x` row `src(j)` through the final norm
@@ -376,4 +444,7 @@ pub(crate) fn output_logits(
         &s.xq[..n_out * d / QK],
         n_out,
     );
+    if let Some(cap) = c.hooks.final_softcap {
+        ops::softcap(&mut out[..n_out * c.vocab], cap);
+    }
 }

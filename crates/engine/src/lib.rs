@@ -44,7 +44,7 @@ pub mod text;
 pub enum LoadError {
     #[error(transparent)]
     Gguf(#[from] gguf::GgufError),
-    #[error("unsupported architecture '{0}' (supported: llama, qwen2)")]
+    #[error("unsupported architecture '{0}' (supported: llama, qwen2, qwen3, gemma3)")]
     UnsupportedArch(String),
     #[error("missing metadata key '{key}'")]
     MissingKey { key: String },

@@ -73,7 +73,13 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
     let f32s = ubatch * (2 * d + 2 * qd + 2 * kvd + 2 * cfg.d_ff);
     let q8 = ubatch * widest / QK * std::mem::size_of::<BlockQ8>();
     let f16s = 2 * kvd * 2;
-    let rope = ubatch * cfg.head_dim / 2 * 8;
+    // RoPE angles per row: the global table's, and the local layers' where they differ.
+    let tables = if cfg.hooks.sliding_window.is_some() {
+        2
+    } else {
+        1
+    };
+    let rope = tables * ubatch * cfg.head_dim / 2 * 8;
     (f32s * 4 + q8 + f16s + rope) as u64
 }
 
@@ -92,6 +98,7 @@ pub fn attention_scratch_bytes(
         n_heads: cfg.n_heads,
         n_kv_heads: cfg.n_kv_heads,
         scale: 1.0,
+        window: None,
     };
     let _ = g;
     // The workspace is largest either for a full micro-batch or for one token at the

@@ -5,7 +5,7 @@ use kernels::matmul::QMatrix;
 use kernels::quant::{WType, dequantize_row};
 
 use crate::LoadError;
-use crate::config::{Arch, ModelConfig};
+use crate::config::ModelConfig;
 
 /// One decoder block's weights.
 pub struct Layer<'m> {
@@ -16,6 +16,11 @@ pub struct Layer<'m> {
     pub wo: QMatrix<'m>,
     /// Q/K/V biases (Qwen2).
     pub bias_qkv: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of queries and keys, `head_dim` each (Qwen3, Gemma 3).
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+    /// RMSNorm weights applied to the attention output and the feed-forward output
+    /// before their residual adds (Gemma 3).
+    pub post_norms: Option<[Vec<f32>; 2]>,
     pub ffn_norm: Vec<f32>,
     pub gate: QMatrix<'m>,
     pub up: QMatrix<'m>,
@@ -30,6 +35,9 @@ pub struct Model<'m> {
     /// The output head (the token embedding itself when the model ties them).
     pub output: QMatrix<'m>,
     pub output_norm: Vec<f32>,
+    /// Per-pair RoPE frequency divisors (`rope_freqs.weight`, Llama 3.1's long-context
+    /// scaling), `head_dim / 2` values.
+    pub rope_freqs: Option<Vec<f32>>,
     pub layers: Vec<Layer<'m>>,
     /// Bytes of the file's tensor data (what a full residency maps in).
     pub weight_bytes: u64,
@@ -140,15 +148,36 @@ impl<'m> Model<'m> {
             tok_embd
         };
         let output_norm = vector(file, "output_norm.weight", d)?;
+        let rope_freqs = match file.tensor("rope_freqs.weight") {
+            Some(_) => Some(vector(file, "rope_freqs.weight", hd / 2)?),
+            None => None,
+        };
+        let h = &cfg.hooks;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let b = |s: &str| format!("blk.{i}.{s}.bias");
-            let bias_qkv = if cfg.arch == Arch::Qwen2 {
+            let bias_qkv = if h.qkv_bias {
                 Some([
                     vector(file, &b("attn_q"), cfg.n_heads * hd)?,
                     vector(file, &b("attn_k"), cfg.n_kv_heads * hd)?,
                     vector(file, &b("attn_v"), cfg.n_kv_heads * hd)?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if h.qk_norm {
+                Some([
+                    vector(file, &n("attn_q_norm"), hd)?,
+                    vector(file, &n("attn_k_norm"), hd)?,
+                ])
+            } else {
+                None
+            };
+            let post_norms = if h.post_norms {
+                Some([
+                    vector(file, &n("post_attention_norm"), d)?,
+                    vector(file, &n("post_ffw_norm"), d)?,
                 ])
             } else {
                 None
@@ -160,6 +189,8 @@ impl<'m> Model<'m> {
                 wv: matrix(file, &n("attn_v"), cfg.n_kv_heads * hd, d)?,
                 wo: matrix(file, &n("attn_output"), d, cfg.n_heads * hd)?,
                 bias_qkv,
+                qk_norm,
+                post_norms,
                 ffn_norm: vector(file, &n("ffn_norm"), d)?,
                 gate: matrix(file, &n("ffn_gate"), cfg.d_ff, d)?,
                 up: matrix(file, &n("ffn_up"), cfg.d_ff, d)?,
@@ -172,6 +203,7 @@ impl<'m> Model<'m> {
             tok_embd,
             output,
             output_norm,
+            rope_freqs,
             layers,
             weight_bytes,
             digest: model_digest(file),

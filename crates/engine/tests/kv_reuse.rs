@@ -101,6 +101,7 @@ fn exact_tokens(model: &Model<'_>, s: Setup, len: usize) -> usize {
         n_heads: model.cfg.n_heads,
         n_kv_heads: model.cfg.n_kv_heads,
         scale: 1.0,
+        window: None,
     };
     if whole == len || !splits_keys(&shape, s.threads) {
         len

@@ -50,17 +50,26 @@ pub struct PagedKv<'a> {
 pub struct AttnShape {
     /// Query tokens in this call.
     pub n_q: usize,
-    /// Position of the first query token; query `i` sees keys `0..=pos0 + i`.
+    /// Position of the first query token; query `i` sees keys `0..=pos0 + i` (the last
+    /// `window` of them under a window).
     pub pos0: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     /// Usually `1 / sqrt(head_dim)`.
     pub scale: f32,
+    /// Sliding window: query at position `p` sees only keys `p + 1 - window ..= p`
+    /// (`None`: all keys up to `p`).
+    pub window: Option<usize>,
 }
 
 impl AttnShape {
     fn group(&self) -> usize {
         self.n_heads / self.n_kv_heads
+    }
+
+    /// The first key the query at position `pos` sees.
+    fn first_key(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
     }
 }
 
@@ -325,13 +334,16 @@ fn run_item(
     let t0 = tile * Q_TILE;
     let nt = Q_TILE.min(shape.n_q - t0);
     let rows = nt * g;
-    // Keys this tile can see at most, then this split's share of their blocks.
+    // Keys this tile can see at most (from its first query's first key, under a
+    // window), then this split's share of their blocks.
     let last_key = shape.pos0 + t0 + nt - 1;
     let n_blocks = last_key / bt + 1;
-    let per = n_blocks.div_ceil(splits);
+    let first_block = shape.first_key(shape.pos0 + t0) / bt;
+    let span = n_blocks - first_block;
+    let per = span.div_ceil(splits);
     let (b0, b1) = (
-        (split * per).min(n_blocks),
-        ((split + 1) * per).min(n_blocks),
+        first_block + (split * per).min(span),
+        first_block + ((split + 1) * per).min(span),
     );
     for r in 0..rows {
         let p = &mut part[r * (hd + 2)..(r + 1) * (hd + 2)];
@@ -352,7 +364,14 @@ fn run_item(
             if limit < j0 {
                 continue;
             }
-            let nv = nk.min(limit + 1 - j0);
+            let end = nk.min(limit + 1 - j0);
+            // Under a window the block's first `skip` keys are out of this query's sight.
+            let skip = shape.first_key(limit).saturating_sub(j0);
+            if skip >= end {
+                continue;
+            }
+            let nv = end - skip;
+            let (kf, vf) = (&kf[skip * hd..], &vf[skip * hd..]);
             for gi in 0..g {
                 let head = h * g + gi;
                 let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
@@ -363,7 +382,8 @@ fn run_item(
                         *o = x * sc;
                     }
                     let bias = simd::dot_f32(isa, qr, &ksm[hd..2 * hd]);
-                    let vs = &vsm[..2 * nv * hd / kvquant::V_GROUP];
+                    let per_row = 2 * hd / kvquant::V_GROUP;
+                    let vs = &vsm[skip * per_row..end * per_row];
                     let done =
                         attend_fast(isa, &qs[..hd], bias, kf, vf, Some(vs), nv, shape.scale, p);
                     debug_assert!(done, "codes are only loaded for the fused kernel");

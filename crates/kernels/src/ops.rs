@@ -11,6 +11,33 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `x = x / sqrt(mean(x²) + eps) · w`, in place, for one row.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss = crate::simd::dot_f32(Isa::detect(), x, x);
+    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for (xv, wv) in x.iter_mut().zip(w) {
+        *xv = *xv * scale * wv;
+    }
+}
+
+/// `gate[i] = gelu(gate[i]) · up[i]` (GeGLU), GELU in its tanh approximation:
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh();
+        *g = 0.5 * x * (1.0 + t) * u;
+    }
+}
+
+/// `x = cap · tanh(x / cap)` (logit soft-capping).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    for v in x.iter_mut() {
+        *v = cap * (*v / cap).tanh();
+    }
+}
+
 /// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
@@ -48,6 +75,25 @@ impl Rope {
             .map(|i| f64::from(base).powf(-2.0 * i as f64 / rot_dims as f64))
             .collect();
         Rope { inv_freq, style }
+    }
+
+    /// Scales every frequency: by `freq_scale` (linear RoPE scaling: `1 / factor`), and
+    /// pair `i`'s by `1 / factors[i]` (a model's `rope_freqs` tensor, as Llama 3.1
+    /// stores its long-context scaling).
+    ///
+    /// # Panics
+    /// If `factors` has fewer values than the pairs.
+    pub fn scaled(mut self, freq_scale: f32, factors: Option<&[f32]>) -> Rope {
+        if let Some(f) = factors {
+            assert!(f.len() >= self.inv_freq.len(), "rope factors: too few");
+        }
+        for (i, v) in self.inv_freq.iter_mut().enumerate() {
+            *v *= f64::from(freq_scale);
+            if let Some(f) = factors {
+                *v /= f64::from(f[i]);
+            }
+        }
+        self
     }
 
     /// Fills `cs` with `(cos, sin)` of each pair's angle at `pos`.
@@ -110,6 +156,40 @@ mod tests {
         let mut y = vec![1.0, 0.0, 0.0, 0.0];
         n.apply(&mut y, 4, &cs);
         assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn scaled_rope_divides_angles_by_factors_and_scale() {
+        let base = Rope::new(4, 10000.0, RopeStyle::Normal);
+        let scaled = base.clone().scaled(0.5, Some(&[2.0, 4.0]));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        base.angles(16, &mut a);
+        scaled.angles(64, &mut b);
+        // Position 64 at scale 0.5 and factor 2 or 4 is position 16 or 8 unscaled.
+        assert!((a[0].0 - b[0].0).abs() < 1e-6 && (a[0].1 - b[0].1).abs() < 1e-6);
+        base.angles(8, &mut a);
+        assert!((a[1].0 - b[1].0).abs() < 1e-6 && (a[1].1 - b[1].1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gelu_softcap_and_in_place_norm() {
+        let mut g = [0.0, 1.0, -1.0, 3.0];
+        gelu_mul(&mut g, &[1.0, 1.0, 1.0, 2.0]);
+        // Reference values of the tanh form.
+        let want = [0.0, 0.841_192, -0.158_808, 2.0 * 2.996_363];
+        for (x, w) in g.iter().zip(want) {
+            assert!((x - w).abs() < 1e-5, "{x} vs {w}");
+        }
+        let mut l = [0.0, 30.0, -1000.0];
+        softcap(&mut l, 30.0);
+        assert!(l[0] == 0.0 && (l[1] - 30.0 * 1f32.tanh()).abs() < 1e-4 && l[2] > -30.0001);
+        let x = [1.0, -2.0, 3.0, 0.5];
+        let w = [1.0, 2.0, 0.5, 1.5];
+        let mut out = [0.0; 4];
+        rms_norm(&x, &w, 1e-6, &mut out);
+        let mut y = x;
+        rms_norm_in_place(&mut y, &w, 1e-6);
+        assert_eq!(out, y);
     }
 
     #[test]

@@ -146,8 +146,12 @@ fn naive_attention(
             let h = head / g;
             let qr = &q[(t * shape.n_heads + head) * hd..][..hd];
             let n = shape.pos0 + t + 1;
+            let first = shape.window.map_or(0, |w| n.saturating_sub(w));
             let s: Vec<f64> = (0..n)
                 .map(|j| {
+                    if j < first {
+                        return f64::NEG_INFINITY;
+                    }
                     let kr = &k[h][j * hd..][..hd];
                     qr.iter()
                         .zip(kr)
@@ -209,15 +213,20 @@ fn paged_attention_matches_naive_on_every_path() {
             head_dim: hd,
             block_tokens: bt,
         };
-        let shape = AttnShape {
-            n_q,
-            pos0,
-            n_heads,
-            n_kv_heads: n_kv,
-            scale: 0.125 * 4.0,
-        };
         let q = rng.vec(n_q * n_heads * hd);
-        for fmt in KvFormat::ALL {
+        // Sliding windows inside a block, across block edges, and wider than the keys.
+        for (fmt, window) in KvFormat::ALL
+            .into_iter()
+            .flat_map(|f| [None, Some(1), Some(7), Some(20), Some(1000)].map(|w| (f, w)))
+        {
+            let shape = AttnShape {
+                n_q,
+                pos0,
+                n_heads,
+                n_kv_heads: n_kv,
+                scale: 0.125 * 4.0,
+                window,
+            };
             // Quantized blocks: the reference attends over what the portable path decodes.
             let (qblocks, k_ref, v_ref) = if fmt == KvFormat::F16 {
                 (Vec::new(), k.clone(), v.clone())
@@ -270,7 +279,7 @@ fn paged_attention_matches_naive_on_every_path() {
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 2e-5 * (1.0 + b.abs()),
-                        "{fmt:?} {isa:?} pos0={pos0} n_q={n_q} [{i}]: {a} vs {b}"
+                        "{fmt:?} {isa:?} pos0={pos0} n_q={n_q} {window:?} [{i}]: {a} vs {b}"
                     );
                 }
             }
@@ -347,6 +356,7 @@ fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bi
             n_heads,
             n_kv_heads: n_kv,
             scale: 0.125,
+            window: None,
         })
         .collect();
     let qs: Vec<Vec<f32>> = shapes

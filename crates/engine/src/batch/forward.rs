@@ -243,7 +243,8 @@ impl Engine<'_, '_> {
             pos0: r.pos0,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            scale: c.hooks.attn_scale,
+            window: None,
         }
     }
 
@@ -275,11 +276,11 @@ impl Engine<'_, '_> {
         let pool = &self.pool;
         let s = &mut self.w.s;
 
-        layers::embed(m, &self.rope, s, n, |t| {
+        layers::embed(m, &self.ropes, s, n, |t| {
             (items[rows[t]].token, items[rows[t]].pos)
         });
         for (li, l) in m.layers.iter().enumerate() {
-            layers::project_qkv(pool, c, l, &self.rope, s, n);
+            layers::project_qkv(pool, c, l, li, &self.ropes, s, n);
             for (t, &i) in rows.iter().enumerate() {
                 ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
                 ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
@@ -311,7 +312,10 @@ impl Engine<'_, '_> {
                         geom,
                         layer: li,
                     },
-                    shape: *shape,
+                    shape: AttnShape {
+                        window: c.layer_window(li),
+                        ..*shape
+                    },
                     out,
                 });
             }

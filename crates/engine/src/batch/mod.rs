@@ -33,7 +33,6 @@ mod forward;
 
 use std::collections::BTreeMap;
 
-use kernels::ops::Rope;
 use kernels::pool::ThreadPool;
 use kvcache::policy::{Rates, Reclaimed, Weights};
 use kvcache::{BlockStore, Compression, KvCache, KvError, KvFormat, KvLayout, SeqId, TierMix};
@@ -181,7 +180,7 @@ pub struct Engine<'a, 'm> {
     computed_tokens: u64,
     /// Most KV storage bytes held at once.
     peak_kv_bytes: u64,
-    rope: Rope,
+    ropes: crate::layers::Ropes,
     /// Scratch, the last batch's logits (one row per item that asked) and the attention
     /// workspace, with their account in the ledger.
     w: Workspace,
@@ -223,7 +222,7 @@ impl<'a, 'm> Engine<'a, 'm> {
             seqs: BTreeMap::new(),
             computed_tokens: 0,
             peak_kv_bytes: 0,
-            rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
+            ropes: crate::layers::Ropes::new(model),
             w,
             rows: Vec::new(),
         })

@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use budget::OutOfBudget;
 use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
-use kernels::ops::{self, Rope};
+use kernels::ops;
 use kernels::pool::ThreadPool;
 use kvcache::policy::{Decision, Rates, ReclaimStats, Weights};
 use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, Prefetcher, SeqId, TierMix};
 
-use crate::layers::{self, Workspace};
+use crate::layers::{self, Ropes, Workspace};
 use crate::memory::Accounts;
 
 use crate::model::Model;
@@ -153,7 +153,7 @@ pub struct Session<'a, 'm> {
     reclaim_stats: ReclaimStats,
     /// The most recent of them, with their factors (for the debug log).
     reclaim_log: Vec<Decision>,
-    rope: Rope,
+    ropes: Ropes,
     /// Scratch, logits and attention workspace, with their account in the ledger.
     w: Workspace,
 }
@@ -199,7 +199,7 @@ impl<'a, 'm> Session<'a, 'm> {
             rates: Rates::default(),
             reclaim_stats: ReclaimStats::default(),
             reclaim_log: Vec::new(),
-            rope: Rope::new(c.head_dim, c.rope_base, c.rope_style),
+            ropes: Ropes::new(model),
             w,
         })
     }
@@ -292,6 +292,7 @@ impl<'a, 'm> Session<'a, 'm> {
                     n_heads: c.n_heads,
                     n_kv_heads: c.n_kv_heads,
                     scale: 1.0,
+                    window: None,
                 };
                 scratch_len(&shape, c.head_dim, self.pool.n_threads())
             })
@@ -350,18 +351,23 @@ impl<'a, 'm> Session<'a, 'm> {
         let pool = &self.pool;
         let s = &mut self.w.s;
 
-        layers::embed(m, &self.rope, s, n, |t| (tokens[t], pos0 + t));
+        layers::embed(m, &self.ropes, s, n, |t| (tokens[t], pos0 + t));
         let shape = AttnShape {
             n_q: n,
             pos0,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            scale: c.hooks.attn_scale,
+            window: None,
         };
         let layout = *self.kv.layout();
 
         for (li, l) in m.layers.iter().enumerate() {
-            layers::project_qkv(pool, c, l, &self.rope, s, n);
+            layers::project_qkv(pool, c, l, li, &self.ropes, s, n);
+            let shape = AttnShape {
+                window: c.layer_window(li),
+                ..shape
+            };
             for t in 0..n {
                 ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
                 ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);

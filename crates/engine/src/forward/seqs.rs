@@ -216,6 +216,7 @@ impl Session<'_, '_> {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             scale: 1.0,
+            window: None,
         };
         if n != self.cfg.ubatch && splits_keys(&shape, self.pool.n_threads()) {
             return false;

@@ -124,3 +124,16 @@ pub fn u32s(value: &serde_json::Value) -> Vec<u32> {
         .map(|v| v.as_u64().expect("id") as u32)
         .collect()
 }
+
+/// The tokenizer of an optional reference model (`qwen05`, `qwen15`, `gemma3`), from the
+/// path the build script found (see `scripts/model_cfg.rs`); `None` with a message when
+/// that model is not on this machine.
+pub fn reference_tokenizer(path: Option<&str>, name: &str) -> Option<Tokenizer> {
+    let Some(path) = path else {
+        eprintln!("skipped: the {name} model is not in $LLMEM_MODELS or ~/.cache/llmem/models");
+        return None;
+    };
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let file = gguf::GgufFile::parse(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Some(Tokenizer::from_spec(&spec_from_gguf(&file)).unwrap_or_else(|e| panic!("{path}: {e}")))
+}
