@@ -1,0 +1,79 @@
+//! A [`TokenHook`] forbids tokens by setting their logits to `-inf`, as its docs say: the
+//! scheduler samples among the rest instead of taking the mask for a broken forward pass.
+
+use std::sync::{Arc, Mutex};
+
+use engine::batch::{BatchConfig, Engine};
+use engine::model::Model;
+use engine::sampler::SamplerConfig;
+use engine::sched::{Event, FinishReason, Request, SchedConfig, Scheduler, TokenHook};
+use gguf::GgufFile;
+use testkit::{TinyLlamaConfig, tiny_llama};
+
+/// Allows only `allowed`.
+struct Only(Vec<u32>);
+
+impl TokenHook for Only {
+    fn mask(&mut self, logits: &mut [f32]) {
+        for (i, l) in logits.iter_mut().enumerate() {
+            if !self.0.contains(&(i as u32)) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    fn accept(&mut self, _token: u32) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_hook_that_masks_tokens_with_neg_infinity_is_obeyed() {
+    let bytes = tiny_llama(&TinyLlamaConfig::default()).bytes;
+    let file = GgufFile::parse(&bytes).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let engine = Engine::new(&model, BatchConfig::new(64, 2, 1)).unwrap();
+    let mut s = Scheduler::new(engine, SchedConfig::default());
+    for temperature in [0.0, 1.0] {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let req = Request {
+            sampler: SamplerConfig {
+                temperature,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 1,
+            },
+            hook: Some(Box::new(Only(vec![5, 7]))),
+            ..Request::greedy(vec![1, 2, 3], 6)
+        };
+        s.submit(
+            req,
+            Box::new(move |e| {
+                ev.lock().unwrap().push(e);
+                true
+            }),
+        )
+        .unwrap();
+        s.run_to_completion().unwrap();
+        let events = events.lock().unwrap();
+        let tokens: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token { token, .. } => Some(*token),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tokens.len(), 6, "{events:?}");
+        assert!(tokens.iter().all(|t| *t == 5 || *t == 7), "{tokens:?}");
+        assert!(
+            matches!(
+                events.last(),
+                Some(Event::Done {
+                    reason: FinishReason::Length,
+                    ..
+                })
+            ),
+            "{events:?}"
+        );
+    }
+}
