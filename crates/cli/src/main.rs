@@ -17,6 +17,7 @@ mod out;
 mod plan;
 mod read;
 mod run;
+mod serve;
 mod threads;
 mod tier;
 
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// One reading of memory, pressure and health, with what to change (--json for scripts).
     Health(health::HealthArgs),
+    /// OpenAI-compatible HTTP server: chat, completions, streaming, /metrics, inside the budget.
+    Serve(serve::ServeArgs),
     /// Live memory view at 1 Hz; --once prints one snapshot; --prometheus serves /metrics.
     Monitor(monitor::MonitorArgs),
 }
@@ -65,6 +68,7 @@ fn main() {
         Command::Bench(b) => bench::run(&b),
         Command::Health(a) => health::run(&a),
         Command::Monitor(a) => monitor::run(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     std::process::exit(exit::report(result));
 }
