@@ -83,7 +83,17 @@ impl Service {
                 };
                 let queue_cap = sched.queue_cap;
                 let max_running = sched.max_running;
-                let s = Scheduler::new(engine, sched);
+                // The service bounds its queue itself, on submission (accepted requests
+                // beyond the running slots): the scheduler's own bound counts requests not
+                // yet admitted to a step, more than that between two steps, and refused
+                // requests the service had accepted.
+                let s = Scheduler::new(
+                    engine,
+                    SchedConfig {
+                        queue_cap: usize::MAX,
+                        ..sched
+                    },
+                );
                 let shared = Arc::new(Shared {
                     next_id: AtomicU64::new(1),
                     in_flight: AtomicUsize::new(0),

@@ -1,5 +1,7 @@
-//! A [`TokenHook`] forbids tokens by setting their logits to `-inf`, as its docs say: the
-//! scheduler samples among the rest instead of taking the mask for a broken forward pass.
+//! Scheduler fixes: a [`TokenHook`] forbids tokens by setting their logits to `-inf`, as
+//! its docs say (the scheduler samples among the rest instead of taking the mask for a
+//! broken forward pass); a service finishes every request it accepted (its scheduler does
+//! not refuse them again by a queue count of its own).
 
 use std::sync::{Arc, Mutex};
 
@@ -75,5 +77,44 @@ fn a_hook_that_masks_tokens_with_neg_infinity_is_obeyed() {
             ),
             "{events:?}"
         );
+    }
+}
+
+#[test]
+fn a_service_finishes_every_request_it_accepted_within_its_queue_bound() {
+    use engine::memory::Accounts;
+    use engine::sched::service::Service;
+    use engine::shared::SharedModel;
+    use std::sync::mpsc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, tiny_llama(&TinyLlamaConfig::default()).bytes).unwrap();
+    let accounts = Accounts::unlimited();
+    let model = SharedModel::load(&path, &accounts).unwrap();
+    let sched = SchedConfig {
+        max_running: 4,
+        queue_cap: 1,
+        ..SchedConfig::default()
+    };
+    let svc = Service::start(model, BatchConfig::new(64, 4, 1), sched, accounts).unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Four fit the running slots: all are accepted at once, before any step admits them.
+    for i in 0..4u32 {
+        let tx = tx.clone();
+        svc.submit(
+            Request::greedy(vec![1, 2, 3 + i], 4),
+            Box::new(move |e| {
+                if let Event::Done { reason, .. } = e {
+                    let _ = tx.send(reason);
+                }
+                true
+            }),
+        )
+        .unwrap();
+    }
+    for _ in 0..4 {
+        let reason = rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap();
+        assert_eq!(reason, FinishReason::Length);
     }
 }
