@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Request log lines as text or JSON (on stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds a client has to send a request head (and three times this for its body);
+    /// slower clients are disconnected.
+    #[arg(long, default_value_t = 10)]
+    pub client_timeout: u64,
     #[command(flatten)]
     pub threads: crate::threads::ThreadsArgs,
 }
@@ -66,6 +70,7 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
     limits::context("--ctx", a.ctx)?;
     limits::count("--parallel", a.parallel, 1, limits::MAX_SEQS)?;
     limits::count("--queue", a.queue, 0, 1 << 20)?;
+    limits::count("--client-timeout", a.client_timeout as usize, 1, 3600)?;
     let threads = a.threads.resolve();
     let limit = crate::fit::Limit::of(&a.budget)?;
     let facts = crate::plan::facts(&a.model)?;
@@ -112,6 +117,8 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
         model_id: model_id.clone(),
         log_json: a.log_format == LogFormat::Json,
         ledger: Some(accounts.budget.clone()),
+        head_timeout: std::time::Duration::from_secs(a.client_timeout),
+        body_timeout: std::time::Duration::from_secs(a.client_timeout.saturating_mul(3)),
         ..server::Options::default()
     };
     let srv = server::Server::bind(SocketAddr::new(a.host, a.port), opts).map_err(|e| {

@@ -96,8 +96,10 @@ impl Hook {
         }
         let closing = m.closing(g);
         // Too few tokens left to wander: only the shortest completion may follow (every
-        // token of it takes at least one byte).
-        let force = self.left <= closing.len() + 1;
+        // token of it takes at least one byte). Close to that, a token is allowed only if
+        // the document can still be closed in the tokens left after it.
+        let force = self.left <= closing.len();
+        let tight = self.left <= closing.len() + 16;
         let scratch = self.scratch.get_or_insert_with(|| m.clone());
         let mut any = false;
         for (t, l) in logits.iter_mut().enumerate() {
@@ -110,7 +112,7 @@ impl Hook {
                     closing.starts_with(bytes)
                 } else {
                     scratch.clone_from(m);
-                    scratch.feed_all(g, bytes)
+                    scratch.feed_all(g, bytes) && (!tight || scratch.closing(g).len() < self.left)
                 };
             if ok {
                 any = true;
@@ -214,7 +216,8 @@ mod tests {
         let mut h = Hook::new(rules, vocab(), 100);
         assert_eq!(allowed(&mut h), vec![0, 6, 9]);
         h.accept(9);
-        assert_eq!(allowed(&mut h), vec![0, 2, 5, 6, 8]);
+        // A nested object, a string (`":` starts one), a number, a space.
+        assert_eq!(allowed(&mut h), vec![0, 2, 4, 5, 6, 8, 9]);
         h.accept(5);
         assert_eq!(allowed(&mut h), vec![1, 5, 6, 8]);
         h.accept(1);
@@ -229,8 +232,12 @@ mod tests {
         };
         let mut h = Hook::new(rules, vocab(), 5);
         h.accept(9); // {"a":  — closing is `0}`, 4 tokens left
-        assert_eq!(allowed(&mut h), vec![0, 2, 5, 6, 8]);
+        assert_eq!(allowed(&mut h), vec![0, 2, 4, 5, 6, 8, 9]);
         h.accept(6);
+        // 3 left: not a nested `{"a":`, whose closing `0}}` would need 3 more.
+        assert_eq!(allowed(&mut h), vec![0, 2, 4, 5, 6, 8]);
+        h.accept(6);
+        // 2 left, closing `0}`: only its start.
         assert_eq!(allowed(&mut h), vec![8]);
         h.accept(8);
         assert_eq!(allowed(&mut h), vec![1]);

@@ -8,8 +8,8 @@
 //! completes the document from here: when the tokens left run short, generation is held
 //! to it, so the output parses even when `max_tokens` cuts it short.
 //!
-//! The schema subset: `type` object (with `properties`, emitted in declared order, all of
-//! them), array (`items`), string, number, integer, boolean, null; `enum` and `const`;
+//! The schema subset: `type` object (with `properties`, all of them emitted, in the order
+//! of their names), array (`items`), string, number, integer, boolean, null; `enum` and `const`;
 //! local `$ref`s (`#/$defs/…`, `#/definitions/…`). Anything else is refused by
 //! [`Grammar::from_schema`] with the keyword it does not support, so what is accepted
 //! always validates.
@@ -705,18 +705,18 @@ mod tests {
         let g = Grammar::from_schema(&s).unwrap();
         assert!(accepts(
             &g,
-            r#"{"name":"Tom","age":3,"tags":["a","b"],"kind":"cat","ok":true}"#
+            r#"{"age":3,"kind":"cat","name":"Tom","ok":true,"tags":["a","b"]}"#
         ));
         assert!(accepts(
             &g,
-            r#"{ "name": "x", "age": -1, "tags": [], "kind": "dog", "ok": false }"#
+            r#"{ "age": -1, "kind": "dog", "name": "x", "ok": false, "tags": [] }"#
         ));
-        assert!(!prefix_ok(&g, r#"{"age""#));
-        assert!(!prefix_ok(&g, r#"{"name":"Tom","age":3.5"#));
-        assert!(!prefix_ok(&g, r#"{"name":"Tom","age":3,"tags":[1"#));
+        assert!(!prefix_ok(&g, r#"{"name""#));
+        assert!(!prefix_ok(&g, r#"{"age":3.5"#));
+        assert!(!prefix_ok(&g, r#"{"age":3,"kind":"cow"#));
         assert!(!prefix_ok(
             &g,
-            r#"{"name":"Tom","age":3,"tags":[],"kind":"cow"#
+            r#"{"age":3,"kind":"cat","name":"Tom","ok":true,"tags":[1"#
         ));
     }
 
