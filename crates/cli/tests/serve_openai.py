@@ -137,7 +137,20 @@ def json_schema_output_validates():
         },
         "required": ["name", "age", "pets", "kind", "happy"],
     }
-    for max_tokens in (200, 12):
+    # Too few tokens for the schema's shortest document: refused, never cut short.
+    try:
+        client.chat.completions.create(
+            model="m",
+            messages=MSG,
+            max_tokens=12,
+            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+        )
+        raise AssertionError("12 tokens accepted for a longer schema")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "max_tokens", e.body
+    # Enough for its shortest document but not for what the model wants to write: the
+    # grammar closes it in time.
+    for max_tokens in (200, 64):
         r = client.chat.completions.create(
             model="m",
             messages=[{"role": "user", "content": "Describe a person as JSON."}],

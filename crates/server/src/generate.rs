@@ -313,6 +313,17 @@ impl Job {
                 }
             },
         };
+        if let (Some(g), Some(max)) = (&grammar, max_tokens) {
+            // Every token of the shortest document takes at least one byte: with fewer
+            // tokens than its bytes, the document could be cut short.
+            let least = g.start().closing(g).len();
+            if max < least {
+                return Err(ApiError::invalid(format!(
+                    "max_tokens {max} is fewer than the {least} the shortest document of this                      response_format may need; raise it so the output always parses"
+                ))
+                .param("max_tokens"));
+            }
+        }
         if body.tools.as_ref().is_some_and(|t| !t.is_null()) {
             return Err(
                 ApiError::invalid("tools are not supported by this server yet").param("tools"),

@@ -228,7 +228,7 @@ fn num_step(state: u8, b: u8, int: bool) -> Option<u8> {
         (2 | 3 | 5, b'e' | b'E') if !int => Some(6),
         (4 | 5, _) if d => Some(5),
         (6, b'+' | b'-') => Some(7),
-        (6 | 7 | 8, _) if d => Some(8),
+        (6..=8, _) if d => Some(8),
         _ => None,
     }
 }
