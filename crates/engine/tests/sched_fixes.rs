@@ -118,3 +118,49 @@ fn a_service_finishes_every_request_it_accepted_within_its_queue_bound() {
         assert_eq!(reason, FinishReason::Length);
     }
 }
+
+#[test]
+fn a_cancellation_shows_in_the_snapshot_when_nothing_else_runs() {
+    use engine::memory::Accounts;
+    use engine::sched::service::Service;
+    use engine::shared::SharedModel;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, tiny_llama(&TinyLlamaConfig::default()).bytes).unwrap();
+    let accounts = Accounts::unlimited();
+    let model = SharedModel::load(&path, &accounts).unwrap();
+    let svc = Service::start(
+        model,
+        BatchConfig::new(512, 1, 1),
+        SchedConfig::default(),
+        accounts,
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let id = svc
+        .submit(
+            Request::greedy(vec![1, 2, 3], 400),
+            Box::new(move |e| {
+                let _ = tx.send(e);
+                true
+            }),
+        )
+        .unwrap();
+    // Once it has generated a token, cancel it; nothing else is submitted after.
+    while !matches!(rx.recv().unwrap(), Event::Token { .. }) {}
+    svc.cancel(id);
+    while !matches!(rx.recv().unwrap(), Event::Done { .. }) {}
+    let t = Instant::now();
+    while svc.snapshot().stats.cancelled != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            svc.snapshot().stats
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(svc.snapshot().stats.running, 0);
+}

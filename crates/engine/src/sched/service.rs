@@ -262,6 +262,9 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>) {
                 Cmd::Cancel(id) => {
                     if let Some(sid) = ids.remove(&id) {
                         s.cancel(sid);
+                        // No step may follow (nothing else runs): report the cancellation
+                        // now, not at the next request.
+                        publish(&s, shared);
                     }
                 }
             }
@@ -279,13 +282,18 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>) {
             s.fail_all(&FinishReason::Failed(e.to_string()));
         }
         ids.retain(|_, sid| s.is_live(*sid));
-        let e = s.engine();
-        *shared.snapshot.lock().expect("not poisoned") = Snapshot {
-            stats: s.stats(),
-            kv_bytes: e.kv_bytes(),
-            kv_tier_bytes: e.kv().pool().tier_bytes(),
-            peak_kv_bytes: e.peak_kv_bytes(),
-            scratch_bytes: e.scratch_bytes(),
-        };
+        publish(&s, shared);
     }
+}
+
+/// Writes the scheduler's counters and KV bytes where [`Service::snapshot`] reads them.
+fn publish(s: &Scheduler<'_, '_>, shared: &Shared) {
+    let e = s.engine();
+    *shared.snapshot.lock().expect("not poisoned") = Snapshot {
+        stats: s.stats(),
+        kv_bytes: e.kv_bytes(),
+        kv_tier_bytes: e.kv().pool().tier_bytes(),
+        peak_kv_bytes: e.peak_kv_bytes(),
+        scratch_bytes: e.scratch_bytes(),
+    };
 }
