@@ -292,6 +292,35 @@ fn malformed_http_gets_4xx_and_the_server_keeps_serving() {
         );
     }
     ok("slow clients closed");
+    // A streaming client that goes away mid-answer cancels its sequence.
+    let mut c = TcpStream::connect(a).unwrap();
+    let body = r#"{"prompt": "Count to a thousand:", "max_tokens": 200, "stream": true}"#;
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 256];
+    let n = c.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(c);
+    let t = Instant::now();
+    loop {
+        let (_, _, m) = http(a, "GET", "/metrics", &[], b"");
+        let m = String::from_utf8_lossy(&m);
+        let cancelled = m
+            .lines()
+            .find_map(|l| l.strip_prefix("llmem_requests_cancelled_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if cancelled >= 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "not cancelled:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok("a client that went away");
 }
 
 #[test]

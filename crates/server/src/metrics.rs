@@ -168,6 +168,18 @@ impl Metrics {
             );
             counter(
                 &mut o,
+                "llmem_requests_cancelled_total",
+                "Sequences cancelled (clients that went away, stop strings).",
+                st.cancelled,
+            );
+            counter(
+                &mut o,
+                "llmem_requests_finished_total",
+                "Sequences that ran to their end.",
+                st.finished,
+            );
+            counter(
+                &mut o,
                 "llmem_preemptions_total",
                 "Sequences preempted under KV pressure.",
                 st.preemptions,
