@@ -17,10 +17,10 @@ mod metrics_http;
 mod monitor;
 mod out;
 mod plan;
-#[allow(dead_code)] // wired by serve and qa
 mod pressure;
 mod read;
 mod run;
+mod serve;
 mod threads;
 mod tier;
 
@@ -45,6 +45,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// One reading of memory, pressure and health, with what to change (--json for scripts).
     Health(health::HealthArgs),
+    /// OpenAI-compatible HTTP server: chat, completions, streaming, /metrics, inside the budget.
+    Serve(serve::ServeArgs),
     /// Live memory view at 1 Hz; --once prints one snapshot; --prometheus serves /metrics.
     Monitor(monitor::MonitorArgs),
     /// Fetch a catalog model into the models folder and verify it; prints its path.
@@ -76,6 +78,7 @@ fn main() {
         Command::Monitor(a) => monitor::run(&a),
         Command::Pull(a) => catalog::run_pull(&a),
         Command::List(a) => list::run(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     std::process::exit(exit::report(result));
 }

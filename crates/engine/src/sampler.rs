@@ -154,6 +154,32 @@ impl Sampler {
     /// a broken forward pass.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, NonFiniteLogits> {
         check_finite(logits)?;
+        self.pick(logits)
+    }
+
+    /// Picks a token from `logits` where a logit processor set the tokens it forbids to
+    /// `-inf` (never picked). Check the row before masking it with [`check_finite`].
+    ///
+    /// # Errors
+    /// [`NonFiniteLogits`] when the row holds NaN or `+inf`, or forbids every token.
+    pub fn sample_masked(&mut self, logits: &[f32]) -> Result<u32, NonFiniteLogits> {
+        let bad = logits
+            .iter()
+            .position(|v| v.is_nan() || *v == f32::INFINITY)
+            .or_else(|| (!logits.iter().any(|v| v.is_finite())).then_some(0));
+        if let Some(index) = bad {
+            return Err(NonFiniteLogits {
+                index,
+                value: logits.get(index).copied().unwrap_or(f32::NAN),
+                len: logits.len(),
+            });
+        }
+        self.pick(logits)
+    }
+
+    /// [`Sampler::sample`] on a row with at least one finite value, the rest finite or
+    /// `-inf`.
+    fn pick(&mut self, logits: &[f32]) -> Result<u32, NonFiniteLogits> {
         // False for a NaN temperature too, which then samples greedily.
         let warm = self.cfg.temperature >= GREEDY_BELOW_TEMPERATURE;
         if !warm || logits.len() <= 1 {
@@ -400,5 +426,26 @@ mod tests {
         assert_eq!(ModelSampling::from_gguf(&g).top_k, Some(0));
         let none = gguf_with(&[]);
         assert!(ModelSampling::from_gguf(&gguf::GgufFile::parse(&none).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn masked_tokens_are_never_picked() {
+        for t in [0.0, 0.7, 5.0] {
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: t,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 9,
+            });
+            let row = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, 0.5];
+            for _ in 0..50 {
+                let tok = s.sample_masked(&row).unwrap();
+                assert!(tok == 1 || tok == 3, "{tok}");
+            }
+            assert!(s.sample_masked(&[f32::NEG_INFINITY; 3]).is_err());
+            assert!(s.sample_masked(&[0.0, f32::NAN]).is_err());
+            assert!(s.sample_masked(&[0.0, f32::INFINITY]).is_err());
+        }
     }
 }

@@ -169,6 +169,12 @@ impl<'m> TextModel<'m> {
 
     /// The prompt for one user message through the model's chat template.
     pub fn chat_prompt(&self, user: &str) -> Result<String, TemplateError> {
+        self.render_chat(&[Message::user(user)])
+    }
+
+    /// The prompt for a conversation through the model's chat template (ChatML when the
+    /// file has none), the assistant's turn opened.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String, TemplateError> {
         let tmpl = self.chat_template.as_deref().unwrap_or(CHATML);
         let sp = self.tokenizer.special_tokens();
         let text = |id: Option<TokenId>| {
@@ -176,7 +182,7 @@ impl<'m> TextModel<'m> {
                 .unwrap_or_default()
                 .to_string()
         };
-        chat::render(tmpl, &[Message::user(user)], &text(sp.bos), &text(sp.eos))
+        chat::render(tmpl, messages, &text(sp.bos), &text(sp.eos))
     }
 
     /// Whether `id` ends generation (EOS, EOT, `<|im_end|>`, …).

@@ -715,10 +715,15 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 }
                 continue;
             }
+            // A broken forward pass is named before a hook masks tokens with -inf.
+            if let Err(e) = crate::sampler::check_finite(&row) {
+                done.push((id, FinishReason::Failed(e.to_string())));
+                continue;
+            }
             if let Some(h) = l.req.hook.as_mut() {
                 h.mask(&mut row);
             }
-            let token = match l.sampler.sample(&row) {
+            let token = match l.sampler.sample_masked(&row) {
                 Ok(t) => t,
                 Err(e) => {
                     done.push((id, FinishReason::Failed(e.to_string())));

@@ -103,7 +103,17 @@ impl Service {
                 };
                 let queue_cap = sched.queue_cap;
                 let max_running = sched.max_running;
-                let s = Scheduler::new(engine, sched);
+                // The service bounds its queue itself, on submission (accepted requests
+                // beyond the running slots): the scheduler's own bound counts requests not
+                // yet admitted to a step, more than that between two steps, and refused
+                // requests the service had accepted.
+                let s = Scheduler::new(
+                    engine,
+                    SchedConfig {
+                        queue_cap: usize::MAX,
+                        ..sched
+                    },
+                );
                 let shared = Arc::new(Shared {
                     next_id: AtomicU64::new(1),
                     in_flight: AtomicUsize::new(0),
@@ -279,6 +289,9 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
                 Cmd::Cancel(id) => {
                     if let Some(sid) = ids.remove(&id) {
                         s.cancel(sid);
+                        // No step may follow (nothing else runs): report the cancellation
+                        // now, not at the next request.
+                        publish(&s, shared);
                     }
                 }
             }
@@ -296,13 +309,18 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
             s.fail_all(&FinishReason::Failed(e.to_string()));
         }
         ids.retain(|_, sid| s.is_live(*sid));
-        let e = s.engine();
-        *shared.snapshot.lock().expect("not poisoned") = Snapshot {
-            stats: s.stats(),
-            kv_bytes: e.kv_bytes(),
-            kv_tier_bytes: e.kv().pool().tier_bytes(),
-            peak_kv_bytes: e.peak_kv_bytes(),
-            scratch_bytes: e.scratch_bytes(),
-        };
+        publish(&s, shared);
     }
+}
+
+/// Writes the scheduler's counters and KV bytes where [`Service::snapshot`] reads them.
+fn publish(s: &Scheduler<'_, '_>, shared: &Shared) {
+    let e = s.engine();
+    *shared.snapshot.lock().expect("not poisoned") = Snapshot {
+        stats: s.stats(),
+        kv_bytes: e.kv_bytes(),
+        kv_tier_bytes: e.kv().pool().tier_bytes(),
+        peak_kv_bytes: e.peak_kv_bytes(),
+        scratch_bytes: e.scratch_bytes(),
+    };
 }

@@ -1,0 +1,468 @@
+//! `llmem serve` end to end on the real model: greedy answers equal the engine's, the
+//! budget admits or refuses (never crashes, never truncates), hostile HTTP gets 4xx while
+//! the server keeps serving, and the real `openai` Python client passes its checks.
+
+mod common_cli;
+use common_cli::*;
+
+/// A running `llmem serve`, killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(model: &Path, extra: &[&str]) -> Serve {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--model")
+        .arg(model)
+        .args(["--port", "0", "--threads", "2"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start llmem serve");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = out.read_to_string(&mut sink);
+    });
+    let s = Serve { child, addr };
+    let t = Instant::now();
+    loop {
+        let (status, _, _) = http(&s.addr, "GET", "/health", &[], b"");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "health while loading");
+        assert!(t.elapsed() < Duration::from_secs(60), "never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: status, head, body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let Some((head, _)) = text.split_once("\r\n\r\n") else {
+        return (0, text, Vec::new());
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body_at = head.len() + 4;
+    let mut body = buf[body_at..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head.to_string(), body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 4 + n..];
+    }
+}
+
+fn post(addr: &str, path: &str, body: &Value) -> (u16, String, Value) {
+    let (s, h, b) = http(
+        addr,
+        "POST",
+        path,
+        &["Content-Type: application/json"],
+        body.to_string().as_bytes(),
+    );
+    (s, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn is_error_shape(v: &Value) -> bool {
+    let e = &v["error"];
+    e["message"].is_string()
+        && e["type"].is_string()
+        && e.as_object()
+            .is_some_and(|o| o.contains_key("param") && o.contains_key("code"))
+}
+
+const QUESTION: &str = "What is the capital of France?";
+
+#[test]
+fn greedy_chat_through_the_server_equals_the_engines_greedy_run() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    let direct = json_of(&llmem(&[
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        QUESTION,
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0",
+        "--ctx",
+        "512",
+        "--json",
+    ]));
+    let s = serve(&model, &["--ctx", "512"]);
+    let (status, _, r) = post(
+        &s.addr,
+        "/v1/chat/completions",
+        &serde_json::json!({"messages": [{"role": "user", "content": QUESTION}],
+                             "max_tokens": 24, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["message"]["content"], direct["text"], "{r}");
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        direct["prompt_token_ids"].as_array().unwrap().len()
+    );
+    let n = direct["token_ids"].as_array().unwrap().len();
+    let stopped = direct["stop_reason"] == "eog";
+    // The server counts the end-of-generation token it generated; run does not.
+    assert_eq!(
+        r["usage"]["completion_tokens"],
+        n + usize::from(stopped),
+        "{r}"
+    );
+    // Several at once (a batch of four) answer the same, token for token.
+    let answers: Vec<Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| {
+                    post(
+                        &s.addr,
+                        "/v1/chat/completions",
+                        &serde_json::json!({"messages": [{"role": "user", "content": QUESTION}],
+                                             "max_tokens": 24, "temperature": 0}),
+                    )
+                    .2
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for a in answers {
+        assert_eq!(a["choices"][0]["message"]["content"], direct["text"], "{a}");
+    }
+}
+
+#[test]
+fn malformed_http_gets_4xx_and_the_server_keeps_serving() {
+    let Some(model) = model() else { return };
+    let s = serve(
+        &model,
+        &["--ctx", "256", "--client-timeout", "2", "--api-key", "k1"],
+    );
+    let a = &s.addr;
+    let auth = "Authorization: Bearer k1";
+    let ok = |what: &str| {
+        let (st, _, b) = http(
+            a,
+            "POST",
+            "/v1/completions",
+            &[auth],
+            br#"{"prompt": "Hello", "max_tokens": 2, "temperature": 0}"#,
+        );
+        assert_eq!(st, 200, "after {what}: {}", String::from_utf8_lossy(&b));
+    };
+    // Without the key, with a wrong one: 401 in OpenAI's shape.
+    let (st, _, b) = http(a, "GET", "/v1/models", &[], b"");
+    assert_eq!(st, 401);
+    assert!(is_error_shape(&serde_json::from_slice(&b).unwrap()));
+    let (st, _, _) = http(a, "GET", "/v1/models", &["Authorization: Bearer nope"], b"");
+    assert_eq!(st, 401);
+    let (st, _, _) = http(a, "GET", "/health", &[], b"");
+    assert_eq!(st, 200, "health needs no key");
+    // Bad JSON, wrong types, missing fields, bad values.
+    for (body, what) in [
+        (&b"{not json"[..], "bad JSON"),
+        (br#"[1, 2]"#, "not an object"),
+        (br#"{"prompt": "x", "max_tokens": "many"}"#, "wrong type"),
+        (br#"{"prompt": 7}"#, "prompt of the wrong type"),
+        (br#"{"max_tokens": 3}"#, "no prompt"),
+        (br#"{"prompt": "x", "temperature": -3}"#, "temperature out of range"),
+        (br#"{"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"anyOf": []}}}}"#, "unsupported schema"),
+        (br#"{"prompt": [99999999]}"#, "token outside the vocabulary"),
+    ] {
+        let (st, _, b) = http(a, "POST", "/v1/completions", &[auth], body);
+        assert_eq!(st, 400, "{what}: {}", String::from_utf8_lossy(&b));
+        assert!(is_error_shape(&serde_json::from_slice(&b).unwrap()), "{what}");
+    }
+    ok("bad bodies");
+    // A prompt longer than the context: 400, never truncated.
+    let long = serde_json::json!({"prompt": "word ".repeat(400), "max_tokens": 4});
+    let (st, _, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &[auth],
+        long.to_string().as_bytes(),
+    );
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    // More than 10 MB of body: 413 (declared, and sent).
+    let big = vec![b' '; (10 << 20) + 10];
+    let (st, _, _) = http(a, "POST", "/v1/completions", &[auth], &big);
+    assert_eq!(st, 413);
+    // A huge header: 431.
+    let huge = format!("X-Big: {}", "a".repeat(64 << 10));
+    let (st, _, _) = http(a, "GET", "/v1/models", &[auth, &huge], b"");
+    assert!(st == 431 || st == 0, "huge header: {st}");
+    // Unknown route, wrong method.
+    assert_eq!(http(a, "GET", "/nope", &[auth], b"").0, 404);
+    assert_eq!(http(a, "GET", "/v1/completions", &[auth], b"").0, 405);
+    ok("oversized requests");
+    // Slow clients: one that never finishes its head, one that never sends its body. Both
+    // are closed after the timeout while others are served.
+    let mut slow_head = TcpStream::connect(a).unwrap();
+    slow_head
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut slow_body = TcpStream::connect(a).unwrap();
+    slow_body
+        .write_all(format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: 100\r\n\r\n{{").as_bytes())
+        .unwrap();
+    ok("slow clients waiting");
+    for (name, mut c) in [("head", slow_head), ("body", slow_body)] {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "slow {name} kept open"
+        );
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            buf.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "slow {name}: {text}"
+        );
+    }
+    ok("slow clients closed");
+    // A streaming client that goes away mid-answer cancels its sequence.
+    let mut c = TcpStream::connect(a).unwrap();
+    let body = r#"{"prompt": "Count to a thousand:", "max_tokens": 200, "stream": true}"#;
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 256];
+    let n = c.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(c);
+    let t = Instant::now();
+    loop {
+        let (_, _, m) = http(a, "GET", "/metrics", &[], b"");
+        let m = String::from_utf8_lossy(&m);
+        let cancelled = m
+            .lines()
+            .find_map(|l| l.strip_prefix("llmem_requests_cancelled_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if cancelled >= 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "not cancelled:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok("a client that went away");
+}
+
+#[test]
+fn under_a_budget_for_four_sequences_64_requests_complete_or_get_503() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    let plan = json_of(&llmem(&[
+        "plan",
+        "--model",
+        m,
+        "--ctx",
+        "256",
+        "--seqs",
+        "4",
+        "--threads",
+        "2",
+        "--json",
+    ]));
+    let budget = plan["total_bytes"].as_u64().unwrap().to_string();
+    let s = serve(
+        &model,
+        &[
+            "--ctx",
+            "4096",
+            "--parallel",
+            "4",
+            "--queue",
+            "8",
+            "--budget",
+            &budget,
+        ],
+    );
+    let a = s.addr.clone();
+    // A request that can never fit this budget is refused up front, saying what would.
+    let (st, _, v) = post(
+        &a,
+        "/v1/completions",
+        &serde_json::json!({"prompt": "Hello", "max_tokens": 4000}),
+    );
+    assert_eq!(st, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("fits at most") && msg.contains("--kv-type"),
+        "{msg}"
+    );
+    let results: Vec<(u16, String, Value)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..64)
+            .map(|i| {
+                let a = a.clone();
+                sc.spawn(move || {
+                    post(
+                        &a,
+                        "/v1/completions",
+                        &serde_json::json!({"prompt": format!("Story number {i}:"),
+                                             "max_tokens": 12, "temperature": 0}),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (mut done, mut busy) = (0, 0);
+    for (st, head, v) in &results {
+        match st {
+            200 => {
+                done += 1;
+                let c = &v["choices"][0];
+                let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+                assert!(
+                    (c["finish_reason"] == "length" && n == 12) || c["finish_reason"] == "stop",
+                    "truncated: {v}"
+                );
+            }
+            503 => {
+                busy += 1;
+                assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+                assert!(is_error_shape(v), "{v}");
+            }
+            _ => panic!("{st}: {v}"),
+        }
+    }
+    assert!(done >= 12, "{done} completed, {busy} refused");
+    assert_eq!(done + busy, 64);
+    let (_, _, m) = http(&a, "GET", "/metrics", &[], b"");
+    let m = String::from_utf8_lossy(&m);
+    let metric = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    assert_eq!(
+        metric("llmem_requests_rejected_total{reason=\"queue_full\"}"),
+        f64::from(busy)
+    );
+    assert_eq!(metric("llmem_requests_running_peak"), 4.0);
+    assert_eq!(
+        metric("llmem_time_to_first_token_seconds_count"),
+        f64::from(done)
+    );
+    assert!(metric("llmem_process_rss_bytes") > 0.0);
+    assert!(
+        m.contains("llmem_ledger_pool_used_bytes{pool=\"kv\"}"),
+        "{m}"
+    );
+    assert!(m.contains("llmem_kv_bytes{tier=\"hot\"}"));
+}
+
+/// The Python with `openai` and `jsonschema`: `LLMEM_TEST_PYTHON`, or `python3`.
+fn python() -> Option<String> {
+    let py = std::env::var("LLMEM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import openai, jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+#[test]
+fn the_openai_python_client_passes_end_to_end() {
+    let Some(py) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide a Python with openai and jsonschema (LLMEM_TEST_PYTHON)"
+        );
+        eprintln!("ignored: no Python with openai and jsonschema (set LLMEM_TEST_PYTHON)");
+        return;
+    };
+    let Some(model) = model() else { return };
+    let s = serve(&model, &["--ctx", "1024", "--api-key", "sk-test"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve_openai.py");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(format!("http://{}", s.addr))
+        .arg("sk-test")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the openai client's checks failed:\n{text}"
+    );
+}
