@@ -154,23 +154,11 @@ fn sampling(a: &RunArgs, model: &engine::sampler::ModelSampling) -> Sampling {
         top_k,
         top_p,
         min_p,
-        seed: a.seed.unwrap_or_else(random_seed),
+        seed: a.seed.unwrap_or_else(engine::sampler::random_seed),
         // Finite and ≥ 0: the flag is checked and the model's value filtered.
         greedy: temperature < engine::sampler::GREEDY_BELOW_TEMPERATURE,
         from_model,
     }
-}
-
-/// A seed from the OS's randomness (std's hash keys), mixed with the time.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 #[derive(Serialize)]

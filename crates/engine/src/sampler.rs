@@ -111,6 +111,19 @@ pub fn check_finite(logits: &[f32]) -> Result<(), NonFiniteLogits> {
     }
 }
 
+/// A seed from the OS's randomness (std's hash keys), mixed with the time: for runs that
+/// were not given one (report it, so the run can be repeated).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 /// A sampler with its own random state (splitmix64: reproducible for a given seed).
 #[derive(Clone, Debug)]
 pub struct Sampler {

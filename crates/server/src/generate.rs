@@ -332,7 +332,9 @@ impl Job {
         if body.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported").param("echo"));
         }
-        let seed = body.seed.map_or_else(random_seed, |s| s as u64);
+        let seed = body
+            .seed
+            .map_or_else(engine::sampler::random_seed, |s| s as u64);
         Ok(Job {
             kind,
             prompts,
@@ -359,17 +361,6 @@ impl Job {
             include_usage: body.stream_options.is_some_and(|o| o.include_usage),
         })
     }
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// One token's log-probability and its alternatives.

@@ -111,21 +111,27 @@ impl BlockPool {
     /// Brings a compressed block back to its readable quantized form.
     pub fn decompress(&mut self, id: BlockId) -> Result<(), KvError> {
         let Storage::Packed {
-            format,
-            codec,
-            raw,
-            bytes,
+            format, codec, raw, ..
         } = &self.storage[id.0 as usize]
         else {
             return Ok(());
         };
-        let (format, raw) = (*format, *raw);
+        let (format, codec, raw) = (*format, *codec, *raw);
+        // The decoded block is reserved before it is allocated: while both copies are
+        // held, the ledger counts both (the compressed one is freed when the decoded one
+        // is installed, and the reservation shrinks back to the storage then).
+        self.grow_account(raw as u64)?;
+        let Storage::Packed { bytes, .. } = &self.storage[id.0 as usize] else {
+            unreachable!("matched above");
+        };
         let mut out = Vec::with_capacity(raw);
-        kvdisk::decompress(*codec, bytes, raw, &mut out)
-            .map_err(|e| KvError::Disk(e.to_string()))?;
-        let grow = raw as u64 - bytes.len() as u64;
-        self.grow_account(grow)?;
+        let r = kvdisk::decompress(codec, bytes, raw, &mut out);
+        if let Err(e) = r {
+            self.sync_reservation();
+            return Err(KvError::Disk(e.to_string()));
+        }
         self.set_storage(id, Storage::Quant(format, out.into_boxed_slice()));
+        self.sync_reservation();
         Ok(())
     }
 
