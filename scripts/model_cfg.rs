@@ -20,7 +20,7 @@ const EXTRA_MODELS: [(&str, &str); 3] = [
     ("gemma3", "gemma-3-270m-q4_k_m.gguf"),
 ];
 
-fn main() {
+fn model_cfg() {
     const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
     println!("cargo::rustc-check-cfg=cfg(llmem_model)");
     for var in ["CI", "LLMEM_MODELS", "XDG_CACHE_HOME", "HOME"] {
