@@ -421,6 +421,23 @@ fn under_a_budget_for_four_sequences_64_requests_complete_or_get_503() {
         f64::from(busy)
     );
     assert_eq!(metric("llmem_requests_running_peak"), 4.0);
+    // The process's peak resident set stays within the budget (+5%).
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+        let hwm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let budget: u64 = budget.parse().unwrap();
+        eprintln!("peak RSS {} of budget {budget}", hwm_kib * 1024);
+        assert!(
+            hwm_kib * 1024 <= budget + budget / 20,
+            "peak RSS {} B over the budget {budget} B + 5%",
+            hwm_kib * 1024
+        );
+    }
     assert_eq!(
         metric("llmem_time_to_first_token_seconds_count"),
         f64::from(done)
