@@ -103,10 +103,36 @@ impl Sampler {
     /// a broken forward pass.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, NonFiniteLogits> {
         check_finite(logits)?;
+        Ok(self.pick(logits))
+    }
+
+    /// Picks a token from `logits` where some are `-inf`: tokens a logit processor
+    /// forbade, never picked. Check the model's own logits with [`check_finite`] before
+    /// masking them.
+    ///
+    /// # Errors
+    /// [`NonFiniteLogits`] for NaN or `+inf`, or when every token is forbidden.
+    pub fn sample_masked(&mut self, logits: &[f32]) -> Result<u32, NonFiniteLogits> {
+        let bad = logits
+            .iter()
+            .position(|v| v.is_nan() || *v == f32::INFINITY)
+            .or_else(|| (!logits.iter().any(|v| v.is_finite())).then_some(0));
+        if let Some(index) = bad {
+            return Err(NonFiniteLogits {
+                index,
+                value: logits.get(index).copied().unwrap_or(f32::NAN),
+                len: logits.len(),
+            });
+        }
+        Ok(self.pick(logits))
+    }
+
+    /// Picks from logits whose maximum is finite (`-inf` entries have weight 0).
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         // False for a NaN temperature too, which then samples greedily.
         let warm = self.cfg.temperature >= GREEDY_BELOW_TEMPERATURE;
         if !warm || logits.len() <= 1 {
-            return Ok(argmax(logits));
+            return argmax(logits);
         }
         let inv_t = 1.0 / self.cfg.temperature;
         // Scaled after subtracting the maximum: every value is then ≤ 0 and the largest is
@@ -117,6 +143,7 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
+                .filter(|&(_, &l)| l != f32::NEG_INFINITY)
                 .map(|(i, &l)| ((l - max) * inv_t, i as u32)),
         );
         let k = if self.cfg.top_k == 0 {
@@ -151,16 +178,37 @@ impl Sampler {
         for c in &self.cand {
             r -= c.0;
             if r <= 0.0 {
-                return Ok(c.1);
+                return c.1;
             }
         }
-        Ok(self.cand.last().map_or(0, |c| c.1))
+        self.cand.last().map_or(0, |c| c.1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_tokens_are_never_picked_and_nan_is_still_refused() {
+        let ninf = f32::NEG_INFINITY;
+        let logits = [5.0, ninf, 1.0, ninf];
+        let mut greedy = Sampler::new(SamplerConfig::default());
+        assert_eq!(greedy.sample_masked(&logits).unwrap(), 0);
+        let mut warm = Sampler::new(SamplerConfig {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 7,
+        });
+        for _ in 0..200 {
+            let t = warm.sample_masked(&logits).unwrap();
+            assert!(t == 0 || t == 2);
+        }
+        assert!(warm.sample_masked(&[ninf, ninf]).is_err());
+        assert!(warm.sample_masked(&[0.0, f32::NAN]).is_err());
+        assert!(warm.sample_masked(&[0.0, f32::INFINITY]).is_err());
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum() {

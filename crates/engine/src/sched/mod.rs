@@ -644,10 +644,16 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 }
                 continue;
             }
+            // The model's own logits must be finite; a hook then forbids tokens with
+            // -inf, which plain `sample` would take for a broken forward pass.
+            if let Err(e) = crate::sampler::check_finite(&row) {
+                done.push((id, FinishReason::Failed(e.to_string())));
+                continue;
+            }
             if let Some(h) = l.req.hook.as_mut() {
                 h.mask(&mut row);
             }
-            let token = match l.sampler.sample(&row) {
+            let token = match l.sampler.sample_masked(&row) {
                 Ok(t) => t,
                 Err(e) => {
                     done.push((id, FinishReason::Failed(e.to_string())));
