@@ -73,6 +73,9 @@ fn a_hook_that_masks_with_neg_infinity_constrains_sampling() {
         s.run_to_completion().unwrap();
         let g = got.lock().unwrap();
         assert_eq!(g.1, Some(FinishReason::Hook), "temperature {temperature}");
+        // The 4-token prompt was computed once (nothing shared): the counter says so.
+        let st = s.stats();
+        assert_eq!(st.computed_tokens + st.cached_tokens, st.prompt_tokens);
         assert_eq!(g.0.len(), 6);
         assert!(g.0.iter().all(|t| allowed.contains(t)), "{:?}", g.0);
     }

@@ -275,6 +275,8 @@ pub struct Scheduler<'a, 'm> {
     clock: u64,
     stats: SchedStats,
     batch: Batch,
+    /// Prompt tokens in `batch` (counted into `stats.computed_tokens` when it runs).
+    batch_prompt_tokens: u64,
 }
 
 impl<'a, 'm> Scheduler<'a, 'm> {
@@ -292,6 +294,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             clock: 0,
             stats: SchedStats::default(),
             batch: Batch::new(),
+            batch_prompt_tokens: 0,
         }
     }
 
@@ -435,6 +438,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                     self.after_decode(&batch);
                     self.batch = batch;
                     self.stats.steps += 1;
+                    self.stats.computed_tokens += self.batch_prompt_tokens;
                     return Ok(n);
                 }
                 Err(e) if is_room(&e) => {
@@ -562,6 +566,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// rank order until the token budget is spent.
     fn build_batch(&mut self) {
         self.batch.clear();
+        self.batch_prompt_tokens = 0;
         let running = self.ranked(|p| p == Phase::Running);
         let mut budget = self.cfg.step_tokens;
         // Decodes first: a stream never waits behind a prompt.
@@ -587,6 +592,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 let seq = l.seq.expect("running sequences have one");
                 let end = held + n;
                 let prompt_lp = l.req.prompt_logprobs && held < l.req.prompt.len();
+                self.batch_prompt_tokens +=
+                    l.req.prompt.len().clamp(held, end) as u64 - held as u64;
                 for (i, &token) in l.tokens[held..end].iter().enumerate() {
                     let pos = held + i;
                     self.batch.push(BatchItem {
