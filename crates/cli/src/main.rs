@@ -15,6 +15,7 @@ mod metrics_http;
 mod monitor;
 mod out;
 mod plan;
+mod qa;
 mod read;
 mod run;
 mod threads;
@@ -43,6 +44,8 @@ enum Command {
     Health(health::HealthArgs),
     /// Live memory view at 1 Hz; --once prints one snapshot; --prometheus serves /metrics.
     Monitor(monitor::MonitorArgs),
+    /// Documents to question/answer pairs (JSONL): bounded memory, resumable, exactly once.
+    Qa(qa::QaArgs),
 }
 
 fn main() {
@@ -65,6 +68,11 @@ fn main() {
         Command::Bench(b) => bench::run(&b),
         Command::Health(a) => health::run(&a),
         Command::Monitor(a) => monitor::run(&a),
+        Command::Qa(a) => match qa::run(&a) {
+            // Ctrl+C: what was in flight is finished and written; 130 as shells expect.
+            Ok(true) => std::process::exit(130),
+            r => r.map(|_| ()),
+        },
     };
     std::process::exit(exit::report(result));
 }

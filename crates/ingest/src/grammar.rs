@@ -269,6 +269,23 @@ impl Machine {
         }
     }
 
+    /// Inside a string with nothing pending (no escape, no split character): how many
+    /// more bytes it may take. Plain text (printable ASCII other than `"` and `\`) fits
+    /// exactly when it is no longer than that, so the hook needs no walk for it.
+    pub fn plain_room(&self, s: State) -> Option<usize> {
+        match (self.elems.get(s.at)?, s.sub) {
+            (
+                Elem::Str(max),
+                Sub::Str {
+                    len,
+                    esc: Esc::None,
+                    cont: 0,
+                },
+            ) => Some(max - len),
+            _ => None,
+        }
+    }
+
     /// The state after `bytes`, or `None` if they cannot come next (empty: no progress).
     pub fn run(&self, mut s: State, bytes: &[u8]) -> Option<State> {
         if bytes.is_empty() || self.is_done(s) {
@@ -285,6 +302,8 @@ impl Machine {
 /// unknown, unused).
 pub struct Vocab {
     pieces: Vec<Option<Box<[u8]>>>,
+    /// Pieces of plain string text only (see [`Machine::plain_room`]).
+    plain: Vec<bool>,
 }
 
 impl Vocab {
@@ -299,8 +318,18 @@ impl Vocab {
                     _ => None,
                 }
             })
+            .collect::<Vec<Option<Box<[u8]>>>>();
+        let plain = pieces
+            .iter()
+            .map(|p| {
+                p.as_deref().is_some_and(|p| {
+                    !p.is_empty()
+                        && p.iter()
+                            .all(|&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\')
+                })
+            })
             .collect();
-        Vocab { pieces }
+        Vocab { pieces, plain }
     }
 
     /// Bytes held (for the ledger).
@@ -332,8 +361,20 @@ impl JsonHook {
 
 impl TokenHook for JsonHook {
     fn mask(&mut self, logits: &mut [f32]) {
+        let room = self.machine.plain_room(self.state);
         for (i, l) in logits.iter_mut().enumerate() {
             if *l == f32::NEG_INFINITY {
+                continue;
+            }
+            if let Some(room) = room
+                && self.vocab.plain.get(i) == Some(&true)
+            {
+                let len = self.vocab.pieces[i]
+                    .as_ref()
+                    .map_or(usize::MAX, |p| p.len());
+                if len > room {
+                    *l = f32::NEG_INFINITY;
+                }
                 continue;
             }
             let ok = self
@@ -412,6 +453,18 @@ mod tests {
             assert!(!accepts(&m, bad), "{bad}");
         }
         assert!(Shape::score().max_bytes() < 40);
+    }
+
+    #[test]
+    fn plain_text_fast_path_agrees_with_the_walk() {
+        let m = Machine::new(&Shape::qa(10, 10));
+        let s = m.run(m.start(), b"{\"question\": \"abc").unwrap();
+        let room = m.plain_room(s).unwrap();
+        assert_eq!(room, 7);
+        for piece in [&b"defg"[..], b"defghij", b"defghijk", b" x y"] {
+            assert_eq!(m.run(s, piece).is_some(), piece.len() <= room, "{piece:?}");
+        }
+        assert!(m.plain_room(m.start()).is_none());
     }
 
     /// Random walks through the machine only ever produce JSON that parses to the shape.

@@ -751,6 +751,9 @@ impl Main<'_> {
         let ids: Vec<TokenId> = tokens.iter().map(|&t| TokenId(t)).collect();
         let text = self.tok.decode(&ids, Render::Text).unwrap_or_default();
         let ok = matches!(reason, FinishReason::Hook | FinishReason::Stop);
+        if std::env::var_os("LLMEM_QA_DEBUG").is_some() {
+            eprintln!("[{seq} {stage:?}] {reason:?} {usage:?} {text:?}");
+        }
         if let Some(job) = self.jobs.get_mut(&seq) {
             job.open = job.open.saturating_sub(1);
         }
