@@ -61,7 +61,7 @@ fn prose(bytes: usize, seed: u64) -> String {
             s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
         }
         s.push_str(". ");
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             s.push_str("\n\n");
         }
     }

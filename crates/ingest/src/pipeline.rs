@@ -489,7 +489,7 @@ struct Main<'a> {
     vocab: Option<Arc<Vocab>>,
     stop_tokens: Vec<u32>,
     /// Chunks written but not yet committed: their bytes stay reserved until then.
-    pending_jobs: Vec<Box<Job>>,
+    pending_jobs: Vec<Job>,
     stop: &'a AtomicBool,
 }
 
@@ -874,7 +874,7 @@ impl Main<'_> {
                 .push((job.id, records, self.buf.len() - before));
             self.in_flight_ids.remove(&job.id);
             // The chunk's bytes stay reserved until its records are committed.
-            self.pending_jobs.push(job);
+            self.pending_jobs.push(*job);
             if self.buf.len() >= COMMIT_BYTES
                 || self.entries.len() >= 1024
                 || self.last_commit.elapsed() > Duration::from_millis(200)
