@@ -362,8 +362,24 @@ impl JsonHook {
 impl TokenHook for JsonHook {
     fn mask(&mut self, logits: &mut [f32]) {
         let room = self.machine.plain_room(self.state);
+        // Bytes that may come next: a token starting with any other byte is out without
+        // a walk (most of the vocabulary, between a string's end and the next one).
+        let mut first = [false; 256];
+        for (b, f) in first.iter_mut().enumerate() {
+            *f = self.machine.step(self.state, b as u8).is_some();
+        }
         for (i, l) in logits.iter_mut().enumerate() {
             if *l == f32::NEG_INFINITY {
+                continue;
+            }
+            let starts_ok = self
+                .vocab
+                .pieces
+                .get(i)
+                .and_then(Option::as_deref)
+                .is_some_and(|p| p.first().is_some_and(|&b| first[b as usize]));
+            if !starts_ok {
+                *l = f32::NEG_INFINITY;
                 continue;
             }
             if let Some(room) = room
