@@ -301,7 +301,8 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<Msg>();
     std::thread::scope(|s| {
         let reader_tx = tx.clone();
-        s.spawn(move || read_all(opts, tok, docs, stop, config, &reader_tx));
+        let generate = generator.is_some();
+        s.spawn(move || read_all(opts, tok, docs, stop, generate, &reader_tx));
         let mut main = Main {
             opts,
             tok,
@@ -376,7 +377,7 @@ fn read_all(
     tok: &Tokenizer,
     docs: &Arc<DocPool>,
     stop: &AtomicBool,
-    _config: u64,
+    generate: bool,
     tx: &Sender<Msg>,
 ) {
     let count = |s: &str| count_tokens(tok, s);
@@ -384,8 +385,14 @@ fn read_all(
     let mut seq = 0u64;
     let mut files = 0u64;
     let mut waits = 0u64;
-    let per_chunk_extra = 512 + 4096 * opts.questions_per_chunk as u64;
-    let text_factor = 1 + 2 * opts.questions_per_chunk as u64;
+    // Generating, a chunk also holds its prompts' token ids and replies.
+    let questions = if generate {
+        opts.questions_per_chunk as u64
+    } else {
+        0
+    };
+    let per_chunk_extra = 512 + 4096 * questions;
+    let text_factor = 1 + 2 * questions;
     let full = |seq: u64| opts.max_chunks.is_some_and(|m| seq >= m);
     let send = |c: Chunk, seq: &mut u64, waits: &mut u64| -> bool {
         if full(*seq) || stop.load(Ordering::Relaxed) {
