@@ -18,6 +18,7 @@ mod monitor;
 mod out;
 mod plan;
 mod pressure;
+mod qa;
 mod read;
 mod run;
 mod serve;
@@ -54,6 +55,8 @@ enum Command {
     /// The catalog's models and the models folder: size, architecture, tensor types,
     /// whether each is here and fits this machine (--json for scripts).
     List(list::ListArgs),
+    /// Documents to question/answer pairs (JSONL): bounded memory, resumable, exactly once.
+    Qa(qa::QaArgs),
 }
 
 fn main() {
@@ -79,6 +82,11 @@ fn main() {
         Command::Pull(a) => catalog::run_pull(&a),
         Command::List(a) => list::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Qa(a) => match qa::run(&a) {
+            // Ctrl+C: what was in flight is finished and written; 130 as shells expect.
+            Ok(true) => std::process::exit(130),
+            r => r.map(|_| ()),
+        },
     };
     std::process::exit(exit::report(result));
 }

@@ -204,8 +204,15 @@ impl Sampler {
         // overflows (a tiny temperature sends the others to −inf, weight 0).
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.cand.clear();
-        self.cand
-            .extend(logits.iter().enumerate().map(|(i, &l)| (l - max, i as u32)));
+        // Forbidden (-inf) tokens are no candidates: not even the fallback below can
+        // pick one.
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(_, &l)| l != f32::NEG_INFINITY)
+                .map(|(i, &l)| (l - max, i as u32)),
+        );
         let k = if self.cfg.top_k == 0 {
             self.cand.len()
         } else {

@@ -213,8 +213,8 @@ pub struct SchedStats {
     pub peak_running: usize,
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
-    /// Tokens run through the model: prompts (shared-prefix tokens are not), generated
-    /// tokens fed back, and whatever preemption made compute again.
+    /// Prompt tokens run through the model (shared-prefix tokens are not; a preempted
+    /// prompt computed again counts again).
     pub computed_tokens: u64,
     /// Prompt tokens taken from a shared prefix.
     pub cached_tokens: u64,
@@ -278,6 +278,8 @@ pub struct Scheduler<'a, 'm> {
     clock: u64,
     stats: SchedStats,
     batch: Batch,
+    /// Prompt tokens in `batch` (counted into `stats.computed_tokens` when it runs).
+    batch_prompt_tokens: u64,
 }
 
 impl<'a, 'm> Scheduler<'a, 'm> {
@@ -295,6 +297,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             clock: 0,
             stats: SchedStats::default(),
             batch: Batch::new(),
+            batch_prompt_tokens: 0,
         }
     }
 
@@ -310,7 +313,6 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             .filter(|l| l.phase != Phase::Running)
             .count();
         s.running = self.live.len() - s.waiting;
-        s.computed_tokens = self.engine.computed_tokens();
         s
     }
 
@@ -439,6 +441,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                     self.after_decode(&batch);
                     self.batch = batch;
                     self.stats.steps += 1;
+                    self.stats.computed_tokens += self.batch_prompt_tokens;
                     return Ok(n);
                 }
                 Err(e) if is_room(&e) => {
@@ -633,6 +636,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// rank order until the token budget is spent.
     fn build_batch(&mut self) {
         self.batch.clear();
+        self.batch_prompt_tokens = 0;
         let running = self.ranked(|p| p == Phase::Running);
         let mut budget = self.cfg.step_tokens;
         // Decodes first: a stream never waits behind a prompt.
@@ -658,6 +662,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 let seq = l.seq.expect("running sequences have one");
                 let end = held + n;
                 let prompt_lp = l.req.prompt_logprobs && held < l.req.prompt.len();
+                self.batch_prompt_tokens +=
+                    l.req.prompt.len().clamp(held, end) as u64 - held as u64;
                 for (i, &token) in l.tokens[held..end].iter().enumerate() {
                     let pos = held + i;
                     self.batch.push(BatchItem {

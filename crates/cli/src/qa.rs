@@ -1,0 +1,324 @@
+//! `llmem qa`: a corpus of documents to question/answer pairs (JSONL), in bounded memory,
+//! resumable: run it again with the same arguments after a crash or Ctrl+C and it goes on
+//! where it stopped, with no record lost and none written twice.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use budget::{BudgetBuilder, Bytes, Policy};
+use clap::{Args, ValueEnum};
+use engine::batch::BatchConfig;
+use engine::memory::Accounts;
+use engine::sched::SchedConfig;
+use engine::sched::service::Service;
+use engine::shared::SharedModel;
+use ingest::chunk::ChunkConfig;
+use ingest::prompts::Prompts;
+use ingest::record::Format;
+use ingest::source::{Filter, Input};
+
+use crate::exit::{CliError, input};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Messages,
+    Alpaca,
+    Sharegpt,
+    Raw,
+}
+
+#[derive(Args, Debug)]
+pub struct QaArgs {
+    /// Files, folders (read recursively) or `-` (JSONL on stdin, a `text` field per line).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// The output JSONL (appended; its journal is OUT.journal).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub questions_per_chunk: u32,
+    /// Chunk size in the model's tokens.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=8192))]
+    pub chunk_tokens: u32,
+    /// Tokens each chunk repeats from the one before (at most half a chunk).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub overlap: u32,
+    #[arg(long, value_enum, default_value = "messages")]
+    pub format: FormatArg,
+    /// Pairs the judge scores below this (1-10) are dropped.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub judge_threshold: u32,
+    /// Prompts ([question] and [judge] sections); the built-in ones otherwise.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sampling temperature of the questions (judging is greedy).
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Take only the corpus's first N chunks.
+    #[arg(long)]
+    pub max_chunks: Option<u64>,
+    /// Chunk, hash and journal only (one chunk record per chunk).
+    #[arg(long)]
+    pub no_generate: bool,
+    /// Chunks generating at once (1: one at a time).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_in_flight: u32,
+    /// Most bytes of document buffers (chunks in flight): reading pauses when they are full.
+    #[arg(long, default_value = "16MiB")]
+    pub documents: String,
+    /// Files in folders to take (globs: `*`, `?`, `**`; on the name, or the path below
+    /// the folder when the glob has a `/`).
+    #[arg(long)]
+    pub include: Vec<String>,
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// The report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArgs,
+    #[command(flatten)]
+    pub budget: crate::plan::BudgetArgs,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // A second Ctrl+C: stop now (the journal keeps what was committed).
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn catch_sigint() {
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+/// Runs `llmem qa`; `Ok(true)` when Ctrl+C ended it (after finishing what was in flight).
+pub fn run(a: &QaArgs) -> Result<bool, CliError> {
+    // First: a Ctrl+C while the model loads ends the run as cleanly as one later on.
+    catch_sigint();
+    let docs_limit: Bytes = a
+        .documents
+        .parse()
+        .map_err(|e| input(anyhow::anyhow!("--documents {}: {e}", a.documents)))?;
+    if docs_limit < Bytes::mib(1) {
+        return Err(input(anyhow::anyhow!(
+            "--documents must be at least 1MiB (the reader's own buffers need 768KiB)"
+        )));
+    }
+    if a.overlap * 2 > a.chunk_tokens {
+        return Err(input(anyhow::anyhow!(
+            "--overlap {} is more than half of --chunk-tokens {}",
+            a.overlap,
+            a.chunk_tokens
+        )));
+    }
+    let prompts = match &a.prompt_file {
+        None => Prompts::default_prompts(),
+        Some(f) => {
+            let (bytes, rest) = crate::read::read_capped(f, 1 << 20)
+                .map_err(|e| input(anyhow::anyhow!("--prompt-file {}: {e}", f.display())))?;
+            if rest == crate::read::Rest::More {
+                return Err(input(anyhow::anyhow!("--prompt-file is over 1MiB")));
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|_| input(anyhow::anyhow!("--prompt-file is not UTF-8")))?;
+            Prompts::parse(&text).map_err(input)?
+        }
+    };
+    let mut inputs = Vec::new();
+    for i in &a.inputs {
+        if i == "-" {
+            inputs.push(Input::Stdin);
+        } else {
+            let p = PathBuf::from(i);
+            if !p.exists() {
+                crate::out::warn(&format!("skipped {i}: no such file or folder"));
+                continue;
+            }
+            inputs.push(Input::Path(p));
+        }
+    }
+    let limit = crate::fit::Limit::of(&a.budget)?;
+    let budget = match limit
+        .profile
+        .as_ref()
+        .filter(|p| p.pools().iter().any(|s| s.name().as_str() == "documents"))
+    {
+        Some(p) => p.to_budget(),
+        None => BudgetBuilder::new(Bytes(limit.total_bytes))
+            .pool("weights", Policy::Persistent, Bytes::ZERO)
+            .pool("kv", Policy::Tiered, Bytes::ZERO)
+            .pool("scratch", Policy::Circular, Bytes::ZERO)
+            .pool("documents", Policy::ContentHash, docs_limit)
+            .build()
+            .map_err(|e| input(anyhow::anyhow!("--documents {}: {e}", a.documents)))?,
+    };
+    let accounts = Accounts::of(&budget).map_err(input)?;
+    let docs_id = budget.pool_id("documents").expect("checked above");
+    let docs_pool_limit = budget
+        .pools()
+        .find(|(id, _)| *id == docs_id)
+        .map(|(_, s)| s.limit())
+        .unwrap_or(docs_limit);
+    let docs = ingest::DocPool::new(
+        budget.clone(),
+        docs_id,
+        docs_limit.min(docs_pool_limit).max(Bytes::mib(1)),
+    );
+    if !a.model.exists() {
+        return Err(input(anyhow::anyhow!(
+            "model file {} does not exist",
+            a.model.display()
+        )));
+    }
+    let model = SharedModel::load(&a.model, &accounts).map_err(input)?;
+    let tok = &model.text().tokenizer;
+    let opts = ingest::Options {
+        inputs,
+        filter: Filter {
+            include: a.include.clone(),
+            exclude: a.exclude.clone(),
+        },
+        out: a.out.clone(),
+        chunk: ChunkConfig {
+            chunk_tokens: a.chunk_tokens as usize,
+            overlap: a.overlap as usize,
+        },
+        questions_per_chunk: a.questions_per_chunk as usize,
+        format: match a.format {
+            FormatArg::Messages => Format::Messages,
+            FormatArg::Alpaca => Format::Alpaca,
+            FormatArg::Sharegpt => Format::Sharegpt,
+            FormatArg::Raw => Format::Raw,
+        },
+        judge_threshold: a.judge_threshold,
+        prompts,
+        seed: a.seed,
+        max_chunks: a.max_chunks,
+        model_digest: model.text().model.digest,
+    };
+    let generator = if a.no_generate {
+        None
+    } else {
+        let threads = a.threads.resolve();
+        let running = (a.max_in_flight * a.questions_per_chunk) as usize;
+        let n_ctx = ingest::needed_ctx(a.chunk_tokens as usize);
+        let block = engine::forward::BLOCK_TOKENS;
+        // Room for every running request at a typical length; longer ones are handled by
+        // the scheduler's pressure ladder.
+        let typical = (a.chunk_tokens as usize + 1024).min(n_ctx);
+        let batch = BatchConfig {
+            kv_blocks: Some(running * typical.div_ceil(block)),
+            ..BatchConfig::new(n_ctx, running, threads)
+        };
+        let sched = SchedConfig {
+            max_running: running,
+            ..SchedConfig::default()
+        };
+        let service = Service::start(model.clone(), batch, sched, accounts.clone())
+            .map_err(|e| CliError::Runtime(anyhow::anyhow!("cannot start the engine: {e}")))?;
+        Some(ingest::Generator {
+            service: Arc::new(service),
+            model: model.clone(),
+            max_in_flight: a.max_in_flight as usize,
+            temperature: a.temperature,
+        })
+    };
+    let mut log = |s: &str| crate::out::note(&format!("llmem qa: {s}"));
+    let report = ingest::run(&opts, tok, &docs, generator.as_ref(), &STOP, &mut log).map_err(
+        |e| match e {
+            ingest::RunError::Journal(ingest::journal::JournalError::OutputShort { .. }) => {
+                input(e)
+            }
+            e => CliError::Runtime(e.into()),
+        },
+    )?;
+    let snap = budget.snapshot();
+    let docs_peak = snap
+        .pools
+        .iter()
+        .find(|p| p.name.as_str() == "documents")
+        .map_or(0, |p| p.peak.0);
+    let sched_stats = generator.as_ref().map(|g| g.service.snapshot().stats);
+    drop(generator);
+    let mut stdout = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({
+            "report": report,
+            "documents_limit_bytes": docs.limit(),
+            "documents_peak_bytes": docs_peak,
+            "scheduler": sched_stats.map(|s| serde_json::json!({
+                "prompt_tokens": s.prompt_tokens,
+                "cached_tokens": s.cached_tokens,
+                "computed_tokens": s.computed_tokens,
+                "generated_tokens": s.generated_tokens,
+                "peak_running": s.peak_running,
+                "preemptions": s.preemptions,
+            })),
+        });
+        writeln!(stdout, "{v}")?;
+    } else {
+        let judged = report.pairs_generated - report.pairs_invalid;
+        writeln!(
+            stdout,
+            "{} files, {} chunks ({} done before), {} records written to {}",
+            report.files,
+            report.chunks,
+            report.chunks_skipped,
+            report.records,
+            a.out.display()
+        )?;
+        if !a.no_generate {
+            let minutes = report.elapsed_s / 60.0;
+            writeln!(
+                stdout,
+                "{} pairs generated, {} invalid, {} below the judge threshold, {} near-duplicates; \
+                 {:.1} pairs/min; {} of {} prompt tokens reused from chunk prefixes",
+                report.pairs_generated,
+                report.pairs_invalid,
+                report.dropped_judge,
+                report.dropped_duplicate,
+                report.records as f64 / minutes.max(1e-9),
+                report.cached_tokens,
+                report.prompt_tokens,
+            )?;
+            if judged > 0 {
+                writeln!(
+                    stdout,
+                    "judge: mean score {:.2}, pass rate {:.0}%",
+                    report.score_sum as f64 / judged as f64,
+                    100.0 * (judged - report.dropped_judge) as f64 / judged as f64
+                )?;
+            }
+        }
+        writeln!(
+            stdout,
+            "documents pool: peak {} of {}",
+            Bytes(docs_peak),
+            Bytes(docs.limit())
+        )?;
+        for (p, why) in &report.problems {
+            writeln!(stdout, "skipped {p}: {why}")?;
+        }
+    }
+    if report.interrupted {
+        crate::out::note(
+            "llmem qa: interrupted; what was finished is written and journaled: run the same \
+             command again to go on",
+        );
+    }
+    Ok(report.interrupted)
+}

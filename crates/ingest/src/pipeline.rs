@@ -1,0 +1,908 @@
+//! The chain read → chunk → generate → judge → write, in bounded memory.
+//!
+//! A reader thread walks the inputs and chunks them; every chunk's buffers are reserved in
+//! the ledger's `documents` pool before the chunk exists, and when the pool is full the
+//! reader waits until written chunks give their bytes back (backpressure). The main thread
+//! takes chunks in corpus order, keeps up to `max_in_flight` of them generating on the
+//! scheduler at once, and writes finished chunks in corpus order: the output, and so the
+//! near-duplicate filter's decisions, are the same however a run was interrupted.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::{self, BufRead};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use budget::{Budget, Bytes, PoolId, Reservation};
+use engine::sampler::SamplerConfig;
+use engine::sched::service::Service;
+use engine::sched::{Event, FinishReason, Request, Sink, Usage};
+use engine::shared::SharedModel;
+use serde::Deserialize;
+use tokenizer::{BosEos, Render, Special, TokenId, Tokenizer};
+
+use crate::chunk::{Chunk, ChunkConfig, Chunker};
+use crate::dedup::Dedup;
+use crate::grammar::{JsonHook, Machine, Shape, Vocab};
+use crate::journal::{Journal, JournalError, Recovery, id_hex};
+use crate::prompts::{Prompts, fill};
+use crate::record::{ChunkRecord, Format, Meta, qa_line, validate};
+use crate::source::{Filter, Input, walk};
+
+/// Longest question and answer, in bytes (the grammar's caps).
+pub const MAX_QUESTION_BYTES: usize = 200;
+pub const MAX_ANSWER_BYTES: usize = 400;
+/// Bytes a reader thread holds beside its chunks (line, paragraph and window buffers),
+/// reserved for the whole run.
+const READER_BYTES: u64 = 512 * 1024;
+/// Output bytes gathered before one commit (reserved for the whole run).
+const COMMIT_BYTES: usize = 256 * 1024;
+/// Questions the near-duplicate filter remembers.
+const DEDUP_CAPACITY: usize = 20_000;
+
+/// The ledger's `documents` pool, held to its limit: a chunk waits for room instead of
+/// borrowing beyond it.
+pub struct DocPool {
+    budget: Budget,
+    pool: PoolId,
+    limit: u64,
+    lock: Mutex<()>,
+    freed: Condvar,
+}
+
+/// Bytes held in the documents pool; gives them back (and wakes waiters) when dropped.
+pub struct Held {
+    res: Option<Reservation>,
+    pool: Arc<DocPool>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _g = self.pool.lock.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.res.take());
+        self.pool.freed.notify_all();
+    }
+}
+
+impl DocPool {
+    pub fn new(budget: Budget, pool: PoolId, limit: Bytes) -> Arc<DocPool> {
+        Arc::new(DocPool {
+            budget,
+            pool,
+            limit: limit.0,
+            lock: Mutex::new(()),
+            freed: Condvar::new(),
+        })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Reserves `n` bytes (at most the limit), waiting while the pool is full; `None`
+    /// when `stop` is set while waiting. Returns also whether it had to wait.
+    fn acquire(self: &Arc<Self>, n: u64, stop: &AtomicBool) -> Option<(Held, bool)> {
+        let n = n.min(self.limit);
+        let mut waited = false;
+        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.budget.used(self.pool).0 + n <= self.limit
+                && let Ok(res) = self.budget.try_reserve(self.pool, Bytes(n))
+            {
+                return Some((
+                    Held {
+                        res: Some(res),
+                        pool: self.clone(),
+                    },
+                    waited,
+                ));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            waited = true;
+            g = self
+                .freed
+                .wait_timeout(g, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Generation settings (absent: chunk, hash and journal only).
+pub struct Generator {
+    pub service: Arc<Service>,
+    pub model: Arc<SharedModel>,
+    /// Chunks generating at once.
+    pub max_in_flight: usize,
+    /// Sampling temperature of questions (judging is greedy).
+    pub temperature: f32,
+}
+
+/// What a run is asked to do.
+pub struct Options {
+    pub inputs: Vec<Input>,
+    pub filter: Filter,
+    pub out: PathBuf,
+    pub chunk: ChunkConfig,
+    pub questions_per_chunk: usize,
+    pub format: Format,
+    pub judge_threshold: u32,
+    pub prompts: Prompts,
+    pub seed: u64,
+    /// Take only the corpus's first chunks (done ones included).
+    pub max_chunks: Option<u64>,
+    /// The model's digest (provenance and ids).
+    pub model_digest: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub files: u64,
+    /// Inputs skipped, with why.
+    pub problems: Vec<(String, String)>,
+    pub chunks: u64,
+    /// Chunks found done by an earlier run (or repeated in this one).
+    pub chunks_skipped: u64,
+    pub chunks_written: u64,
+    pub records: u64,
+    pub pairs_generated: u64,
+    /// Generated output that did not parse (the grammar should make this 0).
+    pub pairs_invalid: u64,
+    pub dropped_judge: u64,
+    pub dropped_duplicate: u64,
+    /// Judge scores of every valid pair.
+    pub score_sum: u64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    /// The reader waited for room in the documents pool this many times.
+    pub backpressure_waits: u64,
+    pub interrupted: bool,
+    pub recovered_output_bytes: u64,
+    pub recovered_journal_bytes: u64,
+    pub chunks_done_before: u64,
+    pub elapsed_s: f64,
+}
+
+/// Why a run failed (unreadable inputs are not failures: they are reported and skipped).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("writing the output: {0}")]
+    Io(#[from] io::Error),
+    #[error("the ledger has no room for the pipeline's own buffers: {0}")]
+    Budget(#[from] budget::OutOfBudget),
+}
+
+struct Item {
+    seq: u64,
+    chunk: Chunk,
+    _held: Held,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Gen(u32),
+    Judge(u32),
+}
+
+enum Msg {
+    Chunk(Box<Item>),
+    Problem(String, String),
+    ReaderDone {
+        files: u64,
+        waits: u64,
+    },
+    PrefixReady(u64),
+    Gen {
+        seq: u64,
+        stage: Stage,
+        tokens: Vec<u32>,
+        usage: Usage,
+        reason: FinishReason,
+    },
+}
+
+#[derive(Default, Clone)]
+struct Pair {
+    question: String,
+    answer: String,
+    score: Option<u32>,
+    valid: bool,
+}
+
+struct Job {
+    item: Item,
+    id: u128,
+    pairs: Vec<Pair>,
+    /// Requests submitted and not finished.
+    open: usize,
+    rest_submitted: bool,
+}
+
+/// A finished chunk waiting for its turn to be written.
+enum Finished {
+    /// Nothing to write (done already, or a repeat of a chunk in flight).
+    Skip,
+    Chunk(Box<Job>),
+}
+
+/// The chunk's id in the journal: its hash under this run's configuration.
+fn chunk_id(chunk_hash: u128, config: u64) -> u128 {
+    let mut b = chunk_hash.to_le_bytes().to_vec();
+    b.extend_from_slice(&config.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&b)
+}
+
+/// A record's id: hash of chunk hash, question index, model digest and prompt version.
+pub fn record_id(chunk_hash: u128, index: u32, model_digest: u64, prompt_version: &str) -> u128 {
+    let mut b = chunk_hash.to_le_bytes().to_vec();
+    b.extend_from_slice(&index.to_le_bytes());
+    b.extend_from_slice(&model_digest.to_le_bytes());
+    b.extend_from_slice(prompt_version.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&b)
+}
+
+/// Tokens of text (no BOS/EOS; control-token texts read as text).
+pub fn count_tokens(tok: &Tokenizer, s: &str) -> usize {
+    let mut v = Vec::new();
+    tok.encode_into(s, BosEos::Omit, Special::AsText, &mut v);
+    v.len()
+}
+
+/// The context one request of a run with `chunk_tokens`-token chunks may need: the chunk,
+/// the prompt's own text, a question and answer quoted to the judge, and the longest
+/// reply the grammar allows.
+pub fn needed_ctx(chunk_tokens: usize) -> usize {
+    let reply = Shape::qa(MAX_QUESTION_BYTES, MAX_ANSWER_BYTES).max_bytes();
+    (chunk_tokens + 384 + MAX_QUESTION_BYTES + MAX_ANSWER_BYTES + reply).next_multiple_of(256)
+}
+
+/// Runs the pipeline: see the module docs. `stop` (set by Ctrl+C) ends reading; the chunks
+/// in flight are finished and written before it returns. `log` gets progress lines.
+pub fn run(
+    opts: &Options,
+    tok: &Tokenizer,
+    docs: &Arc<DocPool>,
+    generator: Option<&Generator>,
+    stop: &AtomicBool,
+    log: &mut dyn FnMut(&str),
+) -> Result<Report, RunError> {
+    let t0 = Instant::now();
+    let (mut journal, rec) = Journal::open(&opts.out)?;
+    let mut report = Report {
+        recovered_output_bytes: rec.output_cut,
+        recovered_journal_bytes: rec.journal_cut,
+        chunks_done_before: rec.done,
+        ..Report::default()
+    };
+    note_recovery(&rec, log);
+    let config = config_key(opts, generator.is_some());
+    // The pipeline's own buffers: the reader's, the commit buffer.
+    let never = AtomicBool::new(false);
+    let _own = docs
+        .acquire(READER_BYTES + COMMIT_BYTES as u64, &never)
+        .map(|h| h.0);
+    let mut dedup = Dedup::new(DEDUP_CAPACITY);
+    if generator.is_some() && journal.out_len() > 0 {
+        // Rebuild the filter from what earlier runs wrote, in the order they wrote it.
+        for line in journal.output_reader()?.lines() {
+            if let Ok((q, _)) = validate(opts.format, &line?) {
+                dedup.add(&q);
+            }
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Msg>();
+    std::thread::scope(|s| {
+        let reader_tx = tx.clone();
+        let generate = generator.is_some();
+        s.spawn(move || read_all(opts, tok, docs, stop, generate, &reader_tx));
+        let mut main = Main {
+            opts,
+            tok,
+            generator,
+            journal: &mut journal,
+            config,
+            report: &mut report,
+            dedup,
+            tx,
+            queue: VecDeque::new(),
+            jobs: HashMap::new(),
+            finished: BTreeMap::new(),
+            next_write: 0,
+            in_flight_ids: HashSet::new(),
+            buf: Vec::new(),
+            entries: Vec::new(),
+            last_commit: Instant::now(),
+            gen_shape: Arc::new(Machine::new(&Shape::qa(
+                MAX_QUESTION_BYTES,
+                MAX_ANSWER_BYTES,
+            ))),
+            judge_shape: Arc::new(Machine::new(&Shape::score())),
+            vocab: generator.map(|_| Arc::new(Vocab::of(tok))),
+            stop_tokens: (0..tok.vocab_size() as u32)
+                .filter(|&t| tok.is_end_of_generation(TokenId(t)))
+                .collect(),
+            pending_jobs: Vec::new(),
+            stop,
+        };
+        main.run(&rx, log)
+    })?;
+    report.elapsed_s = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn note_recovery(rec: &Recovery, log: &mut dyn FnMut(&str)) {
+    if rec.done > 0 || rec.output_cut > 0 || rec.journal_cut > 0 {
+        log(&format!(
+            "resuming: {} chunks done before; cut {} bytes of output the journal did not \
+             cover and {} bytes of torn journal",
+            rec.done, rec.output_cut, rec.journal_cut
+        ));
+    }
+}
+
+/// Everything that changes what a chunk's records are.
+fn config_key(opts: &Options, generate: bool) -> u64 {
+    let s = if generate {
+        format!(
+            "qa|{:016x}|{}|{}|{}|{}|{}|{}|{}",
+            opts.model_digest,
+            opts.prompts.version,
+            opts.questions_per_chunk,
+            opts.seed,
+            opts.judge_threshold,
+            opts.format.name(),
+            opts.chunk.chunk_tokens,
+            opts.chunk.overlap
+        )
+    } else {
+        format!(
+            "chunks|{:016x}|{}|{}",
+            opts.model_digest, opts.chunk.chunk_tokens, opts.chunk.overlap
+        )
+    };
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+}
+
+/// The reader thread: inputs → paragraphs → chunks, each reserved before it is built.
+fn read_all(
+    opts: &Options,
+    tok: &Tokenizer,
+    docs: &Arc<DocPool>,
+    stop: &AtomicBool,
+    generate: bool,
+    tx: &Sender<Msg>,
+) {
+    let count = |s: &str| count_tokens(tok, s);
+    let mut chunker = Chunker::new(opts.chunk, &count);
+    let mut seq = 0u64;
+    let mut files = 0u64;
+    let mut waits = 0u64;
+    // Generating, a chunk also holds its prompts' token ids and replies.
+    let questions = if generate {
+        opts.questions_per_chunk as u64
+    } else {
+        0
+    };
+    let per_chunk_extra = 512 + 4096 * questions;
+    let text_factor = 1 + 2 * questions;
+    let full = |seq: u64| opts.max_chunks.is_some_and(|m| seq >= m);
+    let send = |c: Chunk, seq: &mut u64, waits: &mut u64| -> bool {
+        if full(*seq) || stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let bytes = c.text.len() as u64 * text_factor + c.source.len() as u64 + per_chunk_extra;
+        let Some((held, waited)) = docs.acquire(bytes, stop) else {
+            return false;
+        };
+        *waits += u64::from(waited);
+        let item = Item {
+            seq: *seq,
+            chunk: c,
+            _held: held,
+        };
+        *seq += 1;
+        tx.send(Msg::Chunk(Box::new(item))).is_ok()
+    };
+    walk(
+        &opts.inputs,
+        &opts.filter,
+        |input| {
+            if full(seq) || stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let name = match input {
+                Input::Stdin => "-".to_string(),
+                Input::Path(p) => p.display().to_string(),
+            };
+            let paras = match crate::source::open(input) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Msg::Problem(name, e.to_string()));
+                    return true;
+                }
+            };
+            files += 1;
+            let mut go_on = true;
+            for p in paras {
+                match p {
+                    Ok(p) => {
+                        let mut out = Vec::new();
+                        chunker.push(p, &mut |c| out.push(c));
+                        for c in out {
+                            go_on &= send(c, &mut seq, &mut waits);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Msg::Problem(name.clone(), e.to_string()));
+                        break;
+                    }
+                }
+                if !go_on {
+                    return false;
+                }
+            }
+            let mut out = Vec::new();
+            chunker.finish(&mut |c| out.push(c));
+            for c in out {
+                go_on &= send(c, &mut seq, &mut waits);
+            }
+            go_on
+        },
+        |path, e| {
+            let _ = tx.send(Msg::Problem(path.display().to_string(), e.to_string()));
+        },
+    );
+    let _ = tx.send(Msg::ReaderDone { files, waits });
+}
+
+#[derive(Deserialize)]
+struct QaJson {
+    question: String,
+    answer: String,
+}
+
+#[derive(Deserialize)]
+struct ScoreJson {
+    score: u32,
+}
+
+struct Main<'a> {
+    opts: &'a Options,
+    tok: &'a Tokenizer,
+    generator: Option<&'a Generator>,
+    journal: &'a mut Journal,
+    config: u64,
+    report: &'a mut Report,
+    dedup: Dedup,
+    tx: Sender<Msg>,
+    queue: VecDeque<Item>,
+    jobs: HashMap<u64, Job>,
+    finished: BTreeMap<u64, Finished>,
+    next_write: u64,
+    in_flight_ids: HashSet<u128>,
+    buf: Vec<u8>,
+    entries: Vec<(u128, u64, usize)>,
+    last_commit: Instant,
+    gen_shape: Arc<Machine>,
+    judge_shape: Arc<Machine>,
+    vocab: Option<Arc<Vocab>>,
+    stop_tokens: Vec<u32>,
+    /// Chunks written but not yet committed: their bytes stay reserved until then.
+    pending_jobs: Vec<Job>,
+    stop: &'a AtomicBool,
+}
+
+impl Main<'_> {
+    fn run(&mut self, rx: &Receiver<Msg>, log: &mut dyn FnMut(&str)) -> Result<(), RunError> {
+        let mut reader_done = false;
+        let mut last_log = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => self.handle(m, &mut reader_done, log),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => reader_done = true,
+            }
+            if self.stop.load(Ordering::Relaxed) && !self.report.interrupted {
+                self.report.interrupted = true;
+                log("interrupted: finishing the chunks in flight");
+            }
+            if self.report.interrupted {
+                // Chunks not started are dropped (and their bytes given back); they are
+                // not journaled, so the next run does them.
+                self.queue.clear();
+            }
+            self.start_jobs()?;
+            self.write_ready()?;
+            let idle = self.jobs.is_empty() && self.queue.is_empty();
+            if idle && (reader_done || self.report.interrupted) {
+                if self.report.interrupted && !reader_done {
+                    // Let the reader see the flag and end; drain what it still sends.
+                    while let Ok(m) = rx.recv_timeout(Duration::from_millis(200)) {
+                        let done = matches!(m, Msg::ReaderDone { .. });
+                        if let Msg::Chunk(_) = m {
+                            continue;
+                        }
+                        self.handle(m, &mut reader_done, log);
+                        if done {
+                            break;
+                        }
+                    }
+                }
+                self.commit()?;
+                return Ok(());
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                last_log = Instant::now();
+                log(&format!(
+                    "{} chunks read, {} written, {} records, {} in flight",
+                    self.report.chunks,
+                    self.report.chunks_written,
+                    self.report.records,
+                    self.jobs.len()
+                ));
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg, reader_done: &mut bool, log: &mut dyn FnMut(&str)) {
+        match m {
+            Msg::Chunk(item) => {
+                self.report.chunks += 1;
+                self.queue.push_back(*item);
+            }
+            Msg::Problem(path, why) => {
+                log(&format!("skipped {path}: {why}"));
+                self.report.problems.push((path, why));
+            }
+            Msg::ReaderDone { files, waits } => {
+                self.report.files = files;
+                self.report.backpressure_waits = waits;
+                *reader_done = true;
+            }
+            Msg::PrefixReady(seq) => self.submit_rest(seq),
+            Msg::Gen {
+                seq,
+                stage,
+                tokens,
+                usage,
+                reason,
+            } => self.on_done(seq, stage, &tokens, usage, &reason),
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.generator
+            .map_or(usize::MAX, |g| g.max_in_flight.max(1))
+    }
+
+    fn start_jobs(&mut self) -> Result<(), RunError> {
+        while self.jobs.len() < self.max_in_flight() {
+            let Some(item) = self.queue.pop_front() else {
+                break;
+            };
+            let id = chunk_id(item.chunk.hash, self.config);
+            if self.journal.is_done(id)? || !self.in_flight_ids.insert(id) {
+                self.report.chunks_skipped += 1;
+                self.finished.insert(item.seq, Finished::Skip);
+                continue;
+            }
+            let seq = item.seq;
+            let n = self.opts.questions_per_chunk;
+            let job = Job {
+                item,
+                id,
+                pairs: vec![Pair::default(); if self.generator.is_some() { n } else { 0 }],
+                open: 0,
+                rest_submitted: false,
+            };
+            self.jobs.insert(seq, job);
+            if self.generator.is_some() && n > 0 {
+                // The first question alone: once its prompt is computed, the others
+                // (and later the judges) reuse the chunk's KV blocks.
+                self.submit_gen(seq, 0);
+            }
+            self.maybe_finish(seq);
+        }
+        Ok(())
+    }
+
+    /// The token ids of a chat prompt whose user message is `user`; only the template's
+    /// own text may hold control tokens.
+    fn prompt_ids(&self, model: &SharedModel, user: &str) -> Vec<u32> {
+        const MARK: &str = "\u{1}LLMEM_USER\u{1}";
+        let tm = model.text();
+        let rendered = tm.chat_prompt(MARK).unwrap_or_else(|_| format!("{MARK}\n"));
+        let (before, after) = rendered.split_once(MARK).unwrap_or(("", ""));
+        let mut ids = Vec::new();
+        self.tok
+            .encode_into(before, BosEos::Add, Special::Parse, &mut ids);
+        self.tok
+            .encode_into(user, BosEos::Omit, Special::AsText, &mut ids);
+        self.tok
+            .encode_into(after, BosEos::Omit, Special::Parse, &mut ids);
+        ids.into_iter().map(|t| t.0).collect()
+    }
+
+    fn sink(&self, seq: u64, stage: Stage, announce: bool) -> Sink {
+        let tx = self.tx.clone();
+        let mut tokens = Vec::new();
+        let mut announced = !announce;
+        Box::new(move |ev| {
+            match ev {
+                Event::Token { token, .. } => {
+                    tokens.push(token);
+                    if !announced {
+                        announced = true;
+                        let _ = tx.send(Msg::PrefixReady(seq));
+                    }
+                }
+                Event::Done { reason, usage } => {
+                    let _ = tx.send(Msg::Gen {
+                        seq,
+                        stage,
+                        tokens: std::mem::take(&mut tokens),
+                        usage,
+                        reason,
+                    });
+                }
+                Event::PromptLogprob { .. } => {}
+            }
+            true
+        })
+    }
+
+    fn submit(&mut self, seq: u64, stage: Stage, user: String, announce: bool) {
+        let g = self.generator.expect("generating");
+        let vocab = self.vocab.clone().expect("generating");
+        let Some(job) = self.jobs.get(&seq) else {
+            return;
+        };
+        let (machine, sampler) = match stage {
+            Stage::Gen(i) => {
+                let rid = record_id(
+                    job.item.chunk.hash,
+                    i,
+                    self.opts.model_digest,
+                    &self.opts.prompts.version,
+                );
+                let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&rid.to_le_bytes(), self.opts.seed);
+                (
+                    self.gen_shape.clone(),
+                    SamplerConfig {
+                        temperature: g.temperature,
+                        top_k: 40,
+                        top_p: 0.95,
+                        min_p: 0.05,
+                        seed,
+                    },
+                )
+            }
+            Stage::Judge(_) => (self.judge_shape.clone(), SamplerConfig::default()),
+        };
+        let max_tokens = match stage {
+            Stage::Gen(_) => Shape::qa(MAX_QUESTION_BYTES, MAX_ANSWER_BYTES).max_bytes(),
+            Stage::Judge(_) => Shape::score().max_bytes(),
+        };
+        let prompt = self.prompt_ids(&g.model, &user);
+        let stop_tokens = self.stop_tokens.clone();
+        let req = Request {
+            prompt,
+            max_tokens,
+            sampler,
+            priority: 0,
+            stop_tokens,
+            top_logprobs: 0,
+            prompt_logprobs: false,
+            hook: Some(Box::new(JsonHook::new(machine, vocab))),
+        };
+        let sink = self.sink(seq, stage, announce);
+        match g.service.submit(req, sink) {
+            Ok(_) => {
+                if let Some(j) = self.jobs.get_mut(&seq) {
+                    j.open += 1;
+                }
+            }
+            Err(e) => {
+                // Counted as an invalid pair; the chunk goes on.
+                self.report.pairs_invalid += 1;
+                let _ = e;
+            }
+        }
+    }
+
+    fn submit_gen(&mut self, seq: u64, i: u32) {
+        let Some(job) = self.jobs.get(&seq) else {
+            return;
+        };
+        let n = self.opts.questions_per_chunk.to_string();
+        let idx = (i + 1).to_string();
+        let user = fill(
+            &self.opts.prompts.question,
+            &[("index", &idx), ("count", &n)],
+            &job.item.chunk.text,
+        );
+        self.submit(seq, Stage::Gen(i), user, i == 0);
+    }
+
+    fn submit_rest(&mut self, seq: u64) {
+        let Some(job) = self.jobs.get_mut(&seq) else {
+            return;
+        };
+        if job.rest_submitted {
+            return;
+        }
+        job.rest_submitted = true;
+        for i in 1..self.opts.questions_per_chunk as u32 {
+            self.submit_gen(seq, i);
+        }
+    }
+
+    fn on_done(
+        &mut self,
+        seq: u64,
+        stage: Stage,
+        tokens: &[u32],
+        usage: Usage,
+        reason: &FinishReason,
+    ) {
+        self.report.prompt_tokens += usage.prompt_tokens as u64;
+        self.report.cached_tokens += usage.cached_tokens as u64;
+        self.report.completion_tokens += usage.completion_tokens as u64;
+        let ids: Vec<TokenId> = tokens.iter().map(|&t| TokenId(t)).collect();
+        let text = self.tok.decode(&ids, Render::Text).unwrap_or_default();
+        let ok = matches!(reason, FinishReason::Hook | FinishReason::Stop);
+        if std::env::var_os("LLMEM_QA_DEBUG").is_some() {
+            eprintln!("[{seq} {stage:?}] {reason:?} {usage:?} {text:?}");
+        }
+        if let Some(job) = self.jobs.get_mut(&seq) {
+            job.open = job.open.saturating_sub(1);
+        }
+        match stage {
+            Stage::Gen(i) => {
+                if i == 0 {
+                    self.submit_rest(seq);
+                }
+                self.report.pairs_generated += 1;
+                let parsed = ok
+                    .then(|| serde_json::from_str::<QaJson>(&text).ok())
+                    .flatten()
+                    .filter(|p| !p.question.trim().is_empty() && !p.answer.trim().is_empty());
+                match parsed {
+                    Some(p) => {
+                        let Some(job) = self.jobs.get_mut(&seq) else {
+                            return;
+                        };
+                        let pair = &mut job.pairs[i as usize];
+                        pair.question = p.question.trim().to_string();
+                        pair.answer = p.answer.trim().to_string();
+                        pair.valid = true;
+                        let user = fill(
+                            &self.opts.prompts.judge,
+                            &[("question", &pair.question), ("answer", &pair.answer)],
+                            &job.item.chunk.text,
+                        );
+                        self.submit(seq, Stage::Judge(i), user, false);
+                    }
+                    None => self.report.pairs_invalid += 1,
+                }
+            }
+            Stage::Judge(i) => {
+                let score = ok
+                    .then(|| serde_json::from_str::<ScoreJson>(&text).ok())
+                    .flatten()
+                    .map(|s| s.score);
+                if let Some(job) = self.jobs.get_mut(&seq) {
+                    job.pairs[i as usize].score = score;
+                }
+            }
+        }
+        self.maybe_finish(seq);
+    }
+
+    fn maybe_finish(&mut self, seq: u64) {
+        let Some(job) = self.jobs.get(&seq) else {
+            return;
+        };
+        let n = job.pairs.len();
+        if job.open > 0 || (n > 1 && !job.rest_submitted) {
+            return;
+        }
+        let job = self.jobs.remove(&seq).expect("present");
+        self.finished.insert(seq, Finished::Chunk(Box::new(job)));
+    }
+
+    /// Writes finished chunks in corpus order, committing in groups.
+    fn write_ready(&mut self) -> Result<(), RunError> {
+        while let Some(f) = self.finished.remove(&self.next_write) {
+            self.next_write += 1;
+            let Finished::Chunk(job) = f else {
+                continue;
+            };
+            let before = self.buf.len();
+            let mut records = 0u64;
+            let c = &job.item.chunk;
+            if self.generator.is_none() {
+                let r = ChunkRecord {
+                    id: id_hex(job.id),
+                    kind: "chunk".into(),
+                    source: c.source.clone(),
+                    bytes: [c.start, c.end],
+                    chunk_hash: id_hex(c.hash),
+                    tokens: c.tokens as u64,
+                };
+                serde_json::to_writer(&mut self.buf, &r).map_err(io::Error::from)?;
+                self.buf.push(b'\n');
+                records += 1;
+            }
+            for (i, p) in job.pairs.iter().enumerate() {
+                if !p.valid {
+                    continue;
+                }
+                let score = p.score.unwrap_or(0);
+                self.report.score_sum += u64::from(score);
+                if score < self.opts.judge_threshold {
+                    self.report.dropped_judge += 1;
+                    continue;
+                }
+                if self.dedup.check_and_add(&p.question) {
+                    self.report.dropped_duplicate += 1;
+                    continue;
+                }
+                let meta = Meta {
+                    id: id_hex(record_id(
+                        c.hash,
+                        i as u32,
+                        self.opts.model_digest,
+                        &self.opts.prompts.version,
+                    )),
+                    source: c.source.clone(),
+                    bytes: [c.start, c.end],
+                    chunk_hash: id_hex(c.hash),
+                    model_digest: format!("{:016x}", self.opts.model_digest),
+                    prompt_version: self.opts.prompts.version.clone(),
+                    question_index: i as u32,
+                    judge_score: score,
+                };
+                self.buf.extend_from_slice(
+                    qa_line(self.opts.format, &p.question, &p.answer, &meta).as_bytes(),
+                );
+                records += 1;
+            }
+            self.report.records += records;
+            self.report.chunks_written += 1;
+            self.entries
+                .push((job.id, records, self.buf.len() - before));
+            self.in_flight_ids.remove(&job.id);
+            // The chunk's bytes stay reserved until its records are committed.
+            self.pending_jobs.push(*job);
+            if self.buf.len() >= COMMIT_BYTES
+                || self.entries.len() >= 1024
+                || self.last_commit.elapsed() > Duration::from_millis(200)
+                || self.generator.is_some()
+            {
+                self.commit()?;
+            }
+        }
+        if !self.entries.is_empty() && self.last_commit.elapsed() > Duration::from_millis(200) {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), RunError> {
+        self.journal.commit(&self.buf, &self.entries)?;
+        self.buf.clear();
+        self.entries.clear();
+        self.pending_jobs.clear();
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+}
