@@ -245,6 +245,16 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let text = if a.raw {
         prompt
     } else {
+        match tm.chat_format() {
+            engine::text::ChatFormat::Raw => crate::out::note(
+                "note: this model has no chat template and no known turn tokens \
+                 (a pretrained base model?): the prompt is used as it is, as with --raw",
+            ),
+            engine::text::ChatFormat::GemmaTurns => {
+                crate::out::note("note: this model has no chat template: using Gemma's turn format")
+            }
+            _ => {}
+        }
         tm.chat_prompt(&prompt).map_err(input)?
     };
     let ids = tm.encode(&text);

@@ -86,6 +86,23 @@ pub fn vocab_spec(file: &GgufFile<'_>) -> Result<VocabSpec, LoadError> {
 /// ChatML, for models that ship no template of their own.
 const CHATML: &str = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turn format, for a Gemma vocabulary without a template (its pretrained base
+/// files ship none): the model was trained with these turns.
+const GEMMA_TURNS: &str = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = m['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + m['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// How a model's chat prompts are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatFormat {
+    /// The file's own `tokenizer.chat_template`.
+    Template,
+    /// No template, but a vocabulary with Gemma's turn tokens: Gemma's turn format.
+    GemmaTurns,
+    /// No template, but ChatML's tokens: ChatML.
+    ChatMl,
+    /// No template and no known turn tokens: the text is used as it is (`--raw`).
+    Raw,
+}
+
 /// Streams generated tokens out as text, holding back split characters.
 pub struct TextStream<'t> {
     inner: StreamDecoder<'t>,
@@ -172,10 +189,33 @@ impl<'m> TextModel<'m> {
         self.render_chat(&[Message::user(user)])
     }
 
-    /// The prompt for a conversation through the model's chat template (ChatML when the
-    /// file has none), the assistant's turn opened.
+    /// How [`TextModel::render_chat`] makes prompts for this model.
+    pub fn chat_format(&self) -> ChatFormat {
+        let has = |t: &str| self.tokenizer.token_id(t).is_some();
+        if self.chat_template.is_some() {
+            ChatFormat::Template
+        } else if has("<start_of_turn>") && has("<end_of_turn>") {
+            ChatFormat::GemmaTurns
+        } else if has("<|im_start|>") && has("<|im_end|>") {
+            ChatFormat::ChatMl
+        } else {
+            ChatFormat::Raw
+        }
+    }
+
+    /// The prompt for a conversation through the model's chat template, the assistant's
+    /// turn opened. Without a template: Gemma's turns or ChatML where the vocabulary has
+    /// their tokens, else the messages' text as it is ([`ChatFormat::Raw`]).
     pub fn render_chat(&self, messages: &[Message]) -> Result<String, TemplateError> {
-        let tmpl = self.chat_template.as_deref().unwrap_or(CHATML);
+        let tmpl = match self.chat_format() {
+            ChatFormat::Template => self.chat_template.as_deref().unwrap_or(CHATML),
+            ChatFormat::GemmaTurns => GEMMA_TURNS,
+            ChatFormat::ChatMl => CHATML,
+            ChatFormat::Raw => {
+                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                return Ok(text.join("\n"));
+            }
+        };
         let sp = self.tokenizer.special_tokens();
         let text = |id: Option<TokenId>| {
             id.and_then(|i| self.tokenizer.token_text(i))
