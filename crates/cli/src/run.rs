@@ -107,7 +107,8 @@ struct Ledger {
     rss_bytes: Option<u64>,
     rss_file_bytes: Option<u64>,
     rss_anon_bytes: Option<u64>,
-    /// RSS − ledger: memory llmem holds outside any reservation.
+    /// RSS − (ledger + the plan's runtime line): memory llmem holds that neither a
+    /// reservation nor the plan accounts for.
     untracked_bytes: Option<i64>,
     untracked_ratio: Option<f64>,
 }
@@ -359,7 +360,10 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         let snapshot = accounts.budget.snapshot();
         let proc_ = probe::NativeProbe::new().process().ok();
         let rss = proc_.as_ref().map(|p| p.rss_bytes);
-        let untracked = rss.map(|r| r as i64 - snapshot.used.0 as i64);
+        // The plan's runtime line (the binary's code, thread stacks, allocator arenas)
+        // is held by every run and reserved in no pool: it is planned, not untracked.
+        let accounted = snapshot.used.0 + need.runtime_bytes;
+        let untracked = rss.map(|r| r as i64 - accounted as i64);
         let ledger = Ledger {
             budget_bytes: limit.profile.as_ref().map(|p| p.total().0),
             plan_total_bytes: need.total_bytes,
