@@ -43,10 +43,11 @@ impl SharedModel {
     pub fn load(path: &Path, accounts: &Accounts) -> Result<Arc<Self>, SharedLoadError> {
         let file = weights::MappedFile::open(path)?;
         let file_res = accounts.reserve(accounts.weights, file.bytes().len() as u64)?;
-        // SAFETY: the bytes live in a read-only mapping owned by `file`, which is moved
-        // into the returned value together with every view made from them, never
-        // remapped, and dropped after them (field order above). A moved `MappedFile`
-        // keeps its mapping's address.
+        // The bytes live in a read-only mapping owned by `file`, which is moved into the
+        // returned value together with every view made from them, never remapped, and
+        // dropped after them (field order above). A moved `MappedFile` keeps its
+        // mapping's address.
+        // SAFETY: so the views never outlive the mapping (see above).
         let bytes: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &[u8]>(file.bytes()) };
         let gguf = gguf::GgufFile::parse(bytes).map_err(LoadError::from)?;
         let mut text = TextModel::from_gguf(&gguf)?;
