@@ -3,7 +3,9 @@
 
 N concurrent clients each send streaming chat completions, one after another, for T
 seconds; then every client finishes its current request and the script reports total
-generated tokens per second, time to first token (p50, p99) and errors, as text or JSON.
+generated tokens per second, time to first token (p50, p99), errors and dropped streams
+(a 200 stream that ends without a finish_reason and `[DONE]`), as text or JSON. The exit
+status is 1 when any request failed or any stream was dropped.
 
     bench/serve_load.py --url http://127.0.0.1:8080 --clients 8 --seconds 30
 
@@ -46,7 +48,7 @@ def one_request(url, key, max_tokens, prompt, timeout):
     if key:
         headers["Authorization"] = f"Bearer {key}"
     t0 = time.monotonic()
-    ttft, chunks, usage_tokens = None, 0, None
+    ttft, chunks, usage_tokens, finished, done = None, 0, None, False, False
     try:
         conn.request("POST", u.path.rstrip("/") + "/v1/chat/completions", body, headers)
         resp = conn.getresponse()
@@ -58,11 +60,14 @@ def one_request(url, key, max_tokens, prompt, timeout):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
+                done = True
                 break
             ev = json.loads(data)
             if ev.get("usage"):
                 usage_tokens = ev["usage"].get("completion_tokens")
             for c in ev.get("choices") or []:
+                if c.get("finish_reason"):
+                    finished = True
                 if (c.get("delta") or {}).get("content"):
                     if ttft is None:
                         ttft = time.monotonic() - t0
@@ -71,6 +76,8 @@ def one_request(url, key, max_tokens, prompt, timeout):
         return ttft, chunks, type(e).__name__
     finally:
         conn.close()
+    if not (finished and done):
+        return ttft, chunks, "dropped stream"
     return ttft, usage_tokens if usage_tokens is not None else chunks, None
 
 
@@ -120,7 +127,8 @@ def main():
         "clients": a.clients,
         "seconds": round(wall, 2),
         "requests": requests[0],
-        "errors": sum(errors.values()),
+        "errors": sum(n for k, n in errors.items() if k != "dropped stream"),
+        "dropped_streams": errors.get("dropped stream", 0),
         "error_kinds": errors,
         "generated_tokens": tokens[0],
         "tok_s": round(tokens[0] / wall, 1),
@@ -134,8 +142,9 @@ def main():
         print(
             f"{a.clients} clients, {wall:.1f} s: {requests[0]} requests, {tokens[0]} tokens, "
             f"{report['tok_s']} tok/s; TTFT p50 {pct(50) or 0:.3f} s p99 {pct(99) or 0:.3f} s; "
-            f"{report['errors']} errors {errors or ''}"
+            f"{report['errors']} errors, {report['dropped_streams']} dropped streams {errors or ''}"
         )
+    sys.exit(1 if errors else 0)
 
 
 if __name__ == "__main__":

@@ -486,3 +486,41 @@ fn the_openai_python_client_passes_end_to_end() {
         "the openai client's checks failed:\n{text}"
     );
 }
+
+/// The short version of the load bench (`bench/serve_load.py`; the long one and the
+/// comparison with llama-server are `bench/serve_vs_llama_server.sh`): 32 concurrent
+/// streaming clients for 30 s, every request answered and every stream ended with its
+/// finish reason and `[DONE]`.
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn thirty_two_streaming_clients_for_30_s_get_every_stream_whole() {
+    let Some(model) = model() else { return };
+    let s = serve(
+        &model,
+        &["--ctx", "512", "--parallel", "32", "--queue", "64"],
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/serve_load.py");
+    let py = std::env::var("LLMEM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&py)
+        .arg(&script)
+        .args(["--url", &format!("http://{}", s.addr)])
+        .args([
+            "--clients",
+            "32",
+            "--seconds",
+            "30",
+            "--max-tokens",
+            "32",
+            "--json",
+        ])
+        .output()
+        .expect("run bench/serve_load.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&text).expect("the load script's JSON report");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["dropped_streams"], 0, "{r}");
+    assert!(r["requests"].as_u64().unwrap() >= 32, "{r}");
+    assert!(r["generated_tokens"].as_u64().unwrap() > 0, "{r}");
+    assert!(out.status.success());
+}
