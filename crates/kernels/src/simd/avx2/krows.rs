@@ -55,8 +55,12 @@ trait KRows {
     const HAS_M: bool;
     /// Whether codes are stored 32 above the values (Q6_K).
     const OFFSET32: bool;
-    /// Decodes the super-blocks at `p[0..8]` into `panel`.
+    /// The scales (and offsets) of the super-blocks at `p[0..8]` into `panel`.
+    unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel);
+    /// The scales and the transposed codes of the super-blocks at `p[0..8]` into `panel`.
     unsafe fn decode(p: &[*const u8; ROWS], panel: &mut Panel);
+    /// The 32 codes of sub-block `s` of the super-block at `p`, in value order.
+    unsafe fn codes(p: *const u8, s: usize) -> __m256i;
 }
 
 /// `v[r]` lane `j` → `out[j]` lane `r`: an 8 × 8 transpose of 32-bit lanes.
@@ -104,14 +108,15 @@ unsafe fn load_t(p: &[*const u8; ROWS], off: usize) -> [__m256i; 8] {
     transpose8(v)
 }
 
-/// Eight rows' floats (8 per row) transposed: lane `r` of result `j` is `f[r][j]`.
+/// Floats `h..h + 8` of eight rows' headers, transposed: lane `r` of result `j` is
+/// `f[r][h + j]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn transpose8_ps(f: &[[f32; 8]; ROWS]) -> [__m256; 8] {
+fn transpose8_ps(f: &[[f32; 16]; ROWS], h: usize) -> [__m256; 8] {
     let mut v = [_mm256_setzero_si256(); 8];
     for (v, r) in v.iter_mut().zip(f) {
-        // SAFETY: each row holds 8 floats.
-        *v = _mm256_castps_si256(unsafe { _mm256_loadu_ps(r.as_ptr()) });
+        // SAFETY: each row holds 16 floats and h ≤ 8.
+        *v = _mm256_castps_si256(unsafe { _mm256_loadu_ps(r.as_ptr().add(h)) });
     }
     let t = transpose8(v);
     let mut out = [_mm256_setzero_ps(); 8];
@@ -121,28 +126,66 @@ fn transpose8_ps(f: &[[f32; 8]; ROWS]) -> [__m256; 8] {
     out
 }
 
-/// Q4_K/Q5_K headers of eight rows: per-sub-block scales `d · sc` and offsets `-dmin · m`
-/// (the float products [`crate::quant::layout::decode_k`] forms).
+/// The Q4_K/Q5_K header at `p` (d, dmin, 12 bytes of 6-bit scales and mins): floats
+/// 0..8 are `d · scale[s]`, 8..16 are `-dmin · min[s]` (the products
+/// [`crate::quant::layout::decode_k`] forms).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn header_k4_row(p: *const u8) -> [f32; 16] {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    // SAFETY: the caller guarantees the 16 header bytes at p.
+    let (d, dmin, a, b, c) = unsafe {
+        let (d, dmin) = f16x2(p);
+        let w = |o: usize| std::ptr::read_unaligned(p.add(o).cast::<u32>());
+        (d, dmin, w(4), w(8), w(12))
+    };
+    // Sub-blocks 0..4 keep the low six bits of bytes 0..4 (scales) and 4..8 (mins);
+    // 4..8 take the nibbles of bytes 8..12 and, as bits 4 and 5, the top two bits of
+    // those same bytes 0..8.
+    let sc = u64::from(a & LOW6) | (u64::from((c & LOW4) | (((a >> 6) & LOW2) << 4)) << 32);
+    let mn = u64::from(b & LOW6) | (u64::from(((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4)) << 32);
+    let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
+    let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)));
+    let mut h = [0.0f32; 16];
+    // SAFETY: h holds 16 floats.
+    unsafe {
+        _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(sc, _mm256_set1_ps(d)));
+        _mm256_storeu_ps(
+            h.as_mut_ptr().add(8),
+            _mm256_mul_ps(mn, _mm256_set1_ps(-dmin)),
+        );
+    }
+    h
+}
+
+/// Q4_K/Q5_K headers of eight rows into the panel's scales and offsets.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn header_k4(p: &[*const u8; ROWS], panel: &mut Panel) {
-    let mut sc = [[0.0f32; 8]; ROWS];
-    let mut mn = [[0.0f32; 8]; ROWS];
-    for r in 0..ROWS {
+    let mut h = [[0.0f32; 16]; ROWS];
+    for (h, p) in h.iter_mut().zip(p) {
         // SAFETY: the caller guarantees the 16 header bytes at p[r].
-        let (d, dmin, b) = unsafe {
-            let (d, dmin) = f16x2(p[r]);
-            (d, dmin, std::slice::from_raw_parts(p[r].add(4), 12))
-        };
-        for s in 0..8 {
-            let (scale, min) = crate::quant::layout::scale_min_k4(b, s);
-            sc[r][s] = d * f32::from(scale);
-            mn[r][s] = -dmin * f32::from(min);
-        }
+        *h = unsafe { header_k4_row(*p) };
     }
-    let (sc, mn) = (transpose8_ps(&sc), transpose8_ps(&mn));
-    panel.scale[..8].copy_from_slice(&sc);
-    panel.min.copy_from_slice(&mn);
+    panel.scale[..8].copy_from_slice(&transpose8_ps(&h, 0));
+    panel.min.copy_from_slice(&transpose8_ps(&h, 8));
+}
+
+/// The 32 nibbles of sub-block `s` from the 128 bytes at `qs`, in value order: 32 bytes
+/// per pair of sub-blocks, low nibbles for the even one.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_nibbles(qs: *const u8, s: usize) -> __m256i {
+    // SAFETY: the caller guarantees 128 bytes at qs.
+    let q = unsafe { _mm256_loadu_si256(qs.add(32 * (s / 2)).cast()) };
+    let q = if s.is_multiple_of(2) {
+        q
+    } else {
+        _mm256_srli_epi16::<4>(q)
+    };
+    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
 }
 
 struct RQ4K;
@@ -155,10 +198,20 @@ impl KRows for RQ4K {
     const HAS_M: bool = true;
     const OFFSET32: bool = false;
     #[inline(always)]
+    unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel) {
+        // SAFETY: each p[r] is a whole super-block (caller).
+        unsafe { header_k4(p, panel) }
+    }
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, s: usize) -> __m256i {
+        // SAFETY: p is a whole super-block (caller): qs at 16.
+        unsafe { k4_nibbles(p.add(16), s) }
+    }
+    #[inline(always)]
     unsafe fn decode(p: &[*const u8; ROWS], panel: &mut Panel) {
         // SAFETY (whole body): each p[r] is a whole 144-byte super-block (caller).
         unsafe {
-            header_k4(p, panel);
+            Self::header(p, panel);
             let m4 = _mm256_set1_epi8(0x0F);
             for q in 0..4 {
                 // Bytes of pair q: low nibbles are sub-block 2q, high ones 2q + 1.
@@ -178,11 +231,28 @@ impl KRows for RQ5K {
     const HAS_M: bool = true;
     const OFFSET32: bool = false;
     #[inline(always)]
+    unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel) {
+        // SAFETY: each p[r] is a whole super-block (caller).
+        unsafe { header_k4(p, panel) }
+    }
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, s: usize) -> __m256i {
+        // SAFETY: p is a whole super-block (caller): qh at 16, qs at 48.
+        unsafe {
+            let qh = _mm256_loadu_si256(p.add(16).cast());
+            let hb = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)),
+                _mm256_set1_epi8(1),
+            );
+            _mm256_or_si256(k4_nibbles(p.add(48), s), _mm256_slli_epi16::<4>(hb))
+        }
+    }
+    #[inline(always)]
     unsafe fn decode(p: &[*const u8; ROWS], panel: &mut Panel) {
         // SAFETY (whole body): each p[r] is a whole 176-byte super-block (caller): qh at
         // 16, qs at 48.
         unsafe {
-            header_k4(p, panel);
+            Self::header(p, panel);
             let m4 = _mm256_set1_epi8(0x0F);
             let one = _mm256_set1_epi8(1);
             let h = load_t(p, 16);
@@ -216,23 +286,54 @@ impl KRows for RQ6K {
     const GROUP: usize = 16;
     const HAS_M: bool = false;
     const OFFSET32: bool = true;
+    /// Scales `d · sc[g]` for the sixteen groups of 16 (scales at 192, d at 208).
+    #[inline(always)]
+    unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel) {
+        let mut h = [[0.0f32; 16]; ROWS];
+        for (h, p) in h.iter_mut().zip(p) {
+            // SAFETY: p is a whole 210-byte super-block (caller); h holds 16 floats.
+            unsafe {
+                let bits = i32::from(std::ptr::read_unaligned(p.add(208).cast::<u16>()));
+                let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))));
+                let sc = _mm_loadu_si128(p.add(192).cast());
+                let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
+                let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
+                _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(lo, d));
+                _mm256_storeu_ps(h.as_mut_ptr().add(8), _mm256_mul_ps(hi, d));
+            }
+        }
+        // SAFETY: AVX2 present (module contract).
+        let (lo, hi) = unsafe { (transpose8_ps(&h, 0), transpose8_ps(&h, 8)) };
+        panel.scale[..8].copy_from_slice(&lo);
+        panel.scale[8..].copy_from_slice(&hi);
+    }
+    /// Codes 0..64 (the values plus 32).
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, s: usize) -> __m256i {
+        let (n, i) = (s / 4, s % 4);
+        // SAFETY: p is a whole super-block (caller): ql at 0, qh at 128.
+        unsafe {
+            let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (i % 2)).cast());
+            let ql = if i < 2 {
+                ql
+            } else {
+                _mm256_srli_epi16::<4>(ql)
+            };
+            let low = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
+            let qh = _mm256_loadu_si256(p.add(128 + 32 * n).cast());
+            let high = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32)),
+                _mm256_set1_epi8(3),
+            );
+            _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
+        }
+    }
     #[inline(always)]
     unsafe fn decode(p: &[*const u8; ROWS], panel: &mut Panel) {
         // SAFETY (whole body): each p[r] is a whole 210-byte super-block (caller): ql at
-        // 0, qh at 128, scales at 192, d at 208.
+        // 0, qh at 128.
         unsafe {
-            let mut lo = [[0.0f32; 8]; ROWS];
-            let mut hi = [[0.0f32; 8]; ROWS];
-            for r in 0..ROWS {
-                let bits = i32::from(std::ptr::read_unaligned(p[r].add(208).cast::<u16>()));
-                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
-                for g in 0..8 {
-                    lo[r][g] = d * f32::from(*p[r].add(192 + g) as i8);
-                    hi[r][g] = d * f32::from(*p[r].add(200 + g) as i8);
-                }
-            }
-            panel.scale[..8].copy_from_slice(&transpose8_ps(&lo));
-            panel.scale[8..].copy_from_slice(&transpose8_ps(&hi));
+            Self::header(p, panel);
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(3);
             for n in 0..2 {
@@ -314,7 +415,7 @@ fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
 /// Defines the tile `$tile` and driver `$gemm` for `$features`, with dot products from
 /// `$dot` and up to `$rn` tokens per tile.
 macro_rules! krows_driver {
-    ($tile:ident, $gemm:ident, $dot:ident, $rn:literal, $features:literal) => {
+    ($tile:ident, $dtile:ident, $gemm:ident, $dot:ident, $rn:literal, $features:literal) => {
         /// Rows `r0..r0 + nr` (nr ≤ 8) × tokens `t0..t0 + RN`.
         #[target_feature(enable = $features)]
         #[inline]
@@ -338,6 +439,16 @@ macro_rules! krows_driver {
             let per = K::GROUP / 4;
             for sb in 0..nb / (QK_K / QK) {
                 let p = rowp.map(|p| p.wrapping_add(sb * K::BB));
+                // The same super-block of the next tile's rows: a hint, never a fault,
+                // even past the end of the data (the hardware prefetcher alone does not
+                // keep eight row streams ahead; see gemm's PREFETCH_BYTES).
+                for q in p {
+                    let mut l = 0;
+                    while l < K::BB {
+                        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(ROWS * w.row_bytes + l).cast());
+                        l += 64;
+                    }
+                }
                 // SAFETY: each row's super-block sb lies inside w.data (driver bounds).
                 unsafe { K::decode(&p, &mut panel) };
                 let blocks: [*const BlockQ8; RN] =
@@ -396,6 +507,119 @@ macro_rules! krows_driver {
             }
         }
 
+        /// Rows `r0..r0 + nr` (nr ≤ 8) × the one token `t`, without a panel: each row's
+        /// codes stay in value order and meet the token's blocks directly; each row's
+        /// group sums are gathered into one vector (exact integer adds), and the eight
+        /// rows' vectors transposed so that the float steps are the panel tile's.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $dtile<K: KRows>(
+            w: &RowsRef<'_>,
+            r0: usize,
+            nr: usize,
+            acts: *const BlockQ8,
+            nb: usize,
+            t: usize,
+            out: OutPtr,
+        ) {
+            let base = w.data.as_ptr();
+            let rowp: [*const u8; ROWS] = std::array::from_fn(|r| {
+                base.wrapping_add((r0 + if r < nr { r } else { 0 }) * w.row_bytes)
+            });
+            let mut acc = _mm256_setzero_ps();
+            // SAFETY: written by header before any read (codes are never read here).
+            let mut panel: Panel = unsafe { std::mem::zeroed() };
+            for sb in 0..nb / (QK_K / QK) {
+                let p = rowp.map(|p| p.wrapping_add(sb * K::BB));
+                // The same super-block of the next tile's rows: a hint, never a fault,
+                // even past the end of the data (the hardware prefetcher alone does not
+                // keep eight row streams ahead; see gemm's PREFETCH_BYTES).
+                for q in p {
+                    let mut l = 0;
+                    while l < K::BB {
+                        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(ROWS * w.row_bytes + l).cast());
+                        l += 64;
+                    }
+                }
+                let blocks = acts.wrapping_add(t * nb + sb * (QK_K / QK));
+                let mut a = [_mm256_setzero_si256(); 8];
+                for (s, a) in a.iter_mut().enumerate() {
+                    // SAFETY: token t's 8 blocks of super-block sb are in `acts`.
+                    *a = unsafe { _mm256_loadu_si256((*blocks.add(s)).qs.as_ptr().cast()) };
+                }
+                // SAFETY: each row's super-block sb lies inside w.data (driver bounds).
+                unsafe { K::header(&p, &mut panel) };
+                let neg = if K::OFFSET32 {
+                    // SAFETY: as for `a`.
+                    let n = unsafe { neg32_sums(blocks) };
+                    // SAFETY: n holds 16 i32.
+                    unsafe {
+                        [
+                            _mm256_loadu_si256(n.as_ptr().cast()),
+                            _mm256_loadu_si256(n.as_ptr().add(8).cast()),
+                        ]
+                    }
+                } else {
+                    [_mm256_setzero_si256(); 2]
+                };
+                let mut lo = [_mm256_setzero_si256(); ROWS];
+                let mut hi = [_mm256_setzero_si256(); ROWS];
+                for r in 0..ROWS {
+                    let mut y = [_mm256_setzero_si256(); 8];
+                    for s in 0..8 {
+                        // SAFETY: as for the header.
+                        let c = unsafe { K::codes(p[r], s) };
+                        y[s] = $dot(_mm256_setzero_si256(), c, a[s]);
+                    }
+                    // [g0 g2 g4 g6 | g1 g3 g5 g7] and the same for groups 8..16 (groups
+                    // of 16 values; lanes 0..4 of y[s] cover group 2s, 4..8 group 2s + 1).
+                    let k0 = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(y[0], y[1]),
+                        _mm256_hadd_epi32(y[2], y[3]),
+                    );
+                    let k1 = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(y[4], y[5]),
+                        _mm256_hadd_epi32(y[6], y[7]),
+                    );
+                    if K::GROUP == 32 {
+                        // Sub-block sums s0..s8: the two halves of each added.
+                        lo[r] = _mm256_add_epi32(
+                            _mm256_permute2x128_si256::<0x20>(k0, k1),
+                            _mm256_permute2x128_si256::<0x31>(k0, k1),
+                        );
+                    } else {
+                        lo[r] = _mm256_add_epi32(k0, neg[0]);
+                        hi[r] = _mm256_add_epi32(k1, neg[1]);
+                    }
+                }
+                let tl = transpose8(lo);
+                let th = if K::GROUP == 32 { tl } else { transpose8(hi) };
+                for g in 0..QK_K / K::GROUP {
+                    let isum = if K::GROUP == 32 {
+                        tl[g]
+                    } else {
+                        let i = neg_index(g);
+                        if i < 8 { tl[i] } else { th[i - 8] }
+                    };
+                    // SAFETY: as for `a`.
+                    let blk = unsafe { &*blocks.add(g * K::GROUP / QK) };
+                    let sd = _mm256_mul_ps(panel.scale[g], _mm256_set1_ps(blk.d));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sd, acc);
+                    if K::HAS_M {
+                        acc = _mm256_fmadd_ps(panel.min[g], _mm256_set1_ps(blk.s), acc);
+                    }
+                }
+            }
+            let o = out.ptr.wrapping_add(t * out.ld + r0);
+            let mut v = [0.0f32; ROWS];
+            // SAFETY: v holds 8 floats.
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), acc) };
+            for (r, v) in v.iter().enumerate().take(nr) {
+                // SAFETY: the driver's caller owns (t, r0 + r) for r < nr.
+                unsafe { *o.add(r) = *v };
+            }
+        }
+
         #[target_feature(enable = $features)]
         unsafe fn $gemm<K: KRows>(
             w: RowsRef<'_>,
@@ -435,7 +659,7 @@ macro_rules! krows_driver {
                             t += 2;
                         }
                         if t < te {
-                            $tile::<K, 1>(&w, r, nr, a, nb, t, out);
+                            $dtile::<K>(&w, r, nr, a, nb, t, out);
                         }
                     }
                     r += nr;
@@ -446,9 +670,10 @@ macro_rules! krows_driver {
     };
 }
 
-krows_driver!(rtile, rgemm, dot, 4, "avx2,fma,f16c");
+krows_driver!(rtile, rdtile, rgemm, dot, 4, "avx2,fma,f16c");
 krows_driver!(
     rtile_wide,
+    rdtile_wide,
     rgemm_wide,
     dot_vnni,
     8,
