@@ -55,6 +55,8 @@ trait KRows {
     const HAS_M: bool;
     /// Whether codes are stored 32 above the values (Q6_K).
     const OFFSET32: bool;
+    /// Bits per code (codes are below `1 << CODE_BITS`).
+    const CODE_BITS: u32;
     /// The scales (and offsets) of the super-blocks at `p[0..8]` into `panel`.
     unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel);
     /// The scales and the transposed codes of the super-blocks at `p[0..8]` into `panel`.
@@ -197,6 +199,7 @@ impl KRows for RQ4K {
     const GROUP: usize = 32;
     const HAS_M: bool = true;
     const OFFSET32: bool = false;
+    const CODE_BITS: u32 = 4;
     #[inline(always)]
     unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel) {
         // SAFETY: each p[r] is a whole super-block (caller).
@@ -230,6 +233,7 @@ impl KRows for RQ5K {
     const GROUP: usize = 32;
     const HAS_M: bool = true;
     const OFFSET32: bool = false;
+    const CODE_BITS: u32 = 5;
     #[inline(always)]
     unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel) {
         // SAFETY: each p[r] is a whole super-block (caller).
@@ -286,6 +290,7 @@ impl KRows for RQ6K {
     const GROUP: usize = 16;
     const HAS_M: bool = false;
     const OFFSET32: bool = true;
+    const CODE_BITS: u32 = 6;
     /// Scales `d · sc[g]` for the sixteen groups of 16 (scales at 192, d at 208).
     #[inline(always)]
     unsafe fn header(p: &[*const u8; ROWS], panel: &mut Panel) {
@@ -394,6 +399,27 @@ unsafe fn neg32_sums(blocks: *const BlockQ8) -> [i32; 16] {
 fn neg_index(g: usize) -> usize {
     let s = g / 2;
     (s / 4) * 8 + (g % 2) * 4 + s % 4
+}
+
+/// `_mm256_hadd_epi32` for lanes that fit an i16 (four-value dot products: codes below
+/// 64 times |a| ≤ 127, four of them, stay under 32,767): a saturating pack and a multiply-
+/// add of pairs by one give the same integers with half the shuffles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hadd(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_packs_epi32(a, b), _mm256_set1_epi16(1))
+}
+
+/// The second level of the decode tile's sums (eight-value sums): [`hadd`] where they
+/// fit an i16 (codes below 32), `_mm256_hadd_epi32` otherwise (Q6_K).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hadd2<K: KRows>(a: __m256i, b: __m256i) -> __m256i {
+    if K::CODE_BITS <= 5 {
+        hadd(a, b)
+    } else {
+        _mm256_hadd_epi32(a, b)
+    }
 }
 
 /// `acc` plus lane-wise u8 × i8 four-value dot products (maddubs, then pairs of i16 to
@@ -573,14 +599,8 @@ macro_rules! krows_driver {
                     }
                     // [g0 g2 g4 g6 | g1 g3 g5 g7] and the same for groups 8..16 (groups
                     // of 16 values; lanes 0..4 of y[s] cover group 2s, 4..8 group 2s + 1).
-                    let k0 = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(y[0], y[1]),
-                        _mm256_hadd_epi32(y[2], y[3]),
-                    );
-                    let k1 = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(y[4], y[5]),
-                        _mm256_hadd_epi32(y[6], y[7]),
-                    );
+                    let k0 = hadd2::<K>(hadd(y[0], y[1]), hadd(y[2], y[3]));
+                    let k1 = hadd2::<K>(hadd(y[4], y[5]), hadd(y[6], y[7]));
                     if K::GROUP == 32 {
                         // Sub-block sums s0..s8: the two halves of each added.
                         lo[r] = _mm256_add_epi32(
