@@ -49,9 +49,8 @@ pub(crate) fn dot_q8_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                 sum += d * a.d * isum as f32 + m * a.s;
             }
         }
-        WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K => {
-            sum = dot_k_row(wtype, row, acts);
-        }
+        WType::Q4_K | WType::Q5_K | WType::Q6_K => sum = dot_k_groups(wtype, row, acts),
+        WType::Q2_K | WType::Q3_K => sum = dot_k_row(wtype, row, acts),
         WType::F32 | WType::F16 | WType::BF16 => {
             unreachable!("float weights take f32 activations")
         }
@@ -59,7 +58,36 @@ pub(crate) fn dot_q8_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     sum
 }
 
-/// A k-quant row against 32-value activation blocks: each activation block meets two
+/// A Q4_K, Q5_K or Q6_K row against 32-value activation blocks, one exact integer sum per
+/// group (32 values for Q4_K/Q5_K, which scale sub-blocks, 16 for Q6_K) and then
+/// `acc = fma(isum, scale · d, acc)` and, with offsets, `acc = fma(offset, s, acc)`: the
+/// steps of the SIMD kernels (`avx2::krows`), so every path gives the same bits.
+fn dot_k_groups(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let bb = wtype.block_bytes();
+    let group = if wtype == WType::Q6_K { 16 } else { 32 };
+    let mut k = KCodes::default();
+    let mut acc = 0.0f32;
+    for (sb, a8) in acts.chunks_exact(QK_K / QK).enumerate() {
+        layout::decode_k(wtype, &row[sb * bb..(sb + 1) * bb], &mut k);
+        for g in 0..QK_K / group {
+            let a = &a8[g * group / QK];
+            let off = g * group % QK;
+            let mut isum = 0i32;
+            for l in 0..group {
+                isum += i32::from(k.code[g * group + l]) * i32::from(a.qs[off + l]);
+            }
+            // decode_k gives the scale and offset per 16 values; a group of 32 has one.
+            let h = g * group / 16;
+            acc = (isum as f32).mul_add(k.scale[h] * a.d, acc);
+            if wtype != WType::Q6_K {
+                acc = k.offset[h].mul_add(a.s, acc);
+            }
+        }
+    }
+    acc
+}
+
+/// A Q2_K or Q3_K row against 32-value activation blocks: each activation block meets two
 /// 16-value groups, each with its own scale and offset:
 /// `Σ (s c + o) · a_d q = a_d (s Σ c q + o Σ q)`.
 fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {

@@ -436,9 +436,10 @@ pub(crate) unsafe fn gemm_q8_on(
             (WType::Q5_1, false) => gemm_kind::<KQ5_1>(w, rows, acts, n_tokens, out),
             (WType::Q5_0, true) => gemm_kind_wide::<KQ5_0>(w, rows, acts, n_tokens, out),
             (WType::Q5_1, true) => gemm_kind_wide::<KQ5_1>(w, rows, acts, n_tokens, out),
-            (WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K, _) => {
-                super::kgemm::gemm_k(wide, w, rows, acts, n_tokens, out)
+            (WType::Q4_K | WType::Q5_K | WType::Q6_K, _) => {
+                super::krows::gemm_k(wide, w, rows, acts, n_tokens, out)
             }
+            (WType::Q3_K, _) => super::kgemm::gemm_k(wide, w, rows, acts, n_tokens, out),
             // Q2_K (per-16 offsets, rare in downloaded models) takes the portable loop.
             (WType::Q2_K, _) => super::super::portable::gemm_q8(w, rows, acts, n_tokens, out),
             (WType::F16 | WType::F32 | WType::BF16, _) => {

@@ -1,16 +1,13 @@
-//! The AVX2 and AVX-512 builds of the k-quant product (Q3_K, Q4_K, Q5_K, Q6_K) against 32-value
-//! activation blocks.
+//! The AVX2 and AVX-512 builds of the Q3_K product against 32-value activation blocks
+//! (Q4_K, Q5_K and Q6_K take [`super::krows`]).
 //!
-//! A super-block's scales are unpacked once per row into sixteen floats (eight per-lane
-//! scales or sixteen group scales, and for Q4_K/Q5_K eight offsets), then each of its
-//! eight 32-value sub-blocks is one integer dot product with one activation block, turned
-//! to float and scaled lane by lane: lanes 0..4 of the dot product cover values 0..16 and
-//! lanes 4..8 values 16..32, so Q6_K's two group scales per sub-block are a per-lane
-//! vector, never a branch. The offsets meet the activation blocks' sums once per
-//! super-block, eight sub-blocks to a vector. Q6_K's codes stay unsigned (0..64): each
-//! token's `-32 · Σ a` per lane is formed once per tile and is where that token's dot
-//! products start (VNNI's `vpdpbusd` adds onto it for free), rather than moving signs
-//! onto the activations for every row.
+//! A super-block's sixteen group scales are unpacked once per row into floats, then each
+//! of its eight 32-value sub-blocks is one integer dot product with one activation block,
+//! turned to float and scaled lane by lane: lanes 0..4 of the dot product cover values
+//! 0..16 and lanes 4..8 values 16..32, so the two group scales per sub-block are a
+//! per-lane vector, never a branch. The codes are stored 4 above the values (0..8): each
+//! token's `-4 · Σ a` per lane is formed once per tile and is where that token's dot
+//! products start (VNNI's `vpdpbusd` adds onto it for free).
 //!
 //! Each output element takes the same operations in the same order whatever tile it is
 //! computed in, and both builds spell out the same float operations (the integer dot
@@ -19,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::super::{OutPtr, RowsRef};
-use super::gemm::{PREFETCH_BYTES, TOKEN_BLOCK, f16x2};
+use super::gemm::{PREFETCH_BYTES, TOKEN_BLOCK};
 use super::hsum;
 use crate::quant::{BlockQ8, QK, QK_K, WType};
 
@@ -32,7 +29,7 @@ trait KKind {
     const BB: usize;
     /// Whether the format has per-sub-block offsets (the header's floats 8..16).
     const HAS_M: bool;
-    /// How far above the signed values the codes are stored (32 for Q6_K, 4 for Q3_K):
+    /// How far above the signed values the codes are stored (4 for Q3_K):
     /// the dot product then starts from `-OFFSET · Σ a` over each lane's activations.
     const OFFSET: i8 = 0;
     /// The super-block's scales as floats (see each kind).
@@ -57,148 +54,7 @@ unsafe fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, w, a)
 }
 
-struct KQ4K;
-struct KQ5K;
-struct KQ6K;
 struct KQ3K;
-
-/// The Q4_K/Q5_K header at `p` (d, dmin, 12 bytes of 6-bit scales and mins): floats
-/// 0..8 are `d · scale[s]`, 8..16 are `-dmin · min[s]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn header_k4(p: *const u8) -> [f32; 16] {
-    const LOW6: u32 = 0x3F3F_3F3F;
-    const LOW4: u32 = 0x0F0F_0F0F;
-    const LOW2: u32 = 0x0303_0303;
-    // SAFETY: the caller guarantees the 16 header bytes at p.
-    let (d, dmin, a, b, c) = unsafe {
-        let (d, dmin) = f16x2(p);
-        let w = |o: usize| std::ptr::read_unaligned(p.add(o).cast::<u32>());
-        (d, dmin, w(4), w(8), w(12))
-    };
-    // Sub-blocks 0..4 keep the low six bits of bytes 0..4 (scales) and 4..8 (mins);
-    // 4..8 take the nibbles of bytes 8..12 and, as bits 4 and 5, the top two bits of
-    // those same bytes 0..8.
-    let sc = u64::from(a & LOW6) | (u64::from((c & LOW4) | (((a >> 6) & LOW2) << 4)) << 32);
-    let mn = u64::from(b & LOW6) | (u64::from(((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4)) << 32);
-    let widen = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
-    let mut h = [0.0f32; 16];
-    // SAFETY: h holds 16 floats.
-    unsafe {
-        _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(widen(sc), _mm256_set1_ps(d)));
-        _mm256_storeu_ps(
-            h.as_mut_ptr().add(8),
-            _mm256_mul_ps(widen(mn), _mm256_set1_ps(-dmin)),
-        );
-    }
-    h
-}
-
-/// Nibbles of sub-block `s` from the 128 bytes at `qs`: 32 bytes per pair of sub-blocks,
-/// low nibbles for the even one.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn k4_nibbles(qs: *const u8, s: usize) -> __m256i {
-    // SAFETY: the caller guarantees 128 bytes at qs.
-    let q = unsafe { _mm256_loadu_si256(qs.add(32 * (s / 2)).cast()) };
-    let q = if s.is_multiple_of(2) {
-        q
-    } else {
-        _mm256_srli_epi16::<4>(q)
-    };
-    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
-}
-
-impl KKind for KQ4K {
-    const BB: usize = 144;
-    const HAS_M: bool = true;
-    #[inline(always)]
-    unsafe fn header(p: *const u8) -> [f32; 16] {
-        // SAFETY: p points at a whole super-block (caller).
-        unsafe { header_k4(p) }
-    }
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
-        // SAFETY: p points at a whole super-block (caller).
-        unsafe { (k4_nibbles(p.add(16), s), _mm256_set1_ps(h[s])) }
-    }
-}
-
-impl KKind for KQ5K {
-    const BB: usize = 176;
-    const HAS_M: bool = true;
-    #[inline(always)]
-    unsafe fn header(p: *const u8) -> [f32; 16] {
-        // SAFETY: p points at a whole super-block (caller).
-        unsafe { header_k4(p) }
-    }
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
-        // SAFETY: p points at a whole super-block (caller): qh at 16, qs at 48.
-        unsafe {
-            let qh = _mm256_loadu_si256(p.add(16).cast());
-            // Bit s of each qh byte, moved to bit 4 (a 16-bit shift: the masked bit
-            // cannot cross into the next byte).
-            let hb = _mm256_and_si256(
-                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)),
-                _mm256_set1_epi8(1),
-            );
-            let codes = _mm256_or_si256(k4_nibbles(p.add(48), s), _mm256_slli_epi16::<4>(hb));
-            (codes, _mm256_set1_ps(h[s]))
-        }
-    }
-}
-
-impl KKind for KQ6K {
-    const BB: usize = 210;
-    const HAS_M: bool = false;
-    const OFFSET: i8 = 32;
-    /// Floats 0..16: `d · scale[g]` for the sixteen groups of 16.
-    #[inline(always)]
-    unsafe fn header(p: *const u8) -> [f32; 16] {
-        let mut h = [0.0f32; 16];
-        // SAFETY: p points at a whole 210-byte super-block (caller); h holds 16 floats.
-        unsafe {
-            let bits = i32::from(std::ptr::read_unaligned(p.add(208).cast::<u16>()));
-            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))));
-            let sc = _mm_loadu_si128(p.add(192).cast());
-            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
-            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
-            _mm256_storeu_ps(h.as_mut_ptr(), _mm256_mul_ps(lo, d));
-            _mm256_storeu_ps(h.as_mut_ptr().add(8), _mm256_mul_ps(hi, d));
-        }
-        h
-    }
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, h: &[f32; 16], s: usize) -> (__m256i, __m256) {
-        let (n, i) = (s / 4, s % 4);
-        // SAFETY: p points at a whole super-block (caller): ql at 0, qh at 128; h holds
-        // 16 floats, and 2s + 1 < 16.
-        unsafe {
-            let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (i % 2)).cast());
-            let ql = if i < 2 {
-                ql
-            } else {
-                _mm256_srli_epi16::<4>(ql)
-            };
-            let low = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
-            let qh = _mm256_loadu_si256(p.add(128 + 32 * n).cast());
-            let high = _mm256_and_si256(
-                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32)),
-                _mm256_set1_epi8(3),
-            );
-            // Codes 0..64; the tile subtracts 32 · Σ a once per token.
-            let codes = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-            // Lanes 0..4 take group 2s's scale, lanes 4..8 group 2s + 1's.
-            let pair = _mm_castpd_ps(_mm_load_sd(h.as_ptr().add(2 * s).cast()));
-            let scale = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(pair),
-                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-            );
-            (codes, scale)
-        }
-    }
-}
 
 impl KKind for KQ3K {
     const BB: usize = 110;
@@ -417,7 +273,7 @@ kgemm_driver!(
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 );
 
-/// Q3_K, Q4_K, Q5_K or Q6_K weights × 32-value activation blocks, on the AVX-512 build when
+/// Q3_K weights × 32-value activation blocks, on the AVX-512 build when
 /// `wide`.
 ///
 /// # Safety
@@ -434,12 +290,6 @@ pub(crate) unsafe fn gemm_k(
     // SAFETY: forwarded contract.
     unsafe {
         match (w.wtype, wide) {
-            (WType::Q4_K, false) => kgemm::<KQ4K>(w, rows, acts, n_tokens, out),
-            (WType::Q5_K, false) => kgemm::<KQ5K>(w, rows, acts, n_tokens, out),
-            (WType::Q6_K, false) => kgemm::<KQ6K>(w, rows, acts, n_tokens, out),
-            (WType::Q4_K, true) => kgemm_wide::<KQ4K>(w, rows, acts, n_tokens, out),
-            (WType::Q5_K, true) => kgemm_wide::<KQ5K>(w, rows, acts, n_tokens, out),
-            (WType::Q6_K, true) => kgemm_wide::<KQ6K>(w, rows, acts, n_tokens, out),
             (WType::Q3_K, false) => kgemm::<KQ3K>(w, rows, acts, n_tokens, out),
             (WType::Q3_K, true) => kgemm_wide::<KQ3K>(w, rows, acts, n_tokens, out),
             (t, _) => unreachable!("{t:?} is not a SIMD k-quant"),

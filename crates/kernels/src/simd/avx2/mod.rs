@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 
 mod gemm;
 mod kgemm;
+mod krows;
 
 #[cfg(test)]
 pub(crate) use gemm::gemm_q8_on;

@@ -215,3 +215,46 @@ fn every_token_of_a_many_token_product_gives_the_bits_of_that_token_alone() {
         }
     }
 }
+
+#[test]
+fn the_k_quant_row_panel_kernel_gives_the_portable_bits() {
+    if crate::Isa::detect() != crate::Isa::Avx2 {
+        eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
+        return;
+    }
+    // Row counts off the 8-row panel (13, 21, 5) and token counts off every tile width
+    // (8, 4, 2, 1), plus one token alone: the portable loop's integer sums and float
+    // steps, bit for bit, on both builds.
+    let builds: &[bool] = if has_avx512() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for (rows, cols, n_tokens) in [(13, 512, 23), (21, 256, 1), (5, 768, 7), (8, 256, 16)] {
+        let (weights, xq) = case(rows, cols, n_tokens);
+        for w in weights
+            .iter()
+            .filter(|w| matches!(w.0, WType::Q4_K | WType::Q5_K | WType::Q6_K))
+        {
+            let rr = RowsRef {
+                wtype: w.0,
+                data: &w.1,
+                row_bytes: w.1.len() / rows,
+                cols,
+            };
+            let mut want = vec![0.0f32; n_tokens * rows];
+            let ptr = OutPtr {
+                ptr: want.as_mut_ptr(),
+                ld: rows,
+            };
+            // SAFETY: `want` holds n_tokens × rows and nothing else writes it.
+            unsafe { super::super::portable::gemm_q8(rr, 0..rows, &xq, n_tokens, ptr) };
+            let want: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
+            for &wide in builds {
+                // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
+                let got = unsafe { product(wide, w, rows, cols, &xq, n_tokens) };
+                assert_eq!(got, want, "{:?} wide={wide} {rows}×{cols}×{n_tokens}", w.0);
+            }
+        }
+    }
+}
