@@ -422,6 +422,14 @@ fn read_all(
                 Input::Stdin => "-".to_string(),
                 Input::Path(p) => p.display().to_string(),
             };
+            // A PDF is parsed whole: its bytes are held in the pool while it is read.
+            let _pdf = match pdf_room(input, docs, stop) {
+                Ok(h) => h,
+                Err(why) => {
+                    let _ = tx.send(Msg::Problem(name, why));
+                    return true;
+                }
+            };
             let paras = match crate::source::open(input) {
                 Ok(p) => p,
                 Err(e) => {
@@ -461,6 +469,30 @@ fn read_all(
         },
     );
     let _ = tx.send(Msg::ReaderDone { files, waits });
+}
+
+/// Room in the documents pool for a PDF input while it is read (`None` for other
+/// inputs); an error names why the PDF is skipped.
+fn pdf_room(input: &Input, docs: &Arc<DocPool>, stop: &AtomicBool) -> Result<Option<Held>, String> {
+    let Input::Path(p) = input else {
+        return Ok(None);
+    };
+    if crate::source::Kind::of(p) != crate::source::Kind::Pdf {
+        return Ok(None);
+    }
+    let len = std::fs::metadata(p).map_err(|e| e.to_string())?.len();
+    let need = crate::pdf::parsed_bytes(len);
+    if need > docs.limit() / 2 {
+        return Err(format!(
+            "PDF of {} would need {} to parse, over half the documents pool ({}): raise --documents",
+            Bytes(len),
+            Bytes(need),
+            Bytes(docs.limit())
+        ));
+    }
+    docs.acquire(need, stop)
+        .map(|(h, _)| Some(h))
+        .ok_or_else(|| "stopped".to_string())
 }
 
 #[derive(Deserialize)]
