@@ -137,6 +137,9 @@ pub struct Options {
     pub max_chunks: Option<u64>,
     /// The model's digest (provenance and ids).
     pub model_digest: u64,
+    /// Where dropped pairs go (JSONL: the pair, its provenance, its score and why it was
+    /// dropped), for tuning a threshold; appended, and not part of the exactly-once output.
+    pub rejects: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -289,6 +292,15 @@ pub fn run(
     let _own = docs
         .acquire(READER_BYTES + COMMIT_BYTES as u64, &never)
         .map(|h| h.0);
+    let rejects = match &opts.rejects {
+        Some(p) => Some(io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        )),
+        None => None,
+    };
     let mut dedup = Dedup::new(DEDUP_CAPACITY);
     if generator.is_some() && journal.out_len() > 0 {
         // Rebuild the filter from what earlier runs wrote, in the order they wrote it.
@@ -331,6 +343,7 @@ pub fn run(
                 .collect(),
             pending_jobs: Vec::new(),
             stop,
+            rejects,
         };
         main.run(&rx, log)
     })?;
@@ -530,6 +543,7 @@ struct Main<'a> {
     /// Chunks written but not yet committed: their bytes stay reserved until then.
     pending_jobs: Vec<Job>,
     stop: &'a AtomicBool,
+    rejects: Option<io::BufWriter<std::fs::File>>,
 }
 
 impl Main<'_> {
@@ -880,12 +894,30 @@ impl Main<'_> {
                 }
                 let score = p.score.unwrap_or(0);
                 self.report.score_sum += u64::from(score);
-                if score < self.opts.judge_threshold {
+                let why = if score < self.opts.judge_threshold {
                     self.report.dropped_judge += 1;
-                    continue;
-                }
-                if self.dedup.check_and_add(&p.question) {
+                    "judge score below the threshold"
+                } else if self.dedup.check_and_add(&p.question) {
                     self.report.dropped_duplicate += 1;
+                    "near-duplicate question"
+                } else {
+                    ""
+                };
+                if !why.is_empty() {
+                    if let Some(w) = self.rejects.as_mut() {
+                        let v = serde_json::json!({
+                            "source": c.source,
+                            "bytes": [c.start, c.end],
+                            "chunk_hash": id_hex(c.hash),
+                            "question_index": i,
+                            "question": p.question,
+                            "answer": p.answer,
+                            "judge_score": score,
+                            "dropped": why,
+                        });
+                        serde_json::to_writer(&mut *w, &v).map_err(io::Error::from)?;
+                        io::Write::write_all(w, b"\n")?;
+                    }
                     continue;
                 }
                 let meta = Meta {
@@ -930,6 +962,9 @@ impl Main<'_> {
     }
 
     fn commit(&mut self) -> Result<(), RunError> {
+        if let Some(w) = self.rejects.as_mut() {
+            io::Write::flush(w)?;
+        }
         self.journal.commit(&self.buf, &self.entries)?;
         self.buf.clear();
         self.entries.clear();
