@@ -81,6 +81,12 @@ pub struct QaArgs {
     /// The report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The report as JSON into this file too.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Dropped pairs (JSONL: pair, provenance, judge score, why dropped) appended here.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
     #[command(flatten)]
     pub threads: crate::threads::ThreadsArgs,
     #[command(flatten)]
@@ -209,6 +215,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         seed: a.seed,
         max_chunks: a.max_chunks,
         model_digest: model.text().model.digest,
+        rejects: a.rejects.clone(),
     };
     let generator = if a.no_generate {
         None
@@ -255,7 +262,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
     let sched_stats = generator.as_ref().map(|g| g.service.snapshot().stats);
     drop(generator);
     let mut stdout = std::io::stdout().lock();
-    if a.json {
+    if a.json || a.report.is_some() {
         let v = serde_json::json!({
             "report": report,
             "documents_limit_bytes": docs.limit(),
@@ -267,10 +274,20 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
                 "generated_tokens": s.generated_tokens,
                 "peak_running": s.peak_running,
                 "preemptions": s.preemptions,
+                "steps": s.steps,
+                "tokens_per_step": (s.computed_tokens + s.generated_tokens) as f64
+                    / s.steps.max(1) as f64,
             })),
         });
-        writeln!(stdout, "{v}")?;
-    } else {
+        if let Some(f) = &a.report {
+            std::fs::write(f, format!("{v}\n"))
+                .map_err(|e| input(anyhow::anyhow!("--report {}: {e}", f.display())))?;
+        }
+        if a.json {
+            writeln!(stdout, "{v}")?;
+        }
+    }
+    if !a.json {
         let judged = report.pairs_generated - report.pairs_invalid;
         writeln!(
             stdout,

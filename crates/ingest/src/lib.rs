@@ -1,7 +1,7 @@
 //! This crate turns a corpus of documents into question/answer pairs, in bounded memory, resumable, each record written exactly once.
 //!
 //! The chain ([`pipeline::run`]): inputs ([`source`]: files, folders, JSONL on stdin;
-//! text, Markdown, HTML, JSONL) are read in slices into paragraphs, cut into chunks sized
+//! text, Markdown, HTML, JSONL, PDF) are read in slices into paragraphs, cut into chunks sized
 //! in the model's tokens ([`chunk`]), whose buffers are reserved in the ledger's
 //! `documents` pool (a full pool pauses reading). Chunks go to the engine's scheduler,
 //! many at once, each chunk the shared prefix of its prompts: questions and answers come
@@ -16,6 +16,7 @@ pub mod dedup;
 pub mod grammar;
 pub mod idset;
 pub mod journal;
+pub mod pdf;
 pub mod pipeline;
 pub mod prompts;
 pub mod record;

@@ -137,6 +137,9 @@ pub struct Options {
     pub max_chunks: Option<u64>,
     /// The model's digest (provenance and ids).
     pub model_digest: u64,
+    /// Where dropped pairs go (JSONL: the pair, its provenance, its score and why it was
+    /// dropped), for tuning a threshold; appended, and not part of the exactly-once output.
+    pub rejects: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -289,6 +292,15 @@ pub fn run(
     let _own = docs
         .acquire(READER_BYTES + COMMIT_BYTES as u64, &never)
         .map(|h| h.0);
+    let rejects = match &opts.rejects {
+        Some(p) => Some(io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        )),
+        None => None,
+    };
     let mut dedup = Dedup::new(DEDUP_CAPACITY);
     if generator.is_some() && journal.out_len() > 0 {
         // Rebuild the filter from what earlier runs wrote, in the order they wrote it.
@@ -331,6 +343,7 @@ pub fn run(
                 .collect(),
             pending_jobs: Vec::new(),
             stop,
+            rejects,
         };
         main.run(&rx, log)
     })?;
@@ -422,6 +435,14 @@ fn read_all(
                 Input::Stdin => "-".to_string(),
                 Input::Path(p) => p.display().to_string(),
             };
+            // A PDF is parsed whole: its bytes are held in the pool while it is read.
+            let _pdf = match pdf_room(input, docs, stop) {
+                Ok(h) => h,
+                Err(why) => {
+                    let _ = tx.send(Msg::Problem(name, why));
+                    return true;
+                }
+            };
             let paras = match crate::source::open(input) {
                 Ok(p) => p,
                 Err(e) => {
@@ -463,6 +484,30 @@ fn read_all(
     let _ = tx.send(Msg::ReaderDone { files, waits });
 }
 
+/// Room in the documents pool for a PDF input while it is read (`None` for other
+/// inputs); an error names why the PDF is skipped.
+fn pdf_room(input: &Input, docs: &Arc<DocPool>, stop: &AtomicBool) -> Result<Option<Held>, String> {
+    let Input::Path(p) = input else {
+        return Ok(None);
+    };
+    if crate::source::Kind::of(p) != crate::source::Kind::Pdf {
+        return Ok(None);
+    }
+    let len = std::fs::metadata(p).map_err(|e| e.to_string())?.len();
+    let need = crate::pdf::parsed_bytes(len);
+    if need > docs.limit() / 2 {
+        return Err(format!(
+            "PDF of {} would need {} to parse, over half the documents pool ({}): raise --documents",
+            Bytes(len),
+            Bytes(need),
+            Bytes(docs.limit())
+        ));
+    }
+    docs.acquire(need, stop)
+        .map(|(h, _)| Some(h))
+        .ok_or_else(|| "stopped".to_string())
+}
+
 #[derive(Deserialize)]
 struct QaJson {
     question: String,
@@ -498,6 +543,7 @@ struct Main<'a> {
     /// Chunks written but not yet committed: their bytes stay reserved until then.
     pending_jobs: Vec<Job>,
     stop: &'a AtomicBool,
+    rejects: Option<io::BufWriter<std::fs::File>>,
 }
 
 impl Main<'_> {
@@ -848,12 +894,30 @@ impl Main<'_> {
                 }
                 let score = p.score.unwrap_or(0);
                 self.report.score_sum += u64::from(score);
-                if score < self.opts.judge_threshold {
+                let why = if score < self.opts.judge_threshold {
                     self.report.dropped_judge += 1;
-                    continue;
-                }
-                if self.dedup.check_and_add(&p.question) {
+                    "judge score below the threshold"
+                } else if self.dedup.check_and_add(&p.question) {
                     self.report.dropped_duplicate += 1;
+                    "near-duplicate question"
+                } else {
+                    ""
+                };
+                if !why.is_empty() {
+                    if let Some(w) = self.rejects.as_mut() {
+                        let v = serde_json::json!({
+                            "source": c.source,
+                            "bytes": [c.start, c.end],
+                            "chunk_hash": id_hex(c.hash),
+                            "question_index": i,
+                            "question": p.question,
+                            "answer": p.answer,
+                            "judge_score": score,
+                            "dropped": why,
+                        });
+                        serde_json::to_writer(&mut *w, &v).map_err(io::Error::from)?;
+                        io::Write::write_all(w, b"\n")?;
+                    }
                     continue;
                 }
                 let meta = Meta {
@@ -898,6 +962,9 @@ impl Main<'_> {
     }
 
     fn commit(&mut self) -> Result<(), RunError> {
+        if let Some(w) = self.rejects.as_mut() {
+            io::Write::flush(w)?;
+        }
         self.journal.commit(&self.buf, &self.entries)?;
         self.buf.clear();
         self.entries.clear();

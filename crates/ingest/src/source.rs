@@ -1,7 +1,8 @@
 //! Inputs to documents to paragraphs, read in slices: files and folders (recursive, with
-//! include/exclude globs) or JSONL on stdin; plain text, Markdown, HTML and JSONL.
+//! include/exclude globs) or JSONL on stdin; plain text, Markdown, HTML, JSONL and PDF
+//! ([`crate::pdf`], page by page).
 //!
-//! Nothing here holds more than one paragraph of one document at a time: lines are read
+//! Nothing here (PDF aside) holds more than one paragraph of one document at a time: lines are read
 //! through a buffered reader with a cap on their length, and a paragraph that outgrows
 //! [`MAX_PARA_BYTES`] is handed on in pieces.
 
@@ -167,10 +168,7 @@ pub fn open(input: &Input) -> io::Result<Box<dyn Iterator<Item = io::Result<Para
             let name = p.display().to_string();
             let kind = Kind::of(p);
             if kind == Kind::Pdf {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "PDF is not read (convert it to text first)",
-                ));
+                return Ok(Box::new(crate::pdf::PdfReader::open(p)?));
             }
             let mut f = BufReader::with_capacity(64 * 1024, File::open(p)?);
             if f.fill_buf()?.iter().take(8192).any(|&b| b == 0) {
