@@ -80,6 +80,8 @@ pub struct GgufWriter<W: Write> {
     names: Vec<String>,
     sizes: Vec<u64>,
     written: usize,
+    /// Bytes of tensor `written` handed over so far (by [`GgufWriter::write_tensor_part`]).
+    part: u64,
     pos: u64,
 }
 
@@ -139,6 +141,7 @@ impl<W: Write> GgufWriter<W> {
             names: tensors.iter().map(|t| t.name.to_string()).collect(),
             sizes,
             written: 0,
+            part: 0,
             pos: 0,
         })
     }
@@ -150,26 +153,50 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the next tensor's bytes (and the padding after them).
     pub fn write_tensor(&mut self, data: &[u8]) -> Result<(), WriteError> {
-        let Some(&expected) = self.sizes.get(self.written) else {
-            return Err(WriteError::Count {
-                listed: self.sizes.len(),
-                written: self.written + 1,
-            });
-        };
-        if data.len() as u64 != expected {
-            return Err(WriteError::WrongSize {
-                name: self.names[self.written].clone(),
-                expected,
-                got: data.len() as u64,
-            });
+        let expected = self.expected()?;
+        if self.part != 0 || data.len() as u64 != expected {
+            return Err(self.wrong_size(expected, self.part + data.len() as u64));
+        }
+        self.write_tensor_part(data)
+    }
+
+    /// Writes the next piece of the current tensor; the padding follows once the tensor's
+    /// last byte is written. Lets a caller produce a large tensor a chunk at a time.
+    pub fn write_tensor_part(&mut self, data: &[u8]) -> Result<(), WriteError> {
+        let expected = self.expected()?;
+        let now = self.part + data.len() as u64;
+        if now > expected {
+            return Err(self.wrong_size(expected, now));
         }
         self.out.write_all(data)?;
-        self.pos += expected;
-        let pad = padding(self.pos, self.alignment);
-        self.out.write_all(&vec![0u8; pad as usize])?;
-        self.pos += pad;
-        self.written += 1;
+        self.part = now;
+        self.pos += data.len() as u64;
+        if now == expected {
+            let pad = padding(self.pos, self.alignment);
+            self.out.write_all(&vec![0u8; pad as usize])?;
+            self.pos += pad;
+            self.written += 1;
+            self.part = 0;
+        }
         Ok(())
+    }
+
+    fn expected(&self) -> Result<u64, WriteError> {
+        self.sizes
+            .get(self.written)
+            .copied()
+            .ok_or(WriteError::Count {
+                listed: self.sizes.len(),
+                written: self.written + 1,
+            })
+    }
+
+    fn wrong_size(&self, expected: u64, got: u64) -> WriteError {
+        WriteError::WrongSize {
+            name: self.names[self.written].clone(),
+            expected,
+            got,
+        }
     }
 
     /// Checks that every listed tensor was written, flushes, and returns the destination.
@@ -239,7 +266,8 @@ mod tests {
         ];
         let mut w = GgufWriter::new(Vec::new(), &kvs, &tensors, 64).unwrap();
         w.write_tensor(&[1; 12]).unwrap();
-        w.write_tensor(&[2; 68]).unwrap();
+        w.write_tensor_part(&[2; 60]).unwrap();
+        w.write_tensor_part(&[2; 8]).unwrap();
         let bytes = w.finish().unwrap();
         let f = GgufFile::parse(&bytes).unwrap();
         let tokens: Vec<&str> = f
