@@ -123,7 +123,7 @@ struct KvReport {
     machine: MachineInfo,
 }
 
-fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
+pub(crate) fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f64 = logits.iter().map(|&x| f64::from(x - m).exp()).sum();
     let lz = m as f64 + z.ln();
@@ -132,7 +132,7 @@ fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
 }
 
 /// Feeds `toks` block by block; calls `score(pos, logits)` for positions ≥ `first`.
-fn score_chunk(
+pub(crate) fn score_chunk(
     s: &mut Session<'_, '_>,
     toks: &[u32],
     first: usize,
