@@ -102,7 +102,7 @@ pub fn convert(
             plan,
             BufWriter::with_capacity(1 << 20, f),
             threads,
-            |d, t| progress(d, t),
+            &mut progress,
         )
         .map_err(|e| write_error(e, &tmp, plan))?;
         let f = w
