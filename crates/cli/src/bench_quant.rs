@@ -240,19 +240,7 @@ pub fn quant(a: &QuantArgs) -> Result<(), CliError> {
 
     let all = src_tm.encode(&text);
     let bos = all.first().copied().unwrap_or(0);
-    let avail = all.len() / a.ctx;
-    let n_chunks = if a.chunks == 0 {
-        avail
-    } else {
-        a.chunks.min(avail)
-    };
-    if n_chunks == 0 {
-        return Err(input(anyhow::anyhow!(
-            "the text holds {} tokens, fewer than one chunk of {}",
-            all.len(),
-            a.ctx
-        )));
-    }
+    let n_chunks = crate::bench_kv::chunk_count(all.len(), a.ctx, a.chunks)?;
     let cfg = SessionConfig::new(a.ctx, threads, 512);
     let mut base = Session::with_accounts(&src_tm.model, cfg, &accounts)?;
     let mut sessions: Vec<Session<'_, '_>> = tms
@@ -267,12 +255,6 @@ pub fn quant(a: &QuantArgs) -> Result<(), CliError> {
     let mut same_top = vec![0usize; k_types];
     let mut base_lp: Vec<Vec<f32>> = Vec::new();
     let mut lp = Vec::new();
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|x, y| x.1.total_cmp(y.1))
-            .map(|x| x.0)
-    };
     for c in 0..n_chunks {
         let mut toks = all[c * a.ctx..(c + 1) * a.ctx].to_vec();
         toks[0] = bos;
@@ -287,15 +269,11 @@ pub fn quant(a: &QuantArgs) -> Result<(), CliError> {
             let mut i = 0;
             crate::bench_kv::score_chunk(s, &toks, first, a.ctx, |pos, row| {
                 crate::bench_kv::log_softmax(row, &mut lp);
-                let p = &base_lp[i];
-                nll[k] -= f64::from(lp[toks[pos + 1] as usize]);
-                let d: f64 = p
-                    .iter()
-                    .zip(&lp)
-                    .map(|(&lpb, &lq)| f64::from(lpb).exp() * f64::from(lpb - lq))
-                    .sum();
-                kl[k] += d.max(0.0);
-                same_top[k] += usize::from(argmax(p) == argmax(&lp));
+                let (nl, d, same) =
+                    crate::bench_kv::compare(&base_lp[i], &lp, toks[pos + 1] as usize);
+                nll[k] += nl;
+                kl[k] += d;
+                same_top[k] += usize::from(same);
                 i += 1;
             })?;
         }
