@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// Many sequences decoded together: prefill and summed decode tokens/s and KV bytes
     /// per batch size (as llama-batched-bench).
     Batch(crate::bench_batch::BatchArgs),
+    /// Weight types: file bytes, perplexity and KL against the source model, prefill and
+    /// decode speed, each type quantized from --model (as `llmem quantize`).
+    Quant(crate::bench_quant::QuantArgs),
 }
 
 #[derive(Args, Debug)]
@@ -350,6 +353,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
         BenchCommand::Memory(a) => memory(a),
         BenchCommand::Kv(a) => crate::bench_kv::kv(a),
         BenchCommand::Batch(a) => crate::bench_batch::batch(a),
+        BenchCommand::Quant(a) => crate::bench_quant::quant(a),
     }
 }
 

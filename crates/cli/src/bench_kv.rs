@@ -123,7 +123,7 @@ struct KvReport {
     machine: MachineInfo,
 }
 
-fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
+pub(crate) fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f64 = logits.iter().map(|&x| f64::from(x - m).exp()).sum();
     let lz = m as f64 + z.ln();
@@ -132,7 +132,7 @@ fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
 }
 
 /// Feeds `toks` block by block; calls `score(pos, logits)` for positions ≥ `first`.
-fn score_chunk(
+pub(crate) fn score_chunk(
     s: &mut Session<'_, '_>,
     toks: &[u32],
     first: usize,
@@ -152,6 +152,44 @@ fn score_chunk(
         pos += part.len();
     }
     Ok(())
+}
+
+/// How many `ctx`-token chunks of a text of `n_tokens` are scored (`chunks` 0: all it
+/// holds); a text shorter than one chunk is an input error.
+pub(crate) fn chunk_count(n_tokens: usize, ctx: usize, chunks: usize) -> Result<usize, CliError> {
+    let avail = n_tokens / ctx;
+    let n = if chunks == 0 {
+        avail
+    } else {
+        chunks.min(avail)
+    };
+    if n == 0 {
+        return Err(input(anyhow::anyhow!(
+            "the text holds {n_tokens} tokens, fewer than one chunk of {ctx}"
+        )));
+    }
+    Ok(n)
+}
+
+/// One scored position against the reference log-probabilities `base`: the negative
+/// log-likelihood of `next` under `lp`, KL(base ‖ lp), and whether the top tokens agree.
+pub(crate) fn compare(base: &[f32], lp: &[f32], next: usize) -> (f64, f64, bool) {
+    let kl: f64 = base
+        .iter()
+        .zip(lp)
+        .map(|(&b, &q)| f64::from(b).exp() * f64::from(b - q))
+        .sum();
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|x| x.0)
+    };
+    (
+        -f64::from(lp[next]),
+        kl.max(0.0),
+        argmax(base) == argmax(lp),
+    )
 }
 
 /// The most tokens `mix` holds in `budget` bytes.
@@ -272,19 +310,7 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
     let text = read_text(a, &tm.tokenizer)?;
     let all = tm.encode(&text);
     let bos = all.first().copied().unwrap_or(0);
-    let avail = all.len() / a.ctx;
-    let n_chunks = if a.chunks == 0 {
-        avail
-    } else {
-        a.chunks.min(avail)
-    };
-    if n_chunks == 0 {
-        return Err(input(anyhow::anyhow!(
-            "the text holds {} tokens, fewer than one chunk of {}",
-            all.len(),
-            a.ctx
-        )));
-    }
+    let n_chunks = chunk_count(all.len(), a.ctx, a.chunks)?;
     let vocab = tm.model.cfg.vocab;
     let cfg = SessionConfig::new(a.ctx, threads, 512);
     let mut base = Session::with_accounts(&tm.model, cfg, &accounts)?;
@@ -315,21 +341,10 @@ pub fn kv(a: &KvArgs) -> Result<(), CliError> {
             let mut i = 0;
             score_chunk(s, &toks, first, 16, |pos, row| {
                 log_softmax(row, &mut lp);
-                let p = &base_lp[i];
-                nll[k] -= f64::from(lp[toks[pos + 1] as usize]);
-                let kl: f64 = p
-                    .iter()
-                    .zip(&lp)
-                    .map(|(&lpb, &lq)| f64::from(lpb).exp() * f64::from(lpb - lq))
-                    .sum();
-                kls[k].push(kl.max(0.0));
-                let am = |v: &[f32]| {
-                    v.iter()
-                        .enumerate()
-                        .max_by(|x, y| x.1.total_cmp(y.1))
-                        .map(|x| x.0)
-                };
-                same_top[k] += usize::from(am(p) == am(&lp));
+                let (nl, kl, same) = compare(&base_lp[i], &lp, toks[pos + 1] as usize);
+                nll[k] += nl;
+                kls[k].push(kl);
+                same_top[k] += usize::from(same);
                 i += 1;
             })?;
             bytes_end[k] = s.kv_bytes();

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_batch;
 mod bench_kv;
+mod bench_quant;
 mod catalog;
 mod exit;
 mod fit;
@@ -19,6 +20,7 @@ mod out;
 mod plan;
 mod pressure;
 mod qa;
+mod quantize;
 mod read;
 mod run;
 mod serve;
@@ -57,6 +59,9 @@ enum Command {
     List(list::ListArgs),
     /// Documents to question/answer pairs (JSONL): bounded memory, resumable, exactly once.
     Qa(qa::QaArgs),
+    /// Convert a GGUF model to another weight type (q8_0, q4_k_m, …) with llama.cpp's
+    /// per-tensor mix; the result loads in llmem and llama.cpp.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
@@ -82,6 +87,7 @@ fn main() {
         Command::Pull(a) => catalog::run_pull(&a),
         Command::List(a) => list::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Quantize(a) => quantize::run(&a),
         Command::Qa(a) => match qa::run(&a) {
             // Ctrl+C: what was in flight is finished and written; 130 as shells expect.
             Ok(true) => std::process::exit(130),

@@ -27,6 +27,7 @@ pub struct MetadataKv<'a> {
     value: Value<'a>,
     offset: u64,
     value_offset: u64,
+    raw: &'a [u8],
 }
 
 impl<'a> MetadataKv<'a> {
@@ -48,6 +49,12 @@ impl<'a> MetadataKv<'a> {
     /// The absolute file offset of the value's encoding.
     pub fn value_offset(&self) -> u64 {
         self.value_offset
+    }
+
+    /// The value's encoding as it stands in the file (after the type id), for copying the
+    /// pair into another file unchanged.
+    pub fn raw_value(&self) -> &'a [u8] {
+        self.raw
     }
 }
 
@@ -433,11 +440,9 @@ fn parse_metadata<'a>(
         })?;
         let value_at = r.pos();
         skip_value(r, ty, key, limits)?;
-        let value = r
-            .bytes()
-            .get(value_at..r.pos())
-            .and_then(|b| Value::decode(ty, b, key, value_at as u64))
-            .ok_or_else(|| GgufError::Truncated {
+        let raw = r.bytes().get(value_at..r.pos()).unwrap_or_default();
+        let value =
+            Value::decode(ty, raw, key, value_at as u64).ok_or_else(|| GgufError::Truncated {
                 field: format!("metadata key '{key}' value"),
                 offset: value_at as u64,
                 needed: (r.pos() - value_at) as u64,
@@ -449,6 +454,7 @@ fn parse_metadata<'a>(
             value,
             offset: at,
             value_offset: value_at as u64,
+            raw,
         });
     }
     Ok((metadata, index))

@@ -1,5 +1,6 @@
 //! `gguf` reads GGUF model files (versions 2 and 3, little-endian) straight from a byte
-//! slice, without copying and without trusting a single length in them.
+//! slice, without copying and without trusting a single length in them, and writes them
+//! ([`GgufWriter`], version 3, streamed tensor by tensor).
 //!
 //! The caller maps or reads the file; [`GgufFile::parse`] borrows the bytes and returns:
 //!
@@ -48,6 +49,7 @@ mod limits;
 mod reader;
 mod tensor;
 mod value;
+mod writer;
 
 pub use error::GgufError;
 pub use file::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GgufFile, MetadataKv};
@@ -58,3 +60,4 @@ pub use limits::{
 };
 pub use tensor::{Shape, TensorInfo};
 pub use value::{ArrayElement, ArrayView, Scalars, StringBytes, Strs, Value, ValueType, Values};
+pub use writer::{GgufWriter, KvEntry, TensorEntry, WriteError};

@@ -232,6 +232,7 @@ pub fn dequantize_row(wtype: WType, row: &[u8], out: &mut [f32]) {
     }
 }
 
+pub mod encode;
 pub mod layout;
 pub mod reference;
 
