@@ -419,7 +419,7 @@ struct Choice<'t> {
 }
 
 /// The scheduler's refusal as an API error.
-fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError {
+pub fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError {
     use std::sync::atomic::Ordering::Relaxed;
     match r {
         Refused::QueueFull { waiting } => {
@@ -455,9 +455,9 @@ fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError {
         }
         Refused::NeverFits { needed, fits } => {
             app.metrics.rejected_fit.fetch_add(1, Relaxed);
-            let hint = app
+            let hint = ready
                 .hint
-                .get()
+                .as_ref()
                 .or(app.opts.fit_hint.as_ref())
                 .map(|h| h(needed))
                 .unwrap_or_default();
