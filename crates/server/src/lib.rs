@@ -15,6 +15,7 @@
 //! body (slow clients are closed), and a body-size cap (413). Nothing a client sends ends
 //! the server.
 
+pub mod client;
 mod embed;
 mod error;
 mod generate;
