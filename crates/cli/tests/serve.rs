@@ -330,19 +330,7 @@ fn malformed_http_gets_4xx_and_the_server_keeps_serving() {
 fn under_a_budget_for_four_sequences_64_requests_complete_or_get_503() {
     let Some(model) = model() else { return };
     let m = model.to_str().unwrap();
-    let plan = json_of(&llmem(&[
-        "plan",
-        "--model",
-        m,
-        "--ctx",
-        "256",
-        "--seqs",
-        "4",
-        "--threads",
-        "2",
-        "--json",
-    ]));
-    let budget = plan["total_bytes"].as_u64().unwrap().to_string();
+    let budget = plan_bytes(m, 4).to_string();
     let s = serve(
         &model,
         &[
@@ -423,21 +411,7 @@ fn under_a_budget_for_four_sequences_64_requests_complete_or_get_503() {
     assert_eq!(metric("llmem_requests_running_peak"), 4.0);
     // The process's peak resident set stays within the budget (+5%).
     #[cfg(target_os = "linux")]
-    {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-        let hwm_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
-        let budget: u64 = budget.parse().unwrap();
-        eprintln!("peak RSS {} of budget {budget}", hwm_kib * 1024);
-        assert!(
-            hwm_kib * 1024 <= budget + budget / 20,
-            "peak RSS {} B over the budget {budget} B + 5%",
-            hwm_kib * 1024
-        );
-    }
+    assert_rss_within(s.child.id(), budget.parse().unwrap());
     assert_eq!(
         metric("llmem_time_to_first_token_seconds_count"),
         f64::from(done)
@@ -487,23 +461,9 @@ fn the_openai_python_client_passes_end_to_end() {
     );
 }
 
-/// Peak resident set of process `pid` in bytes (Linux).
-#[cfg(target_os = "linux")]
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
-#[test]
-#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
-fn two_models_under_a_budget_for_one_swap_and_answer_as_each_alone() {
-    let Some(model) = model() else { return };
-    let m = model.to_str().unwrap();
+/// What `llmem plan` says model `m` needs for `seqs` sequences of 256 tokens.
+fn plan_bytes(m: &str, seqs: usize) -> u64 {
+    let seqs = seqs.to_string();
     let plan = json_of(&llmem(&[
         "plan",
         "--model",
@@ -511,12 +471,37 @@ fn two_models_under_a_budget_for_one_swap_and_answer_as_each_alone() {
         "--ctx",
         "256",
         "--seqs",
-        "2",
+        &seqs,
         "--threads",
         "2",
         "--json",
     ]));
-    let budget = plan["total_bytes"].as_u64().unwrap();
+    plan["total_bytes"].as_u64().unwrap()
+}
+
+/// Process `pid`'s peak resident set stays within `budget` + 5% (Linux).
+#[cfg(target_os = "linux")]
+fn assert_rss_within(pid: u32, budget: u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let peak = kib * 1024;
+    eprintln!("peak RSS {peak} of budget {budget}");
+    assert!(
+        peak <= budget + budget / 20,
+        "peak RSS {peak} B over the budget {budget} B + 5%"
+    );
+}
+
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn two_models_under_a_budget_for_one_swap_and_answer_as_each_alone() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    let budget = plan_bytes(m, 2);
     // The same file under two names: two models of one model's size each, so the
     // answers through either must equal the model's answer alone.
     let (a_arg, b_arg) = (format!("a={m}"), format!("b={m}"));
@@ -613,14 +598,7 @@ fn two_models_under_a_budget_for_one_swap_and_answer_as_each_alone() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot reach"));
     #[cfg(target_os = "linux")]
-    {
-        let peak = peak_rss(s.child.id());
-        eprintln!("peak RSS {peak} of budget {budget}");
-        assert!(
-            peak <= budget + budget / 20,
-            "peak RSS {peak} B over the budget {budget} B + 5%"
-        );
-    }
+    assert_rss_within(s.child.id(), budget);
 }
 
 #[test]
@@ -639,34 +617,7 @@ fn a_real_prometheus_scrapes_the_servers_counters_and_ledger() {
         );
         assert_eq!(st, 200, "{v}");
     }
-    let dir = TempDir::new("serve-prometheus");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: llmem-serve\n    static_configs:\n      \
-             - targets: ['{}']\n",
-            s.addr
-        ),
-    )
-    .unwrap();
-    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let mut prom = ChildGuard(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
+    let (dir, mut prom, web) = start_prometheus(&prometheus, &s.addr, "llmem-serve");
     let query = |q: &str| -> Option<Vec<Value>> {
         let r = get(web, &format!("/api/v1/query?query={q}")).ok()?;
         let v: Value = serde_json::from_str(&r.body).ok()?;

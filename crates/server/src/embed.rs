@@ -20,43 +20,19 @@ const MAX_INPUTS: usize = 2048;
 pub async fn answer(app: &App, lease: &Lease, body: &Value) -> Result<Value, ApiError> {
     let r = &*lease.ready;
     let tm = r.svc.model().text();
-    let bad = || {
-        ApiError::invalid(
-            "input must be a string, an array of strings, an array of token ids or an array \
-             of arrays of token ids",
-        )
-        .param("input")
-    };
-    let ids = |v: &Value| -> Result<Vec<u32>, ApiError> {
-        v.as_array()
-            .ok_or_else(bad)?
-            .iter()
-            .map(|t| {
-                t.as_u64()
-                    .and_then(|t| u32::try_from(t).ok())
-                    .ok_or_else(bad)
-            })
-            .collect()
-    };
     let input = body
         .get("input")
         .ok_or_else(|| ApiError::invalid("input is required").param("input"))?;
-    let prompts: Vec<Vec<u32>> = match input {
-        Value::String(s) if s.is_empty() => Vec::new(),
-        Value::String(s) => vec![tm.encode(s)],
-        Value::Array(a) if a.is_empty() => Vec::new(),
-        Value::Array(a) if a.iter().all(Value::is_string) => a
-            .iter()
-            .map(|s| match s.as_str().unwrap_or("") {
-                "" => Vec::new(),
-                s => tm.encode(s),
-            })
-            .collect(),
-        Value::Array(a) if a.iter().all(Value::is_number) => vec![ids(input)?],
-        Value::Array(a) if a.iter().all(Value::is_array) => {
-            a.iter().map(ids).collect::<Result<_, _>>()?
-        }
-        _ => return Err(bad()),
+    // An empty text has no tokens to pool (the model's start token alone says nothing).
+    let empty_text = match input {
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty() || a.iter().any(|s| s.as_str() == Some("")),
+        _ => false,
+    };
+    let prompts = if empty_text {
+        Vec::new()
+    } else {
+        crate::generate::prompts_of(input, "input", |t| tm.encode(t))?
     };
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(
@@ -79,13 +55,13 @@ pub async fn answer(app: &App, lease: &Lease, body: &Value) -> Result<Value, Api
         }
     };
     let d = tm.model.cfg.d_model;
-    if let Some(n) = body.get("dimensions").filter(|v| !v.is_null()) {
-        if n.as_u64() != Some(d as u64) {
-            return Err(ApiError::invalid(format!(
-                "this model's embeddings have {d} dimensions; dimensions must be {d} or unset"
-            ))
-            .param("dimensions"));
-        }
+    if let Some(n) = body.get("dimensions").filter(|v| !v.is_null())
+        && n.as_u64() != Some(d as u64)
+    {
+        return Err(ApiError::invalid(format!(
+            "this model's embeddings have {d} dimensions; dimensions must be {d} or unset"
+        ))
+        .param("dimensions"));
     }
     let n_ctx = r.svc.n_ctx();
     if let Some(p) = prompts.iter().find(|p| p.len() > n_ctx) {

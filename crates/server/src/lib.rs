@@ -1,8 +1,10 @@
-//! An OpenAI-compatible HTTP server over one scheduler, admitting every request by the memory budget.
+//! An OpenAI-compatible HTTP server over a scheduler per loaded model, admitting every
+//! request by the memory budget.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE streams),
 //! `GET /v1/models`, `POST /v1/embeddings`, `POST /tokenize`, `POST /detokenize`,
-//! `GET /health` (503 until the model is loaded) and `GET /metrics` (Prometheus text).
+//! `GET /health` (503 until the first model is loaded), `GET /metrics` (Prometheus
+//! text), `GET /api/ps` and `GET /v1/llmem/status` (what is loaded; see [`models`]).
 //!
 //! Every generation request is planned before it is accepted: its prompt plus
 //! `max_tokens` must fit the context and the KV the budget holds for one sequence, or it
@@ -22,7 +24,7 @@ mod generate;
 mod hook;
 pub mod json;
 mod metrics;
-mod models;
+pub mod models;
 mod stop;
 
 use std::convert::Infallible;
@@ -329,16 +331,7 @@ async fn lease(app: &App, body: &Value) -> Result<Lease, ApiError> {
     };
     if app.opts.loader.is_none() && !app.models.health().0 {
         let (_, failed) = app.models.health();
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_overloaded",
-            match failed {
-                Some(why) => format!("the model failed to load: {why}"),
-                None => "the model is loading".to_string(),
-            },
-        );
-        e.retry_after = Some(2);
-        return Err(e);
+        return Err(models::loading_error(failed.as_deref()));
     }
     app.models.acquire(i, keep).await
 }

@@ -274,17 +274,8 @@ impl Models {
             let mut evicted = Vec::new();
             let load = {
                 let mut g = self.lock();
-                if let Some(r) = &g.states[i].ready {
-                    let ready = r.clone();
-                    let st = &mut g.states[i];
-                    st.running += 1;
-                    st.expires = None;
-                    return Ok(Lease {
-                        models: self.clone(),
-                        index: i,
-                        keep,
-                        ready,
-                    });
+                if let Some(r) = g.states[i].ready.clone() {
+                    return Ok(self.lease(&mut g.states[i], i, keep, r));
                 }
                 if g.states[i].loading {
                     false
@@ -357,21 +348,32 @@ impl Models {
                     let ready = Arc::new(Ready::of(l));
                     st.ready = Some(ready.clone());
                     st.failed = None;
-                    st.running += 1;
                     st.last_used = Some(Instant::now());
-                    st.expires = None;
-                    return Ok(Lease {
-                        models: self.clone(),
-                        index: i,
-                        keep,
-                        ready,
-                    });
+                    return Ok(self.lease(st, i, keep, ready));
                 }
                 Err(why) => {
                     st.failed = Some(why.clone());
                     return Err(loading_error(Some(&why)));
                 }
             }
+        }
+    }
+
+    /// A lease on loaded model `i` (its state `st`): counted running, no expiry.
+    fn lease(
+        self: &Arc<Self>,
+        st: &mut State,
+        i: usize,
+        keep: KeepAlive,
+        ready: Arc<Ready>,
+    ) -> Lease {
+        st.running += 1;
+        st.expires = None;
+        Lease {
+            models: self.clone(),
+            index: i,
+            keep,
+            ready,
         }
     }
 
@@ -506,7 +508,7 @@ fn add_counters(into: &mut Snapshot, s: &Snapshot) {
     a.pressure_reclaims += b.pressure_reclaims;
 }
 
-fn loading_error(why: Option<&str>) -> ApiError {
+pub(crate) fn loading_error(why: Option<&str>) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "server_overloaded",
