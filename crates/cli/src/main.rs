@@ -19,6 +19,7 @@ mod monitor;
 mod out;
 mod plan;
 mod pressure;
+mod ps;
 mod qa;
 mod quantize;
 mod read;
@@ -50,6 +51,8 @@ enum Command {
     Health(health::HealthArgs),
     /// OpenAI-compatible HTTP server: chat, completions, streaming, /metrics, inside the budget.
     Serve(serve::ServeArgs),
+    /// The models a running llmem serve has loaded: bytes, KV, requests, expiry.
+    Ps(ps::PsArgs),
     /// Live memory view at 1 Hz; --once prints one snapshot; --prometheus serves /metrics.
     Monitor(monitor::MonitorArgs),
     /// Fetch a catalog model into the models folder and verify it; prints its path.
@@ -88,6 +91,7 @@ fn main() {
         Command::List(a) => list::run(&a),
         Command::Serve(a) => serve::run(&a),
         Command::Quantize(a) => quantize::run(&a),
+        Command::Ps(a) => ps::run(&a),
         Command::Qa(a) => match qa::run(&a) {
             // Ctrl+C: what was in flight is finished and written; 130 as shells expect.
             Ok(true) => std::process::exit(130),

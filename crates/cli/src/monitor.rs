@@ -6,9 +6,13 @@
 //! - `--once`: one plain-text snapshot on stdout, for scripts;
 //! - `--headless --prometheus ADDR`: no view, sample and serve `/metrics` until killed.
 //!
+//! - `--attach URL`: a running `llmem serve`'s ledger, sequences and models (see
+//!   [`attach`]), live or `--once` (`--json`).
+//!
 //! `--prometheus ADDR` also works beside the terminal view. Nothing listens unless it is
 //! given, and only on the address given.
 
+mod attach;
 mod ui;
 
 use std::io::{self, IsTerminal, Write};
@@ -30,7 +34,8 @@ Modes:
   llmem monitor                                     live view; q, Esc or Ctrl-C quits
   llmem monitor --prometheus 127.0.0.1:9184         live view, and /metrics served
   llmem monitor --headless --prometheus 127.0.0.1:9184   /metrics only, until killed
-  llmem monitor --once                              one plain-text snapshot")]
+  llmem monitor --once                              one plain-text snapshot
+  llmem monitor --attach http://127.0.0.1:8080      a running llmem serve's view")]
 pub struct MonitorArgs {
     /// Print one plain-text snapshot and exit, without the terminal view (for scripts).
     #[arg(long, conflicts_with_all = ["headless", "prometheus"])]
@@ -43,6 +48,13 @@ pub struct MonitorArgs {
     /// (port 0 picks a free port; the address is printed). Nothing listens without it.
     #[arg(long, value_name = "ADDR")]
     pub prometheus: Option<SocketAddr>,
+    /// Show a running `llmem serve` (its ledger, sequences, KV and models) instead of
+    /// this machine; loads no model.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["prometheus", "headless"])]
+    pub attach: Option<String>,
+    /// With --once: the snapshot as JSON.
+    #[arg(long, requires = "once")]
+    pub json: bool,
     /// No terminal view: sample and serve --prometheus until killed.
     #[arg(long, requires = "prometheus")]
     pub headless: bool,
@@ -134,6 +146,17 @@ impl Session {
 }
 
 pub fn run(args: &MonitorArgs) -> Result<(), CliError> {
+    if let Some(url) = &args.attach {
+        return attach::run(
+            url,
+            args.once,
+            args.json,
+            Duration::from_millis(args.interval_ms),
+        );
+    }
+    if args.json {
+        return Err(input(anyhow!("--json is for --attach URL --once")));
+    }
     let live_view = !args.once && !args.headless;
     if live_view && !(io::stdout().is_terminal() && io::stdin().is_terminal()) {
         return Err(input(anyhow!(

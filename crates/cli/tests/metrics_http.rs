@@ -136,33 +136,7 @@ fn a_real_prometheus_scrapes_the_endpoint_without_errors() {
         return;
     };
     let (_llmem, target) = start_headless();
-    let dir = TempDir::new("prometheus");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: llmem\n    static_configs:\n      \
-             - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let mut server = ChildGuard(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
+    let (dir, mut server, web) = start_prometheus(&prometheus, &target.to_string(), "llmem");
     let log_text =
         || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
 

@@ -330,19 +330,7 @@ fn malformed_http_gets_4xx_and_the_server_keeps_serving() {
 fn under_a_budget_for_four_sequences_64_requests_complete_or_get_503() {
     let Some(model) = model() else { return };
     let m = model.to_str().unwrap();
-    let plan = json_of(&llmem(&[
-        "plan",
-        "--model",
-        m,
-        "--ctx",
-        "256",
-        "--seqs",
-        "4",
-        "--threads",
-        "2",
-        "--json",
-    ]));
-    let budget = plan["total_bytes"].as_u64().unwrap().to_string();
+    let budget = plan_bytes(m, 4).to_string();
     let s = serve(
         &model,
         &[
@@ -423,21 +411,7 @@ fn under_a_budget_for_four_sequences_64_requests_complete_or_get_503() {
     assert_eq!(metric("llmem_requests_running_peak"), 4.0);
     // The process's peak resident set stays within the budget (+5%).
     #[cfg(target_os = "linux")]
-    {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-        let hwm_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
-        let budget: u64 = budget.parse().unwrap();
-        eprintln!("peak RSS {} of budget {budget}", hwm_kib * 1024);
-        assert!(
-            hwm_kib * 1024 <= budget + budget / 20,
-            "peak RSS {} B over the budget {budget} B + 5%",
-            hwm_kib * 1024
-        );
-    }
+    assert_rss_within(s.child.id(), budget.parse().unwrap());
     assert_eq!(
         metric("llmem_time_to_first_token_seconds_count"),
         f64::from(done)
@@ -523,4 +497,217 @@ fn thirty_two_streaming_clients_for_30_s_get_every_stream_whole() {
     assert!(r["requests"].as_u64().unwrap() >= 32, "{r}");
     assert!(r["generated_tokens"].as_u64().unwrap() > 0, "{r}");
     assert!(out.status.success());
+}
+
+/// What `llmem plan` says model `m` needs for `seqs` sequences of 256 tokens.
+fn plan_bytes(m: &str, seqs: usize) -> u64 {
+    let seqs = seqs.to_string();
+    let plan = json_of(&llmem(&[
+        "plan",
+        "--model",
+        m,
+        "--ctx",
+        "256",
+        "--seqs",
+        &seqs,
+        "--threads",
+        "2",
+        "--json",
+    ]));
+    plan["total_bytes"].as_u64().unwrap()
+}
+
+/// Process `pid`'s peak resident set stays within `budget` + 5% (Linux).
+#[cfg(target_os = "linux")]
+fn assert_rss_within(pid: u32, budget: u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let peak = kib * 1024;
+    eprintln!("peak RSS {peak} of budget {budget}");
+    assert!(
+        peak <= budget + budget / 20,
+        "peak RSS {peak} B over the budget {budget} B + 5%"
+    );
+}
+
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn two_models_under_a_budget_for_one_swap_and_answer_as_each_alone() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    let budget = plan_bytes(m, 2);
+    // The same file under two names: two models of one model's size each, so the
+    // answers through either must equal the model's answer alone.
+    let (a_arg, b_arg) = (format!("a={m}"), format!("b={m}"));
+    let s = serve(
+        Path::new(&a_arg),
+        &[
+            "--model",
+            &b_arg,
+            "--ctx",
+            "256",
+            "--parallel",
+            "2",
+            "--budget",
+            &budget.to_string(),
+            "--keep-alive",
+            "-1",
+        ],
+    );
+    let a = s.addr.clone();
+    let ask = |name: &str| -> String {
+        let (st, _, v) = post(
+            &a,
+            "/v1/completions",
+            &serde_json::json!({"model": name, "prompt": "The capital of France is",
+                                 "max_tokens": 8, "temperature": 0}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["model"], name);
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let loaded = || -> Vec<String> {
+        let (st, _, b) = http(&a, "GET", "/api/ps", &[], b"");
+        assert_eq!(st, 200);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(loaded(), ["a"]);
+    let alone = ask("a");
+    for name in ["b", "a", "b", "a"] {
+        assert_eq!(ask(name), alone, "{name}'s answer changed after a swap");
+        assert_eq!(loaded(), [name], "only the model asked for stays loaded");
+    }
+    // /v1/models lists both, saying which is loaded.
+    let (_, _, b) = http(&a, "GET", "/v1/models", &[], b"");
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    let listed: Vec<(String, bool)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap().into(), m["loaded"] == true))
+        .collect();
+    assert_eq!(listed, [("a".into(), true), ("b".into(), false)]);
+    // An unknown model is a 404 in OpenAI's shape.
+    let (st, _, v) = post(
+        &a,
+        "/v1/completions",
+        &serde_json::json!({"model": "gpt-4", "prompt": "x"}),
+    );
+    assert_eq!(st, 404, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_found");
+    // keep_alive 0: unloaded once its request ends.
+    let (st, _, v) = post(
+        &a,
+        "/v1/embeddings",
+        &serde_json::json!({"model": "b", "input": "hello", "keep_alive": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let t = Instant::now();
+    while !loaded().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", loaded());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // llmem ps and llmem monitor --attach read the same server.
+    ask("a");
+    let url = format!("http://{a}");
+    let ps = llmem(&["ps", "--url", &url]);
+    let text = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.status.success() && text.contains("forever"), "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with("a "), "{text}");
+    let st = json_of(&llmem(&["monitor", "--attach", &url, "--once", "--json"]));
+    assert_eq!(st["models"][0]["loaded"], true);
+    assert_eq!(st["models"][1]["loaded"], false);
+    assert!(st["ledger"]["pools"].as_array().unwrap().len() >= 3, "{st}");
+    assert_eq!(st["sequences_running"], 0);
+    assert!(st["kv_tier_bytes"]["hot"].is_u64(), "{st}");
+    let text = llmem(&["monitor", "--attach", &url, "--once"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("ledger"));
+    let bad = llmem(&["ps", "--url", "http://127.0.0.1:1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot reach"));
+    #[cfg(target_os = "linux")]
+    assert_rss_within(s.child.id(), budget);
+}
+
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn a_real_prometheus_scrapes_the_servers_counters_and_ledger() {
+    let Some(prometheus) = external_tool("prometheus", &["/usr/bin/prometheus"]) else {
+        return;
+    };
+    let Some(model) = model() else { return };
+    let s = serve(&model, &["--ctx", "256"]);
+    for i in 0..3 {
+        let (st, _, v) = post(
+            &s.addr,
+            "/v1/completions",
+            &serde_json::json!({"prompt": format!("Count {i}:"), "max_tokens": 2}),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    let (dir, mut prom, web) = start_prometheus(&prometheus, &s.addr, "llmem-serve");
+    let query = |q: &str| -> Option<Vec<Value>> {
+        let r = get(web, &format!("/api/v1/query?query={q}")).ok()?;
+        let v: Value = serde_json::from_str(&r.body).ok()?;
+        v["data"]["result"].as_array().cloned()
+    };
+    let value = |r: &Value| -> f64 { r["value"][1].as_str().unwrap().parse().unwrap() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = prom.exited() {
+            let log = std::fs::read_to_string(dir.path().join("prometheus.log"));
+            panic!("prometheus exited ({status}):\n{}", log.unwrap_or_default());
+        }
+        let requests = query("llmem_http_requests_total");
+        let pools = query("llmem_ledger_pool_used_bytes");
+        if let (Some(r), Some(p)) = (requests, pools)
+            && r.first().is_some_and(|r| value(r) >= 3.0)
+        {
+            let names: Vec<&str> = p
+                .iter()
+                .filter_map(|x| x["metric"]["pool"].as_str())
+                .collect();
+            assert!(
+                names.contains(&"weights") && names.contains(&"kv"),
+                "{names:?}"
+            );
+            let w = p.iter().find(|x| x["metric"]["pool"] == "weights").unwrap();
+            assert!(value(w) > 0.0, "{w}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never had the server's counters"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The exposition passes promtool's lint, when it is there.
+    if let Some(promtool) = external_tool("promtool", &["/usr/bin/promtool"]) {
+        let (_, _, body) = http(&s.addr, "GET", "/metrics", &[], b"");
+        let mut c = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&body).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -99,6 +99,44 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The prompts a `prompt` (or `input`) field holds: a string, strings, token ids or
+/// arrays of token ids; anything else is a 400 naming `param`.
+pub fn prompts_of(
+    p: &Value,
+    param: &str,
+    encode: impl Fn(&str) -> Vec<u32>,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "{param} must be a string, an array of strings, an array of token ids or an array \
+             of arrays of token ids"
+        ))
+        .param(param)
+    };
+    let ids = |v: &Value| -> Result<Vec<u32>, ApiError> {
+        v.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|t| {
+                t.as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
+    };
+    Ok(match p {
+        Value::String(s) => vec![encode(s)],
+        Value::Array(a) if a.iter().all(Value::is_string) && !a.is_empty() => {
+            a.iter().map(|s| encode(s.as_str().unwrap_or(""))).collect()
+        }
+        Value::Array(a) if a.iter().all(Value::is_number) => vec![ids(p)?],
+        Value::Array(a) if a.iter().all(Value::is_array) && !a.is_empty() => {
+            a.iter().map(ids).collect::<Result<_, _>>()?
+        }
+        _ => return Err(bad()),
+    })
+}
+
 /// Which endpoint a job came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -182,36 +220,7 @@ impl Job {
                 let Some(p) = body.prompt else {
                     return Err(ApiError::invalid("prompt is required").param("prompt"));
                 };
-                let bad = || {
-                    ApiError::invalid(
-                        "prompt must be a string, an array of strings, an array of token ids \
-                         or an array of arrays of token ids",
-                    )
-                    .param("prompt")
-                };
-                let ids = |v: &Value| -> Result<Vec<u32>, ApiError> {
-                    v.as_array()
-                        .ok_or_else(bad)?
-                        .iter()
-                        .map(|t| {
-                            t.as_u64()
-                                .and_then(|t| u32::try_from(t).ok())
-                                .ok_or_else(bad)
-                        })
-                        .collect()
-                };
-                match &p {
-                    Value::String(s) => vec![tm.encode(s)],
-                    Value::Array(a) if a.iter().all(Value::is_string) && !a.is_empty() => a
-                        .iter()
-                        .map(|s| tm.encode(s.as_str().unwrap_or("")))
-                        .collect(),
-                    Value::Array(a) if a.iter().all(Value::is_number) => vec![ids(&p)?],
-                    Value::Array(a) if a.iter().all(Value::is_array) && !a.is_empty() => {
-                        a.iter().map(ids).collect::<Result<_, _>>()?
-                    }
-                    _ => return Err(bad()),
-                }
+                prompts_of(&p, "prompt", |t| tm.encode(t))?
             }
         };
         if prompts.iter().any(Vec::is_empty) {
@@ -419,7 +428,7 @@ struct Choice<'t> {
 }
 
 /// The scheduler's refusal as an API error.
-fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError {
+pub fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError {
     use std::sync::atomic::Ordering::Relaxed;
     match r {
         Refused::QueueFull { waiting } => {
@@ -455,9 +464,9 @@ fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError {
         }
         Refused::NeverFits { needed, fits } => {
             app.metrics.rejected_fit.fetch_add(1, Relaxed);
-            let hint = app
+            let hint = ready
                 .hint
-                .get()
+                .as_ref()
                 .or(app.opts.fit_hint.as_ref())
                 .map(|h| h(needed))
                 .unwrap_or_default();

@@ -1,8 +1,10 @@
-//! An OpenAI-compatible HTTP server over one scheduler, admitting every request by the memory budget.
+//! An OpenAI-compatible HTTP server over a scheduler per loaded model, admitting every
+//! request by the memory budget.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE streams),
 //! `GET /v1/models`, `POST /v1/embeddings`, `POST /tokenize`, `POST /detokenize`,
-//! `GET /health` (503 until the model is loaded) and `GET /metrics` (Prometheus text).
+//! `GET /health` (503 until the first model is loaded), `GET /metrics` (Prometheus
+//! text), `GET /api/ps` and `GET /v1/llmem/status` (what is loaded; see [`models`]).
 //!
 //! Every generation request is planned before it is accepted: its prompt plus
 //! `max_tokens` must fit the context and the KV the budget holds for one sequence, or it
@@ -15,19 +17,22 @@
 //! body (slow clients are closed), and a body-size cap (413). Nothing a client sends ends
 //! the server.
 
+pub mod client;
+mod embed;
 mod error;
 mod generate;
 mod hook;
 pub mod json;
 mod metrics;
+pub mod models;
 mod stop;
 
 use std::convert::Infallible;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +50,8 @@ pub use error::ApiError;
 use generate::{GenBody, Job, Kind, Update};
 use hook::Vocab;
 use metrics::Metrics;
+pub use models::{KeepAlive, Loaded, Loader, ModelSpec};
+use models::{Lease, Models};
 
 /// Tells a refused request what would make it fit, given the KV tokens it needs.
 pub type FitHint = Arc<dyn Fn(usize) -> String + Send + Sync>;
@@ -54,8 +61,12 @@ pub type FitHint = Arc<dyn Fn(usize) -> String + Send + Sync>;
 pub struct Options {
     /// Requests must carry `Authorization: Bearer <key>` (all but `/health`, `/metrics`).
     pub api_key: Option<String>,
-    /// The name `/v1/models` lists and answers carry.
-    pub model_id: String,
+    /// The models it answers for (the first is the default); none: one named `llmem`.
+    pub models: Vec<ModelSpec>,
+    /// How long a model stays loaded after its last request, unless the request says.
+    pub keep_alive: KeepAlive,
+    /// Loads a model of `models` on first use (none: only what [`Server::ready`] sets).
+    pub loader: Option<Loader>,
     /// One JSON object per request log line instead of text.
     pub log_json: bool,
     /// Largest request body (413 beyond).
@@ -71,13 +82,17 @@ pub struct Options {
     pub ledger: Option<budget::Budget>,
     /// Compute threads of the HTTP side (tokio workers).
     pub http_threads: usize,
+    /// Requests that may wait beyond the running ones (shown in the status).
+    pub queue_limit: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             api_key: None,
-            model_id: "llmem".into(),
+            models: Vec::new(),
+            keep_alive: KeepAlive::For(Duration::from_secs(300)),
+            loader: None,
             log_json: false,
             max_body_bytes: 10 << 20,
             max_head_bytes: 16 << 10,
@@ -86,6 +101,7 @@ impl Default for Options {
             fit_hint: None,
             ledger: None,
             http_threads: 2,
+            queue_limit: 64,
         }
     }
 }
@@ -95,13 +111,12 @@ pub struct Ready {
     svc: Arc<Service>,
     vocab: Arc<Vocab>,
     max_running: usize,
+    hint: Option<FitHint>,
 }
 
 struct App {
     opts: Options,
-    ready: OnceLock<Ready>,
-    failed: OnceLock<String>,
-    hint: OnceLock<FitHint>,
+    models: Arc<Models>,
     metrics: Metrics,
     next_id: AtomicU64,
 }
@@ -129,18 +144,42 @@ impl Server {
             .enable_io()
             .enable_time()
             .build()?;
+        let mut specs = opts.models.clone();
+        if specs.is_empty() {
+            specs.push(ModelSpec {
+                id: "llmem".into(),
+                aliases: Vec::new(),
+                need_bytes: 0,
+            });
+        }
+        let models = Arc::new(Models::new(
+            specs,
+            opts.keep_alive,
+            opts.loader.clone(),
+            opts.ledger.clone(),
+        ));
         let app = Arc::new(App {
             opts,
-            ready: OnceLock::new(),
-            failed: OnceLock::new(),
-            hint: OnceLock::new(),
+            models,
             metrics: Metrics::default(),
             next_id: AtomicU64::new(1),
         });
         let a = app.clone();
         let thread = std::thread::Builder::new()
             .name("llmem-serve".into())
-            .spawn(move || runtime.block_on(accept_loop(listener, a)))?;
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Models whose keep-alive ran out are unloaded within a quarter second.
+                    let m = a.models.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            m.expire(Instant::now());
+                        }
+                    });
+                    accept_loop(listener, a).await;
+                });
+            })?;
         Ok(Server { addr, app, thread })
     }
 
@@ -148,25 +187,15 @@ impl Server {
         self.addr
     }
 
-    /// Starts answering with `svc`, whose scheduler admits at most `max_running`
-    /// sequences at once.
-    pub fn ready(&self, svc: Arc<Service>, max_running: usize) {
-        let vocab = Arc::new(Vocab::of(&svc.model().text().tokenizer));
-        let _ = self.app.ready.set(Ready {
-            svc,
-            vocab,
-            max_running,
-        });
+    /// Starts answering with model `i` of [`Options::models`] loaded (its keep-alive
+    /// runs from now).
+    pub fn ready(&self, i: usize, loaded: Loaded) {
+        self.app.models.set_loaded(i, loaded);
     }
 
-    /// Sets what a request refused for its size is told would fit (once).
-    pub fn set_fit_hint(&self, hint: FitHint) {
-        let _ = self.app.hint.set(hint);
-    }
-
-    /// The model could not be loaded: `/health` says why.
-    pub fn failed(&self, why: String) {
-        let _ = self.app.failed.set(why);
+    /// Model `i` could not be loaded: `/health` says why (for the first).
+    pub fn failed(&self, i: usize, why: String) {
+        self.app.models.set_failed(i, why);
     }
 
     /// Blocks while the server runs.
@@ -290,19 +319,26 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn ready(app: &App) -> Result<&Ready, ApiError> {
-    app.ready.get().ok_or_else(|| {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_overloaded",
-            match app.failed.get() {
-                Some(why) => format!("the model failed to load: {why}"),
-                None => "the model is loading".to_string(),
-            },
-        );
-        e.retry_after = Some(2);
-        e
-    })
+/// A lease on the model a request body's `model` names (the default without one),
+/// loading it if needed, kept as its `keep_alive` says.
+async fn lease(app: &App, body: &Value) -> Result<Lease, ApiError> {
+    let i = app
+        .models
+        .resolve(body.get("model").and_then(Value::as_str))?;
+    let keep = match body.get("keep_alive") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(KeepAlive::parse(v).map_err(|e| ApiError::invalid(e).param("keep_alive"))?),
+    };
+    if app.opts.loader.is_none() && !app.models.health().0 {
+        let (_, failed) = app.models.health();
+        return Err(models::loading_error(failed.as_deref()));
+    }
+    app.models.acquire(i, keep).await
+}
+
+/// The id answers carry for the model a lease holds.
+fn model_id(app: &App, l: &Lease) -> String {
+    app.models.specs()[l.index()].id.clone()
 }
 
 async fn route(
@@ -314,20 +350,19 @@ async fn route(
     let post = *method == Method::POST;
     let get = *method == Method::GET || *method == Method::HEAD;
     match path {
-        "/health" | "/v1/health" if get => Ok(match (app.ready.get(), app.failed.get()) {
-            (Some(_), _) => json_response(StatusCode::OK, &json!({"status": "ok"})),
-            (None, Some(why)) => json_response(
+        "/health" | "/v1/health" if get => Ok(match app.models.health() {
+            (true, _) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            (false, Some(why)) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "error", "error": why}),
             ),
-            (None, None) => json_response(
+            (false, None) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "loading"}),
             ),
         }),
         "/metrics" if get => {
-            let r = app.ready.get();
-            let snap = r.map(|r| r.svc.snapshot());
+            let snap = app.models.snapshot();
             let body = app.metrics.render(snap.as_ref(), app.opts.ledger.as_ref());
             let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
@@ -338,19 +373,34 @@ async fn route(
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(resp)
         }
-        "/v1/models" | "/models" if get => Ok(json_response(
-            StatusCode::OK,
-            &json!({"object": "list", "data": [{
-                "id": app.opts.model_id, "object": "model", "created": 0, "owned_by": "llmem",
-            }]}),
-        )),
+        "/v1/models" | "/models" if get => {
+            let data: Vec<Value> = app
+                .models
+                .describe()
+                .into_iter()
+                .map(|m| {
+                    json!({
+                        "id": m["id"], "object": "model", "created": 0, "owned_by": "llmem",
+                        "aliases": m["aliases"], "loaded": m["loaded"],
+                        "weights_bytes": m["weights_bytes"], "kv_bytes": m["kv_bytes"],
+                    })
+                })
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"object": "list", "data": data}),
+            ))
+        }
+        "/api/ps" if get => Ok(json_response(StatusCode::OK, &ps(app))),
+        "/v1/llmem/status" if get => Ok(json_response(StatusCode::OK, &status(app))),
         "/v1/chat/completions" | "/chat/completions" if post => {
             generate(app, Kind::Chat, req).await
         }
         "/v1/completions" | "/completions" if post => generate(app, Kind::Completion, req).await,
         "/tokenize" if post => {
             let body = read_json(app, req).await?;
-            let r = ready(app)?;
+            let lease = lease(app, &body).await?;
+            let r = &*lease.ready;
             let text = body
                 .get("content")
                 .and_then(Value::as_str)
@@ -377,7 +427,8 @@ async fn route(
         }
         "/detokenize" if post => {
             let body = read_json(app, req).await?;
-            let r = ready(app)?;
+            let lease = lease(app, &body).await?;
+            let r = &*lease.ready;
             let vocab = r.vocab.bytes.len();
             let ids: Vec<tokenizer::TokenId> = body
                 .get("tokens")
@@ -406,11 +457,18 @@ async fn route(
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
             Ok(json_response(StatusCode::OK, &json!({"content": text})))
         }
-        "/v1/embeddings" | "/embeddings" if post => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "invalid_request_error",
-            "embeddings are not available: the engine has no hidden-state output yet",
-        )),
+        "/v1/embeddings" | "/embeddings" if post => {
+            let arrived = Instant::now();
+            let body = read_json(app, req).await?;
+            app.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            if !body.is_object() {
+                return Err(ApiError::invalid("the request body must be a JSON object"));
+            }
+            let lease = lease(app, &body).await?;
+            let v = embed::answer(app, &lease, &body).await?;
+            app.metrics.e2e.observe(arrived.elapsed().as_secs_f64());
+            Ok(json_response(StatusCode::OK, &v))
+        }
         "/health"
         | "/v1/health"
         | "/metrics"
@@ -423,7 +481,9 @@ async fn route(
         | "/tokenize"
         | "/detokenize"
         | "/v1/embeddings"
-        | "/embeddings" => Err(ApiError::new(
+        | "/embeddings"
+        | "/api/ps"
+        | "/v1/llmem/status" => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
             format!("{method} is not allowed on {path}"),
@@ -492,10 +552,12 @@ async fn generate(
     if !value.is_object() {
         return Err(ApiError::invalid("the request body must be a JSON object"));
     }
+    let lease = lease(app, &value).await?;
     let body: GenBody = serde_json::from_value(value)
         .map_err(|e| ApiError::invalid(format!("invalid request: {e}")))?;
-    let r = ready(app)?;
+    let r = &*lease.ready;
     let job = Job::parse(kind, body, r)?;
+    let model = model_id(app, &lease);
     let running = generate::submit(app, r, &job, arrived)?;
     let n = app.next_id.fetch_add(1, Ordering::Relaxed);
     let id = match kind {
@@ -506,8 +568,9 @@ async fn generate(
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         let app2 = app.clone();
         tokio::spawn(async move {
-            let r = app2.ready.get().expect("ready above");
-            stream(&app2, r, &job, running, &id, tx, arrived).await;
+            let r = &*lease.ready;
+            stream(&app2, r, &model, &job, running, &id, tx, arrived).await;
+            drop(lease);
         });
         let mut resp = Response::new(SseBody(rx).boxed());
         let h = resp.headers_mut();
@@ -565,7 +628,7 @@ async fn generate(
             "id": id,
             "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
             "created": now_s(),
-            "model": app.opts.model_id,
+            "model": model,
             "system_fingerprint": "llmem",
             "choices": choices,
             "usage": totals.json(),
@@ -574,9 +637,11 @@ async fn generate(
 }
 
 /// Sends a request's events as server-sent events in the shape OpenAI's clients parse.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     app: &App,
     r: &Ready,
+    model: &str,
     job: &Job,
     running: generate::Running,
     id: &str,
@@ -584,7 +649,6 @@ async fn stream(
     arrived: Instant,
 ) {
     let created = now_s();
-    let model = app.opts.model_id.clone();
     let usage_null = job.include_usage;
     let chunk = |choices: Value| -> Bytes {
         let mut v = json!({
@@ -645,7 +709,7 @@ async fn stream(
                     "id": id,
                     "object": if job.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
                     "created": created,
-                    "model": app.opts.model_id,
+                    "model": model,
                     "system_fingerprint": "llmem",
                     "choices": [],
                 });
@@ -690,4 +754,46 @@ fn log(app: &App, id: &str, t: Option<&generate::Totals>, arrived: Instant, stat
             secs
         );
     }
+}
+
+/// `GET /api/ps`: the loaded models in Ollama's shape, with llmem's KV and request
+/// counts beside.
+fn ps(app: &App) -> Value {
+    let models: Vec<Value> = app
+        .models
+        .describe()
+        .into_iter()
+        .filter(|m| m["loaded"] == true)
+        .map(|m| {
+            json!({
+                "name": m["id"], "model": m["id"],
+                "size": m["weights_bytes"], "size_vram": 0,
+                "expires_at": m["expires_at"],
+                "kv_bytes": m["kv_bytes"], "scratch_bytes": m["scratch_bytes"],
+                "requests_running": m["requests_running"],
+                "keep_alive": m["keep_alive"],
+            })
+        })
+        .collect();
+    json!({"models": models})
+}
+
+/// `GET /v1/llmem/status`: what `llmem monitor --attach` shows — the ledger's pools,
+/// the schedulers' sequences and KV per tier, and every configured model.
+fn status(app: &App) -> Value {
+    let snap = app.models.snapshot().unwrap_or_default();
+    let tiers = ["hot", "warm", "cold", "disk"];
+    json!({
+        "ledger": app.opts.ledger.as_ref().map(budget::Budget::snapshot),
+        "sequences_running": snap.stats.running,
+        "sequences_waiting": snap.stats.waiting,
+        "requests_finished": snap.stats.finished,
+        "kv_bytes": snap.kv_bytes,
+        "kv_tier_bytes": tiers.iter().zip(snap.kv_tier_bytes)
+            .map(|(t, b)| (t.to_string(), Value::from(b)))
+            .collect::<serde_json::Map<String, Value>>(),
+        "scratch_bytes": snap.scratch_bytes,
+        "queue_limit": app.opts.queue_limit,
+        "models": app.models.describe(),
+    })
 }

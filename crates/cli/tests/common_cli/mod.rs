@@ -263,3 +263,41 @@ pub fn start_headless_on(bind: &str) -> (ChildGuard, SocketAddr, Vec<String>) {
         seen.push(line);
     }
 }
+
+/// A real Prometheus scraping `target` (host:port) every second as job `job`, with its
+/// web API on a free loopback port; its data and log (`prometheus.log`) in the returned
+/// folder.
+pub fn start_prometheus(
+    prometheus: &Path,
+    target: &str,
+    job: &str,
+) -> (TempDir, ChildGuard, SocketAddr) {
+    let dir = TempDir::new("prometheus");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      \
+             - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = ChildGuard(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    (dir, child, web)
+}

@@ -336,6 +336,8 @@ impl Engine<'_, '_> {
                 &mut self.w.logits[row0 * vocab..(row0 + wanted.len()) * vocab],
             );
         }
+        // The output head leaves `s.x` as it was: the hidden states are still there.
+        self.pool_rows(items, &rows);
         Ok(wanted.into_iter().map(|t| rows[t]).collect())
     }
 }

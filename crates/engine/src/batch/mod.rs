@@ -29,6 +29,7 @@
 //! let next_a = engine::sampler::argmax(out.logits(batch.len() - 1).unwrap());
 //! ```
 
+mod embed;
 mod forward;
 
 use std::collections::BTreeMap;
@@ -186,6 +187,9 @@ pub struct Engine<'a, 'm> {
     w: Workspace,
     /// The last batch's row of each item.
     rows: Vec<Option<u32>>,
+    /// Sequences being embedded ([`Engine::embed`]): the sum of their final-normed
+    /// hidden states so far.
+    pooled: BTreeMap<SeqId, Vec<f32>>,
 }
 
 impl<'a, 'm> Engine<'a, 'm> {
@@ -225,6 +229,7 @@ impl<'a, 'm> Engine<'a, 'm> {
             ropes: crate::layers::Ropes::new(model),
             w,
             rows: Vec::new(),
+            pooled: BTreeMap::new(),
         })
     }
 

@@ -306,6 +306,12 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         &self.engine
     }
 
+    /// The engine, for work between steps that leaves no sequence behind
+    /// ([`Engine::embed`]).
+    pub fn engine_mut(&mut self) -> &mut Engine<'a, 'm> {
+        &mut self.engine
+    }
+
     pub fn stats(&self) -> SchedStats {
         let mut s = self.stats;
         s.waiting = self

@@ -5,7 +5,7 @@
 //! called on the service's thread: hand the events to a channel). Submission answers at
 //! once — accepted or [`Refused`] — without waiting for a step to end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,17 @@ pub struct Snapshot {
 enum Cmd {
     Submit(ReqId, Request, Sink),
     Cancel(ReqId),
+    Embed(Embedding),
+}
+
+/// Receives an embedding request's vectors (one per prompt), or why it failed; called
+/// once, on the service's thread.
+pub type EmbedDone = Box<dyn FnOnce(Result<Vec<Vec<f32>>, String>) + Send>;
+
+/// An embedding request waiting for its turn between steps.
+struct Embedding {
+    prompts: Vec<Vec<u32>>,
+    done: EmbedDone,
 }
 
 /// The `kv` pool's reclaim hook: the ledger's pressure ladder asks for bytes from any
@@ -158,24 +169,62 @@ impl Service {
     /// Queues `req`; its events go to `sink` (on the service's thread). Refused at once
     /// when it can never fit, or when the queue is full.
     pub fn submit(&self, req: Request, sink: Sink) -> Result<ReqId, Refused> {
+        self.check(&req.prompt, req.max_tokens)?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::Submit(id, req, sink))?;
+        Ok(id)
+    }
+
+    /// Queues the embedding of each of `prompts` ([`Engine::embed`], one prompt at a
+    /// time, between steps, under the same ledger and queue bound as generation); `done`
+    /// gets the vectors. Refused at once as [`Service::submit`] refuses a prompt with no
+    /// tokens to generate. While the cache has no room for a prompt it waits for the
+    /// running sequences to give some back.
+    pub fn embed(&self, prompts: Vec<Vec<u32>>, done: EmbedDone) -> Result<(), Refused> {
+        if prompts.is_empty() {
+            return Err(Refused::EmptyPrompt);
+        }
+        let longest = prompts.iter().max_by_key(|p| p.len()).expect("not empty");
+        for p in &prompts {
+            if p.is_empty() {
+                return Err(Refused::EmptyPrompt);
+            }
+        }
+        let bad = prompts
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= self.shared.vocab);
+        if let Some(&id) = bad {
+            return Err(Refused::BadToken {
+                id,
+                vocab: self.shared.vocab,
+            });
+        }
+        self.check(longest, 0)?;
+        self.send(Cmd::Embed(Embedding { prompts, done }))
+    }
+
+    /// Refuses what can never run, then counts the request in flight, bounded by the
+    /// queue (accepted requests beyond the running slots wait).
+    fn check(&self, prompt: &[u32], max_tokens: usize) -> Result<(), Refused> {
         let sh = &self.shared;
         if sh.closing.load(Ordering::Acquire) {
             return Err(Refused::ShuttingDown);
         }
-        if req.prompt.is_empty() {
+        if prompt.is_empty() {
             return Err(Refused::EmptyPrompt);
         }
-        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= sh.vocab) {
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= sh.vocab) {
             return Err(Refused::BadToken {
                 id,
                 vocab: sh.vocab,
             });
         }
-        let needed = req.prompt.len().saturating_add(req.max_tokens);
+        let needed = prompt.len().saturating_add(max_tokens);
         if needed > sh.n_ctx {
             return Err(Refused::TooLong {
-                prompt: req.prompt.len(),
-                max_tokens: req.max_tokens,
+                prompt: prompt.len(),
+                max_tokens,
                 n_ctx: sh.n_ctx,
             });
         }
@@ -185,23 +234,24 @@ impl Service {
                 fits: sh.fits,
             });
         }
-        // Accepted requests beyond the running slots wait; the queue is bounded.
         let in_flight = sh.in_flight.fetch_add(1, Ordering::AcqRel);
         let waiting = in_flight.saturating_sub(sh.max_running);
         if waiting >= sh.queue_cap {
             sh.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::QueueFull { waiting });
         }
-        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hands a counted request to the service's thread (uncounts it if that is gone).
+    fn send(&self, cmd: Cmd) -> Result<(), Refused> {
         let tx = self.tx.lock().expect("not poisoned");
-        let sent = tx
-            .as_ref()
-            .is_some_and(|t| t.send(Cmd::Submit(id, req, sink)).is_ok());
+        let sent = tx.as_ref().is_some_and(|t| t.send(cmd).is_ok());
         if !sent {
-            sh.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::ShuttingDown);
         }
-        Ok(id)
+        Ok(())
     }
 
     /// Cancels request `id` (its sink gets `Done` with `Cancelled`); unknown or finished
@@ -243,13 +293,14 @@ impl Drop for Service {
 fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: &PressureHook) {
     // Service ids → scheduler ids.
     let mut ids: HashMap<ReqId, ReqId> = HashMap::new();
+    let mut embeds: VecDeque<Embedding> = VecDeque::new();
     let mut open = true;
     loop {
         let want = hook.want.swap(0, Ordering::AcqRel);
         if want > 0 {
             s.ease(want);
         }
-        let cmd = if s.has_work() || !open {
+        let cmd = if s.has_work() || !open || !embeds.is_empty() {
             rx.try_recv().ok()
         } else {
             // Idle: wake now and then for the pressure ladder's requests.
@@ -286,6 +337,7 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
                         ids.insert(id, sid);
                     }
                 }
+                Cmd::Embed(e) => embeds.push_back(e),
                 Cmd::Cancel(id) => {
                     if let Some(sid) = ids.remove(&id) {
                         s.cancel(sid);
@@ -297,8 +349,12 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
             }
             continue;
         }
+        if !embeds.is_empty() {
+            run_embeds(&mut s, &mut embeds, shared);
+            publish(&s, shared);
+        }
         if !s.has_work() {
-            if !open {
+            if !open && embeds.is_empty() {
                 break;
             }
             continue;
@@ -310,6 +366,32 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
         }
         ids.retain(|_, sid| s.is_live(*sid));
         publish(&s, shared);
+    }
+}
+
+/// Runs the waiting embeddings in order until one finds no room in the cache while
+/// sequences run (it waits for them to give some back; with none running there is no
+/// more room to wait for, and it fails).
+fn run_embeds(s: &mut Scheduler<'_, '_>, embeds: &mut VecDeque<Embedding>, shared: &Shared) {
+    while let Some(e) = embeds.front() {
+        let mut out = Vec::with_capacity(e.prompts.len());
+        let mut failed = None;
+        for p in &e.prompts {
+            match s.engine_mut().embed(&[p]) {
+                Ok(mut v) => out.push(v.pop().unwrap_or_default()),
+                Err(EvalError::NoRoom(_)) if s.has_work() => return,
+                Err(err) => {
+                    failed = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        let e = embeds.pop_front().expect("front exists");
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        (e.done)(match failed {
+            None => Ok(out),
+            Some(why) => Err(why),
+        });
     }
 }
 
