@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use kernels::matmul::{MatJob, matmul};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
-use kernels::quant::{BlockQ8, QK, quantize_row_q8};
+use kernels::quant::{BlockQ8, QK, WType, quantize_row_for};
 
 use budget::{Bytes, OutOfBudget, Reservation};
 
@@ -228,6 +228,7 @@ pub(crate) fn norm_quant(
     w: &[f32],
     eps: f32,
     (d, n): (usize, usize),
+    wtype: WType,
 ) {
     let (xr, qr) = (Rows::new(xn, d), Rows::new(xq, d / QK));
     par_rows(pool, n, |t| {
@@ -235,16 +236,33 @@ pub(crate) fn norm_quant(
         let (o, q) = unsafe { (xr.row(t), qr.row(t)) };
         let s = src(t);
         ops::rms_norm(&x[s * d..(s + 1) * d], w, eps, o);
-        quantize_row_q8(o, q);
+        quantize_row_for(wtype, o, q);
     });
 }
 
-/// Quantizes `n` rows of width `w` of `x` into `xq`.
-pub(crate) fn quant_rows(pool: &ThreadPool, x: &[f32], xq: &mut [BlockQ8], w: usize, n: usize) {
+/// The weight type whose activation blocks one quantization of the input serves for
+/// several matrices: theirs when they all take the same (all k-quants or none), else
+/// 32-value blocks (ggml would quantize the input once per kind).
+fn acts_for(ws: &[WType]) -> WType {
+    if ws.iter().all(|w| w.is_k_quant()) {
+        ws[0]
+    } else {
+        WType::Q8_0
+    }
+}
+
+/// Quantizes `n` rows of width `w` of `x` into `xq` for a product with `wtype` weights.
+pub(crate) fn quant_rows(
+    pool: &ThreadPool,
+    x: &[f32],
+    xq: &mut [BlockQ8],
+    (w, n): (usize, usize),
+    wtype: WType,
+) {
     let qr = Rows::new(xq, w / QK);
     par_rows(pool, n, |t| {
         // SAFETY: each t is handled by one thread; rows lie inside the buffer.
-        quantize_row_q8(&x[t * w..(t + 1) * w], unsafe { qr.row(t) });
+        quantize_row_for(wtype, &x[t * w..(t + 1) * w], unsafe { qr.row(t) });
     });
 }
 
@@ -295,6 +313,7 @@ pub(crate) fn project_qkv(
         &l.attn_norm,
         c.rms_eps,
         (d, n),
+        acts_for(&[l.wq.wtype(), l.wk.wtype(), l.wv.wtype()]),
     );
     matmul(
         pool,
@@ -345,7 +364,7 @@ pub(crate) fn finish_layer(
     n: usize,
 ) {
     let (d, qd, ff) = (c.d_model, c.n_heads * c.head_dim, c.d_ff);
-    quant_rows(pool, &s.att, &mut s.xq, qd, n);
+    quant_rows(pool, &s.att, &mut s.xq, (qd, n), l.wo.wtype());
     matmul(
         pool,
         &mut [MatJob::new(l.wo, &mut s.xn[..n * d])],
@@ -366,6 +385,7 @@ pub(crate) fn finish_layer(
         &l.ffn_norm,
         c.rms_eps,
         (d, n),
+        acts_for(&[l.gate.wtype(), l.up.wtype()]),
     );
     matmul(
         pool,
@@ -381,6 +401,7 @@ pub(crate) fn finish_layer(
         let (gr, xq) = (Rows::new(&mut s.gate, ff), Rows::new(&mut s.xq, ff / QK));
         let up = &s.up;
         let act = c.hooks.activation;
+        let down = l.down.wtype();
         par_rows(pool, n, |t| {
             // SAFETY: each t is handled by one thread; rows lie inside the buffers.
             let (g, q) = unsafe { (gr.row(t), xq.row(t)) };
@@ -389,7 +410,7 @@ pub(crate) fn finish_layer(
                 Activation::Silu => ops::silu_mul(g, u),
                 Activation::GeluTanh => ops::gelu_mul(g, u),
             }
-            quantize_row_q8(g, q);
+            quantize_row_for(down, g, q);
         });
     }
     matmul(
@@ -436,6 +457,7 @@ pub(crate) fn output_logits(
         &m.output_norm,
         c.rms_eps,
         (d, n_out),
+        m.output.wtype(),
     );
     matmul(
         pool,

@@ -28,8 +28,18 @@ struct Hooks {
     rope_factors: Option<Vec<f64>>,
 }
 
+/// GELU (tanh form) as ggml computes it, which the engine follows: on the input rounded
+/// to f16, the result rounded to f16, 0 below −10 and the identity above 10.
 fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+    let f16 = |v: f64| half::f16::from_f64(v).to_f64();
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = f16(x);
+    f16(0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()))
 }
 
 /// Rotates each head of `x` by `pos · freq[i]`, pairs as `neox` says.

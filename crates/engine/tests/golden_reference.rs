@@ -42,15 +42,21 @@ fn qwen25_coder_05b_matches_llama_cpp() {
     );
 }
 
-/// Open: mean |Δ log-prob| 0.034 passes, but the largest is 0.34 (> 0.3), at
-/// chat-kv-cache position 28, where llama.cpp's top five are within 0.25 of each other at
-/// −5.0; there greedy decoding takes the runner-up after 11 tokens (must: 32). The other
-/// four prompts match up to `must_match`. Rounding changes tried to follow llama.cpp
-/// (f16 queries, a GELU table in f16, 256-value activation blocks for the k-quants, f16
-/// activation scales) each moved the mean between 0.033 and 0.042 and left that position
-/// 0.33–0.52 away, so the cause is not yet known. Run with `--ignored`.
+/// Open: the largest |Δ log-prob| exceeds 0.3. Compared tensor by tensor with
+/// llama.cpp's (its eval callback) on chat-kv-cache, the graph is llama.cpp's (norms,
+/// RoPE bases, scales, GeGLU, tied head: no structural difference); what differed was
+/// rounding in the activations, now done as ggml does on x86 (codes from `127 / amax`
+/// rounded ties to even, one scale per 256 values for k-quant weights, GELU through
+/// f16). That cut layer 0's relative error against llama.cpp 3–4× (queries 1.2e-3 →
+/// 4e-4, values 1.6e-3 → 4e-4) and greedy decoding now follows llama.cpp up to
+/// `must_match` on every prompt (chat-kv-cache 32 of 32 tokens, was 11); teacher-forced:
+/// mean 0.041 (was 0.034), max 0.42 at chat-unified-memory position 20 (llama.cpp
+/// −2.72, here −3.14; chat-kv-cache position 28, the worst before at 0.34, is flat). The
+/// model is that sensitive to rounding: llama.cpp itself with flash attention on (f16
+/// accumulation) is 0.039 mean and 0.38 max from its own reference here. Run with
+/// `--ignored`.
 #[test]
-#[ignore = "open: max |Δ logprob| 0.34 > 0.3 at one flat position (see the comment)"]
+#[ignore = "open: max |Δ logprob| 0.42 > 0.3 (see the comment)"]
 fn gemma3_270m_matches_llama_cpp() {
     run(
         option_env!("LLMEM_MODEL_GEMMA3"),
@@ -76,4 +82,32 @@ fn qwen25_coder_15b_matches_llama_cpp_on_short_prompts() {
         |name| !name.starts_with("chat"),
         false,
     );
+}
+
+/// What Gemma 3 meets of the golden criteria today (see
+/// `gemma3_270m_matches_llama_cpp`): prompt ids, greedy tokens up to `must_match` on
+/// every prompt, and the mean |Δ log-prob|; the largest is the open part.
+#[test]
+#[cfg_attr(
+    not(llmem_model_gemma3),
+    ignore = "needs gemma-3-270m-q4_k_m.gguf in $LLMEM_MODELS or ~/.cache/llmem/models"
+)]
+fn gemma3_270m_greedy_and_mean_match_llama_cpp() {
+    let Some(path) = reference_model(
+        option_env!("LLMEM_MODEL_GEMMA3"),
+        "gemma-3-270m-q4_k_m.gguf",
+    ) else {
+        return;
+    };
+    let mapped = weights::MappedFile::open(&path).unwrap();
+    let gguf = gguf::GgufFile::parse(mapped.bytes()).unwrap();
+    let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
+    let a = compare(&tm, &golden_file("gemma3-greedy.json"), |_| true, false);
+    for (name, same, _, must) in &a.greedy {
+        assert!(
+            same >= must,
+            "{name}: {same} greedy tokens equal, must {must}"
+        );
+    }
+    assert!(a.mean() <= 0.05, "mean |Δ logprob| {}", a.mean());
 }

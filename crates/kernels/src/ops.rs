@@ -22,12 +22,25 @@ pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 
 /// `gate[i] = gelu(gate[i]) · up[i]` (GeGLU), GELU in its tanh approximation:
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+///
+/// As ggml computes it on CPUs (the reference the models are checked against): GELU of
+/// the gate rounded to f16, its result rounded to f16 (ggml reads a table indexed by the
+/// f16 input), 0 below −10 and the identity above 10.
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let f16 = |v: f32| half::f16::from_f32(v).to_f32();
     for (g, u) in gate.iter_mut().zip(up) {
         let x = *g;
-        let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh();
-        *g = 0.5 * x * (1.0 + t) * u;
+        let y = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            let x = f16(x);
+            let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh();
+            f16(0.5 * x * (1.0 + t))
+        };
+        *g = y * u;
     }
 }
 
@@ -173,13 +186,16 @@ mod tests {
 
     #[test]
     fn gelu_softcap_and_in_place_norm() {
-        let mut g = [0.0, 1.0, -1.0, 3.0];
-        gelu_mul(&mut g, &[1.0, 1.0, 1.0, 2.0]);
-        // Reference values of the tanh form.
-        let want = [0.0, 0.841_192, -0.158_808, 2.0 * 2.996_363];
+        let mut g = [0.0, 1.0, -1.0, 3.0, -12.0, 12.0];
+        gelu_mul(&mut g, &[1.0, 1.0, 1.0, 2.0, 1.0, 0.5]);
+        // Reference values of the tanh form, within f16's half a step (2^-11 relative);
+        // beyond ±10, 0 and the identity.
+        let want = [0.0, 0.841_192, -0.158_808, 2.0 * 2.996_363, 0.0, 6.0];
         for (x, w) in g.iter().zip(want) {
-            assert!((x - w).abs() < 1e-5, "{x} vs {w}");
+            assert!((x - w).abs() <= w.abs() / 2048.0, "{x} vs {w}");
         }
+        // The result is an f16 value (times `up`).
+        assert_eq!(half::f16::from_f32(g[1]).to_f32(), g[1]);
         let mut l = [0.0, 30.0, -1000.0];
         softcap(&mut l, 30.0);
         assert!(l[0] == 0.0 && (l[1] - 30.0 * 1f32.tanh()).abs() < 1e-4 && l[2] > -30.0001);

@@ -111,6 +111,17 @@ pub struct BlockQ8 {
     pub qs: [i8; QK],
 }
 
+/// 1.5 · 2^23: a float of magnitude below 2^22 plus this has no fraction bits left, so
+/// the addition rounds it to an integer (ties to even, the default rounding mode).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// A block's scale from its largest magnitude: `amax / 127`, kept in f32 (rounding it
+/// to f16 as ggml stores it took SmolLM2 further from llama.cpp's reference, not nearer).
+#[inline]
+pub(crate) fn q8_scale(amax: f32) -> f32 {
+    amax / 127.0
+}
+
 /// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks).
 ///
 /// # Panics
@@ -135,19 +146,51 @@ pub fn quantize_row_q8_with(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8]) {
     let _ = isa;
     for (chunk, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in blk.qs.iter_mut().zip(chunk) {
-            // |v · id| ≤ 127 by construction; round half away from zero as ggml does
-            // (written out: `f32::round` is a libm call on baseline x86-64).
-            let x = v * id;
-            let r = (x + 0.5f32.copysign(x)) as i32;
-            *q = r as i8;
-            sum += r;
+        let d = q8_scale(amax);
+        // `127 / amax`, not `1 / d`, and ties to even, as ggml's x86 kernels quantize
+        // activations: Gemma 3's normed activations hit exact halves often enough
+        // (about one value in a thousand) that the other rounding moves its log-probs.
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        encode_q8(chunk, id, d, blk);
+    }
+}
+
+/// `blk` = the 32 values of `x` as codes `x · id` (|x · id| ≤ 127) with scale `d`.
+#[inline]
+fn encode_q8(x: &[f32], id: f32, d: f32, blk: &mut BlockQ8) {
+    let mut sum = 0i32;
+    for (q, v) in blk.qs.iter_mut().zip(x) {
+        // Adding and removing 1.5 · 2^23 rounds to the nearest integer, ties to even
+        // (written out: `round_ties_even` is a libm call on baseline x86-64).
+        let r = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i32;
+        *q = r as i8;
+        sum += r;
+    }
+    blk.d = d;
+    blk.s = d * sum as f32;
+}
+
+/// Quantizes activations `x` for a matrix product with weights of `wtype`, as ggml
+/// does on x86: 32-value blocks ([`quantize_row_q8`]) for the 32-value formats, and for
+/// the k-quants one scale per 256 values (ggml's Q8_K: an f32 scale `1 / (127 / amax)`,
+/// codes `127 / amax · x` ties to even), written as eight [`BlockQ8`] sharing it, which
+/// the k-quant kernels read unchanged. Gemma 3's activations have outliers, so the
+/// coarser shared scale moves its results visibly; llama.cpp's are the reference.
+///
+/// # Panics
+/// As [`quantize_row_q8`].
+pub fn quantize_row_for(wtype: WType, x: &[f32], out: &mut [BlockQ8]) {
+    if !wtype.is_k_quant() || !x.len().is_multiple_of(256) {
+        return quantize_row_q8(x, out);
+    }
+    assert_eq!(x.len(), out.len() * QK, "quantize_row_for: length mismatch");
+    for (chunk, blks) in x.chunks_exact(256).zip(out.chunks_exact_mut(256 / QK)) {
+        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let d = if amax > 0.0 { 1.0 / id } else { 0.0 };
+        for (sub, blk) in chunk.chunks_exact(QK).zip(blks.iter_mut()) {
+            encode_q8(sub, id, d, blk);
         }
-        blk.d = d;
-        blk.s = d * sum as f32;
     }
 }
 

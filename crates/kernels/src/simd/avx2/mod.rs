@@ -120,16 +120,15 @@ pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
 }
 
 /// [`crate::quant::quantize_row_q8`] eight values to a register: the same operations per
-/// value as the scalar loop (max of absolute values, one divide and one reciprocal per
-/// block, multiply, add ±0.5, truncate), so the same bits for finite input.
+/// value as the scalar loop (max of absolute values, two divides per block, multiply,
+/// round to nearest with ties to even), so the same bits for finite input.
 ///
 /// # Safety
 /// AVX2 must be present; `out` holds `x.len() / 32` blocks (the caller checked).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn quantize_row_q8(x: &[f32], out: &mut [crate::quant::BlockQ8]) {
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
-    let half = _mm256_set1_ps(0.5);
     // packs interleaves 128-bit lanes; this puts the four groups of eight back in order.
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (chunk, blk) in x.chunks_exact(32).zip(out.iter_mut()) {
@@ -140,12 +139,11 @@ pub(crate) unsafe fn quantize_row_q8(x: &[f32], out: &mut [crate::quant::BlockQ8
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-        let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let d = crate::quant::q8_scale(amax);
+        let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
         let q = v.map(|v| {
             let x = _mm256_mul_ps(v, id);
-            let r = _mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign_mask), half));
-            _mm256_cvttps_epi32(r)
+            _mm256_cvttps_epi32(_mm256_round_ps::<NEAREST>(x))
         });
         let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
         let sum = _mm_add_epi32(
