@@ -170,9 +170,14 @@ fn smollm2_quantized_to_q8_0_and_q4_k_loads_and_decodes_like_its_source() {
         t(1, "ppl")
     );
     assert!(src_ppl > 1.0 && src_ppl < 100.0, "{r}");
-    // 3 chunks of 128 tokens (189 positions) are noisy: q8_0 measured -1.2% here; at ctx
-    // 512, 8 chunks it is within 0.2% of the source.
-    assert!((t(0, "ppl") / src_ppl - 1.0).abs() < 0.03, "{r}");
+    // The distributions themselves are the close measure: q8_0 of the source's Q4_1
+    // weights measured KL 0.011 and the same top token at 93% of positions.
+    assert!(t(0, "kl_mean") < 0.03 && t(0, "same_top_pct") > 85.0, "{r}");
+    assert!(t(1, "kl_mean") < 0.3, "{r}");
+    // 3 chunks of 128 tokens (189 positions) make perplexity noisy: q8_0 measured −1.2%
+    // and −3.2% here in two builds whose activation rounding differed; at ctx 512,
+    // 8 chunks it is within 0.2% of the source.
+    assert!((t(0, "ppl") / src_ppl - 1.0).abs() < 0.06, "{r}");
     assert!((t(1, "ppl") / src_ppl - 1.0).abs() < 0.15, "{r}");
     assert!(t(0, "kl_mean") < t(1, "kl_mean"), "{r}");
     assert!(t(0, "file_bytes") > t(1, "file_bytes"), "{r}");
