@@ -194,11 +194,12 @@ fn greedy_chat_through_the_server_equals_the_engines_greedy_run() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    // A request that attached another's cached prompt prefix computes only its tail, and
-    // that path's logits differ from a whole-prompt prefill by up to ~0.05 in log-prob
-    // on this prompt (also before this check was split; the cause is open), which can
-    // flip a near-tie. So: a request that computed its whole prompt answers exactly as
-    // `run` does, and those that attached the prefix answer exactly as each other.
+    // A request that attached another's cached prompt prefix computes only its tail;
+    // what follows a shared block may round its attention differently from a run alone
+    // (`Engine::share_rule` says so), and on this prompt that moved log-probs by up to
+    // ~0.05, enough to flip a near-tie. So: a request that computed its whole prompt
+    // answers exactly as `run` does, and those that attached the prefix exactly as each
+    // other.
     let mut attached: Option<&Value> = None;
     for a in &answers {
         let text = &a["choices"][0]["message"]["content"];
