@@ -19,6 +19,7 @@ pub mod journal;
 pub mod pdf;
 pub mod pipeline;
 pub mod prompts;
+mod reader;
 pub mod record;
 pub mod source;
 
