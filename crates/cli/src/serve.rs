@@ -37,9 +37,10 @@ pub struct ServeArgs {
     #[arg(long, required = true)]
     pub model: Vec<String>,
     /// How long a model stays loaded after its last request (`30s`, `5m`, `1h`; 0 unloads
-    /// it at once, -1 never); a request's `keep_alive` overrides it.
-    #[arg(long, default_value = "5m", allow_hyphen_values = true, value_parser = parse_keep_alive)]
-    pub keep_alive: server::KeepAlive,
+    /// it at once, -1 never); a request's `keep_alive` overrides it. Default: a single
+    /// model stays loaded; with several, each is unloaded 5m after its last request.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_keep_alive)]
+    pub keep_alive: Option<server::KeepAlive>,
     /// Address to listen on (loopback by default; anything else needs a reason and a key).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -197,7 +198,11 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
     let opts = server::Options {
         api_key: api_key.clone(),
         models: specs,
-        keep_alive: a.keep_alive,
+        keep_alive: a.keep_alive.unwrap_or(if models.len() == 1 {
+            server::KeepAlive::Forever
+        } else {
+            server::KeepAlive::For(std::time::Duration::from_secs(300))
+        }),
         loader: Some(loader.clone()),
         log_json: a.log_format == LogFormat::Json,
         ledger: Some(accounts.budget.clone()),
