@@ -398,55 +398,6 @@ fn monitor_flags_are_checked() {
 // ---------------------------------------------------------------------------------------
 // The live view in a real terminal
 
-/// A tmux server of our own (its own socket), killed on drop.
-struct Tmux {
-    bin: PathBuf,
-    socket: String,
-}
-
-impl Tmux {
-    fn new(bin: PathBuf, tag: &str) -> Self {
-        let socket = format!("llmem-test-{}-{tag}", std::process::id());
-        Self { bin, socket }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .args(["-L", &self.socket, "-f", "/dev/null"])
-            .args(args)
-            .env_remove("TMUX")
-            .env("TERM", "xterm-256color")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tmux")
-    }
-
-    fn capture(&self) -> String {
-        stdout_of(&self.cmd(&["capture-pane", "-p", "-t", "m"]))
-    }
-
-    /// Captures until `done` holds, or gives up after `limit` with the last capture.
-    fn wait_for(&self, limit: Duration, done: impl Fn(&str) -> bool) -> (bool, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let screen = self.capture();
-            if done(&screen) {
-                return (true, screen);
-            }
-            if Instant::now() >= deadline {
-                return (false, screen);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
-    }
-}
-
 #[test]
 fn monitor_live_view_in_tmux_shows_pools_and_pressure_and_quits() {
     let Some(tmux_bin) = external_tool("tmux", &["/usr/bin/tmux"]) else {

@@ -655,6 +655,76 @@ fn two_models_under_a_budget_for_one_swap_and_answer_as_each_alone() {
 
 #[test]
 #[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn monitor_attach_live_view_in_tmux_follows_the_server_and_quits() {
+    let Some(tmux_bin) = external_tool("tmux", &["/usr/bin/tmux"]) else {
+        return;
+    };
+    let Some(model) = model() else { return };
+    let s = serve(&model, &["--ctx", "2048"]);
+    let url = format!("http://{}", s.addr);
+    let tmux = Tmux::new(tmux_bin, "attach");
+    let shell =
+        format!("'{BIN}' monitor --attach {url} --interval-ms 200; echo llmem-exit=$?; sleep 60");
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "m",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &shell,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (shown, screen) = tmux.wait_for(Duration::from_secs(15), |s| {
+        s.contains("attached to") && s.contains("0 running") && s.contains("q quits")
+    });
+    assert!(shown, "attach view not drawn:\n{screen}");
+    for needle in ["ledger ", "weights", "kv ", "MODEL", "yes"] {
+        assert!(screen.contains(needle), "{needle:?} missing in:\n{screen}");
+    }
+    assert!(
+        screen.lines().all(|l| l.chars().count() <= 80),
+        "wider than 80 columns:\n{screen}"
+    );
+    // A long request shows up as a running sequence, live.
+    let addr = s.addr.clone();
+    let long = std::thread::spawn(move || {
+        let body = serde_json::json!({"prompt": "Once upon a time", "max_tokens": 1500,
+                                      "temperature": 0.8, "seed": 1});
+        http(
+            &addr,
+            "POST",
+            "/v1/completions",
+            &["Content-Type: application/json"],
+            body.to_string().as_bytes(),
+        )
+    });
+    let (running, screen) = tmux.wait_for(Duration::from_secs(15), |s| s.contains("1 running"));
+    assert!(running, "the running request never showed:\n{screen}");
+    let out = tmux.cmd(&["send-keys", "-t", "m", "q"]);
+    assert!(out.status.success());
+    let (exited, screen) = tmux.wait_for(Duration::from_secs(10), |s| s.contains("llmem-exit="));
+    assert!(
+        exited,
+        "llmem monitor --attach did not quit on q:\n{screen}"
+    );
+    assert!(screen.contains("llmem-exit=0"), "{screen}");
+    assert!(
+        !screen.contains("attached to"),
+        "terminal not restored:\n{screen}"
+    );
+    drop(s);
+    let _ = long.join();
+}
+
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn a_real_prometheus_scrapes_the_servers_counters_and_ledger() {
     let Some(prometheus) = external_tool("prometheus", &["/usr/bin/prometheus"]) else {
         return;

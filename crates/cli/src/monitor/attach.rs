@@ -1,7 +1,7 @@
 //! `llmem monitor --attach URL`: a running server's ledger, sequences, queue, KV per
 //! tier and models, read from its `GET /v1/llmem/status` (this process loads nothing).
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,7 +16,7 @@ fn fetch(url: &str) -> Result<Value, String> {
 }
 
 /// One snapshot (`once`, as text or JSON), or the view redrawn every `interval` until
-/// Ctrl-C.
+/// q, Esc or Ctrl-C (the terminal is restored on every way out).
 pub fn run(url: &str, once: bool, json: bool, interval: Duration) -> Result<(), CliError> {
     if once {
         let v = fetch(url).map_err(|e| input(anyhow::anyhow!(e)))?;
@@ -32,17 +32,10 @@ pub fn run(url: &str, once: bool, json: bool, interval: Duration) -> Result<(), 
             "the live view needs a terminal; use --once (or --once --json) for a snapshot"
         )));
     }
-    loop {
-        let lines = match fetch(url) {
-            Ok(v) => render(url, &v),
-            Err(e) => vec![format!("llmem monitor: {url}"), String::new(), e],
-        };
-        let mut out = io::stdout().lock();
-        // Home, clear, then the frame; Ctrl-C ends the process.
-        write!(out, "\x1b[H\x1b[2J{}\r\n", lines.join("\r\n"))?;
-        out.flush()?;
-        std::thread::sleep(interval);
-    }
+    super::ui::run_lines(interval, || match fetch(url) {
+        Ok(v) => render(url, &v),
+        Err(e) => vec![format!("llmem monitor: {url}"), String::new(), e],
+    })
 }
 
 /// The status as text lines.

@@ -107,6 +107,40 @@ pub fn run(session: &mut Session) -> Result<(), CliError> {
     }
 }
 
+/// A live view of plain text lines (`monitor --attach`): redrawn from `frame` every
+/// `interval`, in the alternate screen, until a quit key; the last line says how to quit.
+pub fn run_lines(
+    interval: std::time::Duration,
+    mut frame: impl FnMut() -> Vec<String>,
+) -> Result<(), CliError> {
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal: Terminal<CrosstermBackend<Stdout>> =
+        Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    terminal.clear()?;
+    let mut lines = frame();
+    let mut next = Instant::now() + interval;
+    loop {
+        terminal.draw(|f| {
+            let mut text: Vec<Line> = lines.iter().map(|l| Line::raw(l.as_str())).collect();
+            text.push(Line::raw(""));
+            text.push(Line::styled("q quits", bold()));
+            f.render_widget(Paragraph::new(text), f.area());
+        })?;
+        let wait = next.saturating_duration_since(Instant::now());
+        if event::poll(wait)? {
+            if let Event::Key(key) = event::read()? {
+                if key.kind != KeyEventKind::Release && is_quit(&key) {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= next {
+            next = next_tick(next, interval);
+            lines = frame();
+        }
+    }
+}
+
 fn level_color(level: PressureLevel) -> Color {
     match level {
         PressureLevel::Normal => Color::Green,

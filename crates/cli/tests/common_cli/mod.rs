@@ -301,3 +301,55 @@ pub fn start_prometheus(
     );
     (dir, child, web)
 }
+
+// ---------------------------------------------------------------------------------------
+// A real terminal
+
+/// A tmux server of our own (its own socket), killed on drop.
+pub struct Tmux {
+    bin: PathBuf,
+    socket: String,
+}
+
+impl Tmux {
+    pub fn new(bin: PathBuf, tag: &str) -> Self {
+        let socket = format!("llmem-test-{}-{tag}", std::process::id());
+        Self { bin, socket }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .env_remove("TMUX")
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tmux")
+    }
+
+    pub fn capture(&self) -> String {
+        stdout_of(&self.cmd(&["capture-pane", "-p", "-t", "m"]))
+    }
+
+    /// Captures until `done` holds, or gives up after `limit` with the last capture.
+    pub fn wait_for(&self, limit: Duration, done: impl Fn(&str) -> bool) -> (bool, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let screen = self.capture();
+            if done(&screen) {
+                return (true, screen);
+            }
+            if Instant::now() >= deadline {
+                return (false, screen);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
