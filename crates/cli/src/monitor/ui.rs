@@ -127,12 +127,12 @@ pub fn run_lines(
             f.render_widget(Paragraph::new(text), f.area());
         })?;
         let wait = next.saturating_duration_since(Instant::now());
-        if event::poll(wait)? {
-            if let Event::Key(key) = event::read()? {
-                if key.kind != KeyEventKind::Release && is_quit(&key) {
-                    return Ok(());
-                }
-            }
+        if event::poll(wait)?
+            && let Event::Key(key) = event::read()?
+            && key.kind != KeyEventKind::Release
+            && is_quit(&key)
+        {
+            return Ok(());
         }
         if Instant::now() >= next {
             next = next_tick(next, interval);
