@@ -2,7 +2,7 @@
 //! writes have the planned types and alignment, load in llmem with the source's greedy
 //! tokens (q8_0) and a perplexity near the source's, a failed or killed conversion leaves
 //! no output file, and — where llama.cpp's Python binding is named — llama.cpp loads them
-//! and decodes (its greedy agreement with llmem is printed).
+//! and picks llmem's greedy tokens up to its first near-tie.
 
 mod common_cli;
 
@@ -136,6 +136,7 @@ fn smollm2_quantized_to_q8_0_and_q4_k_loads_and_decodes_like_its_source() {
     assert_eq!((got8.len(), got4.len()), (24, 24));
 
     peer_greedy(&q8, &prompt, &got8);
+    peer_greedy(&q4k, &prompt, &got4);
 
     // Perplexity (bench quant, which quantizes again through the same path): q8_0 within
     // 3% of the source, q4_k within 15%, and the KL ordered as the bits are.
@@ -185,19 +186,27 @@ fn smollm2_quantized_to_q8_0_and_q4_k_loads_and_decodes_like_its_source() {
 }
 
 /// Loads `file` with llama.cpp's Python binding (where `LLMEM_TEST_PYTHON` names a Python
-/// with `llama_cpp`) and checks its greedy tokens after `prompt` are `want`.
+/// with `llama_cpp`), feeds it `prompt` and then llmem's greedy tokens `want`, and checks
+/// that llama.cpp picks the same token at every step up to its first near-tie.
+///
+/// A near-tie is judged by what rounding alone moves on this model: on SmolLM2 llama.cpp's
+/// own batched and one-token evaluations of the same 181 tokens differ by 0.052 mean,
+/// 0.48 max |Δ log-prob| (llmem against llama.cpp: 0.055 / 0.30). So where the two greedy
+/// paths part, llama.cpp's preference for its own token over llmem's must be under 0.5.
 fn peer_greedy(file: &str, prompt: &[u64], want: &[u64]) {
     let Some(py) = std::env::var_os("LLMEM_TEST_PYTHON") else {
         eprintln!("SKIPPED llama.cpp check: LLMEM_TEST_PYTHON is not set");
         return;
     };
     let script = format!(
-        "import sys\ntry:\n    import llama_cpp\nexcept ImportError:\n    print('NO_LLAMA_CPP'); sys.exit(0)\n\
+        "import sys, math\ntry:\n    import llama_cpp\nexcept ImportError:\n    print('NO_LLAMA_CPP'); sys.exit(0)\n\
          m = llama_cpp.Llama(model_path={file:?}, n_ctx=256, n_threads=2, verbose=False, logits_all=True)\n\
-         import numpy\nm.eval({prompt:?})\nout = []\nfor _ in range({n}):\n    \
-         t = int(numpy.argmax(m.scores[m.n_tokens - 1]))\n    out.append(t)\n    m.eval([t])\n\
-         print(' '.join(map(str, out)))\n",
-        n = want.len()
+         m.eval({prompt:?})\n\
+         for t in {want:?}:\n    \
+         s = list(m.scores[m.n_tokens - 1])\n    \
+         top = max(range(len(s)), key=lambda i: s[i])\n    \
+         print(top, s[top] - s[t])\n    \
+         m.eval([t])\n"
     );
     let o = Command::new(py)
         .args(["-c", &script])
@@ -210,19 +219,33 @@ fn peer_greedy(file: &str, prompt: &[u64], want: &[u64]) {
         return;
     }
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got: Vec<u64> = stdout
-        .split_whitespace()
-        .map(|t| t.parse().unwrap())
+    // One line per step: llama.cpp's top token and how far (in logits, the same gap as in
+    // log-probs) it prefers it over llmem's token. The binding keeps the logits only with
+    // logits_all=True (without it every row reads zero).
+    let steps: Vec<(u64, f64)> = stdout
+        .lines()
+        .map(|l| {
+            let (t, g) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), g.parse().unwrap())
+        })
         .collect();
-    // llama.cpp loads the file and decodes; its perplexity on these files matches llmem's
-    // within 1% (measured). The binding keeps the logits only with logits_all=True
-    // (without it every row reads zero); the agreement is reported, not yet asserted.
-    assert_eq!(got.len(), want.len(), "llama.cpp decoded {got:?}");
-    let same = common_prefix(want, &got);
+    assert_eq!(steps.len(), want.len(), "llama.cpp answered {stdout}");
+    let same = steps
+        .iter()
+        .zip(want)
+        .take_while(|((top, _), w)| top == *w)
+        .count();
     eprintln!(
         "llama.cpp greedy on {file}: {same}/{} equal to llmem's",
         want.len()
     );
+    if let Some(&(top, gap)) = steps.get(same) {
+        assert!(
+            gap < 0.5,
+            "llama.cpp prefers {top} over llmem's {} by {gap:.3} at step {same} of {file}",
+            want[same]
+        );
+    }
 }
 
 #[test]
