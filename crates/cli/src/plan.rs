@@ -39,7 +39,8 @@ pub fn kv_seq_bytes(kv: KvType, cfg: &ModelConfig, ctx: usize) -> u64 {
 
 /// The most tokens (at most `max`) one sequence reaches in `bytes` of KV at type `kv`.
 pub fn kv_tokens_within(kv: KvType, cfg: &ModelConfig, bytes: u64, max: usize) -> usize {
-    kv.tokens_within(&engine::forward::kv_layout(cfg), bytes, max, kv_ubatch(kv))
+    kv.mix()
+        .tokens_within(&engine::forward::kv_layout(cfg), bytes, max, kv_ubatch(kv))
 }
 
 /// Bytes one compute thread holds outside the ledger while it re-encodes a block: see

@@ -79,18 +79,6 @@ impl KvType {
         self.mix().seq_bytes(layout, ctx, ubatch)
     }
 
-    /// The most tokens one sequence can reach in `bytes` of KV: see
-    /// [`TierMix::tokens_within`].
-    pub fn tokens_within(
-        self,
-        layout: &KvLayout,
-        bytes: u64,
-        max_ctx: usize,
-        ubatch: usize,
-    ) -> usize {
-        self.mix().tokens_within(layout, bytes, max_ctx, ubatch)
-    }
-
     /// Bytes one compute thread holds outside the ledger while it re-encodes a block of a
     /// sequence of up to `ctx` tokens (a decoded f16 copy of a quantized block, and the
     /// new encoding until the pool installs and accounts it); 0 when every block stays

@@ -203,7 +203,7 @@ impl TierMix {
         rest + transient
     }
 
-    /// The most tokens one sequence can reach in `bytes` of KV ([`KvType::seq_bytes`]
+    /// The most tokens one sequence can reach in `bytes` of KV ([`TierMix::seq_bytes`]
     /// of it fits), at most `max_ctx`.
     pub fn tokens_within(
         self,

@@ -47,18 +47,20 @@ fn forty_tokens() -> (KvCache, SeqId) {
     (kv, s)
 }
 
-/// A cache whose ledger reservation must follow its storage.
-fn budgeted(blocks: usize) -> (KvCache, budget::Budget, budget::PoolId) {
+/// As [`forty_tokens`], in a cache whose ledger reservation must follow its storage.
+fn budgeted_forty_tokens() -> (KvCache, SeqId, budget::Budget, budget::PoolId) {
     let budget = BudgetBuilder::new(Bytes(1 << 30))
         .pool("kv", Policy::Tiered, Bytes(1 << 30))
         .build()
         .unwrap();
     let p = budget.pool_id("kv").unwrap();
-    let mut kv = KvCache::new(layout(), blocks);
+    let mut kv = KvCache::new(layout(), 64);
     kv.pool_mut()
         .set_reservation(budget.reserve(p, Bytes(0)).unwrap())
         .unwrap();
-    (kv, budget, p)
+    let s = kv.seq_new();
+    write(&mut kv, s, 0, 40);
+    (kv, s, budget, p)
 }
 
 /// Checks that a (thin or whole) f16 block holds what was written for block `b`.
@@ -105,10 +107,8 @@ fn global_layers_take_the_first_slots() {
 
 #[test]
 fn thinning_frees_the_windowed_layers_of_blocks_out_of_sight() {
-    let (mut kv, budget, p) = budgeted(64);
+    let (mut kv, s, budget, p) = budgeted_forty_tokens();
     let l = *kv.layout();
-    let s = kv.seq_new();
-    write(&mut kv, s, 0, 40);
     let whole = kv.pool().storage_bytes();
     assert_eq!(whole, 10 * l.block_bytes());
     let freed = kv.seq_thin(s, 40).unwrap();
@@ -230,10 +230,8 @@ fn truncating_into_a_thin_window_cuts_back_to_what_can_be_seen() {
 
 #[test]
 fn thin_blocks_round_trip_through_every_tier() {
-    let (mut kv, budget, p) = budgeted(64);
+    let (mut kv, s, budget, p) = budgeted_forty_tokens();
     let l = *kv.layout();
-    let s = kv.seq_new();
-    write(&mut kv, s, 0, 40);
     kv.seq_thin(s, 40).unwrap();
     let id = kv.seq_blocks(s).unwrap()[1];
     let f16 = kv.pool().data(id).to_vec();
@@ -342,13 +340,13 @@ fn the_plan_equals_the_peak_of_a_fill_and_counts_windowed_layers_by_their_window
     // The inverse: the most tokens a budget holds (a little past 8192 here: the window
     // holds less just after a micro-batch boundary).
     let b = KvType::F16.seq_bytes(&gemma, 8192, 512);
-    let n = KvType::F16.tokens_within(&gemma, b, 1 << 20, 512);
+    let n = KvType::F16.mix().tokens_within(&gemma, b, 1 << 20, 512);
     assert!(
         n >= 8192 && KvType::F16.seq_bytes(&gemma, n, 512) <= b,
         "{n}"
     );
     assert!(KvType::F16.seq_bytes(&gemma, n + 1, 512) > b, "{n}");
-    assert_eq!(KvType::F16.tokens_within(&gemma, b, 4096, 512), 4096);
+    assert_eq!(KvType::F16.mix().tokens_within(&gemma, b, 4096, 512), 4096);
     // Quantized and mixed types plan their global and windowed parts too.
     for t in KvType::ALL {
         let all = KvLayout::new(18, 1, 256, 16).unwrap();
