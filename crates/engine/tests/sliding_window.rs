@@ -9,6 +9,7 @@
 mod common_model;
 
 use common_model::with_reference_model;
+use engine::batch::{Batch, BatchConfig, Engine};
 use engine::forward::{BLOCK_TOKENS, Logits, Session, SessionConfig, kv_layout};
 use engine::sampler::argmax;
 use kvcache::KvType;
@@ -92,24 +93,12 @@ fn check_windows(tm: &engine::text::TextModel<'_>) {
     assert_eq!(differ, 0, "logits differ with thinning");
 
     let len = PROMPT + DECODED;
-    let blocks = len.div_ceil(BLOCK_TOKENS) as u64;
-    let all_layers = blocks * layout.block_bytes();
+    let all_layers = len.div_ceil(BLOCK_TOKENS) as u64 * layout.block_bytes();
     assert_eq!(fat.end, all_layers);
     // The peak is the plan's figure for this length, read in 512-token micro-batches.
     let plan = KvType::F16.seq_bytes(&layout, len, UBATCH);
     assert_eq!(thin.peak, plan);
-    // At rest, the windowed layers hold the blocks a query at `len` sees.
-    let seen = (len + 1 - window) / BLOCK_TOKENS; // first block still in sight
-    let windowed_tokens = (blocks as usize - seen) * BLOCK_TOKENS;
-    assert!(
-        windowed_tokens <= window + BLOCK_TOKENS,
-        "{windowed_tokens}"
-    );
-    let per_layer_block = layout.thin_geom().block_bytes(kvcache::KvFormat::F16) as u64 / 3;
-    assert_eq!(
-        thin.end,
-        blocks * 3 * per_layer_block + (blocks - seen as u64) * 15 * per_layer_block
-    );
+    assert_eq!(thin.end, at_rest(&layout, len));
     assert!(
         thin.end * 10 < all_layers * 6,
         "{} of {all_layers}",
@@ -119,4 +108,33 @@ fn check_windows(tm: &engine::text::TextModel<'_>) {
         "KV at {len} tokens: all layers {all_layers} B, thinned {} B at rest, peak {} B = plan",
         thin.end, thin.peak
     );
+
+    // The batched engine (the server's) thins as it goes too: the prompt in the
+    // scheduler's 256-token chunks.
+    let mut e = Engine::unbudgeted(&tm.model, BatchConfig::new(2048, 1, 2)).unwrap();
+    let seq = e.seq_new();
+    for (i, chunk) in prompt.chunks(256).enumerate() {
+        let mut b = Batch::new();
+        b.push_tokens(seq, i * 256, chunk, Logits::Last);
+        e.decode(&b).unwrap();
+    }
+    e.kv().check_invariants();
+    assert_eq!(e.kv_bytes(), at_rest(&layout, PROMPT));
+    assert!(e.peak_kv_bytes() <= KvType::F16.seq_bytes(&layout, PROMPT, UBATCH));
+}
+
+/// KV bytes of a sequence of `len` tokens once thinned for a query at `len`: the global
+/// layers at every block, the windowed ones at the blocks that query's window touches
+/// (at most the window and one block).
+fn at_rest(layout: &kvcache::KvLayout, len: usize) -> u64 {
+    let window = layout.window().unwrap();
+    let blocks = len.div_ceil(BLOCK_TOKENS);
+    let seen = blocks - (len + 1 - window) / BLOCK_TOKENS;
+    assert!(
+        seen * BLOCK_TOKENS <= window + BLOCK_TOKENS,
+        "{seen} blocks"
+    );
+    let f16 = layout.thin_geom().block_bytes(kvcache::KvFormat::F16);
+    let per_layer_block = f16 / layout.n_global();
+    ((blocks * layout.n_global() + seen * layout.n_windowed()) * per_layer_block) as u64
 }
