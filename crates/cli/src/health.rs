@@ -79,7 +79,12 @@ impl ModelFacts {
         Ok(Self {
             path: path.to_owned(),
             weight_bytes,
-            kv_bytes_per_token: config.kv_bytes_per_token(),
+            // The plan's f16 figure: sliding-window layers count their window only.
+            kv_bytes_per_token: crate::plan::kv_bytes_per_token(
+                crate::plan::KvType::F16,
+                &config,
+                ctx_usize,
+            ),
             kv_int8_bytes: int8_per_token.saturating_mul(ctx),
             ctx_tokens: ctx,
         })

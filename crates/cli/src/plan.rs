@@ -10,7 +10,6 @@ use engine::config::ModelConfig;
 use engine::memory::{Plan, PlanInput, plan};
 use serde::Serialize;
 
-use kernels::kvquant::BlockGeom;
 use probe::{MemoryProbe, PlatformInfo};
 
 use crate::exit::{CliError, input};
@@ -29,28 +28,30 @@ pub fn kv_type_parser() -> impl clap::builder::TypedValueParser<Value = KvType> 
 /// the f16 transient of a session's micro-batch ([`kv_ubatch`]): see
 /// [`KvType::bytes_per_token`].
 pub fn kv_bytes_per_token(kv: KvType, cfg: &ModelConfig, ctx: usize) -> u64 {
-    kv.bytes_per_token(&block_geom(cfg), ctx, kv_ubatch(kv))
+    kv.bytes_per_token(&engine::forward::kv_layout(cfg), ctx, kv_ubatch(kv))
+}
+
+/// The most KV bytes one sequence of `ctx` tokens holds at type `kv`: see
+/// [`KvType::seq_bytes`] (sliding-window layers count their window only).
+pub fn kv_seq_bytes(kv: KvType, cfg: &ModelConfig, ctx: usize) -> u64 {
+    kv.seq_bytes(&engine::forward::kv_layout(cfg), ctx, kv_ubatch(kv))
+}
+
+/// The most tokens (at most `max`) one sequence reaches in `bytes` of KV at type `kv`.
+pub fn kv_tokens_within(kv: KvType, cfg: &ModelConfig, bytes: u64, max: usize) -> usize {
+    kv.mix()
+        .tokens_within(&engine::forward::kv_layout(cfg), bytes, max, kv_ubatch(kv))
 }
 
 /// Bytes one compute thread holds outside the ledger while it re-encodes a block: see
 /// [`KvType::transcode_bytes`].
 pub fn kv_transcode_bytes(kv: KvType, cfg: &ModelConfig, ctx: usize) -> u64 {
-    kv.transcode_bytes(&block_geom(cfg), ctx)
+    kv.transcode_bytes(&engine::forward::kv_layout(cfg).geom(), ctx)
 }
 
 /// The prompt micro-batch a session with type `kv` uses (the session's rule).
 pub fn kv_ubatch(kv: KvType) -> usize {
     engine::forward::effective_ubatch(PLAN_UBATCH, &kv.mix())
-}
-
-/// The block geometry of `cfg`'s KV cache.
-fn block_geom(cfg: &ModelConfig) -> BlockGeom {
-    BlockGeom {
-        n_layers: cfg.n_layers,
-        n_kv_heads: cfg.n_kv_heads,
-        head_dim: cfg.head_dim,
-        block_tokens: engine::forward::BLOCK_TOKENS,
-    }
 }
 
 /// Where the budget comes from.
@@ -380,7 +381,11 @@ fn write_table(out: &mut impl Write, r: &PlanReport) -> std::io::Result<()> {
     for (name, v, why) in [
         ("weights", r.weights_bytes, "mapped GGUF, resident"),
         ("tokenizer", r.tokenizer_bytes, "vocabulary tables"),
-        ("kv", r.kv_bytes, "full context, all layers"),
+        (
+            "kv",
+            r.kv_bytes,
+            "full context; windowed layers their window",
+        ),
         ("scratch", r.scratch_bytes, "activations, attention, logits"),
         (
             "runtime",

@@ -284,19 +284,18 @@ fn load(
     };
     let svc = Arc::new(Service::start(model, batch, sched, accounts.clone())?);
     let fits = svc.max_request_tokens();
-    let kv_avail = (fits as u64).saturating_mul(crate::plan::kv_bytes_per_token(kv, cfg, ctx));
+    // One sequence's KV at its longest (sliding-window layers count their window only).
+    let kv_avail = crate::plan::kv_seq_bytes(kv, cfg, fits);
     let cfg = cfg.clone();
     let hint: server::FitHint = Arc::new(move |needed: usize| {
         let mut tips = Vec::new();
         for k in KvType::ALL {
-            let per = crate::plan::kv_bytes_per_token(k, &cfg, ctx).max(1);
-            let n = (kv_avail / per) as usize;
+            let n = crate::plan::kv_tokens_within(k, &cfg, kv_avail, ctx);
             if k != kv && n >= needed {
                 tips.push(format!("--kv-type {} would fit {n}", k.name()));
             }
         }
-        let more = (needed.saturating_sub(fits) as u64)
-            .saturating_mul(crate::plan::kv_bytes_per_token(kv, &cfg, ctx));
+        let more = crate::plan::kv_seq_bytes(kv, &cfg, needed).saturating_sub(kv_avail);
         tips.push(format!(
             "a --budget {} larger would fit it with {} KV",
             budget::Bytes(more),

@@ -366,9 +366,4 @@ impl ModelConfig {
         let p = self.hooks.swa_pattern;
         (p == 0 || il % p < p - 1).then_some(w)
     }
-
-    /// Hot-tier KV bytes per token: layers × 2 × KV heads × head dim × 2 bytes.
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        (self.n_layers * 2 * self.n_kv_heads * self.head_dim * 2) as u64
-    }
 }

@@ -9,7 +9,7 @@
 
 mod common_model;
 
-use common_model::{compare, golden_file, reference_model};
+use common_model::{compare, golden_file, with_reference_model};
 
 fn run(
     path: Option<&'static str>,
@@ -18,13 +18,9 @@ fn run(
     keep: impl Fn(&str) -> bool,
     full: bool,
 ) {
-    let Some(path) = reference_model(path, file) else {
-        return;
-    };
-    let mapped = weights::MappedFile::open(&path).unwrap();
-    let gguf = gguf::GgufFile::parse(mapped.bytes()).unwrap();
-    let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
-    compare(&tm, &golden_file(golden), keep, full).check(file);
+    with_reference_model(path, file, |tm| {
+        compare(tm, &golden_file(golden), keep, full).check(file);
+    });
 }
 
 #[test]
@@ -95,21 +91,18 @@ fn qwen25_coder_15b_matches_llama_cpp_on_short_prompts() {
     ignore = "needs gemma-3-270m-q4_k_m.gguf in $LLMEM_MODELS or ~/.cache/llmem/models"
 )]
 fn gemma3_270m_greedy_and_mean_match_llama_cpp() {
-    let Some(path) = reference_model(
+    let (path, file) = (
         option_env!("LLMEM_MODEL_GEMMA3"),
         "gemma-3-270m-q4_k_m.gguf",
-    ) else {
-        return;
-    };
-    let mapped = weights::MappedFile::open(&path).unwrap();
-    let gguf = gguf::GgufFile::parse(mapped.bytes()).unwrap();
-    let tm = engine::text::TextModel::from_gguf(&gguf).unwrap();
-    let a = compare(&tm, &golden_file("gemma3-greedy.json"), |_| true, false);
-    for (name, same, _, must) in &a.greedy {
-        assert!(
-            same >= must,
-            "{name}: {same} greedy tokens equal, must {must}"
-        );
-    }
-    assert!(a.mean() <= 0.05, "mean |Δ logprob| {}", a.mean());
+    );
+    with_reference_model(path, file, |tm| {
+        let a = compare(tm, &golden_file("gemma3-greedy.json"), |_| true, false);
+        for (name, same, _, must) in &a.greedy {
+            assert!(
+                same >= must,
+                "{name}: {same} greedy tokens equal, must {must}"
+            );
+        }
+        assert!(a.mean() <= 0.05, "mean |Δ logprob| {}", a.mean());
+    });
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use kernels::kvquant::{BlockGeom, KvFormat};
 
-use crate::TierMix;
+use crate::{KvLayout, TierMix};
 
 /// A KV cache type: one format for every block, or a tier mix by age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,31 +67,16 @@ impl KvType {
     /// read, up to one micro-batch (`ubatch` tokens) in f16 before the mix demotes it:
     /// counted, so the figure is the peak, not the resting size. A head size the
     /// quantized formats do not support counts as f16, which the cache then uses.
-    pub fn bytes_per_token(self, geom: &BlockGeom, ctx: usize, ubatch: usize) -> u64 {
-        let mix = self.mix();
-        let bt = geom.block_tokens;
+    /// Windowed layers count only the blocks they hold ([`KvType::seq_bytes`]).
+    pub fn bytes_per_token(self, layout: &KvLayout, ctx: usize, ubatch: usize) -> u64 {
         let ctx = ctx.max(1);
-        let n = ctx.div_ceil(bt);
-        let bytes = |f: KvFormat| u128::from(stored_block_bytes(geom, f));
-        // Counted per format, not walked per block: a context of 2^64-1 tokens has 2^60
-        // blocks.
-        let rest: u128 = KvFormat::ALL
-            .iter()
-            .zip(mix.block_counts(ctx, bt))
-            .map(|(&f, count)| bytes(f) * u128::from(count))
-            .sum();
-        let transient: u128 = if mix.is_all_f16() {
-            0
-        } else {
-            let f16 = bytes(KvFormat::F16);
-            // The newest micro-batch's blocks (plus the one it may straddle) as f16: at
-            // most 2 + ubatch / block_tokens blocks.
-            let k = (ubatch.min(ctx).div_ceil(bt) + 1).min(n);
-            (n - k..n)
-                .map(|b| f16 - bytes(mix.format_for(b, ctx, bt)))
-                .sum()
-        };
-        u64::try_from((rest + transient).div_ceil(ctx as u128)).unwrap_or(u64::MAX)
+        self.seq_bytes(layout, ctx, ubatch).div_ceil(ctx as u64)
+    }
+
+    /// The most bytes one sequence's KV holds while it is read from position 0 to `ctx`
+    /// tokens: see [`TierMix::seq_bytes`].
+    pub fn seq_bytes(self, layout: &KvLayout, ctx: usize, ubatch: usize) -> u64 {
+        self.mix().seq_bytes(layout, ctx, ubatch)
     }
 
     /// Bytes one compute thread holds outside the ledger while it re-encodes a block of a
@@ -186,18 +171,14 @@ mod tests {
 
     #[test]
     fn uniform_types_cost_their_format_and_mixes_cost_less_than_f16() {
-        let geom = BlockGeom {
-            n_layers: 30,
-            n_kv_heads: 3,
-            head_dim: 64,
-            block_tokens: 16,
-        };
-        let f16 = KvType::F16.bytes_per_token(&geom, 4096, 512);
+        let layout = KvLayout::new(30, 3, 64, 16).unwrap();
+        let geom = layout.geom();
+        let f16 = KvType::F16.bytes_per_token(&layout, 4096, 512);
         assert_eq!(f16, 30 * 3 * 64 * 2 * 2);
-        let int8 = KvType::Int8.bytes_per_token(&geom, 4096, 128);
+        let int8 = KvType::Int8.bytes_per_token(&layout, 4096, 128);
         assert!(int8 < f16 / 2 + f16 / 8, "{int8} vs {f16}");
-        let tiered = KvType::Tiered.bytes_per_token(&geom, 4096, 128);
-        let t4 = KvType::Tiered4bit.bytes_per_token(&geom, 4096, 128);
+        let tiered = KvType::Tiered.bytes_per_token(&layout, 4096, 128);
+        let t4 = KvType::Tiered4bit.bytes_per_token(&layout, 4096, 128);
         assert!(tiered < t4 && t4 < int8, "{tiered} {t4} {int8}");
         assert_eq!(KvType::F16.transcode_bytes(&geom, 4096), 0);
         assert!(KvType::Tiered.transcode_bytes(&geom, 4096) > 0);

@@ -4,7 +4,9 @@
 //!
 //! A block holds `block_tokens` consecutive tokens of one sequence for **all** layers, so
 //! a sequence's cache is a list of block ids (its block table) and growing it by one block
-//! is one allocation. Block metadata ([`BlockMeta`]) is kept apart from block storage, so
+//! is one allocation. With sliding-window layers ([`KvLayout::with_window`]) a block that
+//! no query's window sees any more is thinned to its global layers
+//! ([`KvCache::seq_thin`]). Block metadata ([`BlockMeta`]) is kept apart from block storage, so
 //! a tier change moves bytes, not names. Hot and warm (and uncompressed cold) blocks are
 //! read in place by attention ([`KvBlock`]); compressed and disk blocks are promoted by
 //! [`KvCache::seq_prepare`] first, disk blocks read ahead on a [`Prefetcher`]'s thread. The [`TierMix`] says which precision each block of a

@@ -1,6 +1,6 @@
 //! The tier mix: which precision each block of a sequence gets by its age.
 
-use kernels::kvquant::KvFormat;
+use kernels::kvquant::{BlockGeom, KvFormat};
 use kernels::pool::ThreadPool;
 
 use crate::layout::KvLayout;
@@ -122,6 +122,110 @@ impl TierMix {
             .map(|(&f, n)| layout.block_bytes_in(f) * n)
             .sum();
         total as f64 / len.max(1) as f64
+    }
+}
+
+impl TierMix {
+    /// The most bytes one sequence's KV holds while it is read from position 0 to `ctx`
+    /// tokens in micro-batches of `ubatch`, each sequence thinned after every micro-batch
+    /// ([`crate::KvCache::seq_thin`]). Global layers hold every token; windowed layers
+    /// hold the blocks the next micro-batch's window sees and the micro-batch itself —
+    /// at most `window + ubatch` tokens (plus block rounding). Without windowed layers,
+    /// `ctx ×` the per-token figure of every layer.
+    pub fn seq_bytes(&self, layout: &KvLayout, ctx: usize, ubatch: usize) -> u64 {
+        let ctx = ctx.max(1);
+        let Some(w) = layout.window() else {
+            let total = self.phase_bytes(&layout.geom(), None, ctx, ubatch);
+            return u64::try_from(total).unwrap_or(u64::MAX);
+        };
+        let (bt, u) = (layout.block_tokens(), ubatch.max(1));
+        let (global, windowed) = (layout.thin_geom(), layout.windowed_geom());
+        // Micro-batch k starts at k·u, the sequence thinned to its window there. While
+        // the window has not moved past position 0 every phase is a candidate; after it,
+        // the windowed part repeats with the block rounding (period ≤ bt phases) and the
+        // global part only grows, so the last bt + 1 phases hold the peak.
+        let last = (ctx - 1) / u;
+        let early = (w + u) / u;
+        let phases = (0..=early.min(last)).chain(last.saturating_sub(bt).max(early + 1)..=last);
+        let peak = phases
+            .map(|k| {
+                let t = k * u;
+                let len = t.saturating_add(u).min(ctx);
+                let first_whole = (t + 1).saturating_sub(w) / bt;
+                self.phase_bytes(&global, None, len, ubatch)
+                    + self.phase_bytes(&windowed, Some(first_whole), len, ubatch)
+            })
+            .max()
+            .unwrap_or(0);
+        u64::try_from(peak).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes of a sequence of `len` tokens in blocks of `geom` at the peak of reading its
+    /// last micro-batch: each block in the mix's format, the newest micro-batch's blocks
+    /// f16. `from`: only blocks from this index on count (the rest are thin).
+    fn phase_bytes(
+        &self,
+        geom: &BlockGeom,
+        from: Option<usize>,
+        len: usize,
+        ubatch: usize,
+    ) -> u128 {
+        let mix = self;
+        let bt = geom.block_tokens;
+        let ctx = len.max(1);
+        let n = ctx.div_ceil(bt);
+        let bytes = |f: KvFormat| u128::from(crate::stored_block_bytes(geom, f));
+        let rest: u128 = match from {
+            // Counted per format, not walked per block: a context of 2^64-1 tokens has
+            // 2^60 blocks.
+            None => KvFormat::ALL
+                .iter()
+                .zip(mix.block_counts(ctx, bt))
+                .map(|(&f, count)| bytes(f) * u128::from(count))
+                .sum(),
+            // The windowed part: at most window + ubatch tokens.
+            Some(first) => (first.min(n)..n)
+                .map(|b| bytes(mix.format_for(b, ctx, bt)))
+                .sum(),
+        };
+        let first = from.unwrap_or(0);
+        let transient: u128 = if mix.is_all_f16() {
+            0
+        } else {
+            let f16 = bytes(KvFormat::F16);
+            // The newest micro-batch's blocks (plus the one it may straddle) as f16: at
+            // most 2 + ubatch / block_tokens blocks.
+            let k = (ubatch.min(ctx).div_ceil(bt) + 1).min(n);
+            ((n - k).max(first)..n)
+                .map(|b| f16 - bytes(mix.format_for(b, ctx, bt)))
+                .sum()
+        };
+        rest + transient
+    }
+
+    /// The most tokens one sequence can reach in `bytes` of KV ([`TierMix::seq_bytes`]
+    /// of it fits), at most `max_ctx`.
+    pub fn tokens_within(
+        self,
+        layout: &KvLayout,
+        bytes: u64,
+        max_ctx: usize,
+        ubatch: usize,
+    ) -> usize {
+        if self.seq_bytes(layout, max_ctx, ubatch) <= bytes {
+            return max_ctx;
+        }
+        // seq_bytes grows with ctx: the largest ctx that fits, by bisection.
+        let (mut lo, mut hi) = (0usize, max_ctx);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.seq_bytes(layout, mid, ubatch) <= bytes {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `used` equals the number of blocks with a ref count ≥ 1.
 //! - Every block in use has storage in exactly one tier, and its [`BlockMeta::tier`] and
 //!   [`BlockMeta::format`] say which; free blocks hold f16 storage or none.
+//! - A thin block ([`BlockMeta::thin`]) holds its global layers only (a prefix of the
+//!   fat block in every format, [`KvLayout::thin_geom`]); free blocks are never thin.
 //! - `storage_bytes` equals the RAM bytes of all storage (in use or kept for reuse);
 //!   disk-tier blocks cost no RAM.
 //! - At most `capacity` blocks exist.
@@ -64,6 +66,9 @@ pub struct BlockMeta {
     pub last_use: u64,
     /// Accesses since allocation (for eviction scores).
     pub use_count: u32,
+    /// Its windowed layers were dropped ([`BlockPool::thin`]): it holds the global
+    /// layers' slots only.
+    pub thin: bool,
 }
 
 impl BlockMeta {
@@ -78,6 +83,7 @@ impl BlockMeta {
             pins: 0,
             last_use: 0,
             use_count: 0,
+            thin: false,
         }
     }
 }
@@ -332,8 +338,10 @@ impl BlockPool {
         }
         let hash = m.hash.take();
         m.pins = 0;
+        // A thin block's storage is short of a fresh block's: not kept for reuse.
+        let thin = std::mem::take(&mut m.thin);
         self.used -= 1;
-        if matches!(self.storage[id.0 as usize], Storage::F16(_)) {
+        if !thin && matches!(self.storage[id.0 as usize], Storage::F16(_)) {
             self.free.push(id, Stock::Stocked);
         } else {
             self.set_storage(id, Storage::None);
@@ -394,6 +402,42 @@ impl BlockPool {
         &self.storage[id.0 as usize]
     }
 
+    /// The shape of block `id`'s storage: thin or whole.
+    pub(crate) fn geom_of(&self, id: BlockId) -> kvquant::BlockGeom {
+        if self.metas[id.0 as usize].thin {
+            self.layout.thin_geom()
+        } else {
+            self.layout.geom()
+        }
+    }
+
+    /// Bytes block `id` takes in `format` (thin or whole, as it is).
+    pub fn bytes_in(&self, id: BlockId, format: KvFormat) -> u64 {
+        self.geom_of(id).block_bytes(format) as u64
+    }
+
+    /// Drops the windowed layers of resident block `id` (its storage is cut to the global
+    /// layers' slots, which come first in every format) and returns the bytes freed. The
+    /// caller guarantees that no query will read them again. A compressed or spilled
+    /// block stays as it is (0), as does one already thin or a layout without windows.
+    pub(crate) fn thin(&mut self, id: BlockId) -> u64 {
+        let i = id.0 as usize;
+        if self.layout.window().is_none() || self.metas[i].thin {
+            return 0;
+        }
+        let g = self.layout.thin_geom();
+        let cut = match &self.storage[i] {
+            Storage::F16(b) => Storage::F16(b[..g.block_bytes(KvFormat::F16) / 2].into()),
+            Storage::Quant(f, b) => Storage::Quant(*f, b[..g.block_bytes(*f)].into()),
+            _ => return 0,
+        };
+        let before = self.storage_bytes;
+        self.set_storage(id, cut);
+        self.metas[i].thin = true;
+        self.sync_reservation();
+        before - self.storage_bytes
+    }
+
     /// RAM bytes of one block's storage now.
     pub fn block_ram_bytes(&self, id: BlockId) -> u64 {
         self.storage[id.0 as usize].ram_bytes()
@@ -440,8 +484,12 @@ impl BlockPool {
         self.grow_account(extra.saturating_sub(had))?;
         self.set_storage(dst, s);
         self.sync_reservation();
-        let filled = self.metas[src.0 as usize].filled;
+        let (filled, thin) = (
+            self.metas[src.0 as usize].filled,
+            self.metas[src.0 as usize].thin,
+        );
         self.metas[dst.0 as usize].filled = filled;
+        self.metas[dst.0 as usize].thin = thin;
         Ok(())
     }
 
@@ -450,6 +498,9 @@ impl BlockPool {
     /// written next, so it must be f16). Allocates nothing.
     pub(crate) fn copy_into_f16(&mut self, src: BlockId, dst: BlockId) -> Result<(), KvError> {
         assert_ne!(src, dst);
+        if self.metas[src.0 as usize].thin {
+            return Err(KvError::Thinned(src));
+        }
         let (s, d) = if src.0 < dst.0 {
             let (a, b) = self.storage.split_at_mut(dst.0 as usize);
             (&a[src.0 as usize], &mut b[0])
@@ -481,6 +532,7 @@ impl BlockPool {
                 continue;
             };
             assert_eq!(self.metas[i].ref_count, 0, "free block {i} has references");
+            assert!(!self.metas[i].thin, "free block {i} is thin");
             let want = match self.storage[i] {
                 Storage::F16(_) => Stock::Stocked,
                 Storage::None => Stock::Bare,
@@ -495,11 +547,15 @@ impl BlockPool {
             self.metas.len(),
             "a block is neither free nor used"
         );
-        let geom = self.layout.geom();
         for (i, (m, s)) in self.metas.iter().zip(&self.storage).enumerate() {
             if m.ref_count == 0 {
                 continue;
             }
+            assert!(
+                !m.thin || self.layout.window().is_some(),
+                "block {i} is thin in a layout without windowed layers"
+            );
+            let geom = self.geom_of(BlockId(i as u32));
             let (tier, format, compressed) = s
                 .tier()
                 .unwrap_or_else(|| panic!("block {i} in use without storage"));
@@ -510,7 +566,13 @@ impl BlockPool {
             );
             match s {
                 Storage::Quant(f, b) => assert_eq!(b.len(), geom.block_bytes(*f), "block {i} size"),
-                Storage::F16(b) => assert_eq!(b.len(), self.layout.block_elems(), "block {i} size"),
+                Storage::F16(b) => {
+                    assert_eq!(
+                        b.len(),
+                        geom.block_bytes(KvFormat::F16) / 2,
+                        "block {i} size"
+                    )
+                }
                 _ => {}
             }
         }

@@ -251,7 +251,7 @@ impl KvCache {
             return None;
         }
         match *self.pool().storage(id) {
-            Storage::Disk { format, key } => Some((key, self.layout().block_bytes_in(format) + 3)),
+            Storage::Disk { format, key } => Some((key, self.pool().bytes_in(id, format) + 3)),
             _ => None,
         }
     }

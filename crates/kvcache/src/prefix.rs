@@ -94,8 +94,14 @@ impl KvCache {
                 break;
             }
             let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], digest);
+            // A thin block answers for a whole one only where this sequence's own block
+            // could be thin too.
+            let fits = |other: BlockId| {
+                let (o, own) = (self.pool.meta(other), self.pool.meta(id));
+                o.format == format && (!o.thin || own.thin)
+            };
             match self.index.get(&h).copied() {
-                Some(other) if other != id && self.pool.meta(other).format == format => {
+                Some(other) if other != id && fits(other) => {
                     self.pool.retain(other);
                     self.seqs.get_mut(&seq).expect("checked").blocks[b] = other;
                     self.release(id);
@@ -139,7 +145,28 @@ impl KvCache {
         got
     }
 
-    /// Makes the empty `seq` hold `blocks` (already referenced for it) as its first ones.
+    /// How many of `blocks` (a matched prefix, from position 0) a reuse may take: the
+    /// most that `rule` allows whose next query's window sees no thin block (one whose
+    /// windowed layers were dropped by the sequence that wrote it); 0 when none.
+    fn reusable(&self, blocks: &[BlockId], rule: &ReuseRule) -> usize {
+        let l = *self.layout();
+        let bt = l.block_tokens();
+        let mut n = rule.round(blocks.len() * bt, bt) / bt;
+        while n > 0 {
+            let blind = blocks[..n]
+                .iter()
+                .enumerate()
+                .all(|(b, &id)| !self.pool.meta(id).thin || !l.window_sees(b, n * bt));
+            if blind {
+                return n;
+            }
+            n = rule.round(n * bt - 1, bt) / bt;
+        }
+        0
+    }
+
+    /// Makes the empty `seq` hold `blocks` (already referenced for it) as its first ones;
+    /// its next query follows them.
     fn adopt(&mut self, seq: SeqId, blocks: Vec<BlockId>) {
         let bt = self.layout().block_tokens();
         let n = blocks.len() * bt;
@@ -147,6 +174,7 @@ impl KvCache {
         s.hashed_blocks = blocks.len();
         s.blocks = blocks;
         s.reserved_tokens = n;
+        s.horizon = n;
         self.reused_tokens += n as u64;
     }
 
@@ -166,7 +194,7 @@ impl KvCache {
             return Ok(0);
         }
         let mut got = self.indexed_run(tokens, max_tokens, rule);
-        got.truncate(rule.round(got.len() * bt, bt) / bt);
+        got.truncate(self.reusable(&got, rule));
         for &id in &got {
             self.pool.retain(id);
             self.pool.touch(id);
@@ -240,8 +268,9 @@ impl KvCache {
                 }
             }
         }
-        // A block that failed to load moves the boundary back.
-        let keep = rule.round(blocks.len() * bt, bt) / bt;
+        // A block that failed to load moves the boundary back, as does a thin one in the
+        // window of the next query.
+        let keep = self.reusable(&blocks, rule);
         for id in blocks.drain(keep..).collect::<Vec<_>>() {
             self.release(id);
         }
@@ -313,7 +342,9 @@ impl KvCache {
                 depth: u32::try_from(depth).unwrap_or(u32::MAX),
             };
             parent = Some(key);
-            if m.format != format {
+            // A thin block lacks its windowed layers: a later run reusing this prefix
+            // needs them wherever its window reaches, so only whole blocks are written.
+            if m.format != format || m.thin {
                 continue;
             }
             match store.verify(key) {

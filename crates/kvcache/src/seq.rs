@@ -13,6 +13,10 @@
 //! - A table holds exactly `ceil(reserved_tokens / block_tokens)` blocks.
 //! - The prefix index maps a hash to a block in use whose `hash` is that hash, and every
 //!   hashed block in use is in the index.
+//! - A sequence's `horizon` (the next query position it reported, [`KvCache::seq_thin`])
+//!   is at most its reserved tokens, and every thin block in its table lies wholly
+//!   before the window of a query at the horizon: no query of any holder reads a thin
+//!   block's missing layers.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -63,6 +67,10 @@ pub enum KvError {
     StalePlan(SeqId),
     #[error("KV cache over its memory budget: {0}")]
     OverBudget(budget::OutOfBudget),
+    #[error(
+        "block {0:?} holds only its global layers (its windowed layers were dropped once no query could see them)"
+    )]
+    Thinned(BlockId),
 }
 
 // By hand, not `#[from]`: that would also return the cause from `source()`, and an error
@@ -81,6 +89,9 @@ pub(crate) struct Sequence {
     pub(crate) hashed_blocks: usize,
     /// A running sequence's blocks are never chosen by pressure.
     pub(crate) running: bool,
+    /// The position of the next query this sequence runs (as last reported to
+    /// [`KvCache::seq_thin`]; 0 until then): blocks wholly before its window may be thin.
+    pub(crate) horizon: usize,
 }
 
 /// The KV cache: a block pool, the block tables of live sequences, and the index of
@@ -236,6 +247,9 @@ impl KvCache {
             });
         }
         let id = s.blocks[pos / l.block_tokens()];
+        if self.pool.meta(id).thin {
+            return Err(KvError::Thinned(id));
+        }
         if self.pool.meta(id).ref_count > 1 {
             return Err(KvError::SharedBlock(id));
         }
@@ -325,6 +339,7 @@ impl KvCache {
                 reserved_tokens: s.reserved_tokens,
                 hashed_blocks: s.hashed_blocks.min(n_full),
                 running: true,
+                horizon: s.horizon,
             },
         );
         self.debug_check();
@@ -360,19 +375,85 @@ impl KvCache {
         Ok(())
     }
 
-    /// Shrinks `seq` to its first `tokens` tokens, releasing whole blocks past them.
-    pub fn seq_truncate(&mut self, seq: SeqId, tokens: usize) -> Result<(), KvError> {
-        let bt = self.layout().block_tokens();
-        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+    /// Shrinks `seq` to its first `tokens` tokens, releasing whole blocks past them, and
+    /// returns the tokens it keeps. That is fewer when a query at `tokens` would see a
+    /// thin block (its windowed layers were dropped): the sequence is then cut back to
+    /// the start of that block, and again until no kept thin block is in sight — the
+    /// tokens past the cut must be computed again.
+    pub fn seq_truncate(&mut self, seq: SeqId, tokens: usize) -> Result<usize, KvError> {
+        let l = *self.layout();
+        let bt = l.block_tokens();
+        let s = self.get(seq)?;
+        let mut tokens = tokens.min(s.reserved_tokens);
+        while let Some(b) = (0..tokens.div_ceil(bt))
+            .find(|&b| self.pool.meta(s.blocks[b]).thin && l.window_sees(b, tokens))
+        {
+            tokens = b * bt;
+        }
+        let s = self.seqs.get_mut(&seq).expect("checked");
         let keep = tokens.div_ceil(bt);
         let dropped: Vec<BlockId> = s.blocks.drain(keep.min(s.blocks.len())..).collect();
         s.reserved_tokens = s.reserved_tokens.min(tokens);
         s.hashed_blocks = s.hashed_blocks.min(s.reserved_tokens / bt);
+        s.horizon = s.horizon.min(tokens);
         for id in dropped {
             self.release(id);
         }
         self.debug_check();
-        Ok(())
+        Ok(tokens)
+    }
+
+    /// Reports that `seq`'s next query is at position `next` (or later): blocks wholly
+    /// before that query's window no longer need their windowed layers, and those no
+    /// other holder needs either are thinned ([`BlockPool::thin`]). A block shared with
+    /// other sequences is thinned only when it is out of every holder's window; a
+    /// compressed or spilled block stays as it is. Returns the RAM bytes freed (0 for a
+    /// layout without windowed layers).
+    pub fn seq_thin(&mut self, seq: SeqId, next: usize) -> Result<u64, KvError> {
+        let l = *self.layout();
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        s.horizon = s.horizon.max(next.min(s.reserved_tokens));
+        if l.window().is_none() {
+            return Ok(0);
+        }
+        let h = s.horizon;
+        let s = &self.seqs[&seq];
+        let mut freed = 0;
+        let candidates: Vec<BlockId> = s
+            .blocks
+            .iter()
+            .enumerate()
+            .take_while(|&(b, _)| !l.window_sees(b, h))
+            .map(|(_, &id)| id)
+            .filter(|&id| !self.pool.meta(id).thin)
+            .collect();
+        for id in candidates {
+            let shared = self.pool.meta(id).ref_count > 1;
+            if shared
+                && self.seqs.iter().any(|(&other, o)| {
+                    other != seq
+                        && o.blocks
+                            .iter()
+                            .enumerate()
+                            .any(|(b, &x)| x == id && l.window_sees(b, o.horizon))
+                })
+            {
+                continue;
+            }
+            freed += self.pool.thin(id);
+        }
+        self.debug_check();
+        Ok(freed)
+    }
+
+    /// Index of `seq`'s first block from which on every block is whole (none thin): a
+    /// windowed layer's query must not see blocks before it.
+    pub fn seq_first_whole(&self, seq: SeqId) -> Result<usize, KvError> {
+        let s = self.get(seq)?;
+        Ok(s.blocks
+            .iter()
+            .rposition(|&id| self.pool.meta(id).thin)
+            .map_or(0, |b| b + 1))
     }
 
     /// Context shift: drops `n_drop` whole blocks that follow the first `n_sink` blocks
@@ -386,11 +467,26 @@ impl KvCache {
         n_drop: usize,
     ) -> Result<usize, KvError> {
         let bt = self.layout().block_tokens();
-        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+        let l = *self.layout();
+        let s = self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))?;
         let full = s.reserved_tokens / bt;
         let n_drop = n_drop.min(full.saturating_sub(n_sink));
+        // The moved blocks keep their distance to the next query; the sink blocks come
+        // nearer to it, and one that is thin must not come into a window.
+        let horizon = s.horizon.saturating_sub(n_drop * bt);
+        if n_drop > 0
+            && let Some(&id) = s.blocks[..n_sink.min(s.blocks.len())]
+                .iter()
+                .enumerate()
+                .find(|&(b, &id)| self.pool.meta(id).thin && l.window_sees(b, horizon))
+                .map(|(_, id)| id)
+        {
+            return Err(KvError::Thinned(id));
+        }
+        let s = self.seqs.get_mut(&seq).expect("checked");
         let dropped: Vec<BlockId> = s.blocks.drain(n_sink..n_sink + n_drop).collect();
         s.reserved_tokens -= n_drop * bt;
+        s.horizon = horizon;
         // The chain of hashes no longer describes the moved blocks' positions.
         s.hashed_blocks = s.hashed_blocks.min(n_sink);
         for id in dropped {
@@ -425,11 +521,12 @@ impl KvCache {
                 id = fresh;
             }
             let meta = self.pool.meta(id);
-            let (format, filled) = (meta.format, meta.filled as usize);
+            let (format, filled, thin) = (meta.format, meta.filled as usize, meta.thin);
             self.pool.meta_mut(id).hash = None;
             self.pool.set_format(id, KvFormat::F16)?;
             let data = self.pool.data_mut(id).expect("promoted to f16");
-            for layer in 0..l.n_layers() {
+            // A thin block holds its global layers only.
+            for layer in (0..l.n_layers()).filter(|&la| !thin || !l.is_windowed(la)) {
                 for h in 0..l.n_kv_heads() {
                     for t in 0..filled {
                         let o = l.k_base(layer) + h * l.head_stride() + t * l.head_dim();
@@ -467,8 +564,16 @@ impl KvCache {
                 s.reserved_tokens.div_ceil(bt),
                 "{id:?}: table length"
             );
-            for b in &s.blocks {
+            assert!(
+                s.horizon <= s.reserved_tokens,
+                "{id:?}: horizon past its tokens"
+            );
+            for (i, b) in s.blocks.iter().enumerate() {
                 *refs.entry(*b).or_default() += 1;
+                assert!(
+                    !self.pool.meta(*b).thin || !self.layout().window_sees(i, s.horizon),
+                    "{id:?}: thin block {b:?} (#{i}) inside the window of its next query"
+                );
             }
         }
         for (b, n) in &refs {

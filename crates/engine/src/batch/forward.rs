@@ -176,6 +176,10 @@ impl Engine<'_, '_> {
                     self.kv
                         .seq_apply_mix(r.seq, &self.cfg.kv_mix, Some(&self.pool))?;
                 }
+                // Blocks out of every window of the next query drop their windowed
+                // layers (none without sliding-window layers).
+                let next = st.tokens.len();
+                self.kv.seq_thin(r.seq, next)?;
             }
         }
         Ok(())
@@ -272,7 +276,8 @@ impl Engine<'_, '_> {
             .iter()
             .map(|r| (r.pos0 + r.len).div_ceil(BLOCK_TOKENS))
             .sum();
-        let geom = self.kv.layout().geom();
+        let layout = *self.kv.layout();
+        let geom = layout.geom();
         let pool = &self.pool;
         let s = &mut self.w.s;
 
@@ -288,6 +293,7 @@ impl Engine<'_, '_> {
                     .write(items[i].seq, li, items[i].pos, &s.kf16, &s.vf16)
                     .expect("positions were reserved");
             }
+            let slot = layout.slot(li);
             // Every run's blocks in one list, each run's calls over its own span.
             let mut views: Vec<KvBlock<'_>> = Vec::with_capacity(n_blocks);
             let mut spans = Vec::with_capacity(runs.len());
@@ -310,7 +316,7 @@ impl Engine<'_, '_> {
                     kv: PagedKv {
                         blocks: &views[span],
                         geom,
-                        layer: li,
+                        layer: slot,
                     },
                     shape: AttnShape {
                         window: c.layer_window(li),

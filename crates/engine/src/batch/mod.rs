@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 
 use kernels::pool::ThreadPool;
 use kvcache::policy::{Rates, Reclaimed, Weights};
-use kvcache::{BlockStore, Compression, KvCache, KvError, KvFormat, KvLayout, SeqId, TierMix};
+use kvcache::{BlockStore, Compression, KvCache, KvError, KvFormat, SeqId, TierMix};
 
 use crate::forward::{BLOCK_TOKENS, EvalError, Logits};
 use crate::layers::Workspace;
@@ -207,9 +207,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         cfg: BatchConfig,
         accounts: &Accounts,
     ) -> Result<Self, EvalError> {
-        let c = &model.cfg;
-        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BLOCK_TOKENS)
-            .expect("model dimensions were validated at load");
+        let layout = crate::forward::kv_layout(&model.cfg);
         let blocks = cfg
             .kv_blocks
             .unwrap_or(cfg.n_ctx.div_ceil(BLOCK_TOKENS) * cfg.max_seqs.max(1));
@@ -377,26 +375,43 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     /// Tokens of one sequence the cache could ever hold: the pool's blocks, or what the
-    /// ledger's `kv` pool grants at most in the cache's format, whichever is less.
+    /// ledger's `kv` pool grants at most in the cache's format, whichever is less. With
+    /// sliding-window layers, what the plan's figure ([`TierMix::seq_bytes`]) fits.
     pub fn kv_capacity_tokens(&self) -> usize {
         let p = self.kv.pool();
         let bt = p.layout().block_tokens();
         let fmt = self.cfg.kv_mix.uniform_format().unwrap_or(KvFormat::F16);
         let block = p.layout().block_bytes_in(fmt).max(1);
-        let by_bytes = p
-            .available_bytes()
-            .map_or(usize::MAX, |a| ((a + p.storage_bytes()) / block) as usize);
-        p.capacity().min(by_bytes).saturating_mul(bt)
+        let by_count = p.capacity().saturating_mul(bt);
+        let Some(avail) = p.available_bytes() else {
+            return by_count;
+        };
+        let bytes = avail + p.storage_bytes();
+        if p.layout().window().is_some() {
+            // Sliding-window layers hold only their window: the plan's figure, inverted.
+            let max = by_count.min(self.cfg.n_ctx.max(1));
+            return self
+                .cfg
+                .kv_mix
+                .tokens_within(p.layout(), bytes, max, self.cfg.ubatch);
+        }
+        by_count.min(((bytes / block) as usize).saturating_mul(bt))
     }
 
-    /// Shrinks `seq` to its first `tokens` tokens (to compute the rest again).
-    pub fn seq_truncate(&mut self, seq: SeqId, tokens: usize) -> Result<(), EvalError> {
-        let st = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
+    /// Shrinks `seq` to its first `tokens` tokens (to compute the rest again) and returns
+    /// the tokens kept: fewer when a sliding-window layer's window there would reach
+    /// tokens whose windowed layers were dropped ([`KvCache::seq_truncate`]).
+    pub fn seq_truncate(&mut self, seq: SeqId, tokens: usize) -> Result<usize, EvalError> {
+        let st = self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))?;
         let keep = tokens.min(st.tokens.len());
-        st.tokens.truncate(keep);
-        self.kv.seq_truncate(seq, keep)?;
+        let keep = self.kv.seq_truncate(seq, keep)?;
+        self.seqs
+            .get_mut(&seq)
+            .expect("checked above")
+            .tokens
+            .truncate(keep);
         self.debug_check();
-        Ok(())
+        Ok(keep)
     }
 
     /// The logits of item `item` of the last batch [`Engine::decode`] ran, if it asked

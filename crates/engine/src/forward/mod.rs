@@ -17,6 +17,7 @@ use kernels::pool::ThreadPool;
 use kvcache::policy::{Decision, Rates, ReclaimStats, Weights};
 use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, Prefetcher, SeqId, TierMix};
 
+use crate::config::ModelConfig;
 use crate::layers::{self, Ropes, Workspace};
 use crate::memory::Accounts;
 
@@ -24,6 +25,23 @@ use crate::model::Model;
 
 /// Tokens per KV block.
 pub const BLOCK_TOKENS: usize = 16;
+
+/// The KV layout of `cfg`'s model: its sliding-window layers ([`ModelConfig::layer_window`])
+/// are marked, so the cache keeps only their window (docs/design/kv.md, "Sliding
+/// windows").
+pub fn kv_layout(cfg: &ModelConfig) -> KvLayout {
+    let layout = KvLayout::new(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, BLOCK_TOKENS)
+        .expect("model dimensions were validated at load");
+    let windowed: Vec<bool> = (0..cfg.n_layers)
+        .map(|il| cfg.layer_window(il).is_some())
+        .collect();
+    match cfg.hooks.sliding_window {
+        Some(w) => layout
+            .with_window(w, &windowed)
+            .expect("one flag per layer, a positive window"),
+        None => layout,
+    }
+}
 
 /// Which positions of an [`Session::eval`] call need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +157,11 @@ pub struct Session<'a, 'm> {
     parked: std::collections::HashMap<SeqId, seqs::Parked>,
     /// Tokens run through the model (prefill and decode), for sharing statistics.
     computed_tokens: u64,
+    /// Whether blocks out of every sliding window drop their windowed layers (on unless
+    /// [`Session::set_thinning`] turned it off).
+    thinning: bool,
+    /// Most KV storage bytes held at once.
+    peak_kv_bytes: u64,
     store: Option<Arc<BlockStore>>,
     /// Why the disk store stopped being written (a full disk, a failing write): from then
     /// on it is only read.
@@ -173,9 +196,7 @@ impl<'a, 'm> Session<'a, 'm> {
         cfg: SessionConfig,
         accounts: &Accounts,
     ) -> Result<Self, EvalError> {
-        let c = &model.cfg;
-        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, BLOCK_TOKENS)
-            .expect("model dimensions were validated at load");
+        let layout = kv_layout(&model.cfg);
         let mut kv = KvCache::new(layout, cfg.n_ctx.div_ceil(BLOCK_TOKENS) * cfg.n_seqs.max(1));
         kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
         let seq = kv.seq_new();
@@ -192,6 +213,8 @@ impl<'a, 'm> Session<'a, 'm> {
             exact: 0,
             parked: std::collections::HashMap::new(),
             computed_tokens: 0,
+            thinning: true,
+            peak_kv_bytes: 0,
             store: None,
             store_failure: None,
             prefetch: None,
@@ -216,6 +239,28 @@ impl<'a, 'm> Session<'a, 'm> {
     /// Bytes of KV blocks allocated now.
     pub fn kv_bytes(&self) -> u64 {
         self.kv.pool().storage_bytes()
+    }
+
+    /// The most KV storage bytes held at once so far.
+    pub fn peak_kv_bytes(&self) -> u64 {
+        self.peak_kv_bytes.max(self.kv_bytes())
+    }
+
+    /// Turns the dropping of windowed layers out of their window on (the default) or
+    /// off. Off, every layer keeps every token, as an attention mask alone would: the
+    /// logits are the same (attention never reads what thinning drops), the memory is
+    /// not. For comparisons; nothing thinned before is restored.
+    pub fn set_thinning(&mut self, on: bool) {
+        self.thinning = on;
+    }
+
+    /// Thins the current sequence's blocks out of every window of its next query (a
+    /// model without sliding-window layers has none).
+    fn thin(&mut self) -> Result<(), EvalError> {
+        if self.thinning {
+            self.kv.seq_thin(self.seq, self.n_past)?;
+        }
+        Ok(())
     }
 
     /// The KV cache (tiers, block counts, prefix index).
@@ -248,9 +293,11 @@ impl<'a, 'm> Session<'a, 'm> {
         self.tokens.clear();
     }
 
-    /// Drops cached tokens past `n` (to rewind or re-score).
+    /// Drops cached tokens past `n` (to rewind or re-score). Fewer remain when a
+    /// sliding-window layer's window at `n` would reach tokens whose windowed layers were
+    /// dropped: [`Session::n_past`] says how many.
     pub fn truncate(&mut self, n: usize) -> Result<(), EvalError> {
-        self.kv.seq_truncate(self.seq, n)?;
+        let n = self.kv.seq_truncate(self.seq, n)?;
         self.n_past = self.n_past.min(n);
         self.exact = self.exact.min(n);
         self.tokens.truncate(self.n_past);
@@ -261,8 +308,9 @@ impl<'a, 'm> Session<'a, 'm> {
     /// [`Logits::Last`], `tokens.len() × vocab` for [`Logits::All`].
     ///
     /// With an all-f16 cache a step the budget cannot hold is refused before anything is
-    /// computed. With a mixed cache the step grows one micro-batch at a time; if the budget
-    /// refuses part-way, the micro-batches already computed stay in the cache
+    /// computed. With a mixed cache, or a model with sliding-window layers (thinned after
+    /// each micro-batch), the step grows one micro-batch at a time; if the budget refuses
+    /// part-way, the micro-batches already computed stay in the cache
     /// ([`Session::n_past`] says how far it got) and the error says why.
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<&[f32], EvalError> {
         let vocab = self.model.cfg.vocab;
@@ -302,8 +350,11 @@ impl<'a, 'm> Session<'a, 'm> {
         self.prepare()?;
         // An all-f16 cache reserves the whole step up front (all or nothing); a mixed one
         // grows a micro-batch at a time and demotes as it goes, so a long prompt never
-        // holds more than one micro-batch of f16 beyond its mix.
-        let stepwise = !self.cfg.kv_mix.is_all_f16();
+        // holds more than one micro-batch of f16 beyond its mix. So does a model with
+        // sliding-window layers, thinned after each micro-batch: its windowed layers hold
+        // at most their window and one micro-batch.
+        let stepwise = !self.cfg.kv_mix.is_all_f16() || self.kv.layout().window().is_some();
+        self.thin()?;
         if !stepwise {
             self.reserve_kv(self.n_past + tokens.len())?;
         }
@@ -319,8 +370,10 @@ impl<'a, 'm> Session<'a, 'm> {
             if stepwise {
                 self.reserve_kv(self.n_past + chunk.len())?;
             }
+            self.peak_kv_bytes = self.peak_kv_bytes.max(self.kv_bytes());
             let exact = self.chunk_is_exact(chunk.len());
             self.forward(chunk, out)?;
+            self.thin()?;
             if exact {
                 self.exact = self.n_past;
             }
@@ -368,6 +421,14 @@ impl<'a, 'm> Session<'a, 'm> {
                 window: c.layer_window(li),
                 ..shape
             };
+            // Thin blocks lack the windowed layers: attention must start past them.
+            debug_assert!(
+                shape.window.is_none_or(|w| {
+                    let first = (pos0 + 1).saturating_sub(w) / BLOCK_TOKENS;
+                    self.kv.seq_first_whole(self.seq).is_ok_and(|f| f <= first)
+                }),
+                "layer {li} would read a thin block"
+            );
             for t in 0..n {
                 ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
                 ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
@@ -381,7 +442,7 @@ impl<'a, 'm> Session<'a, 'm> {
                 let paged = PagedKv {
                     blocks: &views,
                     geom: layout.geom(),
-                    layer: li,
+                    layer: layout.slot(li),
                 };
                 attention(
                     pool,

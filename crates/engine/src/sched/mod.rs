@@ -581,8 +581,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                     // A failed step computed its last token but lost the logits: compute
                     // that token again.
                     let seq = l.seq.expect("running sequences have one");
-                    if self.engine.seq_truncate(seq, held - 1).is_ok() {
-                        held -= 1;
+                    if let Ok(kept) = self.engine.seq_truncate(seq, held - 1) {
+                        held = kept;
                     }
                 }
                 let l = &self.live[&id];

@@ -61,6 +61,21 @@ pub fn reference_model(path: Option<&'static str>, file: &str) -> Option<PathBuf
     }
 }
 
+/// Loads the reference model `file` (at `path`, see [`reference_model`]) and runs `f`
+/// on it; does nothing (the skip is reported) when the file is absent.
+pub fn with_reference_model(
+    path: Option<&'static str>,
+    file: &str,
+    f: impl FnOnce(&engine::text::TextModel<'_>),
+) {
+    let Some(path) = reference_model(path, file) else {
+        return;
+    };
+    let mapped = weights::MappedFile::open(&path).unwrap();
+    let gguf = gguf::GgufFile::parse(mapped.bytes()).unwrap();
+    f(&engine::text::TextModel::from_gguf(&gguf).unwrap());
+}
+
 /// How a model's outputs compare with llama.cpp's golden ones.
 #[derive(Debug, Default)]
 pub struct Agreement {

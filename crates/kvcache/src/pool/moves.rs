@@ -57,7 +57,7 @@ impl BlockPool {
 
     /// Block `id` encoded in `format`, or `None` when it already is.
     fn encoded(&self, id: BlockId, format: KvFormat) -> Result<Option<Storage>, KvError> {
-        let geom = self.layout.geom();
+        let geom = self.geom_of(id);
         if !format.supports(&geom) {
             return Err(KvError::Unsupported(format));
         }
@@ -69,7 +69,7 @@ impl BlockPool {
         Ok(Some(match (self.view(id)?, format) {
             (KvBlock::F16(_), KvFormat::F16) => return Ok(None),
             (KvBlock::Quant(from, b), KvFormat::F16) => {
-                let mut d = vec![0u16; self.layout.block_elems()].into_boxed_slice();
+                let mut d = vec![0u16; geom.block_bytes(KvFormat::F16) / 2].into_boxed_slice();
                 kvquant::decode_block(from, &geom, b, &mut d);
                 Storage::F16(d)
             }
@@ -150,7 +150,8 @@ impl BlockPool {
                 let mut out = Vec::with_capacity(*raw);
                 kvdisk::decompress(*codec, bytes, *raw, &mut out)
                     .map_err(|e| KvError::Disk(e.to_string()))?;
-                encode_payload(*format, self.metas[id.0 as usize].filled, &out)
+                let m = &self.metas[id.0 as usize];
+                encode_payload(*format, m.filled, m.thin, &out)
             }
             _ => self.payload(id)?,
         };
@@ -209,7 +210,7 @@ impl BlockPool {
         payload: &[u8],
         expect: Option<KvFormat>,
     ) -> Result<(), KvError> {
-        let (f, filled, body) = decode_payload(payload, &self.layout)
+        let (f, filled, thin, body) = decode_payload(payload, &self.layout)
             .ok_or_else(|| KvError::Lost(id, "block payload does not match the layout".into()))?;
         if expect.is_some_and(|e| e != f) {
             return Err(KvError::Lost(id, "block file holds another format".into()));
@@ -220,17 +221,22 @@ impl BlockPool {
         self.set_storage(id, s);
         self.sync_reservation();
         self.metas[id.0 as usize].filled = filled;
+        self.metas[id.0 as usize].thin = thin;
         Ok(())
     }
 
     /// The payload [`BlockPool::spill`] writes for a resident block.
     pub(crate) fn payload(&self, id: BlockId) -> Result<Vec<u8>, KvError> {
-        let filled = self.metas[id.0 as usize].filled;
+        let (filled, thin) = (
+            self.metas[id.0 as usize].filled,
+            self.metas[id.0 as usize].thin,
+        );
         match &self.storage[id.0 as usize] {
-            Storage::Quant(f, b) => Ok(encode_payload(*f, filled, b)),
+            Storage::Quant(f, b) => Ok(encode_payload(*f, filled, thin, b)),
             Storage::F16(b) => Ok(encode_payload(
                 KvFormat::F16,
                 filled,
+                thin,
                 &b.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
             )),
             _ => Err(KvError::NotResident(id)),
@@ -249,10 +255,11 @@ fn make_storage(f: KvFormat, body: &[u8]) -> Storage {
     }
 }
 
-/// `[format id u8][filled u16 le][block bytes]`.
-fn encode_payload(f: KvFormat, filled: u16, body: &[u8]) -> Vec<u8> {
+/// `[format id u8][filled u16 le][block bytes]`; a thin block's id has bit 0x80 set and
+/// its bytes are the global layers' only.
+fn encode_payload(f: KvFormat, filled: u16, thin: bool, body: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(body.len() + 3);
-    p.push(payload_tag(f));
+    p.push(payload_tag(f) | if thin { THIN_TAG } else { 0 });
     p.extend_from_slice(&filled.to_le_bytes());
     p.extend_from_slice(body);
     p
@@ -268,13 +275,27 @@ fn payload_tag(f: KvFormat) -> u8 {
     }
 }
 
-fn decode_payload<'a>(p: &'a [u8], layout: &KvLayout) -> Option<(KvFormat, u16, &'a [u8])> {
+/// The payload tag's bit for a thin block.
+const THIN_TAG: u8 = 0x80;
+
+fn decode_payload<'a>(p: &'a [u8], layout: &KvLayout) -> Option<(KvFormat, u16, bool, &'a [u8])> {
     let (&id, rest) = p.split_first()?;
-    let f = KvFormat::ALL.into_iter().find(|&f| payload_tag(f) == id)?;
+    let thin = id & THIN_TAG != 0;
+    if thin && layout.window().is_none() {
+        return None;
+    }
+    let f = KvFormat::ALL
+        .into_iter()
+        .find(|&f| payload_tag(f) == id & !THIN_TAG)?;
     let filled = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
     let body = &rest[2..];
-    (body.len() == layout.geom().block_bytes(f) && filled as usize <= layout.block_tokens())
-        .then_some((f, filled, body))
+    let geom = if thin {
+        layout.thin_geom()
+    } else {
+        layout.geom()
+    };
+    (body.len() == geom.block_bytes(f) && filled as usize <= layout.block_tokens())
+        .then_some((f, filled, thin, body))
 }
 
 #[cfg(test)]
@@ -285,14 +306,14 @@ mod tests {
     fn payloads_of_the_earlier_chunk_layout_are_refused() {
         let layout = KvLayout::new(2, 1, 32, 16).unwrap();
         let body = vec![0u8; layout.geom().block_bytes(KvFormat::Q4)];
-        let p = encode_payload(KvFormat::Q4, 16, &body);
+        let p = encode_payload(KvFormat::Q4, 16, false, &body);
         assert_eq!(decode_payload(&p, &layout).map(|d| d.0), Some(KvFormat::Q4));
         // The same body tagged as the f16-scale layout tagged it (bits alone).
         let mut old = p.clone();
         old[0] = 4;
         assert!(decode_payload(&old, &layout).is_none());
         let f16 = vec![0u8; layout.geom().block_bytes(KvFormat::F16)];
-        let p = encode_payload(KvFormat::F16, 16, &f16);
+        let p = encode_payload(KvFormat::F16, 16, false, &f16);
         assert_eq!(
             decode_payload(&p, &layout).map(|d| d.0),
             Some(KvFormat::F16)
