@@ -467,3 +467,77 @@ fn the_service_answers_from_its_thread_and_gives_back_kv_under_pressure() {
     }
     assert_eq!(svc.in_flight(), 0);
 }
+
+#[test]
+fn a_kept_sequence_serves_its_continuation_until_released_or_pressed_out() {
+    with_model(|tm| {
+        let ps = prompts(tm, 2);
+        let mut long = ps[0].clone();
+        while long.len() < 200 {
+            long.extend_from_slice(&ps[1]);
+        }
+        let mut s = Scheduler::new(
+            Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
+            SchedConfig::default(),
+        );
+        let first = Arc::<Mutex<Out>>::default();
+        let id = s.submit(request(&long, 8), sink(&first)).unwrap();
+        s.keep(id);
+        s.run_to_completion().unwrap();
+        assert_eq!(s.stats().kept, 1);
+        assert!(s.is_known(id) && !s.is_live(id));
+        // The continuation: the prompt, the reply as generated, a follow-up.
+        let mut next = long.clone();
+        next.extend_from_slice(&first.lock().unwrap().tokens);
+        next.extend_from_slice(&ps[1][..8]);
+        // The kept sequence holds every token but the last one generated (never fed).
+        let held = long.len() + 8 - 1;
+        let follow = |s: &mut Scheduler<'_, '_>| {
+            let o = Arc::<Mutex<Out>>::default();
+            s.submit(request(&next, 4), sink(&o)).unwrap();
+            s.run_to_completion().unwrap();
+            s.engine().check_invariants();
+            let done = o.lock().unwrap().done.clone().unwrap();
+            assert_eq!(done.0, FinishReason::Length);
+            done.1.cached_tokens
+        };
+        assert_eq!(follow(&mut s), held / 16 * 16);
+        s.release(id);
+        assert_eq!(s.stats().kept, 0);
+        assert!(!s.is_known(id));
+        assert_eq!(follow(&mut s), 0, "released blocks are gone");
+
+        // A cancelled request is not kept; a kept one is the first to go under pressure.
+        let mut s = Scheduler::new(
+            Engine::unbudgeted(
+                &tm.model,
+                BatchConfig {
+                    kv_blocks: Some(20),
+                    ..BatchConfig::new(512, 4, THREADS)
+                },
+            )
+            .unwrap(),
+            SchedConfig::default(),
+        );
+        let c = s.submit(request(&long, 8), sink(&Arc::default())).unwrap();
+        s.keep(c);
+        s.step().unwrap();
+        s.cancel(c);
+        assert_eq!(s.stats().kept, 0);
+        let k = s.submit(request(&long, 8), sink(&Arc::default())).unwrap();
+        s.keep(k);
+        s.run_to_completion().unwrap();
+        assert_eq!(s.stats().kept, 1);
+        let other = Arc::<Mutex<Out>>::default();
+        let mut unrelated = ps[1].clone();
+        while unrelated.len() < 200 {
+            unrelated.extend_from_slice(&ps[0]);
+        }
+        s.submit(request(&unrelated, 8), sink(&other)).unwrap();
+        s.run_to_completion().unwrap();
+        s.engine().check_invariants();
+        let st = s.stats();
+        assert_eq!((st.kept, st.kept_dropped, st.preemptions), (0, 1, 0));
+        assert_eq!(other.lock().unwrap().tokens.len(), 8);
+    });
+}
