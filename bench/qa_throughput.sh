@@ -3,8 +3,8 @@
 # many in flight (continuous batching), and the prompt tokens the chunk prefix saved.
 # "One chunk at a time" is --max-in-flight 1: one chunk on the scheduler, its questions
 # (and then their judges) side by side, not one sequence at a time.
-# With perf on PATH each run also reports its CPU seconds and instructions: on a loaded
-# machine wall-clock rates drift, CPU time and instruction counts much less.
+# With perf on PATH each run also reports its CPU seconds (and instructions where the
+# machine counts them): on a loaded machine wall-clock rates drift, CPU time much less.
 # usage: bench/qa_throughput.sh [CHUNKS (default 8)] [IN_FLIGHT (default 8)] [THREADS] [ROUNDS (default 1)]
 # Each round runs one chunk at a time, then IN_FLIGHT at once: rounds alternate, so a
 # loaded machine's drift falls on both alike.
@@ -45,7 +45,7 @@ if os.path.exists(sys.argv[3]):
     cpu = f.get("task-clock", 0) / 1000
     ins = f.get("instructions", 0)
     if cpu > 0:
-        print(f"               {cpu:.1f} CPU s = {60 * pairs / cpu:.1f} pairs per CPU-minute; "
-              f"{ins / 1e9 / max(1, pairs):.1f} G instructions per pair")
+        per = f"; {ins / 1e9 / max(1, pairs):.1f} G instructions per pair" if ins > 0 else ""
+        print(f"               {cpu:.1f} CPU s = {60 * pairs / cpu:.1f} pairs per CPU-minute{per}")
 PY
 done; done
