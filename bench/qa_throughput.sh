@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `llmem qa` generation throughput: pairs per minute with one chunk at a time against
 # many in flight (continuous batching), and the prompt tokens the chunk prefix saved.
+# "One chunk at a time" is --max-in-flight 1: one chunk on the scheduler, its questions
+# (and then their judges) side by side, not one sequence at a time.
+# With perf on PATH each run also reports its CPU seconds (and instructions where the
+# machine counts them): on a loaded machine wall-clock rates drift, CPU time much less.
 # usage: bench/qa_throughput.sh [CHUNKS (default 8)] [IN_FLIGHT (default 8)] [THREADS] [ROUNDS (default 1)]
 # Each round runs one chunk at a time, then IN_FLIGHT at once: rounds alternate, so a
 # loaded machine's drift falls on both alike.
@@ -17,17 +21,31 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 for round in $(seq 1 "$rounds"); do for n in 1 "$wide"; do
   rm -f "$dir/o$n.jsonl" "$dir/o$n.jsonl.journal"
-  "$bin" qa --json --model "$model" --max-chunks "$chunks" --max-in-flight "$n" \
+  prof=()
+  if command -v perf > /dev/null; then prof=(perf stat -x, -e instructions,task-clock -o "$dir/p$n"); fi
+  "${prof[@]}" "$bin" qa --json --model "$model" --max-chunks "$chunks" --max-in-flight "$n" \
     --threads "$threads" --chunk-tokens 256 --out "$dir/o$n.jsonl" "$text" > "$dir/r$n.json"
-  python3 - "$dir/r$n.json" "$n" <<'PY'
-import json, sys
+  python3 - "$dir/r$n.json" "$n" "$dir/p$n" <<'PY'
+import json, os, sys
 v = json.load(open(sys.argv[1]))
 r, s = v["report"], v["scheduler"]
-print(f"in flight {sys.argv[2]:>3}: {r['pairs_generated']} pairs in {r['elapsed_s']:.1f} s = "
-      f"{60 * r['pairs_generated'] / r['elapsed_s']:.1f} pairs/min ({r['records']} kept); "
-      f"prompt tokens {s['prompt_tokens']}, from chunk prefixes {s['cached_tokens']} "
-      f"({100 * s['cached_tokens'] / max(1, s['prompt_tokens']):.0f}%), computed {s['computed_tokens']}, "
-      f"generated {s['generated_tokens']}; {s['steps']} steps, {s['tokens_per_step']:.1f} tokens/step, "
-      f"peak running {s['peak_running']}")
+pairs, chunks = r["pairs_generated"], max(1, r["chunks_written"])
+print(f"in flight {sys.argv[2]:>3}: {pairs} pairs in {r['elapsed_s']:.1f} s = "
+      f"{60 * pairs / r['elapsed_s']:.1f} pairs/min ({r['records']} kept); "
+      f"per chunk: prompt tokens {s['prompt_tokens'] / chunks:.0f}, from prefixes "
+      f"{s['cached_tokens'] / chunks:.0f} ({100 * s['cached_tokens'] / max(1, s['prompt_tokens']):.0f}%), "
+      f"computed {s['computed_tokens'] / chunks:.0f}, generated {s['generated_tokens'] / chunks:.0f}; "
+      f"{s['steps']} steps, {s['tokens_per_step']:.1f} tokens/step, peak running {s['peak_running']}")
+if os.path.exists(sys.argv[3]):
+    f = {}
+    for line in open(sys.argv[3]):
+        p = line.strip().split(",")
+        if len(p) > 2 and p[0].replace(".", "").isdigit():
+            f[p[2].split(":")[0]] = float(p[0])
+    cpu = f.get("task-clock", 0) / 1000
+    ins = f.get("instructions", 0)
+    if cpu > 0:
+        per = f"; {ins / 1e9 / max(1, pairs):.1f} G instructions per pair" if ins > 0 else ""
+        print(f"               {cpu:.1f} CPU s = {60 * pairs / cpu:.1f} pairs per CPU-minute{per}")
 PY
 done; done

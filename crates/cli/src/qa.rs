@@ -274,6 +274,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
                 "generated_tokens": s.generated_tokens,
                 "peak_running": s.peak_running,
                 "preemptions": s.preemptions,
+                "kept_dropped": s.kept_dropped,
                 "steps": s.steps,
                 "tokens_per_step": (s.computed_tokens + s.generated_tokens) as f64
                     / s.steps.max(1) as f64,

@@ -64,6 +64,23 @@ fn prompts(tm: &TextModel<'_>, n: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// `first`, then `then` repeated, until at least 200 tokens.
+fn long_prompt(first: &[u32], then: &[u32]) -> Vec<u32> {
+    let mut long = first.to_vec();
+    while long.len() < 200 {
+        long.extend_from_slice(then);
+    }
+    long
+}
+
+/// A scheduler with default settings on an unbudgeted engine for four sequences.
+fn plain_scheduler<'a, 'm>(tm: &'a TextModel<'m>) -> Scheduler<'a, 'm> {
+    Scheduler::new(
+        Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
+        SchedConfig::default(),
+    )
+}
+
 /// What one request produced.
 #[derive(Clone, Debug, Default)]
 struct Out {
@@ -194,10 +211,7 @@ fn eight_requests_together_get_the_tokens_they_get_alone() {
 fn joining_and_cancelling_mid_run_leave_the_others_unchanged() {
     with_model(|tm| {
         let ps = prompts(tm, 4);
-        let mut s = Scheduler::new(
-            Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
-            SchedConfig::default(),
-        );
+        let mut s = plain_scheduler(tm);
         let outs: Vec<Arc<Mutex<Out>>> = (0..4).map(|_| Arc::default()).collect();
         let a = s.submit(request(&ps[0], 20), sink(&outs[0])).unwrap();
         let cancelled = s.submit(request(&ps[1], 20), sink(&outs[1])).unwrap();
@@ -261,14 +275,8 @@ fn higher_priority_runs_first_and_shared_prompts_are_computed_once() {
 
         // A long shared prompt: a request arriving while another holds it attaches
         // its full blocks instead of computing them.
-        let mut long = ps[0].clone();
-        while long.len() < 200 {
-            long.extend_from_slice(&ps[1]);
-        }
-        let mut s = Scheduler::new(
-            Engine::unbudgeted(&tm.model, BatchConfig::new(512, 4, THREADS)).unwrap(),
-            SchedConfig::default(),
-        );
+        let long = long_prompt(&ps[0], &ps[1]);
+        let mut s = plain_scheduler(tm);
         let outs: Vec<Arc<Mutex<Out>>> = (0..2).map(|_| Arc::default()).collect();
         s.submit(request(&long, 8), sink(&outs[0])).unwrap();
         s.step().unwrap(); // the whole prompt (one chunk): the first is decoding now
@@ -466,4 +474,69 @@ fn the_service_answers_from_its_thread_and_gives_back_kv_under_pressure() {
         assert_eq!(tokens[i], alone(&model.text().model, p, 24), "request {i}");
     }
     assert_eq!(svc.in_flight(), 0);
+}
+
+#[test]
+fn a_kept_sequence_serves_its_continuation_until_released_or_pressed_out() {
+    with_model(|tm| {
+        let ps = prompts(tm, 2);
+        let long = long_prompt(&ps[0], &ps[1]);
+        let mut s = plain_scheduler(tm);
+        let first = Arc::<Mutex<Out>>::default();
+        let id = s.submit(request(&long, 8), sink(&first)).unwrap();
+        s.keep(id);
+        s.run_to_completion().unwrap();
+        assert_eq!(s.stats().kept, 1);
+        assert!(s.is_known(id) && !s.is_live(id));
+        // The continuation: the prompt, the reply as generated, a follow-up.
+        let mut next = long.clone();
+        next.extend_from_slice(&first.lock().unwrap().tokens);
+        next.extend_from_slice(&ps[1][..8]);
+        // The kept sequence holds every token but the last one generated (never fed).
+        let held = long.len() + 8 - 1;
+        let follow = |s: &mut Scheduler<'_, '_>| {
+            let o = Arc::<Mutex<Out>>::default();
+            s.submit(request(&next, 4), sink(&o)).unwrap();
+            s.run_to_completion().unwrap();
+            s.engine().check_invariants();
+            let done = o.lock().unwrap().done.clone().unwrap();
+            assert_eq!(done.0, FinishReason::Length);
+            done.1.cached_tokens
+        };
+        assert_eq!(follow(&mut s), held / 16 * 16);
+        s.release(id);
+        assert_eq!(s.stats().kept, 0);
+        assert!(!s.is_known(id));
+        assert_eq!(follow(&mut s), 0, "released blocks are gone");
+
+        // A cancelled request is not kept; a kept one is the first to go under pressure.
+        let mut s = Scheduler::new(
+            Engine::unbudgeted(
+                &tm.model,
+                BatchConfig {
+                    kv_blocks: Some(20),
+                    ..BatchConfig::new(512, 4, THREADS)
+                },
+            )
+            .unwrap(),
+            SchedConfig::default(),
+        );
+        let c = s.submit(request(&long, 8), sink(&Arc::default())).unwrap();
+        s.keep(c);
+        s.step().unwrap();
+        s.cancel(c);
+        assert_eq!(s.stats().kept, 0);
+        let k = s.submit(request(&long, 8), sink(&Arc::default())).unwrap();
+        s.keep(k);
+        s.run_to_completion().unwrap();
+        assert_eq!(s.stats().kept, 1);
+        let other = Arc::<Mutex<Out>>::default();
+        let unrelated = long_prompt(&ps[1], &ps[0]);
+        s.submit(request(&unrelated, 8), sink(&other)).unwrap();
+        s.run_to_completion().unwrap();
+        s.engine().check_invariants();
+        let st = s.stats();
+        assert_eq!((st.kept, st.kept_dropped, st.preemptions), (0, 1, 0));
+        assert_eq!(other.lock().unwrap().tokens.len(), 8);
+    });
 }

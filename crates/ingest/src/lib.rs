@@ -22,5 +22,6 @@ pub mod prompts;
 mod reader;
 pub mod record;
 pub mod source;
+pub mod turns;
 
 pub use pipeline::{DocPool, Generator, Options, Report, RunError, needed_ctx, run};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use engine::sampler::SamplerConfig;
 use engine::sched::service::Service;
-use engine::sched::{Event, FinishReason, Request, Sink, Usage};
+use engine::sched::{Event, FinishReason, ReqId, Request, Sink, Usage};
 use engine::shared::SharedModel;
 use serde::Deserialize;
 use tokenizer::{BosEos, Render, Special, TokenId, Tokenizer};
@@ -31,6 +31,7 @@ use crate::reader::read_all;
 pub use crate::reader::{DocPool, Held};
 use crate::record::{ChunkRecord, Format, Meta, qa_line, validate};
 use crate::source::{Filter, Input};
+use crate::turns::Turns;
 
 /// Longest question and answer, in bytes (the grammar's caps).
 pub const MAX_QUESTION_BYTES: usize = 200;
@@ -149,6 +150,10 @@ struct Pair {
     answer: String,
     score: Option<u32>,
     valid: bool,
+    /// The question's prompt ids (a follow-up judge continues them).
+    prompt: Vec<u32>,
+    /// The question's request, its sequence kept for the judge until released.
+    kept: Option<ReqId>,
 }
 
 struct Job {
@@ -269,6 +274,7 @@ pub fn run(
             ))),
             judge_shape: Arc::new(Machine::new(&Shape::score())),
             vocab: generator.map(|_| Arc::new(Vocab::of(tok))),
+            turns: generator.map_or_else(Turns::plain, |g| Turns::of(g.model.text())),
             stop_tokens: (0..tok.vocab_size() as u32)
                 .filter(|&t| tok.is_end_of_generation(TokenId(t)))
                 .collect(),
@@ -346,6 +352,7 @@ struct Main<'a> {
     gen_shape: Arc<Machine>,
     judge_shape: Arc<Machine>,
     vocab: Option<Arc<Vocab>>,
+    turns: Turns,
     stop_tokens: Vec<u32>,
     /// Chunks written but not yet committed: their bytes stay reserved until then.
     pending_jobs: Vec<Job>,
@@ -467,23 +474,6 @@ impl Main<'_> {
         Ok(())
     }
 
-    /// The token ids of a chat prompt whose user message is `user`; only the template's
-    /// own text may hold control tokens.
-    fn prompt_ids(&self, model: &SharedModel, user: &str) -> Vec<u32> {
-        const MARK: &str = "\u{1}LLMEM_USER\u{1}";
-        let tm = model.text();
-        let rendered = tm.chat_prompt(MARK).unwrap_or_else(|_| format!("{MARK}\n"));
-        let (before, after) = rendered.split_once(MARK).unwrap_or(("", ""));
-        let mut ids = Vec::new();
-        self.tok
-            .encode_into(before, BosEos::Add, Special::Parse, &mut ids);
-        self.tok
-            .encode_into(user, BosEos::Omit, Special::AsText, &mut ids);
-        self.tok
-            .encode_into(after, BosEos::Omit, Special::Parse, &mut ids);
-        ids.into_iter().map(|t| t.0).collect()
-    }
-
     fn sink(&self, seq: u64, stage: Stage, announce: bool) -> Sink {
         let tx = self.tx.clone();
         let mut tokens = Vec::new();
@@ -512,7 +502,9 @@ impl Main<'_> {
         })
     }
 
-    fn submit(&mut self, seq: u64, stage: Stage, user: String, announce: bool) {
+    /// Submits one request of chunk `seq`; a question's request keeps its sequence for a
+    /// follow-up judge.
+    fn submit(&mut self, seq: u64, stage: Stage, prompt: Vec<u32>, announce: bool) {
         let g = self.generator.expect("generating");
         let vocab = self.vocab.clone().expect("generating");
         let Some(job) = self.jobs.get(&seq) else {
@@ -544,7 +536,7 @@ impl Main<'_> {
             Stage::Gen(_) => Shape::qa(MAX_QUESTION_BYTES, MAX_ANSWER_BYTES).max_bytes(),
             Stage::Judge(_) => Shape::score().max_bytes(),
         };
-        let prompt = self.prompt_ids(&g.model, &user);
+        let keep = matches!(stage, Stage::Gen(_)) && self.opts.prompts.judge_follows();
         let stop_tokens = self.stop_tokens.clone();
         let req = Request {
             prompt,
@@ -557,10 +549,18 @@ impl Main<'_> {
             hook: Some(Box::new(JsonHook::new(machine, vocab))),
         };
         let sink = self.sink(seq, stage, announce);
-        match g.service.submit(req, sink) {
-            Ok(_) => {
+        let r = if keep {
+            g.service.submit_kept(req, sink)
+        } else {
+            g.service.submit(req, sink)
+        };
+        match r {
+            Ok(id) => {
                 if let Some(j) = self.jobs.get_mut(&seq) {
                     j.open += 1;
+                    if let (true, Stage::Gen(i)) = (keep, stage) {
+                        j.pairs[i as usize].kept = Some(id);
+                    }
                 }
             }
             Err(e) => {
@@ -582,7 +582,24 @@ impl Main<'_> {
             &[("index", &idx), ("count", &n)],
             &job.item.chunk.text,
         );
-        self.submit(seq, Stage::Gen(i), user, i == 0);
+        let prompt = self.turns.first(self.tok, &user);
+        if let Some(job) = self.jobs.get_mut(&seq)
+            && self.opts.prompts.judge_follows()
+        {
+            job.pairs[i as usize].prompt = prompt.clone();
+        }
+        self.submit(seq, Stage::Gen(i), prompt, i == 0);
+    }
+
+    /// Gives back question `i`'s kept sequence (its judge has attached it, or will not
+    /// run).
+    fn release(&mut self, seq: u64, i: u32) {
+        let Some(job) = self.jobs.get_mut(&seq) else {
+            return;
+        };
+        if let (Some(id), Some(g)) = (job.pairs[i as usize].kept.take(), self.generator) {
+            g.service.release(id);
+        }
     }
 
     fn submit_rest(&mut self, seq: u64) {
@@ -642,9 +659,21 @@ impl Main<'_> {
                             &[("question", &pair.question), ("answer", &pair.answer)],
                             &job.item.chunk.text,
                         );
-                        self.submit(seq, Stage::Judge(i), user, false);
+                        let prompt = if self.opts.prompts.judge_follows() {
+                            // The question's prompt and its reply as generated, up to
+                            // the closing brace (no end-of-turn token).
+                            let mut so_far = std::mem::take(&mut pair.prompt);
+                            so_far.extend(tokens.iter().filter(|t| !self.stop_tokens.contains(t)));
+                            self.turns.follow(self.tok, &so_far, &user)
+                        } else {
+                            self.turns.first(self.tok, &user)
+                        };
+                        self.submit(seq, Stage::Judge(i), prompt, false);
                     }
-                    None => self.report.pairs_invalid += 1,
+                    None => {
+                        self.report.pairs_invalid += 1;
+                        self.release(seq, i);
+                    }
                 }
             }
             Stage::Judge(i) => {
@@ -655,6 +684,7 @@ impl Main<'_> {
                 if let Some(job) = self.jobs.get_mut(&seq) {
                     job.pairs[i as usize].score = score;
                 }
+                self.release(seq, i);
             }
         }
         self.maybe_finish(seq);
@@ -667,6 +697,9 @@ impl Main<'_> {
         let n = job.pairs.len();
         if job.open > 0 || (n > 1 && !job.rest_submitted) {
             return;
+        }
+        for i in 0..n as u32 {
+            self.release(seq, i);
         }
         let job = self.jobs.remove(&seq).expect("present");
         self.finished.insert(seq, Finished::Chunk(Box::new(job)));

@@ -1,5 +1,6 @@
 //! The prompt file: a `[question]` and a `[judge]` section with placeholders, and its
-//! version (a hash of its text: any change starts chunks over).
+//! version (a hash of its text: any change starts chunks over). A judge without
+//! `{chunk}` follows the pair in the conversation that wrote it ([`Prompts::judge_follows`]).
 
 /// The built-in prompts.
 pub const DEFAULT: &str = include_str!("../prompts/default.txt");
@@ -51,6 +52,9 @@ impl Prompts {
             let s = s
                 .map(|s| s.trim().to_string())
                 .ok_or_else(|| PromptError(format!("no [{name}] section")))?;
+            if s.is_empty() {
+                return Err(PromptError(format!("[{name}] is empty")));
+            }
             for k in keys {
                 if !s.contains(k) {
                     return Err(PromptError(format!("[{name}] lacks {k}")));
@@ -60,9 +64,20 @@ impl Prompts {
         };
         Ok(Prompts {
             question: need(question, "question", &["{chunk}"])?,
-            judge: need(judge, "judge", &["{chunk}", "{question}", "{answer}"])?,
+            judge: match judge {
+                Some(j) if j.contains("{chunk}") => {
+                    need(Some(j), "judge", &["{chunk}", "{question}", "{answer}"])?
+                }
+                j => need(j, "judge", &[])?,
+            },
             version: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes())),
         })
+    }
+
+    /// Whether the judge is a follow-up message after the generated pair (no `{chunk}`)
+    /// rather than a prompt of its own.
+    pub fn judge_follows(&self) -> bool {
+        !self.judge.contains("{chunk}")
     }
 
     pub fn default_prompts() -> Prompts {
@@ -85,14 +100,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_prompts_parse_and_share_their_start() {
+    fn default_prompts_parse_with_the_chunk_first_and_a_follow_up_judge() {
         let p = Prompts::default_prompts();
-        let q = p.question.split("{chunk}").next().unwrap();
-        let j = p.judge.split("{chunk}").next().unwrap();
-        assert_eq!(q, j);
+        assert!(p.question.starts_with("Document:\n{chunk}\n"));
+        // What differs between a chunk's questions comes after everything they share.
+        assert!(p.question.find("{index}").unwrap() > p.question.find("Reply").unwrap());
+        assert!(p.judge_follows());
         assert!(Prompts::parse("[question]\n{chunk}\n").is_err());
+    }
+
+    #[test]
+    fn a_judge_with_the_chunk_is_a_prompt_of_its_own_and_needs_the_pair() {
+        let own = "[question]\n{chunk} Q\n[judge]\n{chunk}\nQ: {question}\nA: {answer}\n";
+        let p = Prompts::parse(own).unwrap();
+        assert!(!p.judge_follows());
         let filled = fill(&p.judge, &[("question", "Q?"), ("answer", "{chunk}")], "C");
-        assert!(filled.contains("Q?") && filled.contains("Proposed answer: {chunk}"));
-        assert!(filled.starts_with("Document:\nC\n"));
+        assert_eq!(filled, "C\nQ: Q?\nA: {chunk}");
+        let err = Prompts::parse("[question]\n{chunk}\n[judge]\n{chunk} {question}\n");
+        assert!(err.unwrap_err().to_string().contains("lacks {answer}"));
+        let empty = Prompts::parse("[question]\n{chunk}\n[judge]\n\n").unwrap_err();
+        assert_eq!(empty.to_string(), "prompt file: [judge] is empty");
     }
 }

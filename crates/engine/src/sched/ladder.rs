@@ -21,6 +21,10 @@ impl Scheduler<'_, '_> {
         self.engine.trim_free_blocks();
         while freed(self) < want {
             let short = want - freed(self);
+            if self.drop_kept() {
+                self.engine.trim_free_blocks();
+                continue;
+            }
             if matches!(self.reclaim_paused(short), Ok(true)) {
                 continue;
             }
@@ -48,8 +52,9 @@ impl Scheduler<'_, '_> {
                 }
                 Err(e) if is_room(&e) => {
                     // Free blocks kept for reuse hold storage a load cannot use: give
-                    // it back first, then make paused sequences give way.
-                    if self.engine.trim_free_blocks() > 0 {
+                    // it back first, then kept sequences go, then paused sequences give
+                    // way.
+                    if self.engine.trim_free_blocks() > 0 || self.drop_kept() {
                         continue;
                     }
                     if !self.reclaim_paused(room_short(&e).max(1))? {
@@ -97,6 +102,10 @@ impl Scheduler<'_, '_> {
     /// Walks the pressure ladder for a step that found no room; returns whether anything
     /// changed (then the step is tried again).
     pub(super) fn relieve(&mut self, short_bytes: u64) -> Result<bool, EvalError> {
+        // 0. Kept sequences are a cache: they go first.
+        if self.drop_kept() {
+            return Ok(true);
+        }
         // 1. Paused sequences give up RAM.
         if self.reclaim_paused(short_bytes.max(1))? {
             return Ok(true);
@@ -156,6 +165,9 @@ impl Scheduler<'_, '_> {
     /// rest can go on; accepted work is only ever ended this way when the cache itself
     /// cannot hold what the request was admitted with.
     pub(super) fn fail_stuck(&mut self) {
+        if self.drop_kept() {
+            return;
+        }
         let waiting = self.ranked(|_| true);
         // Drop a paused one's KV first: it recomputes instead (nothing is lost).
         for &id in &waiting {

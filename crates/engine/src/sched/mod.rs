@@ -23,12 +23,19 @@
 //! Logit processors ([`TokenHook`]) let a client constrain or stop generation (grammars,
 //! stop strings, penalties) without the scheduler knowing their rules.
 //!
+//! **Kept sequences**: a request marked with [`Scheduler::keep`] leaves its sequence in the
+//! cache when it ends, so a later request that continues it (its prompt starts with the
+//! kept one's tokens) attaches those blocks instead of computing them. The client gives it
+//! back with [`Scheduler::release`]; under pressure kept sequences are the first thing
+//! dropped (oldest first), before any paused or running sequence gives way, so keeping
+//! never costs accepted work anything but the recompute it meant to save.
+//!
 //! [`service::Service`] runs a scheduler on its own thread for servers and pipelines.
 
 mod ladder;
 pub mod service;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kvcache::{BlockStore, KvError, SeqId};
@@ -231,6 +238,10 @@ pub struct SchedStats {
     pub pressure_steps: u64,
     /// Requests from the pressure ladder to give back memory ([`Scheduler::ease`]).
     pub pressure_reclaims: u64,
+    /// Finished requests' sequences kept now ([`Scheduler::keep`]).
+    pub kept: usize,
+    /// Kept sequences dropped under pressure before their client released them.
+    pub kept_dropped: u64,
 }
 
 /// Where a request is.
@@ -281,6 +292,10 @@ pub struct Scheduler<'a, 'm> {
     batch: Batch,
     /// Prompt tokens in `batch` (counted into `stats.computed_tokens` when it runs).
     batch_prompt_tokens: u64,
+    /// Live requests whose sequence is kept when they end.
+    keep: BTreeSet<ReqId>,
+    /// Ended requests' kept sequences, oldest request first.
+    kept: BTreeMap<ReqId, SeqId>,
 }
 
 impl<'a, 'm> Scheduler<'a, 'm> {
@@ -299,6 +314,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             stats: SchedStats::default(),
             batch: Batch::new(),
             batch_prompt_tokens: 0,
+            keep: BTreeSet::new(),
+            kept: BTreeMap::new(),
         }
     }
 
@@ -320,6 +337,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             .filter(|l| l.phase != Phase::Running)
             .count();
         s.running = self.live.len() - s.waiting;
+        s.kept = self.kept.len();
         s
     }
 
@@ -411,6 +429,41 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         self.live.contains_key(&id)
     }
 
+    /// Keeps live request `id`'s sequence in the cache when it ends (stopped, ended by
+    /// its hook or its length; a cancelled or failed one is not kept), until
+    /// [`Scheduler::release`] or pressure drops it. Unknown ids are ignored.
+    pub fn keep(&mut self, id: ReqId) {
+        if self.live.contains_key(&id) {
+            self.keep.insert(id);
+        }
+    }
+
+    /// Whether request `id` is live or its sequence kept.
+    pub fn is_known(&self, id: ReqId) -> bool {
+        self.live.contains_key(&id) || self.kept.contains_key(&id)
+    }
+
+    /// Gives back request `id`'s kept sequence (its blocks return to the pool, except
+    /// those other sequences share); a live request is no longer kept when it ends.
+    /// Unknown ids are ignored.
+    pub fn release(&mut self, id: ReqId) {
+        self.keep.remove(&id);
+        if let Some(seq) = self.kept.remove(&id) {
+            self.engine.seq_remove(seq);
+        }
+    }
+
+    /// Drops the oldest kept sequence (rung 0 of the pressure ladder); returns whether
+    /// there was one.
+    fn drop_kept(&mut self) -> bool {
+        let Some((_, seq)) = self.kept.pop_first() else {
+            return false;
+        };
+        self.engine.seq_remove(seq);
+        self.stats.kept_dropped += 1;
+        true
+    }
+
     /// Ends every request with `reason`.
     pub fn fail_all(&mut self, reason: &FinishReason) {
         let ids: Vec<ReqId> = self.live.keys().copied().collect();
@@ -493,11 +546,12 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             // A new sequence needs room for its first chunk; keep one block per running
             // sequence free for their decodes, so admitting does not preempt at once.
             let bt = self.engine.kv().layout().block_tokens();
-            let free = self.free_blocks();
             let l = &self.live[&id];
             let first = (l.tokens.len() - self.held(id)).min(self.cfg.prefill_chunk);
             let want = first.div_ceil(bt) + 1 + running;
-            if running > 0 && want > free {
+            // Kept sequences make way for new work, oldest first.
+            while running > 0 && want > self.free_blocks() && self.drop_kept() {}
+            if running > 0 && want > self.free_blocks() {
                 break;
             }
             let l = self.live.get_mut(&id).expect("listed above");
@@ -709,8 +763,18 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let Some(mut l) = self.live.remove(&id) else {
             return;
         };
-        if let Some(seq) = l.seq {
-            self.engine.seq_remove(seq);
+        let keep = self.keep.remove(&id)
+            && l.phase == Phase::Running
+            && matches!(
+                reason,
+                FinishReason::Stop | FinishReason::Hook | FinishReason::Length
+            );
+        match l.seq {
+            Some(seq) if keep => {
+                self.kept.insert(id, seq);
+            }
+            Some(seq) => self.engine.seq_remove(seq),
+            None => {}
         }
         if reason != FinishReason::Cancelled {
             self.stats.finished += 1;

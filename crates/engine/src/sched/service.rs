@@ -33,8 +33,10 @@ pub struct Snapshot {
 }
 
 enum Cmd {
-    Submit(ReqId, Request, Sink),
+    /// The request, its sink, and whether its sequence is kept when it ends.
+    Submit(ReqId, Request, Sink, bool),
     Cancel(ReqId),
+    Release(ReqId),
     Embed(Embedding),
 }
 
@@ -169,10 +171,29 @@ impl Service {
     /// Queues `req`; its events go to `sink` (on the service's thread). Refused at once
     /// when it can never fit, or when the queue is full.
     pub fn submit(&self, req: Request, sink: Sink) -> Result<ReqId, Refused> {
+        self.submit_with(req, sink, false)
+    }
+
+    /// As [`Service::submit`], and the request's sequence stays in the cache when it
+    /// ends, for requests that continue it ([`Scheduler::keep`]), until
+    /// [`Service::release`] (or pressure) drops it.
+    pub fn submit_kept(&self, req: Request, sink: Sink) -> Result<ReqId, Refused> {
+        self.submit_with(req, sink, true)
+    }
+
+    fn submit_with(&self, req: Request, sink: Sink, keep: bool) -> Result<ReqId, Refused> {
         self.check(&req.prompt, req.max_tokens)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::Submit(id, req, sink))?;
+        self.send(Cmd::Submit(id, req, sink, keep))?;
         Ok(id)
+    }
+
+    /// Gives back the sequence a [`Service::submit_kept`] request kept (or will keep);
+    /// unknown ids are ignored.
+    pub fn release(&self, id: ReqId) {
+        if let Some(t) = self.tx.lock().expect("not poisoned").as_ref() {
+            let _ = t.send(Cmd::Release(id));
+        }
     }
 
     /// Queues the embedding of each of `prompts` ([`Engine::embed`], one prompt at a
@@ -315,7 +336,7 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
         };
         if let Some(cmd) = cmd {
             match cmd {
-                Cmd::Submit(id, req, mut sink) => {
+                Cmd::Submit(id, req, mut sink, keep) => {
                     let sh = shared.clone();
                     let wrapped: Sink = Box::new(move |ev: Event| {
                         if matches!(ev, Event::Done { .. }) {
@@ -334,12 +355,23 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
                         continue;
                     }
                     if let Ok(sid) = s.submit(req, wrapped) {
+                        if keep {
+                            s.keep(sid);
+                        }
                         ids.insert(id, sid);
                     }
                 }
                 Cmd::Embed(e) => embeds.push_back(e),
-                Cmd::Cancel(id) => {
+                Cmd::Release(id) => {
                     if let Some(sid) = ids.remove(&id) {
+                        s.release(sid);
+                        publish(&s, shared);
+                    }
+                }
+                Cmd::Cancel(id) => {
+                    // A kept sequence stays until it is released.
+                    if let Some(sid) = ids.get(&id).copied().filter(|&sid| s.is_live(sid)) {
+                        ids.remove(&id);
                         s.cancel(sid);
                         // No step may follow (nothing else runs): report the cancellation
                         // now, not at the next request.
@@ -364,7 +396,7 @@ fn run(mut s: Scheduler<'_, '_>, rx: Receiver<Cmd>, shared: &Arc<Shared>, hook: 
             // with the reason, the service goes on for the rest.
             s.fail_all(&FinishReason::Failed(e.to_string()));
         }
-        ids.retain(|_, sid| s.is_live(*sid));
+        ids.retain(|_, sid| s.is_known(*sid));
         publish(&s, shared);
     }
 }
