@@ -5,12 +5,14 @@
 
 use std::arch::x86_64::*;
 
+mod attend_group;
 mod brows;
 mod gemm;
 mod kgemm;
 mod krows;
 mod lanes;
 
+pub(crate) use attend_group::attend_group;
 #[cfg(test)]
 pub(crate) use gemm::gemm_q8_on;
 pub(crate) use gemm::{gemm_f32, gemm_q8};
