@@ -471,8 +471,9 @@ fn fused(isa: Isa, hd: usize) -> bool {
 
 /// Whether [`attend_grouped`] handles rows of `hd` on `isa`: the heads the fused kernel
 /// does not take, in whole 16-value steps.
+#[cfg(target_arch = "x86_64")]
 fn grouped(isa: Isa, hd: usize) -> bool {
-    cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && hd.is_multiple_of(16) && !fused(isa, hd)
+    isa == Isa::Avx2 && hd.is_multiple_of(16) && !fused(isa, hd)
 }
 
 /// The query heads of KV head `h` for query token `t` (row `ti` of the tile's `part`)

@@ -294,7 +294,13 @@ fn q8_0_codes_at_the_ends_of_the_byte_range_give_the_portable_bits() {
     let (rows, cols, n_tokens) = (9, 64, 3);
     let block = |i: usize| {
         let mut b = vec![0x00, 0x3C]; // d = 1.0 in f16
-        b.extend((0..32).map(|j| if (i + j) % 3 == 0 { 0x7F } else { 0x80 }));
+        b.extend((0..32).map(|j| {
+            if (i + j).is_multiple_of(3) {
+                0x7F
+            } else {
+                0x80
+            }
+        }));
         b
     };
     let bytes: Vec<u8> = (0..rows * cols / QK).flat_map(block).collect();
