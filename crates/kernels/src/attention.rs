@@ -372,6 +372,9 @@ fn run_item(
             }
             let nv = end - skip;
             let (kf, vf) = (&kf[skip * hd..], &vf[skip * hd..]);
+            if !codes && attend_grouped(isa, q, (h, t0 + ti, ti), shape, (kf, vf), (hd, nv), part) {
+                continue;
+            }
             for gi in 0..g {
                 let head = h * g + gi;
                 let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
@@ -464,6 +467,39 @@ fn load_block(
 /// Whether [`attend_fast`] handles rows of `hd` on `isa`.
 fn fused(isa: Isa, hd: usize) -> bool {
     cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && (hd == 64 || hd == 128)
+}
+
+/// Whether [`attend_grouped`] handles rows of `hd` on `isa`: the heads the fused kernel
+/// does not take, in whole 16-value steps.
+#[cfg(target_arch = "x86_64")]
+fn grouped(isa: Isa, hd: usize) -> bool {
+    isa == Isa::Avx2 && hd.is_multiple_of(16) && !fused(isa, hd)
+}
+
+/// The query heads of KV head `h` for query token `t` (row `ti` of the tile's `part`)
+/// through one block's `nv` f32 keys and values at once, if this ISA has a kernel for
+/// heads of `hd` (see `avx2::attend_group`); `false` = not handled.
+fn attend_grouped(
+    isa: Isa,
+    q: &[f32],
+    (h, t, ti): (usize, usize, usize),
+    shape: &AttnShape,
+    (kf, vf): (&[f32], &[f32]),
+    (hd, nv): (usize, usize),
+    part: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if grouped(isa, hd) {
+        let g = shape.group();
+        let qr = &q[(t * shape.n_heads + h * g) * hd..][..g * hd];
+        let p = &mut part[ti * g * (hd + 2)..][..g * (hd + 2)];
+        // SAFETY: AVX2 detected; hd is a multiple of 16, nv ≤ the block's tokens (≤ 32),
+        // qr holds g rows of hd, p g rows of hd + 2, kf/vf at least nv rows.
+        unsafe { simd::avx2::attend_group(qr, g, (kf, vf), (hd, nv), shape.scale, p) };
+        return true;
+    }
+    let _ = (isa, q, h, t, ti, shape, kf, vf, hd, nv, part);
+    false
 }
 
 /// The fused kernel for common head sizes, if this ISA has one; `false` = not handled.

@@ -155,10 +155,11 @@ pub fn matmul_with(
         }
     }
     let total_rows: usize = jobs.iter().map(|j| j.w.rows).sum();
-    // Enough chunks for balance (≥ 8 per thread), each a multiple of 4 rows for the tiles.
+    // Enough chunks for balance (≥ 8 per thread), each a multiple of 8 rows: the
+    // row-panel kernels take eight rows at a time.
     let chunk = (total_rows / (pool.n_threads() * 8))
-        .clamp(4, 64)
-        .next_multiple_of(4);
+        .clamp(8, 64)
+        .next_multiple_of(8);
     let mut starts = Vec::with_capacity(jobs.len());
     let mut n_chunks = 0;
     for j in jobs.iter() {

@@ -176,15 +176,25 @@ fn naive_attention(
 fn paged_attention_matches_naive_on_every_path() {
     let pool = ThreadPool::new(2).unwrap();
     let mut rng = Rng(11);
-    let (hd, bt, n_kv, n_heads) = (64usize, 16usize, 3usize, 9usize);
-    for &(pos0, n_q) in &[
-        (0usize, 1usize),
-        (0, 7),
-        (5, 1),
-        (40, 9),
-        (300, 1),
-        (33, 64),
-    ] {
+    // 64-wide heads take the fused kernel; 256-wide ones the grouped kernel, with groups
+    // of four heads (one whole tile) and five (a tile and a lone row).
+    for ((hd, bt, n_kv, n_heads), (pos0, n_q)) in [
+        (64usize, 16usize, 3usize, 9usize),
+        (256, 16, 1, 4),
+        (256, 32, 2, 10),
+    ]
+    .iter()
+    .flat_map(|s| {
+        [
+            (0usize, 1usize),
+            (0, 7),
+            (5, 1),
+            (40, 9),
+            (300, 1),
+            (33, 64),
+        ]
+        .map(|c| (*s, c))
+    }) {
         let n_keys = pos0 + n_q;
         let n_blocks = n_keys.div_ceil(bt);
         // Block layout: [K head0..head2][V head0..head2], each bt × hd.

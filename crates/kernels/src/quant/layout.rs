@@ -178,3 +178,44 @@ pub fn decode_q5(wtype: WType, blk: &[u8]) -> ([u8; 32], f32, f32) {
     }
     (code, d, m)
 }
+
+/// Decodes one block of a 32-value kind (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`): its
+/// codes in value order, the scale `d` and the offset `m` (`-8d` for `Q4_0`, `-16d` for
+/// `Q5_0`, the stored minimum for `Q4_1`/`Q5_1`, 0 for `Q8_0`, whose codes are signed),
+/// so that value `i` is `d · code[i] + m`.
+///
+/// # Panics
+/// If `wtype` is none of these or `blk` is short.
+pub fn decode_block32(wtype: WType, blk: &[u8]) -> ([i32; 32], f32, f32) {
+    let d = read_f16(blk, 0);
+    let mut code = [0i32; 32];
+    let m = match wtype {
+        WType::Q4_0 | WType::Q4_1 => {
+            let (m, qs) = if wtype == WType::Q4_1 {
+                (read_f16(blk, 2), &blk[4..20])
+            } else {
+                (-8.0 * d, &blk[2..18])
+            };
+            for j in 0..16 {
+                code[j] = i32::from(qs[j] & 0x0F);
+                code[j + 16] = i32::from(qs[j] >> 4);
+            }
+            m
+        }
+        WType::Q5_0 | WType::Q5_1 => {
+            let (c, _, m) = decode_q5(wtype, blk);
+            for (o, c) in code.iter_mut().zip(c) {
+                *o = i32::from(c);
+            }
+            m
+        }
+        WType::Q8_0 => {
+            for (o, &q) in code.iter_mut().zip(&blk[2..34]) {
+                *o = i32::from(q as i8);
+            }
+            0.0
+        }
+        _ => panic!("decode_block32: {wtype:?} is not a 32-value block kind"),
+    };
+    (code, d, m)
+}

@@ -6,56 +6,38 @@ use crate::quant::{BlockQ8, QK, QK_K, WType, read_bf16, read_f16};
 
 /// Dot of one quantized weight row with one token's activation blocks.
 pub(crate) fn dot_q8_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
-    let mut sum = 0.0f32;
     match wtype {
-        WType::Q4_0 | WType::Q4_1 => {
-            let bb = wtype.block_bytes();
-            let qoff = bb - 16;
-            for (b, a) in acts.iter().enumerate() {
-                let blk = &row[b * bb..(b + 1) * bb];
-                let d = read_f16(blk, 0);
-                let mut isum = 0i32;
-                for j in 0..16 {
-                    let q = blk[qoff + j];
-                    isum += i32::from(q & 0x0F) * i32::from(a.qs[j]);
-                    isum += i32::from(q >> 4) * i32::from(a.qs[j + 16]);
-                }
-                sum += d * a.d * isum as f32;
-                if wtype == WType::Q4_1 {
-                    sum += read_f16(blk, 2) * a.s;
-                } else {
-                    sum -= 8.0 * d * a.s;
-                }
-            }
+        WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0 => {
+            dot_blocks(wtype, row, acts)
         }
-        WType::Q8_0 => {
-            for (b, a) in acts.iter().enumerate() {
-                let blk = &row[b * 34..(b + 1) * 34];
-                let mut isum = 0i32;
-                for j in 0..QK {
-                    isum += i32::from(blk[2 + j] as i8) * i32::from(a.qs[j]);
-                }
-                sum += read_f16(blk, 0) * a.d * isum as f32;
-            }
-        }
-        WType::Q5_0 | WType::Q5_1 => {
-            let bb = wtype.block_bytes();
-            for (b, a) in acts.iter().enumerate() {
-                let (code, d, m) = layout::decode_q5(wtype, &row[b * bb..(b + 1) * bb]);
-                let mut isum = 0i32;
-                for j in 0..QK {
-                    isum += i32::from(code[j]) * i32::from(a.qs[j]);
-                }
-                sum += d * a.d * isum as f32 + m * a.s;
-            }
-        }
-        WType::Q4_K | WType::Q5_K | WType::Q6_K => sum = dot_k_groups(wtype, row, acts),
-        WType::Q2_K | WType::Q3_K => sum = dot_k_row(wtype, row, acts),
+        WType::Q4_K | WType::Q5_K | WType::Q6_K => dot_k_groups(wtype, row, acts),
+        WType::Q2_K | WType::Q3_K => dot_k_row(wtype, row, acts),
         WType::F32 | WType::F16 | WType::BF16 => {
             unreachable!("float weights take f32 activations")
         }
     }
-    sum
+}
+
+/// A Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 row against 32-value activation blocks: one exact
+/// integer sum per block, then `acc = fma(isum, d · d_a, acc)` and, for the kinds with an
+/// offset `m` (`-8d`, `-16d` or the stored minimum), `acc = fma(m, s, acc)`: the steps
+/// of the SIMD kernels (`avx2::brows`), so every path gives the same bits.
+fn dot_blocks(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let bb = wtype.block_bytes();
+    let mut acc = 0.0f32;
+    for (b, a) in acts.iter().enumerate() {
+        let blk = &row[b * bb..(b + 1) * bb];
+        let (code, d, m) = layout::decode_block32(wtype, blk);
+        let mut isum = 0i32;
+        for (c, q) in code.iter().zip(&a.qs) {
+            isum += c * i32::from(*q);
+        }
+        acc = (isum as f32).mul_add(d * a.d, acc);
+        if wtype != WType::Q8_0 {
+            acc = m.mul_add(a.s, acc);
+        }
+    }
+    acc
 }
 
 /// A Q4_K, Q5_K or Q6_K row against 32-value activation blocks, one exact integer sum per

@@ -5,10 +5,14 @@
 
 use std::arch::x86_64::*;
 
+mod attend_group;
+mod brows;
 mod gemm;
 mod kgemm;
 mod krows;
+mod lanes;
 
+pub(crate) use attend_group::attend_group;
 #[cfg(test)]
 pub(crate) use gemm::gemm_q8_on;
 pub(crate) use gemm::{gemm_f32, gemm_q8};
@@ -22,7 +26,7 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Whether this CPU has the AVX-512 subsets `gemm::gemm_kind_wide` and [`attend_block_wide`]
+/// Whether this CPU has the AVX-512 subsets `brows::bgemm_wide` and [`attend_block_wide`]
 /// are built for. CPUs with AVX-512 but no VNNI (the first AVX-512 generation) take the
 /// AVX2 build. Asked once per attention block and head, so the answer is kept in one
 /// flag rather than re-read as four feature queries.

@@ -43,17 +43,14 @@ fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Ve
     (weights, xq)
 }
 
-/// The bits of `n_tokens` × `rows` outputs of one build.
-///
-/// # Safety
-/// AVX2/FMA/F16C must be present, and AVX-512F/VL/BW/VNNI when `wide`.
-unsafe fn product(
-    wide: bool,
+/// The bits of the `n_tokens` × `rows` outputs `run` writes through the pointer it is
+/// given for the matrix it is given.
+fn bits_of(
     (wtype, bytes): &(WType, Vec<u8>),
     rows: usize,
     cols: usize,
-    acts: &[BlockQ8],
     n_tokens: usize,
+    run: impl FnOnce(RowsRef<'_>, OutPtr),
 ) -> Vec<u32> {
     let w = RowsRef {
         wtype: *wtype,
@@ -62,15 +59,34 @@ unsafe fn product(
         cols,
     };
     let mut out = vec![0.0f32; n_tokens * rows];
-    let ptr = OutPtr {
-        ptr: out.as_mut_ptr(),
-        ld: rows,
-    };
-    // SAFETY: forwarded feature contract; `out` holds n_tokens × rows and nothing
-    // else writes it.
-    unsafe { gemm_q8_on(wide, w, 0..rows, acts, n_tokens, ptr) };
+    run(
+        w,
+        OutPtr {
+            ptr: out.as_mut_ptr(),
+            ld: rows,
+        },
+    );
     assert!(out.iter().any(|&v| v != 0.0), "{wtype:?}: nothing computed");
     out.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The bits of `n_tokens` × `rows` outputs of one build.
+///
+/// # Safety
+/// AVX2/FMA/F16C must be present, and AVX-512F/VL/BW/VNNI when `wide`.
+unsafe fn product(
+    wide: bool,
+    w: &(WType, Vec<u8>),
+    rows: usize,
+    cols: usize,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+) -> Vec<u32> {
+    bits_of(w, rows, cols, n_tokens, |rr, ptr| {
+        // SAFETY: forwarded feature contract; the output holds n_tokens × rows and
+        // nothing else writes it.
+        unsafe { gemm_q8_on(wide, rr, 0..rows, acts, n_tokens, ptr) }
+    })
 }
 
 #[test]
@@ -216,45 +232,96 @@ fn every_token_of_a_many_token_product_gives_the_bits_of_that_token_alone() {
     }
 }
 
+/// The portable loop's bits for `n_tokens` × `rows` outputs.
+fn portable_bits(
+    w: &(WType, Vec<u8>),
+    rows: usize,
+    cols: usize,
+    acts: &[BlockQ8],
+    n_tokens: usize,
+) -> Vec<u32> {
+    bits_of(w, rows, cols, n_tokens, |rr, ptr| {
+        // SAFETY: the output holds n_tokens × rows and nothing else writes it.
+        unsafe { super::super::portable::gemm_q8(rr, 0..rows, acts, n_tokens, ptr) }
+    })
+}
+
 #[test]
-fn the_k_quant_row_panel_kernel_gives_the_portable_bits() {
+fn the_row_panel_kernels_give_the_portable_bits() {
     if crate::Isa::detect() != crate::Isa::Avx2 {
         eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
         return;
     }
-    // Row counts off the 8-row panel (13, 21, 5) and token counts off every tile width
-    // (8, 4, 2, 1), plus one token alone: the portable loop's integer sums and float
-    // steps, bit for bit, on both builds.
+    // Row counts off the 8-row panel (13, 21, 5, 11) and token counts off every tile
+    // width (8, 4, 2, 1), plus one token alone; 1280 columns take the 32-value kinds
+    // past one 32-block panel, and 75 tokens past one 64-token block: the portable
+    // loop's integer sums and float steps, bit for bit, on both builds; a lone token
+    // (alone or the 65th) takes the panel-free one-token tile.
     let builds: &[bool] = if has_avx512() {
         &[false, true]
     } else {
         &[false]
     };
-    for (rows, cols, n_tokens) in [(13, 512, 23), (21, 256, 1), (5, 768, 7), (8, 256, 16)] {
+    for (rows, cols, n_tokens) in [
+        (13, 512, 23),
+        (21, 256, 1),
+        (5, 768, 7),
+        (8, 256, 16),
+        (11, 1280, 75),
+        (3, 1280, 1),
+        (5, 256, 65),
+    ] {
         let (weights, xq) = case(rows, cols, n_tokens);
-        for w in weights
-            .iter()
-            .filter(|w| matches!(w.0, WType::Q4_K | WType::Q5_K | WType::Q6_K))
-        {
-            let rr = RowsRef {
-                wtype: w.0,
-                data: &w.1,
-                row_bytes: w.1.len() / rows,
-                cols,
-            };
-            let mut want = vec![0.0f32; n_tokens * rows];
-            let ptr = OutPtr {
-                ptr: want.as_mut_ptr(),
-                ld: rows,
-            };
-            // SAFETY: `want` holds n_tokens × rows and nothing else writes it.
-            unsafe { super::super::portable::gemm_q8(rr, 0..rows, &xq, n_tokens, ptr) };
-            let want: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
+        for w in weights.iter().filter(|w| w.0 != WType::Q3_K) {
+            let want = portable_bits(w, rows, cols, &xq, n_tokens);
             for &wide in builds {
                 // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
                 let got = unsafe { product(wide, w, rows, cols, &xq, n_tokens) };
                 assert_eq!(got, want, "{:?} wide={wide} {rows}×{cols}×{n_tokens}", w.0);
             }
         }
+    }
+}
+
+#[test]
+fn q8_0_codes_at_the_ends_of_the_byte_range_give_the_portable_bits() {
+    if crate::Isa::detect() != crate::Isa::Avx2 {
+        eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
+        return;
+    }
+    // Codes -128 and 127 against activations ±127: the largest products either way of
+    // computing a signed dot product (sign moved onto the activations, or 128 added).
+    let (rows, cols, n_tokens) = (9, 64, 3);
+    let block = |i: usize| {
+        let mut b = vec![0x00, 0x3C]; // d = 1.0 in f16
+        b.extend((0..32).map(|j| {
+            if (i + j).is_multiple_of(3) {
+                0x7F
+            } else {
+                0x80
+            }
+        }));
+        b
+    };
+    let bytes: Vec<u8> = (0..rows * cols / QK).flat_map(block).collect();
+    let mut next = uniform(0x5DEE_CE66_D1CE_4E5B);
+    let x: Vec<f32> = (0..n_tokens * cols)
+        .map(|_| if next() < 0.0 { -1.0 } else { 1.0 })
+        .collect();
+    let mut xq = vec![BlockQ8::default(); n_tokens * cols / QK];
+    for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
+        quantize_row_q8(xr, qr);
+    }
+    let w = (WType::Q8_0, bytes);
+    let want = portable_bits(&w, rows, cols, &xq, n_tokens);
+    let builds: &[bool] = if has_avx512() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &wide in builds {
+        // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
+        let got = unsafe { product(wide, &w, rows, cols, &xq, n_tokens) };
+        assert_eq!(got, want, "wide={wide}");
     }
 }
