@@ -3,7 +3,7 @@
 
 use super::super::{OutPtr, RowsRef};
 use super::*;
-use crate::quant::{BlockQ8, QK, WType, quantize_row_q8, reference};
+use crate::quant::{BlockQ8, QK, WType, quantize_row_for, reference};
 
 /// Values in [-1, 1) from a xorshift sequence started at `seed`.
 fn uniform(mut state: u64) -> impl FnMut() -> f32 {
@@ -22,8 +22,10 @@ fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Ve
     let wf: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
     let x: Vec<f32> = (0..n_tokens * cols).map(|_| next()).collect();
     let mut xq = vec![BlockQ8::default(); n_tokens * cols / QK];
+    // One scale per 256 values where the rows allow it: what the k-quants need, and
+    // valid for every other type.
     for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
-        quantize_row_q8(xr, qr);
+        quantize_row_for(WType::Q4_K, xr, qr);
     }
     let mut weights = vec![
         (WType::Q4_0, reference::quantize_q4_0(&wf)),
@@ -222,15 +224,22 @@ fn the_k_quant_row_panel_kernel_gives_the_portable_bits() {
         eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
         return;
     }
-    // Row counts off the 8-row panel (13, 21, 5) and token counts off every tile width
-    // (8, 4, 2, 1), plus one token alone: the portable loop's integer sums and float
-    // steps, bit for bit, on both builds.
+    // Row counts off the 8-row panel (13, 21, 5, 11) and token counts off every tile
+    // width (8, 4, 2, 1), plus one token alone: the portable loop's integer super-block
+    // sums and float steps, bit for bit, on both builds.
     let builds: &[bool] = if has_avx512() {
         &[false, true]
     } else {
         &[false]
     };
-    for (rows, cols, n_tokens) in [(13, 512, 23), (21, 256, 1), (5, 768, 7), (8, 256, 16)] {
+    // 67 tokens: a second block of tokens reuses the panel buffers.
+    for (rows, cols, n_tokens) in [
+        (13, 512, 23),
+        (21, 256, 1),
+        (5, 768, 7),
+        (8, 256, 16),
+        (11, 256, 67),
+    ] {
         let (weights, xq) = case(rows, cols, n_tokens);
         for w in weights
             .iter()
