@@ -48,6 +48,19 @@ fn encode(t: WType, x: &[f32]) -> Vec<u8> {
     }
 }
 
+/// `w` × the `n_tokens` rows of `x` (quantized: `xq`) on `isa`.
+fn product(
+    isa: Isa,
+    pool: &ThreadPool,
+    w: QMatrix<'_>,
+    (x, xq): (&[f32], &[BlockQ8]),
+    n_tokens: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n_tokens * w.rows()];
+    matmul_with(isa, pool, &mut [MatJob::new(w, &mut out)], x, xq, n_tokens);
+    out
+}
+
 #[test]
 fn matmul_paths_agree_and_match_dequantized_reference() {
     let pool = ThreadPool::new(2).unwrap();
@@ -104,15 +117,7 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
             }
             let mut results = Vec::new();
             for isa in Isa::available() {
-                let mut out = vec![0.0f32; n_tokens * rows];
-                matmul_with(
-                    isa,
-                    &pool,
-                    &mut [MatJob::new(w, &mut out)],
-                    &x,
-                    &xq,
-                    n_tokens,
-                );
+                let out = product(isa, &pool, w, (&x, &xq), n_tokens);
                 for (i, (o, r)) in out.iter().zip(&reference).enumerate() {
                     let tol = 1e-4 * (1.0 + r.abs()) * (cols as f64).sqrt();
                     assert!(
@@ -182,15 +187,7 @@ fn k_quant_products_stay_within_a_few_roundings_of_f64() {
         }
         let mut worst = 0.0f64;
         for isa in Isa::available() {
-            let mut out = vec![0.0f32; n_tokens * rows];
-            matmul_with(
-                isa,
-                &pool,
-                &mut [MatJob::new(w, &mut out)],
-                &x,
-                &xq,
-                n_tokens,
-            );
+            let out = product(isa, &pool, w, (&x, &xq), n_tokens);
             for r in 0..rows {
                 for tok in 0..n_tokens {
                     let (mut s, mut mag) = (0.0f64, 0.0f64);

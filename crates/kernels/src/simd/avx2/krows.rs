@@ -36,7 +36,7 @@ use crate::quant::{BlockQ8, QK, QK_K, WType};
 
 mod blocks;
 
-use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, panel_header};
+use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, headers, panel_header};
 
 /// The AVX2 build's scaled dot product: `acc` plus lane-wise `sc2 ·` (four-value dot
 /// products of u8 codes and i8 activations): maddubs, then pairs of i16 times the
@@ -187,13 +187,10 @@ macro_rules! krows_driver {
                     *a = unsafe { _mm256_loadu_si256((*blocks.add(s)).qs.as_ptr().cast()) };
                 }
                 let mut v = [_mm256_setzero_si256(); ROWS];
-                let mut d = [0.0f32; ROWS];
-                let mut ndmin = [0.0f32; ROWS];
+                // SAFETY: each row's super-block sb lies inside w.data (driver bounds).
+                let (h, d, ndmin) = unsafe { headers::<K>(&p) };
                 for r in 0..ROWS {
-                    // SAFETY: each row's super-block sb lies inside w.data (driver bounds).
-                    let h = unsafe { K::header(p[r]) };
-                    d[r] = h.d;
-                    ndmin[r] = -h.dmin;
+                    let h = &h[r];
                     let mut x = _mm256_setzero_si256();
                     if K::HAS_M {
                         // Every i16 of `sc` selects scale s: bytes 2s, 2s + 1.
@@ -245,14 +242,8 @@ macro_rules! krows_driver {
                     _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
                 let lo = _mm256_permute2x128_si256::<0x20>(h0, h1);
                 let hi = _mm256_permute2x128_si256::<0x31>(h0, h1);
-                // SAFETY: every block of a super-block holds its scale; d, ndmin hold 8.
-                let (da, d, ndmin) = unsafe {
-                    (
-                        _mm256_set1_ps((*blocks).d),
-                        _mm256_loadu_ps(d.as_ptr()),
-                        _mm256_loadu_ps(ndmin.as_ptr()),
-                    )
-                };
+                // SAFETY: every block of a super-block holds its scale.
+                let da = _mm256_set1_ps(unsafe { (*blocks).d });
                 if K::HAS_M {
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(d, da), acc);
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(ndmin, da), acc);

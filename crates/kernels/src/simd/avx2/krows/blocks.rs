@@ -49,8 +49,12 @@ pub(super) trait KRows {
     /// Whether the format has per-sub-block mins (Q4_K, Q5_K); Q6_K instead stores its
     /// codes 32 above the values.
     const HAS_M: bool;
-    /// The header of the super-block at `p`.
-    unsafe fn header(p: *const u8) -> Header;
+    /// The header of the super-block at `p` (Q4_K's layout unless overridden).
+    #[inline(always)]
+    unsafe fn header(p: *const u8) -> Header {
+        // SAFETY: p is a whole super-block (caller).
+        unsafe { header_k4(p) }
+    }
     /// The transposed codes of the super-blocks at `p[0..8]` into `panel`.
     unsafe fn decode(p: &[*const u8; ROWS], panel: &mut Panel);
     /// The 32 codes of sub-block `s` of the super-block at `p`, in value order.
@@ -137,19 +141,29 @@ fn pack16(a: __m256i, b: __m256i) -> __m256i {
     )
 }
 
+/// The headers of the super-blocks at `p[0..8]`, with their `d` and `-dmin` gathered
+/// one row to a lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn headers<K: KRows>(p: &[*const u8; ROWS]) -> ([Header; ROWS], __m256, __m256) {
+    // SAFETY: each p[r] is a whole super-block (caller).
+    let h: [Header; ROWS] = std::array::from_fn(|r| unsafe { K::header(p[r]) });
+    let d: [f32; ROWS] = std::array::from_fn(|r| h[r].d);
+    let ndmin: [f32; ROWS] = std::array::from_fn(|r| -h[r].dmin);
+    // SAFETY: eight floats each.
+    let (d, ndmin) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(ndmin.as_ptr())) };
+    (h, d, ndmin)
+}
+
 /// The integer scales, mins and `d`, `dmin` of eight rows' super-blocks into `panel`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) unsafe fn panel_header<K: KRows>(p: &[*const u8; ROWS], panel: &mut Panel) {
     let mut lo = [_mm256_setzero_si256(); ROWS];
     let mut hi = [_mm256_setzero_si256(); ROWS];
-    let mut d = [0.0f32; ROWS];
-    let mut ndmin = [0.0f32; ROWS];
-    for r in 0..ROWS {
-        // SAFETY: each p[r] is a whole super-block (caller).
-        let h = unsafe { K::header(p[r]) };
-        d[r] = h.d;
-        ndmin[r] = -h.dmin;
+    // SAFETY: forwarded (caller).
+    let (h, d, ndmin) = unsafe { headers::<K>(p) };
+    for (r, h) in h.iter().enumerate() {
         let h8 = _mm_srli_si128::<8>(h.sc);
         (lo[r], hi[r]) = if K::HAS_M {
             (_mm256_cvtepu8_epi32(h.sc), _mm256_cvtepu8_epi32(h8))
@@ -174,11 +188,8 @@ pub(super) unsafe fn panel_header<K: KRows>(p: &[*const u8; ROWS], panel: &mut P
     for g in 0..QK_K / K::GROUP {
         panel.sc2[g] = pack16(panel.sc[g], panel.sc[g]);
     }
-    // SAFETY: eight floats each.
-    unsafe {
-        panel.d = _mm256_loadu_ps(d.as_ptr());
-        panel.ndmin = _mm256_loadu_ps(ndmin.as_ptr());
-    }
+    panel.d = d;
+    panel.ndmin = ndmin;
 }
 
 /// The 32 nibbles of sub-block `s` from the 128 bytes at `qs`, in value order: 32 bytes
@@ -205,11 +216,6 @@ impl KRows for RQ4K {
     const HAS_M: bool = true;
     const GROUP: usize = 32;
     #[inline(always)]
-    unsafe fn header(p: *const u8) -> Header {
-        // SAFETY: p is a whole super-block (caller).
-        unsafe { header_k4(p) }
-    }
-    #[inline(always)]
     unsafe fn codes(p: *const u8, s: usize) -> __m256i {
         // SAFETY: p is a whole super-block (caller): qs at 16.
         unsafe { k4_nibbles(p.add(16), s) }
@@ -235,11 +241,6 @@ impl KRows for RQ5K {
     const BB: usize = 176;
     const HAS_M: bool = true;
     const GROUP: usize = 32;
-    #[inline(always)]
-    unsafe fn header(p: *const u8) -> Header {
-        // SAFETY: p is a whole super-block (caller).
-        unsafe { header_k4(p) }
-    }
     #[inline(always)]
     unsafe fn codes(p: *const u8, s: usize) -> __m256i {
         // SAFETY: p is a whole super-block (caller): qh at 16, qs at 48.
