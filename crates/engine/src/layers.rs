@@ -241,14 +241,16 @@ pub(crate) fn norm_quant(
 }
 
 /// The weight type whose activation blocks one quantization of the input serves for
-/// several matrices: theirs when they all take the same (all k-quants or none), else
-/// 32-value blocks (ggml would quantize the input once per kind).
+/// several matrices: a k-quant's (one scale per 256 values) when any of them is one,
+/// since Q4_K, Q5_K and Q6_K need that and every other type reads it too, else 32-value
+/// blocks. ggml would quantize a mixed set's input once per kind; no supported model
+/// mixes them (a k-quant needs rows of whole 256-value super-blocks, which the
+/// 32-value types are left for).
 fn acts_for(ws: &[WType]) -> WType {
-    if ws.iter().all(|w| w.is_k_quant()) {
-        ws[0]
-    } else {
-        WType::Q8_0
-    }
+    ws.iter()
+        .copied()
+        .find(|w| w.is_k_quant())
+        .unwrap_or(WType::Q8_0)
 }
 
 /// Quantizes `n` rows of width `w` of `x` into `xq` for a product with `wtype` weights.

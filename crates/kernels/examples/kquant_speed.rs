@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kernels::matmul::{MatJob, QMatrix, matmul};
 use kernels::pool::ThreadPool;
-use kernels::quant::{BlockQ8, QK, WType, quantize_row_q8, reference};
+use kernels::quant::{BlockQ8, QK, WType, quantize_row_for, reference};
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -144,7 +144,7 @@ fn main() {
         let x = values(n * cols, 7);
         let mut xq = vec![BlockQ8::default(); n * cols / QK];
         for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
-            quantize_row_q8(xr, qr);
+            quantize_row_for(t, xr, qr);
         }
         let mut out = vec![0.0f32; n * rows];
         let mut best = f64::INFINITY;

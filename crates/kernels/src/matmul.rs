@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Isa;
 use crate::pool::ThreadPool;
-use crate::quant::{BlockQ8, WType};
+use crate::quant::{BlockQ8, WType, shares_super_block_scales};
 use crate::simd::{self, OutPtr, RowsRef};
 
 /// A weight matrix in ggml layout (row-major, `rows` rows of `cols` elements), borrowed
@@ -113,11 +113,13 @@ impl SyncOut {
 /// Computes every job's product for `n_tokens` tokens of input, in parallel.
 ///
 /// `x` holds the f32 input (`n_tokens × cols`) and `xq` the same input quantized with
-/// [`crate::quant::quantize_row_q8`] (`n_tokens × cols / 32` blocks; it may be empty when
-/// no job has quantized weights). All jobs share the input, so they must share `cols`.
+/// [`crate::quant::quantize_row_for`] (`n_tokens × cols / 32` blocks; it may be empty when
+/// no job has quantized weights; Q4_K, Q5_K and Q6_K need its one scale per 256
+/// values). All jobs share the input, so they must share `cols`.
 ///
 /// # Panics
-/// On mismatched sizes: jobs with different `cols`, outputs or inputs too short.
+/// On mismatched sizes (jobs with different `cols`, outputs or inputs too short), and on
+/// Q4_K, Q5_K or Q6_K weights with activations not quantized one scale per 256 values.
 pub fn matmul(
     pool: &ThreadPool,
     jobs: &mut [MatJob<'_, '_>],
@@ -149,6 +151,13 @@ pub fn matmul_with(
             assert!(
                 xq.len() >= n_tokens * cols / 32,
                 "matmul: quantized input too short"
+            );
+            assert!(
+                !j.w.wtype.needs_super_block_acts()
+                    || shares_super_block_scales(&xq[..n_tokens * cols / 32]),
+                "matmul: {:?} weights need activations with one scale per 256 values \
+                 (quantize_row_for)",
+                j.w.wtype
             );
         } else {
             assert!(x.len() >= n_tokens * cols, "matmul: input too short");

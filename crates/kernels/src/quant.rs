@@ -15,9 +15,10 @@
 //!
 //! Activations are quantized per token into [`BlockQ8`]: 32 values, an f32 scale and
 //! the scaled sum, so that `Q4_1`'s offset term and `Q4_0`'s `-8` fold into one multiply.
-//! The k-quants use the same blocks: each 32-value activation block meets one sub-block
-//! of a super-block (two 16-value groups), so the finer activation scales cost one float
-//! multiply per 32 values and the callers keep a single activation format.
+//! The k-quants use the same blocks, eight to a super-block sharing one scale
+//! ([`quantize_row_for`], ggml's Q8_K), so that Q4_K, Q5_K and Q6_K sum a whole
+//! super-block in integers and take one float step per super-block; the callers keep a
+//! single activation format.
 
 use half::f16;
 
@@ -88,6 +89,13 @@ impl WType {
     /// Whether the matrix product quantizes activations to [`BlockQ8`] for this type.
     pub fn uses_q8_activations(self) -> bool {
         !matches!(self, WType::F32 | WType::F16 | WType::BF16)
+    }
+
+    /// Whether the product with this type reads its activations as super-blocks: eight
+    /// [`BlockQ8`] sharing one scale, as [`quantize_row_for`] writes them for it (Q4_K,
+    /// Q5_K and Q6_K, whose products sum a whole super-block in integers).
+    pub fn needs_super_block_acts(self) -> bool {
+        matches!(self, WType::Q4_K | WType::Q5_K | WType::Q6_K)
     }
 
     /// Whether this is a k-quant (256-value super-blocks, decoded by [`layout::decode_k`]).
@@ -192,6 +200,14 @@ pub fn quantize_row_for(wtype: WType, x: &[f32], out: &mut [BlockQ8]) {
             encode_q8(sub, id, d, blk);
         }
     }
+}
+
+/// Whether each run of eight blocks of `xq` (from its start) shares one scale, as
+/// [`quantize_row_for`] writes the activations of the types that
+/// [`WType::needs_super_block_acts`].
+pub fn shares_super_block_scales(xq: &[BlockQ8]) -> bool {
+    xq.chunks(QK_K / QK)
+        .all(|c| c.iter().all(|b| b.d.to_bits() == c[0].d.to_bits()))
 }
 
 /// Reads a little-endian f16 at `bytes[off..off + 2]` as f32.

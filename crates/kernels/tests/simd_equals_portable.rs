@@ -9,7 +9,7 @@ use kernels::kvquant::{self, BlockGeom, KvBlock, KvFormat};
 use kernels::matmul::{MatJob, QMatrix, matmul_with};
 use kernels::pool::ThreadPool;
 use kernels::quant::{
-    BlockQ8, WType, dequantize_row, quantize_row_q8, quantize_row_q8_with, reference,
+    BlockQ8, WType, dequantize_row, layout, quantize_row_for, quantize_row_q8_with, reference,
 };
 
 /// A small deterministic generator (splitmix64) so tests need no RNG crate.
@@ -48,6 +48,19 @@ fn encode(t: WType, x: &[f32]) -> Vec<u8> {
     }
 }
 
+/// `w` × the `n_tokens` rows of `x` (quantized: `xq`) on `isa`.
+fn product(
+    isa: Isa,
+    pool: &ThreadPool,
+    w: QMatrix<'_>,
+    (x, xq): (&[f32], &[BlockQ8]),
+    n_tokens: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n_tokens * w.rows()];
+    matmul_with(isa, pool, &mut [MatJob::new(w, &mut out)], x, xq, n_tokens);
+    out
+}
+
 #[test]
 fn matmul_paths_agree_and_match_dequantized_reference() {
     let pool = ThreadPool::new(2).unwrap();
@@ -81,7 +94,7 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
             let x = rng.vec(n_tokens * cols);
             let mut xq = vec![BlockQ8::default(); n_tokens * cols / 32];
             for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / 32)) {
-                quantize_row_q8(xr, qr);
+                quantize_row_for(t, xr, qr);
             }
             // Reference: dequantized weights × (dequantized) activations in f64.
             let mut wd = vec![0.0f32; cols];
@@ -104,15 +117,7 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
             }
             let mut results = Vec::new();
             for isa in Isa::available() {
-                let mut out = vec![0.0f32; n_tokens * rows];
-                matmul_with(
-                    isa,
-                    &pool,
-                    &mut [MatJob::new(w, &mut out)],
-                    &x,
-                    &xq,
-                    n_tokens,
-                );
+                let out = product(isa, &pool, w, (&x, &xq), n_tokens);
                 for (i, (o, r)) in out.iter().zip(&reference).enumerate() {
                     let tol = 1e-4 * (1.0 + r.abs()) * (cols as f64).sqrt();
                     assert!(
@@ -128,6 +133,78 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
                 }
             }
         }
+    }
+}
+
+#[test]
+#[should_panic(expected = "one scale per 256 values")]
+fn k_quant_weights_refuse_activations_with_a_scale_per_32_values() {
+    let pool = ThreadPool::new(1).unwrap();
+    let x = Rng(3).vec(256);
+    let bytes = reference::quantize_q4_k(&x);
+    let w = QMatrix::new(WType::Q4_K, 1, 256, &bytes).unwrap();
+    let mut xq = vec![BlockQ8::default(); 8];
+    kernels::quant::quantize_row_q8(&x, &mut xq);
+    let mut out = vec![0.0f32; 1];
+    kernels::matmul::matmul(&pool, &mut [MatJob::new(w, &mut out)], &x, &xq, 1);
+}
+
+/// Q4_K, Q5_K and Q6_K products against an f64 product of the same integer codes,
+/// scales and activations: the integer super-block sums leave three float roundings per super-block
+/// (the sum's conversion, `d · da`, the multiply-add) and the additions across
+/// super-blocks, so the error stays within a few units of the last place of the terms'
+/// magnitudes. The largest error seen is printed (`--nocapture`).
+#[test]
+fn k_quant_products_stay_within_a_few_roundings_of_f64() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut rng = Rng(11);
+    let (rows, cols, n_tokens) = (24, 2048, 3);
+    for t in [WType::Q4_K, WType::Q5_K, WType::Q6_K] {
+        let bytes = encode(t, &rng.vec(rows * cols));
+        let w = QMatrix::new(t, rows, cols, &bytes).unwrap();
+        let x = rng.vec(n_tokens * cols);
+        let mut xq = vec![BlockQ8::default(); n_tokens * cols / 32];
+        for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / 32)) {
+            quantize_row_for(t, xr, qr);
+        }
+        // Each weight exactly, as its two terms: d · sc · code and -dmin · min.
+        let bb = t.block_bytes();
+        let group = if t == WType::Q6_K { 16 } else { 32 };
+        let mut terms = vec![(0.0f64, 0.0f64); rows * cols];
+        let mut k = layout::KCodes::default();
+        for r in 0..rows {
+            for (sb, blk) in w.row(r).chunks_exact(bb).enumerate() {
+                layout::decode_k(t, blk, &mut k);
+                let ks = layout::k_scales(t, blk);
+                for i in 0..256 {
+                    let g = i / group;
+                    terms[r * cols + sb * 256 + i] = (
+                        f64::from(ks.d) * f64::from(ks.sc[g]) * f64::from(k.code[i]),
+                        -f64::from(ks.dmin) * f64::from(ks.min[i / 32 % 8]),
+                    );
+                }
+            }
+        }
+        let mut worst = 0.0f64;
+        for isa in Isa::available() {
+            let out = product(isa, &pool, w, (&x, &xq), n_tokens);
+            for r in 0..rows {
+                for tok in 0..n_tokens {
+                    let (mut s, mut mag) = (0.0f64, 0.0f64);
+                    for k in 0..cols {
+                        let b = &xq[tok * cols / 32 + k / 32];
+                        let a = f64::from(b.qs[k % 32]) * f64::from(b.d);
+                        let (c, m) = terms[r * cols + k];
+                        s += (c + m) * a;
+                        mag += (c.abs() + m.abs()) * a.abs();
+                    }
+                    let err = (f64::from(out[tok * rows + r]) - s).abs() / mag;
+                    worst = worst.max(err);
+                }
+            }
+        }
+        println!("{t:?}: largest |error| / Σ|w·a| = {worst:.2e}");
+        assert!(worst < 8.0 * f64::from(f32::EPSILON), "{t:?}: {worst:e}");
     }
 }
 

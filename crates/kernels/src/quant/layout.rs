@@ -158,6 +158,49 @@ pub fn decode_k(wtype: WType, blk: &[u8], out: &mut KCodes) {
     }
 }
 
+/// The integer scales of one Q4_K, Q5_K or Q6_K super-block, as the integer super-block
+/// product takes them: value `i` is `d · sc[g] · c[i] - dmin · min[g]`, where for Q4_K and
+/// Q5_K `g = i / 32`, `c` is the code (0..16 or 0..32) and `sc`, `min` are the 6-bit
+/// fields (0..64); for Q6_K `g = i / 16`, `c` is the code minus 32, `sc` the signed
+/// scale, and there is no min (`dmin` is 0). These are [`decode_k`]'s `scale` and `offset`
+/// before the multiplication by `d` and `dmin`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KScales {
+    pub d: f32,
+    pub dmin: f32,
+    /// Q4_K/Q5_K: entries 0..8 (one per 32 values); Q6_K: all 16 (one per 16 values).
+    pub sc: [i8; 16],
+    /// Q4_K/Q5_K: one per 32 values; Q6_K: zeros.
+    pub min: [u8; 8],
+}
+
+/// The integer scales of the Q4_K, Q5_K or Q6_K super-block `blk`.
+///
+/// # Panics
+/// If `wtype` is none of those three or `blk` is short.
+pub fn k_scales(wtype: WType, blk: &[u8]) -> KScales {
+    let mut k = KScales::default();
+    match wtype {
+        WType::Q4_K | WType::Q5_K => {
+            k.d = read_f16(blk, 0);
+            k.dmin = read_f16(blk, 2);
+            for s in 0..8 {
+                let (sc, min) = scale_min_k4(&blk[4..16], s);
+                k.sc[s] = sc as i8;
+                k.min[s] = min;
+            }
+        }
+        WType::Q6_K => {
+            k.d = read_f16(blk, 208);
+            for (o, &b) in k.sc.iter_mut().zip(&blk[192..208]) {
+                *o = b as i8;
+            }
+        }
+        _ => panic!("k_scales: {wtype:?} has no integer super-block scales"),
+    }
+    k
+}
+
 /// Decodes one `Q5_0`/`Q5_1` block: the 32 codes (0..32), the scale and the offset.
 ///
 /// # Panics

@@ -40,30 +40,45 @@ fn dot_blocks(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     acc
 }
 
-/// A Q4_K, Q5_K or Q6_K row against 32-value activation blocks, one exact integer sum per
-/// group (32 values for Q4_K/Q5_K, which scale sub-blocks, 16 for Q6_K) and then
-/// `acc = fma(isum, scale · d, acc)` and, with offsets, `acc = fma(offset, s, acc)`: the
-/// steps of the SIMD kernels (`avx2::krows`), so every path gives the same bits.
+/// A Q4_K, Q5_K or Q6_K row against super-block activations (eight blocks sharing one
+/// scale `da`, see [`crate::quant::quantize_row_for`]), one float step per super-block:
+///
+/// ```text
+/// isum = Σ_g sc[g] · Σ_{i in g} c[i] · a[i]        exact (bounds below)
+/// imin = Σ_s min[s] · Σ_{i in s} a[i]              Q4_K/Q5_K only
+/// acc  = fma(isum, d · da, acc)
+/// acc  = fma(imin, -dmin · da, acc)                Q4_K/Q5_K only
+/// ```
+///
+/// with the integer scales of [`layout::k_scales`]. The sums fit an i32 with room to
+/// spare: Q5_K's `|isum| ≤ 8 · 63 · 32 · 31 · 127 < 2^26`, Q6_K's
+/// `≤ 16 · 128 · 16 · 32 · 127 < 2^28`, `imin ≤ 8 · 63 · 32 · 127 < 2^21`. The SIMD
+/// kernels (`avx2::krows`) form the same integers (in any order, being exact) and take
+/// the same float steps, so every path gives the same bits.
 fn dot_k_groups(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     let bb = wtype.block_bytes();
     let group = if wtype == WType::Q6_K { 16 } else { 32 };
     let mut k = KCodes::default();
     let mut acc = 0.0f32;
     for (sb, a8) in acts.chunks_exact(QK_K / QK).enumerate() {
-        layout::decode_k(wtype, &row[sb * bb..(sb + 1) * bb], &mut k);
+        let blk = &row[sb * bb..(sb + 1) * bb];
+        layout::decode_k(wtype, blk, &mut k);
+        let ks = layout::k_scales(wtype, blk);
+        let a = |i: usize| i32::from(a8[i / QK].qs[i % QK]);
+        let mut isum = 0i32;
         for g in 0..QK_K / group {
-            let a = &a8[g * group / QK];
-            let off = g * group % QK;
-            let mut isum = 0i32;
-            for l in 0..group {
-                isum += i32::from(k.code[g * group + l]) * i32::from(a.qs[off + l]);
-            }
-            // decode_k gives the scale and offset per 16 values; a group of 32 has one.
-            let h = g * group / 16;
-            acc = (isum as f32).mul_add(k.scale[h] * a.d, acc);
-            if wtype != WType::Q6_K {
-                acc = k.offset[h].mul_add(a.s, acc);
-            }
+            let dot: i32 = (g * group..(g + 1) * group)
+                .map(|i| i32::from(k.code[i]) * a(i))
+                .sum();
+            isum += i32::from(ks.sc[g]) * dot;
+        }
+        let da = a8[0].d;
+        acc = (isum as f32).mul_add(ks.d * da, acc);
+        if wtype != WType::Q6_K {
+            let imin: i32 = (0..QK_K / QK)
+                .map(|s| i32::from(ks.min[s]) * (QK * s..QK * (s + 1)).map(a).sum::<i32>())
+                .sum();
+            acc = (imin as f32).mul_add(-ks.dmin * da, acc);
         }
     }
     acc

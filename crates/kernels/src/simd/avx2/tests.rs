@@ -3,7 +3,7 @@
 
 use super::super::{OutPtr, RowsRef};
 use super::*;
-use crate::quant::{BlockQ8, QK, WType, quantize_row_q8, reference};
+use crate::quant::{BlockQ8, QK, WType, quantize_row_for, reference};
 
 /// Values in [-1, 1) from a xorshift sequence started at `seed`.
 fn uniform(mut state: u64) -> impl FnMut() -> f32 {
@@ -22,8 +22,10 @@ fn case(rows: usize, cols: usize, n_tokens: usize) -> (Vec<(WType, Vec<u8>)>, Ve
     let wf: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
     let x: Vec<f32> = (0..n_tokens * cols).map(|_| next()).collect();
     let mut xq = vec![BlockQ8::default(); n_tokens * cols / QK];
+    // One scale per 256 values where the rows allow it: what the k-quants need, and
+    // valid for every other type.
     for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
-        quantize_row_q8(xr, qr);
+        quantize_row_for(WType::Q4_K, xr, qr);
     }
     let mut weights = vec![
         (WType::Q4_0, reference::quantize_q4_0(&wf)),
@@ -254,9 +256,10 @@ fn the_row_panel_kernels_give_the_portable_bits() {
     }
     // Row counts off the 8-row panel (13, 21, 5, 11) and token counts off every tile
     // width (8, 4, 2, 1), plus one token alone; 1280 columns take the 32-value kinds
-    // past one 32-block panel, and 75 tokens past one 64-token block: the portable
-    // loop's integer sums and float steps, bit for bit, on both builds; a lone token
-    // (alone or the 65th) takes the panel-free one-token tile.
+    // past one 32-block panel, and 67 and 75 tokens past one 64-token block (a second
+    // block reuses the panel buffers): the portable loop's integer (super-)block sums
+    // and float steps, bit for bit, on both builds; a lone token (alone or the 65th)
+    // takes the panel-free one-token tile.
     let builds: &[bool] = if has_avx512() {
         &[false, true]
     } else {
@@ -270,6 +273,7 @@ fn the_row_panel_kernels_give_the_portable_bits() {
         (11, 1280, 75),
         (3, 1280, 1),
         (5, 256, 65),
+        (11, 256, 67),
     ] {
         let (weights, xq) = case(rows, cols, n_tokens);
         for w in weights.iter().filter(|w| w.0 != WType::Q3_K) {
@@ -310,7 +314,7 @@ fn q8_0_codes_at_the_ends_of_the_byte_range_give_the_portable_bits() {
         .collect();
     let mut xq = vec![BlockQ8::default(); n_tokens * cols / QK];
     for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / QK)) {
-        quantize_row_q8(xr, qr);
+        quantize_row_for(WType::Q8_0, xr, qr);
     }
     let w = (WType::Q8_0, bytes);
     let want = portable_bits(&w, rows, cols, &xq, n_tokens);
