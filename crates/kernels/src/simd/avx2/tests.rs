@@ -256,8 +256,9 @@ fn the_row_panel_kernels_give_the_portable_bits() {
     }
     // Row counts off the 8-row panel (13, 21, 5, 11) and token counts off every tile
     // width (8, 4, 2, 1), plus one token alone; 1280 columns take the 32-value kinds
-    // past one 32-block panel, and 67 and 75 tokens past one 64-token block (a second
-    // block reuses the panel buffers): the portable loop's integer (super-)block sums
+    // past one 32-block panel, and 67, 75 and 131 tokens past one token block (64
+    // tokens for the 32-value kinds, 128 for the k-quants; a second block reuses the
+    // panel buffers): the portable loop's integer (super-)block sums
     // and float steps, bit for bit, on both builds; a lone token (alone or the 65th)
     // takes the panel-free one-token tile.
     let builds: &[bool] = if has_avx512() {
@@ -274,6 +275,7 @@ fn the_row_panel_kernels_give_the_portable_bits() {
         (3, 1280, 1),
         (5, 256, 65),
         (11, 256, 67),
+        (5, 256, 131),
     ] {
         let (weights, xq) = case(rows, cols, n_tokens);
         for w in weights.iter().filter(|w| w.0 != WType::Q3_K) {
