@@ -406,25 +406,7 @@ fn monitor_live_view_in_tmux_shows_pools_and_pressure_and_quits() {
     // q and Ctrl-C (raw mode delivers it as a key) both quit and restore the terminal.
     for (tag, key) in [("q", "q"), ("ctrl-c", "C-c")] {
         let tmux = Tmux::new(tmux_bin.clone(), tag);
-        // The shell prints the exit status on the normal screen once the view has left
-        // the alternate one, and keeps the pane open to be captured.
-        let shell = format!("'{BIN}' monitor; echo llmem-exit=$?; sleep 60");
-        let out = tmux.cmd(&[
-            "new-session",
-            "-d",
-            "-s",
-            "m",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &shell,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tmux.start_llmem("monitor");
 
         std::thread::sleep(Duration::from_secs(2));
         let (shown, screen) = tmux.wait_for(Duration::from_secs(10), |s| {

@@ -663,24 +663,7 @@ fn monitor_attach_live_view_in_tmux_follows_the_server_and_quits() {
     let s = serve(&model, &["--ctx", "2048"]);
     let url = format!("http://{}", s.addr);
     let tmux = Tmux::new(tmux_bin, "attach");
-    let shell =
-        format!("'{BIN}' monitor --attach {url} --interval-ms 200; echo llmem-exit=$?; sleep 60");
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "m",
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &shell,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.start_llmem(&format!("monitor --attach {url} --interval-ms 200"));
     let (shown, screen) = tmux.wait_for(Duration::from_secs(15), |s| {
         s.contains("attached to") && s.contains("0 running") && s.contains("q quits")
     });

@@ -328,6 +328,29 @@ impl Tmux {
             .expect("run tmux")
     }
 
+    /// Runs `llmem ARGS` in a detached 80×24 session "m"; the shell then prints
+    /// `llmem-exit=STATUS` on the normal screen (once a view has left the alternate one)
+    /// and keeps the pane open to be captured.
+    pub fn start_llmem(&self, args: &str) {
+        let shell = format!("'{BIN}' {args}; echo llmem-exit=$?; sleep 60");
+        let out = self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "m",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &shell,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn capture(&self) -> String {
         stdout_of(&self.cmd(&["capture-pane", "-p", "-t", "m"]))
     }
