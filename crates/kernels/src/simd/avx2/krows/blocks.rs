@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::super::gemm::f16x2;
+use super::super::lanes::transpose8;
 use crate::quant::{BlockQ8, QK, QK_K};
 
 /// Rows per tile: one per 32-bit lane of a 256-bit register.
@@ -59,38 +60,6 @@ pub(super) trait KRows {
     unsafe fn decode(p: &[*const u8; ROWS], panel: &mut Panel);
     /// The 32 codes of sub-block `s` of the super-block at `p`, in value order.
     unsafe fn codes(p: *const u8, s: usize) -> __m256i;
-}
-
-/// `v[r]` lane `j` → `out[j]` lane `r`: an 8 × 8 transpose of 32-bit lanes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
-    let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
-    let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-    let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
-    let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-    let t4 = _mm256_unpacklo_epi32(v[4], v[5]);
-    let t5 = _mm256_unpackhi_epi32(v[4], v[5]);
-    let t6 = _mm256_unpacklo_epi32(v[6], v[7]);
-    let t7 = _mm256_unpackhi_epi32(v[6], v[7]);
-    let u0 = _mm256_unpacklo_epi64(t0, t2);
-    let u1 = _mm256_unpackhi_epi64(t0, t2);
-    let u2 = _mm256_unpacklo_epi64(t1, t3);
-    let u3 = _mm256_unpackhi_epi64(t1, t3);
-    let u4 = _mm256_unpacklo_epi64(t4, t6);
-    let u5 = _mm256_unpackhi_epi64(t4, t6);
-    let u6 = _mm256_unpacklo_epi64(t5, t7);
-    let u7 = _mm256_unpackhi_epi64(t5, t7);
-    [
-        _mm256_permute2x128_si256::<0x20>(u0, u4),
-        _mm256_permute2x128_si256::<0x20>(u1, u5),
-        _mm256_permute2x128_si256::<0x20>(u2, u6),
-        _mm256_permute2x128_si256::<0x20>(u3, u7),
-        _mm256_permute2x128_si256::<0x31>(u0, u4),
-        _mm256_permute2x128_si256::<0x31>(u1, u5),
-        _mm256_permute2x128_si256::<0x31>(u2, u6),
-        _mm256_permute2x128_si256::<0x31>(u3, u7),
-    ]
 }
 
 /// The 32 bytes at `p[r] + off` of each row, transposed: lane `r` of result `j` is bytes
