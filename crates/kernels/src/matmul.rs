@@ -164,11 +164,14 @@ pub fn matmul_with(
         }
     }
     let total_rows: usize = jobs.iter().map(|j| j.w.rows).sum();
+    let tiles = jobs
+        .iter()
+        .any(|j| simd::wants_token_rows(isa, j.w.wtype, n_tokens));
     // Enough chunks for balance (≥ 8 per thread), each a multiple of 8 rows: the
-    // row-panel kernels take eight rows at a time.
+    // row-panel kernels take eight rows at a time, the tile kernels sixteen.
     let chunk = (total_rows / (pool.n_threads() * 8))
         .clamp(8, 64)
-        .next_multiple_of(8);
+        .next_multiple_of(if tiles { 16 } else { 8 });
     let mut starts = Vec::with_capacity(jobs.len());
     let mut n_chunks = 0;
     for j in jobs.iter() {
@@ -185,6 +188,87 @@ pub fn matmul_with(
         })
         .collect();
     let mats: Vec<QMatrix<'_>> = jobs.iter().map(|j| j.w).collect();
+    let run = |token_rows: Option<&[i8]>| {
+        let layout = (&starts[..], n_chunks, chunk);
+        run_chunks(
+            isa,
+            pool,
+            &mats,
+            &outs,
+            layout,
+            (x, xq, token_rows),
+            n_tokens,
+        );
+    };
+    if !tiles {
+        return run(None);
+    }
+    TOKEN_ROWS.with_borrow_mut(|buf| {
+        let len = n_tokens * cols;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let dst = SyncRows(buf.as_mut_ptr());
+        let next = AtomicUsize::new(0);
+        pool.run(|_| {
+            loop {
+                let t0 = next.fetch_add(PACK_TOKENS, Ordering::Relaxed);
+                if t0 >= n_tokens {
+                    break;
+                }
+                let t1 = (t0 + PACK_TOKENS).min(n_tokens);
+                // SAFETY: tokens t0..t1 are claimed by this thread alone, and their rows
+                // lie inside the buffer (len = n_tokens × cols).
+                let rows = unsafe {
+                    std::slice::from_raw_parts_mut(dst.get().add(t0 * cols), (t1 - t0) * cols)
+                };
+                simd::pack_token_rows(xq, cols, t0..t1, rows);
+            }
+        });
+        run(Some(&buf[..len]));
+    });
+}
+
+thread_local! {
+    /// The tile kernels' token rows (see [`token_rows_bytes`]), kept between products so
+    /// that a forward pass does not fault in fresh pages for each one.
+    static TOKEN_ROWS: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tokens per claim when packing token rows.
+const PACK_TOKENS: usize = 16;
+
+/// Bytes a thread that runs [`matmul`] keeps for the tile kernels' token rows, at most:
+/// one byte per activation value of the widest input (0 where no tile kernel runs).
+pub fn token_rows_bytes(n_tokens: usize, widest: usize) -> u64 {
+    let isa = Isa::detect();
+    let any = [WType::Q4_K, WType::Q5_K, WType::Q6_K]
+        .into_iter()
+        .any(|t| simd::wants_token_rows(isa, t, n_tokens));
+    if any { (n_tokens * widest) as u64 } else { 0 }
+}
+
+struct SyncRows(*mut i8);
+// SAFETY: threads write disjoint token ranges (claimed once from an atomic counter).
+unsafe impl Sync for SyncRows {}
+
+impl SyncRows {
+    fn get(&self) -> *mut i8 {
+        self.0
+    }
+}
+
+/// Runs the row chunks of every job on the pool: chunk `c` of `n_chunks` is rows
+/// `(c - starts[j]) · chunk..` of the job `j` it falls in.
+fn run_chunks(
+    isa: Isa,
+    pool: &ThreadPool,
+    mats: &[QMatrix<'_>],
+    outs: &[SyncOut],
+    (starts, n_chunks, chunk): (&[usize], usize, usize),
+    (x, xq, token_rows): (&[f32], &[BlockQ8], Option<&[i8]>),
+    n_tokens: usize,
+) {
     let next = AtomicUsize::new(0);
     pool.run(|_| {
         loop {
@@ -201,7 +285,7 @@ pub fn matmul_with(
             // output are written by it alone; sizes were checked above.
             unsafe {
                 if w.wtype.uses_q8_activations() {
-                    simd::gemm_q8(isa, w.rows_ref(), rows, xq, n_tokens, out);
+                    simd::gemm_q8(isa, w.rows_ref(), rows, xq, token_rows, n_tokens, out);
                 } else {
                     simd::gemm_f32(isa, w.rows_ref(), rows, x, n_tokens, out);
                 }

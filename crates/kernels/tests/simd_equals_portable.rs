@@ -131,6 +131,12 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
                 for (a, b) in o.iter().zip(&results[0]) {
                     assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{t:?}: {a} vs {b}");
                 }
+                // The k-quants form exact integers and take the same float steps on every
+                // path (row panels, AMX tiles over token rows packed by the product).
+                if matches!(t, WType::Q4_K | WType::Q5_K | WType::Q6_K) {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(o), bits(&results[0]), "{t:?} {rows}×{cols}×{n_tokens}");
+                }
             }
         }
     }

@@ -27,7 +27,37 @@ pub(crate) struct RowsRef<'a> {
     pub cols: usize,
 }
 
-/// Quantized-activation product over rows `r0..r1`, for all `n_tokens` tokens.
+/// Whether [`gemm_q8`] on `isa` reads `token_rows` for `wtype` over `n_tokens` tokens:
+/// the tile kernels take 64 values of a token at once, from its quantized values laid
+/// out in order without the blocks' scales ([`pack_token_rows`]).
+pub(crate) fn wants_token_rows(isa: crate::Isa, wtype: WType, n_tokens: usize) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx2 => avx2::wants_token_rows(wtype, n_tokens),
+        _ => {
+            let _ = (wtype, n_tokens);
+            false
+        }
+    }
+}
+
+/// Tokens `tokens` of `acts` as token rows of `cols` values each, into `out`.
+pub(crate) fn pack_token_rows(
+    acts: &[BlockQ8],
+    cols: usize,
+    tokens: std::ops::Range<usize>,
+    out: &mut [i8],
+) {
+    let nb = cols / crate::quant::QK;
+    let blocks = &acts[tokens.start * nb..tokens.end * nb];
+    for (o, b) in out.chunks_exact_mut(crate::quant::QK).zip(blocks) {
+        o.copy_from_slice(&b.qs);
+    }
+}
+
+/// Quantized-activation product over rows `r0..r1`, for all `n_tokens` tokens; where
+/// [`wants_token_rows`] says so, `token_rows` may hold the activations packed by
+/// [`pack_token_rows`] (otherwise the kernel packs its own).
 ///
 /// # Safety
 /// `out` must be valid for writes at `t * ld + r` for every token `t < n_tokens` and row
@@ -37,6 +67,7 @@ pub(crate) unsafe fn gemm_q8(
     w: RowsRef<'_>,
     rows: std::ops::Range<usize>,
     acts: &[BlockQ8],
+    token_rows: Option<&[i8]>,
     n_tokens: usize,
     out: OutPtr,
 ) {
@@ -44,7 +75,7 @@ pub(crate) unsafe fn gemm_q8(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Isa::Avx2 is only reported when AVX2, FMA and F16C are present; the
         // caller upholds the output contract.
-        crate::Isa::Avx2 => unsafe { avx2::gemm_q8(w, rows, acts, n_tokens, out) },
+        crate::Isa::Avx2 => unsafe { avx2::gemm_q8(w, rows, acts, token_rows, n_tokens, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is baseline on aarch64; the caller upholds the output contract.
         crate::Isa::Neon => unsafe { neon::gemm_q8(w, rows, acts, n_tokens, out) },

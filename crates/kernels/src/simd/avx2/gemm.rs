@@ -5,12 +5,16 @@
 use std::arch::x86_64::*;
 
 use super::super::{OutPtr, RowsRef};
+use super::amx::has_amx;
 use super::{has_avx512, hsum};
 use crate::quant::{BlockQ8, WType};
 
 /// Tokens per cache block in the prefill loop: 64 tokens of activations (≈46 KiB for a
 /// 576-wide model) stay in L2 while every row tile of the chunk streams past them.
 pub(super) const TOKEN_BLOCK: usize = 64;
+
+/// Fewest tokens the AMX tiles take (a tile holds 16; below, the row panels).
+const AMX_MIN_TOKENS: usize = 16;
 
 /// How far ahead of the current block the weight stream is prefetched.
 pub(super) const PREFETCH_BYTES: usize = 4096;
@@ -30,28 +34,79 @@ pub(crate) unsafe fn gemm_q8(
     w: RowsRef<'_>,
     rows: std::ops::Range<usize>,
     acts: &[BlockQ8],
+    token_rows: Option<&[i8]>,
     n_tokens: usize,
     out: OutPtr,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { gemm_q8_on(has_avx512(), w, rows, acts, n_tokens, out) }
+    unsafe { gemm_q8_on(Build::best(), w, rows, acts, token_rows, n_tokens, out) }
 }
 
-/// As [`gemm_q8`], on the AVX-512 build when `wide` (tests compare the two).
+/// Whether a product of `wtype` over `n_tokens` tokens reads token rows (see
+/// [`super::super::pack_token_rows`]), which its caller may then pack once for every
+/// row range.
+pub(crate) fn wants_token_rows(wtype: WType, n_tokens: usize) -> bool {
+    matches!(wtype, WType::Q4_K | WType::Q5_K | WType::Q6_K)
+        && n_tokens >= AMX_MIN_TOKENS
+        && Build::best() == Build::Amx
+}
+
+/// Which build of the x86-64 kernels a product takes; every one gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Build {
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512F/VL/BW/VNNI.
+    Avx512,
+    /// The AVX-512 build, with the k-quants' prefill on AMX tiles.
+    Amx,
+}
+
+impl Build {
+    /// The fastest build this CPU (and, for AMX, its operating system) allows.
+    pub(crate) fn best() -> Build {
+        if has_amx() {
+            Build::Amx
+        } else if has_avx512() {
+            Build::Avx512
+        } else {
+            Build::Avx2
+        }
+    }
+
+    /// Every build this CPU allows (tests compare them).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Build> {
+        [Build::Avx2, Build::Avx512, Build::Amx]
+            .into_iter()
+            .filter(|&b| b == Build::Avx2 || (b == Build::Avx512 && has_avx512()) || has_amx())
+            .collect()
+    }
+}
+
+/// As [`gemm_q8`], on a chosen build (tests compare them).
 ///
 /// # Safety
-/// As [`gemm_q8`], and AVX-512F/VL/BW/VNNI must be present when `wide`.
+/// As [`gemm_q8`], and the CPU must allow `build` (see [`Build::best`]).
 pub(crate) unsafe fn gemm_q8_on(
-    wide: bool,
+    build: Build,
     w: RowsRef<'_>,
     rows: std::ops::Range<usize>,
     acts: &[BlockQ8],
+    token_rows: Option<&[i8]>,
     n_tokens: usize,
     out: OutPtr,
 ) {
-    // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F/VL/BW/VNNI.
+    let wide = build != Build::Avx2;
+    // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F/VL/BW/VNNI,
+    // AMX only where `has_amx` said so.
     unsafe {
         match (w.wtype, wide) {
+            (WType::Q4_K | WType::Q5_K | WType::Q6_K, _)
+                if build == Build::Amx && n_tokens >= AMX_MIN_TOKENS =>
+            {
+                super::krows::gemm_k_amx(w, rows, acts, token_rows, n_tokens, out)
+            }
             (WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0, _) => {
                 super::brows::gemm_b(wide, w, rows, acts, n_tokens, out)
             }

@@ -39,8 +39,13 @@ const TOKEN_BLOCK: usize = 128;
 use crate::quant::{BlockQ8, QK, QK_K, WType};
 
 mod blocks;
+mod tiles;
 
-use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, headers, panel_header};
+pub(crate) use tiles::gemm_k_amx;
+
+use blocks::{
+    KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, headers, panel_header, row_ptrs,
+};
 
 /// The AVX2 build's scaled dot product: `acc` plus lane-wise `sc2 ·` (four-value dot
 /// products of u8 codes and i8 activations): maddubs, then pairs of i16 times the
@@ -166,11 +171,7 @@ macro_rules! krows_driver {
             sums: &[[i16; 16]],
             out: *mut f32,
         ) {
-            let base = w.data.as_ptr();
-            // Rows past the range repeat row r0: computed, never stored.
-            let rowp: [*const u8; ROWS] = std::array::from_fn(|r| {
-                base.wrapping_add((r0 + if r < nr { r } else { 0 }) * w.row_bytes)
-            });
+            let rowp: [*const u8; ROWS] = row_ptrs(w, r0, nr);
             let mut acc = _mm256_setzero_ps();
             for (sb, bs) in sums.iter().enumerate() {
                 let p = rowp.map(|p| p.wrapping_add(sb * K::BB));
@@ -313,11 +314,7 @@ macro_rules! krows_driver {
                 let mut r = rows.start;
                 while r < rows.end {
                     let nr = (rows.end - r).min(ROWS);
-                    let base = w.data.as_ptr();
-                    // Rows past the range repeat row r: computed, never stored.
-                    let rowp: [*const u8; ROWS] = std::array::from_fn(|i| {
-                        base.wrapping_add((r + if i < nr { i } else { 0 }) * w.row_bytes)
-                    });
+                    let rowp: [*const u8; ROWS] = row_ptrs(&w, r, nr);
                     acc[..n].fill(_mm256_setzero_ps());
                     for sb in 0..nsb {
                         let p = rowp.map(|p| p.wrapping_add(sb * K::BB));

@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+mod amx;
 mod attend_group;
 mod brows;
 mod gemm;
@@ -14,8 +15,8 @@ mod lanes;
 
 pub(crate) use attend_group::attend_group;
 #[cfg(test)]
-pub(crate) use gemm::gemm_q8_on;
-pub(crate) use gemm::{gemm_f32, gemm_q8};
+pub(crate) use gemm::{Build, gemm_q8_on};
+pub(crate) use gemm::{gemm_f32, gemm_q8, wants_token_rows};
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]

@@ -75,9 +75,9 @@ fn bits_of(
 /// The bits of `n_tokens` × `rows` outputs of one build.
 ///
 /// # Safety
-/// AVX2/FMA/F16C must be present, and AVX-512F/VL/BW/VNNI when `wide`.
+/// AVX2/FMA/F16C must be present, and the CPU must allow `build`.
 unsafe fn product(
-    wide: bool,
+    build: Build,
     w: &(WType, Vec<u8>),
     rows: usize,
     cols: usize,
@@ -87,7 +87,7 @@ unsafe fn product(
     bits_of(w, rows, cols, n_tokens, |rr, ptr| {
         // SAFETY: forwarded feature contract; the output holds n_tokens × rows and
         // nothing else writes it.
-        unsafe { gemm_q8_on(wide, rr, 0..rows, acts, n_tokens, ptr) }
+        unsafe { gemm_q8_on(build, rr, 0..rows, acts, None, n_tokens, ptr) }
     })
 }
 
@@ -99,21 +99,17 @@ fn one_token_row_by_row_gives_the_bits_of_the_two_token_tile() {
     }
     let (rows, cols) = (9, 512);
     let (weights, xq) = case(rows, cols, 2);
-    let builds: &[bool] = if has_avx512() {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let builds = Build::available();
     for w in &weights {
-        for &wide in builds {
-            // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
+        for &build in &builds {
+            // SAFETY: AVX2/FMA/F16C checked above, the rest by `Build::available`.
             let (one, two) = unsafe {
                 (
-                    product(wide, w, rows, cols, &xq[..cols / QK], 1),
-                    product(wide, w, rows, cols, &xq, 2),
+                    product(build, w, rows, cols, &xq[..cols / QK], 1),
+                    product(build, w, rows, cols, &xq, 2),
                 )
             };
-            assert_eq!(one, two[..rows], "{:?} wide={wide}", w.0);
+            assert_eq!(one, two[..rows], "{:?} {build:?}", w.0);
         }
     }
 }
@@ -190,8 +186,8 @@ fn the_avx512_build_of_the_prefill_kernel_gives_the_avx2_build_bit_for_bit() {
             // SAFETY: AVX2/FMA/F16C and AVX-512F/VL/BW/VNNI checked above.
             let (narrow, wide) = unsafe {
                 (
-                    product(false, w, rows, cols, &xq, n_tokens),
-                    product(true, w, rows, cols, &xq, n_tokens),
+                    product(Build::Avx2, w, rows, cols, &xq, n_tokens),
+                    product(Build::Avx512, w, rows, cols, &xq, n_tokens),
                 )
             };
             assert_eq!(narrow, wide, "{:?}", w.0);
@@ -211,22 +207,18 @@ fn every_token_of_a_many_token_product_gives_the_bits_of_that_token_alone() {
     let (rows, cols, n) = (9, 256, 11);
     let (weights, xq) = case(rows, cols, n);
     let nb = cols / QK;
-    let builds: &[bool] = if has_avx512() {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let builds = Build::available();
     for w in &weights {
-        for &wide in builds {
-            // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
-            let all = unsafe { product(wide, w, rows, cols, &xq, n) };
+        for &build in &builds {
+            // SAFETY: AVX2/FMA/F16C checked above, the rest by `Build::available`.
+            let all = unsafe { product(build, w, rows, cols, &xq, n) };
             for t in 0..n {
                 // SAFETY: as above.
-                let one = unsafe { product(wide, w, rows, cols, &xq[t * nb..(t + 1) * nb], 1) };
+                let one = unsafe { product(build, w, rows, cols, &xq[t * nb..(t + 1) * nb], 1) };
                 assert_eq!(
                     one,
                     all[t * rows..(t + 1) * rows],
-                    "{:?} wide={wide} token {t}",
+                    "{:?} {build:?} token {t}",
                     w.0
                 );
             }
@@ -259,13 +251,9 @@ fn the_row_panel_kernels_give_the_portable_bits() {
     // past one 32-block panel, and 67, 75 and 131 tokens past one token block (64
     // tokens for the 32-value kinds, 128 for the k-quants; a second block reuses the
     // panel buffers): the portable loop's integer (super-)block sums
-    // and float steps, bit for bit, on both builds; a lone token (alone or the 65th)
+    // and float steps, bit for bit, on every build; a lone token (alone or the 65th)
     // takes the panel-free one-token tile.
-    let builds: &[bool] = if has_avx512() {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let builds = Build::available();
     for (rows, cols, n_tokens) in [
         (13, 512, 23),
         (21, 256, 1),
@@ -276,14 +264,17 @@ fn the_row_panel_kernels_give_the_portable_bits() {
         (5, 256, 65),
         (11, 256, 67),
         (5, 256, 131),
+        (37, 512, 17),
+        (40, 768, 150),
+        (16, 256, 300),
     ] {
         let (weights, xq) = case(rows, cols, n_tokens);
         for w in weights.iter().filter(|w| w.0 != WType::Q3_K) {
             let want = portable_bits(w, rows, cols, &xq, n_tokens);
-            for &wide in builds {
-                // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
-                let got = unsafe { product(wide, w, rows, cols, &xq, n_tokens) };
-                assert_eq!(got, want, "{:?} wide={wide} {rows}×{cols}×{n_tokens}", w.0);
+            for &build in &builds {
+                // SAFETY: AVX2/FMA/F16C checked above, the rest by `Build::available`.
+                let got = unsafe { product(build, w, rows, cols, &xq, n_tokens) };
+                assert_eq!(got, want, "{:?} {build:?} {rows}×{cols}×{n_tokens}", w.0);
             }
         }
     }
@@ -320,14 +311,10 @@ fn q8_0_codes_at_the_ends_of_the_byte_range_give_the_portable_bits() {
     }
     let w = (WType::Q8_0, bytes);
     let want = portable_bits(&w, rows, cols, &xq, n_tokens);
-    let builds: &[bool] = if has_avx512() {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    for &wide in builds {
-        // SAFETY: AVX2/FMA/F16C checked above, AVX-512 by `has_avx512`.
-        let got = unsafe { product(wide, &w, rows, cols, &xq, n_tokens) };
-        assert_eq!(got, want, "wide={wide}");
+    let builds = Build::available();
+    for &build in &builds {
+        // SAFETY: AVX2/FMA/F16C checked above, the rest by `Build::available`.
+        let got = unsafe { product(build, &w, rows, cols, &xq, n_tokens) };
+        assert_eq!(got, want, "{build:?}");
     }
 }
