@@ -171,6 +171,7 @@ impl Scratch {
         f(self.x.len() + self.xn.len() + self.q.len() + self.k.len() + self.v.len())
             + f(self.att.len() + self.gate.len() + self.up.len())
             + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
+            + kernels::matmul::token_rows_bytes(self.xq.len() * kernels::quant::QK)
             + (self.kf16.len() + self.vf16.len()) as u64 * 2
             + self
                 .rope

@@ -62,7 +62,8 @@ impl Accounts {
     }
 }
 
-/// Bytes of the per-micro-batch buffers a session allocates for `ubatch` tokens.
+/// Bytes of the per-micro-batch buffers a session allocates for `ubatch` tokens (with the
+/// token rows the tile kernels keep on the thread that runs the products).
 pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
     let (d, qd, kvd) = (
         cfg.d_model,
@@ -80,7 +81,7 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
         1
     };
     let rope = tables * ubatch * cfg.head_dim / 2 * 8;
-    (f32s * 4 + q8 + f16s + rope) as u64
+    (f32s * 4 + q8 + f16s + rope) as u64 + kernels::matmul::token_rows_bytes(ubatch * widest)
 }
 
 /// Largest attention workspace of a session (f32s): one partial row per work item; work

@@ -238,14 +238,15 @@ thread_local! {
 /// Tokens per claim when packing token rows.
 const PACK_TOKENS: usize = 16;
 
-/// Bytes a thread that runs [`matmul`] keeps for the tile kernels' token rows, at most:
-/// one byte per activation value of the widest input (0 where no tile kernel runs).
-pub fn token_rows_bytes(n_tokens: usize, widest: usize) -> u64 {
+/// Bytes a thread that runs [`matmul`] keeps for the tile kernels' token rows, at most,
+/// for inputs of up to `values` quantized activation values (tokens × widest input): one
+/// byte each where the tile kernels run on this CPU, else none.
+pub fn token_rows_bytes(values: usize) -> u64 {
     let isa = Isa::detect();
     let any = [WType::Q4_K, WType::Q5_K, WType::Q6_K]
         .into_iter()
-        .any(|t| simd::wants_token_rows(isa, t, n_tokens));
-    if any { (n_tokens * widest) as u64 } else { 0 }
+        .any(|t| simd::wants_token_rows(isa, t, usize::MAX));
+    if any { values as u64 } else { 0 }
 }
 
 struct SyncRows(*mut i8);

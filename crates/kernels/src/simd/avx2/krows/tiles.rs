@@ -29,7 +29,7 @@ use std::arch::x86_64::*;
 
 use super::super::super::{OutPtr, RowsRef};
 use super::super::amx::{TileConfig, Tiles, tile};
-use super::blocks::{KRows, Panel, RQ4K, RQ5K, RQ6K, SUBS, act_sums, panel_header, row_ptrs};
+use super::blocks::{KRows, Panel, RQ4K, RQ5K, RQ6K, SUBS, panel_header, row_ptrs};
 use crate::quant::{BlockQ8, QK, QK_K, WType};
 
 /// Tokens per tile (rows of the activation and sum tiles).
@@ -43,15 +43,8 @@ const TOKEN_BLOCK: usize = 512;
 /// Bytes of token rows a block keeps in L2 (blocks stay at 128 tokens or more).
 const ROWS_BYTES: usize = 1 << 20;
 
-/// What the float steps of one token and super-block need from its activations: the
-/// scale, and (Q4_K/Q5_K) the sub-blocks' sums as four pairs of i16.
-#[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct TokenFactors {
-    pairs: [i32; 4],
-    da: f32,
-}
-/// Most digits a scale splits into.
+/// Weight tiles per super-block step: Q4_K/Q5_K the scale's two digits and the mins,
+/// Q6_K the scale's three digits.
 const MAX_DIGITS: usize = 3;
 
 /// Values per tile instruction.
@@ -80,19 +73,15 @@ struct WeightTiles {
     b: [[[u8; 1024]; STEPS]; MAX_DIGITS],
 }
 
-/// The 16 rows' float factors and min factors, lane `r` for row `r`.
+/// The 16 rows' float factors, lane `r` for row `r`.
 #[repr(C, align(64))]
 struct Factors {
     d: [f32; RT],
     ndmin: [f32; RT],
-    /// As the row panel's `pair`: two i16, the mins of sub-blocks `2k`, `2k + 1`.
-    pair: [[i32; RT]; 4],
 }
 
 /// How a k-quant's scales split into digits of its weight tiles.
 trait Digits: KRows {
-    /// Digits per scale.
-    const DIGITS: usize;
     /// Row half `h` (rows `8h..8h + 8`) of the decoded `panel` into `w`.
     unsafe fn fold(panel: &Panel, h: usize, w: &mut WeightTiles);
 }
@@ -115,8 +104,18 @@ unsafe fn fold_unsigned(panel: &Panel, h: usize, w: &mut WeightTiles) {
         let lo = twice16(_mm256_and_si256(sc, _mm256_set1_epi32(7)));
         let hi = twice16(_mm256_srli_epi32::<3>(sc));
         let at = 64 * k + 32 * h;
+        // Sub-block j / 8's min in every byte of its row's lane (mins are below 64).
+        let k2 = j / 16;
+        let pair = panel.pair[k2];
+        let min = if (j / 8) % 2 == 0 {
+            _mm256_and_si256(pair, _mm256_set1_epi32(0xFFFF))
+        } else {
+            _mm256_srli_epi32::<16>(pair)
+        };
+        let min = _mm256_mullo_epi32(min, _mm256_set1_epi32(0x0101_0101));
         // SAFETY: at + 32 ≤ 1024.
         unsafe {
+            _mm256_store_si256(w.b[2][step].as_mut_ptr().add(at).cast(), min);
             _mm256_store_si256(
                 w.b[0][step].as_mut_ptr().add(at).cast(),
                 _mm256_mullo_epi16(panel.code[j], lo),
@@ -130,7 +129,6 @@ unsafe fn fold_unsigned(panel: &Panel, h: usize, w: &mut WeightTiles) {
 }
 
 impl Digits for RQ4K {
-    const DIGITS: usize = 2;
     #[inline(always)]
     unsafe fn fold(panel: &Panel, h: usize, w: &mut WeightTiles) {
         // SAFETY: AVX2 (caller).
@@ -139,7 +137,6 @@ impl Digits for RQ4K {
 }
 
 impl Digits for RQ5K {
-    const DIGITS: usize = 2;
     #[inline(always)]
     unsafe fn fold(panel: &Panel, h: usize, w: &mut WeightTiles) {
         // SAFETY: AVX2 (caller).
@@ -186,7 +183,6 @@ fn times_digit(q: __m256i, e: __m256i) -> __m256i {
 }
 
 impl Digits for RQ6K {
-    const DIGITS: usize = 3;
     #[inline(always)]
     unsafe fn fold(panel: &Panel, h: usize, w: &mut WeightTiles) {
         // SAFETY (whole body): AVX2 (caller); every store is inside its 1024-byte tile.
@@ -233,8 +229,8 @@ macro_rules! pass {
     };
 }
 
-pass!(pass2, dpbsud, (0, 4), (1, 5));
-pass!(pass3, dpbssd, (0, 4), (1, 5), (2, 6));
+pass!(pass_unsigned, dpbsud, (0, 4), (1, 5), (2, 6));
+pass!(pass_signed, dpbssd, (0, 4), (1, 5), (2, 6));
 
 /// The AMX prefill of Q4_K, Q5_K or Q6_K rows `rows` × `n_tokens` (16 or more), the
 /// values read from `token_rows` (all `n_tokens` packed by [`crate::simd::pack_token_rows`]) or, when
@@ -308,23 +304,15 @@ unsafe fn tgemm<K: Digits>(
     // Blocks of near-equal size, each of 16 tokens or more.
     let block = (ROWS_BYTES / w.cols).clamp(128, TOKEN_BLOCK);
     let nblk = n_tokens.div_ceil(block);
-    let mut tf = vec![TokenFactors::default(); n_tokens.div_ceil(nblk) * nsb];
+    let mut da = vec![0.0f32; n_tokens.div_ceil(nblk) * nsb];
     for k in 0..nblk {
         let (tb, te) = (k * n_tokens / nblk, (k + 1) * n_tokens / nblk);
         let n = te - tb;
         for t in 0..n {
             for sb in 0..nsb {
-                // SAFETY: token tb + t's blocks are in `acts` (asserted above).
-                let (s, da) = unsafe {
-                    let b = a.add((tb + t) * nb + sb * SUBS);
-                    (act_sums::<K>(b), (*b).d)
-                };
-                tf[t * nsb + sb] = TokenFactors {
-                    pairs: std::array::from_fn(|k| {
-                        i32::from(s[2 * k] as u16) | i32::from(s[2 * k + 1]) << 16
-                    }),
-                    da,
-                };
+                // SAFETY: token tb + t's blocks are in `acts` (asserted above); the
+                // first block of a super-block holds its scale.
+                da[t * nsb + sb] = unsafe { (*a.add((tb + t) * nb + sb * SUBS)).d };
             }
         }
         let mut r = rows.start;
@@ -351,9 +339,6 @@ unsafe fn tgemm<K: Digits>(
                         K::fold(&half, h, &mut wt);
                         _mm256_storeu_ps(f.d.as_mut_ptr().add(8 * h), half.d);
                         _mm256_storeu_ps(f.ndmin.as_mut_ptr().add(8 * h), half.ndmin);
-                        for (k, pk) in f.pair.iter_mut().enumerate() {
-                            _mm256_storeu_si256(pk.as_mut_ptr().add(8 * h).cast(), half.pair[k]);
-                        }
                     }
                 }
                 // SAFETY: 16 floats / i32 each.
@@ -363,11 +348,6 @@ unsafe fn tgemm<K: Digits>(
                         _mm512_loadu_ps(f.ndmin.as_ptr()),
                     )
                 };
-                let mut pair = [_mm512_setzero_si512(); 4];
-                for (p, f) in pair.iter_mut().zip(&f.pair) {
-                    // SAFETY: 16 i32.
-                    *p = unsafe { _mm512_loadu_si512(f.as_ptr().cast()) };
-                }
                 let mut t0 = 0;
                 while t0 < n {
                     // The last tile ends at the block's end; its first `skip` tokens
@@ -378,10 +358,10 @@ unsafe fn tgemm<K: Digits>(
                     // SAFETY: tiles loaded; tokens start..start + 16 are in the block,
                     // each with its whole row in `token_rows` (asserted by the caller).
                     unsafe {
-                        if K::DIGITS == 2 {
-                            pass2(vals, stride, &wt, &mut c);
+                        if K::HAS_M {
+                            pass_unsigned(vals, stride, &wt, &mut c);
                         } else {
-                            pass3(vals, stride, &wt, &mut c);
+                            pass_signed(vals, stride, &wt, &mut c);
                         }
                     }
                     for i in skip..TT {
@@ -391,7 +371,7 @@ unsafe fn tgemm<K: Digits>(
                         let (tot, da) = unsafe {
                             let c0 = _mm512_loadu_si512(c[0].as_ptr().add(16 * i).cast());
                             let c1 = _mm512_loadu_si512(c[1].as_ptr().add(16 * i).cast());
-                            let tot = if K::DIGITS == 2 {
+                            let tot = if K::HAS_M {
                                 _mm512_add_epi32(c0, _mm512_slli_epi32::<3>(c1))
                             } else {
                                 let c2 = _mm512_loadu_si512(c[2].as_ptr().add(16 * i).cast());
@@ -402,14 +382,11 @@ unsafe fn tgemm<K: Digits>(
                                 );
                                 _mm512_add_epi32(c0, _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x))
                             };
-                            (tot, _mm512_set1_ps(tf[t * nsb + sb].da))
+                            (tot, _mm512_set1_ps(da[t * nsb + sb]))
                         };
                         if K::HAS_M {
-                            let s = &tf[t * nsb + sb];
-                            let mut m = _mm512_setzero_si512();
-                            for (k, pk) in pair.iter().enumerate() {
-                                m = _mm512_dpwssd_epi32(m, *pk, _mm512_set1_epi32(s.pairs[k]));
-                            }
+                            // SAFETY: as above.
+                            let m = unsafe { _mm512_loadu_si512(c[2].as_ptr().add(16 * i).cast()) };
                             let x = _mm512_fmadd_ps(
                                 _mm512_cvtepi32_ps(tot),
                                 _mm512_mul_ps(d, da),
