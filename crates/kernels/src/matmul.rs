@@ -243,9 +243,7 @@ const PACK_TOKENS: usize = 16;
 /// byte each where the tile kernels run on this CPU, else none.
 pub fn token_rows_bytes(values: usize) -> u64 {
     let isa = Isa::detect();
-    let any = [WType::Q4_K, WType::Q5_K, WType::Q6_K]
-        .into_iter()
-        .any(|t| simd::wants_token_rows(isa, t, usize::MAX));
+    let any = simd::wants_token_rows(isa, WType::Q8_0, usize::MAX);
     if any { values as u64 } else { 0 }
 }
 

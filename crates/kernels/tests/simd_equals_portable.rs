@@ -131,9 +131,19 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
                 for (a, b) in o.iter().zip(&results[0]) {
                     assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{t:?}: {a} vs {b}");
                 }
-                // The k-quants form exact integers and take the same float steps on every
+                // These kinds form exact integers and take the same float steps on every
                 // path (row panels, AMX tiles over token rows packed by the product).
-                if matches!(t, WType::Q4_K | WType::Q5_K | WType::Q6_K) {
+                if matches!(
+                    t,
+                    WType::Q4_K
+                        | WType::Q5_K
+                        | WType::Q6_K
+                        | WType::Q4_0
+                        | WType::Q4_1
+                        | WType::Q5_0
+                        | WType::Q5_1
+                        | WType::Q8_0
+                ) {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(o), bits(&results[0]), "{t:?} {rows}×{cols}×{n_tokens}");
                 }

@@ -26,6 +26,10 @@
 
 use std::arch::x86_64::*;
 
+mod tiles;
+
+pub(crate) use tiles::gemm_b_amx;
+
 use super::super::{OutPtr, RowsRef};
 use super::gemm::{TOKEN_BLOCK, f16x2};
 use super::lanes::{dot_u, dot_u_vnni, pair_sums, transpose8};

@@ -46,8 +46,17 @@ pub(crate) unsafe fn gemm_q8(
 /// [`super::super::pack_token_rows`]), which its caller may then pack once for every
 /// row range.
 pub(crate) fn wants_token_rows(wtype: WType, n_tokens: usize) -> bool {
-    matches!(wtype, WType::Q4_K | WType::Q5_K | WType::Q6_K)
-        && n_tokens >= AMX_MIN_TOKENS
+    matches!(
+        wtype,
+        WType::Q4_K
+            | WType::Q5_K
+            | WType::Q6_K
+            | WType::Q4_0
+            | WType::Q4_1
+            | WType::Q5_0
+            | WType::Q5_1
+            | WType::Q8_0
+    ) && n_tokens >= AMX_MIN_TOKENS
         && Build::best() == Build::Amx
 }
 
@@ -58,7 +67,8 @@ pub(crate) enum Build {
     Avx2,
     /// AVX-512F/VL/BW/VNNI.
     Avx512,
-    /// The AVX-512 build, with the k-quants' prefill on AMX tiles.
+    /// The AVX-512 build, with the prefill of the k-quants and 32-value kinds on AMX
+    /// tiles.
     Amx,
 }
 
@@ -106,6 +116,11 @@ pub(crate) unsafe fn gemm_q8_on(
                 if build == Build::Amx && n_tokens >= AMX_MIN_TOKENS =>
             {
                 super::krows::gemm_k_amx(w, rows, acts, token_rows, n_tokens, out)
+            }
+            (WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0, _)
+                if build == Build::Amx && n_tokens >= AMX_MIN_TOKENS =>
+            {
+                super::brows::gemm_b_amx(w, rows, acts, token_rows, n_tokens, out)
             }
             (WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0, _) => {
                 super::brows::gemm_b(wide, w, rows, acts, n_tokens, out)

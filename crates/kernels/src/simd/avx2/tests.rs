@@ -288,7 +288,13 @@ fn q8_0_codes_at_the_ends_of_the_byte_range_give_the_portable_bits() {
     }
     // Codes -128 and 127 against activations ±127: the largest products either way of
     // computing a signed dot product (sign moved onto the activations, or 128 added).
-    let (rows, cols, n_tokens) = (9, 64, 3);
+    // 19 tokens take the AMX tiles where the CPU has them (a signed tile product).
+    for (rows, cols, n_tokens) in [(9, 64, 3), (19, 96, 19)] {
+        q8_0_extremes(rows, cols, n_tokens);
+    }
+}
+
+fn q8_0_extremes(rows: usize, cols: usize, n_tokens: usize) {
     let block = |i: usize| {
         let mut b = vec![0x00, 0x3C]; // d = 1.0 in f16
         b.extend((0..32).map(|j| {
