@@ -55,6 +55,22 @@ impl Shape {
         }
     }
 
+    /// The judge's reply, `{"evidence": string, "score": 1..=10}`: the quoted support
+    /// comes first, so the score is given after the document has been searched for it.
+    pub fn judgement(max_evidence: usize) -> Shape {
+        Shape {
+            fields: vec![
+                (
+                    "evidence",
+                    Value::Str {
+                        max_bytes: max_evidence,
+                    },
+                ),
+                ("score", Value::Int { min: 1, max: 10 }),
+            ],
+        }
+    }
+
     /// Most bytes a valid object of this shape can take (tokens are at least one byte
     /// each, so this bounds the tokens too).
     pub fn max_bytes(&self) -> usize {
@@ -469,6 +485,16 @@ mod tests {
             assert!(!accepts(&m, bad), "{bad}");
         }
         assert!(Shape::score().max_bytes() < 40);
+        let j = Machine::new(&Shape::judgement(40));
+        for ok in [
+            r#"{"evidence": "It is licensed under MIT.", "score": 10}"#,
+            r#"{"evidence":"none","score":1}"#,
+        ] {
+            assert!(accepts(&j, ok), "{ok}");
+        }
+        for bad in [r#"{"score": 7}"#, r#"{"evidence": "x", "score": 0}"#] {
+            assert!(!accepts(&j, bad), "{bad}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ use crate::turns::Turns;
 /// Longest question and answer, in bytes (the grammar's caps).
 pub const MAX_QUESTION_BYTES: usize = 200;
 pub const MAX_ANSWER_BYTES: usize = 400;
+/// Longest quote the judge may give as evidence.
+pub const MAX_EVIDENCE_BYTES: usize = 300;
 /// Bytes a reader thread holds beside its chunks (line, paragraph and window buffers),
 /// reserved for the whole run.
 const READER_BYTES: u64 = 512 * 1024;
@@ -152,6 +154,8 @@ struct Pair {
     question: String,
     answer: String,
     score: Option<u32>,
+    /// The judge's quoted support (kept for the rejects file).
+    evidence: String,
     valid: bool,
     /// The question's prompt ids (a follow-up judge continues them).
     prompt: Vec<u32>,
@@ -275,7 +279,7 @@ pub fn run(
                 MAX_QUESTION_BYTES,
                 MAX_ANSWER_BYTES,
             ))),
-            judge_shape: Arc::new(Machine::new(&Shape::score())),
+            judge_shape: Arc::new(Machine::new(&Shape::judgement(MAX_EVIDENCE_BYTES))),
             vocab: generator.map(|_| Arc::new(Vocab::of(tok))),
             turns: generator.map_or_else(Turns::plain, |g| Turns::of(g.model.text())),
             stop_tokens: (0..tok.vocab_size() as u32)

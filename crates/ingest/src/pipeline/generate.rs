@@ -12,6 +12,8 @@ struct QaJson {
 #[derive(Deserialize)]
 struct ScoreJson {
     score: u32,
+    #[serde(default)]
+    evidence: String,
 }
 
 pub(super) struct Main<'a> {
@@ -220,7 +222,7 @@ impl Main<'_> {
         };
         let max_tokens = match stage {
             Stage::Gen(_) => Shape::qa(MAX_QUESTION_BYTES, MAX_ANSWER_BYTES).max_bytes(),
-            Stage::Judge(_) => Shape::score().max_bytes(),
+            Stage::Judge(_) => Shape::judgement(super::MAX_EVIDENCE_BYTES).max_bytes(),
         };
         let keep = matches!(stage, Stage::Gen(_)) && self.opts.prompts.judge_follows();
         let stop_tokens = self.stop_tokens.clone();
@@ -363,12 +365,13 @@ impl Main<'_> {
                 }
             }
             Stage::Judge(i) => {
-                let score = ok
+                let judged = ok
                     .then(|| serde_json::from_str::<ScoreJson>(&text).ok())
-                    .flatten()
-                    .map(|s| s.score);
+                    .flatten();
                 if let Some(job) = self.jobs.get_mut(&seq) {
-                    job.pairs[i as usize].score = score;
+                    let p = &mut job.pairs[i as usize];
+                    p.score = judged.as_ref().map(|s| s.score);
+                    p.evidence = judged.map(|s| s.evidence).unwrap_or_default();
                 }
                 self.release(seq, i);
             }
@@ -439,6 +442,7 @@ impl Main<'_> {
                             "question": p.question,
                             "answer": p.answer,
                             "judge_score": score,
+                            "judge_evidence": p.evidence,
                             "dropped": why,
                         });
                         serde_json::to_writer(&mut *w, &v).map_err(io::Error::from)?;
