@@ -85,6 +85,68 @@ fn greedy_chat_through_the_server_equals_the_engines_greedy_run() {
     }
 }
 
+/// `--kv-dir`: a long system prompt's blocks written by one server are found by the next
+/// one on the same directory, and the greedy answer stays the same.
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn prefixes_survive_a_restart_with_kv_dir() {
+    let Some(model) = model() else { return };
+    let dir = TempDir::new("serve-kvdir");
+    let d = dir.path().to_str().unwrap();
+    let body = serde_json::json!({
+        "messages": [
+            {"role": "system", "content": "You answer in one short sentence. ".repeat(30)},
+            {"role": "user", "content": QUESTION},
+        ],
+        "temperature": 0,
+        "max_tokens": 12,
+    });
+    let ask = |s: &Serve| {
+        let (status, _, v) = post(&s.addr, "/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let before = {
+        let s = serve(&model, &["--ctx", "512", "--kv-dir", d]);
+        let v = ask(&s);
+        // The counters reach /metrics after the step that wrote the blocks.
+        let t = Instant::now();
+        loop {
+            let (_, _, m) = http(&s.addr, "GET", "/metrics", &[], b"");
+            let m = String::from_utf8(m).unwrap();
+            let written: u64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("llmem_kv_prefix_writes_total "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            if written > 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no prefix blocks written:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        v
+    };
+    assert_eq!(
+        before["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{before}"
+    );
+    let s = serve(&model, &["--ctx", "512", "--kv-dir", d]);
+    let after = ask(&s);
+    let cached = after["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = after["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(cached > 0 && cached < prompt, "{after}");
+    assert_eq!(
+        after["choices"][0]["message"], before["choices"][0]["message"],
+        "the answer changed after the restart"
+    );
+}
+
 #[test]
 #[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn malformed_http_gets_4xx_and_the_server_keeps_serving() {

@@ -502,6 +502,8 @@ fn add_counters(into: &mut Snapshot, s: &Snapshot) {
     a.cached_tokens += b.cached_tokens;
     a.demotions += b.demotions;
     a.disk_writes += b.disk_writes;
+    a.prefix_writes += b.prefix_writes;
+    a.prefix_write_failures += b.prefix_write_failures;
     a.preemptions += b.preemptions;
     a.recomputes += b.recomputes;
     a.pressure_steps += b.pressure_steps;
