@@ -245,6 +245,7 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
         "  try: curl http://{addr}/v1/chat/completions -H 'Content-Type: application/json'{auth} \
          -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":32}}'"
     );
+    srv.loading(0);
     let loaded = match loader(0) {
         Ok(l) => l,
         Err(why) => {

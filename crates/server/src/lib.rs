@@ -84,7 +84,8 @@ pub struct Options {
     pub ledger: Option<budget::Budget>,
     /// Compute threads of the HTTP side (tokio workers).
     pub http_threads: usize,
-    /// Requests that may wait beyond the running ones (shown in the status).
+    /// Requests that may wait beyond the running ones, of each model; requests waiting
+    /// for a model to load count in it too.
     pub queue_limit: usize,
 }
 
@@ -159,6 +160,7 @@ impl Server {
             opts.keep_alive,
             opts.loader.clone(),
             opts.ledger.clone(),
+            opts.queue_limit,
         ));
         let app = Arc::new(App {
             opts,
@@ -187,6 +189,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Model `i` of [`Options::models`] is being loaded by the caller: requests for it
+    /// wait for [`Server::ready`] (counted in the queue bound) instead of loading it.
+    pub fn loading(&self, i: usize) {
+        self.app.models.set_loading(i);
     }
 
     /// Starts answering with model `i` of [`Options::models`] loaded (its keep-alive
@@ -335,7 +343,11 @@ async fn lease(app: &App, body: &Value) -> Result<Lease, ApiError> {
         let (_, failed) = app.models.health();
         return Err(models::loading_error(failed.as_deref()));
     }
-    app.models.acquire(i, keep).await
+    app.models.acquire(i, keep).await.inspect_err(|e| {
+        if e.code == Some("queue_full") {
+            app.metrics.rejected_queue.fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
 /// The id answers carry for the model a lease holds.
