@@ -394,11 +394,15 @@ fn the_openai_python_client_passes_end_to_end() {
     };
     let Some(model) = model() else { return };
     let s = serve(&model, &["--ctx", "1024", "--api-key", "sk-test"]);
+    // Tool calls need a template with tools: Qwen2.5, where it is present.
+    let tools = option_env!("LLMEM_MODEL_QWEN05")
+        .map(|q| serve(Path::new(q), &["--ctx", "1024", "--api-key", "sk-test"]));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve_openai.py");
     let out = Command::new(&py)
         .arg(&script)
         .arg(format!("http://{}", s.addr))
         .arg("sk-test")
+        .args(tools.iter().map(|t| format!("http://{}", t.addr)))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
