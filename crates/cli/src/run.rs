@@ -64,16 +64,8 @@ pub struct RunArgs {
     /// then 4-bit, then 2-bit) or tiered-4bit (never below 4-bit).
     #[arg(long, default_value = "f16", value_parser = crate::plan::kv_type_parser())]
     pub kv_type: kvcache::KvType,
-    /// Keep prompt-prefix KV blocks in this directory across runs (checksummed files,
-    /// keyed by every byte of the model and by the KV type): a later run with the same
-    /// prefix skips its prefill and answers the same. A cache: any failure of it is a
-    /// warning, never a failed run.
-    #[arg(long)]
-    pub kv_dir: Option<PathBuf>,
-    /// Most bytes of block files kept under --kv-dir (all models and types together);
-    /// the least valuable blocks go first.
-    #[arg(long, default_value = crate::kvdir::DEFAULT_MAX)]
-    pub kv_dir_max: String,
+    #[command(flatten)]
+    pub kv_dir: crate::kvdir::KvDirArgs,
     #[command(flatten)]
     pub budget: crate::plan::BudgetArgs,
 }
@@ -207,7 +199,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     {
         return Err(input(anyhow::anyhow!("--min-p must be in [0, 1]")));
     }
-    let kv_dir_max = crate::kvdir::parse_max(&a.kv_dir_max)?;
+    let kv_dir_max = crate::kvdir::parse_max(&a.kv_dir.kv_dir_max)?;
     let no_prompt = || input(anyhow::anyhow!("give --prompt TEXT or --prompt-file FILE"));
     if a.prompt.is_none() && a.prompt_file.is_none() {
         return Err(no_prompt());
@@ -283,10 +275,10 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         crate::tier::load().as_ref(),
         tm.model.digest,
     ));
-    let mut kv_dir = a
-        .kv_dir
-        .as_ref()
-        .and_then(|dir| crate::kvdir::open(&mut session, &file, dir, a.kv_type.name(), kv_dir_max));
+    let mut kv_dir =
+        a.kv_dir.kv_dir.as_ref().and_then(|dir| {
+            crate::kvdir::open(&mut session, &file, dir, a.kv_type.name(), kv_dir_max)
+        });
     let reused = session.attach_prefix(&ids)?;
     let load_s = t_load.elapsed().as_secs_f64();
 

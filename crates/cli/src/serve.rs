@@ -73,6 +73,8 @@ pub struct ServeArgs {
     pub client_timeout: u64,
     #[command(flatten)]
     pub threads: crate::threads::ThreadsArgs,
+    #[command(flatten)]
+    pub kv_dir: crate::kvdir::KvDirArgs,
 }
 
 fn parse_keep_alive(s: &str) -> Result<server::KeepAlive, String> {
@@ -119,6 +121,7 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
     limits::count("--queue", a.queue, 0, 1 << 20)?;
     limits::count("--client-timeout", a.client_timeout as usize, 1, 3600)?;
     let threads = a.threads.resolve();
+    let kv_dir_max = crate::kvdir::parse_max(&a.kv_dir.kv_dir_max)?;
     let limit = crate::fit::Limit::of(&a.budget)?;
     let mut models = Vec::new();
     for arg in &a.model {
@@ -185,10 +188,18 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
             .map(|(n, (f, _))| (n.path.clone(), f.cfg.clone()))
             .collect();
         let accounts = accounts.clone();
-        let (ctx, parallel, queue, kv) = (a.ctx, a.parallel, a.queue, a.kv_type);
+        let opts = LoadOpts {
+            ctx: a.ctx,
+            parallel: a.parallel,
+            queue: a.queue,
+            kv: a.kv_type,
+            threads,
+            kv_dir: a.kv_dir.kv_dir.clone(),
+            kv_dir_max,
+        };
         let l: server::Loader = Arc::new(move |i: usize| {
             let (path, cfg) = &files[i];
-            load(path, cfg, &accounts, (ctx, parallel, queue, kv, threads)).map_err(|e| match e {
+            load(path, cfg, &accounts, &opts).map_err(|e| match e {
                 CliError::Input(e) | CliError::Runtime(e) => e.to_string(),
             })
         });
@@ -234,6 +245,7 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
         "  try: curl http://{addr}/v1/chat/completions -H 'Content-Type: application/json'{auth} \
          -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":32}}'"
     );
+    srv.loading(0);
     let loaded = match loader(0) {
         Ok(l) => l,
         Err(why) => {
@@ -263,23 +275,41 @@ pub fn run(a: &ServeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// How every model is served.
+struct LoadOpts {
+    ctx: usize,
+    parallel: usize,
+    queue: usize,
+    kv: KvType,
+    threads: usize,
+    kv_dir: Option<PathBuf>,
+    kv_dir_max: u64,
+}
+
 /// Loads one model under `accounts` and starts its scheduler, with what a request refused
 /// for its size is told would fit.
 fn load(
     path: &Path,
     cfg: &engine::config::ModelConfig,
     accounts: &engine::memory::Accounts,
-    (ctx, parallel, queue, kv, threads): (usize, usize, usize, KvType, usize),
+    o: &LoadOpts,
 ) -> Result<server::Loaded, CliError> {
+    let (ctx, parallel, kv) = (o.ctx, o.parallel, o.kv);
     let model = SharedModel::load(path, accounts)
         .map_err(|e| input(anyhow::anyhow!("cannot load {}: {e}", path.display())))?;
     let batch = BatchConfig {
         kv_mix: kv.mix(),
-        ..BatchConfig::new(ctx, parallel, threads)
+        ..BatchConfig::new(ctx, parallel, o.threads)
     };
+    // Each model's prefixes in a directory of their own under --kv-dir (the store's name
+    // covers the model's bytes, the KV type and the evaluation).
+    let prefix_store = o.kv_dir.as_deref().and_then(|dir| {
+        crate::kvdir::open_prefix_store(&batch, model.file(), dir, kv.name(), o.kv_dir_max)
+    });
     let sched = SchedConfig {
         max_running: parallel,
-        queue_cap: queue,
+        queue_cap: o.queue,
+        prefix_store,
         ..SchedConfig::default()
     };
     let svc = Arc::new(Service::start(model, batch, sched, accounts.clone())?);

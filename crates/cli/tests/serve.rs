@@ -3,137 +3,9 @@
 //! the server keeps serving, and the real `openai` Python client passes its checks.
 
 mod common_cli;
+mod common_serve;
 use common_cli::*;
-
-/// A running `llmem serve`, killed on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(model: &Path, extra: &[&str]) -> Serve {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--model")
-        .arg(model)
-        .args(["--port", "0", "--threads", "2"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start llmem serve");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    // Keep reading stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = out.read_to_string(&mut sink);
-    });
-    let s = Serve { child, addr };
-    let t = Instant::now();
-    loop {
-        let (status, _, _) = http(&s.addr, "GET", "/health", &[], b"");
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "health while loading");
-        assert!(t.elapsed() < Duration::from_secs(60), "never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    s
-}
-
-/// One HTTP/1.1 exchange on a fresh connection: status, head, body.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let _ = s.write_all(body);
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let Some((head, _)) = text.split_once("\r\n\r\n") else {
-        return (0, text, Vec::new());
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body_at = head.len() + 4;
-    let mut body = buf[body_at..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, head.to_string(), body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 4 + n..];
-    }
-}
-
-fn post(addr: &str, path: &str, body: &Value) -> (u16, String, Value) {
-    let (s, h, b) = http(
-        addr,
-        "POST",
-        path,
-        &["Content-Type: application/json"],
-        body.to_string().as_bytes(),
-    );
-    (s, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-fn is_error_shape(v: &Value) -> bool {
-    let e = &v["error"];
-    e["message"].is_string()
-        && e["type"].is_string()
-        && e.as_object()
-            .is_some_and(|o| o.contains_key("param") && o.contains_key("code"))
-}
+use common_serve::*;
 
 const QUESTION: &str = "What is the capital of France?";
 
@@ -211,6 +83,68 @@ fn greedy_chat_through_the_server_equals_the_engines_greedy_run() {
             attached = Some(a);
         }
     }
+}
+
+/// `--kv-dir`: a long system prompt's blocks written by one server are found by the next
+/// one on the same directory, and the greedy answer stays the same.
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn prefixes_survive_a_restart_with_kv_dir() {
+    let Some(model) = model() else { return };
+    let dir = TempDir::new("serve-kvdir");
+    let d = dir.path().to_str().unwrap();
+    let body = serde_json::json!({
+        "messages": [
+            {"role": "system", "content": "You answer in one short sentence. ".repeat(30)},
+            {"role": "user", "content": QUESTION},
+        ],
+        "temperature": 0,
+        "max_tokens": 12,
+    });
+    let ask = |s: &Serve| {
+        let (status, _, v) = post(&s.addr, "/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let before = {
+        let s = serve(&model, &["--ctx", "512", "--kv-dir", d]);
+        let v = ask(&s);
+        // The counters reach /metrics after the step that wrote the blocks.
+        let t = Instant::now();
+        loop {
+            let (_, _, m) = http(&s.addr, "GET", "/metrics", &[], b"");
+            let m = String::from_utf8(m).unwrap();
+            let written: u64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("llmem_kv_prefix_writes_total "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            if written > 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no prefix blocks written:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        v
+    };
+    assert_eq!(
+        before["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{before}"
+    );
+    let s = serve(&model, &["--ctx", "512", "--kv-dir", d]);
+    let after = ask(&s);
+    let cached = after["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = after["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(cached > 0 && cached < prompt, "{after}");
+    assert_eq!(
+        after["choices"][0]["message"], before["choices"][0]["message"],
+        "the answer changed after the restart"
+    );
 }
 
 #[test]
@@ -460,11 +394,15 @@ fn the_openai_python_client_passes_end_to_end() {
     };
     let Some(model) = model() else { return };
     let s = serve(&model, &["--ctx", "1024", "--api-key", "sk-test"]);
+    // Tool calls need a template with tools: Qwen2.5, where it is present.
+    let tools = option_env!("LLMEM_MODEL_QWEN05")
+        .map(|q| serve(Path::new(q), &["--ctx", "1024", "--api-key", "sk-test"]));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve_openai.py");
     let out = Command::new(&py)
         .arg(&script)
         .arg(format!("http://{}", s.addr))
         .arg("sk-test")
+        .args(tools.iter().map(|t| format!("http://{}", t.addr)))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -1,9 +1,10 @@
 """The real `openai` client against `llmem serve`.
 
-Usage: serve_openai.py BASE_URL API_KEY
+Usage: serve_openai.py BASE_URL API_KEY [TOOLS_BASE_URL]
 
 Each check prints one line; the script exits non-zero when any fails. Run by
-crates/cli/tests/serve.rs, which starts the server.
+crates/cli/tests/serve.rs, which starts the server (and, where Qwen2.5 is present, a
+second one on it at TOOLS_BASE_URL for the tool-call round trip).
 """
 
 import json
@@ -257,6 +258,77 @@ def embeddings_refuse_empty_and_overlong_input():
             assert e.body["param"] == "input", e.body
             continue
         raise AssertionError(f"no 400 for {str(bad)[:20]!r}")
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["location"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+@check
+def tools_are_refused_by_a_model_without_tool_support():
+    try:
+        client.chat.completions.create(model="m", messages=ASK_WEATHER, tools=[WEATHER], max_tokens=8)
+    except openai.BadRequestError as e:
+        assert "no tool support" in e.body["message"], e.body
+        return
+    raise AssertionError("no 400 for tools on a template without them")
+
+
+if len(sys.argv) > 3:
+    tools = openai.OpenAI(base_url=sys.argv[3] + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+    @check
+    def tool_call_round_trip():
+        r = tools.chat.completions.create(
+            model="m", messages=ASK_WEATHER, tools=[WEATHER], tool_choice="required",
+            temperature=0, max_tokens=128,
+        )
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls", c
+        call = c.message.tool_calls[0]
+        assert call.type == "function" and call.function.name == "get_weather", call
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+        # The call and its result go back; the model answers in text.
+        msgs = ASK_WEATHER + [
+            c.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "sunny"}'},
+        ]
+        r = tools.chat.completions.create(model="m", messages=msgs, tools=[WEATHER], temperature=0, max_tokens=32)
+        assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r
+
+    @check
+    def streamed_tool_call_accumulates():
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        calls = {}
+        finish = None
+        for chunk in tools.chat.completions.create(
+            model="m", messages=ASK_WEATHER, tools=[WEATHER], tool_choice=named,
+            temperature=0, max_tokens=128, stream=True,
+        ):
+            for ch in chunk.choices:
+                for t in ch.delta.tool_calls or []:
+                    got = calls.setdefault(t.index, {"name": "", "arguments": ""})
+                    got["name"] += t.function.name or ""
+                    got["arguments"] += t.function.arguments or ""
+                finish = ch.finish_reason or finish
+        assert finish == "tool_calls" and list(calls) == [0], (finish, calls)
+        assert calls[0]["name"] == "get_weather", calls
+        jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
 
 
 failed = [n for n, e in results if e]

@@ -207,22 +207,56 @@ impl<'m> TextModel<'m> {
     /// turn opened. Without a template: Gemma's turns or ChatML where the vocabulary has
     /// their tokens, else the messages' text as it is ([`ChatFormat::Raw`]).
     pub fn render_chat(&self, messages: &[Message]) -> Result<String, TemplateError> {
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        self.render_chat_json(&msgs, None)
+    }
+
+    /// [`TextModel::render_chat`] for messages shaped as JSON objects (OpenAI's shape:
+    /// `role`, `content`, `tool_calls`, `tool_call_id`, …) and the `tools` offered, which
+    /// only a template with tool support ([`TextModel::offers_tools`]) shows the model.
+    pub fn render_chat_json(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String, TemplateError> {
         let tmpl = match self.chat_format() {
             ChatFormat::Template => self.chat_template.as_deref().unwrap_or(CHATML),
             ChatFormat::GemmaTurns => GEMMA_TURNS,
             ChatFormat::ChatMl => CHATML,
             ChatFormat::Raw => {
-                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                let text: Vec<&str> = messages
+                    .iter()
+                    .map(|m| m["content"].as_str().unwrap_or(""))
+                    .collect();
                 return Ok(text.join("\n"));
             }
         };
+        let (bos, eos) = self.bos_eos_text();
+        chat::render_json(tmpl, messages, tools, &bos, &eos)
+    }
+
+    /// Whether the model's own chat template shows it the tools a request offers (the
+    /// formats used without a template have no tools).
+    pub fn offers_tools(&self) -> bool {
+        let (bos, eos) = self.bos_eos_text();
+        self.chat_format() == ChatFormat::Template
+            && self
+                .chat_template
+                .as_deref()
+                .is_some_and(|t| chat::offers_tools(t, &bos, &eos))
+    }
+
+    fn bos_eos_text(&self) -> (String, String) {
         let sp = self.tokenizer.special_tokens();
         let text = |id: Option<TokenId>| {
             id.and_then(|i| self.tokenizer.token_text(i))
                 .unwrap_or_default()
                 .to_string()
         };
-        chat::render(tmpl, messages, &text(sp.bos), &text(sp.eos))
+        (text(sp.bos), text(sp.eos))
     }
 
     /// Whether `id` ends generation (EOS, EOT, `<|im_end|>`, …).

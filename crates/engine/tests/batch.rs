@@ -540,7 +540,7 @@ mod prefix {
         for r in 1..SEQS {
             let s = e.seq_new();
             let p = prompt(r);
-            let n = e.seq_attach_prefix(s, &p).unwrap();
+            let n = e.seq_attach_prefix(s, &p, None).unwrap();
             assert_eq!(n, PREFIX / BT * BT, "request {r}: whole shared blocks");
             b.push_tokens(s, n, &p[n..], Logits::Last);
             last_item.push(b.len() - 1);

@@ -540,3 +540,55 @@ fn a_kept_sequence_serves_its_continuation_until_released_or_pressed_out() {
         assert_eq!(other.lock().unwrap().tokens.len(), 8);
     });
 }
+
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+#[test]
+fn a_prefix_store_gives_a_later_scheduler_the_blocks_an_earlier_one_wrote() {
+    use engine::sched::PrefixStore;
+    with_model(|tm| {
+        let ps = prompts(tm, 2);
+        let shared = long_prompt(&ps[0], &ps[1]);
+        let dir = tempfile::tempdir().unwrap();
+        let bcfg = BatchConfig::new(512, 2, THREADS);
+        // As a server on the same directory after a restart: a fresh store handle and a
+        // fresh engine each time.
+        let run = || {
+            let id = bcfg.kv_store_identity(1, 2);
+            let store = BlockStore::open(dir.path(), id, kvcache::Compression::None).unwrap();
+            let scfg = SchedConfig {
+                prefix_store: Some(PrefixStore {
+                    store: Arc::new(store),
+                    max_bytes: 1 << 30,
+                }),
+                ..SchedConfig::default()
+            };
+            run_all(
+                &tm.model,
+                &[(shared.clone(), 8)],
+                bcfg,
+                scfg,
+                &Accounts::unlimited(),
+            )
+        };
+        let (first, s1) = run();
+        let (second, s2) = run();
+        assert!(s1.prefix_writes > 0, "{s1:?}");
+        assert_eq!(s1.cached_tokens, 0, "{s1:?}");
+        // Whole blocks, short of the last token (its logits are wanted).
+        let cached = second[0].done.as_ref().unwrap().1.cached_tokens;
+        assert!(
+            cached >= 192 && cached < shared.len(),
+            "{cached} of {}",
+            shared.len()
+        );
+        assert_eq!(s2.prefix_write_failures, 0);
+        same_until_near_tie(&second[0], &first[0], 4, "after the restart");
+        // Another identity (another model, KV type or evaluation) finds nothing.
+        let other = BatchConfig {
+            n_threads: THREADS + 1,
+            ..bcfg
+        };
+        assert_ne!(other.kv_store_identity(1, 2), bcfg.kv_store_identity(1, 2));
+        assert_ne!(bcfg.kv_store_identity(1, 2), bcfg.kv_store_identity(3, 2));
+    });
+}

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::chat::{ChatMessage, Tools};
 use crate::error::ApiError;
 use crate::hook::{Hook, Rules};
 use crate::json::Grammar;
@@ -50,28 +51,7 @@ pub struct GenBody {
     pub stream_options: Option<StreamOptions>,
     pub echo: Option<bool>,
     pub tools: Option<Value>,
-}
-
-#[derive(Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<Content>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Deserialize)]
-pub struct Part {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
+    pub tool_choice: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +137,8 @@ pub struct Job {
     pub rules: Rules,
     pub stream: bool,
     pub include_usage: bool,
+    /// The tools offered to the template (chat), whose calls are read from the text.
+    pub tools: Option<Tools>,
 }
 
 fn range<T: PartialOrd + Copy + std::fmt::Display>(
@@ -178,42 +160,18 @@ impl Job {
     /// Checks `body` and tokenizes its prompt (through the chat template for chat).
     pub fn parse(kind: Kind, body: GenBody, ready: &Ready) -> Result<Job, ApiError> {
         let tm = ready.svc.model().text();
+        let mut tools = None;
         let prompts: Vec<Vec<u32>> = match kind {
             Kind::Chat => {
                 let Some(msgs) = body.messages else {
                     return Err(ApiError::invalid("messages is required").param("messages"));
                 };
-                if msgs.is_empty() {
-                    return Err(ApiError::invalid("messages must not be empty").param("messages"));
-                }
-                let mut conv = Vec::new();
-                for m in msgs {
-                    let content = match m.content {
-                        None => String::new(),
-                        Some(Content::Text(t)) => t,
-                        Some(Content::Parts(p)) => {
-                            let mut s = String::new();
-                            for part in p {
-                                if part.kind != "text" {
-                                    return Err(ApiError::invalid(format!(
-                                        "content parts of type {:?} are not supported (text only)",
-                                        part.kind
-                                    ))
-                                    .param("messages"));
-                                }
-                                s.push_str(part.text.as_deref().unwrap_or(""));
-                            }
-                            s
-                        }
-                    };
-                    conv.push(engine::chat::Message {
-                        role: m.role,
-                        content,
-                    });
-                }
-                let text = tm
-                    .render_chat(&conv)
+                let conv = crate::chat::conversation(msgs)?;
+                tools = Tools::parse(body.tools.as_ref(), body.tool_choice.as_ref(), tm)?;
+                let mut text = tm
+                    .render_chat_json(&conv, tools.as_ref().map(|t| t.offered.as_slice()))
                     .map_err(|e| ApiError::invalid(e.to_string()).param("messages"))?;
+                text.push_str(tools.as_ref().map_or("", Tools::prefill));
                 vec![tm.encode(&text)]
             }
             Kind::Completion => {
@@ -300,10 +258,19 @@ impl Job {
                 .param("logprobs"));
             }
         };
+        let forced = tools.as_ref().and_then(|t| t.forced.clone());
         let grammar = match body.response_format {
-            None => None,
+            None => forced,
+            Some(f) if f.kind == "text" => forced,
+            Some(_) if forced.is_some() => {
+                return Err(ApiError::invalid(
+                    "response_format cannot be combined with a forced tool call (tool_choice \
+                     \"required\" or a named function): the call's arguments follow the \
+                     function's parameters",
+                )
+                .param("response_format"));
+            }
             Some(f) => match f.kind.as_str() {
-                "text" => None,
                 "json_object" => Some(Arc::new(Grammar::any_object())),
                 "json_schema" => {
                     let schema = f.json_schema.and_then(|s| s.schema).ok_or_else(|| {
@@ -328,15 +295,15 @@ impl Job {
             let least = g.start().closing(g).len();
             if max < least {
                 return Err(ApiError::invalid(format!(
-                    "max_tokens {max} is fewer than the {least} the shortest document of this                      response_format may need; raise it so the output always parses"
+                    "max_tokens {max} is fewer than the {least} the shortest output of this \
+                     response_format (or forced tool call) may need; raise it so the output \
+                     always parses"
                 ))
                 .param("max_tokens"));
             }
         }
-        if body.tools.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(
-                ApiError::invalid("tools are not supported by this server yet").param("tools"),
-            );
+        if kind == Kind::Completion && body.tools.as_ref().is_some_and(|t| !t.is_null()) {
+            return Err(ApiError::invalid("tools are for chat completions").param("tools"));
         }
         if body.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported").param("echo"));
@@ -368,6 +335,7 @@ impl Job {
             },
             stream: body.stream.unwrap_or(false),
             include_usage: body.stream_options.is_some_and(|o| o.include_usage),
+            tools,
         })
     }
 }

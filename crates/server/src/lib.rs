@@ -17,6 +17,7 @@
 //! body (slow clients are closed), and a body-size cap (413). Nothing a client sends ends
 //! the server.
 
+mod chat;
 pub mod client;
 mod embed;
 mod error;
@@ -25,6 +26,7 @@ mod hook;
 pub mod json;
 mod metrics;
 pub mod models;
+mod sse;
 mod stop;
 
 use std::convert::Infallible;
@@ -82,7 +84,8 @@ pub struct Options {
     pub ledger: Option<budget::Budget>,
     /// Compute threads of the HTTP side (tokio workers).
     pub http_threads: usize,
-    /// Requests that may wait beyond the running ones (shown in the status).
+    /// Requests that may wait beyond the running ones, of each model; requests waiting
+    /// for a model to load count in it too.
     pub queue_limit: usize,
 }
 
@@ -157,6 +160,7 @@ impl Server {
             opts.keep_alive,
             opts.loader.clone(),
             opts.ledger.clone(),
+            opts.queue_limit,
         ));
         let app = Arc::new(App {
             opts,
@@ -185,6 +189,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Model `i` of [`Options::models`] is being loaded by the caller: requests for it
+    /// wait for [`Server::ready`] (counted in the queue bound) instead of loading it.
+    pub fn loading(&self, i: usize) {
+        self.app.models.set_loading(i);
     }
 
     /// Starts answering with model `i` of [`Options::models`] loaded (its keep-alive
@@ -279,7 +289,7 @@ impl hyper::body::Body for SseBody {
     }
 }
 
-fn now_s() -> u64 {
+pub(crate) fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -333,7 +343,11 @@ async fn lease(app: &App, body: &Value) -> Result<Lease, ApiError> {
         let (_, failed) = app.models.health();
         return Err(models::loading_error(failed.as_deref()));
     }
-    app.models.acquire(i, keep).await
+    app.models.acquire(i, keep).await.inspect_err(|e| {
+        if e.code == Some("queue_full") {
+            app.metrics.rejected_queue.fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
 /// The id answers carry for the model a lease holds.
@@ -569,7 +583,7 @@ async fn generate(
         let app2 = app.clone();
         tokio::spawn(async move {
             let r = &*lease.ready;
-            stream(&app2, r, &model, &job, running, &id, tx, arrived).await;
+            sse::stream(&app2, r, &model, &job, running, &id, tx, arrived).await;
             drop(lease);
         });
         let mut resp = Response::new(SseBody(rx).boxed());
@@ -608,12 +622,21 @@ async fn generate(
     let want_lp = job.top_logprobs.is_some();
     let choices: Vec<Value> = (0..choices)
         .map(|i| match kind {
-            Kind::Chat => json!({
-                "index": i,
-                "message": {"role": "assistant", "content": texts[i]},
-                "logprobs": if want_lp { json!({"content": generate::chat_lp(r, &lps[i])}) } else { Value::Null },
-                "finish_reason": reasons[i],
-            }),
+            Kind::Chat => {
+                let (message, reason) = match &job.tools {
+                    Some(t) => {
+                        let p = t.read(&texts[i]);
+                        (p.message(), p.reason(reasons[i]))
+                    }
+                    None => (json!({"role": "assistant", "content": texts[i]}), reasons[i]),
+                };
+                json!({
+                    "index": i,
+                    "message": message,
+                    "logprobs": if want_lp { json!({"content": generate::chat_lp(r, &lps[i])}) } else { Value::Null },
+                    "finish_reason": reason,
+                })
+            }
             Kind::Completion => json!({
                 "index": i,
                 "text": texts[i],
@@ -636,97 +659,14 @@ async fn generate(
     ))
 }
 
-/// Sends a request's events as server-sent events in the shape OpenAI's clients parse.
-#[allow(clippy::too_many_arguments)]
-async fn stream(
-    app: &App,
-    r: &Ready,
-    model: &str,
-    job: &Job,
-    running: generate::Running,
-    id: &str,
-    tx: mpsc::UnboundedSender<Bytes>,
-    arrived: Instant,
-) {
-    let created = now_s();
-    let usage_null = job.include_usage;
-    let chunk = |choices: Value| -> Bytes {
-        let mut v = json!({
-            "id": id,
-            "object": if job.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-            "created": created,
-            "model": model,
-            "system_fingerprint": "llmem",
-            "choices": choices,
-        });
-        if usage_null {
-            v["usage"] = Value::Null;
-        }
-        Bytes::from(format!("data: {v}\n\n"))
-    };
-    let choices = job.prompts.len() * job.n;
-    if job.kind == Kind::Chat {
-        for i in 0..choices {
-            let c = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-            if tx.send(chunk(c)).is_err() {
-                return;
-            }
-        }
-    }
-    let want_lp = job.top_logprobs.is_some();
-    let mut offsets = vec![0usize; choices];
-    let result = generate::drive(app, r, job, running, |u| {
-        let c = match u {
-            Update::Text { index, text, lps } => match job.kind {
-                Kind::Chat => json!([{
-                    "index": index,
-                    "delta": {"content": text},
-                    "logprobs": if want_lp { json!({"content": generate::chat_lp(r, &lps)}) } else { Value::Null },
-                    "finish_reason": null,
-                }]),
-                Kind::Completion => {
-                    let lp = if want_lp {
-                        generate::completion_lp(r, &lps, &mut offsets[index])
-                    } else {
-                        Value::Null
-                    };
-                    json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}])
-                }
-            },
-            Update::Finish { index, reason } => match job.kind {
-                Kind::Chat => json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]),
-                Kind::Completion => json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]),
-            },
-        };
-        tx.send(chunk(c)).is_ok()
-    })
-    .await;
-    match result {
-        Ok(totals) => {
-            log(app, id, Some(&totals), arrived, 200);
-            if job.include_usage {
-                let mut v = json!({
-                    "id": id,
-                    "object": if job.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "llmem",
-                    "choices": [],
-                });
-                v["usage"] = totals.json();
-                let _ = tx.send(Bytes::from(format!("data: {v}\n\n")));
-            }
-        }
-        Err(e) => {
-            log(app, id, None, arrived, e.status.as_u16());
-            let _ = tx.send(Bytes::from(format!("data: {}\n\n", e.body())));
-        }
-    }
-    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n"));
-}
-
 /// One line per request on stderr: id, tokens, time to first token, speed, status.
-fn log(app: &App, id: &str, t: Option<&generate::Totals>, arrived: Instant, status: u16) {
+pub(crate) fn log(
+    app: &App,
+    id: &str,
+    t: Option<&generate::Totals>,
+    arrived: Instant,
+    status: u16,
+) {
     let secs = arrived.elapsed().as_secs_f64();
     let t = t.copied().unwrap_or_default();
     let ttft = t.ttft_s.unwrap_or(0.0);

@@ -204,6 +204,18 @@ impl Metrics {
             );
             counter(
                 &mut o,
+                "llmem_kv_prefix_writes_total",
+                "Prefix blocks written to the --kv-dir store.",
+                st.prefix_writes,
+            );
+            counter(
+                &mut o,
+                "llmem_kv_prefix_write_failures_total",
+                "Writes to the --kv-dir store that failed (it is only read after one).",
+                st.prefix_write_failures,
+            );
+            counter(
+                &mut o,
                 "llmem_pressure_steps_total",
                 "Steps that found no room and walked the pressure ladder.",
                 st.pressure_steps,

@@ -100,6 +100,9 @@ pub type Loader = Arc<dyn Fn(usize) -> Result<Loaded, String> + Send + Sync>;
 struct State {
     ready: Option<Arc<Ready>>,
     loading: bool,
+    /// Requests waiting for it to load (or for room to load it), beside the one loading
+    /// it: they count against the queue bound as the scheduler's waiting requests do.
+    waiting: usize,
     /// Requests holding it.
     running: usize,
     last_used: Option<Instant>,
@@ -124,6 +127,23 @@ pub struct Models {
     keep_default: KeepAlive,
     loader: Option<Loader>,
     ledger: Option<budget::Budget>,
+    /// Most requests that may wait for one model to load (`--queue`).
+    queue_limit: usize,
+}
+
+/// A request's place among those waiting for a model to load; leaving it (dropped)
+/// frees the place.
+struct WaitSlot<'m> {
+    models: &'m Models,
+    index: usize,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut g = self.models.lock();
+        let st = &mut g.states[self.index];
+        st.waiting = st.waiting.saturating_sub(1);
+    }
 }
 
 /// A request's hold on a loaded model; dropping it starts the model's expiry.
@@ -170,6 +190,7 @@ impl Models {
         keep_default: KeepAlive,
         loader: Option<Loader>,
         ledger: Option<budget::Budget>,
+        queue_limit: usize,
     ) -> Models {
         let states = specs.iter().map(|_| State::default()).collect();
         Models {
@@ -181,6 +202,7 @@ impl Models {
             keep_default,
             loader,
             ledger,
+            queue_limit,
         }
     }
 
@@ -222,11 +244,18 @@ impl Models {
         .code("model_not_found"))
     }
 
+    /// Model `i` is being loaded outside [`Models::acquire`] (the server's start):
+    /// requests for it wait, in the queue, rather than load it again.
+    pub fn set_loading(&self, i: usize) {
+        self.lock().states[i].loading = true;
+    }
+
     /// Sets model `i` loaded (the server's start, or a test), held by nobody.
     pub fn set_loaded(&self, i: usize, l: Loaded) {
         let ready = Arc::new(Ready::of(l));
         let mut g = self.lock();
         let st = &mut g.states[i];
+        st.loading = false;
         st.ready = Some(ready);
         st.failed = None;
         st.last_used = Some(Instant::now());
@@ -238,7 +267,35 @@ impl Models {
 
     /// Model `i`'s last load failed: why.
     pub fn set_failed(&self, i: usize, why: String) {
-        self.lock().states[i].failed = Some(why);
+        let mut g = self.lock();
+        g.states[i].loading = false;
+        g.states[i].failed = Some(why);
+    }
+
+    /// A place among the requests waiting for model `i` to load; a 503 with
+    /// `Retry-After` when the queue's places are taken.
+    fn wait_slot(&self, i: usize) -> Result<WaitSlot<'_>, ApiError> {
+        let mut g = self.lock();
+        let st = &mut g.states[i];
+        if st.waiting >= self.queue_limit {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_overloaded",
+                format!(
+                    "the server is busy ({} requests are waiting for the model to load); retry \
+                     shortly",
+                    st.waiting
+                ),
+            )
+            .code("queue_full");
+            e.retry_after = Some(5);
+            return Err(e);
+        }
+        st.waiting += 1;
+        Ok(WaitSlot {
+            models: self,
+            index: i,
+        })
     }
 
     /// Whether any model is loaded, and why the first one's load failed (if it did).
@@ -270,6 +327,7 @@ impl Models {
     ) -> Result<Lease, ApiError> {
         let keep = keep.unwrap_or(self.keep_default);
         let mut waited = Duration::ZERO;
+        let mut slot = None;
         loop {
             let mut evicted = Vec::new();
             let load = {
@@ -315,6 +373,9 @@ impl Models {
             };
             if !load {
                 drop(evicted);
+                if slot.is_none() {
+                    slot = Some(self.wait_slot(i)?);
+                }
                 if waited > Duration::from_secs(600) {
                     let mut e = ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -328,6 +389,8 @@ impl Models {
                 waited += Duration::from_millis(50);
                 continue;
             }
+            // The request that loads the model waits for no one: it leaves the queue.
+            drop(slot.take());
             let Some(loader) = self.loader.clone() else {
                 self.lock().states[i].loading = false;
                 return Err(loading_error(None));
@@ -502,6 +565,8 @@ fn add_counters(into: &mut Snapshot, s: &Snapshot) {
     a.cached_tokens += b.cached_tokens;
     a.demotions += b.demotions;
     a.disk_writes += b.disk_writes;
+    a.prefix_writes += b.prefix_writes;
+    a.prefix_write_failures += b.prefix_write_failures;
     a.preemptions += b.preemptions;
     a.recomputes += b.recomputes;
     a.pressure_steps += b.pressure_steps;
@@ -578,7 +643,13 @@ mod tests {
             aliases: vec![format!("{id}-alias")],
             need_bytes: 1,
         };
-        let m = Models::new(vec![spec("a"), spec("b")], KeepAlive::Forever, None, None);
+        let m = Models::new(
+            vec![spec("a"), spec("b")],
+            KeepAlive::Forever,
+            None,
+            None,
+            4,
+        );
         assert_eq!(m.resolve(Some("b")).unwrap(), 1);
         assert_eq!(m.resolve(Some("a-alias")).unwrap(), 0);
         assert_eq!(m.resolve(None).unwrap(), 0);
@@ -588,5 +659,61 @@ mod tests {
         assert_eq!(b["error"]["code"], "model_not_found");
         assert_eq!(b["error"]["param"], "model");
         assert!(b["error"]["message"].as_str().unwrap().contains("gpt-4"));
+    }
+
+    #[test]
+    fn requests_waiting_for_a_load_count_against_the_queue_bound() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let go = Arc::new(AtomicBool::new(false));
+        let g = go.clone();
+        // A load that takes until the test says, then fails (no model is needed).
+        let loader: Loader = Arc::new(move |_| {
+            while !g.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err("no such model".into())
+        });
+        let spec = ModelSpec {
+            id: "m".into(),
+            aliases: Vec::new(),
+            need_bytes: 0,
+        };
+        let models = Arc::new(Models::new(
+            vec![spec],
+            KeepAlive::Forever,
+            Some(loader),
+            None,
+            1,
+        ));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let until = |f: &dyn Fn(&State) -> bool| {
+                let t = Instant::now();
+                while !f(&models.lock().states[0]) {
+                    assert!(t.elapsed() < Duration::from_secs(10), "never got there");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            let m = models.clone();
+            let loading = tokio::spawn(async move { m.acquire(0, None).await.map(|_| ()) });
+            until(&|s| s.loading);
+            let m = models.clone();
+            let waiting = tokio::spawn(async move { m.acquire(0, None).await.map(|_| ()) });
+            until(&|s| s.waiting == 1);
+            // The queue's one place is taken: the next request is refused at once.
+            let e = models.acquire(0, None).await.err().expect("refused");
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code, Some("queue_full"));
+            assert!(e.retry_after.is_some());
+            go.store(true, Ordering::Release);
+            let a = loading.await.unwrap().unwrap_err();
+            assert!(a.message.contains("no such model"), "{}", a.message);
+            assert!(waiting.await.unwrap().is_err());
+            assert_eq!(models.lock().states[0].waiting, 0);
+        });
     }
 }

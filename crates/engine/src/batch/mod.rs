@@ -74,6 +74,18 @@ impl BatchConfig {
             kv_blocks: None,
         }
     }
+
+    /// The disk store's directory name for blocks this configuration computes of the
+    /// model and build the digests identify (see the session's `kv_store_identity`).
+    pub fn kv_store_identity(&self, model_file_digest: u64, build_digest: u64) -> u64 {
+        crate::forward::seqs::store_identity(
+            "batch",
+            [model_file_digest, build_digest],
+            &self.kv_mix,
+            self.ubatch.clamp(1, 4096),
+            self.n_threads,
+        )
+    }
 }
 
 /// One token of one sequence in a [`Batch`].
@@ -295,9 +307,16 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     /// For an empty `seq`: attaches the cached KV of the longest prefix of `prompt` that
-    /// a live sequence has published, leaving at least its last token to decode (its
-    /// logits are wanted). Returns the tokens attached: decode `prompt[n..]` next.
-    pub fn seq_attach_prefix(&mut self, seq: SeqId, prompt: &[u32]) -> Result<usize, EvalError> {
+    /// a live sequence has published, or that `store` holds (blocks an earlier sequence
+    /// wrote with [`Engine::seq_persist`], maybe in an earlier process), leaving at least
+    /// its last token to decode (its logits are wanted). Returns the tokens attached:
+    /// decode `prompt[n..]` next.
+    pub fn seq_attach_prefix(
+        &mut self,
+        seq: SeqId,
+        prompt: &[u32],
+        store: Option<&BlockStore>,
+    ) -> Result<usize, EvalError> {
         let st = self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))?;
         if !st.tokens.is_empty() || prompt.is_empty() {
             return Ok(0);
@@ -306,11 +325,46 @@ impl<'a, 'm> Engine<'a, 'm> {
             return Ok(0);
         };
         let max = (prompt.len() - 1).min(self.cfg.n_ctx);
-        let n = self.kv.seq_attach_prefix(seq, prompt, max, &rule)?;
+        let n = match store {
+            Some(st) => self.kv.seq_attach_from_disk(seq, prompt, max, &rule, st)?,
+            None => self.kv.seq_attach_prefix(seq, prompt, max, &rule)?,
+        };
         let st = self.seqs.get_mut(&seq).expect("checked above");
         st.tokens.extend_from_slice(&prompt[..n]);
         self.debug_check();
         Ok(n)
+    }
+
+    /// Writes `seq`'s published blocks to `store` (those already there are kept if they
+    /// verify), so a later sequence with the same prefix, in this process or a later
+    /// one, attaches them instead of computing them. A write that fails (a full disk)
+    /// stops the writing and is in [`kvcache::Persisted::failure`].
+    pub fn seq_persist(
+        &mut self,
+        seq: SeqId,
+        store: &BlockStore,
+    ) -> Result<kvcache::Persisted, EvalError> {
+        let Some(rule) = self.share_rule() else {
+            return Ok(kvcache::Persisted::default());
+        };
+        Ok(self.kv.seq_persist(seq, store, rule.format)?)
+    }
+
+    /// Holds the disk store's root to `cap_bytes` of block files, least valuable first
+    /// (see [`kvcache::KvCache::trim_store`]).
+    pub fn trim_store(
+        &self,
+        store: &BlockStore,
+        cap_bytes: u64,
+    ) -> Result<kvcache::policy::Trimmed, EvalError> {
+        let siblings = store.siblings();
+        Ok(self.kv.trim_store(
+            store,
+            &siblings,
+            cap_bytes,
+            &Weights::default(),
+            &Rates::default(),
+        )?)
     }
 
     /// What a block shared between live sequences must match: the cache type's one

@@ -6,7 +6,7 @@
 //! time. All buffers are allocated when the session is created, sized for one
 //! micro-batch, so memory does not grow with the prompt except through the KV cache.
 
-mod seqs;
+pub(crate) mod seqs;
 
 use std::sync::Arc;
 

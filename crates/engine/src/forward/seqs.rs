@@ -34,7 +34,7 @@ use std::sync::Arc;
 use kernels::attention::{AttnShape, splits_keys};
 use kvcache::policy::{Decision, Rates, ReclaimStats, Trimmed};
 use kvcache::{
-    Access, BlockStore, Compression, KvError, PrefetchStats, Prefetcher, ReuseRule, SeqId,
+    Access, BlockStore, Compression, KvError, PrefetchStats, Prefetcher, ReuseRule, SeqId, TierMix,
 };
 
 use super::{BLOCK_TOKENS, EvalError, Logits, Session};
@@ -151,27 +151,13 @@ impl Session<'_, '_> {
     /// else that decides a block's bytes — the cache type, block size, micro-batch,
     /// thread count and the kernels' instruction set (see the module doc).
     pub fn kv_store_identity(&self, model_file_digest: u64, build_digest: u64) -> u64 {
-        let m = &self.cfg.kv_mix;
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(b"llmem kv blocks 1");
-        h.update(env!("CARGO_PKG_VERSION").as_bytes());
-        h.update(kernels::Isa::detect().name().as_bytes());
-        for x in [
-            model_file_digest,
-            build_digest,
-            m.sink_blocks as u64,
-            m.sink_format.bits() as u64,
-            m.hot_tokens as u64,
-            m.warm_tokens as u64,
-            m.cool_tokens as u64,
-            m.cold_format.bits() as u64,
-            BLOCK_TOKENS as u64,
-            self.cfg.ubatch as u64,
-            self.pool.n_threads() as u64,
-        ] {
-            h.update(&x.to_le_bytes());
-        }
-        h.digest()
+        store_identity(
+            "session",
+            [model_file_digest, build_digest],
+            &self.cfg.kv_mix,
+            self.cfg.ubatch,
+            self.pool.n_threads(),
+        )
     }
 
     /// What a reused block must match, or `None` when this cache type offers no reuse
@@ -420,4 +406,43 @@ fn lcm(a: usize, b: usize) -> usize {
         (x, y) = (y, x % y);
     }
     a.max(1) / x * b.max(1)
+}
+
+/// A disk store's directory name for KV blocks computed by `path` ("session" or "batch":
+/// the two evaluate in different orders, so their blocks are kept apart) of the model
+/// and build `digests` identify, in cache type `mix`, with micro-batches of `ubatch` on
+/// `n_threads` threads — everything that decides a block's bytes, with this crate's
+/// version and the kernels' instruction set.
+pub(crate) fn store_identity(
+    path: &str,
+    digests: [u64; 2],
+    mix: &TierMix,
+    ubatch: usize,
+    n_threads: usize,
+) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(b"llmem kv blocks 1");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(kernels::Isa::detect().name().as_bytes());
+    // The session's directories were named before the batched path wrote any: its tag
+    // stays out of the hash so they are found again.
+    if path != "session" {
+        h.update(path.as_bytes());
+    }
+    for x in [
+        digests[0],
+        digests[1],
+        mix.sink_blocks as u64,
+        mix.sink_format.bits() as u64,
+        mix.hot_tokens as u64,
+        mix.warm_tokens as u64,
+        mix.cool_tokens as u64,
+        mix.cold_format.bits() as u64,
+        BLOCK_TOKENS as u64,
+        ubatch as u64,
+        n_threads as u64,
+    ] {
+        h.update(&x.to_le_bytes());
+    }
+    h.digest()
 }

@@ -371,7 +371,10 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                     l.phase = Phase::Running;
                     if !l.req.prompt_logprobs && l.generated == 0 && l.cached == 0 {
                         let prompt = l.req.prompt.clone();
-                        let n = self.engine.seq_attach_prefix(seq, &prompt)?;
+                        let store = self.cfg.prefix_store.as_ref().map(|p| p.store.clone());
+                        let n = self
+                            .engine
+                            .seq_attach_prefix(seq, &prompt, store.as_deref())?;
                         let l = self.live.get_mut(&id).expect("listed");
                         l.cached = n;
                         self.stats.cached_tokens += n as u64;
@@ -571,6 +574,13 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 reason,
                 FinishReason::Stop | FinishReason::Hook | FinishReason::Length
             );
+        // A cancelled sequence's blocks are as exact as a finished one's (a stop string
+        // cancels): only a failed step leaves nothing worth keeping.
+        if let Some(seq) = l.seq
+            && !matches!(reason, FinishReason::Failed(_))
+        {
+            self.persist(seq);
+        }
         match l.seq {
             Some(seq) if keep => {
                 self.kept.insert(id, seq);
@@ -590,6 +600,35 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let _ = (l.sink)(Event::Done { reason, usage });
     }
 }
+
+impl Scheduler<'_, '_> {
+    /// Writes a finished sequence's blocks to the prefix store, if there is one that no
+    /// write has failed on yet; now and then holds the store to its size.
+    fn persist(&mut self, seq: SeqId) {
+        let Some(p) = self.cfg.prefix_store.clone() else {
+            return;
+        };
+        if self.stats.prefix_write_failures > 0 || p.store.access() != kvcache::Access::Exclusive {
+            return;
+        }
+        // A lost or unreadable block only ends what is written: the cache stays valid.
+        let Ok(done) = self.engine.seq_persist(seq, &p.store) else {
+            return;
+        };
+        if done.failure.is_some() {
+            self.stats.prefix_write_failures += 1;
+        }
+        let before = self.stats.prefix_writes / TRIM_EVERY_BLOCKS;
+        self.stats.prefix_writes += done.written as u64;
+        if self.stats.prefix_writes / TRIM_EVERY_BLOCKS != before {
+            let _ = self.engine.trim_store(&p.store, p.max_bytes);
+        }
+    }
+}
+
+/// The prefix store is trimmed to its size after every this many blocks written (listing
+/// its files each time a sequence ends would cost more than the blocks save).
+const TRIM_EVERY_BLOCKS: u64 = 64;
 
 fn is_room(e: &EvalError) -> bool {
     matches!(

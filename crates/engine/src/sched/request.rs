@@ -142,6 +142,16 @@ pub struct Pressure {
     pub store: Option<Arc<BlockStore>>,
 }
 
+/// A disk store that prefixes persist in: the restart-surviving prefix cache.
+#[derive(Clone)]
+pub struct PrefixStore {
+    /// Opened under [`BatchConfig::kv_store_identity`](crate::batch::BatchConfig::kv_store_identity)
+    /// (blocks of another model, cache type or build are never found there).
+    pub store: Arc<BlockStore>,
+    /// The store's root is held to this many bytes of block files, least valuable first.
+    pub max_bytes: u64,
+}
+
 /// Settings of a [`Scheduler`](super::Scheduler).
 #[derive(Clone)]
 pub struct SchedConfig {
@@ -154,6 +164,9 @@ pub struct SchedConfig {
     /// Most requests waiting (not yet started); more are refused.
     pub queue_cap: usize,
     pub pressure: Pressure,
+    /// Where finished sequences' blocks are written and new prompts look for their
+    /// prefix beyond the live sequences' (none: sharing stays in RAM).
+    pub prefix_store: Option<PrefixStore>,
 }
 
 impl Default for SchedConfig {
@@ -164,6 +177,7 @@ impl Default for SchedConfig {
             max_running: 64,
             queue_cap: 1024,
             pressure: Pressure::default(),
+            prefix_store: None,
         }
     }
 }
@@ -193,6 +207,10 @@ pub struct SchedStats {
     pub demotions: u64,
     /// Blocks written to disk under pressure.
     pub disk_writes: u64,
+    /// Prefix blocks written to the prefix store.
+    pub prefix_writes: u64,
+    /// Writes to the prefix store that failed (a full disk); it is only read after one.
+    pub prefix_write_failures: u64,
     /// Sequences preempted.
     pub preemptions: u64,
     /// Preempted sequences whose KV was dropped and computed again.

@@ -13,6 +13,9 @@
 //! local `$ref`s (`#/$defs/…`, `#/definitions/…`). Anything else is refused by
 //! [`Grammar::from_schema`] with the keyword it does not support, so what is accepted
 //! always validates.
+//!
+//! [`Grammar::tool_call`] is the grammar of one tool call: `{"name": …, "arguments": …}`
+//! where the arguments follow the schema of the function named.
 
 use serde_json::Value;
 
@@ -39,6 +42,13 @@ enum Node {
     Null,
     /// One of these literal texts (JSON values).
     Enum(Vec<u32>),
+    /// One of these heads (literal ids, none a prefix of another), then the value of the
+    /// node paired with the head taken, then literal `tail`: a value whose shape depends
+    /// on a name written before it (a tool call's arguments after its function's name).
+    Tagged {
+        opts: Vec<(u32, u32)>,
+        tail: u32,
+    },
 }
 
 /// The shape a generated document must have.
@@ -171,6 +181,44 @@ impl Grammar {
         })
     }
 
+    /// One call of one of `functions` (name, `parameters` schema; none: any object), as
+    /// the object `{"name": "<name>", "arguments": <its arguments>}`, written with the
+    /// spacing models trained on tool calls write it.
+    ///
+    /// # Errors
+    /// A message naming the function whose schema is not supported, or too many.
+    pub fn tool_call(functions: &[(&str, Option<&Value>)]) -> Result<Grammar, String> {
+        if functions.is_empty() || functions.len() > 64 {
+            return Err("a tool call is constrained to 1 to 64 functions".into());
+        }
+        let mut g = Grammar {
+            nodes: vec![Node::Any, Node::AnyObject],
+            lits: Vec::new(),
+            root: 0,
+        };
+        let mut opts = Vec::new();
+        for &(name, params) in functions {
+            let quoted = serde_json::to_string(name).expect("a string serializes");
+            // The closing quote ends every head: no head is a prefix of another.
+            let head = g.lit(format!("{{\"name\": {quoted}, \"arguments\": ").into_bytes());
+            let args = match params {
+                None => 1,
+                Some(p) => g
+                    .compile(p, p, 0)
+                    .map_err(|e| format!("function {name}: parameters: {e}"))?,
+            };
+            if !matches!(g.nodes[args as usize], Node::Object(_) | Node::AnyObject) {
+                return Err(format!(
+                    "function {name}: parameters must describe an object"
+                ));
+            }
+            opts.push((head, args));
+        }
+        let tail = g.lit(b"}".to_vec());
+        g.root = g.node(Node::Tagged { opts, tail });
+        Ok(g)
+    }
+
     /// A matcher at the start of a document.
     pub fn start(&self) -> Matcher {
         Matcher {
@@ -190,6 +238,9 @@ enum Frame {
     /// Inside one of the literals of enum `node`, `alive` (a bit per option) still
     /// possible after `pos` bytes.
     Choice { node: u32, alive: u64, pos: u32 },
+    /// Inside a head of tagged `node`, `alive` (a bit per option) still possible after
+    /// `pos` bytes.
+    Head { node: u32, alive: u64, pos: u32 },
     /// Inside a string: `esc` 0 plain, 1 after a backslash, 2..=5 hex digits of `\u`.
     Str { esc: u8 },
     /// Inside a number: `state` as in [`num_step`], `digits` so far.
@@ -335,14 +386,18 @@ impl Matcher {
                             };
                             continue;
                         }
+                        Node::Tagged { opts, .. } => {
+                            *top = Frame::Head {
+                                node,
+                                alive: all_bits(opts.len()),
+                                pos: 0,
+                            };
+                            continue;
+                        }
                         Node::Enum(opts) => {
                             *top = Frame::Choice {
                                 node,
-                                alive: if opts.len() == 64 {
-                                    u64::MAX
-                                } else {
-                                    (1u64 << opts.len()) - 1
-                                },
+                                alive: all_bits(opts.len()),
                                 pos: 0,
                             };
                             continue;
@@ -399,6 +454,41 @@ impl Matcher {
                             alive: next,
                             pos: pos + 1,
                         };
+                    }
+                    return true;
+                }
+                Frame::Head { node, alive, pos } => {
+                    let Node::Tagged { opts, tail } = &g.nodes[node as usize] else {
+                        unreachable!("heads are made for tagged nodes")
+                    };
+                    let mut next = 0u64;
+                    let mut done = None;
+                    for (i, &(head, val)) in opts.iter().enumerate() {
+                        let t = &g.lits[head as usize];
+                        if alive & (1 << i) != 0 && t.get(pos as usize) == Some(&b) {
+                            next |= 1 << i;
+                            if t.len() == pos as usize + 1 {
+                                done = Some(val);
+                            }
+                        }
+                    }
+                    if next == 0 {
+                        return false;
+                    }
+                    self.ws = 0;
+                    match done {
+                        // Heads are prefix-free: the finished one is the only one left.
+                        Some(val) => {
+                            *top = Frame::Lit { lit: *tail, pos: 0 };
+                            self.stack.push(Frame::Value(val));
+                        }
+                        None => {
+                            *top = Frame::Head {
+                                node,
+                                alive: next,
+                                pos: pos + 1,
+                            };
+                        }
                     }
                     return true;
                 }
@@ -547,6 +637,24 @@ impl Matcher {
                         .expect("a live choice has an option");
                     out.extend_from_slice(&best[pos as usize..]);
                 }
+                Frame::Head { node, alive, pos } => {
+                    let Node::Tagged { opts, tail } = &g.nodes[node as usize] else {
+                        unreachable!("heads are made for tagged nodes")
+                    };
+                    let best = opts
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| alive & (1 << i) != 0)
+                        .map(|(_, &(head, val))| {
+                            let mut t = g.lits[head as usize][pos as usize..].to_vec();
+                            min_value(g, val, &mut t);
+                            t.extend_from_slice(&g.lits[*tail as usize]);
+                            t
+                        })
+                        .min_by_key(Vec::len)
+                        .expect("a live head has an option");
+                    out.extend_from_slice(&best);
+                }
                 Frame::Str { esc } => {
                     match esc {
                         1 => out.push(b'n'),
@@ -647,120 +755,26 @@ fn min_value(g: &Grammar, node: u32, out: &mut Vec<u8>) {
                 .expect("enums have values");
             out.extend_from_slice(best);
         }
+        Node::Tagged { opts, tail } => {
+            let best = opts
+                .iter()
+                .map(|&(head, val)| {
+                    let mut t = g.lits[head as usize].clone();
+                    min_value(g, val, &mut t);
+                    t.extend_from_slice(&g.lits[*tail as usize]);
+                    t
+                })
+                .min_by_key(Vec::len)
+                .expect("tagged nodes have options");
+            out.extend_from_slice(&best);
+        }
     }
+}
+
+/// A mask with the low `n` bits set (`n` ≤ 64).
+fn all_bits(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn accepts(g: &Grammar, text: &str) -> bool {
-        let mut m = g.start();
-        m.feed_all(g, text.as_bytes()) && m.is_complete()
-    }
-
-    fn prefix_ok(g: &Grammar, text: &str) -> bool {
-        g.start().feed_all(g, text.as_bytes())
-    }
-
-    #[test]
-    fn any_object_accepts_json_objects_only() {
-        let g = Grammar::any_object();
-        for ok in [
-            "{}",
-            r#"{"a":1}"#,
-            r#"{ "a" : [1, -2.5e3, "x\n\u00e9", true, null, {"b": false}] }"#,
-        ] {
-            assert!(accepts(&g, ok), "{ok}");
-        }
-        for bad in [
-            "[]",
-            "1",
-            r#"{"a"}"#,
-            r#"{"a":01}"#,
-            "{,}",
-            r#"{"a":1,}"#,
-            "{} x",
-        ] {
-            assert!(!accepts(&g, bad), "{bad}");
-        }
-        assert!(prefix_ok(&g, r#"{"a": [1, 2"#));
-        assert!(!prefix_ok(&g, r#"{"a": [1, 2}"#));
-    }
-
-    #[test]
-    fn schemas_fix_keys_order_and_types() {
-        let s = json!({
-            "type": "object",
-            "properties": {
-                "name": {"type": "string"},
-                "age": {"type": "integer"},
-                "tags": {"type": "array", "items": {"type": "string"}},
-                "kind": {"enum": ["cat", "dog"]},
-                "ok": {"type": "boolean"}
-            },
-            "required": ["name", "age"]
-        });
-        let g = Grammar::from_schema(&s).unwrap();
-        assert!(accepts(
-            &g,
-            r#"{"age":3,"kind":"cat","name":"Tom","ok":true,"tags":["a","b"]}"#
-        ));
-        assert!(accepts(
-            &g,
-            r#"{ "age": -1, "kind": "dog", "name": "x", "ok": false, "tags": [] }"#
-        ));
-        assert!(!prefix_ok(&g, r#"{"name""#));
-        assert!(!prefix_ok(&g, r#"{"age":3.5"#));
-        assert!(!prefix_ok(&g, r#"{"age":3,"kind":"cow"#));
-        assert!(!prefix_ok(
-            &g,
-            r#"{"age":3,"kind":"cat","name":"Tom","ok":true,"tags":[1"#
-        ));
-    }
-
-    #[test]
-    fn the_closing_text_completes_every_prefix() {
-        let s = json!({
-            "type": "object",
-            "properties": {
-                "a": {"type": "array", "items": {"type": "number"}},
-                "b": {"$ref": "#/$defs/B"}
-            },
-            "$defs": {"B": {"type": "object", "properties": {"c": {"const": "x"}}}}
-        });
-        let g = Grammar::from_schema(&s).unwrap();
-        let full = r#"{"a": [1.5e-3, 20], "b": {"c": "x"}}"#;
-        for cut in 0..full.len() {
-            let mut m = g.start();
-            assert!(m.feed_all(&g, &full.as_bytes()[..cut]), "{cut}");
-            let close = m.closing(&g);
-            let mut text = full.as_bytes()[..cut].to_vec();
-            text.extend_from_slice(&close);
-            let mut m2 = g.start();
-            assert!(
-                m2.feed_all(&g, &text) && m2.is_complete(),
-                "{}",
-                String::from_utf8_lossy(&text)
-            );
-            let v: Value = serde_json::from_slice(&text).unwrap();
-            assert!(v["a"].is_array() && v["b"]["c"] == "x", "{v}");
-        }
-    }
-
-    #[test]
-    fn unsupported_keywords_are_named() {
-        let e = Grammar::from_schema(&json!({"anyOf": [{"type": "string"}]})).unwrap_err();
-        assert!(e.contains("anyOf"), "{e}");
-        let e = Grammar::from_schema(&json!({"type": ["string", "null"]})).unwrap_err();
-        assert!(e.contains("type"), "{e}");
-    }
-
-    #[test]
-    fn whitespace_runs_are_bounded() {
-        let g = Grammar::any_object();
-        assert!(prefix_ok(&g, "{    "));
-        assert!(!prefix_ok(&g, "{     "));
-    }
-}
+mod tests;
