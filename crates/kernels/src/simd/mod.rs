@@ -71,6 +71,9 @@ pub(crate) unsafe fn gemm_q8(
     n_tokens: usize,
     out: OutPtr,
 ) {
+    // Only the x86-64 tile kernels read token rows.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = token_rows;
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Isa::Avx2 is only reported when AVX2, FMA and F16C are present; the
