@@ -7,7 +7,9 @@
 //! by a small state machine; the hook runs every candidate token's bytes through it.
 //! The object is done at its closing brace, where the hook ends the request.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use engine::sched::TokenHook;
 use tokenizer::{TokenId, TokenType, Tokenizer};
@@ -134,7 +136,7 @@ enum Sub {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Esc {
     None,
     Backslash,
@@ -152,12 +154,35 @@ pub struct State {
 #[derive(Debug)]
 pub struct Machine {
     elems: Vec<Elem>,
+    /// Tells machines apart in the vocabulary's mask cache.
+    id: u64,
 }
+
+/// A string state whose mask does not depend on the string's length: see
+/// [`Machine::mask_key`].
+type MaskKey = (u64, usize, Esc, u8);
 
 impl Machine {
     pub fn new(shape: &Shape) -> Machine {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Machine {
             elems: shape.compile(),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Inside a string, not at its start, with more room left than a token can take plus
+    /// what an escape or a split character may still owe: no cap check can then refuse a
+    /// token, and a closing quote is allowed, so which tokens may come next depends only
+    /// on the element, the escape and the character in progress, not on the length.
+    fn mask_key(&self, s: State, longest: usize) -> Option<MaskKey> {
+        match (self.elems.get(s.at)?, s.sub) {
+            (Elem::Str(max), Sub::Str { len, esc, cont })
+                if len > 0 && max.saturating_sub(len) > longest + 8 =>
+            {
+                Some((self.id, s.at, esc, cont))
+            }
+            _ => None,
         }
     }
 
@@ -320,7 +345,16 @@ pub struct Vocab {
     pieces: Vec<Option<Box<[u8]>>>,
     /// Pieces of plain string text only (see [`Machine::plain_room`]).
     plain: Vec<bool>,
+    /// The longest piece, in bytes.
+    longest: usize,
+    /// The allowed tokens (a bit each) of the string states [`Machine::mask_key`] names:
+    /// most of a generated object is string text, where walking every piece through the
+    /// machine for every sequence and step was a tenth of a generation run.
+    masks: Mutex<HashMap<MaskKey, Arc<[u64]>>>,
 }
+
+/// Most masks a vocabulary keeps (a shape has a handful of string states each).
+const MAX_MASKS: usize = 64;
 
 impl Vocab {
     pub fn of(t: &Tokenizer) -> Vocab {
@@ -335,6 +369,12 @@ impl Vocab {
                 }
             })
             .collect::<Vec<Option<Box<[u8]>>>>();
+        Vocab::from_pieces(pieces)
+    }
+
+    /// A vocabulary of these token bytes (`None`: never in JSON text).
+    pub fn from_pieces(pieces: Vec<Option<Box<[u8]>>>) -> Vocab {
+        let longest = pieces.iter().flatten().map(|p| p.len()).max().unwrap_or(0);
         let plain = pieces
             .iter()
             .map(|p| {
@@ -345,15 +385,21 @@ impl Vocab {
                 })
             })
             .collect();
-        Vocab { pieces, plain }
+        Vocab {
+            pieces,
+            plain,
+            longest,
+            masks: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Bytes held (for the ledger).
+    /// Bytes held (for the ledger), the mask cache at its most.
     pub fn bytes(&self) -> usize {
         self.pieces
             .iter()
             .map(|p| p.as_ref().map_or(0, |p| p.len()) + 16)
-            .sum()
+            .sum::<usize>()
+            + MAX_MASKS * self.pieces.len().div_ceil(64) * 8
     }
 }
 
@@ -375,6 +421,25 @@ impl JsonHook {
     }
 }
 
+impl JsonHook {
+    /// Whether token `i` may come next, given the bytes that may (`first`) and, inside a
+    /// string with nothing pending, the room left.
+    fn allows(&self, i: usize, first: &[bool; 256], room: Option<usize>) -> bool {
+        let Some(p) = self.vocab.pieces.get(i).and_then(Option::as_deref) else {
+            return false;
+        };
+        if !p.first().is_some_and(|&b| first[b as usize]) {
+            return false;
+        }
+        if let Some(room) = room
+            && self.vocab.plain[i]
+        {
+            return p.len() <= room;
+        }
+        self.machine.run(self.state, p).is_some()
+    }
+}
+
 impl TokenHook for JsonHook {
     fn mask(&mut self, logits: &mut [f32]) {
         let room = self.machine.plain_room(self.state);
@@ -384,38 +449,35 @@ impl TokenHook for JsonHook {
         for (b, f) in first.iter_mut().enumerate() {
             *f = self.machine.step(self.state, b as u8).is_some();
         }
-        for (i, l) in logits.iter_mut().enumerate() {
-            if *l == f32::NEG_INFINITY {
-                continue;
-            }
-            let starts_ok = self
-                .vocab
-                .pieces
-                .get(i)
-                .and_then(Option::as_deref)
-                .is_some_and(|p| p.first().is_some_and(|&b| first[b as usize]));
-            if !starts_ok {
-                *l = f32::NEG_INFINITY;
-                continue;
-            }
-            if let Some(room) = room
-                && self.vocab.plain.get(i) == Some(&true)
-            {
-                let len = self.vocab.pieces[i]
-                    .as_ref()
-                    .map_or(usize::MAX, |p| p.len());
-                if len > room {
+        if let Some(key) = self.machine.mask_key(self.state, self.vocab.longest) {
+            let cached = self.vocab.masks.lock().unwrap().get(&key).cloned();
+            let bits = match cached {
+                Some(b) if b.len() * 64 >= logits.len() => b,
+                _ => {
+                    let mut b = vec![0u64; logits.len().div_ceil(64)];
+                    for i in 0..logits.len() {
+                        if self.allows(i, &first, room) {
+                            b[i / 64] |= 1 << (i % 64);
+                        }
+                    }
+                    let b: Arc<[u64]> = b.into();
+                    let mut masks = self.vocab.masks.lock().unwrap();
+                    if masks.len() >= MAX_MASKS {
+                        masks.clear();
+                    }
+                    masks.insert(key, b.clone());
+                    b
+                }
+            };
+            for (i, l) in logits.iter_mut().enumerate() {
+                if bits[i / 64] >> (i % 64) & 1 == 0 {
                     *l = f32::NEG_INFINITY;
                 }
-                continue;
             }
-            let ok = self
-                .vocab
-                .pieces
-                .get(i)
-                .and_then(Option::as_deref)
-                .is_some_and(|p| self.machine.run(self.state, p).is_some());
-            if !ok {
+            return;
+        }
+        for (i, l) in logits.iter_mut().enumerate() {
+            if *l != f32::NEG_INFINITY && !self.allows(i, &first, room) {
                 *l = f32::NEG_INFINITY;
             }
         }
@@ -468,6 +530,92 @@ mod tests {
         let near = format!(r#"{{"question": "{}"#, "a".repeat(39));
         let s = m.run(m.start(), near.as_bytes()).unwrap();
         assert!(m.step(s, 0xc3).is_none() && m.step(s, b'\\').is_none());
+    }
+
+    #[test]
+    fn cached_string_masks_equal_the_walked_ones() {
+        let pieces: Vec<&[u8]> = vec![
+            b"{",
+            b"}",
+            b"\"",
+            b"\":",
+            b" \"",
+            b"question",
+            b"answer",
+            b"\",",
+            b" the",
+            "é".as_bytes(),
+            b"\\n",
+            b"\\",
+            b"n",
+            b"\xc3",
+            b"\xa9",
+            b"ab\"",
+            b"\"}",
+            b"x",
+            b"\n",
+            b"\\u00e9",
+            b"0123456789abcdef",
+        ];
+        let n = pieces.len();
+        let vocab = Arc::new(Vocab::from_pieces(
+            pieces.iter().map(|p| Some((*p).into())).collect(),
+        ));
+        let id = |p: &[u8]| pieces.iter().position(|q| *q == p).unwrap();
+        // {"question": "the the é\n… x", "answer": "ab"}, split mid-character once.
+        let mut seq = vec![id(b"{"), id(b"\""), id(b"question"), id(b"\":"), id(b" \"")];
+        seq.extend([
+            id(b"x"),
+            id(b" the"),
+            id(b" the"),
+            id("é".as_bytes()),
+            id(b"\\n"),
+        ]);
+        seq.extend([
+            id(b"\xc3"),
+            id(b"\xa9"),
+            id(b"\\u00e9"),
+            id(b"0123456789abcdef"),
+        ]);
+        seq.extend([
+            id(b"\","),
+            id(b" \""),
+            id(b"answer"),
+            id(b"\":"),
+            id(b" \""),
+            id(b"ab\""),
+        ]);
+        seq.push(id(b"}"));
+        let m = Arc::new(Machine::new(&Shape::qa(200, 200)));
+        // Twice: the second hook meets the masks the first one cached.
+        for _ in 0..2 {
+            let mut hook = JsonHook::new(m.clone(), vocab.clone());
+            for &t in &seq {
+                let mut logits = vec![0.0f32; n];
+                hook.mask(&mut logits);
+                let room = m.plain_room(hook.state);
+                let mut first = [false; 256];
+                for (b, f) in first.iter_mut().enumerate() {
+                    *f = m.step(hook.state, b as u8).is_some();
+                }
+                for (i, l) in logits.iter().enumerate() {
+                    let walked = hook.allows(i, &first, room);
+                    assert_eq!(
+                        *l != f32::NEG_INFINITY,
+                        walked,
+                        "token {i} at {:?}",
+                        hook.state
+                    );
+                }
+                assert!(logits[t] != f32::NEG_INFINITY, "token {t} masked");
+                hook.accept(t as u32);
+            }
+            assert!(m.is_done(hook.state));
+        }
+        assert!(
+            !vocab.masks.lock().unwrap().is_empty(),
+            "no string state was cached"
+        );
     }
 
     #[test]
