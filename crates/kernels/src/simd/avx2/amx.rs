@@ -10,6 +10,9 @@
 //! That is 16 · 16 · K multiply-adds in one instruction, exact in integers.
 
 use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::super::OutPtr;
 
 /// `LLMEM_NO_AMX=1` keeps the kernels off the tile unit (for comparisons, or a
 /// hypervisor that reports AMX but does not preserve its state).
@@ -62,6 +65,39 @@ fn os_permits_tiles() -> bool {
 #[cfg(not(target_os = "linux"))]
 fn os_permits_tiles() -> bool {
     false
+}
+
+/// Most tokens per block of the tile kernels: a row tile's weights are decoded once per
+/// block, so a longer block spends less on decoding, as long as the block's token rows
+/// (read again for every 16 rows) stay in L2: see [`ROWS_BYTES`].
+pub(crate) const TOKEN_BLOCK: usize = 512;
+/// Bytes of token rows a block keeps in L2 (blocks stay at 128 tokens or more).
+const ROWS_BYTES: usize = 1 << 20;
+
+/// The blocks `n_tokens` tokens of `cols` values split into: near-equal, at most
+/// [`TOKEN_BLOCK`], each of 16 tokens or more when `n_tokens` is.
+pub(crate) fn token_blocks(
+    n_tokens: usize,
+    cols: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let block = (ROWS_BYTES / cols.max(1)).clamp(128, TOKEN_BLOCK);
+    let nblk = n_tokens.div_ceil(block);
+    (0..nblk).map(move |k| k * n_tokens / nblk..(k + 1) * n_tokens / nblk)
+}
+
+/// Lanes `0..nr` of each of tokens `tb..tb + acc.len()`'s accumulators (16 rows from
+/// `r`) into `out`.
+///
+/// # Safety
+/// AVX-512F must be present; the caller owns `(tb + t, r..r + nr)` of `out`, `nr ≤ 16`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+pub(crate) unsafe fn store_tokens(acc: &[__m512], out: OutPtr, tb: usize, r: usize, nr: usize) {
+    let mask: __mmask16 = if nr >= 16 { !0 } else { (1 << nr) - 1 };
+    for (t, acc) in acc.iter().enumerate() {
+        let o = out.ptr.wrapping_add((tb + t) * out.ld + r);
+        // SAFETY: the caller owns (tb + t, r + i) of `out` for i < nr.
+        unsafe { _mm512_mask_storeu_ps(o, mask, *acc) };
+    }
 }
 
 /// A tile configuration (palette 1), as `ldtilecfg` reads it: 64 bytes.

@@ -31,7 +31,7 @@ mod tiles;
 pub(crate) use tiles::gemm_b_amx;
 
 use super::super::{OutPtr, RowsRef};
-use super::gemm::{TOKEN_BLOCK, f16x2};
+use super::gemm::{TOKEN_BLOCK, f16x2, row_ptrs};
 use super::lanes::{dot_u, dot_u_vnni, pair_sums, transpose8};
 use crate::quant::{BlockQ8, QK, WType};
 
@@ -416,13 +416,7 @@ macro_rules! brows_driver {
                 "gemm: rows out of range"
             );
             let a = acts.as_ptr();
-            let base = w.data.as_ptr();
-            // Rows past the range repeat the tile's first row: computed, never stored.
-            let rows_at = |r: usize, nr: usize| -> [*const u8; ROWS] {
-                std::array::from_fn(|i| {
-                    base.wrapping_add((r + if i < nr { i } else { 0 }) * w.row_bytes)
-                })
-            };
+            let rows_at = |r: usize, nr: usize| -> [*const u8; ROWS] { row_ptrs(&w, r, nr) };
             if n_tokens == 1 {
                 // A lone token (decode) skips the panel, whose transposes only pay off
                 // across many tokens (and whose zeroing alone, per call, was 2% of a

@@ -13,11 +13,33 @@ use crate::quant::{BlockQ8, WType};
 /// 576-wide model) stay in L2 while every row tile of the chunk streams past them.
 pub(super) const TOKEN_BLOCK: usize = 64;
 
+/// The kinds with an AMX tile kernel.
+fn takes_tiles(wtype: WType) -> bool {
+    matches!(
+        wtype,
+        WType::Q4_K
+            | WType::Q5_K
+            | WType::Q6_K
+            | WType::Q4_0
+            | WType::Q4_1
+            | WType::Q5_0
+            | WType::Q5_1
+            | WType::Q8_0
+    )
+}
+
 /// Fewest tokens the AMX tiles take (a tile holds 16; below, the row panels).
 const AMX_MIN_TOKENS: usize = 16;
 
 /// How far ahead of the current block the weight stream is prefetched.
 pub(super) const PREFETCH_BYTES: usize = 4096;
+
+/// Pointers to the `N` rows from `r` of `w`, those past the first `nr` repeating row `r`
+/// (computed, never stored).
+pub(super) fn row_ptrs<const N: usize>(w: &RowsRef<'_>, r: usize, nr: usize) -> [*const u8; N] {
+    let base = w.data.as_ptr();
+    std::array::from_fn(|i| base.wrapping_add((r + if i < nr { i } else { 0 }) * w.row_bytes))
+}
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -46,18 +68,7 @@ pub(crate) unsafe fn gemm_q8(
 /// [`super::super::pack_token_rows`]), which its caller may then pack once for every
 /// row range.
 pub(crate) fn wants_token_rows(wtype: WType, n_tokens: usize) -> bool {
-    matches!(
-        wtype,
-        WType::Q4_K
-            | WType::Q5_K
-            | WType::Q6_K
-            | WType::Q4_0
-            | WType::Q4_1
-            | WType::Q5_0
-            | WType::Q5_1
-            | WType::Q8_0
-    ) && n_tokens >= AMX_MIN_TOKENS
-        && Build::best() == Build::Amx
+    takes_tiles(wtype) && n_tokens >= AMX_MIN_TOKENS && Build::best() == Build::Amx
 }
 
 /// Which build of the x86-64 kernels a product takes; every one gives the same bits.
@@ -89,7 +100,11 @@ impl Build {
     pub(crate) fn available() -> Vec<Build> {
         [Build::Avx2, Build::Avx512, Build::Amx]
             .into_iter()
-            .filter(|&b| b == Build::Avx2 || (b == Build::Avx512 && has_avx512()) || has_amx())
+            .filter(|&b| match b {
+                Build::Avx2 => true,
+                Build::Avx512 => has_avx512(),
+                Build::Amx => has_amx(),
+            })
             .collect()
     }
 }
@@ -107,21 +122,36 @@ pub(crate) unsafe fn gemm_q8_on(
     n_tokens: usize,
     out: OutPtr,
 ) {
-    let wide = build != Build::Avx2;
-    // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F/VL/BW/VNNI,
-    // AMX only where `has_amx` said so.
-    unsafe {
-        match (w.wtype, wide) {
-            (WType::Q4_K | WType::Q5_K | WType::Q6_K, _)
-                if build == Build::Amx && n_tokens >= AMX_MIN_TOKENS =>
-            {
-                super::krows::gemm_k_amx(w, rows, acts, token_rows, n_tokens, out)
+    if build == Build::Amx && takes_tiles(w.wtype) && n_tokens >= AMX_MIN_TOKENS {
+        // The caller's token rows, or rows packed here for this call alone.
+        let own;
+        let token_rows = match token_rows {
+            Some(r) => r,
+            None => {
+                let mut r = vec![0i8; n_tokens * w.cols];
+                super::super::pack_token_rows(acts, w.cols, 0..n_tokens, &mut r);
+                own = r;
+                &own
             }
-            (WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0, _)
-                if build == Build::Amx && n_tokens >= AMX_MIN_TOKENS =>
-            {
+        };
+        assert!(
+            token_rows.len() >= n_tokens * w.cols,
+            "gemm: token rows too short"
+        );
+        // SAFETY: forwarded contract; AMX only where `has_amx` said so.
+        unsafe {
+            if matches!(w.wtype, WType::Q4_K | WType::Q5_K | WType::Q6_K) {
+                super::krows::gemm_k_amx(w, rows, acts, token_rows, n_tokens, out)
+            } else {
                 super::brows::gemm_b_amx(w, rows, acts, token_rows, n_tokens, out)
             }
+        }
+        return;
+    }
+    let wide = build != Build::Avx2;
+    // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F/VL/BW/VNNI.
+    unsafe {
+        match (w.wtype, wide) {
             (WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0, _) => {
                 super::brows::gemm_b(wide, w, rows, acts, n_tokens, out)
             }

@@ -31,6 +31,7 @@
 use std::arch::x86_64::*;
 
 use super::super::{OutPtr, RowsRef};
+use super::gemm::row_ptrs;
 /// Tokens per block of the prefill loop: each 8-row panel (codes and headers of one
 /// super-block) is decoded once per block, so a longer block spends less on decoding;
 /// 128 tokens of activations (1.1 MiB at 8960 columns) still stay in L2 while the
@@ -43,9 +44,7 @@ mod tiles;
 
 pub(crate) use tiles::gemm_k_amx;
 
-use blocks::{
-    KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, headers, panel_header, row_ptrs,
-};
+use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, headers, panel_header};
 
 /// The AVX2 build's scaled dot product: `acc` plus lane-wise `sc2 ·` (four-value dot
 /// products of u8 codes and i8 activations): maddubs, then pairs of i16 times the

@@ -17,7 +17,8 @@
 use std::arch::x86_64::*;
 
 use super::super::super::{OutPtr, RowsRef};
-use super::super::amx::{TileConfig, Tiles, tile};
+use super::super::amx::{TOKEN_BLOCK, TileConfig, Tiles, store_tokens, tile, token_blocks};
+use super::super::gemm::row_ptrs;
 use super::super::lanes::transpose8;
 use super::{KQ4_0, KQ4_1, KQ5_0, KQ5_1, KQ8_0, Kind, rows_block};
 use crate::quant::{BlockQ8, QK, WType};
@@ -28,10 +29,6 @@ const TT: usize = 16;
 const RT: usize = 16;
 /// Blocks decoded at a time: 32 blocks of 16 rows are 16 KiB of weight tiles, in L1.
 const SEG: usize = 32;
-/// Most tokens per block of tokens, and the bytes of token rows it keeps in L2 (as the
-/// k-quant tiles).
-const TOKEN_BLOCK: usize = 512;
-const ROWS_BYTES: usize = 1 << 20;
 
 /// Tiles 0, 1: sums (16 tokens × 16 rows of i32) of two blocks; 2, 3: their activations
 /// (16 tokens × 32 values); 4, 5: their weights (8 rows of four values × 16 rows).
@@ -175,7 +172,7 @@ block_loop!(blocks_signed, dpbssd);
 
 /// The AMX prefill of Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 rows `rows` × `n_tokens` (16 or
 /// more), the values read from `token_rows` (all `n_tokens` packed by
-/// [`crate::simd::pack_token_rows`]) or, when none are given, from rows packed here.
+/// [`crate::simd::pack_token_rows`]).
 ///
 /// # Safety
 /// [`super::super::amx::has_amx`] must hold; see [`super::super::super::gemm_q8`] for
@@ -184,24 +181,10 @@ pub(crate) unsafe fn gemm_b_amx(
     w: RowsRef<'_>,
     rows: std::ops::Range<usize>,
     acts: &[BlockQ8],
-    token_rows: Option<&[i8]>,
+    token_rows: &[i8],
     n_tokens: usize,
     out: OutPtr,
 ) {
-    let own;
-    let token_rows = match token_rows {
-        Some(r) => r,
-        None => {
-            let mut r = vec![0i8; n_tokens * w.cols];
-            crate::simd::pack_token_rows(acts, w.cols, 0..n_tokens, &mut r);
-            own = r;
-            &own
-        }
-    };
-    assert!(
-        token_rows.len() >= n_tokens * w.cols,
-        "gemm: token rows too short"
-    );
     // SAFETY: forwarded contract.
     unsafe {
         match w.wtype {
@@ -240,19 +223,12 @@ unsafe fn tgemm<K: Kind>(
     // SAFETY: plain data; every block is written by decode before it is read.
     let mut seg: [BlockTile; SEG] = unsafe { std::mem::zeroed() };
     let mut accs = vec![_mm512_setzero_ps(); TOKEN_BLOCK];
-    let block = (ROWS_BYTES / w.cols).clamp(128, TOKEN_BLOCK);
-    let nblk = n_tokens.div_ceil(block);
-    for k in 0..nblk {
-        let (tb, te) = (k * n_tokens / nblk, (k + 1) * n_tokens / nblk);
-        let n = te - tb;
+    for block in token_blocks(n_tokens, w.cols) {
+        let (tb, n) = (block.start, block.len());
         let mut r = rows.start;
         while r < rows.end {
             let nr = (rows.end - r).min(RT);
-            let base = w.data.as_ptr();
-            // Rows past the range repeat row r: computed, never stored.
-            let rowp: [*const u8; RT] = std::array::from_fn(|i| {
-                base.wrapping_add((r + if i < nr { i } else { 0 }) * w.row_bytes)
-            });
+            let rowp: [*const u8; RT] = row_ptrs(&w, r, nr);
             accs[..n].fill(_mm512_setzero_ps());
             let mut b0 = 0;
             while b0 < nb {
@@ -282,12 +258,8 @@ unsafe fn tgemm<K: Kind>(
                 }
                 b0 += len;
             }
-            let mask: __mmask16 = if nr == RT { !0 } else { (1 << nr) - 1 };
-            for (t, acc) in accs[..n].iter().enumerate() {
-                let o = out.ptr.wrapping_add((tb + t) * out.ld + r);
-                // SAFETY: the caller owns (tb + t, r + i) of `out` for i < nr.
-                unsafe { _mm512_mask_storeu_ps(o, mask, *acc) };
-            }
+            // SAFETY: the caller owns rows r..r + nr of tokens tb..tb + n.
+            unsafe { store_tokens(&accs[..n], out, tb, r, nr) };
             r += nr;
         }
     }

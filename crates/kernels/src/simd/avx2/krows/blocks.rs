@@ -3,7 +3,6 @@
 
 use std::arch::x86_64::*;
 
-use super::super::super::RowsRef;
 use super::super::gemm::f16x2;
 use super::super::lanes::transpose8;
 use crate::quant::{BlockQ8, QK, QK_K};
@@ -13,13 +12,6 @@ pub(super) const ROWS: usize = 8;
 
 /// Activation blocks per super-block.
 pub(super) const SUBS: usize = QK_K / QK;
-
-/// Pointers to the `N` rows from `r` of `w`, those past the first `nr` repeating row `r`
-/// (computed, never stored).
-pub(super) fn row_ptrs<const N: usize>(w: &RowsRef<'_>, r: usize, nr: usize) -> [*const u8; N] {
-    let base = w.data.as_ptr();
-    std::array::from_fn(|i| base.wrapping_add((r + if i < nr { i } else { 0 }) * w.row_bytes))
-}
 
 /// Eight rows of one super-block, decoded.
 #[repr(C, align(32))]

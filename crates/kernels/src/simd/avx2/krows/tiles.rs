@@ -28,21 +28,15 @@
 use std::arch::x86_64::*;
 
 use super::super::super::{OutPtr, RowsRef};
-use super::super::amx::{TileConfig, Tiles, tile};
-use super::blocks::{KRows, Panel, RQ4K, RQ5K, RQ6K, SUBS, panel_header, row_ptrs};
+use super::super::amx::{TOKEN_BLOCK, TileConfig, Tiles, store_tokens, tile, token_blocks};
+use super::super::gemm::row_ptrs;
+use super::blocks::{KRows, Panel, RQ4K, RQ5K, RQ6K, SUBS, panel_header};
 use crate::quant::{BlockQ8, QK, QK_K, WType};
 
 /// Tokens per tile (rows of the activation and sum tiles).
 const TT: usize = 16;
 /// Weight rows per tile (columns of the sum tile).
 const RT: usize = 16;
-/// Most tokens per block: each super-block of 16 rows is decoded into weight tiles once
-/// per block, so a longer block spends less on decoding, as long as the block's token
-/// rows (read again for every 16 rows) stay in L2: see [`ROWS_BYTES`].
-const TOKEN_BLOCK: usize = 512;
-/// Bytes of token rows a block keeps in L2 (blocks stay at 128 tokens or more).
-const ROWS_BYTES: usize = 1 << 20;
-
 /// Weight tiles per super-block step: Q4_K/Q5_K the scale's two digits and the mins,
 /// Q6_K the scale's three digits.
 const MAX_DIGITS: usize = 3;
@@ -233,8 +227,8 @@ pass!(pass_unsigned, dpbsud, (0, 4), (1, 5), (2, 6));
 pass!(pass_signed, dpbssd, (0, 4), (1, 5), (2, 6));
 
 /// The AMX prefill of Q4_K, Q5_K or Q6_K rows `rows` × `n_tokens` (16 or more), the
-/// values read from `token_rows` (all `n_tokens` packed by [`crate::simd::pack_token_rows`]) or, when
-/// none are given, from rows packed here.
+/// values read from `token_rows` (all `n_tokens` packed by
+/// [`crate::simd::pack_token_rows`]).
 ///
 /// # Safety
 /// [`super::super::amx::has_amx`] must hold; see [`super::super::super::gemm_q8`] for
@@ -243,24 +237,10 @@ pub(crate) unsafe fn gemm_k_amx(
     w: RowsRef<'_>,
     rows: std::ops::Range<usize>,
     acts: &[BlockQ8],
-    token_rows: Option<&[i8]>,
+    token_rows: &[i8],
     n_tokens: usize,
     out: OutPtr,
 ) {
-    let own;
-    let token_rows = match token_rows {
-        Some(r) => r,
-        None => {
-            let mut r = vec![0i8; n_tokens * w.cols];
-            crate::simd::pack_token_rows(acts, w.cols, 0..n_tokens, &mut r);
-            own = r;
-            &own
-        }
-    };
-    assert!(
-        token_rows.len() >= n_tokens * w.cols,
-        "gemm: token rows too short"
-    );
     // SAFETY: forwarded contract.
     unsafe {
         match w.wtype {
@@ -301,13 +281,9 @@ unsafe fn tgemm<K: Digits>(
     let (mut half, mut wt, mut f): (Panel, WeightTiles, Factors) = unsafe { std::mem::zeroed() };
     let mut c = [[0i32; 256]; MAX_DIGITS];
     let mut acc = [_mm512_setzero_ps(); TOKEN_BLOCK];
-    // Blocks of near-equal size, each of 16 tokens or more.
-    let block = (ROWS_BYTES / w.cols).clamp(128, TOKEN_BLOCK);
-    let nblk = n_tokens.div_ceil(block);
-    let mut da = vec![0.0f32; n_tokens.div_ceil(nblk) * nsb];
-    for k in 0..nblk {
-        let (tb, te) = (k * n_tokens / nblk, (k + 1) * n_tokens / nblk);
-        let n = te - tb;
+    let mut da = vec![0.0f32; n_tokens.min(TOKEN_BLOCK) * nsb];
+    for block in token_blocks(n_tokens, w.cols) {
+        let (tb, n) = (block.start, block.len());
         for t in 0..n {
             for sb in 0..nsb {
                 // SAFETY: token tb + t's blocks are in `acts` (asserted above); the
@@ -405,12 +381,8 @@ unsafe fn tgemm<K: Digits>(
                     t0 = start + TT;
                 }
             }
-            let mask: __mmask16 = if nr == RT { !0 } else { (1 << nr) - 1 };
-            for (t, acc) in acc[..n].iter().enumerate() {
-                let o = out.ptr.wrapping_add((tb + t) * out.ld + r);
-                // SAFETY: the caller owns (tb + t, r + i) of `out` for i < nr.
-                unsafe { _mm512_mask_storeu_ps(o, mask, *acc) };
-            }
+            // SAFETY: the caller owns rows r..r + nr of tokens tb..tb + n.
+            unsafe { store_tokens(&acc[..n], out, tb, r, nr) };
             r += nr;
         }
     }
@@ -431,6 +403,7 @@ mod tests {
             let e = unsafe { digits7(_mm256_set1_epi32(s)) };
             let e: Vec<i32> = e
                 .iter()
+                // SAFETY: AVX2 checked above.
                 .map(|v| unsafe { _mm256_extract_epi32::<5>(*v) })
                 .collect();
             assert!(e.iter().all(|e| (-3..=3).contains(e)), "{s}: {e:?}");
