@@ -27,6 +27,17 @@ impl ApiError {
         }
     }
 
+    /// 503, `server_overloaded`, with `Retry-After: retry_after_s`.
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_overloaded",
+            message,
+        );
+        e.retry_after = Some(retry_after_s);
+        e
+    }
+
     /// 400, `invalid_request_error`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)

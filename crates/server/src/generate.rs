@@ -401,25 +401,14 @@ pub fn refused(app: &App, ready: &Ready, r: Refused, prompt: usize) -> ApiError 
     match r {
         Refused::QueueFull { waiting } => {
             app.metrics.rejected_queue.fetch_add(1, Relaxed);
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_overloaded",
-                format!("the server is busy ({waiting} requests are waiting); retry shortly"),
-            )
-            .code("queue_full");
             let per = ready.max_running.max(1);
-            e.retry_after = Some((1 + waiting / per).min(60) as u64);
-            e
+            ApiError::unavailable(
+                format!("the server is busy ({waiting} requests are waiting); retry shortly"),
+                (1 + waiting / per).min(60) as u64,
+            )
+            .code("queue_full")
         }
-        Refused::ShuttingDown => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_overloaded",
-                "the server is shutting down",
-            );
-            e.retry_after = Some(5);
-            e
-        }
+        Refused::ShuttingDown => ApiError::unavailable("the server is shutting down", 5),
         Refused::TooLong { prompt, n_ctx, .. } => {
             app.metrics.rejected_fit.fetch_add(1, Relaxed);
             ApiError::invalid(format!(

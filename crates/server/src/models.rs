@@ -278,18 +278,15 @@ impl Models {
         let mut g = self.lock();
         let st = &mut g.states[i];
         if st.waiting >= self.queue_limit {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_overloaded",
+            return Err(ApiError::unavailable(
                 format!(
                     "the server is busy ({} requests are waiting for the model to load); retry \
                      shortly",
                     st.waiting
                 ),
+                5,
             )
-            .code("queue_full");
-            e.retry_after = Some(5);
-            return Err(e);
+            .code("queue_full"));
         }
         st.waiting += 1;
         Ok(WaitSlot {
@@ -377,13 +374,10 @@ impl Models {
                     slot = Some(self.wait_slot(i)?);
                 }
                 if waited > Duration::from_secs(600) {
-                    let mut e = ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "server_overloaded",
+                    return Err(ApiError::unavailable(
                         "the model is waiting for room that other models' requests hold",
-                    );
-                    e.retry_after = Some(5);
-                    return Err(e);
+                        5,
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 waited += Duration::from_millis(50);
@@ -574,16 +568,13 @@ fn add_counters(into: &mut Snapshot, s: &Snapshot) {
 }
 
 pub(crate) fn loading_error(why: Option<&str>) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_overloaded",
+    ApiError::unavailable(
         match why {
             Some(w) => format!("the model failed to load: {w}"),
             None => "the model is loading".to_string(),
         },
-    );
-    e.retry_after = Some(2);
-    e
+        2,
+    )
 }
 
 impl Ready {
