@@ -445,15 +445,19 @@ impl TokenHook for JsonHook {
         let room = self.machine.plain_room(self.state);
         // Bytes that may come next: a token starting with any other byte is out without
         // a walk (most of the vocabulary, between a string's end and the next one).
-        let mut first = [false; 256];
-        for (b, f) in first.iter_mut().enumerate() {
-            *f = self.machine.step(self.state, b as u8).is_some();
-        }
+        let first = || {
+            let mut first = [false; 256];
+            for (b, f) in first.iter_mut().enumerate() {
+                *f = self.machine.step(self.state, b as u8).is_some();
+            }
+            first
+        };
         if let Some(key) = self.machine.mask_key(self.state, self.vocab.longest) {
             let cached = self.vocab.masks.lock().unwrap().get(&key).cloned();
             let bits = match cached {
                 Some(b) if b.len() * 64 >= logits.len() => b,
                 _ => {
+                    let first = first();
                     let mut b = vec![0u64; logits.len().div_ceil(64)];
                     for i in 0..logits.len() {
                         if self.allows(i, &first, room) {
@@ -476,6 +480,7 @@ impl TokenHook for JsonHook {
             }
             return;
         }
+        let first = first();
         for (i, l) in logits.iter_mut().enumerate() {
             if *l != f32::NEG_INFINITY && !self.allows(i, &first, room) {
                 *l = f32::NEG_INFINITY;
