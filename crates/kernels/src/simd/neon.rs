@@ -1,7 +1,8 @@
 //! aarch64 NEON kernels (the Apple-silicon path).
 //!
 //! Integer dot products use `vmull_s8`/`vmlal_s8` (baseline NEON) so they need no
-//! `dotprod` extension. These are type-checked on every build; they run only on aarch64.
+//! `dotprod` extension. CI type-checks them for macOS; `scripts/test-neon.sh` runs the
+//! kernels' tests on them under QEMU.
 
 use std::arch::aarch64::*;
 
@@ -35,13 +36,16 @@ fn f16_at(p: &[u8], off: usize) -> f32 {
     crate::quant::read_f16(p, off)
 }
 
+/// A Q4_0, Q4_1 or Q8_0 row: the exact integer sum of each block by NEON, then the float
+/// steps of the portable loop (`acc = fma(isum, d · d_a, acc)`, `acc = fma(m, s, acc)`),
+/// so this path gives the portable bits.
 fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     let bb = wtype.block_bytes();
-    let mut sum = 0.0f32;
+    let mut acc = 0.0f32;
     for (b, a) in acts.iter().enumerate() {
         let blk = &row[b * bb..(b + 1) * bb];
         let d = f16_at(blk, 0);
-        match wtype {
+        let (isum, m) = match wtype {
             WType::Q4_0 | WType::Q4_1 => {
                 let qoff = bb - 16;
                 // SAFETY: blk holds 16 quant bytes at qoff; a.qs holds 32 bytes.
@@ -51,12 +55,12 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
                     dot32(lo, hi, a.qs.as_ptr())
                 };
-                sum += d * a.d * isum as f32;
-                sum += if wtype == WType::Q4_1 {
-                    f16_at(blk, 2) * a.s
+                let m = if wtype == WType::Q4_1 {
+                    f16_at(blk, 2)
                 } else {
-                    -8.0 * d * a.s
+                    -8.0 * d
                 };
+                (isum, Some(m))
             }
             WType::Q8_0 => {
                 // SAFETY: blk holds 32 quant bytes at offset 2; a.qs holds 32 bytes.
@@ -64,17 +68,17 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     let p = blk.as_ptr().add(2).cast::<i8>();
                     dot32(vld1q_s8(p), vld1q_s8(p.add(16)), a.qs.as_ptr())
                 };
-                sum += d * a.d * isum as f32;
+                (isum, None)
             }
-            WType::F16 | WType::F32 | WType::BF16 => {
-                unreachable!("float weights take f32 activations")
-            }
-            // The 5-bit and k-quant types take the portable loop until they have NEON
-            // ones (dispatched in `gemm_q8`, never reaching here).
+            // The other kinds take the portable loop (dispatched in `gemm_q8`).
             _ => unreachable!("{wtype:?} takes the portable loop"),
+        };
+        acc = (isum as f32).mul_add(d * a.d, acc);
+        if let Some(m) = m {
+            acc = m.mul_add(a.s, acc);
         }
     }
-    sum
+    acc
 }
 
 /// # Safety
