@@ -52,13 +52,20 @@ pub struct QaArgs {
     /// Pairs the judge scores below this (1-10) are dropped.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub judge_threshold: u32,
+    /// Pairs whose answer has less than this share of its words in runs of three found
+    /// word for word in its chunk (0-1) are dropped: what a small judge passes wrongly.
+    /// 0 keeps them all.
+    #[arg(long, default_value_t = 0.65, value_parser = parse_share)]
+    pub min_grounding: f32,
     /// Prompts ([question] and [judge] sections); the built-in ones otherwise.
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Sampling temperature of the questions (judging is greedy).
-    #[arg(long, default_value_t = 0.7)]
+    /// Sampling temperature of the questions and answers (judging is greedy). The default
+    /// 0 is greedy, the most faithful to the chunk; each of a chunk's questions is sent to
+    /// its own passage, so they differ without sampling.
+    #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
     /// Take only the corpus's first N chunks.
     #[arg(long)]
@@ -211,6 +218,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
             FormatArg::Raw => Format::Raw,
         },
         judge_threshold: a.judge_threshold,
+        min_grounding: a.min_grounding,
         prompts,
         seed: a.seed,
         max_chunks: a.max_chunks,
@@ -303,11 +311,14 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
             let minutes = report.elapsed_s / 60.0;
             writeln!(
                 stdout,
-                "{} pairs generated, {} invalid, {} below the judge threshold, {} near-duplicates; \
-                 {:.1} pairs/min; {} of {} prompt tokens reused from chunk prefixes",
+                "{} pairs generated, {} invalid, {} below the judge threshold, {} not grounded \
+                 in their chunk, {} restating the question, {} near-duplicates; {:.1} pairs/min; \
+                 {} of {} prompt tokens reused from chunk prefixes",
                 report.pairs_generated,
                 report.pairs_invalid,
                 report.dropped_judge,
+                report.dropped_ungrounded,
+                report.dropped_trivial,
                 report.dropped_duplicate,
                 report.records as f64 / minutes.max(1e-9),
                 report.cached_tokens,
@@ -339,4 +350,14 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         );
     }
     Ok(report.interrupted)
+}
+
+/// A share from 0 to 1 (`--min-grounding`).
+fn parse_share(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s}: must be from 0 to 1"))
+    }
 }

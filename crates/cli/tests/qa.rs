@@ -415,6 +415,8 @@ fn check_messages(l: &str, chunk_text_from: &str) {
     assert!(b[0].as_u64().unwrap() < b[1].as_u64().unwrap());
     let score = meta["judge_score"].as_u64().unwrap();
     assert!((1..=10).contains(&score));
+    let grounding = meta["grounding"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&grounding), "{l}");
 }
 
 #[test]
@@ -466,8 +468,11 @@ fn smollm2_writes_valid_judged_pairs_and_a_killed_run_resumes_to_the_same() {
     let passed = judged - r["dropped_judge"].as_u64().unwrap();
     eprintln!(
         "SmolLM2: {passed}/{judged} pairs passed the judge (threshold 5), mean score {:.2}, \
-         {} near-duplicates, {} of {} prompt tokens from chunk prefixes, {took:?}",
+         {} not grounded, {} restating the question, {} near-duplicates, {} of {} prompt \
+         tokens from chunk prefixes, {took:?}",
         r["score_sum"].as_f64().unwrap() / judged as f64,
+        r["dropped_ungrounded"],
+        r["dropped_trivial"],
         r["dropped_duplicate"],
         r["cached_tokens"],
         r["prompt_tokens"]
@@ -478,6 +483,17 @@ fn smollm2_writes_valid_judged_pairs_and_a_killed_run_resumes_to_the_same() {
     );
     let expected = records(&whole);
     assert_eq!(expected.len() as u64, r["records"].as_u64().unwrap());
+    // Every judged pair is either written or dropped for one counted reason.
+    let dropped: u64 = [
+        "dropped_judge",
+        "dropped_ungrounded",
+        "dropped_trivial",
+        "dropped_duplicate",
+    ]
+    .iter()
+    .map(|k| r[*k].as_u64().unwrap())
+    .sum();
+    assert_eq!(judged, r["records"].as_u64().unwrap() + dropped, "{v}");
     for l in &expected {
         check_messages(l, "licenses.txt");
     }

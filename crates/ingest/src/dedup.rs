@@ -1,6 +1,6 @@
-//! Near-duplicate questions across a run: MinHash signatures of word 3-shingles, banded
-//! for locality-sensitive hashing. Memory is bounded: at most `capacity` questions are
-//! remembered (the oldest forgotten first).
+//! Near-duplicate questions (and answers) across a run: MinHash signatures of word
+//! 3-shingles, banded for locality-sensitive hashing. Memory is bounded: at most
+//! `capacity` texts are remembered (the oldest forgotten first).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -75,6 +75,11 @@ impl Dedup {
         }
         self.add_keys(keys);
         false
+    }
+
+    /// Whether `q` is a near duplicate of a remembered text (remembering nothing).
+    pub fn contains(&self, q: &str) -> bool {
+        band_keys(q).iter().any(|k| self.bands.contains_key(k))
     }
 
     /// Remembers `q` without asking (rebuilding the state of an earlier run).

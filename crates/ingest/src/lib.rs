@@ -14,6 +14,7 @@
 pub mod chunk;
 pub mod dedup;
 pub mod grammar;
+pub mod ground;
 pub mod idset;
 pub mod journal;
 pub mod pdf;

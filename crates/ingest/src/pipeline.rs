@@ -68,6 +68,9 @@ pub struct Options {
     pub questions_per_chunk: usize,
     pub format: Format,
     pub judge_threshold: u32,
+    /// Pairs whose answer's grounding in its chunk ([`crate::ground`]) is below this
+    /// (0..=1) are dropped; 0 keeps them all.
+    pub min_grounding: f32,
     pub prompts: Prompts,
     pub seed: u64,
     /// Take only the corpus's first chunks (done ones included).
@@ -94,6 +97,10 @@ pub struct Report {
     /// Generated output that did not parse (the grammar should make this 0).
     pub pairs_invalid: u64,
     pub dropped_judge: u64,
+    /// Passed the judge, but the answer is not in the chunk's words (`min_grounding`).
+    pub dropped_ungrounded: u64,
+    /// The answer only restates the question ([`crate::ground::novelty`]).
+    pub dropped_trivial: u64,
     pub dropped_duplicate: u64,
     /// Judge scores of every valid pair.
     pub score_sum: u64,
@@ -245,11 +252,15 @@ pub fn run(
         None => None,
     };
     let mut dedup = Dedup::new(DEDUP_CAPACITY);
+    let mut answer_dedup = Dedup::new(DEDUP_CAPACITY);
     if generator.is_some() && journal.out_len() > 0 {
-        // Rebuild the filter from what earlier runs wrote, in the order they wrote it.
+        // Rebuild the filters from what earlier runs wrote, in the order they wrote it.
         for line in journal.output_reader()?.lines() {
-            if let Ok((q, _)) = validate(opts.format, &line?) {
+            if let Ok((q, a, _)) = validate(opts.format, &line?) {
                 dedup.add(&q);
+                if dedups_answer(&a) {
+                    answer_dedup.add(&a);
+                }
             }
         }
     }
@@ -266,6 +277,7 @@ pub fn run(
             config,
             report: &mut report,
             dedup,
+            answer_dedup,
             tx,
             queue: VecDeque::new(),
             jobs: HashMap::new(),
@@ -305,16 +317,23 @@ fn note_recovery(rec: &Recovery, log: &mut dyn FnMut(&str)) {
     }
 }
 
+/// Whether an answer is long enough for the near-duplicate filter: two different
+/// questions may well share a short answer ("30 days"), not a sentence.
+pub(crate) fn dedups_answer(a: &str) -> bool {
+    a.split_whitespace().count() >= 6
+}
+
 /// Everything that changes what a chunk's records are.
 fn config_key(opts: &Options, generate: bool) -> u64 {
     let s = if generate {
         format!(
-            "qa|{:016x}|{}|{}|{}|{}|{}|{}|{}",
+            "qa|{:016x}|{}|{}|{}|{}|{:.3}|{}|{}|{}",
             opts.model_digest,
             opts.prompts.version,
             opts.questions_per_chunk,
             opts.seed,
             opts.judge_threshold,
+            opts.min_grounding,
             opts.format.name(),
             opts.chunk.chunk_tokens,
             opts.chunk.overlap

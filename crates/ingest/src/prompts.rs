@@ -85,6 +85,49 @@ impl Prompts {
     }
 }
 
+/// Words in an [`anchor`].
+const ANCHOR_WORDS: usize = 8;
+
+/// The opening words of part `index` (from 0) of `count` of `chunk`, for the `{anchor}`
+/// placeholder: the chunk cut into `count` spans of about equal bytes, each moved on to
+/// the next sentence or line start (else the next word) in its span, so that a chunk's questions are sent to different
+/// passages instead of all asking about its first sentence. Double quotes become single
+/// ones (the anchor is quoted in the prompt). Empty for a chunk without words.
+pub fn anchor(chunk: &str, index: usize, count: usize) -> String {
+    let count = count.max(1);
+    let mut at = chunk.len() * index.min(count - 1) / count;
+    while !chunk.is_char_boundary(at) {
+        at += 1;
+    }
+    if at > 0 {
+        // The next sentence or line after `at`, if the span has one.
+        let end = (chunk.len() * (index + 1) / count).min(chunk.len());
+        let rest = &chunk[at..];
+        let next = rest
+            .char_indices()
+            .zip(rest.chars().skip(1))
+            .find(|&((_, c), n)| c == '\n' || (matches!(c, '.' | '?' | '!' | ';') && n == ' '))
+            .map(|((i, c), _)| at + i + c.len_utf8());
+        at = match next.filter(|&n| n < end) {
+            Some(n) => n,
+            // No sentence starts in the span: the next whole word.
+            None => rest
+                .find(char::is_whitespace)
+                .map_or(chunk.len(), |i| at + i),
+        };
+    }
+    if chunk[at..].trim().is_empty() {
+        // A chunk too short for its parts: its opening.
+        at = 0;
+    }
+    chunk[at..]
+        .split_whitespace()
+        .take(ANCHOR_WORDS)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('"', "'")
+}
+
 /// `template` with `{key}` replaced by values; `{chunk}` is replaced last so that text
 /// in the chunk that looks like a placeholder stays as it is.
 pub fn fill(template: &str, vars: &[(&str, &str)], chunk: &str) -> String {
@@ -104,9 +147,34 @@ mod tests {
         let p = Prompts::default_prompts();
         assert!(p.question.starts_with("Document:\n{chunk}\n"));
         // What differs between a chunk's questions comes after everything they share.
-        assert!(p.question.find("{index}").unwrap() > p.question.find("Reply").unwrap());
+        assert!(p.question.find("{anchor}").unwrap() > p.question.find("Reply").unwrap());
         assert!(p.judge_follows());
         assert!(Prompts::parse("[question]\n{chunk}\n").is_err());
+    }
+
+    #[test]
+    fn anchors_open_sentences_spread_over_the_chunk() {
+        let chunk = "first part of it. Second sentence here is long enough; third \
+                     clause follows. Fourth \"quoted\" sentence starts here and goes on.\nLast \
+                     line of the chunk, with more words than the anchor takes at all.";
+        let a: Vec<String> = (0..3).map(|i| anchor(chunk, i, 3)).collect();
+        assert_eq!(a[0], "first part of it. Second sentence here is");
+        assert!(
+            a[1].starts_with("clause follows.") || a[1].starts_with("Fourth"),
+            "{a:?}"
+        );
+        assert_eq!(a[2], "line of the chunk, with more words than");
+        assert!(a.iter().all(|s| !s.contains('"')));
+        // Distinct passages, whatever the count, and no panic on multi-byte text.
+        assert_ne!(a[0], a[1]);
+        assert_ne!(a[1], a[2]);
+        for n in 1..8 {
+            for i in 0..n {
+                anchor("ünïcödé — text. Ещё одна фраза здесь.", i, n);
+            }
+        }
+        assert_eq!(anchor("", 0, 3), "");
+        assert_eq!(anchor("one", 2, 3), "one");
     }
 
     #[test]

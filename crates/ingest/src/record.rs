@@ -40,7 +40,7 @@ impl Format {
 }
 
 /// Where a record came from and how it was made.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Meta {
     /// The record's id: hash of chunk hash, question index, model digest, prompt version.
     pub id: String,
@@ -52,6 +52,8 @@ pub struct Meta {
     pub prompt_version: String,
     pub question_index: u32,
     pub judge_score: u32,
+    /// Share of the answer's words its chunk states ([`crate::ground`]), 0..=1.
+    pub grounding: f32,
 }
 
 /// One question/answer pair in `format`.
@@ -93,8 +95,8 @@ pub struct ChunkRecord {
 }
 
 /// Checks that `line` is a valid record of `format` (the schema of each format, and
-/// provenance complete); returns the question and the meta.
-pub fn validate(format: Format, line: &str) -> Result<(String, Meta), String> {
+/// provenance complete); returns the question, the answer and the meta.
+pub fn validate(format: Format, line: &str) -> Result<(String, String, Meta), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let meta: Meta = serde_json::from_value(v.get("meta").cloned().unwrap_or(Value::Null))
         .map_err(|e| format!("meta: {e}"))?;
@@ -107,7 +109,7 @@ pub fn validate(format: Format, line: &str) -> Result<(String, Meta), String> {
         Some((text(&a[0][val])?, text(&a[1][val])?))
     };
     let obj = v.as_object().ok_or("not an object")?;
-    let (q, _a) = match format {
+    let (q, a) = match format {
         Format::Messages => {
             (obj.len() == 2).then_some(()).ok_or("extra keys")?;
             pair(&v["messages"], "role", "content", ["user", "assistant"])
@@ -127,7 +129,7 @@ pub fn validate(format: Format, line: &str) -> Result<(String, Meta), String> {
     if meta.id.len() != 32 || meta.chunk_hash.len() != 32 || meta.bytes[0] > meta.bytes[1] {
         return Err("bad provenance".into());
     }
-    Ok((q, meta))
+    Ok((q, a, meta))
 }
 
 #[cfg(test)]
@@ -145,6 +147,7 @@ mod tests {
             prompt_version: "3".repeat(16),
             question_index: 0,
             judge_score: 8,
+            grounding: 0.9,
         };
         for f in [
             Format::Messages,
@@ -154,8 +157,8 @@ mod tests {
         ] {
             let l = qa_line(f, "Q \"x\"?", "A", &meta);
             assert!(l.ends_with('\n') && !l[..l.len() - 1].contains('\n'));
-            let (q, m) = validate(f, &l).unwrap();
-            assert_eq!((q.as_str(), m), ("Q \"x\"?", meta.clone()));
+            let (q, a, m) = validate(f, &l).unwrap();
+            assert_eq!((q.as_str(), a.as_str(), m), ("Q \"x\"?", "A", meta.clone()));
             assert_eq!(Format::parse(f.name()), Some(f));
         }
         let l = qa_line(Format::Raw, "Q", "A", &meta);

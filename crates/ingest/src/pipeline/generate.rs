@@ -2,6 +2,7 @@
 //! requests, and finished chunks written in corpus order.
 
 use super::*;
+use crate::ground::Grounding;
 
 #[derive(Deserialize)]
 struct QaJson {
@@ -24,6 +25,7 @@ pub(super) struct Main<'a> {
     pub(super) config: u64,
     pub(super) report: &'a mut Report,
     pub(super) dedup: Dedup,
+    pub(super) answer_dedup: Dedup,
     pub(super) tx: Sender<Msg>,
     pub(super) queue: VecDeque<Item>,
     pub(super) jobs: HashMap<u64, Job>,
@@ -265,10 +267,12 @@ impl Main<'_> {
         };
         let n = self.opts.questions_per_chunk.to_string();
         let idx = (i + 1).to_string();
+        let text = &job.item.chunk.text;
+        let anchor = crate::prompts::anchor(text, i as usize, self.opts.questions_per_chunk);
         let user = fill(
             &self.opts.prompts.question,
-            &[("index", &idx), ("count", &n)],
-            &job.item.chunk.text,
+            &[("index", &idx), ("count", &n), ("anchor", &anchor)],
+            text,
         );
         let prompt = self.turns.first(self.tok, &user);
         if let Some(job) = self.jobs.get_mut(&seq)
@@ -404,6 +408,7 @@ impl Main<'_> {
             let before = self.buf.len();
             let mut records = 0u64;
             let c = &job.item.chunk;
+            let ground = Grounding::new(&c.text);
             if self.generator.is_none() {
                 let r = ChunkRecord {
                     id: id_hex(job.id),
@@ -423,13 +428,28 @@ impl Main<'_> {
                 }
                 let score = p.score.unwrap_or(0);
                 self.report.score_sum += u64::from(score);
+                let grounding = ground.coverage(&p.answer);
                 let why = if score < self.opts.judge_threshold {
                     self.report.dropped_judge += 1;
                     "judge score below the threshold"
-                } else if self.dedup.check_and_add(&p.question) {
+                } else if grounding < self.opts.min_grounding {
+                    self.report.dropped_ungrounded += 1;
+                    "answer not in the chunk's words"
+                } else if crate::ground::novelty(&p.question, &p.answer) < MIN_NOVELTY {
+                    self.report.dropped_trivial += 1;
+                    "answer restates the question"
+                } else if self.dedup.contains(&p.question) {
                     self.report.dropped_duplicate += 1;
                     "near-duplicate question"
+                } else if dedups_answer(&p.answer) && self.answer_dedup.contains(&p.answer) {
+                    // Another question already asked for this answer.
+                    self.report.dropped_duplicate += 1;
+                    "near-duplicate answer"
                 } else {
+                    self.dedup.add(&p.question);
+                    if dedups_answer(&p.answer) {
+                        self.answer_dedup.add(&p.answer);
+                    }
                     ""
                 };
                 if !why.is_empty() {
@@ -443,6 +463,7 @@ impl Main<'_> {
                             "answer": p.answer,
                             "judge_score": score,
                             "judge_evidence": p.evidence,
+                            "grounding": round2(grounding),
                             "dropped": why,
                         });
                         serde_json::to_writer(&mut *w, &v).map_err(io::Error::from)?;
@@ -464,6 +485,7 @@ impl Main<'_> {
                     prompt_version: self.opts.prompts.version.clone(),
                     question_index: i as u32,
                     judge_score: score,
+                    grounding: round2(grounding),
                 };
                 self.buf.extend_from_slice(
                     qa_line(self.opts.format, &p.question, &p.answer, &meta).as_bytes(),
@@ -502,4 +524,14 @@ impl Main<'_> {
         self.last_commit = Instant::now();
         Ok(())
     }
+}
+
+/// Pairs whose answer brings less than this share of content words the question does not
+/// have are dropped: "What is the name of the GNU General Public License?" — "GNU General
+/// Public License".
+const MIN_NOVELTY: f32 = 0.2;
+
+/// `x` to two decimals (a record's grounding).
+fn round2(x: f32) -> f32 {
+    (x * 100.0).round() / 100.0
 }
