@@ -95,10 +95,20 @@ fn sink(out: &Arc<Mutex<Out>>) -> Sink {
     Box::new(move |ev| {
         let mut o = out.lock().unwrap();
         match ev {
-            Event::Token { token, top, .. } => {
+            Event::Token {
+                token,
+                logprob,
+                top,
+            } => {
                 o.tokens.push(token);
                 if top.len() >= 2 {
                     o.gaps.push(top[0].1 - top[1].1);
+                }
+                // Asked for (`request`), the token's log-probability comes, and a greedy
+                // token's is the top one's.
+                let lp = logprob.expect("the request asked for log-probabilities");
+                if token == top[0].0 {
+                    assert!((lp - top[0].1).abs() < 1e-6, "{lp} vs {:?}", top[0]);
                 }
             }
             Event::Done { reason, usage } => o.done = Some((reason, usage)),
@@ -110,6 +120,7 @@ fn sink(out: &Arc<Mutex<Out>>) -> Sink {
 
 fn request(prompt: &[u32], max_tokens: usize) -> Request {
     Request {
+        logprobs: true,
         top_logprobs: 2,
         ..Request::greedy(prompt.to_vec(), max_tokens)
     }
@@ -255,6 +266,10 @@ fn higher_priority_runs_first_and_shared_prompts_are_computed_once() {
         let mk = |tag: usize| -> Sink {
             let order = order.clone();
             Box::new(move |ev| {
+                // Not asked for, no log-probability is computed.
+                if let Event::Token { logprob, .. } = &ev {
+                    assert_eq!(*logprob, None);
+                }
                 if matches!(ev, Event::Done { .. }) {
                     order.lock().unwrap().push(tag);
                 }

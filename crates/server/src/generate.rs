@@ -505,6 +505,7 @@ pub fn submit(app: &App, ready: &Ready, job: &Job, arrived: Instant) -> Result<R
                 sampler,
                 priority: 0,
                 stop_tokens: ready.vocab.eog.clone(),
+                logprobs: job.top_logprobs.is_some(),
                 top_logprobs: job.top_logprobs.unwrap_or(0),
                 prompt_logprobs: false,
                 hook,
@@ -582,7 +583,7 @@ pub async fn drive(
                 if ready.vocab.eog.contains(&token) {
                     continue;
                 }
-                if want_lp {
+                if want_lp && let Some(logprob) = logprob {
                     c.lps.push(Lp {
                         token,
                         logprob,

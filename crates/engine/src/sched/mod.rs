@@ -528,7 +528,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                     continue;
                 }
             };
-            let logprob = log_softmax_at(&row, token);
+            let logprob = l.req.logprobs.then(|| log_softmax_at(&row, token));
             let top = top_logprobs(&row, l.req.top_logprobs);
             l.generated += 1;
             self.stats.generated_tokens += 1;

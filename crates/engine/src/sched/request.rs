@@ -32,6 +32,10 @@ pub struct Request {
     /// Tokens that end generation (the model's end-of-generation tokens); the ending
     /// token is reported and counted, not followed.
     pub stop_tokens: Vec<u32>,
+    /// Report each generated token's log-probability ([`Event::Token`]): a pass over
+    /// the whole vocabulary in f64 per token, on the scheduler's thread, so only when
+    /// asked.
+    pub logprobs: bool,
     /// Log-probabilities of this many most likely tokens with each generated token.
     pub top_logprobs: usize,
     /// Report the log-probability of every prompt token after the first given the
@@ -50,6 +54,7 @@ impl Request {
             sampler: SamplerConfig::default(),
             priority: 0,
             stop_tokens: Vec::new(),
+            logprobs: false,
             top_logprobs: 0,
             prompt_logprobs: false,
             hook: None,
@@ -84,11 +89,11 @@ pub struct Usage {
 /// What a request's sink receives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// A generated token with its log-probability and the `top_logprobs` most likely
-    /// tokens (id, log-probability), most likely first.
+    /// A generated token with its log-probability (when the request asked for it) and the
+    /// `top_logprobs` most likely tokens (id, log-probability), most likely first.
     Token {
         token: u32,
-        logprob: f32,
+        logprob: Option<f32>,
         top: Vec<(u32, f32)>,
     },
     /// The log-probability of prompt token `index` (≥ 1) given those before it.

@@ -234,6 +234,7 @@ impl Main<'_> {
             sampler,
             priority: 0,
             stop_tokens,
+            logprobs: false,
             top_logprobs: 0,
             prompt_logprobs: false,
             hook: Some(Box::new(JsonHook::new(machine, vocab))),
