@@ -31,12 +31,25 @@ unsafe fn dot32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32 {
     }
 }
 
+/// 16 lanes holding 0x10 where bit `lane` of `bits` is set, else 0: the fifth bits of 16
+/// Q5 codes.
+#[inline(always)]
+unsafe fn fifth_bits(bits: u16) -> uint8x16_t {
+    const LANE_BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    // SAFETY: LANE_BIT is 16 readable bytes.
+    unsafe {
+        let bytes = vcombine_u8(vdup_n_u8(bits as u8), vdup_n_u8((bits >> 8) as u8));
+        let set = vtstq_u8(bytes, vld1q_u8(LANE_BIT.as_ptr()));
+        vandq_u8(set, vdupq_n_u8(0x10))
+    }
+}
+
 #[inline(always)]
 fn f16_at(p: &[u8], off: usize) -> f32 {
     crate::quant::read_f16(p, off)
 }
 
-/// A Q4_0, Q4_1 or Q8_0 row: the exact integer sum of each block by NEON, then the float
+/// A Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 row: the exact integer sum of each block by NEON, then the float
 /// steps of the portable loop (`acc = fma(isum, d · d_a, acc)`, `acc = fma(m, s, acc)`),
 /// so this path gives the portable bits.
 fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
@@ -59,6 +72,29 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     f16_at(blk, 2)
                 } else {
                     -8.0 * d
+                };
+                (isum, Some(m))
+            }
+            WType::Q5_0 | WType::Q5_1 => {
+                // Q5_0: d, qh, qs; Q5_1: d, min, qh, qs. Codes 0..31 (the low nibble and
+                // the bit from qh), as `layout::decode_q5` gives them.
+                let (m, hoff) = if wtype == WType::Q5_1 {
+                    (f16_at(blk, 2), 4)
+                } else {
+                    (-16.0 * d, 2)
+                };
+                let qh =
+                    u32::from_le_bytes([blk[hoff], blk[hoff + 1], blk[hoff + 2], blk[hoff + 3]]);
+                // SAFETY: blk holds 16 quant bytes after qh; a.qs holds 32 bytes.
+                let isum = unsafe {
+                    let q = vld1q_u8(blk.as_ptr().add(hoff + 4));
+                    let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0F)), fifth_bits(qh as u16));
+                    let hi = vorrq_u8(vshrq_n_u8::<4>(q), fifth_bits((qh >> 16) as u16));
+                    dot32(
+                        vreinterpretq_s8_u8(lo),
+                        vreinterpretq_s8_u8(hi),
+                        a.qs.as_ptr(),
+                    )
                 };
                 (isum, Some(m))
             }
@@ -96,7 +132,9 @@ pub(crate) unsafe fn gemm_q8(
         for r in rows.clone() {
             let row = &w.data[r * w.row_bytes..(r + 1) * w.row_bytes];
             let v = match w.wtype {
-                WType::Q4_0 | WType::Q4_1 | WType::Q8_0 => dot_row(w.wtype, row, a),
+                WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0 => {
+                    dot_row(w.wtype, row, a)
+                }
                 _ => super::portable::dot_q8_row(w.wtype, row, a),
             };
             // SAFETY: the caller owns (t, r) of `out`.
