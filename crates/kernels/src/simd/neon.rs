@@ -7,7 +7,8 @@
 use std::arch::aarch64::*;
 
 use super::{OutPtr, RowsRef};
-use crate::quant::{BlockQ8, QK, WType};
+use crate::quant::layout;
+use crate::quant::{BlockQ8, QK, QK_K, WType};
 
 /// Σ w[i]·a[i] over 32 weights given as two 16-lane i8 vectors.
 #[inline(always)]
@@ -117,6 +118,120 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     acc
 }
 
+/// Σ c[i]·a[i] over 16 signed codes and activations (|c| ≤ 32 here: two products fit an
+/// i16 lane).
+#[inline(always)]
+unsafe fn dot16(c: int8x16_t, a: *const i8) -> i32 {
+    // SAFETY: the caller guarantees 16 readable bytes at `a`.
+    unsafe {
+        let a = vld1q_s8(a);
+        let p = vmlal_s8(
+            vmull_s8(vget_low_s8(c), vget_low_s8(a)),
+            vget_high_s8(c),
+            vget_high_s8(a),
+        );
+        vaddvq_s32(vpaddlq_s16(p))
+    }
+}
+
+/// Σ a[i] over one activation block's 32 values.
+#[inline(always)]
+fn block_sum(a: &BlockQ8) -> i32 {
+    // SAFETY: a.qs holds 32 bytes; 16 values of |a| ≤ 128 sum within an i16.
+    unsafe {
+        let p = a.qs.as_ptr();
+        i32::from(vaddlvq_s8(vld1q_s8(p))) + i32::from(vaddlvq_s8(vld1q_s8(p.add(16))))
+    }
+}
+
+/// A Q4_K, Q5_K or Q6_K row against super-block activations: the integer sums of the
+/// portable loop (`portable::dot_k_groups`: `isum` over the groups with their integer
+/// scales, `imin` over the mins) formed with NEON, then its float steps, so the same
+/// bits.
+fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let bb = wtype.block_bytes();
+    let mut acc = 0.0f32;
+    for (sb, a8) in acts.chunks_exact(QK_K / QK).enumerate() {
+        let blk = &row[sb * bb..(sb + 1) * bb];
+        let ks = layout::k_scales(wtype, blk);
+        let mut isum = 0i32;
+        match wtype {
+            WType::Q4_K | WType::Q5_K => {
+                let (qs, qh) = if wtype == WType::Q5_K {
+                    (&blk[48..176], Some(&blk[16..48]))
+                } else {
+                    (&blk[16..144], None)
+                };
+                for j in 0..4 {
+                    let (s0, s1) = (2 * j, 2 * j + 1);
+                    // SAFETY: qs holds 32 bytes at 32j, qh 32 bytes; each a.qs 32 bytes.
+                    let (dl, dh) = unsafe {
+                        let q0 = vld1q_u8(qs.as_ptr().add(32 * j));
+                        let q1 = vld1q_u8(qs.as_ptr().add(32 * j + 16));
+                        let m = vdupq_n_u8(0x0F);
+                        let (mut l0, mut l1) = (vandq_u8(q0, m), vandq_u8(q1, m));
+                        let (mut h0, mut h1) = (vshrq_n_u8::<4>(q0), vshrq_n_u8::<4>(q1));
+                        if let Some(qh) = qh {
+                            // Bit s of qh[l] is the fifth bit of value l of group s.
+                            let (b0, b1) = (vld1q_u8(qh.as_ptr()), vld1q_u8(qh.as_ptr().add(16)));
+                            let fifth = |b: uint8x16_t, s: usize| {
+                                vandq_u8(vtstq_u8(b, vdupq_n_u8(1 << s)), vdupq_n_u8(0x10))
+                            };
+                            l0 = vorrq_u8(l0, fifth(b0, s0));
+                            l1 = vorrq_u8(l1, fifth(b1, s0));
+                            h0 = vorrq_u8(h0, fifth(b0, s1));
+                            h1 = vorrq_u8(h1, fifth(b1, s1));
+                        }
+                        let s8 = vreinterpretq_s8_u8;
+                        (
+                            dot32(s8(l0), s8(l1), a8[s0].qs.as_ptr()),
+                            dot32(s8(h0), s8(h1), a8[s1].qs.as_ptr()),
+                        )
+                    };
+                    isum += i32::from(ks.sc[s0]) * dl + i32::from(ks.sc[s1]) * dh;
+                }
+            }
+            WType::Q6_K => {
+                let (ql, qh) = (&blk[..128], &blk[128..192]);
+                for s in 0..8 {
+                    let (n, i) = (s / 4, s % 4);
+                    let lo = &ql[64 * n + 32 * (i % 2)..][..32];
+                    let hi = &qh[32 * n..][..32];
+                    // SAFETY: lo and hi hold 32 bytes each; a8[s].qs 32 bytes.
+                    let (d0, d1) = unsafe {
+                        let code = |off: usize| {
+                            let l = vld1q_u8(lo.as_ptr().add(off));
+                            let nib = if i < 2 {
+                                vandq_u8(l, vdupq_n_u8(0x0F))
+                            } else {
+                                vshrq_n_u8::<4>(l)
+                            };
+                            let h = vld1q_u8(hi.as_ptr().add(off));
+                            let high =
+                                vandq_u8(vshlq_u8(h, vdupq_n_s8(-2 * i as i8)), vdupq_n_u8(3));
+                            let c = vorrq_u8(nib, vshlq_n_u8::<4>(high));
+                            vsubq_s8(vreinterpretq_s8_u8(c), vdupq_n_s8(32))
+                        };
+                        let a = a8[s].qs.as_ptr();
+                        (dot16(code(0), a), dot16(code(16), a.add(16)))
+                    };
+                    isum += i32::from(ks.sc[2 * s]) * d0 + i32::from(ks.sc[2 * s + 1]) * d1;
+                }
+            }
+            _ => unreachable!("{wtype:?} is not a 256-value k-quant with integer scales"),
+        }
+        let da = a8[0].d;
+        acc = (isum as f32).mul_add(ks.d * da, acc);
+        if wtype != WType::Q6_K {
+            let imin: i32 = (0..QK_K / QK)
+                .map(|s| i32::from(ks.min[s]) * block_sum(&a8[s]))
+                .sum();
+            acc = (imin as f32).mul_add(-ks.dmin * da, acc);
+        }
+    }
+    acc
+}
+
 /// # Safety
 /// See [`super::gemm_q8`].
 pub(crate) unsafe fn gemm_q8(
@@ -135,6 +250,7 @@ pub(crate) unsafe fn gemm_q8(
                 WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0 => {
                     dot_row(w.wtype, row, a)
                 }
+                WType::Q4_K | WType::Q5_K | WType::Q6_K => dot_k_row(w.wtype, row, a),
                 _ => super::portable::dot_q8_row(w.wtype, row, a),
             };
             // SAFETY: the caller owns (t, r) of `out`.
