@@ -21,9 +21,8 @@ pub struct Dedup {
 /// The question's words, lowercased, without articles: "What does a 'covered work'
 /// mean?" and "What does 'covered work' mean?" are the same question.
 fn normalize(q: &str) -> Vec<String> {
-    q.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+    crate::ground::words(q)
+        .into_iter()
         .filter(|w| !matches!(w.as_str(), "a" | "an" | "the"))
         .collect()
 }

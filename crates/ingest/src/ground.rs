@@ -19,8 +19,9 @@ pub struct Grounding {
     joined: String,
 }
 
-/// Lowercased alphanumeric runs of `text`.
-fn words(text: &str) -> Vec<String> {
+/// Lowercased alphanumeric runs of `text` (the words every lexical check here and in
+/// `dedup` compares).
+pub(crate) fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)

@@ -90,9 +90,10 @@ const ANCHOR_WORDS: usize = 8;
 
 /// The opening words of part `index` (from 0) of `count` of `chunk`, for the `{anchor}`
 /// placeholder: the chunk cut into `count` spans of about equal bytes, each moved on to
-/// the next sentence or line start (else the next word) in its span, so that a chunk's questions are sent to different
-/// passages instead of all asking about its first sentence. Double quotes become single
-/// ones (the anchor is quoted in the prompt). Empty for a chunk without words.
+/// the next sentence or line start (else the next word) in its span, so that a chunk's
+/// questions are sent to different passages instead of all asking about its first
+/// sentence. Double quotes become single ones (the anchor is quoted in the prompt). Empty
+/// for a chunk without words.
 pub fn anchor(chunk: &str, index: usize, count: usize) -> String {
     let count = count.max(1);
     let mut at = chunk.len() * index.min(count - 1) / count;

@@ -409,7 +409,8 @@ impl Main<'_> {
             let before = self.buf.len();
             let mut records = 0u64;
             let c = &job.item.chunk;
-            let ground = Grounding::new(&c.text);
+            // Built at the chunk's first valid pair (a `--no-generate` run has none).
+            let mut ground: Option<Grounding> = None;
             if self.generator.is_none() {
                 let r = ChunkRecord {
                     id: id_hex(job.id),
@@ -429,7 +430,9 @@ impl Main<'_> {
                 }
                 let score = p.score.unwrap_or(0);
                 self.report.score_sum += u64::from(score);
-                let grounding = ground.coverage(&p.answer);
+                let grounding = ground
+                    .get_or_insert_with(|| Grounding::new(&c.text))
+                    .coverage(&p.answer);
                 let why = if score < self.opts.judge_threshold {
                     self.report.dropped_judge += 1;
                     "judge score below the threshold"

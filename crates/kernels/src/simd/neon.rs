@@ -50,9 +50,9 @@ fn f16_at(p: &[u8], off: usize) -> f32 {
     crate::quant::read_f16(p, off)
 }
 
-/// A Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 row: the exact integer sum of each block by NEON, then the float
-/// steps of the portable loop (`acc = fma(isum, d · d_a, acc)`, `acc = fma(m, s, acc)`),
-/// so this path gives the portable bits.
+/// A Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 row: the exact integer sum of each block by NEON,
+/// then the portable loop's float steps ([`super::portable::block32_step`]), so this path
+/// gives the portable bits.
 fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     let bb = wtype.block_bytes();
     let mut acc = 0.0f32;
@@ -110,10 +110,7 @@ fn dot_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
             // The other kinds take the portable loop (dispatched in `gemm_q8`).
             _ => unreachable!("{wtype:?} takes the portable loop"),
         };
-        acc = (isum as f32).mul_add(d * a.d, acc);
-        if let Some(m) = m {
-            acc = m.mul_add(a.s, acc);
-        }
+        acc = super::portable::block32_step(acc, isum, d, m, a);
     }
     acc
 }
@@ -146,8 +143,8 @@ fn block_sum(a: &BlockQ8) -> i32 {
 
 /// A Q4_K, Q5_K or Q6_K row against super-block activations: the integer sums of the
 /// portable loop (`portable::dot_k_groups`: `isum` over the groups with their integer
-/// scales, `imin` over the mins) formed with NEON, then its float steps, so the same
-/// bits.
+/// scales, `imin` over the mins) formed with NEON, then its float steps
+/// ([`super::portable::k_step`]), so the same bits.
 fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     let bb = wtype.block_bytes();
     let mut acc = 0.0f32;
@@ -220,14 +217,12 @@ fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
             }
             _ => unreachable!("{wtype:?} is not a 256-value k-quant with integer scales"),
         }
-        let da = a8[0].d;
-        acc = (isum as f32).mul_add(ks.d * da, acc);
-        if wtype != WType::Q6_K {
-            let imin: i32 = (0..QK_K / QK)
+        let imin = (wtype != WType::Q6_K).then(|| {
+            (0..QK_K / QK)
                 .map(|s| i32::from(ks.min[s]) * block_sum(&a8[s]))
-                .sum();
-            acc = (imin as f32).mul_add(-ks.dmin * da, acc);
-        }
+                .sum()
+        });
+        acc = super::portable::k_step(acc, isum, imin, &ks, a8[0].d);
     }
     acc
 }

@@ -32,12 +32,28 @@ fn dot_blocks(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
         for (c, q) in code.iter().zip(&a.qs) {
             isum += c * i32::from(*q);
         }
-        acc = (isum as f32).mul_add(d * a.d, acc);
-        if wtype != WType::Q8_0 {
-            acc = m.mul_add(a.s, acc);
-        }
+        acc = block32_step(acc, isum, d, (wtype != WType::Q8_0).then_some(m), a);
     }
     acc
+}
+
+/// The float steps of one 32-value block after its exact integer sum `isum`:
+/// `fma(isum, d · d_a, acc)`, then `fma(m, s, acc)` for a kind with an offset `m`. Every
+/// row loop of these kinds takes them (the AVX-512 panels in vector form), which is why
+/// every path gives the same bits.
+#[inline(always)]
+pub(crate) fn block32_step(acc: f32, isum: i32, d: f32, m: Option<f32>, a: &BlockQ8) -> f32 {
+    let acc = (isum as f32).mul_add(d * a.d, acc);
+    m.map_or(acc, |m| m.mul_add(a.s, acc))
+}
+
+/// The float steps of one Q4_K/Q5_K/Q6_K super-block after its exact integer sums (see
+/// [`dot_k_groups`]): `fma(isum, d · da, acc)`, then `fma(imin, -dmin · da, acc)` for the
+/// kinds with mins.
+#[inline(always)]
+pub(crate) fn k_step(acc: f32, isum: i32, imin: Option<i32>, ks: &layout::KScales, da: f32) -> f32 {
+    let acc = (isum as f32).mul_add(ks.d * da, acc);
+    imin.map_or(acc, |imin| (imin as f32).mul_add(-ks.dmin * da, acc))
 }
 
 /// A Q4_K, Q5_K or Q6_K row against super-block activations (eight blocks sharing one
@@ -72,14 +88,12 @@ fn dot_k_groups(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                 .sum();
             isum += i32::from(ks.sc[g]) * dot;
         }
-        let da = a8[0].d;
-        acc = (isum as f32).mul_add(ks.d * da, acc);
-        if wtype != WType::Q6_K {
-            let imin: i32 = (0..QK_K / QK)
+        let imin = (wtype != WType::Q6_K).then(|| {
+            (0..QK_K / QK)
                 .map(|s| i32::from(ks.min[s]) * (QK * s..QK * (s + 1)).map(a).sum::<i32>())
-                .sum();
-            acc = (imin as f32).mul_add(-ks.dmin * da, acc);
-        }
+                .sum()
+        });
+        acc = k_step(acc, isum, imin, &ks, a8[0].d);
     }
     acc
 }
