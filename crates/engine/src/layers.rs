@@ -20,6 +20,7 @@ use budget::{Bytes, OutOfBudget, Reservation};
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::memory::{Accounts, scratch_bytes};
 use crate::model::{Layer, Model};
+use kvcache::{KvCache, KvError, SeqId};
 
 /// A forward pass's buffers with their account in the ledger: the fixed per-micro-batch
 /// [`Scratch`], the logits rows and the attention workspace. The session and the batched
@@ -59,16 +60,19 @@ impl Workspace {
         self.res.size().0
     }
 
-    /// Grows the reservation so that it covers `logits_len` logits and an attention
-    /// workspace of `attn_len`; allocates nothing.
+    /// Grows the reservation so that it covers `logits_len` logits, an attention
+    /// workspace of `attn_len` and `own_len` f16s of a step's own windowed rows
+    /// ([`own_rows`]); allocates nothing.
     pub(crate) fn account(
         &mut self,
         logits_len: usize,
         attn_len: usize,
+        own_len: usize,
     ) -> Result<(), OutOfBudget> {
         let want = self.s.fixed_bytes()
             + self.logits.capacity().max(logits_len) as u64 * 4
-            + self.s.attn.capacity().max(attn_len) as u64 * 4;
+            + self.s.attn.capacity().max(attn_len) as u64 * 4
+            + self.s.own.capacity().max(own_len) as u64 * 2;
         let have = self.res.size().0;
         if want > have {
             self.res.try_grow(Bytes(want - have))?;
@@ -79,7 +83,7 @@ impl Workspace {
     /// Sizes the logits to `logits_len` and the attention workspace to at least
     /// `attn_len`, growing exactly, so the buffers hold no more than [`Workspace::account`]
     /// had the ledger grant.
-    pub(crate) fn fit(&mut self, logits_len: usize, attn_len: usize) {
+    pub(crate) fn fit(&mut self, logits_len: usize, attn_len: usize, own_len: usize) {
         self.logits
             .reserve_exact(logits_len.saturating_sub(self.logits.len()));
         self.logits.resize(logits_len, 0.0);
@@ -88,6 +92,8 @@ impl Workspace {
             attn.reserve_exact(attn_len - attn.len());
             attn.resize(attn_len, 0.0);
         }
+        let own = &mut self.s.own;
+        own.reserve_exact(own_len.saturating_sub(own.len()));
     }
 }
 
@@ -104,6 +110,8 @@ pub(crate) struct Scratch {
     pub(crate) up: Vec<f32>,
     /// Attention workspace, grown (after its reservation) as calls need it.
     pub(crate) attn: Vec<f32>,
+    /// A step's own rows of a sliding-window layer ([`own_rows`]), grown the same way.
+    pub(crate) own: Vec<u16>,
     pub(crate) kf16: Vec<u16>,
     pub(crate) vf16: Vec<u16>,
     /// RoPE angles of each row's position.
@@ -153,6 +161,7 @@ impl Scratch {
             gate: vec![0.0; n * c.d_ff],
             up: vec![0.0; n * c.d_ff],
             attn: Vec::new(),
+            own: Vec::new(),
             kf16: vec![0; kvd],
             vf16: vec![0; kvd],
             rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
@@ -472,4 +481,59 @@ pub(crate) fn output_logits(
     if let Some(cap) = c.hooks.final_softcap {
         ops::softcap(&mut out[..n_out * c.vocab], cap);
     }
+}
+
+/// f16s of the one-layer blocks that hold a step's own rows of a sliding-window layer
+/// for `n` query tokens from `pos0` ([`own_rows`]); 0 for a single token, which reads
+/// the cache (its row is written first and replaces none it reads).
+pub(crate) fn own_rows_len(cfg: &ModelConfig, pos0: usize, n: usize) -> usize {
+    if cfg.hooks.sliding_window.is_none() || n < 2 {
+        return 0;
+    }
+    let bt = crate::forward::BLOCK_TOKENS;
+    let blocks = (pos0 + n - 1) / bt - pos0 / bt + 1;
+    blocks * 2 * cfg.n_kv_heads * bt * cfg.head_dim
+}
+
+/// Appends to `out` one-layer f16 blocks ([`kernels::kvquant::KvBlock::F16Layer`]) of
+/// `layer` for positions from the start of the block `pos0` falls in to `pos0 + n`:
+/// the cache's rows before `pos0`, then the step's own (`k`, `v`: `n` rows of f32).
+/// Attention of a sliding-window layer reads a step of several tokens from here, so the
+/// cache's rows that the step's own replace (`kvcache`'s ring) are written only after.
+pub(crate) fn own_rows(
+    kv: &KvCache,
+    seq: SeqId,
+    layer: usize,
+    pos0: usize,
+    (k, v): (&[f32], &[f32]),
+    out: &mut Vec<u16>,
+) -> Result<(), KvError> {
+    let l = kv.layout();
+    let (bt, hd, kvh) = (l.block_tokens(), l.head_dim(), l.n_kv_heads());
+    let (kvd, hs) = (kvh * hd, bt * hd);
+    let n = k.len() / kvd;
+    let j0 = pos0 / bt;
+    let blocks = (pos0 + n - 1) / bt - j0 + 1;
+    let lb = 2 * kvh * hs;
+    let start = out.len();
+    out.resize(start + blocks * lb, 0);
+    let put = |out: &mut [u16], p: usize, kr: &[u16], vr: &[u16]| {
+        let (base, t) = (start + (p / bt - j0) * lb, p % bt);
+        for h in 0..kvh {
+            let (ko, vo) = (base + h * hs + t * hd, base + (kvh + h) * hs + t * hd);
+            out[ko..ko + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+            out[vo..vo + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
+        }
+    };
+    let (mut kr, mut vr) = (vec![0u16; kvd], vec![0u16; kvd]);
+    for p in j0 * bt..pos0 {
+        kv.read(seq, layer, p, &mut kr, &mut vr)?;
+        put(out, p, &kr, &vr);
+    }
+    for i in 0..n {
+        ops::f32_to_f16(&k[i * kvd..(i + 1) * kvd], &mut kr);
+        ops::f32_to_f16(&v[i * kvd..(i + 1) * kvd], &mut vr);
+        put(out, pos0 + i, &kr, &vr);
+    }
+    Ok(())
 }

@@ -237,8 +237,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     } else {
         u64::MAX
     };
+    // A micro-batch's own rows of a sliding-window layer, read from scratch
+    // (`layers::own_rows`), at the worst alignment: one sequence's micro-batch.
+    let own_rows =
+        crate::layers::own_rows_len(cfg, crate::forward::BLOCK_TOKENS - 1, input.ubatch) as u64 * 2;
     let scratch_bytes = scratch_bytes(cfg, input.ubatch)
         .saturating_add(attention)
+        .saturating_add(own_rows)
         .saturating_add(cfg.vocab as u64 * 4);
     let runtime_bytes = runtime_bytes(input);
     let total_bytes = [

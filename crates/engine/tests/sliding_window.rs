@@ -95,10 +95,13 @@ fn check_windows(tm: &engine::text::TextModel<'_>) {
     let len = PROMPT + DECODED;
     let all_layers = len.div_ceil(BLOCK_TOKENS) as u64 * layout.block_bytes();
     assert_eq!(fat.end, all_layers);
-    // The peak is the plan's figure for this length, read in 512-token micro-batches.
+    // The peak is the plan's figure for this length, read in 512-token micro-batches:
+    // the windowed layers never held more than their window, not even while a
+    // micro-batch was read (its own rows came from scratch) or a block was begun.
     let plan = KvType::F16.seq_bytes(&layout, len, UBATCH);
     assert_eq!(thin.peak, plan);
     assert_eq!(thin.end, at_rest(&layout, len));
+    assert_eq!(thin.peak, thin.end);
     assert!(
         thin.end * 10 < all_layers * 6,
         "{} of {all_layers}",
@@ -120,20 +123,33 @@ fn check_windows(tm: &engine::text::TextModel<'_>) {
     }
     e.kv().check_invariants();
     assert_eq!(e.kv_bytes(), at_rest(&layout, PROMPT));
-    assert!(e.peak_kv_bytes() <= KvType::F16.seq_bytes(&layout, PROMPT, UBATCH));
+    assert_eq!(
+        e.peak_kv_bytes(),
+        KvType::F16.seq_bytes(&layout, PROMPT, UBATCH)
+    );
+    // And decoding on one token at a time: the window, never a block more.
+    let mut next = PROMPT;
+    for _ in 0..20 {
+        let mut b = Batch::new();
+        b.push_tokens(seq, next, &[prompt[next % 7]], Logits::Last);
+        e.decode(&b).unwrap();
+        next += 1;
+        e.kv().check_invariants();
+        assert_eq!(e.kv_bytes(), at_rest(&layout, next));
+    }
+    assert_eq!(
+        e.peak_kv_bytes(),
+        KvType::F16.seq_bytes(&layout, next, UBATCH)
+    );
 }
 
-/// KV bytes of a sequence of `len` tokens once thinned for a query at `len`: the global
-/// layers at every block, the windowed ones at the blocks that query's window touches
-/// (at most the window and one block).
+/// KV bytes of a sequence of `len` tokens: the global layers at every block, the
+/// windowed ones at exactly their window (the block being written keeps its windowed
+/// rows in place of those of the block one window earlier).
 fn at_rest(layout: &kvcache::KvLayout, len: usize) -> u64 {
     let window = layout.window().unwrap();
     let blocks = len.div_ceil(BLOCK_TOKENS);
-    let seen = blocks - (len + 1 - window) / BLOCK_TOKENS;
-    assert!(
-        seen * BLOCK_TOKENS <= window + BLOCK_TOKENS,
-        "{seen} blocks"
-    );
+    let seen = blocks.min(window / BLOCK_TOKENS);
     let f16 = layout.thin_geom().block_bytes(kvcache::KvFormat::F16);
     let per_layer_block = f16 / layout.n_global();
     ((blocks * layout.n_global() + seen * layout.n_windowed()) * per_layer_block) as u64

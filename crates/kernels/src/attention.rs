@@ -444,6 +444,13 @@ fn load_block(
             simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
             false
         }
+        KvBlock::F16Layer(blk) => {
+            let koff = h * g.head_stride();
+            let voff = (g.n_kv_heads + h) * g.head_stride();
+            simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
+            simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
+            false
+        }
         KvBlock::Quant(f, blk) => {
             let ko = g.q_k_offset(f, kv.layer, h);
             let vo = g.q_v_offset(f, kv.layer, h);

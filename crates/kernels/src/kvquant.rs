@@ -158,6 +158,10 @@ impl BlockGeom {
 pub enum KvBlock<'a> {
     F16(&'a [u16]),
     Quant(KvFormat, &'a [u8]),
+    /// One layer's part of an f16 block (keys of every KV head, then values), whatever
+    /// layer the call attends over: a step's own rows of a sliding-window layer, read
+    /// from scratch while the cache's rows they replace are still being read.
+    F16Layer(&'a [u16]),
 }
 
 fn f16(b: &[u8], i: usize) -> f32 {
@@ -604,6 +608,7 @@ pub fn transcode(geom: &BlockGeom, from: KvBlock<'_>, to: KvFormat, nt: usize) -
     let decoded: Vec<u16>;
     let src: &[u16] = match from {
         KvBlock::F16(s) => s,
+        KvBlock::F16Layer(_) => panic!("a one-layer scratch view is not a stored block"),
         KvBlock::Quant(f, b) => {
             let mut d = vec![0u16; geom.block_bytes(KvFormat::F16) / 2];
             decode_block(f, geom, b, &mut d);

@@ -38,6 +38,7 @@ pub mod policy;
 mod pool;
 mod prefetch;
 mod prefix;
+mod ring;
 mod seq;
 
 pub use kernels::kvquant::{KvBlock, KvFormat};

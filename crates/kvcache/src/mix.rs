@@ -128,10 +128,12 @@ impl TierMix {
 impl TierMix {
     /// The most bytes one sequence's KV holds while it is read from position 0 to `ctx`
     /// tokens in micro-batches of `ubatch`, each sequence thinned after every micro-batch
-    /// ([`crate::KvCache::seq_thin`]). Global layers hold every token; windowed layers
-    /// hold the blocks the next micro-batch's window sees and the micro-batch itself —
-    /// at most `window + ubatch` tokens (plus block rounding). Without windowed layers,
-    /// `ctx ×` the per-token figure of every layer.
+    /// ([`crate::KvCache::seq_thin`]). Global layers hold every token. Windowed layers
+    /// of an all-f16 cache hold their window and never more (the ring, see
+    /// [`crate::KvCache::set_ring`]: a window of whole blocks, a sequence sharing no
+    /// block); otherwise the blocks the next micro-batch's window sees and the
+    /// micro-batch itself — at most `window + ubatch` tokens (plus block rounding).
+    /// Without windowed layers, `ctx ×` the per-token figure of every layer.
     pub fn seq_bytes(&self, layout: &KvLayout, ctx: usize, ubatch: usize) -> u64 {
         let ctx = ctx.max(1);
         let Some(w) = layout.window() else {
@@ -140,6 +142,12 @@ impl TierMix {
         };
         let (bt, u) = (layout.block_tokens(), ubatch.max(1));
         let (global, windowed) = (layout.thin_geom(), layout.windowed_geom());
+        if self.is_all_f16() && w.is_multiple_of(bt) {
+            let blocks = ctx.div_ceil(bt) as u128;
+            let f16 = |g: &BlockGeom| g.block_bytes(KvFormat::F16) as u128;
+            let total = blocks * f16(&global) + blocks.min((w / bt) as u128) * f16(&windowed);
+            return u64::try_from(total).unwrap_or(u64::MAX);
+        }
         // Micro-batch k starts at k·u, the sequence thinned to its window there. While
         // the window has not moved past position 0 every phase is a candidate; after it,
         // the windowed part repeats with the block rounding (period ≤ bt phases) and the
@@ -256,7 +264,10 @@ impl KvCache {
             .filter_map(|(b, &id)| {
                 let want = mix.format_for(b, len, bt);
                 let m = self.pool.meta(id);
-                (want > m.format && m.tier != Tier::Disk && !m.compressed).then_some((id, want))
+                // A host and its guest stay f16 until the guest is full (`ring`).
+                let ring = m.hosting || s.guests.contains(&b);
+                (want > m.format && m.tier != Tier::Disk && !m.compressed && !ring)
+                    .then_some((id, want))
             })
             .collect())
     }

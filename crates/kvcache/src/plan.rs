@@ -91,6 +91,8 @@ pub struct Plan {
     growths: Vec<Growth>,
     blocks: usize,
     bytes: u64,
+    /// `bytes` less what promoting partial blocks takes (granted as they are promoted).
+    grow_bytes: u64,
 }
 
 impl Plan {
@@ -125,6 +127,8 @@ impl KvCache {
             *by_seq.entry(seq).or_default() += n;
         }
         let (mut growths, mut blocks, mut promote_bytes) = (Vec::new(), 0, 0);
+        // Appended blocks: whole ones (and copies), thin guests (`ring`).
+        let (mut whole, mut thin) = (0, 0);
         for (seq, n) in by_seq {
             let s = self.get(seq)?;
             if n == 0 {
@@ -151,6 +155,9 @@ impl KvCache {
             };
             let append_blocks = to.div_ceil(bt).saturating_sub(s.blocks.len());
             blocks += append_blocks + usize::from(partial == Partial::CopyOnWrite);
+            let (w, t) = self.append_shape(seq, append_blocks)?;
+            whole += w + usize::from(partial == Partial::CopyOnWrite);
+            thin += t;
             growths.push(Growth {
                 seq,
                 from_tokens: from,
@@ -160,7 +167,8 @@ impl KvCache {
                 partial,
             });
         }
-        let bytes = self.pool.new_storage_bytes(blocks) + promote_bytes;
+        let grow_bytes = self.pool.new_storage_bytes(whole) + thin as u64 * self.pool.thin_bytes();
+        let bytes = grow_bytes + promote_bytes;
         let free_blocks = self.pool.free_blocks();
         let available_bytes = self.pool.available_bytes();
         if blocks > free_blocks || available_bytes.is_some_and(|a| bytes > a) {
@@ -176,6 +184,7 @@ impl KvCache {
             growths,
             blocks,
             bytes,
+            grow_bytes,
         })
     }
 
@@ -209,13 +218,9 @@ impl KvCache {
             let id = g.last.expect("a partial block was planned");
             self.pool.set_format(id, KvFormat::F16)?;
         }
-        self.pool.account_for(plan.blocks)?;
+        // All of it at once (each growth below then finds it granted): all or nothing.
+        self.pool.grow_account(plan.grow_bytes)?;
         for g in plan.growths {
-            let mut fresh = Vec::with_capacity(g.append_blocks);
-            for _ in 0..g.append_blocks {
-                // Cannot fail: the free blocks were counted above and nothing else runs.
-                fresh.push(self.pool.alloc().expect("free blocks counted above"));
-            }
             if g.partial == Partial::CopyOnWrite {
                 let old = g.last.expect("a partial block was planned");
                 let copy = self.pool.alloc().expect("free blocks counted above");
@@ -224,8 +229,9 @@ impl KvCache {
                 *s.blocks.last_mut().expect("a partial block was planned") = copy;
                 self.release(old);
             }
+            // Cannot fail for want of blocks: they were counted above.
+            self.append_blocks(g.seq, g.append_blocks)?;
             let s = self.seqs.get_mut(&g.seq).expect("checked above");
-            s.blocks.extend(fresh);
             s.reserved_tokens = g.to_tokens;
         }
         self.debug_check();

@@ -186,7 +186,9 @@ impl KvCache {
         for s in parked {
             for (b, &id) in s.blocks.iter().enumerate() {
                 let m = self.pool().meta(id);
-                if m.pins > 0 || m.tier == Tier::Disk || !taken.insert(id) {
+                // A host and its guest stay hot until the guest is full (`ring`).
+                let ring = m.hosting || s.guests.contains(&b);
+                if m.pins > 0 || ring || m.tier == Tier::Disk || !taken.insert(id) {
                     continue;
                 }
                 cands.push(Candidate {

@@ -69,6 +69,12 @@ pub struct BlockMeta {
     /// Its windowed layers were dropped ([`BlockPool::thin`]): it holds the global
     /// layers' slots only.
     pub thin: bool,
+    /// The first `lent` rows of its windowed layers hold the tokens of a later block of
+    /// the same sequence (its *guest*, see `ring`), not its own: a query that sees those
+    /// rows of this block must not read it. 0 for a block whose rows are all its own.
+    pub lent: u16,
+    /// A guest writes its windowed rows here now: the block stays hot f16 and pinned.
+    pub hosting: bool,
 }
 
 impl BlockMeta {
@@ -84,6 +90,8 @@ impl BlockMeta {
             last_use: 0,
             use_count: 0,
             thin: false,
+            lent: 0,
+            hosting: false,
         }
     }
 }
@@ -187,7 +195,7 @@ impl BlockPool {
     }
 
     /// Makes sure the ledger covers `extra` more bytes of storage (all or nothing).
-    fn grow_account(&mut self, extra: u64) -> Result<(), OutOfBudget> {
+    pub(crate) fn grow_account(&mut self, extra: u64) -> Result<(), OutOfBudget> {
         if let Some(r) = &mut self.reservation {
             let want = self.storage_bytes + extra;
             if want > r.size().0 {
@@ -217,7 +225,7 @@ impl BlockPool {
         Some(r.budget().available(r.pool()).0)
     }
 
-    fn sync_reservation(&mut self) {
+    pub(crate) fn sync_reservation(&mut self) {
         if let Some(r) = &mut self.reservation {
             let have = r.size().0;
             if have > self.storage_bytes {
@@ -288,36 +296,102 @@ impl BlockPool {
     /// Takes a hot block with ref count 1, or `None` if the pool is full. The ledger
     /// must already cover it ([`BlockPool::account_for`]).
     pub(crate) fn alloc(&mut self) -> Option<BlockId> {
-        if self.used >= self.capacity {
-            return None;
-        }
         // Prefer a free block that still has f16 storage.
-        let id = match self
-            .free
-            .pop(Stock::Stocked)
-            .or_else(|| self.free.pop(Stock::Bare))
-        {
-            Some(id) => id,
-            None => {
-                let id = BlockId(u32::try_from(self.metas.len()).ok()?);
-                self.metas.push(BlockMeta::fresh());
-                self.storage.push(Storage::None);
-                id
-            }
-        };
-        let i = id.0 as usize;
-        if !matches!(self.storage[i], Storage::F16(_)) {
+        let id = self.take_slot(&[Stock::Stocked, Stock::Bare])?;
+        if !matches!(self.storage[id.0 as usize], Storage::F16(_)) {
             let fresh = vec![0u16; self.layout.block_elems()].into_boxed_slice();
             self.set_storage(id, Storage::F16(fresh));
         }
+        self.hand_out(id, false);
+        Some(id)
+    }
+
+    /// Takes a block whose storage is thin from the start (hot f16, ref count 1): a
+    /// *guest*, whose windowed rows live in its host ([`crate::KvCache`]'s `ring`). Never
+    /// one of the free blocks that keep whole storage; the ledger must already cover
+    /// [`BlockPool::thin_bytes`] for it.
+    pub(crate) fn alloc_thin(&mut self) -> Option<BlockId> {
+        self.layout.window()?;
+        let id = self.take_slot(&[Stock::Bare])?;
+        let len = self.layout.thin_geom().block_bytes(KvFormat::F16) / 2;
+        self.set_storage(id, Storage::F16(vec![0u16; len].into_boxed_slice()));
+        self.hand_out(id, true);
+        Some(id)
+    }
+
+    /// A free block from the first of `stocks` that has one, else a new slot; `None` if
+    /// the pool is full.
+    fn take_slot(&mut self, stocks: &[Stock]) -> Option<BlockId> {
+        if self.used >= self.capacity {
+            return None;
+        }
+        if let Some(id) = stocks.iter().find_map(|&st| self.free.pop(st)) {
+            return Some(id);
+        }
+        let id = BlockId(u32::try_from(self.metas.len()).ok()?);
+        self.metas.push(BlockMeta::fresh());
+        self.storage.push(Storage::None);
+        Some(id)
+    }
+
+    /// Marks block `id` (with its storage in place) as used by one table.
+    fn hand_out(&mut self, id: BlockId, thin: bool) {
         self.clock += 1;
-        self.metas[i] = BlockMeta {
+        self.metas[id.0 as usize] = BlockMeta {
             ref_count: 1,
             last_use: self.clock,
+            thin,
             ..BlockMeta::fresh()
         };
         self.used += 1;
-        Some(id)
+    }
+
+    /// Bytes of a thin block's f16 storage.
+    pub fn thin_bytes(&self) -> u64 {
+        self.layout.thin_geom().block_bytes(KvFormat::F16) as u64
+    }
+
+    /// Gives the guest `guest` (thin) the whole storage of its host `host`, whose windowed
+    /// rows now hold the guest's tokens, and the host the guest's thin storage: the
+    /// global slots of the two are exchanged first, so each keeps its own. No byte is
+    /// allocated; afterwards the guest is whole and the host thin.
+    pub(crate) fn swap_windowed(&mut self, guest: BlockId, host: BlockId) {
+        let (g, h) = (guest.0 as usize, host.0 as usize);
+        assert!(self.metas[g].thin && !self.metas[h].thin && g != h);
+        let (a, b) = if g < h {
+            let (x, y) = self.storage.split_at_mut(h);
+            (&mut x[g], &mut y[0])
+        } else {
+            let (x, y) = self.storage.split_at_mut(g);
+            (&mut y[0], &mut x[h])
+        };
+        let (Storage::F16(thin), Storage::F16(whole)) = (a, b) else {
+            panic!("a guest and its host are hot f16");
+        };
+        let n = thin.len();
+        thin.swap_with_slice(&mut whole[..n]);
+        self.storage.swap(g, h);
+        self.metas[g].thin = false;
+        let m = &mut self.metas[h];
+        (m.thin, m.lent) = (true, 0);
+    }
+
+    /// Makes the guest `guest` whole on its own: its global slots and the first `rows`
+    /// rows of its windowed layers, read from its host `host`, in a new whole storage.
+    /// The host keeps `lent` (those rows are still not its own).
+    pub(crate) fn unfold(&mut self, guest: BlockId, host: BlockId) -> Result<(), KvError> {
+        let (g, h) = (guest.0 as usize, host.0 as usize);
+        let (Storage::F16(thin), Storage::F16(whole)) = (&self.storage[g], &self.storage[h]) else {
+            panic!("a guest and its host are hot f16");
+        };
+        let mut fat = whole.clone();
+        fat[..thin.len()].copy_from_slice(thin);
+        let extra = (fat.len() - thin.len()) as u64 * 2;
+        self.grow_account(extra)?;
+        self.set_storage(guest, Storage::F16(fat));
+        self.sync_reservation();
+        self.metas[g].thin = false;
+        Ok(())
     }
 
     /// Adds a reference (a second block table now points here).
@@ -338,6 +412,7 @@ impl BlockPool {
         }
         let hash = m.hash.take();
         m.pins = 0;
+        (m.lent, m.hosting) = (0, false);
         // A thin block's storage is short of a fresh block's: not kept for reuse.
         let thin = std::mem::take(&mut m.thin);
         self.used -= 1;
@@ -434,6 +509,7 @@ impl BlockPool {
         let before = self.storage_bytes;
         self.set_storage(id, cut);
         self.metas[i].thin = true;
+        self.metas[i].lent = 0;
         self.sync_reservation();
         before - self.storage_bytes
     }
@@ -554,6 +630,10 @@ impl BlockPool {
             assert!(
                 !m.thin || self.layout.window().is_some(),
                 "block {i} is thin in a layout without windowed layers"
+            );
+            assert!(
+                !m.hosting || (!m.thin && matches!(s, Storage::F16(_))),
+                "host {i} is not a whole f16 block"
             );
             let geom = self.geom_of(BlockId(i as u32));
             let (tier, format, compressed) = s

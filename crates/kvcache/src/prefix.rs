@@ -76,6 +76,7 @@ impl KvCache {
         format: KvFormat,
     ) -> Result<(), KvError> {
         let bt = self.layout().block_tokens();
+        self.settle(seq);
         let s = self.get(seq)?;
         let full = s.reserved_tokens.min(tokens.len()) / bt;
         let mut b = s.hashed_blocks;
@@ -96,9 +97,12 @@ impl KvCache {
             let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], digest);
             // A thin block answers for a whole one only where this sequence's own block
             // could be thin too.
+            // A block with rows lent to a guest (`ring`) answers for none, and a host
+            // stays where its guest writes.
             let fits = |other: BlockId| {
                 let (o, own) = (self.pool.meta(other), self.pool.meta(id));
-                o.format == format && (!o.thin || own.thin)
+                let o_whole = !o.thin && o.lent == 0 && !o.hosting;
+                o.format == format && (o_whole || own.thin) && !own.hosting
             };
             match self.index.get(&h).copied() {
                 Some(other) if other != id && fits(other) => {
@@ -156,7 +160,7 @@ impl KvCache {
             let blind = blocks[..n]
                 .iter()
                 .enumerate()
-                .all(|(b, &id)| !self.pool.meta(id).thin || !l.window_sees(b, n * bt));
+                .all(|(b, &id)| !self.missing_in_sight(id, b, n * bt, false, false));
             if blind {
                 return n;
             }
@@ -344,7 +348,7 @@ impl KvCache {
             parent = Some(key);
             // A thin block lacks its windowed layers: a later run reusing this prefix
             // needs them wherever its window reaches, so only whole blocks are written.
-            if m.format != format || m.thin {
+            if m.format != format || m.thin || m.lent > 0 || m.hosting {
                 continue;
             }
             match store.verify(key) {

@@ -92,6 +92,9 @@ pub(crate) struct Sequence {
     /// The position of the next query this sequence runs (as last reported to
     /// [`KvCache::seq_thin`]; 0 until then): blocks wholly before its window may be thin.
     pub(crate) horizon: usize,
+    /// Table indices of its guests: thin blocks whose windowed rows are written into the
+    /// block one window earlier (`ring`), ascending.
+    pub(crate) guests: Vec<usize>,
 }
 
 /// The KV cache: a block pool, the block tables of live sequences, and the index of
@@ -104,6 +107,8 @@ pub struct KvCache {
     pub(crate) index: HashMap<u64, BlockId>,
     /// Tokens whose KV was taken from shared blocks instead of being computed.
     pub(crate) reused_tokens: u64,
+    /// New blocks may be guests of a host one window earlier ([`KvCache::set_ring`]).
+    pub(crate) ring: bool,
 }
 
 impl KvCache {
@@ -115,6 +120,7 @@ impl KvCache {
             next_seq: 0,
             index: HashMap::new(),
             reused_tokens: 0,
+            ring: false,
         }
     }
 
@@ -202,14 +208,8 @@ impl KvCache {
                 free_blocks: self.pool.free_blocks(),
             });
         }
-        self.pool.account_for(needed)?;
-        let mut got = Vec::with_capacity(needed);
-        for _ in 0..needed {
-            // Cannot fail: free_blocks was checked above and nothing else runs meanwhile.
-            got.push(self.pool.alloc().expect("free block counted above"));
-        }
+        self.append_blocks(seq, needed)?;
         let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
-        s.blocks.extend(got);
         s.reserved_tokens = s.reserved_tokens.max(tokens);
         self.debug_check();
         Ok(())
@@ -246,11 +246,14 @@ impl KvCache {
                 reserved: s.reserved_tokens,
             });
         }
-        let id = s.blocks[pos / l.block_tokens()];
-        if self.pool.meta(id).thin {
-            return Err(KvError::Thinned(id));
+        let b = pos / l.block_tokens();
+        let own = s.blocks[b];
+        // A guest's windowed rows go to its host (`ring`), which no one else reads there.
+        if self.pool.meta(own).thin && !s.guests.contains(&b) {
+            return Err(KvError::Thinned(own));
         }
-        if self.pool.meta(id).ref_count > 1 {
+        let (id, hosted) = self.row_home(s, layer, b)?;
+        if !hosted && self.pool.meta(id).ref_count > 1 {
             return Err(KvError::SharedBlock(id));
         }
         let t = pos % l.block_tokens();
@@ -262,7 +265,10 @@ impl KvCache {
             data[ko..ko + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
             data[vo..vo + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
         }
-        let m = self.pool.meta_mut(id);
+        if hosted {
+            self.lend(seq, b, t);
+        }
+        let m = self.pool.meta_mut(own);
         m.filled = m.filled.max(t as u16 + 1);
         Ok(())
     }
@@ -301,6 +307,8 @@ impl KvCache {
     /// Forks `src`: the new sequence shares every full block and gets its own copy of a
     /// partial last block (so neither writes into a shared block).
     pub fn seq_copy(&mut self, src: SeqId) -> Result<SeqId, KvError> {
+        // The fork would share the hosts the source's guests still write into.
+        self.seq_unfold(src)?;
         let s = self.get(src)?.clone();
         let bt = self.layout().block_tokens();
         let partial = s.reserved_tokens % bt != 0;
@@ -340,6 +348,7 @@ impl KvCache {
                 hashed_blocks: s.hashed_blocks.min(n_full),
                 running: true,
                 horizon: s.horizon,
+                guests: Vec::new(),
             },
         );
         self.debug_check();
@@ -356,6 +365,7 @@ impl KvCache {
 
     /// Drops `seq` and its references; unknown ids are ignored (removal is idempotent).
     pub fn seq_remove(&mut self, seq: SeqId) {
+        self.drop_guests_from(seq, 0);
         if let Some(s) = self.seqs.remove(&seq) {
             for id in s.blocks {
                 self.release(id);
@@ -386,12 +396,13 @@ impl KvCache {
         let s = self.get(seq)?;
         let mut tokens = tokens.min(s.reserved_tokens);
         while let Some(b) = (0..tokens.div_ceil(bt))
-            .find(|&b| self.pool.meta(s.blocks[b]).thin && l.window_sees(b, tokens))
+            .find(|&b| self.missing_in_sight(s.blocks[b], b, tokens, true, s.guests.contains(&b)))
         {
             tokens = b * bt;
         }
-        let s = self.seqs.get_mut(&seq).expect("checked");
         let keep = tokens.div_ceil(bt);
+        self.drop_guests_from(seq, keep);
+        let s = self.seqs.get_mut(&seq).expect("checked");
         let dropped: Vec<BlockId> = s.blocks.drain(keep.min(s.blocks.len())..).collect();
         s.reserved_tokens = s.reserved_tokens.min(tokens);
         s.hashed_blocks = s.hashed_blocks.min(s.reserved_tokens / bt);
@@ -411,6 +422,7 @@ impl KvCache {
     /// layout without windowed layers).
     pub fn seq_thin(&mut self, seq: SeqId, next: usize) -> Result<u64, KvError> {
         let l = *self.layout();
+        self.settle(seq);
         let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSeq(seq))?;
         s.horizon = s.horizon.max(next.min(s.reserved_tokens));
         if l.window().is_none() {
@@ -440,6 +452,10 @@ impl KvCache {
             {
                 continue;
             }
+            // A host stays whole while its guest writes into it.
+            if self.pool.meta(id).hosting {
+                continue;
+            }
             freed += self.pool.thin(id);
         }
         self.debug_check();
@@ -452,7 +468,8 @@ impl KvCache {
         let s = self.get(seq)?;
         Ok(s.blocks
             .iter()
-            .rposition(|&id| self.pool.meta(id).thin)
+            .enumerate()
+            .rposition(|(b, &id)| self.pool.meta(id).thin && !s.guests.contains(&b))
             .map_or(0, |b| b + 1))
     }
 
@@ -467,7 +484,8 @@ impl KvCache {
         n_drop: usize,
     ) -> Result<usize, KvError> {
         let bt = self.layout().block_tokens();
-        let l = *self.layout();
+        // Moving blocks would move hosts away from their guests.
+        self.seq_unfold(seq)?;
         let s = self.seqs.get(&seq).ok_or(KvError::UnknownSeq(seq))?;
         let full = s.reserved_tokens / bt;
         let n_drop = n_drop.min(full.saturating_sub(n_sink));
@@ -478,7 +496,7 @@ impl KvCache {
             && let Some(&id) = s.blocks[..n_sink.min(s.blocks.len())]
                 .iter()
                 .enumerate()
-                .find(|&(b, &id)| self.pool.meta(id).thin && l.window_sees(b, horizon))
+                .find(|&(b, &id)| self.missing_in_sight(id, b, horizon, true, false))
                 .map(|(_, id)| id)
         {
             return Err(KvError::Thinned(id));
@@ -507,6 +525,8 @@ impl KvCache {
         mut f: impl FnMut(usize, &mut [u16]),
     ) -> Result<(), KvError> {
         let l = *self.layout();
+        // A guest's keys live in its host: give it its own first.
+        self.seq_unfold(seq)?;
         let blocks = self.get(seq)?.blocks.clone();
         for (b, mut id) in blocks.into_iter().enumerate().skip(from) {
             if self.pool.meta(id).ref_count > 1 {
@@ -571,8 +591,22 @@ impl KvCache {
             for (i, b) in s.blocks.iter().enumerate() {
                 *refs.entry(*b).or_default() += 1;
                 assert!(
-                    !self.pool.meta(*b).thin || !self.layout().window_sees(i, s.horizon),
-                    "{id:?}: thin block {b:?} (#{i}) inside the window of its next query"
+                    !self.missing_in_sight(*b, i, s.horizon, true, s.guests.contains(&i)),
+                    "{id:?}: block {b:?} (#{i}) lacks rows inside the window of its next query"
+                );
+            }
+            for &g in &s.guests {
+                let wb = self.layout().window().unwrap_or(0) / bt;
+                assert!(
+                    g >= wb && g < s.blocks.len(),
+                    "{id:?}: guest #{g} has no host"
+                );
+                let guest = self.pool.meta(s.blocks[g]);
+                assert!(guest.thin, "{id:?}: guest #{g} is whole");
+                let home = self.home(s, g).map(|h| self.pool.meta(h));
+                assert!(
+                    home.is_some_and(|h| h.hosting && !h.thin),
+                    "{id:?}: guest #{g} has no whole hosting home"
                 );
             }
         }

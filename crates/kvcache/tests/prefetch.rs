@@ -60,7 +60,7 @@ fn spilled(
         kv.pool_mut().set_format(id, KvFormat::Q4).unwrap();
         match kv.pool().view(id).unwrap() {
             KvBlock::Quant(_, b) => bytes.push(b.to_vec()),
-            KvBlock::F16(_) => unreachable!("just quantized"),
+            _ => unreachable!("just quantized"),
         }
         kv.pool_mut().spill(id, store, i as u64 + 1).unwrap();
     }
@@ -119,7 +119,7 @@ fn resident_bytes(kv: &KvCache, s: SeqId) -> Vec<Vec<u8>> {
         .iter()
         .map(|&id| match kv.pool().view(id).unwrap() {
             KvBlock::Quant(_, b) => b.to_vec(),
-            KvBlock::F16(_) => panic!("promotion keeps the block's format"),
+            _ => panic!("promotion keeps the block's format"),
         })
         .collect()
 }

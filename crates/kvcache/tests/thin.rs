@@ -8,25 +8,11 @@ use kvcache::{
     SeqId,
 };
 
-const BT: usize = 4;
-const WINDOW: usize = 8;
+mod common;
+
+use common::{BT, HD, WINDOW, WINDOWED, bits, layout};
+
 const DIGEST: u64 = 0x5ADE;
-/// Layers 2 and 5 are global, the rest windowed (as Gemma 3's pattern, shorter).
-const WINDOWED: [bool; 6] = [true, true, false, true, true, false];
-const HD: usize = 32;
-
-fn layout() -> KvLayout {
-    KvLayout::new(6, 1, HD, BT)
-        .unwrap()
-        .with_window(WINDOW, &WINDOWED)
-        .unwrap()
-}
-
-/// The f16 bits written for (`pos`, `layer`, K or V, channel `d`).
-fn bits(pos: usize, layer: usize, kv: usize, d: usize) -> u16 {
-    let x = ((pos * 7 + layer * 3 + kv) as f32 * 0.13 + d as f32 * 0.05).sin();
-    half::f16::from_f32(x).to_bits()
-}
 
 fn write(kv: &mut KvCache, seq: SeqId, from: usize, to: usize) {
     kv.seq_reserve(seq, to).unwrap();
@@ -81,7 +67,7 @@ fn holds_written(kv: &KvCache, id: kvcache::BlockId, b: usize) {
 fn quant_bytes(kv: &KvCache, id: kvcache::BlockId) -> Vec<u8> {
     match kv.pool().view(id).unwrap() {
         KvBlock::Quant(_, b) => b.to_vec(),
-        KvBlock::F16(_) => panic!("not quantized"),
+        _ => panic!("not quantized"),
     }
 }
 
@@ -244,7 +230,7 @@ fn thin_blocks_round_trip_through_every_tier() {
         );
         match kv.pool().view(id).unwrap() {
             KvBlock::Quant(g, b) => assert_eq!((g, b.len()), (f, l.thin_geom().block_bytes(f))),
-            KvBlock::F16(_) => panic!("not demoted"),
+            _ => panic!("not demoted"),
         }
         assert_eq!(budget.used(p).0, kv.pool().storage_bytes());
         kv.check_invariants();
@@ -282,17 +268,27 @@ fn thin_blocks_round_trip_through_every_tier() {
     assert_eq!(done.written, 2);
 }
 
-/// Reads `ctx` tokens from position 0 in micro-batches of `ubatch`, thinning after each
-/// as the engine does, and returns the most bytes held.
+/// Reads `ctx` tokens from position 0 in micro-batches of `ubatch`, writing and thinning
+/// as the engine does (the ring on, as for an all-f16 cache: global rows first, the
+/// windowed ones after the step's attention), and returns the most bytes held.
 fn peak_of_a_fill(l: KvLayout, ctx: usize, ubatch: usize) -> u64 {
     let mut kv = KvCache::new(l, ctx.div_ceil(BT) + 1);
+    kv.set_ring(true);
     let s = kv.seq_new();
     let mut peak = 0;
     let mut at = 0;
+    let row = vec![0u16; HD];
     while at < ctx {
         let end = (at + ubatch).min(ctx);
         kv.seq_reserve(s, end).unwrap();
         peak = peak.max(kv.pool().storage_bytes());
+        for windowed in [false, true] {
+            for pos in at..end {
+                for layer in (0..l.n_layers()).filter(|&la| l.is_windowed(la) == windowed) {
+                    kv.write(s, layer, pos, &row, &row).unwrap();
+                }
+            }
+        }
         kv.seq_thin(s, end).unwrap();
         at = end;
     }
@@ -323,7 +319,7 @@ fn the_plan_equals_the_peak_of_a_fill_and_counts_windowed_layers_by_their_window
     );
     // Gemma 3 270M's shape: 18 layers, a global one every sixth, window 512, one KV head
     // of 256, blocks of 16, micro-batches of 512. At ctx 8192 the global layers hold
-    // every token and the windowed ones 1,024.
+    // every token and the windowed ones their window, 512.
     let mut pattern = [true; 18];
     for il in [5, 11, 17] {
         pattern[il] = false;
@@ -335,10 +331,9 @@ fn the_plan_equals_the_peak_of_a_fill_and_counts_windowed_layers_by_their_window
     let per_layer_token = 2 * 256 * 2;
     assert_eq!(
         KvType::F16.seq_bytes(&gemma, 8192, 512),
-        (3 * 8192 + 15 * 1024) * per_layer_token
+        (3 * 8192 + 15 * 512) * per_layer_token
     );
-    // The inverse: the most tokens a budget holds (a little past 8192 here: the window
-    // holds less just after a micro-batch boundary).
+    // The inverse: the most tokens a budget holds (up to the end of the last block).
     let b = KvType::F16.seq_bytes(&gemma, 8192, 512);
     let n = KvType::F16.mix().tokens_within(&gemma, b, 1 << 20, 512);
     assert!(

@@ -93,6 +93,7 @@ fn check_contents(kv: &KvCache, seq: SeqId, toks: &[u32], coarsest: &HashMap<Blo
                     kernels::kvquant::dequantize_v(isa, f, &g, &d[vo..], nt, &mut vf);
                     f
                 }
+                KvBlock::F16Layer(_) => panic!("the cache stores whole blocks"),
             };
             let mut se = 0.0f32;
             for t in 0..nt {

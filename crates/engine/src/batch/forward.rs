@@ -112,11 +112,23 @@ impl Engine<'_, '_> {
             })
             .max()
             .unwrap_or(0);
-        self.w.account(n_out * vocab, attn_need)?;
-        if all_f16 {
+        let own_need = micro
+            .iter()
+            .map(|mb| {
+                mb.iter()
+                    .map(|r| layers::own_rows_len(c, r.pos0, r.len))
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        self.w.account(n_out * vocab, attn_need, own_need)?;
+        // A model with sliding-window layers grows a micro-batch at a time, as a mixed
+        // cache does: its windowed layers then hold their window, not the step.
+        let stepwise = !all_f16 || self.kv.layout().window().is_some();
+        if !stepwise {
             self.grow_kv(&grows)?;
         }
-        self.w.fit(n_out * vocab, attn_need);
+        self.w.fit(n_out * vocab, attn_need, own_need);
         self.rows.clear();
         self.rows.resize(items.len(), None);
         if let Err(e) = self.run_micro_batches(items, &order, &micro) {
@@ -148,9 +160,10 @@ impl Engine<'_, '_> {
         micro: &[Vec<Run>],
     ) -> Result<(), EvalError> {
         let all_f16 = self.cfg.kv_mix.is_all_f16();
+        let stepwise = !all_f16 || self.kv.layout().window().is_some();
         let mut next_row = 0;
         for mb in micro {
-            if !all_f16 {
+            if stepwise {
                 let g: Vec<(SeqId, usize)> = mb.iter().map(|r| (r.seq, r.len)).collect();
                 self.grow_kv(&g)?;
             }
@@ -168,6 +181,10 @@ impl Engine<'_, '_> {
                         .map(|&i| items[i].token),
                 );
                 self.computed_tokens += r.len as u64;
+                // Blocks out of every window of the next query drop their windowed
+                // layers (none without sliding-window layers); full guests settle.
+                let next = st.tokens.len();
+                self.kv.seq_thin(r.seq, next)?;
                 if let Some(rule) = &share {
                     self.kv
                         .seq_publish(r.seq, &st.tokens, rule.digest, rule.format)?;
@@ -176,10 +193,6 @@ impl Engine<'_, '_> {
                     self.kv
                         .seq_apply_mix(r.seq, &self.cfg.kv_mix, Some(&self.pool))?;
                 }
-                // Blocks out of every window of the next query drop their windowed
-                // layers (none without sliding-window layers).
-                let next = st.tokens.len();
-                self.kv.seq_thin(r.seq, next)?;
             }
         }
         Ok(())
@@ -284,23 +297,64 @@ impl Engine<'_, '_> {
         layers::embed(m, &self.ropes, s, n, |t| {
             (items[rows[t]].token, items[rows[t]].pos)
         });
+        // Each run's first row.
+        let firsts: Vec<usize> = runs
+            .iter()
+            .scan(0, |at, r| {
+                let first = *at;
+                *at += r.len;
+                Some(first)
+            })
+            .collect();
+        let lb = 2 * kvd * BLOCK_TOKENS;
         for (li, l) in m.layers.iter().enumerate() {
             layers::project_qkv(pool, c, l, li, &self.ropes, s, n);
-            for (t, &i) in rows.iter().enumerate() {
-                ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
-                ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
-                self.kv
-                    .write(items[i].seq, li, items[i].pos, &s.kf16, &s.vf16)
-                    .expect("positions were reserved");
+            let windowed = c.layer_window(li).is_some();
+            // A sliding-window layer's run of several tokens reads its own rows from
+            // scratch and writes them after (they may replace rows it reads: the ring).
+            let own = |r: &Run| windowed && r.len > 1;
+            let write = |kv: &mut kvcache::KvCache, s: &mut layers::Scratch, later: bool| {
+                for (r, &first) in runs.iter().zip(&firsts) {
+                    if own(r) != later {
+                        continue;
+                    }
+                    for t in first..first + r.len {
+                        let it = &items[rows[t]];
+                        ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
+                        ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
+                        kv.write(it.seq, li, it.pos, &s.kf16, &s.vf16)
+                            .expect("positions were reserved");
+                    }
+                }
+            };
+            write(&mut self.kv, s, false);
+            s.own.clear();
+            let mut own_at = Vec::with_capacity(runs.len());
+            for (r, &first) in runs.iter().zip(&firsts) {
+                let at = s.own.len();
+                if own(r) {
+                    let span = first * kvd..(first + r.len) * kvd;
+                    layers::own_rows(
+                        &self.kv,
+                        r.seq,
+                        li,
+                        r.pos0,
+                        (&s.k[span.clone()], &s.v[span]),
+                        &mut s.own,
+                    )?;
+                }
+                own_at.push(at..s.own.len());
             }
             let slot = layout.slot(li);
             // Every run's blocks in one list, each run's calls over its own span.
             let mut views: Vec<KvBlock<'_>> = Vec::with_capacity(n_blocks);
             let mut spans = Vec::with_capacity(runs.len());
-            for r in runs {
+            for (r, at) in runs.iter().zip(own_at) {
                 let first = views.len();
-                for &id in self.kv.seq_blocks(r.seq)? {
-                    views.push(self.kv.pool().view(id)?);
+                self.kv.layer_views(r.seq, li, &mut views)?;
+                if own(r) {
+                    views.truncate(first + r.pos0 / BLOCK_TOKENS);
+                    views.extend(s.own[at].chunks_exact(lb).map(KvBlock::F16Layer));
                 }
                 spans.push(first..views.len());
             }
@@ -327,6 +381,8 @@ impl Engine<'_, '_> {
             }
             attention_many(pool, &mut calls, &mut s.attn);
             drop(calls);
+            drop(views);
+            write(&mut self.kv, s, true);
             layers::finish_layer(pool, c, l, s, n);
         }
 

@@ -225,6 +225,8 @@ impl<'a, 'm> Engine<'a, 'm> {
             .unwrap_or(cfg.n_ctx.div_ceil(BLOCK_TOKENS) * cfg.max_seqs.max(1));
         let mut kv = KvCache::new(layout, blocks);
         kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
+        // Windowed layers in a ring of their window (an all-f16 cache; see kvcache's ring).
+        kv.set_ring(cfg.kv_mix.is_all_f16());
         // A mixed cache limits each sequence's run, not the micro-batch (see `decode`).
         let ubatch = cfg.ubatch.clamp(1, 4096);
         let w = Workspace::new(model, ubatch, accounts)?;

@@ -199,6 +199,8 @@ impl<'a, 'm> Session<'a, 'm> {
         let layout = kv_layout(&model.cfg);
         let mut kv = KvCache::new(layout, cfg.n_ctx.div_ceil(BLOCK_TOKENS) * cfg.n_seqs.max(1));
         kv.pool_mut().set_reservation(accounts.open(accounts.kv))?;
+        // Windowed layers in a ring of their window (an all-f16 cache; see kvcache's ring).
+        kv.set_ring(cfg.kv_mix.is_all_f16());
         let seq = kv.seq_new();
         let ubatch = effective_ubatch(cfg.ubatch, &cfg.kv_mix);
         let w = Workspace::new(model, ubatch, accounts)?;
@@ -252,6 +254,7 @@ impl<'a, 'm> Session<'a, 'm> {
     /// not. For comparisons; nothing thinned before is restored.
     pub fn set_thinning(&mut self, on: bool) {
         self.thinning = on;
+        self.kv.set_ring(on && self.cfg.kv_mix.is_all_f16());
     }
 
     /// Thins the current sequence's blocks out of every window of its next query (a
@@ -346,19 +349,25 @@ impl<'a, 'm> Session<'a, 'm> {
             })
             .max()
             .unwrap_or(0);
-        self.w.account(n_out * vocab, attn_need)?;
+        let own_need = tokens
+            .chunks(self.cfg.ubatch)
+            .enumerate()
+            .map(|(i, ch)| layers::own_rows_len(c, self.n_past + i * self.cfg.ubatch, ch.len()))
+            .max()
+            .unwrap_or(0);
+        self.w.account(n_out * vocab, attn_need, own_need)?;
         self.prepare()?;
         // An all-f16 cache reserves the whole step up front (all or nothing); a mixed one
         // grows a micro-batch at a time and demotes as it goes, so a long prompt never
         // holds more than one micro-batch of f16 beyond its mix. So does a model with
         // sliding-window layers, thinned after each micro-batch: its windowed layers hold
-        // at most their window and one micro-batch.
+        // their window (a ring, all-f16) or at most their window and one micro-batch.
         let stepwise = !self.cfg.kv_mix.is_all_f16() || self.kv.layout().window().is_some();
         self.thin()?;
         if !stepwise {
             self.reserve_kv(self.n_past + tokens.len())?;
         }
-        self.w.fit(n_out * vocab, attn_need);
+        self.w.fit(n_out * vocab, attn_need, own_need);
         let mut done = 0;
         for chunk in tokens.chunks(self.cfg.ubatch) {
             let last_chunk = done + chunk.len() == tokens.len();
@@ -429,16 +438,38 @@ impl<'a, 'm> Session<'a, 'm> {
                 }),
                 "layer {li} would read a thin block"
             );
-            for t in 0..n {
-                ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
-                ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
-                self.kv
-                    .write(self.seq, li, pos0 + t, &s.kf16, &s.vf16)
-                    .expect("positions were reserved");
+            // A sliding-window layer's step of several tokens reads its own rows from
+            // scratch and writes them after (they may replace rows it reads: the ring).
+            let own = shape.window.is_some() && n > 1;
+            let write = |kv: &mut KvCache, s: &mut layers::Scratch| {
+                for t in 0..n {
+                    ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
+                    ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
+                    kv.write(self.seq, li, pos0 + t, &s.kf16, &s.vf16)
+                        .expect("positions were reserved");
+                }
+            };
+            if own {
+                s.own.clear();
+                layers::own_rows(
+                    &self.kv,
+                    self.seq,
+                    li,
+                    pos0,
+                    (&s.k[..n * kvd], &s.v[..n * kvd]),
+                    &mut s.own,
+                )?;
+            } else {
+                write(&mut self.kv, s);
             }
             {
                 let mut views: Vec<KvBlock<'_>> = Vec::with_capacity(pos0 / BLOCK_TOKENS + 2);
-                self.kv.block_views(self.seq, &mut views)?;
+                self.kv.layer_views(self.seq, li, &mut views)?;
+                if own {
+                    views.truncate(pos0 / BLOCK_TOKENS);
+                    let lb = 2 * kvd * BLOCK_TOKENS;
+                    views.extend(s.own.chunks_exact(lb).map(KvBlock::F16Layer));
+                }
                 let paged = PagedKv {
                     blocks: &views,
                     geom: layout.geom(),
@@ -452,6 +483,9 @@ impl<'a, 'm> Session<'a, 'm> {
                     &mut s.attn,
                     &mut s.att[..n * qd],
                 );
+            }
+            if own {
+                write(&mut self.kv, s);
             }
             layers::finish_layer(pool, c, l, s, n);
         }
