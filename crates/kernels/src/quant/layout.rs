@@ -76,6 +76,34 @@ impl Default for KCodes {
     }
 }
 
+/// The sixteen 16-value groups' scales and offsets of a Q2_K or Q3_K super-block (a
+/// value is `scale · code + offset`; Q3_K has no offsets).
+///
+/// # Panics
+/// If `wtype` is neither, or `blk` is short.
+pub fn group_scales(wtype: WType, blk: &[u8]) -> ([f32; 16], [f32; 16]) {
+    let (mut scale, mut offset) = ([0.0f32; 16], [0.0f32; 16]);
+    match wtype {
+        WType::Q2_K => {
+            let sc = &blk[..16];
+            let (d, dmin) = (read_f16(blk, 80), read_f16(blk, 82));
+            for g in 0..16 {
+                scale[g] = d * f32::from(sc[g] & 0x0F);
+                offset[g] = -dmin * f32::from(sc[g] >> 4);
+            }
+        }
+        WType::Q3_K => {
+            let sc = scales_q3k(&blk[96..108]);
+            let d = read_f16(blk, 108);
+            for g in 0..16 {
+                scale[g] = d * f32::from(i16::from(sc[g]) - 32);
+            }
+        }
+        _ => panic!("{wtype:?} has no 16-value group scales"),
+    }
+    (scale, offset)
+}
+
 /// Decodes the super-block `blk` (`wtype.block_bytes()` bytes) of a k-quant type.
 ///
 /// # Panics
@@ -83,23 +111,17 @@ impl Default for KCodes {
 pub fn decode_k(wtype: WType, blk: &[u8], out: &mut KCodes) {
     match wtype {
         WType::Q2_K => {
-            let (sc, qs) = (&blk[..16], &blk[16..80]);
-            let (d, dmin) = (read_f16(blk, 80), read_f16(blk, 82));
+            let qs = &blk[16..80];
             for s in 0..8 {
                 let (n, j) = (s / 4, s % 4);
                 for l in 0..32 {
                     out.code[32 * s + l] = ((qs[32 * n + l] >> (2 * j)) & 3) as i8;
                 }
             }
-            for g in 0..16 {
-                out.scale[g] = d * f32::from(sc[g] & 0x0F);
-                out.offset[g] = -dmin * f32::from(sc[g] >> 4);
-            }
+            (out.scale, out.offset) = group_scales(wtype, blk);
         }
         WType::Q3_K => {
             let (hm, qs) = (&blk[..32], &blk[32..96]);
-            let sc = scales_q3k(&blk[96..108]);
-            let d = read_f16(blk, 108);
             for s in 0..8 {
                 let (n, j) = (s / 4, s % 4);
                 for l in 0..32 {
@@ -108,10 +130,7 @@ pub fn decode_k(wtype: WType, blk: &[u8], out: &mut KCodes) {
                     out.code[32 * s + l] = low - if high == 1 { 0 } else { 4 };
                 }
             }
-            for g in 0..16 {
-                out.scale[g] = d * f32::from(i16::from(sc[g]) - 32);
-                out.offset[g] = 0.0;
-            }
+            (out.scale, out.offset) = group_scales(wtype, blk);
         }
         WType::Q4_K | WType::Q5_K => {
             let (d, dmin) = (read_f16(blk, 0), read_f16(blk, 2));

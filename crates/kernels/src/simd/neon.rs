@@ -227,6 +227,51 @@ fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     acc
 }
 
+/// A Q2_K or Q3_K row against 32-value activation blocks: the portable loop's float
+/// step per 16-value group (`a.d · (scale · isum + offset · asum)`, see
+/// `portable::dot_k_row`) over its exact integer sums, formed with NEON from codes
+/// unpacked in registers (two bits at a shift of 2j; Q3_K less 4 where the high-mask
+/// bit is clear), so the same bits.
+fn dot_k_low_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
+    let bb = wtype.block_bytes();
+    let mut sum = 0.0f32;
+    for (sb, a8) in acts.chunks_exact(QK_K / QK).enumerate() {
+        let blk = &row[sb * bb..(sb + 1) * bb];
+        let (scale, offset) = layout::group_scales(wtype, blk);
+        let (qs, hm) = if wtype == WType::Q3_K {
+            (&blk[32..96], Some(&blk[..32]))
+        } else {
+            (&blk[16..80], None)
+        };
+        for (s, a) in a8.iter().enumerate() {
+            let (n, j) = (s / 4, s % 4);
+            for h in 0..2 {
+                // SAFETY: qs holds 32 bytes at 32n + 16h, hm 32 bytes, a.qs 32 bytes.
+                let (isum, asum) = unsafe {
+                    let q = vld1q_u8(qs.as_ptr().add(32 * n + 16 * h));
+                    let low = vandq_u8(vshlq_u8(q, vdupq_n_s8(-2 * j as i8)), vdupq_n_u8(3));
+                    let code = match hm {
+                        Some(hm) => {
+                            let set =
+                                vtstq_u8(vld1q_u8(hm.as_ptr().add(16 * h)), vdupq_n_u8(1 << s));
+                            vsubq_u8(low, vandq_u8(vmvnq_u8(set), vdupq_n_u8(4)))
+                        }
+                        None => low,
+                    };
+                    let act = a.qs.as_ptr().add(16 * h);
+                    (
+                        dot16(vreinterpretq_s8_u8(code), act),
+                        i32::from(vaddlvq_s8(vld1q_s8(act))),
+                    )
+                };
+                let g = 2 * s + h;
+                sum = super::portable::group_step(sum, a.d, (scale[g], offset[g]), isum, asum);
+            }
+        }
+    }
+    sum
+}
+
 /// # Safety
 /// See [`super::gemm_q8`].
 pub(crate) unsafe fn gemm_q8(
@@ -246,6 +291,7 @@ pub(crate) unsafe fn gemm_q8(
                     dot_row(w.wtype, row, a)
                 }
                 WType::Q4_K | WType::Q5_K | WType::Q6_K => dot_k_row(w.wtype, row, a),
+                WType::Q2_K | WType::Q3_K => dot_k_low_row(w.wtype, row, a),
                 _ => super::portable::dot_q8_row(w.wtype, row, a),
             };
             // SAFETY: the caller owns (t, r) of `out`.

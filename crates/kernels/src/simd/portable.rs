@@ -98,6 +98,20 @@ fn dot_k_groups(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     acc
 }
 
+/// The float step of one 16-value Q2_K/Q3_K group after its exact sums (`isum` of codes
+/// times activations, `asum` of activations): `sum + d_a · (scale · isum + offset ·
+/// asum)`. The NEON row takes it too, hence the same bits.
+#[inline(always)]
+pub(crate) fn group_step(
+    sum: f32,
+    d_a: f32,
+    (scale, offset): (f32, f32),
+    isum: i32,
+    asum: i32,
+) -> f32 {
+    sum + d_a * (scale * isum as f32 + offset * asum as f32)
+}
+
 /// A Q2_K or Q3_K row against 32-value activation blocks: each activation block meets two
 /// 16-value groups, each with its own scale and offset:
 /// `Σ (s c + o) · a_d q = a_d (s Σ c q + o Σ q)`.
@@ -117,7 +131,7 @@ fn dot_k_row(wtype: WType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     isum += i32::from(k.code[32 * s + l]) * q;
                     asum += q;
                 }
-                sum += a.d * (k.scale[g] * isum as f32 + k.offset[g] * asum as f32);
+                sum = group_step(sum, a.d, (k.scale[g], k.offset[g]), isum, asum);
             }
         }
     }
