@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # `llmem qa` generation throughput: pairs per minute with one chunk at a time against
 # many in flight (continuous batching), and the prompt tokens the chunk prefix saved.
-# "One chunk at a time" is --max-in-flight 1: one chunk on the scheduler, its questions
-# (and then their judges) side by side, not one sequence at a time.
+# Three modes: "seq" is one request at a time, no batching at all (--max-in-flight 1
+# --max-sequences 1: a chunk's questions and judges one after the other); "1" is one chunk
+# at a time (--max-in-flight 1), its questions (and then their judges) side by side;
+# then IN_FLIGHT chunks at once.
 # With perf on PATH each run also reports its CPU seconds (and instructions where the
 # machine counts them): on a loaded machine wall-clock rates drift, CPU time much less.
 # usage: bench/qa_throughput.sh [CHUNKS (default 8)] [IN_FLIGHT (default 8)] [THREADS] [ROUNDS (default 1)]
-# Each round runs one chunk at a time, then IN_FLIGHT at once: rounds alternate, so a
-# loaded machine's drift falls on both alike.
+# Each round runs the three modes in turn: rounds alternate, so a loaded machine's drift
+# falls on all alike.
 # env: LLMEM (binary, default target/release/llmem), MODEL (default the SmolLM2 file).
 set -euo pipefail
 chunks=${1:-8}
@@ -19,11 +21,13 @@ model=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=testdata/eval/licenses.txt
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-for round in $(seq 1 "$rounds"); do for n in 1 "$wide"; do
+for round in $(seq 1 "$rounds"); do for n in seq 1 "$wide"; do
   rm -f "$dir/o$n.jsonl" "$dir/o$n.jsonl.journal"
   prof=()
   if command -v perf > /dev/null; then prof=(perf stat -x, -e instructions,task-clock -o "$dir/p$n"); fi
-  "${prof[@]}" "$bin" qa --json --model "$model" --max-chunks "$chunks" --max-in-flight "$n" \
+  mode=(--max-in-flight "$n")
+  if [ "$n" = seq ]; then mode=(--max-in-flight 1 --max-sequences 1); fi
+  "${prof[@]}" "$bin" qa --json --model "$model" --max-chunks "$chunks" "${mode[@]}" \
     --threads "$threads" --chunk-tokens 256 --out "$dir/o$n.jsonl" "$text" > "$dir/r$n.json"
   python3 - "$dir/r$n.json" "$n" "$dir/p$n" <<'PY'
 import json, os, sys

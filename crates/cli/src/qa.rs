@@ -76,6 +76,11 @@ pub struct QaArgs {
     /// Chunks generating at once (1: one at a time).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_in_flight: u32,
+    /// Most requests the engine computes side by side (default: every question of the
+    /// chunks in flight). 1 computes one request at a time, with no batching at all;
+    /// the others wait, their chunks' KV kept.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_sequences: Option<u32>,
     /// Most bytes of document buffers (chunks in flight): reading pauses when they are full.
     #[arg(long, default_value = "16MiB")]
     pub documents: String,
@@ -240,7 +245,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
             ..BatchConfig::new(n_ctx, running, threads)
         };
         let sched = SchedConfig {
-            max_running: running,
+            max_running: a.max_sequences.map_or(running, |n| n as usize),
             ..SchedConfig::default()
         };
         let service = Service::start(model.clone(), batch, sched, accounts.clone())
