@@ -97,12 +97,13 @@ impl KvCache {
             let h = block_hash(parent, &tokens[b * bt..(b + 1) * bt], digest);
             // A thin block answers for a whole one only where this sequence's own block
             // could be thin too.
-            // A block with rows lent to a guest (`ring`) answers for none, and a host
-            // stays where its guest writes.
+            // A block with rows lent to a guest (`ring`) answers for a whole one no more
+            // than a thin one does; a hosting one answers for none (its guest will swap
+            // it thin), and a host stays where its guest writes.
             let fits = |other: BlockId| {
                 let (o, own) = (self.pool.meta(other), self.pool.meta(id));
-                let o_whole = !o.thin && o.lent == 0 && !o.hosting;
-                o.format == format && (o_whole || own.thin) && !own.hosting
+                let o_whole = !o.thin && o.lent == 0;
+                o.format == format && (o_whole || own.thin) && !o.hosting && !own.hosting
             };
             match self.index.get(&h).copied() {
                 Some(other) if other != id && fits(other) => {
@@ -160,7 +161,7 @@ impl KvCache {
             let blind = blocks[..n]
                 .iter()
                 .enumerate()
-                .all(|(b, &id)| !self.missing_in_sight(id, b, n * bt, false, false));
+                .all(|(b, &id)| !self.missing_in_sight(None, id, b, n * bt));
             if blind {
                 return n;
             }

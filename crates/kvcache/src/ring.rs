@@ -325,19 +325,20 @@ impl KvCache {
         Ok(())
     }
 
-    /// Whether a windowed query at `next` would see rows of block `id` (table index `b`)
-    /// that it does not hold: a thin block's (unless `guest`: its rows are in its host),
-    /// or the rows a host lent. `owner`: the sequence whose guest writes into it asks
-    /// (the rows lent so far are missing); anyone else must count all of a hosting
-    /// block's rows as missing, since its guest writes on.
+    /// Whether a windowed query at `next` of `s` (`None`: a sequence about to take the
+    /// block) would see rows of block `id`, its table index `b`, that it does not hold: a
+    /// thin block's (unless a guest of `s`: its rows are in its home), or the rows a host
+    /// lent. The sequence whose guest writes into a home misses the rows lent so far;
+    /// anyone else all of a hosting block's rows, since that guest writes on.
     pub(crate) fn missing_in_sight(
         &self,
+        s: Option<&Sequence>,
         id: BlockId,
         b: usize,
         next: usize,
-        owner: bool,
-        guest: bool,
     ) -> bool {
+        let guest = s.is_some_and(|s| s.guests.contains(&b));
+        let owner = s.is_some_and(|s| s.guests.iter().any(|&g| self.home(s, g) == Some(id)));
         let l = self.layout();
         if !l.window_sees(b, next) {
             return false;

@@ -396,7 +396,7 @@ impl KvCache {
         let s = self.get(seq)?;
         let mut tokens = tokens.min(s.reserved_tokens);
         while let Some(b) = (0..tokens.div_ceil(bt))
-            .find(|&b| self.missing_in_sight(s.blocks[b], b, tokens, true, s.guests.contains(&b)))
+            .find(|&b| self.missing_in_sight(Some(s), s.blocks[b], b, tokens))
         {
             tokens = b * bt;
         }
@@ -496,7 +496,7 @@ impl KvCache {
             && let Some(&id) = s.blocks[..n_sink.min(s.blocks.len())]
                 .iter()
                 .enumerate()
-                .find(|&(b, &id)| self.missing_in_sight(id, b, horizon, true, false))
+                .find(|&(b, &id)| self.missing_in_sight(Some(s), id, b, horizon))
                 .map(|(_, id)| id)
         {
             return Err(KvError::Thinned(id));
@@ -591,7 +591,7 @@ impl KvCache {
             for (i, b) in s.blocks.iter().enumerate() {
                 *refs.entry(*b).or_default() += 1;
                 assert!(
-                    !self.missing_in_sight(*b, i, s.horizon, true, s.guests.contains(&i)),
+                    !self.missing_in_sight(Some(s), *b, i, s.horizon),
                     "{id:?}: block {b:?} (#{i}) lacks rows inside the window of its next query"
                 );
             }

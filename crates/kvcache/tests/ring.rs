@@ -34,6 +34,11 @@ fn cache(ring: bool) -> (KvCache, budget::Budget) {
 /// position order; then reports the next query.
 fn step(kv: &mut KvCache, seq: SeqId, from: usize, to: usize) {
     kv.seq_reserve(seq, to).unwrap();
+    write_step(kv, seq, from, to);
+}
+
+/// The writes and the report of [`step`], after the growth.
+fn write_step(kv: &mut KvCache, seq: SeqId, from: usize, to: usize) {
     for windowed in [false, true] {
         for pos in from..to {
             for layer in (0..6).filter(|&l| WINDOWED[l] == windowed) {
@@ -188,4 +193,99 @@ fn a_thin_block_out_of_the_ring_still_refuses_writes() {
         kv.write(s, 0, 1, &row(1, 0, 0), &row(1, 0, 1)),
         Err(KvError::Thinned(first))
     );
+}
+
+mod ops {
+    //! Random interleavings of every verb that meets the ring — steps of any length,
+    //! truncation, fork, removal, publishing and prefix reuse by another sequence — keep
+    //! the cache's invariants, and every sequence reads back every row its next query
+    //! can see (token ids are positions, so any two sequences agree on what a shared
+    //! block must hold).
+    use super::*;
+    use kvcache::{KvFormat, ReuseRule};
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Step(usize, usize),
+        Truncate(usize, usize),
+        Fork(usize),
+        Remove(usize),
+        Reuse(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..4usize, 1..14usize).prop_map(|(s, n)| Op::Step(s, n)),
+            1 => (0..4usize, 0..10usize).prop_map(|(s, n)| Op::Truncate(s, n)),
+            1 => (0..4usize).prop_map(Op::Fork),
+            1 => (0..4usize).prop_map(Op::Remove),
+            1 => (0..4usize).prop_map(Op::Reuse),
+        ]
+    }
+
+    const RULE: ReuseRule = ReuseRule {
+        digest: 0x5EED,
+        format: KvFormat::F16,
+        align_tokens: BT,
+    };
+
+    fn publish(kv: &mut KvCache, s: SeqId) {
+        let len = kv.seq_len(s).unwrap();
+        let tokens: Vec<u32> = (0..len as u32).collect();
+        kv.seq_publish(s, &tokens, RULE.digest, RULE.format)
+            .unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        #[test]
+        fn every_verb_keeps_what_a_query_sees(ops in proptest::collection::vec(op(), 1..60)) {
+            let (mut kv, _b) = cache(true);
+            let mut live = vec![kv.seq_new()];
+            for op in ops {
+                match op {
+                    Op::Step(i, n) => {
+                        let s = live[i % live.len()];
+                        let len = kv.seq_len(s).unwrap();
+                        // The batched engine's growth: a shared partial block is copied.
+                        let plan = kv.plan(&[(s, n)]).unwrap();
+                        kv.apply(plan).unwrap();
+                        write_step(&mut kv, s, len, len + n);
+                        publish(&mut kv, s);
+                    }
+                    Op::Truncate(i, back) => {
+                        let s = live[i % live.len()];
+                        let len = kv.seq_len(s).unwrap();
+                        let kept = kv.seq_truncate(s, len.saturating_sub(back)).unwrap();
+                        prop_assert!(kept <= len.saturating_sub(back));
+                        kv.seq_thin(s, kept).unwrap();
+                    }
+                    Op::Fork(i) => {
+                        let s = live[i % live.len()];
+                        live.push(kv.seq_copy(s).unwrap());
+                    }
+                    Op::Remove(i) if live.len() > 1 => {
+                        kv.seq_remove(live.remove(i % live.len()));
+                    }
+                    Op::Remove(_) => {}
+                    Op::Reuse(i) => {
+                        let s = live[i % live.len()];
+                        let len = kv.seq_len(s).unwrap();
+                        let tokens: Vec<u32> = (0..len as u32).collect();
+                        let t = kv.seq_new();
+                        let got = kv.seq_attach_prefix(t, &tokens, len, &RULE).unwrap();
+                        prop_assert!(got <= len);
+                        kv.seq_thin(t, got).unwrap();
+                        live.push(t);
+                    }
+                }
+                kv.check_invariants();
+                for &s in &live {
+                    reads_back(&kv, s, kv.seq_len(s).unwrap());
+                }
+                prop_assert_eq!(kv.pool().reserved(), Some(kv.pool().storage_bytes()));
+            }
+        }
+    }
 }
