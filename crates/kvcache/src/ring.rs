@@ -12,7 +12,10 @@
 //!
 //! Rules that keep it sound:
 //! - A host is a whole, hot f16 block the sequence owns alone, with none of its rows
-//!   lent before, complete; it is pinned (pressure leaves it alone) while it hosts.
+//!   lent before, complete — or a guest, whose new guest writes where its rows live (a
+//!   chain, settled in order). The block holding a guest's rows (its *home*) is marked
+//!   `BlockMeta::hosting`: the tier mix and pressure pass it by until the guest settles,
+//!   and the prefix index never offers it for another block.
 //! - Rows are replaced only after every query of the step that needs the old ones has
 //!   read them: a step of one token per sequence writes first (its query never reads
 //!   the row it replaces); a longer one reads its own rows from scratch and writes after
@@ -20,9 +23,9 @@
 //!   do so ([`KvCache::set_ring`]).
 //! - `BlockMeta::lent` counts the host's rows that are not its own; every verb that lets
 //!   a query see a block (reuse, truncation, shift) treats those rows as missing, as it
-//!   treats a thin block's, and a block another sequence could share is one whose
-//!   rows are all its own. Fork and shift first give each guest storage of its own
-//!   ([`KvCache::seq_unfold`]).
+//!   treats a thin block's — all of a hosting block's rows for anyone but the sequence
+//!   whose guest writes there. Fork, shift and key re-rotation first give each guest
+//!   storage of its own ([`KvCache::seq_unfold`]).
 
 use kernels::kvquant::{KvBlock, KvFormat};
 
