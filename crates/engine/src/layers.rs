@@ -20,7 +20,7 @@ use budget::{Bytes, OutOfBudget, Reservation};
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::memory::{Accounts, scratch_bytes};
 use crate::model::{Layer, Model};
-use kvcache::{KvCache, KvError, SeqId};
+use kvcache::{KvBlock, KvCache, KvError, SeqId};
 
 /// A forward pass's buffers with their account in the ledger: the fixed per-micro-batch
 /// [`Scratch`], the logits rows and the attention workspace. The session and the batched
@@ -483,16 +483,34 @@ pub(crate) fn output_logits(
     }
 }
 
+/// Whether a step of `n` tokens of one sequence reads its own rows of a layer with
+/// `window` from scratch ([`own_rows`]) and writes them after the layer's attention: a
+/// sliding-window layer's step of several tokens. A single token reads the cache (its
+/// row is written first and replaces none it reads).
+pub(crate) fn reads_own_rows(window: Option<usize>, n: usize) -> bool {
+    window.is_some() && n > 1
+}
+
+/// f16s of one one-layer block ([`own_rows`]) for `kvd` key values a token.
+fn own_block_len(kvd: usize) -> usize {
+    2 * kvd * crate::forward::BLOCK_TOKENS
+}
+
 /// f16s of the one-layer blocks that hold a step's own rows of a sliding-window layer
-/// for `n` query tokens from `pos0` ([`own_rows`]); 0 for a single token, which reads
-/// the cache (its row is written first and replaces none it reads).
+/// for `n` query tokens from `pos0` ([`own_rows`]); 0 where none are read.
 pub(crate) fn own_rows_len(cfg: &ModelConfig, pos0: usize, n: usize) -> usize {
-    if cfg.hooks.sliding_window.is_none() || n < 2 {
+    if !reads_own_rows(cfg.hooks.sliding_window, n) {
         return 0;
     }
     let bt = crate::forward::BLOCK_TOKENS;
     let blocks = (pos0 + n - 1) / bt - pos0 / bt + 1;
-    blocks * 2 * cfg.n_kv_heads * bt * cfg.head_dim
+    blocks * own_block_len(cfg.n_kv_heads * cfg.head_dim)
+}
+
+/// The views of one-layer blocks that [`own_rows`] appended (`own`), for `kvd` key
+/// values a token.
+pub(crate) fn own_views(own: &[u16], kvd: usize) -> impl Iterator<Item = KvBlock<'_>> {
+    own.chunks_exact(own_block_len(kvd)).map(KvBlock::F16Layer)
 }
 
 /// Appends to `out` one-layer f16 blocks ([`kernels::kvquant::KvBlock::F16Layer`]) of
@@ -514,7 +532,7 @@ pub(crate) fn own_rows(
     let n = k.len() / kvd;
     let j0 = pos0 / bt;
     let blocks = (pos0 + n - 1) / bt - j0 + 1;
-    let lb = 2 * kvh * hs;
+    let lb = own_block_len(kvd);
     let start = out.len();
     out.resize(start + blocks * lb, 0);
     let put = |out: &mut [u16], p: usize, kr: &[u16], vr: &[u16]| {

@@ -167,7 +167,7 @@ impl KvCache {
                 partial,
             });
         }
-        let grow_bytes = self.pool.new_storage_bytes(whole) + thin as u64 * self.pool.thin_bytes();
+        let grow_bytes = self.pool.new_blocks_bytes(whole, thin);
         let bytes = grow_bytes + promote_bytes;
         let free_blocks = self.pool.free_blocks();
         let available_bytes = self.pool.available_bytes();

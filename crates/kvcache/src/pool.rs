@@ -351,21 +351,21 @@ impl BlockPool {
         self.layout.thin_geom().block_bytes(KvFormat::F16) as u64
     }
 
+    /// Bytes of new storage that handing out `whole` more whole blocks
+    /// ([`BlockPool::new_storage_bytes`]) and `thin` thin guests takes.
+    pub(crate) fn new_blocks_bytes(&self, whole: usize, thin: usize) -> u64 {
+        self.new_storage_bytes(whole) + thin as u64 * self.thin_bytes()
+    }
+
     /// Gives the guest `guest` (thin) the whole storage of its host `host`, whose windowed
     /// rows now hold the guest's tokens, and the host the guest's thin storage: the
     /// global slots of the two are exchanged first, so each keeps its own. No byte is
     /// allocated; afterwards the guest is whole and the host thin.
     pub(crate) fn swap_windowed(&mut self, guest: BlockId, host: BlockId) {
         let (g, h) = (guest.0 as usize, host.0 as usize);
-        assert!(self.metas[g].thin && !self.metas[h].thin && g != h);
-        let (a, b) = if g < h {
-            let (x, y) = self.storage.split_at_mut(h);
-            (&mut x[g], &mut y[0])
-        } else {
-            let (x, y) = self.storage.split_at_mut(g);
-            (&mut y[0], &mut x[h])
-        };
-        let (Storage::F16(thin), Storage::F16(whole)) = (a, b) else {
+        assert!(self.metas[g].thin && !self.metas[h].thin);
+        let Ok([Storage::F16(thin), Storage::F16(whole)]) = self.storage.get_disjoint_mut([g, h])
+        else {
             panic!("a guest and its host are hot f16");
         };
         let n = thin.len();

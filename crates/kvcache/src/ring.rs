@@ -40,11 +40,9 @@ impl KvCache {
         self.ring = on;
     }
 
-    /// Blocks in the window, if the ring can run on this layout.
+    /// Blocks in the window, if the ring is on and can run on this layout.
     fn ring_blocks(&self) -> Option<usize> {
-        let l = self.layout();
-        let w = l.window()?;
-        (self.ring && w.is_multiple_of(l.block_tokens())).then(|| w / l.block_tokens())
+        self.window_blocks().filter(|_| self.ring)
     }
 
     /// Where the windowed rows of table index `b` of `s` live: the block itself if it
@@ -64,82 +62,69 @@ impl KvCache {
         }
     }
 
-    /// The home of the rows that block `b` of `s` (about to be appended, `b ≥
-    /// s.blocks.len()`) would write into, if its host qualifies. `fresh`: the homes of
-    /// the blocks appended before it in the same call (a whole one is its own home).
-    fn host_for(&self, s: &Sequence, fresh: &[BlockId], b: usize) -> Option<BlockId> {
-        let wb = self.ring_blocks()?;
-        let h = b.checked_sub(wb)?;
-        // A block appended in the same call: its rows are written before the guest's.
-        if let Some(i) = h.checked_sub(s.blocks.len()) {
-            return Some(fresh[i]);
-        }
-        let home = self.home(s, h)?;
-        let m = self.pool.meta(home);
-        let own_rows = if s.blocks[h] == home {
-            // A whole host: complete, all its rows its own, no guest yet.
-            (m.filled as usize) == self.layout().block_tokens() && !m.hosting && m.lent == 0
-        } else {
-            // The host is itself a guest: the new block continues its chain.
-            true
+    /// Whether block `b` of `s` (about to be appended, `b ≥ s.blocks.len()`) can be a
+    /// guest: its host qualifies. A host appended in the same call always does (whole or
+    /// a guest itself, its rows are written before the new block's).
+    fn has_host(&self, s: &Sequence, b: usize) -> bool {
+        let Some(h) = self.ring_blocks().and_then(|wb| b.checked_sub(wb)) else {
+            return false;
         };
-        (own_rows
+        if h >= s.blocks.len() {
+            return true;
+        }
+        let Some(home) = self.home(s, h) else {
+            return false;
+        };
+        let m = self.pool.meta(home);
+        // A whole host: complete, all its rows its own, no guest yet. A host that is
+        // itself a guest: the new block continues its chain.
+        let own_rows = s.blocks[h] != home
+            || ((m.filled as usize) == self.layout().block_tokens() && !m.hosting && m.lent == 0);
+        own_rows
             && m.ref_count == 1
             && m.tier == Tier::Hot
             && m.format == KvFormat::F16
-            && !m.compressed)
-            .then_some(home)
+            && !m.compressed
+    }
+
+    /// For each of the next `n` blocks of `seq`: whether it is allocated as a thin guest.
+    fn append_guests(&self, seq: SeqId, n: usize) -> Result<Vec<bool>, KvError> {
+        let s = self.get(seq)?;
+        Ok((0..n)
+            .map(|i| self.has_host(s, s.blocks.len() + i))
+            .collect())
     }
 
     /// How the next `n` blocks of `seq` would be allocated: (whole, thin guests).
     pub(crate) fn append_shape(&self, seq: SeqId, n: usize) -> Result<(usize, usize), KvError> {
-        let s = self.get(seq)?;
-        let mut fresh = Vec::with_capacity(n);
-        let mut thin = 0;
-        for i in 0..n {
-            // A stand-in id for a fresh whole block: it qualifies as a home unlooked.
-            let home = self.host_for(s, &fresh, s.blocks.len() + i);
-            thin += usize::from(home.is_some());
-            fresh.push(home.unwrap_or(BlockId(u32::MAX)));
-        }
+        let thin = self.append_guests(seq, n)?.iter().filter(|&&g| g).count();
         Ok((n - thin, thin))
-    }
-
-    /// Bytes of new storage the next `n` blocks of `seq` take.
-    pub(crate) fn append_bytes(&self, seq: SeqId, n: usize) -> Result<u64, KvError> {
-        let (whole, thin) = self.append_shape(seq, n)?;
-        Ok(self.pool.new_storage_bytes(whole) + thin as u64 * self.pool.thin_bytes())
     }
 
     /// Appends `n` blocks to `seq`'s table — thin guests where a host qualifies, whole
     /// blocks elsewhere — after the ledger granted their bytes. The caller checked the
     /// free blocks.
     pub(crate) fn append_blocks(&mut self, seq: SeqId, n: usize) -> Result<(), KvError> {
-        let bytes = self.append_bytes(seq, n)?;
-        self.pool.grow_account(bytes)?;
-        let mut fresh: Vec<BlockId> = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
-        let mut guests = Vec::new();
+        let plan = self.append_guests(seq, n)?;
+        let thin = plan.iter().filter(|&&g| g).count();
+        self.pool
+            .grow_account(self.pool.new_blocks_bytes(n - thin, thin))?;
         let first = self.get(seq)?.blocks.len();
-        for i in 0..n {
-            let s = self.get(seq)?;
-            // Cannot fail for want of blocks: the caller counted the free ones.
-            let (id, home) = match self.host_for(s, &fresh, first + i) {
-                Some(home) => {
-                    guests.push(first + i);
-                    (self.pool.alloc_thin().expect("free block counted"), home)
+        // Cannot fail for want of blocks: the caller counted the free ones.
+        let ids: Vec<BlockId> = plan
+            .iter()
+            .map(|&guest| {
+                if guest {
+                    self.pool.alloc_thin().expect("free block counted")
+                } else {
+                    self.pool.alloc().expect("free block counted")
                 }
-                None => {
-                    let id = self.pool.alloc().expect("free block counted");
-                    (id, id)
-                }
-            };
-            fresh.push(home);
-            ids.push(id);
-        }
+            })
+            .collect();
         let s = self.seqs.get_mut(&seq).expect("checked");
         s.blocks.extend(ids);
-        s.guests.extend(guests);
+        s.guests
+            .extend((first..first + n).filter(|&b| plan[b - first]));
         self.pool.sync_reservation();
         self.set_hosting(seq, true);
         Ok(())
@@ -171,18 +156,15 @@ impl KvCache {
             return;
         }
         self.set_hosting(seq, false);
-        // In order: a guest's host may be a guest that settles first.
-        for g in &full {
+        // In order: a guest's host may be a guest that settles first (and is whole, so
+        // its own home, when the next one looks).
+        for &g in &full {
             let s = &self.seqs[&seq];
-            let home = self.home(s, *g).expect("a guest has a home");
-            let guest = s.blocks[*g];
-            self.pool.swap_windowed(guest, home);
-            self.seqs
-                .get_mut(&seq)
-                .expect("checked")
-                .guests
-                .retain(|x| x != g);
+            let home = self.home(s, g).expect("a guest has a home");
+            self.pool.swap_windowed(s.blocks[g], home);
         }
+        let s = self.seqs.get_mut(&seq).expect("checked");
+        s.guests.retain(|g| !full.contains(g));
         self.set_hosting(seq, true);
     }
 
@@ -283,8 +265,14 @@ impl KvCache {
         v: &mut [u16],
     ) -> Result<(), KvError> {
         let l = *self.layout();
+        if layer >= l.n_layers() {
+            return Err(KvError::BadLayer {
+                layer,
+                n_layers: l.n_layers(),
+            });
+        }
         let s = self.get(seq)?;
-        if pos >= s.reserved_tokens || layer >= l.n_layers() {
+        if pos >= s.reserved_tokens {
             return Err(KvError::OutOfRange {
                 seq,
                 pos,

@@ -122,10 +122,7 @@ impl Engine<'_, '_> {
             .max()
             .unwrap_or(0);
         self.w.account(n_out * vocab, attn_need, own_need)?;
-        // A model with sliding-window layers grows a micro-batch at a time, as a mixed
-        // cache does: its windowed layers then hold their window, not the step.
-        let stepwise = !all_f16 || self.kv.layout().window().is_some();
-        if !stepwise {
+        if !self.stepwise() {
             self.grow_kv(&grows)?;
         }
         self.w.fit(n_out * vocab, attn_need, own_need);
@@ -160,7 +157,7 @@ impl Engine<'_, '_> {
         micro: &[Vec<Run>],
     ) -> Result<(), EvalError> {
         let all_f16 = self.cfg.kv_mix.is_all_f16();
-        let stepwise = !all_f16 || self.kv.layout().window().is_some();
+        let stepwise = self.stepwise();
         let mut next_row = 0;
         for mb in micro {
             if stepwise {
@@ -242,6 +239,13 @@ impl Engine<'_, '_> {
             .collect()
     }
 
+    /// Whether the KV grows a micro-batch at a time rather than a step at once: a mixed
+    /// cache (demoted between micro-batches), or a model with sliding-window layers
+    /// (whose windowed layers then hold their window, not the step).
+    fn stepwise(&self) -> bool {
+        !self.cfg.kv_mix.is_all_f16() || self.kv.layout().window().is_some()
+    }
+
     /// Plans and applies growing each `(seq, tokens)`; no room is returned as a value.
     fn grow_kv(&mut self, grows: &[(SeqId, usize)]) -> Result<(), EvalError> {
         let plan = self.kv.plan(grows).map_err(|e| match e {
@@ -306,13 +310,11 @@ impl Engine<'_, '_> {
                 Some(first)
             })
             .collect();
-        let lb = 2 * kvd * BLOCK_TOKENS;
         for (li, l) in m.layers.iter().enumerate() {
             layers::project_qkv(pool, c, l, li, &self.ropes, s, n);
-            let windowed = c.layer_window(li).is_some();
             // A sliding-window layer's run of several tokens reads its own rows from
             // scratch and writes them after (they may replace rows it reads: the ring).
-            let own = |r: &Run| windowed && r.len > 1;
+            let own = |r: &Run| layers::reads_own_rows(c.layer_window(li), r.len);
             let write = |kv: &mut kvcache::KvCache, s: &mut layers::Scratch, later: bool| {
                 for (r, &first) in runs.iter().zip(&firsts) {
                     if own(r) != later {
@@ -354,7 +356,7 @@ impl Engine<'_, '_> {
                 self.kv.layer_views(r.seq, li, &mut views)?;
                 if own(r) {
                     views.truncate(first + r.pos0 / BLOCK_TOKENS);
-                    views.extend(s.own[at].chunks_exact(lb).map(KvBlock::F16Layer));
+                    views.extend(layers::own_views(&s.own[at], kvd));
                 }
                 spans.push(first..views.len());
             }

@@ -440,7 +440,7 @@ impl<'a, 'm> Session<'a, 'm> {
             );
             // A sliding-window layer's step of several tokens reads its own rows from
             // scratch and writes them after (they may replace rows it reads: the ring).
-            let own = shape.window.is_some() && n > 1;
+            let own = layers::reads_own_rows(shape.window, n);
             let write = |kv: &mut KvCache, s: &mut layers::Scratch| {
                 for t in 0..n {
                     ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
@@ -467,8 +467,7 @@ impl<'a, 'm> Session<'a, 'm> {
                 self.kv.layer_views(self.seq, li, &mut views)?;
                 if own {
                     views.truncate(pos0 / BLOCK_TOKENS);
-                    let lb = 2 * kvd * BLOCK_TOKENS;
-                    views.extend(s.own.chunks_exact(lb).map(KvBlock::F16Layer));
+                    views.extend(layers::own_views(&s.own, kvd));
                 }
                 let paged = PagedKv {
                     blocks: &views,
