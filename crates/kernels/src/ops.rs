@@ -70,11 +70,12 @@ pub fn softcap(x: &mut [f32], cap: f32) {
     }
 }
 
-/// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU).
+/// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU), `silu(x) = x / (1 + e^-x)`. On AVX2 the
+/// exponential is the vector one attention's softmax uses (relative error about 2e-7,
+/// against libm's correctly rounded `expf`): called once per value, libm's was 4% of a
+/// batched decode step.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    crate::simd::silu_mul(Isa::detect(), gate, up);
 }
 
 /// `x += y`.

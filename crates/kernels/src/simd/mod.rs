@@ -148,6 +148,16 @@ pub(crate) fn f32_to_f16(isa: crate::Isa, src: &[f32], dst: &mut [u16]) {
     }
 }
 
+/// `gate[i] = gate[i] / (1 + exp(-gate[i])) · up[i]`.
+pub(crate) fn silu_mul(isa: crate::Isa, gate: &mut [f32], up: &[f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA present (see Isa::detect).
+        crate::Isa::Avx2 => unsafe { avx2::silu_mul(gate, up) },
+        _ => portable::silu_mul(gate, up),
+    }
+}
+
 /// `x[i] = exp(x[i] - max)`, returning the sum.
 pub(crate) fn exp_sub_sum(isa: crate::Isa, x: &mut [f32], max: f32) -> f32 {
     match isa {

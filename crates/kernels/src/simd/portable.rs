@@ -215,6 +215,12 @@ pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
     }
 }
 
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 pub(crate) fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0.0;
     for v in x.iter_mut() {

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{exp_sub_sum, hsum};
+use super::{exp_sub_sum, hsum, rescale};
 
 /// Query rows per tile: four rows and two keys (or two value chunks) take 8
 /// accumulators, 2 loads and 4 broadcasts per step, within AVX2's 16 registers.
@@ -145,7 +145,7 @@ unsafe fn attend_tile<const RN: usize>(
             let (m_old, l_old) = (*pr, *pr.add(1));
             let m_new = m_old.max(bmax);
             c[r] = if l_old > 0.0 {
-                (m_old - m_new).exp()
+                rescale(m_old, m_new)
             } else {
                 0.0
             };
