@@ -3,9 +3,10 @@
 //! A reader thread walks the inputs and chunks them; every chunk's buffers are reserved in
 //! the ledger's `documents` pool before the chunk exists, and when the pool is full the
 //! reader waits until written chunks give their bytes back (backpressure). The main thread
-//! takes chunks in corpus order, keeps up to `max_in_flight` of them generating on the
-//! scheduler at once, and writes finished chunks in corpus order: the output, and so the
-//! near-duplicate filter's decisions, are the same however a run was interrupted.
+//! takes chunks in corpus order, keeps `max_in_flight` chunks' worth of requests generating
+//! on the scheduler (a chunk near its end weighs only its requests left, so the next one
+//! starts while it finishes), and writes finished chunks in corpus order: the output, and
+//! so the near-duplicate filter's decisions, are the same however a run was interrupted.
 
 mod generate;
 use generate::Main;
@@ -176,6 +177,10 @@ struct Job {
     pairs: Vec<Pair>,
     /// Requests submitted and not finished.
     open: usize,
+    /// Requests not finished, submitted or still to come: a question and its judge for
+    /// each pair (a pair that did not parse has no judge). What the chunk still weighs in
+    /// the admission of new chunks ([`generate::Main::admits`]).
+    left: usize,
     rest_submitted: bool,
 }
 

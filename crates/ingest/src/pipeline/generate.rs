@@ -133,8 +133,27 @@ impl Main<'_> {
             .map_or(usize::MAX, |g| g.max_in_flight.max(1))
     }
 
+    /// Whether another chunk may start. Up to `max_in_flight` chunks always may. Beyond
+    /// that, chunks are counted by the requests they have left (two per question: it and
+    /// its judge): one more starts while those of the chunks in flight are no more than
+    /// `max_in_flight - 1` whole chunks' worth, up to twice `max_in_flight` chunks. So a
+    /// chunk down to its last judges makes room for the next before it ends, and the
+    /// engine's batch does not thin out at the end of every wave of chunks started
+    /// together (measured: steps of under 64 tokens took 41% of a 16-chunk run at 8 in
+    /// flight); `max_in_flight` 1 stays strictly one chunk at a time.
+    pub(super) fn admits(&self) -> bool {
+        let max = self.max_in_flight();
+        if self.jobs.len() < max {
+            return true;
+        }
+        let whole = 2 * self.opts.questions_per_chunk.max(1);
+        let left: usize = self.jobs.values().map(|j| j.left).sum();
+        self.jobs.len() < max.saturating_mul(2)
+            && left.saturating_add(whole) <= max.saturating_mul(whole)
+    }
+
     pub(super) fn start_jobs(&mut self) -> Result<(), RunError> {
-        while self.jobs.len() < self.max_in_flight() {
+        while self.admits() {
             let Some(item) = self.queue.pop_front() else {
                 break;
             };
@@ -151,6 +170,7 @@ impl Main<'_> {
                 id,
                 pairs: vec![Pair::default(); if self.generator.is_some() { n } else { 0 }],
                 open: 0,
+                left: if self.generator.is_some() { 2 * n } else { 0 },
                 rest_submitted: false,
             };
             self.jobs.insert(seq, job);
@@ -255,9 +275,14 @@ impl Main<'_> {
                 }
             }
             Err(e) => {
-                // Counted as an invalid pair; the chunk goes on.
+                // Counted as an invalid pair; the chunk goes on. A question refused
+                // takes its judge with it.
                 self.report.pairs_invalid += 1;
                 let _ = e;
+                if let Some(j) = self.jobs.get_mut(&seq) {
+                    let gone = if matches!(stage, Stage::Gen(_)) { 2 } else { 1 };
+                    j.left = j.left.saturating_sub(gone);
+                }
             }
         }
     }
@@ -327,6 +352,7 @@ impl Main<'_> {
         }
         if let Some(job) = self.jobs.get_mut(&seq) {
             job.open = job.open.saturating_sub(1);
+            job.left = job.left.saturating_sub(1);
         }
         match stage {
             Stage::Gen(i) => {
@@ -365,6 +391,10 @@ impl Main<'_> {
                     }
                     None => {
                         self.report.pairs_invalid += 1;
+                        // No judge follows.
+                        if let Some(job) = self.jobs.get_mut(&seq) {
+                            job.left = job.left.saturating_sub(1);
+                        }
                         self.release(seq, i);
                     }
                 }
