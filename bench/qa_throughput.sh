@@ -40,6 +40,10 @@ print(f"in flight {sys.argv[2]:>3}: {pairs} pairs in {r['elapsed_s']:.1f} s = "
       f"{s['cached_tokens'] / chunks:.0f} ({100 * s['cached_tokens'] / max(1, s['prompt_tokens']):.0f}%), "
       f"computed {s['computed_tokens'] / chunks:.0f}, generated {s['generated_tokens'] / chunks:.0f}; "
       f"{s['steps']} steps, {s['tokens_per_step']:.1f} tokens/step, peak running {s['peak_running']}")
+b = s.get("steps_by_tokens")
+if b:
+    print("               steps of at least N tokens: " + ", ".join(
+        f"{c['min_tokens']}: {c['steps']} in {c['seconds']:.1f} s" for c in b))
 if os.path.exists(sys.argv[3]):
     f = {}
     for line in open(sys.argv[3]):

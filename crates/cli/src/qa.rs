@@ -291,6 +291,15 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
                 "steps": s.steps,
                 "tokens_per_step": (s.computed_tokens + s.generated_tokens) as f64
                     / s.steps.max(1) as f64,
+                "steps_by_tokens": engine::sched::STEP_CLASSES
+                    .iter()
+                    .zip(s.steps_by_tokens.iter().zip(&s.step_us_by_tokens))
+                    .map(|(lo, (n, us))| serde_json::json!({
+                        "min_tokens": lo,
+                        "steps": n,
+                        "seconds": *us as f64 / 1e6,
+                    }))
+                    .collect::<Vec<_>>(),
             })),
         });
         if let Some(f) = &a.report {

@@ -160,7 +160,13 @@ fn run_all(
         assert!(guard < 100_000, "the scheduler does not make progress");
     }
     let outs = outs.iter().map(|o| o.lock().unwrap().clone()).collect();
-    (outs, s.stats())
+    let stats = s.stats();
+    assert_eq!(
+        stats.steps_by_tokens.iter().sum::<u64>(),
+        stats.steps,
+        "every step is counted in one class of tokens"
+    );
+    (outs, stats)
 }
 
 /// Tokens of `got` equal `want`'s up to the first near-tie of `want` (top-2 gap < 0.2,

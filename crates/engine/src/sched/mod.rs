@@ -296,10 +296,14 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 return Ok(0);
             }
             let batch = std::mem::take(&mut self.batch);
+            let started = std::time::Instant::now();
             let r = self.engine.decode(&batch).map(|_| ());
             match r {
                 Ok(()) => {
                     let n = batch.len();
+                    let class = request::step_class(n);
+                    self.stats.steps_by_tokens[class] += 1;
+                    self.stats.step_us_by_tokens[class] += started.elapsed().as_micros() as u64;
                     self.after_decode(&batch);
                     self.batch = batch;
                     self.stats.steps += 1;

@@ -187,6 +187,18 @@ impl Default for SchedConfig {
     }
 }
 
+/// The classes of [`SchedStats::steps_by_tokens`]: steps of under 16 tokens, 16 to 63,
+/// 64 to 255, and 256 or more (the lower bound of each).
+pub const STEP_CLASSES: [usize; 4] = [1, 16, 64, 256];
+
+/// The class of a step of `tokens` in [`STEP_CLASSES`].
+pub fn step_class(tokens: usize) -> usize {
+    STEP_CLASSES
+        .iter()
+        .rposition(|&lo| tokens >= lo)
+        .unwrap_or(0)
+}
+
 /// Counters of what the scheduler did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedStats {
@@ -201,6 +213,12 @@ pub struct SchedStats {
     pub running: usize,
     /// Most sequences running in one step.
     pub peak_running: usize,
+    /// Steps by the tokens they computed, in the classes of [`STEP_CLASSES`].
+    pub steps_by_tokens: [u64; 4],
+    /// The time those steps took, in microseconds, by the same classes: where a batched
+    /// workload spends its time (a step of few tokens costs nearly as much as one of
+    /// many).
+    pub step_us_by_tokens: [u64; 4],
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     /// Prompt tokens run through the model (shared-prefix tokens are not; a preempted
@@ -228,4 +246,18 @@ pub struct SchedStats {
     pub kept: usize,
     /// Kept sequences dropped under pressure before their client released them.
     pub kept_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_classes_split_at_16_64_and_256_tokens() {
+        let classes: Vec<usize> = [0, 1, 15, 16, 63, 64, 255, 256, 4096]
+            .iter()
+            .map(|&n| step_class(n))
+            .collect();
+        assert_eq!(classes, [0, 0, 0, 1, 1, 2, 2, 3, 3]);
+    }
 }
