@@ -73,7 +73,9 @@ pub struct QaArgs {
     /// Chunk, hash and journal only (one chunk record per chunk).
     #[arg(long)]
     pub no_generate: bool,
-    /// Chunks generating at once (1: one at a time).
+    /// Chunks generating at once, counted by the requests they have left: a chunk down to
+    /// its last judges makes room for the next (up to twice as many chunks). 1: strictly
+    /// one at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_in_flight: u32,
     /// Most requests the engine computes side by side (default: every question of the

@@ -54,7 +54,8 @@ const DEDUP_CAPACITY: usize = 20_000;
 pub struct Generator {
     pub service: Arc<Service>,
     pub model: Arc<SharedModel>,
-    /// Chunks generating at once.
+    /// Chunks generating at once, counted by the requests they have left (see
+    /// `generate::Main::admits`).
     pub max_in_flight: usize,
     /// Sampling temperature of questions (judging is greedy).
     pub temperature: f32,
