@@ -214,11 +214,11 @@ pub struct SchedStats {
     /// Most sequences running in one step.
     pub peak_running: usize,
     /// Steps by the tokens they computed, in the classes of [`STEP_CLASSES`].
-    pub steps_by_tokens: [u64; 4],
+    pub steps_by_tokens: [u64; STEP_CLASSES.len()],
     /// The time those steps took, in microseconds, by the same classes: where a batched
     /// workload spends its time (a step of few tokens costs nearly as much as one of
     /// many).
-    pub step_us_by_tokens: [u64; 4],
+    pub step_us_by_tokens: [u64; STEP_CLASSES.len()],
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     /// Prompt tokens run through the model (shared-prefix tokens are not; a preempted

@@ -165,12 +165,13 @@ impl Main<'_> {
             }
             let seq = item.seq;
             let n = self.opts.questions_per_chunk;
+            let pairs = vec![Pair::default(); if self.generator.is_some() { n } else { 0 }];
             let job = Job {
                 item,
                 id,
-                pairs: vec![Pair::default(); if self.generator.is_some() { n } else { 0 }],
                 open: 0,
-                left: if self.generator.is_some() { 2 * n } else { 0 },
+                left: 2 * pairs.len(),
+                pairs,
                 rest_submitted: false,
             };
             self.jobs.insert(seq, job);

@@ -201,8 +201,8 @@ pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
 /// `exp(m_old − m_new)`, the factor an online softmax scales its accumulator by when the
 /// running maximum moves from `m_old` to `m_new ≥ m_old`. Once a row's largest scores are
 /// behind it the maximum stays put on most blocks, and the factor is exactly 1 (what
-/// `expf(0)` returns) without a call into libm: that call, once per (query row, block),
-/// was 5% of a batched decode step's profile.
+/// `expf(0)` returns) without a call into libm, which it made once per (query row, block).
+/// libm's `expf`, from here and from SwiGLU, was 4.6% of a batched decode step's profile.
 #[inline]
 pub(super) fn rescale(m_old: f32, m_new: f32) -> f32 {
     if m_old == m_new {
