@@ -47,6 +47,11 @@ pub enum JournalError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error(
+        "another llmem qa is writing {out} (its journal {journal} is locked): wait for it \
+         to finish, or give this run another --out"
+    )]
+    Busy { out: PathBuf, journal: PathBuf },
+    #[error(
         "{out} is {len} bytes but its journal {journal} says {end} were written: the output \
          was changed outside llmem; move both away to start over"
     )]
@@ -106,6 +111,19 @@ impl Journal {
             .append(true)
             .create(true)
             .open(&jpath)?;
+        // One writer at a time: a second run on the same output (say, started while the
+        // first still finishes its chunks after Ctrl+C) would cut what the first is
+        // writing and append the same records again. The lock goes with the process.
+        match journal.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Busy {
+                    out: out_path.to_path_buf(),
+                    journal: jpath,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let mut out = OpenOptions::new()
             .read(true)
             .append(true)
@@ -246,6 +264,25 @@ mod tests {
         assert!(rec.journal_cut > 0);
         assert!(j.is_done(7).unwrap() && j.is_done(9).unwrap() && !j.is_done(8).unwrap());
         assert_eq!(std::fs::read(&out).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[test]
+    fn a_second_writer_of_the_same_output_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.jsonl");
+        let (mut j, _) = Journal::open(&out).unwrap();
+        j.commit(b"{}\n", &[(1, 1, 3)]).unwrap();
+        let Err(e) = Journal::open(&out) else {
+            panic!("a second writer was let in")
+        };
+        assert!(matches!(e, JournalError::Busy { .. }), "{e}");
+        assert!(e.to_string().contains("another llmem qa is writing"), "{e}");
+        // The refused open changed nothing.
+        assert_eq!(std::fs::read(&out).unwrap(), b"{}\n");
+        drop(j);
+        let (j, rec) = Journal::open(&out).unwrap();
+        assert_eq!(rec.done, 1);
+        assert!(j.is_done(1).unwrap());
     }
 
     #[test]
