@@ -24,14 +24,17 @@
 //! `vpdpbusd` sums a group and one `vpmulld` scales it, the AVX2 build scales inside its
 //! multiply-add of pairs.
 //!
-//! Decode (one token) reads each row in value order with no panel: per 32 values one
-//! multiply-add of bytes and one of pairs by the (broadcast) group scale, so a row's
-//! super-block is one integer vector; eight rows' vectors are then reduced together.
+//! Decode (one token) reads each row front to back, alone, with no panel: per 32 values
+//! one multiply-add of bytes and one of pairs by the (broadcast) group scale, so a row's
+//! super-block is one integer vector, reduced before its float steps. One stream per
+//! thread is what the hardware prefetcher follows: eight rows read side by side (one
+//! per lane) ran at half the memory bandwidth on a Zen 4.
 
 use std::arch::x86_64::*;
 
 use super::super::{OutPtr, RowsRef};
-use super::gemm::row_ptrs;
+use super::gemm::{DECODE_AHEAD, row_ptrs};
+use super::lanes::{fma1, hsum4};
 /// Tokens per block of the prefill loop: each 8-row panel (codes and headers of one
 /// super-block) is decoded once per block, so a longer block spends less on decoding;
 /// 128 tokens of activations (1.1 MiB at 8960 columns) still stay in L2 while the
@@ -44,7 +47,7 @@ mod tiles;
 
 pub(crate) use tiles::gemm_k_amx;
 
-use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, headers, panel_header};
+use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, panel_header};
 
 /// The AVX2 build's scaled dot product: `acc` plus lane-wise `sc2 ·` (four-value dot
 /// products of u8 codes and i8 activations): maddubs, then pairs of i16 times the
@@ -159,8 +162,8 @@ macro_rules! krows_driver {
             }
         }
 
-        /// Rows `r0..r0 + nr` (nr ≤ 8) × one token (its activation blocks at `acts`, its
-        /// sums per super-block in `sums`) into `out[0..nr]`.
+        /// Rows `r0..r0 + nr` × one token (its activation blocks at `acts`, its sums per
+        /// super-block in `sums`) into `out[0..nr]`, each row read front to back.
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn $dtile<K: KRows>(
@@ -170,98 +173,99 @@ macro_rules! krows_driver {
             sums: &[[i16; 16]],
             out: *mut f32,
         ) {
-            let rowp: [*const u8; ROWS] = row_ptrs(w, r0, nr);
-            let mut acc = _mm256_setzero_ps();
-            for (sb, bs) in sums.iter().enumerate() {
-                let p = rowp.map(|p| p.wrapping_add(sb * K::BB));
-                // The same super-block of the next tile's rows: a hint, never a fault,
-                // even past the end of the data (the hardware prefetcher alone does not
-                // keep eight row streams ahead; see gemm's PREFETCH_BYTES).
-                for q in p {
-                    let mut l = 0;
-                    while l < K::BB {
-                        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(ROWS * w.row_bytes + l).cast());
-                        l += 64;
-                    }
-                }
-                let blocks = acts.wrapping_add(sb * SUBS);
-                let mut a = [_mm256_setzero_si256(); SUBS];
-                for (s, a) in a.iter_mut().enumerate() {
-                    // SAFETY: the token's 8 blocks of super-block sb are in `acts`.
-                    *a = unsafe { _mm256_loadu_si256((*blocks.add(s)).qs.as_ptr().cast()) };
-                }
-                let mut v = [_mm256_setzero_si256(); ROWS];
-                // SAFETY: each row's super-block sb lies inside w.data (driver bounds).
-                let (h, d, ndmin) = unsafe { headers::<K>(&p) };
-                for r in 0..ROWS {
-                    let h = &h[r];
-                    let mut x = _mm256_setzero_si256();
-                    if K::HAS_M {
-                        // Every i16 of `sc` selects scale s: bytes 2s, 2s + 1.
-                        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h.sc));
-                        for s in 0..SUBS {
-                            let pick = _mm256_set1_epi16((0x0100 + 0x0202 * s) as i16);
-                            // SAFETY: as for the header.
-                            let c = unsafe { K::codes(p[r], s) };
-                            x = $sdot(x, c, a[s], _mm256_shuffle_epi8(sc, pick));
-                        }
-                        // SAFETY: bs holds 16 i16 (the first 8 are the sub-block sums).
-                        let bs = unsafe { _mm_loadu_si128(bs.as_ptr().cast()) };
-                        let mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128::<8>(h.sc)), bs);
-                        let x4 = _mm_add_epi32(
-                            _mm256_castsi256_si128(x),
-                            _mm256_extracti128_si256::<1>(x),
-                        );
-                        // [four partial sums of isum | four of imin]
-                        v[r] = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(x4), mins);
-                    } else {
-                        // i16 g of `sc` is group g's scale; sub-block s covers groups 2s
-                        // (its low 16 values, the low 128 bits) and 2s + 1.
-                        let sc = _mm256_cvtepi8_epi16(h.sc);
-                        let halves = [
-                            _mm256_permute4x64_epi64::<0x44>(sc),
-                            _mm256_permute4x64_epi64::<0xEE>(sc),
-                        ];
-                        for s in 0..SUBS {
-                            let i = (s % 4) as i16;
-                            let pick = _mm256_setr_m128i(
-                                _mm_set1_epi16(0x0100 + 0x0404 * i),
-                                _mm_set1_epi16(0x0302 + 0x0404 * i),
-                            );
-                            // SAFETY: as for the header.
-                            let c = unsafe { K::codes(p[r], s) };
-                            x = $sdot(x, c, a[s], _mm256_shuffle_epi8(halves[s / 4], pick));
-                        }
-                        // The codes are 32 above the values: minus 32 · Σ_g sc[g] · Σ_g a.
-                        // SAFETY: bs holds 16 i16.
-                        let bs = unsafe { _mm256_loadu_si256(bs.as_ptr().cast()) };
-                        let corr = _mm256_madd_epi16(sc, bs);
-                        v[r] = _mm256_sub_epi32(x, _mm256_slli_epi32::<5>(corr));
-                    }
-                }
-                // [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums, and the same for rows 4..8.
-                let h0 =
-                    _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-                let h1 =
-                    _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-                let lo = _mm256_permute2x128_si256::<0x20>(h0, h1);
-                let hi = _mm256_permute2x128_si256::<0x31>(h0, h1);
-                // SAFETY: every block of a super-block holds its scale.
-                let da = _mm256_set1_ps(unsafe { (*blocks).d });
+            /// One row's super-block at `p` against the token's eight blocks at `blocks` (their sums
+            /// `bs`): lanes 0..4 partial sums of `isum`, lanes 4..8 of `imin` (Q4_K/Q5_K), or eight
+            /// partial sums of the whole (Q6_K, its offset of 32 taken off); with the build's scaled dot product.
+            ///
+            /// # Safety
+            /// AVX2+FMA+F16C must be present (the build's features); `p` is a whole super-block and
+            /// `blocks` eight activation blocks.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn row_sums_k<K: KRows>(
+                p: *const u8,
+                blocks: *const BlockQ8,
+                bs: &[i16; 16],
+            ) -> __m256i {
+                // SAFETY: p is a whole super-block (caller).
+                let h = unsafe { K::header(p) };
+                // SAFETY: the caller guarantees eight blocks.
+                let a =
+                    |s: usize| unsafe { _mm256_loadu_si256((*blocks.add(s)).qs.as_ptr().cast()) };
+                let mut x = _mm256_setzero_si256();
                 if K::HAS_M {
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(d, da), acc);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(ndmin, da), acc);
+                    // Every i16 of `sc` selects scale s: bytes 2s, 2s + 1.
+                    let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h.sc));
+                    for s in 0..SUBS {
+                        let pick = _mm256_set1_epi16((0x0100 + 0x0202 * s) as i16);
+                        // SAFETY: as for the header.
+                        let c = unsafe { K::codes(p, s) };
+                        x = $sdot(x, c, a(s), _mm256_shuffle_epi8(sc, pick));
+                    }
+                    // SAFETY: bs holds 16 i16 (the first 8 are the sub-block sums).
+                    let bs = unsafe { _mm_loadu_si128(bs.as_ptr().cast()) };
+                    let mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128::<8>(h.sc)), bs);
+                    let x4 =
+                        _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x));
+                    // [four partial sums of isum | four of imin]
+                    _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(x4), mins)
                 } else {
-                    let isum = _mm256_add_epi32(lo, hi);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, da), acc);
+                    // i16 g of `sc` is group g's scale; sub-block s covers groups 2s (its low 16
+                    // values, the low 128 bits) and 2s + 1.
+                    let sc = _mm256_cvtepi8_epi16(h.sc);
+                    let halves = [
+                        _mm256_permute4x64_epi64::<0x44>(sc),
+                        _mm256_permute4x64_epi64::<0xEE>(sc),
+                    ];
+                    for s in 0..SUBS {
+                        let i = (s % 4) as i16;
+                        let pick = _mm256_setr_m128i(
+                            _mm_set1_epi16(0x0100 + 0x0404 * i),
+                            _mm_set1_epi16(0x0302 + 0x0404 * i),
+                        );
+                        // SAFETY: as for the header.
+                        let c = unsafe { K::codes(p, s) };
+                        x = $sdot(x, c, a(s), _mm256_shuffle_epi8(halves[s / 4], pick));
+                    }
+                    // The codes are 32 above the values: minus 32 · Σ_g sc[g] · Σ_g a.
+                    // SAFETY: bs holds 16 i16.
+                    let bs = unsafe { _mm256_loadu_si256(bs.as_ptr().cast()) };
+                    let corr = _mm256_madd_epi16(sc, bs);
+                    _mm256_sub_epi32(x, _mm256_slli_epi32::<5>(corr))
                 }
             }
-            let mut v = [0.0f32; ROWS];
-            // SAFETY: v holds 8 floats.
-            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), acc) };
-            for (r, v) in v.iter().enumerate().take(nr) {
+
+            let base = w.data.as_ptr();
+            for r in 0..nr {
+                let row = base.wrapping_add((r0 + r) * w.row_bytes);
+                let mut acc = _mm_setzero_ps();
+                for (sb, bs) in sums.iter().enumerate() {
+                    let p = row.wrapping_add(sb * K::BB);
+                    // Further along the row: a hint, never a fault, even past the end of
+                    // the data (the hardware prefetcher does not cross a page).
+                    let mut l = 0;
+                    while l < K::BB {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(DECODE_AHEAD + l).cast());
+                        l += 64;
+                    }
+                    let blocks = acts.wrapping_add(sb * SUBS);
+                    // SAFETY: the row's super-block sb lies inside w.data (driver bounds)
+                    // and the token's 8 blocks of it are in `acts`.
+                    let (v, h) = unsafe { (row_sums_k::<K>(p, blocks, bs), K::header(p)) };
+                    // SAFETY: every block of a super-block holds its scale.
+                    let da = unsafe { (*blocks).d };
+                    // The exact integer sums (lanes 0..4 and 4..8), then the float steps.
+                    let lo = _mm256_castsi256_si128(v);
+                    let hi = _mm256_extracti128_si256::<1>(v);
+                    if K::HAS_M {
+                        acc = fma1(hsum4(lo), h.d * da, acc);
+                        acc = fma1(hsum4(hi), -h.dmin * da, acc);
+                    } else {
+                        acc = fma1(hsum4(_mm_add_epi32(lo, hi)), h.d * da, acc);
+                    }
+                }
                 // SAFETY: the driver's caller owns (t, r0 + r) for r < nr.
-                unsafe { *out.add(r) = *v };
+                unsafe { *out.add(r) = _mm_cvtss_f32(acc) };
             }
         }
 

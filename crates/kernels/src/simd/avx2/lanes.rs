@@ -68,3 +68,36 @@ pub(super) fn pair_sums<const SMALL: bool>(a: __m256i, b: __m256i) -> __m256i {
         _mm256_hadd_epi32(a, b)
     }
 }
+
+/// `acc + x · m` in one rounding, as the vector tiles' `fmadd` lane does.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn fma1(x: i32, m: f32, acc: __m128) -> __m128 {
+    _mm_fmadd_ss(_mm_cvtsi32_ss(_mm_setzero_ps(), x), _mm_set_ss(m), acc)
+}
+
+/// The sum of four i32 lanes (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn hsum4(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+    _mm_cvtsi128_si32(v)
+}
+
+/// The sum of eight i32 lanes (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn hsum8_i32(v: __m256i) -> i32 {
+    hsum4(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
+}
+
+/// `acc + x · m` in one rounding.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn fma1f(x: f32, m: f32, acc: __m128) -> __m128 {
+    _mm_fmadd_ss(_mm_set_ss(x), _mm_set_ss(m), acc)
+}
