@@ -10,7 +10,8 @@
 # usage: bench/qa_throughput.sh [CHUNKS (default 8)] [IN_FLIGHT (default 8)] [THREADS] [ROUNDS (default 1)]
 # Each round runs the three modes in turn: rounds alternate, so a loaded machine's drift
 # falls on all alike.
-# env: LLMEM (binary, default target/release/llmem), MODEL (default the SmolLM2 file).
+# env: LLMEM (binary, default target/release/llmem), MODEL (default the SmolLM2 file),
+# PROMPTS (a prompt file; default the built-in prompts).
 set -euo pipefail
 chunks=${1:-8}
 wide=${2:-8}
@@ -19,6 +20,8 @@ rounds=${4:-1}
 bin=${LLMEM:-target/release/llmem}
 model=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=testdata/eval/licenses.txt
+pf=()
+if [ -n "${PROMPTS:-}" ]; then pf=(--prompt-file "$PROMPTS"); fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 for round in $(seq 1 "$rounds"); do for n in seq 1 "$wide"; do
@@ -27,7 +30,7 @@ for round in $(seq 1 "$rounds"); do for n in seq 1 "$wide"; do
   if command -v perf > /dev/null; then prof=(perf stat -x, -e instructions,task-clock -o "$dir/p$n"); fi
   mode=(--max-in-flight "$n")
   if [ "$n" = seq ]; then mode=(--max-in-flight 1 --max-sequences 1); fi
-  "${prof[@]}" "$bin" qa --json --model "$model" --max-chunks "$chunks" "${mode[@]}" \
+  "${prof[@]}" "$bin" qa --json --model "$model" --max-chunks "$chunks" "${mode[@]}" "${pf[@]}" \
     --threads "$threads" --chunk-tokens 256 --out "$dir/o$n.jsonl" "$text" > "$dir/r$n.json"
   python3 - "$dir/r$n.json" "$n" "$dir/p$n" <<'PY'
 import json, os, sys
