@@ -47,7 +47,7 @@ mod tiles;
 
 pub(crate) use tiles::gemm_k_amx;
 
-use blocks::{KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, panel_header};
+use blocks::{Header, KRows, Panel, ROWS, RQ4K, RQ5K, RQ6K, SUBS, act_sums, panel_header};
 
 /// The AVX2 build's scaled dot product: `acc` plus lane-wise `sc2 ·` (four-value dot
 /// products of u8 codes and i8 activations): maddubs, then pairs of i16 times the
@@ -173,9 +173,10 @@ macro_rules! krows_driver {
             sums: &[[i16; 16]],
             out: *mut f32,
         ) {
-            /// One row's super-block at `p` against the token's eight blocks at `blocks` (their sums
-            /// `bs`): lanes 0..4 partial sums of `isum`, lanes 4..8 of `imin` (Q4_K/Q5_K), or eight
-            /// partial sums of the whole (Q6_K, its offset of 32 taken off); with the build's scaled dot product.
+            /// One row's super-block at `p` (its header `h`) against the token's eight blocks
+            /// at `blocks` (their sums `bs`): lanes 0..4 partial sums of `isum`, lanes 4..8
+            /// of `imin` (Q4_K/Q5_K), or eight partial sums of the whole (Q6_K, its offset
+            /// of 32 taken off); with the build's scaled dot product.
             ///
             /// # Safety
             /// AVX2+FMA+F16C must be present (the build's features); `p` is a whole super-block and
@@ -184,11 +185,10 @@ macro_rules! krows_driver {
             #[inline]
             unsafe fn row_sums_k<K: KRows>(
                 p: *const u8,
+                h: &Header,
                 blocks: *const BlockQ8,
                 bs: &[i16; 16],
             ) -> __m256i {
-                // SAFETY: p is a whole super-block (caller).
-                let h = unsafe { K::header(p) };
                 // SAFETY: the caller guarantees eight blocks.
                 let a =
                     |s: usize| unsafe { _mm256_loadu_si256((*blocks.add(s)).qs.as_ptr().cast()) };
@@ -251,7 +251,9 @@ macro_rules! krows_driver {
                     let blocks = acts.wrapping_add(sb * SUBS);
                     // SAFETY: the row's super-block sb lies inside w.data (driver bounds)
                     // and the token's 8 blocks of it are in `acts`.
-                    let (v, h) = unsafe { (row_sums_k::<K>(p, blocks, bs), K::header(p)) };
+                    let h = unsafe { K::header(p) };
+                    // SAFETY: as above.
+                    let v = unsafe { row_sums_k::<K>(p, &h, blocks, bs) };
                     // SAFETY: every block of a super-block holds its scale.
                     let da = unsafe { (*blocks).d };
                     // The exact integer sums (lanes 0..4 and 4..8), then the float steps.
