@@ -370,16 +370,19 @@ macro_rules! brows_driver {
         ) -> __m256 {
             if K::SIGNED {
                 // Q8_0 (34-byte blocks, whose four-value sums need the wide reduction):
-                // four rows at a time, each read front to back. Measured on a Zen 4 in
-                // alternation with eight side by side: Gemma 3 270M (its output matrix
-                // Q8_0) decodes 3-8% faster; the 4- and 5-bit kinds read that way were
-                // slower (SmolLM2's Q4_1: -9%) and stay side by side.
+                // one row at a time, front to back. Measured on a Zen 4 in alternation:
+                // Gemma 3 270M (its output matrix Q8_0) decodes 19-28% faster than with
+                // eight rows side by side and Qwen2.5-Coder-0.5B 6-9% faster, where two
+                // or four rows at a time were no faster. The 4- and 5-bit kinds, whose
+                // rows have two float steps per block in one chain, were slower read
+                // that way (SmolLM2's Q4_1 by 9%) and stay side by side.
                 // SAFETY: forwarded contract.
                 return unsafe { linear::<K>(rowp, acts, nb, t) };
             }
-            /// Rows `rowp` (those repeating row 0 past the last are not computed again)
-            /// read four at a time, each front to back, each its own chain of the same
-            /// float steps in the same order: the same bits as the panel tile.
+            /// The rows at `rowp` (those repeating row 0 past the last are not computed
+            /// again), each read front to back alone, its block sums reduced across lanes
+            /// (exact) before the same float steps in the same order: the panel tile's
+            /// bits.
             ///
             /// # Safety
             /// As for the enclosing function.
@@ -391,46 +394,40 @@ macro_rules! brows_driver {
                 nb: usize,
                 t: usize,
             ) -> __m256 {
-                const R: usize = 4;
                 let mut lanes = [0.0f32; ROWS];
-                let n = (1..ROWS).find(|&r| rowp[r] == rowp[0]).unwrap_or(ROWS);
-                let mut r0 = 0;
-                while r0 < n {
-                    let rows: [*const u8; R] = std::array::from_fn(|i| rowp[(r0 + i).min(n - 1)]);
-                    let mut acc = [_mm_setzero_ps(); R];
+                for r in 0..ROWS {
+                    if r > 0 && rowp[r] == rowp[0] {
+                        lanes[r] = lanes[0];
+                        continue;
+                    }
+                    let mut acc = _mm_setzero_ps();
                     for b in 0..nb {
-                        // SAFETY: token t's block b is inside `acts` (caller).
-                        let blk = unsafe { &*acts.add(t * nb + b) };
+                        let p = rowp[r].wrapping_add(b * K::BB);
+                        // Further along the row: a hint, never a fault, even past the end
+                        // of the data (the hardware prefetcher does not cross a page).
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(DECODE_AHEAD).cast());
+                        // SAFETY: block b of the row lies inside the data, token t's
+                        // block b inside `acts` (caller).
+                        let ((codes, d, m), blk) = unsafe { (K::load(p), &*acts.add(t * nb + b)) };
                         // SAFETY: 32 bytes.
                         let a = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().cast()) };
-                        for i in 0..R {
-                            let p = rows[i].wrapping_add(b * K::BB);
-                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(DECODE_AHEAD).cast());
-                            // SAFETY: block b of the row lies inside the data (caller).
-                            let (codes, d, m) = unsafe { K::load(p) };
-                            let zero = _mm256_setzero_si256();
-                            let y = if K::SIGNED {
-                                $dot_u(
-                                    zero,
-                                    _mm256_sign_epi8(codes, codes),
-                                    _mm256_sign_epi8(a, codes),
-                                )
-                            } else {
-                                $dot_u(zero, codes, a)
-                            };
-                            acc[i] = fma1(hsum8_i32(y), d * blk.d, acc[i]);
-                            if K::HAS_M {
-                                acc[i] = fma1f(m, blk.s, acc[i]);
-                            }
+                        let zero = _mm256_setzero_si256();
+                        let y = if K::SIGNED {
+                            // |w| ≤ 128 times a carrying w's sign: exact on both builds.
+                            $dot_u(
+                                zero,
+                                _mm256_sign_epi8(codes, codes),
+                                _mm256_sign_epi8(a, codes),
+                            )
+                        } else {
+                            $dot_u(zero, codes, a)
+                        };
+                        acc = fma1(hsum8_i32(y), d * blk.d, acc);
+                        if K::HAS_M {
+                            acc = fma1f(m, blk.s, acc);
                         }
                     }
-                    for i in 0..R.min(n - r0) {
-                        lanes[r0 + i] = _mm_cvtss_f32(acc[i]);
-                    }
-                    r0 += R;
-                }
-                for r in n..ROWS {
-                    lanes[r] = lanes[0];
+                    lanes[r] = _mm_cvtss_f32(acc);
                 }
                 // SAFETY: eight floats.
                 unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
