@@ -32,7 +32,7 @@ pub(crate) use tiles::gemm_b_amx;
 
 use super::super::{OutPtr, RowsRef};
 use super::gemm::{DECODE_AHEAD, TOKEN_BLOCK, f16x2, row_ptrs};
-use super::lanes::{dot_u, dot_u_vnni, fma1, fma1f, hsum8_i32, pair_sums, transpose8};
+use super::lanes::{dot_u, dot_u_vnni, fma1, hsum8_i32, pair_sums, transpose8};
 use crate::quant::{BlockQ8, QK, WType};
 
 /// Rows per tile: one per 32-bit lane of a 256-bit register.
@@ -380,9 +380,9 @@ macro_rules! brows_driver {
                 return unsafe { linear::<K>(rowp, acts, nb, t) };
             }
             /// The rows at `rowp` (those repeating row 0 past the last are not computed
-            /// again), each read front to back alone, its block sums reduced across lanes
-            /// (exact) before the same float steps in the same order: the panel tile's
-            /// bits.
+            /// again) of a signed kind (Q8_0: no offset), each read front to back alone,
+            /// its block sums reduced across lanes (exact) before the same float step in
+            /// the same order: the panel tile's bits.
             ///
             /// # Safety
             /// As for the enclosing function.
@@ -394,6 +394,7 @@ macro_rules! brows_driver {
                 nb: usize,
                 t: usize,
             ) -> __m256 {
+                debug_assert!(K::SIGNED && !K::HAS_M);
                 let mut lanes = [0.0f32; ROWS];
                 for r in 0..ROWS {
                     if r > 0 && rowp[r] == rowp[0] {
@@ -408,24 +409,16 @@ macro_rules! brows_driver {
                         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(DECODE_AHEAD).cast());
                         // SAFETY: block b of the row lies inside the data, token t's
                         // block b inside `acts` (caller).
-                        let ((codes, d, m), blk) = unsafe { (K::load(p), &*acts.add(t * nb + b)) };
+                        let ((w, d, _), blk) = unsafe { (K::load(p), &*acts.add(t * nb + b)) };
                         // SAFETY: 32 bytes.
                         let a = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().cast()) };
-                        let zero = _mm256_setzero_si256();
-                        let y = if K::SIGNED {
-                            // |w| ≤ 128 times a carrying w's sign: exact on both builds.
-                            $dot_u(
-                                zero,
-                                _mm256_sign_epi8(codes, codes),
-                                _mm256_sign_epi8(a, codes),
-                            )
-                        } else {
-                            $dot_u(zero, codes, a)
-                        };
+                        // |w| ≤ 128 times a carrying w's sign: exact on both builds.
+                        let y = $dot_u(
+                            _mm256_setzero_si256(),
+                            _mm256_sign_epi8(w, w),
+                            _mm256_sign_epi8(a, w),
+                        );
                         acc = fma1(hsum8_i32(y), d * blk.d, acc);
-                        if K::HAS_M {
-                            acc = fma1f(m, blk.s, acc);
-                        }
                     }
                     lanes[r] = _mm_cvtss_f32(acc);
                 }

@@ -294,13 +294,16 @@ macro_rules! krows_driver {
                     // SAFETY: the token's blocks are in `acts` (asserted above).
                     *s = unsafe { act_sums::<K>(a.add(sb * SUBS)) };
                 }
-                let mut r = rows.start;
-                while r < rows.end {
-                    let nr = (rows.end - r).min(ROWS);
-                    // SAFETY: bounds asserted above; the caller owns these rows of `out`.
-                    unsafe { $dtile::<K>(&w, (r, nr), a, &sums, out.ptr.add(r)) };
-                    r += nr;
-                }
+                // SAFETY: bounds asserted above; the caller owns these rows of `out`.
+                unsafe {
+                    $dtile::<K>(
+                        &w,
+                        (rows.start, rows.len()),
+                        a,
+                        &sums,
+                        out.ptr.add(rows.start),
+                    )
+                };
                 return;
             }
             // SAFETY: every field is written (decode, panel_header) before it is read.

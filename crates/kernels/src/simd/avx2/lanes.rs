@@ -94,10 +94,3 @@ pub(super) fn hsum8_i32(v: __m256i) -> i32 {
         _mm256_extracti128_si256::<1>(v),
     ))
 }
-
-/// `acc + x · m` in one rounding.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) fn fma1f(x: f32, m: f32, acc: __m128) -> __m128 {
-    _mm_fmadd_ss(_mm_set_ss(x), _mm_set_ss(m), acc)
-}
