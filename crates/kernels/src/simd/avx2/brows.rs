@@ -32,7 +32,7 @@ pub(crate) use tiles::gemm_b_amx;
 
 use super::super::{OutPtr, RowsRef};
 use super::gemm::{DECODE_AHEAD, TOKEN_BLOCK, f16x2, row_ptrs};
-use super::lanes::{dot_u, dot_u_vnni, fma1, hsum8_i32, pair_sums, transpose8};
+use super::lanes::{dot_u, dot_u_vnni, pair_sums, transpose8};
 use crate::quant::{BlockQ8, QK, WType};
 
 /// Rows per tile: one per 32-bit lane of a 256-bit register.
@@ -65,6 +65,15 @@ pub(super) trait Kind {
     const SIGNED: bool;
     /// Loads block at `p`: the 32 codes in value order, the scale `d`, and the offset `m`.
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
+    /// Whether the offset `m` is stored (an f16 after `d`) rather than `M_SCALE · d`.
+    const M_STORED: bool = false;
+    /// `m = M_SCALE · d` where the offset is not stored.
+    const M_SCALE: f32 = 0.0;
+    /// The block's 32 codes in value order (as [`Kind::load`]'s).
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: forwarded contract.
+        unsafe { Self::load(p).0 }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -111,6 +120,12 @@ impl Kind for KQ5_0 {
     const BB: usize = 22;
     const HAS_M: bool = true;
     const SIGNED: bool = false;
+    const M_SCALE: f32 = -16.0;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: p points at a whole 22-byte block (caller).
+        unsafe { five_bits(p.add(2), p.add(6)) }
+    }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
         // SAFETY: p points at a whole 22-byte block (caller).
@@ -125,6 +140,12 @@ impl Kind for KQ5_1 {
     const BB: usize = 24;
     const HAS_M: bool = true;
     const SIGNED: bool = false;
+    const M_STORED: bool = true;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: p points at a whole 24-byte block (caller).
+        unsafe { five_bits(p.add(4), p.add(8)) }
+    }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
         // SAFETY: p points at a whole 24-byte block (caller).
@@ -139,6 +160,12 @@ impl Kind for KQ4_0 {
     const BB: usize = 18;
     const HAS_M: bool = true;
     const SIGNED: bool = false;
+    const M_SCALE: f32 = -8.0;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: p points at a whole 18-byte block (caller).
+        unsafe { nibbles(p.add(2)) }
+    }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
         // SAFETY: p points at a whole 18-byte block (caller).
@@ -153,6 +180,12 @@ impl Kind for KQ4_1 {
     const BB: usize = 20;
     const HAS_M: bool = true;
     const SIGNED: bool = false;
+    const M_STORED: bool = true;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: p points at a whole 20-byte block (caller).
+        unsafe { nibbles(p.add(4)) }
+    }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
         // SAFETY: p points at a whole 20-byte block (caller).
@@ -167,6 +200,11 @@ impl Kind for KQ8_0 {
     const BB: usize = 34;
     const HAS_M: bool = false;
     const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: p points at a whole 34-byte block (caller).
+        unsafe { _mm256_loadu_si256(p.add(2).cast()) }
+    }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
         // SAFETY: p points at a whole 34-byte block (caller).
@@ -351,109 +389,94 @@ macro_rules! brows_driver {
             acc[..RN].copy_from_slice(&a);
         }
 
-        /// The one token `t` through rows `r..` at `rowp`, without a panel: each row's
-        /// codes stay in value order and meet the token's blocks directly, and each
-        /// row's block sum is gathered across lanes (exact integer adds), so the float
-        /// steps and bits are the panel tile's.
+        /// The one token `t` through rows `rowp`, without a panel. The rows are read one
+        /// after another, each front to back (they lie end to end in memory, so the tile
+        /// is one stream), a segment of blocks at a time: pass one takes each row-block's
+        /// four-value sums (exact integers) and its scale and offset into L1; pass two
+        /// reduces the eight rows' sums of a block into one vector (row `r` in lane `r`,
+        /// exact) and takes the float steps with the rows in the lanes, in block order:
+        /// the panel tile's integers and float steps, so the same bits.
+        ///
+        /// Reading eight rows side by side kept eight streams apart, and one row's float
+        /// steps alone were a chain of dependent fused multiply-adds; this way is
+        /// 1.2-1.5x faster on a Zen 4 (figures in the engine design notes).
         ///
         /// # Safety
         /// The features must be present; every row holds `nb` blocks, `acts` token
-        /// `t`'s `nb` blocks.
+        /// `t`'s `nb` blocks. Rows past the last that repeat row 0 are not read.
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn $dtile<K: Kind>(
             rowp: &[*const u8; ROWS],
-            next: usize,
             acts: *const BlockQ8,
             nb: usize,
             t: usize,
         ) -> __m256 {
-            if K::SIGNED {
-                // Q8_0 (34-byte blocks, whose four-value sums need the wide reduction):
-                // one row at a time, front to back. Measured on a Zen 4 in alternation:
-                // Gemma 3 270M (its output matrix Q8_0) decodes 19-28% faster than with
-                // eight rows side by side and Qwen2.5-Coder-0.5B 6-9% faster, where two
-                // or four rows at a time were no faster. The 4- and 5-bit kinds, whose
-                // rows have two float steps per block in one chain, were slower read
-                // that way (SmolLM2's Q4_1 by 9%) and stay side by side.
-                // SAFETY: forwarded contract.
-                return unsafe { linear::<K>(rowp, acts, nb, t) };
-            }
-            /// The rows at `rowp` (those repeating row 0 past the last are not computed
-            /// again) of a signed kind (Q8_0: no offset), each read front to back alone,
-            /// its block sums reduced across lanes (exact) before the same float step in
-            /// the same order: the panel tile's bits.
-            ///
-            /// # Safety
-            /// As for the enclosing function.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn linear<K: Kind>(
-                rowp: &[*const u8; ROWS],
-                acts: *const BlockQ8,
-                nb: usize,
-                t: usize,
-            ) -> __m256 {
-                debug_assert!(K::SIGNED && !K::HAS_M);
-                let mut lanes = [0.0f32; ROWS];
+            let zero = _mm256_setzero_si256();
+            let mut seg = DecodeSeg::new();
+            let mut acc = _mm256_setzero_ps();
+            let mut b0 = 0;
+            while b0 < nb {
+                let n = (nb - b0).min(SEG);
                 for r in 0..ROWS {
                     if r > 0 && rowp[r] == rowp[0] {
-                        lanes[r] = lanes[0];
+                        // Past the last row: lanes the caller drops, zero.
+                        for i in 0..n {
+                            seg.put(i, r, zero, 0, 0);
+                        }
                         continue;
                     }
-                    let mut acc = _mm_setzero_ps();
-                    for b in 0..nb {
-                        let p = rowp[r].wrapping_add(b * K::BB);
-                        // Further along the row: a hint, never a fault, even past the end
-                        // of the data (the hardware prefetcher does not cross a page).
+                    for i in 0..n {
+                        let p = rowp[r].wrapping_add((b0 + i) * K::BB);
+                        // Further along the stream: a hint, never a fault, even past the
+                        // end of the data (the hardware prefetcher does not cross a page).
                         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(DECODE_AHEAD).cast());
-                        // SAFETY: block b of the row lies inside the data, token t's
-                        // block b inside `acts` (caller).
-                        let ((w, d, _), blk) = unsafe { (K::load(p), &*acts.add(t * nb + b)) };
+                        // SAFETY: block b0 + i of the row lies inside the data, token t's
+                        // inside `acts` (caller).
+                        // The scale and offset stay f16 bits until pass two converts eight
+                        // rows' at once.
+                        let (w, d, m, blk) = unsafe {
+                            (
+                                K::codes(p),
+                                std::ptr::read_unaligned(p.cast::<u16>()),
+                                if K::M_STORED {
+                                    std::ptr::read_unaligned(p.add(2).cast::<u16>())
+                                } else {
+                                    0
+                                },
+                                &*acts.add(t * nb + b0 + i),
+                            )
+                        };
                         // SAFETY: 32 bytes.
                         let a = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().cast()) };
-                        // |w| ≤ 128 times a carrying w's sign: exact on both builds.
-                        let y = $dot_u(
-                            _mm256_setzero_si256(),
-                            _mm256_sign_epi8(w, w),
-                            _mm256_sign_epi8(a, w),
-                        );
-                        acc = fma1(hsum8_i32(y), d * blk.d, acc);
+                        let y = if K::SIGNED {
+                            // |w| ≤ 128 times a carrying w's sign: exact on both builds.
+                            $dot_u(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+                        } else {
+                            $dot_u(zero, w, a)
+                        };
+                        seg.put(i, r, y, d, m);
                     }
-                    lanes[r] = _mm_cvtss_f32(acc);
                 }
-                // SAFETY: eight floats.
-                unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
-            }
-            let mut acc = _mm256_setzero_ps();
-            for b in 0..nb {
-                // SAFETY: forwarded contract.
-                let (codes, d, m) = unsafe { rows_block::<K>(rowp, b, next) };
-                // SAFETY: token t's block b is in `acts`.
-                let blk = unsafe { &*acts.add(t * nb + b) };
-                // SAFETY: 32 bytes.
-                let a = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().cast()) };
-                let zero = _mm256_setzero_si256();
-                let y = codes.map(|w| {
-                    if K::SIGNED {
-                        // |w| ≤ 128 times a carrying w's sign: exact on both builds.
-                        $dot_u(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+                for i in 0..n {
+                    // SAFETY: pass one wrote all eight rows of block i.
+                    let (y, dv, mv) = unsafe { seg.get::<K>(i) };
+                    // Four-value sums: codes below 32 times |a| ≤ 127 fit 15 bits, eight
+                    // of them too; Q8_0's (up to 4 · 128 · 127) do not.
+                    let isum = if K::SIGNED {
+                        row_sums::<false>(y)
                     } else {
-                        $dot_u(zero, w, a)
+                        row_sums::<true>(y)
+                    };
+                    // SAFETY: token t's block b0 + i is in `acts`.
+                    let blk = unsafe { &*acts.add(t * nb + b0 + i) };
+                    let sd = _mm256_mul_ps(dv, _mm256_set1_ps(blk.d));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sd, acc);
+                    if K::HAS_M {
+                        acc = _mm256_fmadd_ps(mv, _mm256_set1_ps(blk.s), acc);
                     }
-                });
-                // Four-value sums: codes below 32 times |a| ≤ 127 fit 15 bits, eight of
-                // them too; Q8_0's (up to 4 · 128 · 127) do not.
-                let isum = if K::SIGNED {
-                    row_sums::<false>(y)
-                } else {
-                    row_sums::<true>(y)
-                };
-                let sd = _mm256_mul_ps(d, _mm256_set1_ps(blk.d));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sd, acc);
-                if K::HAS_M {
-                    acc = _mm256_fmadd_ps(m, _mm256_set1_ps(blk.s), acc);
                 }
+                b0 += n;
             }
             acc
         }
@@ -483,7 +506,7 @@ macro_rules! brows_driver {
                     let nr = (rows.end - r).min(ROWS);
                     // SAFETY: rows r..r + nr lie inside w.data and token 0 inside `acts`
                     // (asserted above).
-                    let acc = unsafe { $dtile::<K>(&rows_at(r, nr), ROWS * w.row_bytes, a, nb, 0) };
+                    let acc = unsafe { $dtile::<K>(&rows_at(r, nr), a, nb, 0) };
                     // SAFETY: the driver's caller owns (0, r..r + nr).
                     unsafe { store_rows(acc, out.ptr.wrapping_add(r), nr) };
                     r += nr;
@@ -504,7 +527,7 @@ macro_rules! brows_driver {
                         // A lone last token (the 65th, say) as above: the same bits.
                         // SAFETY: rows r..r + nr lie inside w.data and token tb inside
                         // `acts` (asserted above).
-                        acc[0] = unsafe { $dtile::<K>(&rowp, ROWS * w.row_bytes, a, nb, tb) };
+                        acc[0] = unsafe { $dtile::<K>(&rowp, a, nb, tb) };
                     } else {
                         acc[..te - tb].fill(_mm256_setzero_ps());
                         let mut b0 = 0;
@@ -568,6 +591,51 @@ brows_driver!(
     8,
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 );
+
+/// One segment's pass-one results for a decode tile ([`bdtile`]): per block, the eight
+/// rows' four-value sums and their scales and offsets. Left uninitialised (zeroing it
+/// per tile would cost a fifth of the tile's work); `get` reads only what `put` wrote.
+struct DecodeSeg {
+    y: [[std::mem::MaybeUninit<__m256i>; ROWS]; SEG],
+    /// Scales and offsets as f16 bits.
+    d: [[std::mem::MaybeUninit<u16>; ROWS]; SEG],
+    m: [[std::mem::MaybeUninit<u16>; ROWS]; SEG],
+}
+
+impl DecodeSeg {
+    #[inline(always)]
+    fn new() -> Self {
+        // SAFETY: arrays of `MaybeUninit` need no initialisation.
+        unsafe { std::mem::MaybeUninit::uninit().assume_init() }
+    }
+
+    #[inline(always)]
+    fn put(&mut self, i: usize, r: usize, y: __m256i, d: u16, m: u16) {
+        self.y[i][r].write(y);
+        self.d[i][r].write(d);
+        self.m[i][r].write(m);
+    }
+
+    /// Block `i`'s eight rows: sums, scales, offsets (row `r` in lane `r`).
+    ///
+    /// # Safety
+    /// `put` has written block `i` for every row; AVX must be present.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn get<K: Kind>(&self, i: usize) -> ([__m256i; ROWS], __m256, __m256) {
+        // SAFETY: written (caller); MaybeUninit<u16> has u16's layout, eight in a row.
+        unsafe {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(self.d[i].as_ptr().cast()));
+            let m = if K::M_STORED {
+                _mm256_cvtph_ps(_mm_loadu_si128(self.m[i].as_ptr().cast()))
+            } else {
+                // As `K::load`'s scalar `M_SCALE · d`: the same rounding.
+                _mm256_mul_ps(d, _mm256_set1_ps(K::M_SCALE))
+            };
+            (std::array::from_fn(|r| self.y[i][r].assume_init()), d, m)
+        }
+    }
+}
 
 /// Lanes `0..nr` of `acc` to `o[0..nr]`.
 ///

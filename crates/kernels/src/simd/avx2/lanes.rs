@@ -84,13 +84,3 @@ pub(super) fn hsum4(v: __m128i) -> i32 {
     let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
     _mm_cvtsi128_si32(v)
 }
-
-/// The sum of eight i32 lanes (exact).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) fn hsum8_i32(v: __m256i) -> i32 {
-    hsum4(_mm_add_epi32(
-        _mm256_castsi256_si128(v),
-        _mm256_extracti128_si256::<1>(v),
-    ))
-}
