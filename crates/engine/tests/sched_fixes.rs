@@ -165,3 +165,82 @@ fn a_cancellation_shows_in_the_snapshot_when_nothing_else_runs() {
     }
     assert_eq!(svc.snapshot().stats.running, 0);
 }
+
+/// The tokens (with their log-probabilities' bits) a request got, and how it ended.
+fn tokens_of(events: &[Event]) -> Vec<(u32, Option<u32>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token { token, logprob, .. } => Some((*token, logprob.map(f32::to_bits))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn many_requests_with_their_own_hooks_and_seeds_sample_as_they_would_alone() {
+    // A decoded batch's rows are masked and sampled on the engine's threads at once: each
+    // row must meet its own request's hook and sampler, whatever thread takes it.
+    let bytes = tiny_llama(&TinyLlamaConfig::default()).bytes;
+    let file = GgufFile::parse(&bytes).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let vocab = model.cfg.vocab as u32;
+    let n = 6u32;
+    let request = |i: u32| {
+        // Request i may write only its own four tokens.
+        let allowed: Vec<u32> = (0..4).map(|k| (3 + 4 * i + k) % vocab).collect();
+        let req = Request {
+            sampler: SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 100 + u64::from(i),
+            },
+            hook: Some(Box::new(Only(allowed.clone()))),
+            logprobs: true,
+            ..Request::greedy(vec![1, 2 + i, 3], 12)
+        };
+        (req, allowed)
+    };
+    let run = |ids: &[u32]| -> Vec<Vec<Event>> {
+        let engine = Engine::unbudgeted(&model, BatchConfig::new(64, 8, 3)).unwrap();
+        let mut s = Scheduler::new(engine, SchedConfig::default());
+        let logs: Vec<Arc<Mutex<Vec<Event>>>> = ids
+            .iter()
+            .map(|_| Arc::new(Mutex::new(Vec::new())))
+            .collect();
+        for (&i, log) in ids.iter().zip(&logs) {
+            let log = log.clone();
+            s.submit(
+                request(i).0,
+                Box::new(move |e| {
+                    log.lock().unwrap().push(e);
+                    true
+                }),
+            )
+            .unwrap();
+        }
+        s.run_to_completion().unwrap();
+        logs.iter()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap()))
+            .collect()
+    };
+    let all: Vec<u32> = (0..n).collect();
+    let together = run(&all);
+    for i in 0..n {
+        let alone = run(&[i]);
+        let (got, want) = (tokens_of(&together[i as usize]), tokens_of(&alone[0]));
+        assert_eq!(got.len(), 12, "request {i}: {:?}", together[i as usize]);
+        let allowed = request(i).1;
+        assert!(
+            got.iter().all(|(t, _)| allowed.contains(t)),
+            "request {i} wrote tokens outside its hook's {allowed:?}: {got:?}"
+        );
+        assert!(
+            got.iter().all(|(_, lp)| lp.is_some()),
+            "request {i}: {got:?}"
+        );
+        assert_eq!(got, want, "request {i}: together and alone differ");
+    }
+}

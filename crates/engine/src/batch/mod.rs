@@ -470,6 +470,12 @@ impl<'a, 'm> Engine<'a, 'm> {
         Ok(keep)
     }
 
+    /// The engine's compute threads, idle between forward passes (the scheduler samples
+    /// many sequences' tokens on them at once).
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// The logits of item `item` of the last batch [`Engine::decode`] ran, if it asked
     /// for them (what that call's [`BatchOutput::logits`] returned).
     pub fn last_logits(&self, item: usize) -> Option<&[f32]> {
