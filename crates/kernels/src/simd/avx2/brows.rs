@@ -63,16 +63,25 @@ pub(super) trait Kind {
     const HAS_M: bool;
     /// Whether the codes are signed bytes (Q8_0) rather than unsigned ones below 32.
     const SIGNED: bool;
-    /// Loads block at `p`: the 32 codes in value order, the scale `d`, and the offset `m`.
-    unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
     /// Whether the offset `m` is stored (an f16 after `d`) rather than `M_SCALE · d`.
     const M_STORED: bool = false;
     /// `m = M_SCALE · d` where the offset is not stored.
     const M_SCALE: f32 = 0.0;
-    /// The block's 32 codes in value order (as [`Kind::load`]'s).
-    unsafe fn codes(p: *const u8) -> __m256i {
-        // SAFETY: forwarded contract.
-        unsafe { Self::load(p).0 }
+    /// The block at `p`'s 32 codes in value order.
+    unsafe fn codes(p: *const u8) -> __m256i;
+    /// Loads block at `p`: the 32 codes in value order, the scale `d`, and the offset `m`.
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: p points at a whole block (caller), whose first four bytes are `d` and
+        // the offset or the codes.
+        unsafe {
+            let (d, m) = f16x2(p);
+            (
+                Self::codes(p),
+                d,
+                if Self::M_STORED { m } else { Self::M_SCALE * d },
+            )
+        }
     }
 }
 
@@ -126,14 +135,6 @@ impl Kind for KQ5_0 {
         // SAFETY: p points at a whole 22-byte block (caller).
         unsafe { five_bits(p.add(2), p.add(6)) }
     }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: p points at a whole 22-byte block (caller).
-        unsafe {
-            let (d, _) = f16x2(p);
-            (five_bits(p.add(2), p.add(6)), d, -16.0 * d)
-        }
-    }
 }
 
 impl Kind for KQ5_1 {
@@ -145,14 +146,6 @@ impl Kind for KQ5_1 {
     unsafe fn codes(p: *const u8) -> __m256i {
         // SAFETY: p points at a whole 24-byte block (caller).
         unsafe { five_bits(p.add(4), p.add(8)) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: p points at a whole 24-byte block (caller).
-        unsafe {
-            let (d, m) = f16x2(p);
-            (five_bits(p.add(4), p.add(8)), d, m)
-        }
     }
 }
 
@@ -166,14 +159,6 @@ impl Kind for KQ4_0 {
         // SAFETY: p points at a whole 18-byte block (caller).
         unsafe { nibbles(p.add(2)) }
     }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: p points at a whole 18-byte block (caller).
-        unsafe {
-            let (d, _) = f16x2(p);
-            (nibbles(p.add(2)), d, -8.0 * d)
-        }
-    }
 }
 
 impl Kind for KQ4_1 {
@@ -186,14 +171,6 @@ impl Kind for KQ4_1 {
         // SAFETY: p points at a whole 20-byte block (caller).
         unsafe { nibbles(p.add(4)) }
     }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: p points at a whole 20-byte block (caller).
-        unsafe {
-            let (d, m) = f16x2(p);
-            (nibbles(p.add(4)), d, m)
-        }
-    }
 }
 
 impl Kind for KQ8_0 {
@@ -204,14 +181,6 @@ impl Kind for KQ8_0 {
     unsafe fn codes(p: *const u8) -> __m256i {
         // SAFETY: p points at a whole 34-byte block (caller).
         unsafe { _mm256_loadu_si256(p.add(2).cast()) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: p points at a whole 34-byte block (caller).
-        unsafe {
-            let (d, _) = f16x2(p);
-            (_mm256_loadu_si256(p.add(2).cast()), d, 0.0)
-        }
     }
 }
 
@@ -431,10 +400,10 @@ macro_rules! brows_driver {
                         // Further along the stream: a hint, never a fault, even past the
                         // end of the data (the hardware prefetcher does not cross a page).
                         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(DECODE_AHEAD).cast());
-                        // SAFETY: block b0 + i of the row lies inside the data, token t's
-                        // inside `acts` (caller).
                         // The scale and offset stay f16 bits until pass two converts eight
                         // rows' at once.
+                        // SAFETY: block b0 + i of the row lies inside the data, token t's
+                        // inside `acts` (caller).
                         let (w, d, m, blk) = unsafe {
                             (
                                 K::codes(p),
