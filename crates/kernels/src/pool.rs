@@ -20,7 +20,7 @@
 //!   `run`'s caller) is never used after `run` returns.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,8 +50,10 @@ struct Shared {
     state: AtomicU64,
     /// Workers that finished the current job.
     done: AtomicU64,
-    /// The current job, erased to `'static`; valid while the job is not finished.
-    job: Mutex<Option<&'static Job>>,
+    /// The current job: a pointer to `run`'s reference to its closure (erased to
+    /// `'static`), valid while the job is not finished. An atomic, not a lock: every
+    /// worker reads it at every job, and a contended lock sends threads to the OS.
+    job: AtomicPtr<&'static Job>,
     sleepers: AtomicU64,
     main_waiting: AtomicBool,
     shutdown: AtomicBool,
@@ -75,7 +77,7 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             state: AtomicU64::new(CLOSED),
             done: AtomicU64::new(0),
-            job: Mutex::new(None),
+            job: AtomicPtr::new(std::ptr::null_mut()),
             sleepers: AtomicU64::new(0),
             main_waiting: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -124,9 +126,9 @@ impl ThreadPool {
         // the job only after joining it and before counting themselves done, and this
         // function does not return before every joined worker is done.
         // SAFETY: (see above) no use of `job` outlives this call.
-        let job: &'static Job =
+        let mut job: &'static Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        s.job.store(&mut job, SeqCst);
         s.done.store(0, SeqCst);
         let epoch = (s.state.load(SeqCst) >> 32) + 1;
         s.state.store(epoch << 32, SeqCst);
@@ -139,7 +141,7 @@ impl ThreadPool {
         if joined > 0 {
             wait_for(s, || s.done.load(SeqCst) >= joined);
         }
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        s.job.store(std::ptr::null_mut(), SeqCst);
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
@@ -238,10 +240,12 @@ fn worker(s: &Shared, idx: usize) {
             continue; // closed or joined by another meanwhile: look again
         }
         seen = st >> 32;
-        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(job) = job
-            && catch_unwind(AssertUnwindSafe(|| job(idx))).is_err()
-        {
+        let slot = s.job.load(SeqCst);
+        // SAFETY: this worker joined an open job, so `run` stored the slot before opening
+        // it and keeps it (and the closure it names) alive until this worker is counted
+        // done; a stale null is impossible for the same reason.
+        let job: &Job = unsafe { *slot };
+        if catch_unwind(AssertUnwindSafe(|| job(idx))).is_err() {
             s.panicked.store(true, SeqCst);
         }
         s.done.fetch_add(1, SeqCst);
