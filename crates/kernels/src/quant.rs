@@ -164,13 +164,21 @@ pub fn quantize_row_q8_with(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8]) {
 }
 
 /// `blk` = the 32 values of `x` as codes `x · id` (|x · id| ≤ 127) with scale `d`.
-#[inline]
+#[inline(always)]
 fn encode_q8(x: &[f32], id: f32, d: f32, blk: &mut BlockQ8) {
     let mut sum = 0i32;
     for (q, v) in blk.qs.iter_mut().zip(x) {
-        // Adding and removing 1.5 · 2^23 rounds to the nearest integer, ties to even
-        // (written out: `round_ties_even` is a libm call on baseline x86-64).
-        let r = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i32;
+        // Adding 1.5 · 2^23 rounds to the nearest integer, ties to even (written out:
+        // `round_ties_even` is a libm call on baseline x86-64), and leaves it in the low
+        // mantissa bits: for |r| ≤ 127 the sum is 1.5 · 2^23 + r exactly, so its bits
+        // less the constant's are r, an integer step that vectorizes where a float to
+        // integer cast does not. NaN (never in finite input) gives 0.
+        let t = v * id + ROUND_MAGIC;
+        let r = if t.is_nan() {
+            0
+        } else {
+            (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32)
+        };
         *q = r as i8;
         sum += r;
     }
@@ -192,14 +200,55 @@ pub fn quantize_row_for(wtype: WType, x: &[f32], out: &mut [BlockQ8]) {
         return quantize_row_q8(x, out);
     }
     assert_eq!(x.len(), out.len() * QK, "quantize_row_for: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if crate::Isa::detect() == crate::Isa::Avx2 {
+        // SAFETY: Isa::Avx2 is only reported when AVX2 and FMA are present.
+        unsafe { super_blocks_avx2(x, out) };
+        return;
+    }
+    super_blocks(x, out);
+}
+
+/// [`super_blocks`] compiled for AVX2: the same operations (no contraction into FMAs),
+/// so the same bits, in vector registers.
+///
+/// # Safety
+/// AVX2 and FMA must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn super_blocks_avx2(x: &[f32], out: &mut [BlockQ8]) {
+    super_blocks(x, out);
+}
+
+/// The k-quants' activation blocks: one scale per 256 values (see [`quantize_row_for`]).
+#[inline(always)]
+fn super_blocks(x: &[f32], out: &mut [BlockQ8]) {
     for (chunk, blks) in x.chunks_exact(256).zip(out.chunks_exact_mut(256 / QK)) {
-        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let amax = abs_max(chunk);
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let d = if amax > 0.0 { 1.0 / id } else { 0.0 };
         for (sub, blk) in chunk.chunks_exact(QK).zip(blks.iter_mut()) {
             encode_q8(sub, id, d, blk);
         }
     }
+}
+
+/// The largest `|v|` of `x` (0 for none; NaNs ignored, as `f32::max` does), kept in
+/// sixteen running maxima so that it vectorizes; a maximum does not depend on order.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    lanes.iter().fold(rest, |m, &v| m.max(v))
 }
 
 /// Whether each run of eight blocks of `xq` (from its start) shares one scale, as
@@ -298,6 +347,34 @@ pub mod reference;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn k_quant_activations_are_the_scalar_loops_bits() {
+        // Ties (halves after scaling), signs, zeros, a NaN, and a row whose maximum sits
+        // in the remainder-free last lanes; compared with a plain scalar rendering.
+        let mut x: Vec<f32> = (0..1024)
+            .map(|i| (((i * 7919) % 255) as f32 - 127.0) / 8.0)
+            .collect();
+        x[300] = f32::NAN;
+        x[1023] = 40.0;
+        x[512..768].iter_mut().for_each(|v| *v = 0.0);
+        let mut got = vec![BlockQ8::default(); x.len() / QK];
+        quantize_row_for(WType::Q4_K, &x, &mut got);
+        for (s, (chunk, blks)) in x.chunks(256).zip(got.chunks(8)).enumerate() {
+            let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            for (j, (v, b)) in chunk.iter().zip(blks.iter().flat_map(|b| b.qs)).enumerate() {
+                let want = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i32 as i8;
+                assert_eq!(b, want, "super-block {s}, value {j}");
+            }
+            for b in blks {
+                assert_eq!(
+                    b.d.to_bits(),
+                    (if amax > 0.0 { 1.0 / id } else { 0.0 }).to_bits()
+                );
+            }
+        }
+    }
 
     #[test]
     fn q8_activations_round_trip_within_half_a_step() {
