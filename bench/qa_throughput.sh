@@ -11,7 +11,8 @@
 # Each round runs the three modes in turn: rounds alternate, so a loaded machine's drift
 # falls on all alike.
 # env: LLMEM (binary, default target/release/llmem), MODEL (default the SmolLM2 file),
-# PROMPTS (a prompt file; default the built-in prompts).
+# PROMPTS (a prompt file; default the built-in prompts), MODES (default "seq 1 IN_FLIGHT":
+# which modes each round runs).
 set -euo pipefail
 chunks=${1:-8}
 wide=${2:-8}
@@ -24,7 +25,7 @@ pf=()
 if [ -n "${PROMPTS:-}" ]; then pf=(--prompt-file "$PROMPTS"); fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-for round in $(seq 1 "$rounds"); do for n in seq 1 "$wide"; do
+for round in $(seq 1 "$rounds"); do for n in ${MODES:-seq 1 $wide}; do
   rm -f "$dir/o$n.jsonl" "$dir/o$n.jsonl.journal"
   prof=()
   if command -v perf > /dev/null; then prof=(perf stat -x, -e instructions,task-clock -o "$dir/p$n"); fi
