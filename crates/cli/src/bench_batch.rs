@@ -8,6 +8,7 @@
 //! prefill's time), summed decode tokens/s (N·G over the decode's time) and the most KV
 //! bytes held; the median of `--reps` timed repetitions, after one untimed warm-up.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,6 +51,10 @@ pub struct BatchArgs {
     pub kv_type: KvType,
     #[arg(long)]
     pub json: bool,
+    /// Also report where a decode step's time goes (milliseconds per step by phase:
+    /// projections, attention, norms, KV, output head, bookkeeping).
+    #[arg(long)]
+    pub phases: bool,
     #[command(flatten)]
     pub budget: crate::plan::BudgetArgs,
 }
@@ -68,6 +73,12 @@ struct SizeReport {
     tg_tok_per_cpu_s: Option<f64>,
     pp_runs: Vec<f64>,
     tg_runs: Vec<f64>,
+    /// With `--phases`: milliseconds per decode step by phase, over all repetitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_phases_ms: Option<BTreeMap<&'static str, f64>>,
+    /// With `--phases`: milliseconds per prefill (all sequences' prompts) by phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefill_phases_ms: Option<BTreeMap<&'static str, f64>>,
 }
 
 #[derive(Serialize)]
@@ -116,18 +127,28 @@ struct Rep {
     /// CPU seconds of the prefill and of the decode, if known.
     pp_cpu_s: Option<f64>,
     tg_cpu_s: Option<f64>,
+    /// Prefill and decode time by phase, where timed.
+    phases: [Vec<(engine::phases::Phase, std::time::Duration)>; 2],
 }
 
 /// One repetition at `n` sequences.
-fn once(e: &mut Engine<'_, '_>, n: usize, prompt: usize, n_gen: usize) -> Result<Rep, CliError> {
+fn once(
+    e: &mut Engine<'_, '_>,
+    n: usize,
+    (prompt, n_gen): (usize, usize),
+    phases: bool,
+) -> Result<Rep, CliError> {
     let vocab = e.model().cfg.vocab;
     let seqs: Vec<SeqId> = (0..n).map(|_| e.seq_new()).collect();
     let mut batch = Batch::new();
     for (j, &s) in seqs.iter().enumerate() {
         batch.push_tokens(s, 0, &prompt_for(j, prompt, vocab), Logits::Last);
     }
+    engine::phases::enable(phases);
+    engine::phases::take();
     let (t, c0) = (Instant::now(), cpu_seconds());
     e.decode(&batch)?;
+    let pp_phases = engine::phases::take();
     let pp = (n * prompt) as f64 / t.elapsed().as_secs_f64();
     let tok = 3575.min(vocab - 1) as u32;
     let (t, c1) = (Instant::now(), cpu_seconds());
@@ -140,6 +161,8 @@ fn once(e: &mut Engine<'_, '_>, n: usize, prompt: usize, n_gen: usize) -> Result
     }
     let tg = (n * n_gen) as f64 / t.elapsed().as_secs_f64();
     let c2 = cpu_seconds();
+    let phases = [pp_phases, engine::phases::take()];
+    engine::phases::enable(false);
     for s in seqs {
         e.seq_remove(s);
     }
@@ -149,6 +172,7 @@ fn once(e: &mut Engine<'_, '_>, n: usize, prompt: usize, n_gen: usize) -> Result
         tg_tok_s: tg,
         pp_cpu_s: diff(c0, c1),
         tg_cpu_s: diff(c1, c2),
+        phases,
     })
 }
 
@@ -167,8 +191,16 @@ fn size(
     let mut e = Engine::with_accounts(model, cfg, accounts)?;
     let (mut pp_runs, mut tg_runs, mut pp_cpu, mut tg_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut phase_ms: [BTreeMap<&'static str, f64>; 2] = Default::default();
     for _ in 0..a.reps {
-        let r = once(&mut e, n, a.prompt, a.gen_tokens)?;
+        let r = once(&mut e, n, (a.prompt, a.gen_tokens), a.phases)?;
+        // Per prefill, per decode step.
+        let per = [a.reps as f64, (a.gen_tokens * a.reps) as f64];
+        for ((times, into), per) in r.phases.iter().zip(&mut phase_ms).zip(per) {
+            for (p, d) in times {
+                *into.entry(p.name()).or_default() += d.as_secs_f64() * 1e3 / per;
+            }
+        }
         pp_runs.push(r.pp_tok_s);
         tg_runs.push(r.tg_tok_s);
         pp_cpu.extend(r.pp_cpu_s.map(|c| (n * a.prompt) as f64 / c.max(0.01)));
@@ -183,6 +215,8 @@ fn size(
         tg_tok_per_cpu_s: (!tg_cpu.is_empty()).then(|| median(&tg_cpu)),
         pp_runs,
         tg_runs,
+        decode_phases_ms: a.phases.then(|| phase_ms[1].clone()),
+        prefill_phases_ms: a.phases.then(|| phase_ms[0].clone()),
     })
 }
 
@@ -246,6 +280,19 @@ pub fn batch(a: &BatchArgs) -> Result<(), CliError> {
                 r.pp_tok_per_cpu_s.unwrap_or(0.0),
                 r.tg_tok_per_cpu_s.unwrap_or(0.0),
             );
+            let timed = [
+                ("prefill", &r.prefill_phases_ms),
+                ("decode step", &r.decode_phases_ms),
+            ];
+            for (what, ph) in timed {
+                let Some(ph) = ph else { continue };
+                let total: f64 = ph.values().sum();
+                let parts: Vec<String> = engine::phases::Phase::ALL
+                    .iter()
+                    .filter_map(|p| ph.get(p.name()).map(|ms| format!("{} {ms:.2}", p.name())))
+                    .collect();
+                eprintln!("             {what} {total:.2} ms: {}", parts.join(", "));
+            }
         }
         results.push(r);
     }

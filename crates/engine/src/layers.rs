@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kernels::matmul::{MatJob, matmul};
+
+use crate::phases::{Phase, mark};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, WType, quantize_row_for};
@@ -300,6 +302,7 @@ pub(crate) fn embed(
             local.angles(pos, &mut s.rope_local[t]);
         }
     }
+    mark(Phase::Embed);
 }
 
 /// The attention block up to attention itself, for `n` rows of layer `il`: `s.q`, `s.k`,
@@ -327,6 +330,7 @@ pub(crate) fn project_qkv(
         (d, n),
         acts_for(&[l.wq.wtype(), l.wk.wtype(), l.wv.wtype()]),
     );
+    mark(Phase::Norm);
     matmul(
         pool,
         &mut [
@@ -345,6 +349,7 @@ pub(crate) fn project_qkv(
             ops::add_assign(&mut s.v[t * kvd..(t + 1) * kvd], bv);
         }
     }
+    mark(Phase::Qkv);
     let (rope, cs) = match (&ropes.local, c.layer_window(il)) {
         (Some(local), Some(_)) => (local, &s.rope_local),
         _ => (&ropes.global, &s.rope),
@@ -363,6 +368,7 @@ pub(crate) fn project_qkv(
         rope.apply(q, hd, &cs[t]);
         rope.apply(k, hd, &cs[t]);
     });
+    mark(Phase::Rope);
 }
 
 /// The rest of a layer after attention wrote `s.att`, for `n` rows: the output
@@ -377,6 +383,7 @@ pub(crate) fn finish_layer(
 ) {
     let (d, qd, ff) = (c.d_model, c.n_heads * c.head_dim, c.d_ff);
     quant_rows(pool, &s.att, &mut s.xq, (qd, n), l.wo.wtype());
+    mark(Phase::Norm);
     matmul(
         pool,
         &mut [MatJob::new(l.wo, &mut s.xn[..n * d])],
@@ -384,6 +391,7 @@ pub(crate) fn finish_layer(
         &s.xq,
         n,
     );
+    mark(Phase::Wo);
     post_norm(pool, l.post_norms.as_ref().map(|p| &p[0][..]), c, s, n);
     ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
 
@@ -399,6 +407,7 @@ pub(crate) fn finish_layer(
         (d, n),
         acts_for(&[l.gate.wtype(), l.up.wtype()]),
     );
+    mark(Phase::Norm);
     matmul(
         pool,
         &mut [
@@ -409,6 +418,7 @@ pub(crate) fn finish_layer(
         &s.xq[..n * d / QK],
         n,
     );
+    mark(Phase::FfnUp);
     {
         let (gr, xq) = (Rows::new(&mut s.gate, ff), Rows::new(&mut s.xq, ff / QK));
         let up = &s.up;
@@ -425,6 +435,7 @@ pub(crate) fn finish_layer(
             quantize_row_for(down, g, q);
         });
     }
+    mark(Phase::Norm);
     matmul(
         pool,
         &mut [MatJob::new(l.down, &mut s.xn[..n * d])],
@@ -432,8 +443,10 @@ pub(crate) fn finish_layer(
         &s.xq,
         n,
     );
+    mark(Phase::FfnDown);
     post_norm(pool, l.post_norms.as_ref().map(|p| &p[1][..]), c, s, n);
     ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+    mark(Phase::Norm);
 }
 
 /// RMSNorm of the first `n` rows of `s.xn` in place with weights `w`, if any.
@@ -481,6 +494,7 @@ pub(crate) fn output_logits(
     if let Some(cap) = c.hooks.final_softcap {
         ops::softcap(&mut out[..n_out * c.vocab], cap);
     }
+    mark(Phase::Head);
 }
 
 /// Whether a step of `n` tokens of one sequence reads its own rows of a layer with

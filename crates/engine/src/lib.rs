@@ -13,6 +13,7 @@
 //!   that are NaN or infinite, and [`finite`] finds the weight behind them.
 //! - [`chat`]: the model's own chat template, rendered.
 //! - [`text::TextModel`]: a model plus its tokenizer and end-of-generation tokens.
+//! - [`phases`]: where a forward pass's time goes, when asked.
 //!
 //! ```no_run
 //! let file = weights::MappedFile::open("model.gguf".as_ref()).unwrap();
@@ -33,6 +34,7 @@ pub mod forward;
 mod layers;
 pub mod memory;
 pub mod model;
+pub mod phases;
 pub mod sampler;
 pub mod sched;
 pub mod shared;

@@ -84,15 +84,10 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
     (f32s * 4 + q8 + f16s + rope) as u64 + kernels::matmul::token_rows_bytes(ubatch * widest)
 }
 
-/// Largest attention workspace of a session (f32s): one partial row per work item; work
-/// items are at most max(KV heads × query tiles, 4 × threads splits) over any call.
-pub fn attention_scratch_bytes(
-    cfg: &ModelConfig,
-    ubatch: usize,
-    n_ctx: usize,
-    threads: usize,
-) -> u64 {
-    let g = cfg.n_heads / cfg.n_kv_heads;
+/// Largest attention workspace of a session, in bytes: one partial row per work item.
+/// The most items come either from a full micro-batch (one per KV head and query tile) or
+/// from a few tokens at the deepest position (their keys split).
+pub fn attention_scratch_bytes(cfg: &ModelConfig, ubatch: usize, n_ctx: usize) -> u64 {
     let shape = |n_q: usize, pos0: usize| kernels::attention::AttnShape {
         n_q,
         pos0,
@@ -101,13 +96,13 @@ pub fn attention_scratch_bytes(
         scale: 1.0,
         window: None,
     };
-    let _ = g;
-    // The workspace is largest either for a full micro-batch or for one token at the
-    // deepest position (most key splits).
-    let a = kernels::attention::scratch_len(&shape(ubatch.min(n_ctx), 0), cfg.head_dim, threads);
-    let b =
-        kernels::attention::scratch_len(&shape(1, n_ctx.saturating_sub(1)), cfg.head_dim, threads);
-    (a.max(b) * 4) as u64
+    let hd = cfg.head_dim;
+    let full = kernels::attention::scratch_len(&shape(ubatch.min(n_ctx), 0), hd);
+    let deep = (1..=ubatch.min(n_ctx).min(kernels::attention::SPLIT_MAX_Q))
+        .map(|n| kernels::attention::scratch_len(&shape(n, n_ctx - n), hd))
+        .max()
+        .unwrap_or(0);
+    (full.max(deep) * 4) as u64
 }
 
 /// What a configuration needs, byte by byte.
@@ -234,7 +229,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .and_then(|per_seq| per_seq.checked_mul(input.n_seqs as u64))
         .unwrap_or(u64::MAX);
     let attention = if input.n_ctx <= MAX_CTX_TOKENS {
-        attention_scratch_bytes(cfg, input.ubatch, input.n_ctx, input.threads)
+        attention_scratch_bytes(cfg, input.ubatch, input.n_ctx)
     } else {
         u64::MAX
     };

@@ -59,9 +59,21 @@ impl Trace {
 
 /// `prompt` greedily decoded alone in a session for `steps` tokens.
 fn alone(model: &Model<'_>, mix: TierMix, n_ctx: usize, prompt: &[u32], steps: usize) -> Trace {
+    alone_on(THREADS, model, mix, n_ctx, prompt, steps)
+}
+
+/// [`alone`] on `threads` threads.
+fn alone_on(
+    threads: usize,
+    model: &Model<'_>,
+    mix: TierMix,
+    n_ctx: usize,
+    prompt: &[u32],
+    steps: usize,
+) -> Trace {
     let cfg = SessionConfig {
         kv_mix: mix,
-        ..SessionConfig::new(n_ctx, THREADS, 512)
+        ..SessionConfig::new(n_ctx, threads, 512)
     };
     let mut s = Session::unbudgeted(model, cfg).unwrap();
     let mut tr = Trace::default();
@@ -123,6 +135,22 @@ impl Together<'_, '_, '_> {
     fn trace(&self, seq: SeqId) -> &Trace {
         &self.live.iter().find(|l| l.0 == seq).unwrap().1
     }
+}
+
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn a_sequence_gets_the_same_bits_on_any_thread_count() {
+    // Attention cuts a call by its shape, never by the pool: decode at depth 530 splits
+    // each row's keys 8 ways on 1 thread as on 5; matrix products keep each row's order.
+    with_model(|tm| {
+        let prompt = synthetic(530, 7);
+        let f16 = TierMix::uniform(kvcache::KvFormat::F16);
+        let want = alone_on(1, &tm.model, f16, 600, &prompt, 8);
+        for threads in [2, 5] {
+            let got = alone_on(threads, &tm.model, f16, 600, &prompt, 8);
+            assert_same(&got, &want, &format!("{threads} threads against 1"));
+        }
+    });
 }
 
 #[test]

@@ -103,7 +103,7 @@ fn exact_tokens(model: &Model<'_>, s: Setup, len: usize) -> usize {
         scale: 1.0,
         window: None,
     };
-    if whole == len || !splits_keys(&shape, s.threads) {
+    if whole == len || !splits_keys(&shape) {
         len
     } else {
         whole

@@ -15,8 +15,14 @@
 //! item runs an online softmax (running max and sum, as in FlashAttention) over its
 //! blocks, converting each K/V block to f32 once for all the query rows of the tile
 //! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). When
-//! there are few query tokens (decode), the keys are split across threads and the partial
-//! results merged by their maxima and sums.
+//! there are few query tokens (decode), the keys are split into spans of at least
+//! [`SPLIT_KEYS`] and the partial results merged by their maxima and sums; the item that
+//! finishes a (head, tile)'s last span merges it, so merging is spread over the threads
+//! as the spans are.
+//!
+//! How a call is cut depends on its shape and the block size alone, never on the thread
+//! count or on the other calls of a batch: a row's sums are formed in the same order on
+//! any pool and in any batch.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,6 +39,16 @@ pub const MAX_BLOCK_TOKENS: usize = 32;
 const Q_TILE: usize = 4;
 /// Largest number of query heads sharing one KV head.
 pub const MAX_GROUP: usize = 16;
+/// Calls of at most this many query tokens split their keys.
+pub const SPLIT_MAX_Q: usize = 2 * Q_TILE;
+/// Fewest keys in a split (rounded to whole blocks): each split's partial result costs a
+/// merge step of one head row, against its keys' scores and values.
+pub const SPLIT_KEYS: usize = 64;
+/// Blocks of keys and values asked for ahead of use.
+const PREFETCH_BLOCKS: usize = 4;
+/// Most splits of one (KV head, query tile): bounds the scratch and the merge at long
+/// contexts (32 splits of 1,024 keys at 32k).
+const MAX_SPLITS: usize = 32;
 
 /// One layer's view of a sequence's cache blocks.
 #[derive(Clone, Copy, Debug)]
@@ -74,29 +90,30 @@ impl AttnShape {
 }
 
 /// f32 scratch the caller must provide for [`attention`], in elements.
-pub fn scratch_len(shape: &AttnShape, head_dim: usize, n_threads: usize) -> usize {
-    let (items, _, _) = plan(shape, head_dim, 16, n_threads);
+pub fn scratch_len(shape: &AttnShape, head_dim: usize) -> usize {
+    let (items, _, _) = plan(shape);
     items * shape.group() * Q_TILE.min(shape.n_q.max(1)) * (head_dim + 2)
 }
 
-/// Whether [`attention`] may split one query row's keys across work items for `shape` on
-/// `n_threads` threads (it does when there are too few (KV head, query tile) items to go
-/// round), merging partial softmaxes. When it does not, each query row is computed alone,
-/// in the same order whatever the other rows of the call: a row's result then does not
-/// depend on how the tokens were batched, only on the row and the cache.
-pub fn splits_keys(shape: &AttnShape, n_threads: usize) -> bool {
-    shape.n_kv_heads * shape.n_q.div_ceil(Q_TILE) < 4 * n_threads
+/// Whether [`attention`] splits one query row's keys across work items for `shape` (it
+/// does for calls of few query tokens), merging partial softmaxes. When it does not, each
+/// query row is computed alone, in the same order whatever the other rows of the call: a
+/// row's result then does not depend on how the tokens were cut into calls, only on the
+/// row and the cache.
+pub fn splits_keys(shape: &AttnShape) -> bool {
+    shape.n_q <= SPLIT_MAX_Q
 }
 
-/// Returns (work items, key splits per (head, tile), query tiles).
-fn plan(shape: &AttnShape, _hd: usize, bt: usize, n_threads: usize) -> (usize, usize, usize) {
+/// Returns (work items, key splits per (head, tile), query tiles). A split takes a
+/// share of whole blocks ([`run_item`]); blocks are at most [`SPLIT_KEYS`] tokens, so
+/// every split has some.
+fn plan(shape: &AttnShape) -> (usize, usize, usize) {
     let q_tiles = shape.n_q.div_ceil(Q_TILE);
     let base = shape.n_kv_heads * q_tiles;
-    let n_blocks = (shape.pos0 + shape.n_q).div_ceil(bt).max(1);
-    let splits = if base >= 4 * n_threads {
-        1
+    let splits = if splits_keys(shape) {
+        ((shape.pos0 + shape.n_q) / SPLIT_KEYS).clamp(1, MAX_SPLITS)
     } else {
-        (4 * n_threads).div_ceil(base).min(n_blocks)
+        1
     };
     (base * splits, splits, q_tiles)
 }
@@ -147,51 +164,53 @@ pub fn attention_with(
     attention_many_with(isa, pool, &mut [call], scratch);
 }
 
-/// Merges the key splits of each (head, tile) of one call from its scratch (`[max, sum,
-/// acc]` per row, as [`run_item`] leaves them) into the output rows.
-fn merge(
+/// Merges the key splits of KV head `h`, query tile `tile` of one call from its items'
+/// slots (`[max, sum, acc]` per row, as [`run_item`] leaves them; `parts` starts at the
+/// group's first split) into the output rows: token `t`, head `head` at
+/// `out[(t · n_heads + head) · hd..]`.
+///
+/// # Safety
+/// `out` must be valid for writes of those rows, and no other thread may touch them.
+unsafe fn merge_group(
     isa: Isa,
     shape: &AttnShape,
     hd: usize,
-    (splits, q_tiles): (usize, usize),
-    scratch: &[f32],
-    out: &mut [f32],
+    (h, tile, splits): (usize, usize, usize),
+    parts: &[f32],
+    out: *mut f32,
 ) {
     let g = shape.group();
     let tq = Q_TILE.min(shape.n_q.max(1));
     let slot = g * tq * (hd + 2);
     let mut acc = [0.0f32; MAX_HEAD_DIM];
     let acc = &mut acc[..hd];
-    for h in 0..shape.n_kv_heads {
-        for tile in 0..q_tiles {
-            let t0 = tile * Q_TILE;
-            for ti in 0..tq.min(shape.n_q - t0) {
-                for gi in 0..g {
-                    let row = ti * g + gi;
-                    let mut m = f32::NEG_INFINITY;
-                    for s in 0..splits {
-                        let p = &scratch[((h * q_tiles + tile) * splits + s) * slot..];
-                        m = m.max(p[row * (hd + 2)]);
-                    }
-                    acc.iter_mut().for_each(|a| *a = 0.0);
-                    let mut l = 0.0f32;
-                    for s in 0..splits {
-                        let p =
-                            &scratch[((h * q_tiles + tile) * splits + s) * slot + row * (hd + 2)..];
-                        if p[1] == 0.0 {
-                            continue;
-                        }
-                        let c = (p[0] - m).exp();
-                        l += p[1] * c;
-                        simd::axpy(isa, c, &p[2..2 + hd], acc);
-                    }
-                    let head = h * g + gi;
-                    let o = &mut out[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
-                    let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-                    for (ov, av) in o.iter_mut().zip(acc.iter()) {
-                        *ov = av * inv;
-                    }
+    let t0 = tile * Q_TILE;
+    for ti in 0..tq.min(shape.n_q - t0) {
+        for gi in 0..g {
+            let row = ti * g + gi;
+            let mut m = f32::NEG_INFINITY;
+            for s in 0..splits {
+                m = m.max(parts[s * slot + row * (hd + 2)]);
+            }
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            let mut l = 0.0f32;
+            for s in 0..splits {
+                let p = &parts[s * slot + row * (hd + 2)..];
+                if p[1] == 0.0 {
+                    continue;
                 }
+                let c = (p[0] - m).exp();
+                l += p[1] * c;
+                simd::axpy(isa, c, &p[2..2 + hd], acc);
+            }
+            let head = h * g + gi;
+            // SAFETY: the caller hands this group's rows to this call alone.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out.add(((t0 + ti) * shape.n_heads + head) * hd), hd)
+            };
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            for (ov, av) in o.iter_mut().zip(acc.iter()) {
+                *ov = av * inv;
             }
         }
     }
@@ -211,12 +230,8 @@ pub struct AttnCall<'a> {
 pub fn scratch_len_many<'s>(
     shapes: impl IntoIterator<Item = &'s AttnShape>,
     head_dim: usize,
-    n_threads: usize,
 ) -> usize {
-    shapes
-        .into_iter()
-        .map(|s| scratch_len(s, head_dim, n_threads))
-        .sum()
+    shapes.into_iter().map(|s| scratch_len(s, head_dim)).sum()
 }
 
 /// [`attention`] for many sequences in one dispatch: every call's work items (KV head,
@@ -238,22 +253,31 @@ pub fn attention_many_with(
     calls: &mut [AttnCall<'_>],
     scratch: &mut [f32],
 ) {
-    // Per call: (first item, first scratch element, splits, query tiles, slot).
+    // Per call: (first item, first scratch element, splits, query tiles, slot, first
+    // (head, tile) group).
     let mut plans = Vec::with_capacity(calls.len());
-    let (mut items, mut used) = (0, 0);
+    let (mut items, mut used, mut groups) = (0, 0, 0);
     for c in calls.iter() {
         check_call(c.q, &c.kv, &c.shape, c.out.len());
         let hd = c.kv.geom.head_dim;
-        let (n, splits, q_tiles) = plan(&c.shape, hd, c.kv.geom.block_tokens, pool.n_threads());
+        let (n, splits, q_tiles) = plan(&c.shape);
         let slot = c.shape.group() * Q_TILE.min(c.shape.n_q.max(1)) * (hd + 2);
-        plans.push((items, used, splits, q_tiles, slot));
+        plans.push((items, used, splits, q_tiles, slot, groups));
         items += n;
         used += n * slot;
+        groups += n / splits;
     }
     assert!(scratch.len() >= used, "attention: scratch too short");
+    // Splits of each (head, tile) done so far: the item that finishes the last merges.
+    let done: Vec<AtomicUsize> = (0..groups).map(|_| AtomicUsize::new(0)).collect();
+    let outs: Vec<SyncPtr> = calls
+        .iter_mut()
+        .map(|c| SyncPtr(c.out.as_mut_ptr()))
+        .collect();
+    let ins: Vec<(&[f32], PagedKv<'_>, AttnShape)> =
+        calls.iter().map(|c| (c.q, c.kv, c.shape)).collect();
     let sp = SyncPtr(scratch.as_mut_ptr());
     let next = AtomicUsize::new(0);
-    let calls_ref = &*calls;
     pool.run(|_| {
         let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
         let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
@@ -263,7 +287,7 @@ pub fn attention_many_with(
                 break;
             }
             let ci = plans.partition_point(|p| p.0 <= it) - 1;
-            let (first, base, splits, q_tiles, slot) = plans[ci];
+            let (first, base, splits, q_tiles, slot, group0) = plans[ci];
             let local = it - first;
             let split = local % splits;
             let tile = (local / splits) % q_tiles;
@@ -271,30 +295,38 @@ pub fn attention_many_with(
             // SAFETY: item `it` owns its slot of the scratch, inside the length asserted.
             let part =
                 unsafe { std::slice::from_raw_parts_mut(sp.get().add(base + local * slot), slot) };
-            let c = &calls_ref[ci];
+            let (q, kv, shape) = &ins[ci];
             run_item(
                 isa,
-                c.q,
-                &c.kv,
-                &c.shape,
+                q,
+                kv,
+                shape,
                 (h, tile, split, splits),
                 part,
                 &mut kf,
                 &mut vf,
             );
+            // Release this item's slot; the last of the group acquires all of them.
+            let gi = group0 + local / splits;
+            if done[gi].fetch_add(1, Ordering::AcqRel) + 1 == splits {
+                let g0 = base + (local - split) * slot;
+                // SAFETY: every split of this group has finished writing its slot (the
+                // counter says so, with acquire ordering); no item writes them again. The
+                // group's output rows are written by this merge alone.
+                unsafe {
+                    let parts = std::slice::from_raw_parts(sp.get().add(g0), splits * slot);
+                    merge_group(
+                        isa,
+                        shape,
+                        kv.geom.head_dim,
+                        (h, tile, splits),
+                        parts,
+                        outs[ci].get(),
+                    );
+                }
+            }
         }
     });
-    for (c, &(_, base, splits, q_tiles, _)) in calls.iter_mut().zip(&plans) {
-        let hd = c.kv.geom.head_dim;
-        merge(
-            isa,
-            &c.shape,
-            hd,
-            (splits, q_tiles),
-            &scratch[base..],
-            c.out,
-        );
-    }
 }
 
 /// Checks one call's shapes (see [`attention`]'s panics).
@@ -355,9 +387,17 @@ fn run_item(
     let mut ksm = [0.0f32; 2 * MAX_HEAD_DIM];
     let mut vsm = [0.0f32; kvquant::V_SCALES];
     let mut qs = [0.0f32; MAX_HEAD_DIM];
+    // Blocks lie apart in memory, each too short for the hardware to see a stream: ask
+    // for the first few at once, then keep that many ahead.
+    for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
+        prefetch_block(kv, b, h);
+    }
     for b in b0..b1 {
         let j0 = b * bt;
         let nk = bt.min(last_key + 1 - j0);
+        if b + PREFETCH_BLOCKS < b1 {
+            prefetch_block(kv, b + PREFETCH_BLOCKS, h);
+        }
         let codes = load_block(isa, kv, b, h, nk, kf, vf, &mut ksm, &mut vsm);
         for ti in 0..nt {
             let limit = shape.pos0 + t0 + ti; // last key this query token may see
@@ -413,6 +453,29 @@ fn run_item(
                     simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
                 }
             }
+        }
+    }
+}
+
+/// Asks for block `b`'s keys and values of KV head `h` to be brought into cache.
+fn prefetch_block(kv: &PagedKv<'_>, b: usize, h: usize) {
+    fn ask<T>(blk: &[T], at: usize, n: usize) {
+        simd::prefetch(blk.get(at..(at + n).min(blk.len())).unwrap_or(&[]));
+    }
+    let g = &kv.geom;
+    let n = g.block_tokens * g.head_dim;
+    match kv.blocks[b] {
+        KvBlock::F16(blk) => {
+            ask(blk, g.f16_k_base(kv.layer) + h * g.head_stride(), n);
+            ask(blk, g.f16_v_base(kv.layer) + h * g.head_stride(), n);
+        }
+        KvBlock::F16Layer(blk) => {
+            ask(blk, h * g.head_stride(), n);
+            ask(blk, (g.n_kv_heads + h) * g.head_stride(), n);
+        }
+        KvBlock::Quant(f, blk) => {
+            ask(blk, g.q_k_offset(f, kv.layer, h), g.k_chunk_bytes(f));
+            ask(blk, g.q_v_offset(f, kv.layer, h), g.v_chunk_bytes(f));
         }
     }
 }

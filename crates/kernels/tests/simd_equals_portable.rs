@@ -381,7 +381,7 @@ fn paged_attention_matches_naive_on_every_path() {
             };
             let want = naive_attention(&q, &k_ref, &v_ref, &shape, hd);
             for isa in Isa::available() {
-                let mut scratch = vec![0.0f32; scratch_len(&shape, hd, pool.n_threads())];
+                let mut scratch = vec![0.0f32; scratch_len(&shape, hd)];
                 let mut out = vec![0.0f32; q.len()];
                 attention_with(isa, &pool, &q, &kv, &shape, &mut scratch, &mut out);
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
@@ -479,7 +479,7 @@ fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bi
                 layer,
             };
             let mut outs: Vec<Vec<f32>> = qs.iter().map(|q| vec![0.0; q.len()]).collect();
-            let mut scratch = vec![0.0f32; scratch_len_many(&shapes, hd, pool.n_threads())];
+            let mut scratch = vec![0.0f32; scratch_len_many(&shapes, hd)];
             let mut calls: Vec<AttnCall<'_>> = outs
                 .iter_mut()
                 .enumerate()
@@ -493,7 +493,7 @@ fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bi
             attention_many_with(isa, &pool, &mut calls, &mut scratch);
             for (i, got) in outs.iter().enumerate() {
                 let mut one = vec![0.0f32; got.len()];
-                let mut scratch = vec![0.0f32; scratch_len(&shapes[i], hd, pool.n_threads())];
+                let mut scratch = vec![0.0f32; scratch_len(&shapes[i], hd)];
                 attention_with(
                     isa,
                     &pool,

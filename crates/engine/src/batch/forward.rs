@@ -18,6 +18,7 @@ use kvcache::{KvBlock, KvError, PlanError, SeqId};
 use super::{Batch, BatchItem, BatchOutput, Engine};
 use crate::forward::{BLOCK_TOKENS, EvalError, MIXED_UBATCH};
 use crate::layers;
+use crate::phases::{self, Phase};
 
 /// Consecutive items of one sequence, attended in one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +93,7 @@ impl Engine<'_, '_> {
     /// the micro-batches already computed stay ([`Engine::seq_tokens`] says how far each
     /// sequence got) and the error says why.
     pub fn decode(&mut self, batch: &Batch) -> Result<BatchOutput<'_>, EvalError> {
+        phases::begin();
         let items = batch.items();
         let grows = self.check(items)?;
         let c = &self.model.cfg;
@@ -108,7 +110,7 @@ impl Engine<'_, '_> {
             .iter()
             .map(|mb| {
                 let shapes: Vec<AttnShape> = mb.iter().map(|r| self.shape(r)).collect();
-                scratch_len_many(&shapes, hd, self.pool.n_threads())
+                scratch_len_many(&shapes, hd)
             })
             .max()
             .unwrap_or(0);
@@ -128,6 +130,7 @@ impl Engine<'_, '_> {
         self.w.fit(n_out * vocab, attn_need, own_need);
         self.rows.clear();
         self.rows.resize(items.len(), None);
+        phases::mark(Phase::Plan);
         if let Err(e) = self.run_micro_batches(items, &order, &micro) {
             // Part of a mixed cache's batch may have been computed (see above); no item
             // has logits.
@@ -141,6 +144,7 @@ impl Engine<'_, '_> {
             self.kv.seq_touch(seq)?;
         }
         self.debug_check();
+        phases::mark(Phase::Finish);
         Ok(BatchOutput {
             vocab,
             logits: &self.w.logits[..n_out * vocab],
@@ -163,8 +167,10 @@ impl Engine<'_, '_> {
             if stepwise {
                 let g: Vec<(SeqId, usize)> = mb.iter().map(|r| (r.seq, r.len)).collect();
                 self.grow_kv(&g)?;
+                phases::mark(Phase::Plan);
             }
             let wanted = self.forward(items, order, mb, next_row)?;
+            phases::mark(Phase::Head);
             for i in wanted {
                 self.rows[i] = Some(next_row as u32);
                 next_row += 1;
@@ -191,6 +197,7 @@ impl Engine<'_, '_> {
                         .seq_apply_mix(r.seq, &self.cfg.kv_mix, Some(&self.pool))?;
                 }
             }
+            phases::mark(Phase::Finish);
         }
         Ok(())
     }
@@ -360,6 +367,7 @@ impl Engine<'_, '_> {
                 }
                 spans.push(first..views.len());
             }
+            phases::mark(Phase::Kv);
             let mut calls = Vec::with_capacity(runs.len());
             let (mut q_rest, mut out_rest) = (&s.q[..n * qd], &mut s.att[..n * qd]);
             for ((r, span), shape) in runs.iter().zip(spans).zip(&shapes) {
@@ -382,9 +390,11 @@ impl Engine<'_, '_> {
                 });
             }
             attention_many(pool, &mut calls, &mut s.attn);
+            phases::mark(Phase::Attention);
             drop(calls);
             drop(views);
             write(&mut self.kv, s, true);
+            phases::mark(Phase::Kv);
             layers::finish_layer(pool, c, l, s, n);
         }
 

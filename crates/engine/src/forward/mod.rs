@@ -345,7 +345,7 @@ impl<'a, 'm> Session<'a, 'm> {
                     scale: 1.0,
                     window: None,
                 };
-                scratch_len(&shape, c.head_dim, self.pool.n_threads())
+                scratch_len(&shape, c.head_dim)
             })
             .max()
             .unwrap_or(0);

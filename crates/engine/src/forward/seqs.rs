@@ -204,7 +204,7 @@ impl Session<'_, '_> {
             scale: 1.0,
             window: None,
         };
-        if n != self.cfg.ubatch && splits_keys(&shape, self.pool.n_threads()) {
+        if n != self.cfg.ubatch && splits_keys(&shape) {
             return false;
         }
         let Ok(blocks) = self.kv.seq_blocks(self.seq) else {
