@@ -342,23 +342,26 @@ pub(crate) fn project_qkv(
         &s.xq[..n * d / QK],
         n,
     );
-    if let Some([bq, bk, bv]) = &l.bias_qkv {
-        for t in 0..n {
-            ops::add_assign(&mut s.q[t * qd..(t + 1) * qd], bq);
-            ops::add_assign(&mut s.k[t * kvd..(t + 1) * kvd], bk);
-            ops::add_assign(&mut s.v[t * kvd..(t + 1) * kvd], bv);
-        }
-    }
     mark(Phase::Qkv);
     let (rope, cs) = match (&ropes.local, c.layer_window(il)) {
         (Some(local), Some(_)) => (local, &s.rope_local),
         _ => (&ropes.global, &s.rope),
     };
-    let (qr, kr) = (Rows::new(&mut s.q, qd), Rows::new(&mut s.k, kvd));
+    let (qr, kr, vr) = (
+        Rows::new(&mut s.q, qd),
+        Rows::new(&mut s.k, kvd),
+        Rows::new(&mut s.v, kvd),
+    );
     let eps = c.rms_eps;
     par_rows(pool, n, |t| {
         // SAFETY: each t is handled by one thread; rows lie inside the buffers.
         let (q, k) = unsafe { (qr.row(t), kr.row(t)) };
+        if let Some([bq, bk, bv]) = &l.bias_qkv {
+            ops::add_assign(q, bq);
+            ops::add_assign(k, bk);
+            // SAFETY: as above.
+            ops::add_assign(unsafe { vr.row(t) }, bv);
+        }
         if let Some([qn, kn]) = &l.qk_norm {
             q.chunks_exact_mut(hd)
                 .for_each(|h| ops::rms_norm_in_place(h, qn, eps));
@@ -393,7 +396,7 @@ pub(crate) fn finish_layer(
     );
     mark(Phase::Wo);
     post_norm(pool, l.post_norms.as_ref().map(|p| &p[0][..]), c, s, n);
-    ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+    add_rows(pool, &mut s.x, &s.xn, (d, n));
 
     // Feed-forward block.
     norm_quant(
@@ -445,8 +448,25 @@ pub(crate) fn finish_layer(
     );
     mark(Phase::FfnDown);
     post_norm(pool, l.post_norms.as_ref().map(|p| &p[1][..]), c, s, n);
-    ops::add_assign(&mut s.x[..n * d], &s.xn[..n * d]);
+    add_rows(pool, &mut s.x, &s.xn, (d, n));
     mark(Phase::Norm);
+}
+
+/// Rows at which a residual add is worth a pool dispatch (a prompt's micro-batch; a
+/// decode step's rows add faster than threads wake).
+const PAR_ADD_ROWS: usize = 64;
+
+/// `x += y` over the first `n` rows of width `d` (the residual adds).
+fn add_rows(pool: &ThreadPool, x: &mut [f32], y: &[f32], (d, n): (usize, usize)) {
+    if n < PAR_ADD_ROWS {
+        ops::add_assign(&mut x[..n * d], &y[..n * d]);
+        return;
+    }
+    let xr = Rows::new(x, d);
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffer.
+        ops::add_assign(unsafe { xr.row(t) }, &y[t * d..(t + 1) * d]);
+    });
 }
 
 /// RMSNorm of the first `n` rows of `s.xn` in place with weights `w`, if any.

@@ -17,9 +17,9 @@ pub enum Phase {
     Embed,
     /// RMS norms, activation quantization, residual adds and the FFN's activation.
     Norm,
-    /// The Q, K and V projections (biases included).
+    /// The Q, K and V projections.
     Qkv,
-    /// Q/K norms per head and RoPE.
+    /// Their biases, Q/K norms per head and RoPE.
     Rope,
     /// Writing K and V into the cache, and gathering each sequence's block views.
     Kv,
