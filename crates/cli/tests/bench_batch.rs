@@ -53,6 +53,78 @@ fn bench_batch_reports_every_batch_size() {
 }
 
 #[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn bench_batch_phases_account_for_the_steps_time() {
+    let Some(m) = model() else { return };
+    let m = m.to_string_lossy().into_owned();
+    let o = llmem(&[
+        "bench",
+        "batch",
+        "--model",
+        &m,
+        "--threads",
+        "2",
+        "--seqs",
+        "4",
+        "--prompt",
+        "40",
+        "--gen",
+        "6",
+        "--reps",
+        "1",
+        "--json",
+        "--phases",
+    ]);
+    let r = json_of(&o);
+    let x = &r["results"][0];
+    let phases = |key: &str| -> Vec<(String, f64)> {
+        x[key]
+            .as_object()
+            .unwrap_or_else(|| panic!("{key} in {x}"))
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+            .collect()
+    };
+    let (pp, tg) = (phases("prefill_phases_ms"), phases("decode_phases_ms"));
+    for (what, ph) in [("prefill", &pp), ("decode", &tg)] {
+        let get = |name: &str| ph.iter().find(|(k, _)| k == name).map(|p| p.1);
+        // The products and attention take time in every pass; nothing is negative.
+        for name in ["qkv", "attention", "ffn_up", "ffn_down", "head", "norm"] {
+            let ms = get(name).unwrap_or_else(|| panic!("{what}: {name} in {ph:?}"));
+            assert!(ms > 0.0, "{what}: {name} = {ms}");
+        }
+        assert!(ph.iter().all(|(_, v)| v.is_finite() && *v >= 0.0), "{ph:?}");
+    }
+    // A decode step's phases add up to no more than the step's wall time (4 sequences
+    // at `tg_tok_s` tokens per second), and to most of it.
+    let step_ms = 4.0 / x["tg_tok_s"].as_f64().unwrap() * 1e3;
+    let sum: f64 = tg.iter().map(|p| p.1).sum();
+    assert!(
+        sum <= step_ms * 1.001 && sum >= step_ms * 0.5,
+        "{sum} of {step_ms}"
+    );
+    // Without the flag there are none.
+    let o = llmem(&[
+        "bench",
+        "batch",
+        "--model",
+        &m,
+        "--threads",
+        "2",
+        "--seqs",
+        "1",
+        "--prompt",
+        "8",
+        "--gen",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(json_of(&o)["results"][0].get("decode_phases_ms").is_none());
+}
+
+#[test]
 fn bench_batch_refuses_bad_flags_with_exit_code_2() {
     let missing = "no-such-model.gguf";
     for (flags, says) in [
