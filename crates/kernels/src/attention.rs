@@ -15,8 +15,8 @@
 //! item runs an online softmax (running max and sum, as in FlashAttention) over its
 //! blocks, converting each K/V block to f32 once for all the query rows of the tile
 //! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). When
-//! there are few query tokens (decode), the keys are split into spans of at least
-//! [`SPLIT_KEYS`] and the partial results merged by their maxima and sums; the item that
+//! there are few query tokens (decode), the keys are split into spans of about
+//! [`SPLIT_KEYS`] or more and the partial results merged by their maxima and sums; the item that
 //! finishes a (head, tile)'s last span merges it, so merging is spread over the threads
 //! as the spans are.
 //!
@@ -41,8 +41,9 @@ const Q_TILE: usize = 4;
 pub const MAX_GROUP: usize = 16;
 /// Calls of at most this many query tokens split their keys.
 pub const SPLIT_MAX_Q: usize = 2 * Q_TILE;
-/// Fewest keys in a split (rounded to whole blocks): each split's partial result costs a
-/// merge step of one head row, against its keys' scores and values.
+/// Keys per split, about: a call of few query tokens splits `keys / SPLIT_KEYS` ways (at
+/// least 1, at most 32), each split whole blocks. Each split's partial
+/// result costs a merge step of one head row, against its keys' scores and values.
 pub const SPLIT_KEYS: usize = 64;
 /// Blocks of keys and values asked for ahead of use.
 const PREFETCH_BLOCKS: usize = 4;
@@ -104,9 +105,9 @@ pub fn splits_keys(shape: &AttnShape) -> bool {
     shape.n_q <= SPLIT_MAX_Q
 }
 
-/// Returns (work items, key splits per (head, tile), query tiles). A split takes a
-/// share of whole blocks ([`run_item`]); blocks are at most [`SPLIT_KEYS`] tokens, so
-/// every split has some.
+/// Returns (work items, key splits per (head, tile), query tiles). A split takes an
+/// even share of whole blocks ([`run_item`]); where the blocks do not divide evenly a
+/// tile's last split may get none, and its empty partial rows are skipped by the merge.
 fn plan(shape: &AttnShape) -> (usize, usize, usize) {
     let q_tiles = shape.n_q.div_ceil(Q_TILE);
     let base = shape.n_kv_heads * q_tiles;
