@@ -51,8 +51,8 @@ pub struct BatchArgs {
     pub kv_type: KvType,
     #[arg(long)]
     pub json: bool,
-    /// Also report where a decode step's time goes (milliseconds per step by phase:
-    /// projections, attention, norms, KV, output head, bookkeeping).
+    /// Also report where the prefill's and a decode step's time goes (milliseconds by
+    /// phase: projections, attention, norms, KV, output head, bookkeeping).
     #[arg(long)]
     pub phases: bool,
     #[command(flatten)]

@@ -4,12 +4,12 @@
 mod common_cli;
 use common_cli::*;
 
-#[test]
-#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
-fn bench_batch_reports_every_batch_size() {
-    let Some(m) = model() else { return };
-    let m = m.to_string_lossy().into_owned();
-    let o = llmem(&[
+/// `llmem bench batch --json` on the test model, 2 threads, one repetition: batch
+/// sizes `seqs`, prompts of `prompt` tokens, `steps` decode steps, plus `extra` flags.
+/// `None` without the model.
+fn bench_json(seqs: &str, prompt: &str, steps: &str, extra: &[&str]) -> Option<Value> {
+    let m = model()?.to_string_lossy().into_owned();
+    let args = [
         "bench",
         "batch",
         "--model",
@@ -17,16 +17,24 @@ fn bench_batch_reports_every_batch_size() {
         "--threads",
         "2",
         "--seqs",
-        "1,3",
+        seqs,
         "--prompt",
-        "8",
+        prompt,
         "--gen",
-        "4",
+        steps,
         "--reps",
         "1",
         "--json",
-    ]);
-    let r = json_of(&o);
+    ];
+    Some(json_of(&llmem(&[&args[..], extra].concat())))
+}
+
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn bench_batch_reports_every_batch_size() {
+    let Some(r) = bench_json("1,3", "8", "4", &[]) else {
+        return;
+    };
     let results = r["results"].as_array().expect("results array");
     let seqs: Vec<u64> = results
         .iter()
@@ -55,27 +63,9 @@ fn bench_batch_reports_every_batch_size() {
 #[test]
 #[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
 fn bench_batch_phases_account_for_the_steps_time() {
-    let Some(m) = model() else { return };
-    let m = m.to_string_lossy().into_owned();
-    let o = llmem(&[
-        "bench",
-        "batch",
-        "--model",
-        &m,
-        "--threads",
-        "2",
-        "--seqs",
-        "4",
-        "--prompt",
-        "40",
-        "--gen",
-        "6",
-        "--reps",
-        "1",
-        "--json",
-        "--phases",
-    ]);
-    let r = json_of(&o);
+    let Some(r) = bench_json("4", "40", "6", &["--phases"]) else {
+        return;
+    };
     let x = &r["results"][0];
     let phases = |key: &str| -> Vec<(String, f64)> {
         x[key]
@@ -104,24 +94,8 @@ fn bench_batch_phases_account_for_the_steps_time() {
         "{sum} of {step_ms}"
     );
     // Without the flag there are none.
-    let o = llmem(&[
-        "bench",
-        "batch",
-        "--model",
-        &m,
-        "--threads",
-        "2",
-        "--seqs",
-        "1",
-        "--prompt",
-        "8",
-        "--gen",
-        "2",
-        "--reps",
-        "1",
-        "--json",
-    ]);
-    assert!(json_of(&o)["results"][0].get("decode_phases_ms").is_none());
+    let r = bench_json("1", "8", "2", &[]).expect("the model was there above");
+    assert!(r["results"][0].get("decode_phases_ms").is_none());
 }
 
 #[test]

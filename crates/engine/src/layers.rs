@@ -11,8 +11,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kernels::matmul::{MatJob, matmul};
-
-use crate::phases::{Phase, mark};
 use kernels::ops::{self, Rope};
 use kernels::pool::ThreadPool;
 use kernels::quant::{BlockQ8, QK, WType, quantize_row_for};
@@ -22,6 +20,7 @@ use budget::{Bytes, OutOfBudget, Reservation};
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::memory::{Accounts, scratch_bytes};
 use crate::model::{Layer, Model};
+use crate::phases::{Phase, mark};
 use kvcache::{KvBlock, KvCache, KvError, SeqId};
 
 /// A forward pass's buffers with their account in the ledger: the fixed per-micro-batch

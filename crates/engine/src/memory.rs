@@ -86,7 +86,8 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
 
 /// Largest attention workspace of a session, in bytes: one partial row per work item.
 /// The most items come either from a full micro-batch (one per KV head and query tile) or
-/// from a few tokens at the deepest position (their keys split).
+/// from the most tokens that still split their keys, at the deepest position (the
+/// splits grow with the depth, the rows with the tokens).
 pub fn attention_scratch_bytes(cfg: &ModelConfig, ubatch: usize, n_ctx: usize) -> u64 {
     let shape = |n_q: usize, pos0: usize| kernels::attention::AttnShape {
         n_q,
@@ -98,10 +99,8 @@ pub fn attention_scratch_bytes(cfg: &ModelConfig, ubatch: usize, n_ctx: usize) -
     };
     let hd = cfg.head_dim;
     let full = kernels::attention::scratch_len(&shape(ubatch.min(n_ctx), 0), hd);
-    let deep = (1..=ubatch.min(n_ctx).min(kernels::attention::SPLIT_MAX_Q))
-        .map(|n| kernels::attention::scratch_len(&shape(n, n_ctx - n), hd))
-        .max()
-        .unwrap_or(0);
+    let n = ubatch.min(n_ctx).min(kernels::attention::SPLIT_MAX_Q);
+    let deep = kernels::attention::scratch_len(&shape(n, n_ctx - n), hd);
     (full.max(deep) * 4) as u64
 }
 

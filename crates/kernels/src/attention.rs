@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Isa;
-use crate::kvquant::{self, BlockGeom, KvBlock};
+use crate::kvquant::{self, BlockGeom, KvBlock, KvFormat};
 use crate::pool::ThreadPool;
 use crate::simd;
 
@@ -390,14 +390,17 @@ fn run_item(
     let mut qs = [0.0f32; MAX_HEAD_DIM];
     // Blocks lie apart in memory, each too short for the hardware to see a stream: ask
     // for the first few at once, then keep that many ahead.
+    // Keys of block `b` this tile reads.
+    let keys_of = |b: usize| bt.min(last_key + 1 - b * bt);
     for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
-        prefetch_block(kv, b, h);
+        head_rows(kv, b, h, keys_of(b)).prefetch();
     }
     for b in b0..b1 {
         let j0 = b * bt;
-        let nk = bt.min(last_key + 1 - j0);
+        let nk = keys_of(b);
         if b + PREFETCH_BLOCKS < b1 {
-            prefetch_block(kv, b + PREFETCH_BLOCKS, h);
+            let ahead = b + PREFETCH_BLOCKS;
+            head_rows(kv, ahead, h, keys_of(ahead)).prefetch();
         }
         let codes = load_block(isa, kv, b, h, nk, kf, vf, &mut ksm, &mut vsm);
         for ti in 0..nt {
@@ -458,25 +461,61 @@ fn run_item(
     }
 }
 
-/// Asks for block `b`'s keys and values of KV head `h` to be brought into cache.
-fn prefetch_block(kv: &PagedKv<'_>, b: usize, h: usize) {
-    fn ask<T>(blk: &[T], at: usize, n: usize) {
-        simd::prefetch(blk.get(at..(at + n).min(blk.len())).unwrap_or(&[]));
-    }
+/// Where KV head `h`'s part of block `b` lies: its first `nk` keys and values as f16
+/// rows, or its key and value code chunks (quantized).
+enum HeadRows<'a> {
+    F16 {
+        k: &'a [u16],
+        v: &'a [u16],
+    },
+    Quant {
+        f: KvFormat,
+        k: &'a [u8],
+        v: &'a [u8],
+    },
+}
+
+fn head_rows<'a>(kv: &PagedKv<'a>, b: usize, h: usize, nk: usize) -> HeadRows<'a> {
     let g = &kv.geom;
-    let n = g.block_tokens * g.head_dim;
-    match kv.blocks[b] {
-        KvBlock::F16(blk) => {
-            ask(blk, g.f16_k_base(kv.layer) + h * g.head_stride(), n);
-            ask(blk, g.f16_v_base(kv.layer) + h * g.head_stride(), n);
-        }
-        KvBlock::F16Layer(blk) => {
-            ask(blk, h * g.head_stride(), n);
-            ask(blk, (g.n_kv_heads + h) * g.head_stride(), n);
-        }
+    let n = nk * g.head_dim;
+    let (blk, koff, voff) = match kv.blocks[b] {
+        KvBlock::F16(blk) => (
+            blk,
+            g.f16_k_base(kv.layer) + h * g.head_stride(),
+            g.f16_v_base(kv.layer) + h * g.head_stride(),
+        ),
+        KvBlock::F16Layer(blk) => (
+            blk,
+            h * g.head_stride(),
+            (g.n_kv_heads + h) * g.head_stride(),
+        ),
         KvBlock::Quant(f, blk) => {
-            ask(blk, g.q_k_offset(f, kv.layer, h), g.k_chunk_bytes(f));
-            ask(blk, g.q_v_offset(f, kv.layer, h), g.v_chunk_bytes(f));
+            let (ko, vo) = (g.q_k_offset(f, kv.layer, h), g.q_v_offset(f, kv.layer, h));
+            return HeadRows::Quant {
+                f,
+                k: &blk[ko..ko + g.k_chunk_bytes(f)],
+                v: &blk[vo..vo + g.v_chunk_bytes(f)],
+            };
+        }
+    };
+    HeadRows::F16 {
+        k: &blk[koff..koff + n],
+        v: &blk[voff..voff + n],
+    }
+}
+
+impl HeadRows<'_> {
+    /// Asks for these rows to be brought into cache.
+    fn prefetch(&self) {
+        match self {
+            HeadRows::F16 { k, v } => {
+                simd::prefetch(k);
+                simd::prefetch(v);
+            }
+            HeadRows::Quant { k, v, .. } => {
+                simd::prefetch(k);
+                simd::prefetch(v);
+            }
         }
     }
 }
@@ -499,36 +538,21 @@ fn load_block(
     vsm: &mut [f32],
 ) -> bool {
     let g = &kv.geom;
-    let hd = g.head_dim;
-    match kv.blocks[b] {
-        KvBlock::F16(blk) => {
-            let koff = g.f16_k_base(kv.layer) + h * g.head_stride();
-            let voff = g.f16_v_base(kv.layer) + h * g.head_stride();
-            simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
-            simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
+    let n = nk * g.head_dim;
+    match head_rows(kv, b, h, nk) {
+        HeadRows::F16 { k, v } => {
+            simd::f16_to_f32(isa, k, &mut kf[..n]);
+            simd::f16_to_f32(isa, v, &mut vf[..n]);
             false
         }
-        KvBlock::F16Layer(blk) => {
-            let koff = h * g.head_stride();
-            let voff = (g.n_kv_heads + h) * g.head_stride();
-            simd::f16_to_f32(isa, &blk[koff..koff + nk * hd], &mut kf[..nk * hd]);
-            simd::f16_to_f32(isa, &blk[voff..voff + nk * hd], &mut vf[..nk * hd]);
-            false
-        }
-        KvBlock::Quant(f, blk) => {
-            let ko = g.q_k_offset(f, kv.layer, h);
-            let vo = g.q_v_offset(f, kv.layer, h);
-            let (kc, vc) = (
-                &blk[ko..ko + g.k_chunk_bytes(f)],
-                &blk[vo..vo + g.v_chunk_bytes(f)],
-            );
-            if fused(isa, hd) {
-                kvquant::k_codes(isa, f, g, kc, nk, kf, ksm);
-                kvquant::v_codes(isa, f, g, vc, nk, vf, vsm);
+        HeadRows::Quant { f, k, v } => {
+            if fused(isa, g.head_dim) {
+                kvquant::k_codes(isa, f, g, k, nk, kf, ksm);
+                kvquant::v_codes(isa, f, g, v, nk, vf, vsm);
                 true
             } else {
-                kvquant::dequantize_k(isa, f, g, kc, nk, kf);
-                kvquant::dequantize_v(isa, f, g, vc, nk, vf);
+                kvquant::dequantize_k(isa, f, g, k, nk, kf);
+                kvquant::dequantize_v(isa, f, g, v, nk, vf);
                 false
             }
         }
