@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release -p kernels --example kquant_speed -- [threads] [seconds per case]
 //! [types, comma-separated, e.g. Q4_K,Q6_K] [skip-bandwidth]`
+//!
+//! The third argument may instead list cases of its own, space-separated
+//! `TYPE:ROWSxCOLS:TOKENS,TOKENS…` (e.g. `"Q5_0:9728x896:24,512 Q6_K:896x4864:512"`).
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +91,40 @@ fn read_bandwidth(pool: &ThreadPool, budget: Duration) -> f64 {
     best
 }
 
+/// Cases `TYPE:ROWSxCOLS:TOKENS,TOKENS…`, space-separated.
+fn parse_cases(list: &str) -> Vec<(WType, usize, usize, usize)> {
+    let mut cases = Vec::new();
+    for case in list.split_whitespace() {
+        let bad = || panic!("a case is TYPE:ROWSxCOLS:TOKENS,…, not {case:?}");
+        let mut parts = case.split(':');
+        let (Some(t), Some(shape), Some(tokens)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bad()
+        };
+        let t = match t {
+            "Q4_K" => WType::Q4_K,
+            "Q5_K" => WType::Q5_K,
+            "Q6_K" => WType::Q6_K,
+            "Q3_K" => WType::Q3_K,
+            "Q5_0" => WType::Q5_0,
+            "Q4_0" => WType::Q4_0,
+            "Q8_0" => WType::Q8_0,
+            _ => bad(),
+        };
+        let Some((rows, cols)) = shape.split_once('x') else {
+            bad()
+        };
+        let (Ok(rows), Ok(cols)) = (rows.parse(), cols.parse()) else {
+            bad()
+        };
+        for n in tokens.split(',') {
+            let Ok(n) = n.parse() else { bad() };
+            cases.push((t, rows, cols, n));
+        }
+    }
+    cases
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let threads = args.next().and_then(|s| s.parse().ok()).unwrap_or(2);
@@ -105,7 +142,7 @@ fn main() {
     }
     // (type, rows, cols, tokens): Qwen2.5-1.5B's FFN gate/up (8960 × 1536), down
     // (1536 × 8960) and output head (151936 × 1536).
-    let cases = [
+    let default_cases = [
         (WType::Q4_K, 8960, 1536, 1),
         (WType::Q4_K, 1536, 8960, 1),
         (WType::Q4_K, 8960, 1536, 64),
@@ -131,9 +168,11 @@ fn main() {
         (WType::Q4_0, 151_936, 1536, 1),
         (WType::Q5_0, 151_936, 1536, 1),
     ];
-    for (t, rows, cols, n) in cases {
+    let own = only.as_deref().filter(|o| o.contains(':')).map(parse_cases);
+    let filter = if own.is_some() { None } else { only };
+    for (t, rows, cols, n) in own.unwrap_or_else(|| default_cases.to_vec()) {
         let name = format!("{t:?}");
-        if only
+        if filter
             .as_ref()
             .is_some_and(|o| !o.split(',').any(|s| s == name))
         {

@@ -167,9 +167,11 @@ pub fn matmul_with(
     let tiles = jobs
         .iter()
         .any(|j| simd::wants_token_rows(isa, j.w.wtype, n_tokens));
-    // Enough chunks for balance (≥ 8 per thread), each a multiple of 8 rows: the
-    // row-panel kernels take eight rows at a time, the tile kernels sixteen.
-    let chunk = (total_rows / (pool.n_threads() * 8))
+    let groups = token_groups(n_tokens, cols);
+    // Enough chunks for balance (≥ 8 per thread over all token groups), each a multiple
+    // of 8 rows: the row-panel kernels take eight rows at a time, the tile kernels
+    // sixteen.
+    let chunk = (total_rows * groups / (pool.n_threads() * 8))
         .clamp(8, 64)
         .next_multiple_of(if tiles { 16 } else { 8 });
     let mut starts = Vec::with_capacity(jobs.len());
@@ -189,7 +191,7 @@ pub fn matmul_with(
         .collect();
     let mats: Vec<QMatrix<'_>> = jobs.iter().map(|j| j.w).collect();
     let run = |token_rows: Option<&[i8]>| {
-        let layout = (&starts[..], n_chunks, chunk);
+        let layout = (&starts[..], n_chunks, chunk, groups);
         run_chunks(
             isa,
             pool,
@@ -257,36 +259,69 @@ impl SyncRows {
     }
 }
 
-/// Runs the row chunks of every job on the pool: chunk `c` of `n_chunks` is rows
-/// `(c - starts[j]) · chunk..` of the job `j` it falls in.
+/// Bytes of input a token group spans at most (one byte a value: the tile kernels'
+/// token rows; the row panels' quantized blocks are a quarter larger): a thread's
+/// consecutive chunks of one group then find its input in L2 (see [`token_groups`]).
+const GROUP_ROWS_BYTES: usize = 1 << 20;
+
+/// How many near-equal groups of tokens a product's chunks split `n_tokens` into.
+///
+/// The kernels stream every token of their call past each tile of rows; with the rows cut
+/// into chunks for the threads, a chunk that took every token would read all of them
+/// from beyond L2 again (a prompt of 512 tokens × 4,864 values is 2.4 MiB of token
+/// rows), so a product whose input outgrows [`GROUP_ROWS_BYTES`] is cut by tokens too.
+/// Chunks are claimed group by group, so a thread's next chunk mostly reads the group it
+/// just read. Every group keeps 16 tokens or more (the tile kernels' least); a token's
+/// sums do not depend on its group, so neither do the bits.
+fn token_groups(n_tokens: usize, cols: usize) -> usize {
+    let by_bytes = (n_tokens * cols).div_ceil(GROUP_ROWS_BYTES);
+    by_bytes.min(n_tokens / 16).max(1)
+}
+
+/// Runs the row chunks of every job on the pool, for each of `groups` near-equal token
+/// groups in turn: item `c` is group `c / n_chunks`'s tokens and chunk `c % n_chunks`,
+/// which is rows `(k - starts[j]) · chunk..` of the job `j` it falls in.
 fn run_chunks(
     isa: Isa,
     pool: &ThreadPool,
     mats: &[QMatrix<'_>],
     outs: &[SyncOut],
-    (starts, n_chunks, chunk): (&[usize], usize, usize),
+    (starts, n_chunks, chunk, groups): (&[usize], usize, usize, usize),
     (x, xq, token_rows): (&[f32], &[BlockQ8], Option<&[i8]>),
     n_tokens: usize,
 ) {
+    let cols = mats[0].cols;
     let next = AtomicUsize::new(0);
     pool.run(|_| {
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
-            if c >= n_chunks {
+            if c >= n_chunks * groups {
                 break;
             }
-            let ji = starts.partition_point(|&s| s <= c) - 1;
+            let (g, k) = (c / n_chunks, c % n_chunks);
+            let (t0, t1) = (g * n_tokens / groups, (g + 1) * n_tokens / groups);
+            let ji = starts.partition_point(|&s| s <= k) - 1;
             let w = &mats[ji];
-            let r0 = (c - starts[ji]) * chunk;
+            let r0 = (k - starts[ji]) * chunk;
             let rows = r0..(r0 + chunk).min(w.rows);
             let out = outs[ji].get();
-            // SAFETY: chunk `c` is claimed by exactly one thread, so rows `rows` of this
-            // output are written by it alone; sizes were checked above.
+            let out = OutPtr {
+                ptr: out.ptr.wrapping_add(t0 * out.ld),
+                ..out
+            };
+            let n = t1 - t0;
+            // SAFETY: item `c` is claimed by exactly one thread, so rows `rows` of
+            // tokens t0..t1 of this output are written by it alone; sizes were checked
+            // above, and the inputs are sliced at token t0.
             unsafe {
                 if w.wtype.uses_q8_activations() {
-                    simd::gemm_q8(isa, w.rows_ref(), rows, xq, token_rows, n_tokens, out);
+                    let blocks = cols / 32;
+                    let rows_of = token_rows.map(|r| &r[t0 * cols..t1 * cols]);
+                    let acts = &xq[t0 * blocks..t1 * blocks];
+                    simd::gemm_q8(isa, w.rows_ref(), rows, acts, rows_of, n, out);
                 } else {
-                    simd::gemm_f32(isa, w.rows_ref(), rows, x, n_tokens, out);
+                    let x = &x[t0 * cols..t1 * cols];
+                    simd::gemm_f32(isa, w.rows_ref(), rows, x, n, out);
                 }
             }
         }

@@ -157,6 +157,53 @@ fn matmul_paths_agree_and_match_dequantized_reference() {
     }
 }
 
+/// A prompt wide enough that its token rows outgrow L2 is cut into token groups (see
+/// `matmul`): each token still gets the bits it gets in a product of a few tokens, on
+/// every path (the tile kernels' partial last tile of a group included).
+#[test]
+fn a_product_cut_into_token_groups_gives_every_token_its_own_bits() {
+    let pool = ThreadPool::new(3).unwrap();
+    let mut rng = Rng(11);
+    // 301 tokens × 4,864 values: 1.4 MiB of token rows, two groups of 150 and 151.
+    let (rows, cols, n_tokens) = (37, 4864, 301);
+    let x = rng.vec(n_tokens * cols);
+    for t in [
+        WType::Q4_K,
+        WType::Q6_K,
+        WType::Q5_0,
+        WType::Q8_0,
+        WType::F16,
+    ] {
+        let bytes = encode(t, &rng.vec(rows * cols));
+        let w = QMatrix::new(t, rows, cols, &bytes).unwrap();
+        let mut xq = vec![BlockQ8::default(); n_tokens * cols / 32];
+        for (xr, qr) in x.chunks(cols).zip(xq.chunks_mut(cols / 32)) {
+            quantize_row_for(t, xr, qr);
+        }
+        for isa in Isa::available() {
+            let whole = product(isa, &pool, w, (&x, &xq), n_tokens);
+            // Slices of 43 tokens: one group each, and a tile count of their own.
+            for t0 in (0..n_tokens).step_by(43) {
+                let t1 = (t0 + 43).min(n_tokens);
+                let blocks = (t0 * cols / 32)..(t1 * cols / 32);
+                let part = product(
+                    isa,
+                    &pool,
+                    w,
+                    (&x[t0 * cols..t1 * cols], &xq[blocks]),
+                    t1 - t0,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&part),
+                    bits(&whole[t0 * rows..t1 * rows]),
+                    "{t:?} {isa:?} tokens {t0}..{t1}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 #[should_panic(expected = "one scale per 256 values")]
 fn k_quant_weights_refuse_activations_with_a_scale_per_32_values() {
