@@ -46,7 +46,7 @@ t1=$(date +%s.%N)
 large=$(peak "$dir/large.txt" "$dir/large.jsonl" "$dir/large.json")
 t2=$(date +%s.%N)
 for s in small large; do
-  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'chunks', r['report']['chunks'], 'documents peak', r['documents_peak_bytes'], 'of', r['documents_limit_bytes'])" "$dir/$s.json" "$s"
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'chunks', r['report']['chunks'], 'documents peak', r['documents_peak_bytes'], 'of', r['documents_limit_bytes'], 'own peak RSS', r.get('peak_rss_bytes'))" "$dir/$s.json" "$s"
 done
 echo "1 MB: ${small} KiB in $(echo "$t1 - $t0" | bc) s; ${size} MB: ${large} KiB in $(echo "$t2 - $t1" | bc) s; ratio $(echo "scale=3; $large / $small" | bc)"
 

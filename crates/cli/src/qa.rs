@@ -274,6 +274,9 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         .iter()
         .find(|p| p.name.as_str() == "documents")
         .map_or(0, |p| p.peak.0);
+    // This process's own high-water mark (a parent's RSS does not count in it, as it does
+    // in the rusage a parent reads after a vfork-and-exec spawn).
+    let peak_rss = crate::machine::peak_rss_bytes();
     let sched_stats = generator.as_ref().map(|g| g.service.snapshot().stats);
     drop(generator);
     let mut stdout = std::io::stdout().lock();
@@ -282,6 +285,16 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
             "report": report,
             "documents_limit_bytes": docs.limit(),
             "documents_peak_bytes": docs_peak,
+            "peak_rss_bytes": peak_rss,
+            "ledger_peaks": snap
+                .pools
+                .iter()
+                .map(|p| serde_json::json!({
+                    "pool": p.name.as_str(),
+                    "peak_bytes": p.peak.0,
+                    "limit_bytes": p.limit.0,
+                }))
+                .collect::<Vec<_>>(),
             "scheduler": sched_stats.map(|s| serde_json::json!({
                 "prompt_tokens": s.prompt_tokens,
                 "cached_tokens": s.cached_tokens,
@@ -354,6 +367,22 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
             "documents pool: peak {} of {}",
             Bytes(docs_peak),
             Bytes(docs.limit())
+        )?;
+        let pools: Vec<String> = snap
+            .pools
+            .iter()
+            .filter(|p| p.peak.0 > 0)
+            .map(|p| format!("{} {}", p.name.as_str(), Bytes(p.peak.0)))
+            .collect();
+        writeln!(
+            stdout,
+            "peak RSS {}; ledger peaks: {}",
+            peak_rss.map_or_else(|| "unknown".to_string(), |b| Bytes(b).to_string()),
+            if pools.is_empty() {
+                "none".to_string()
+            } else {
+                pools.join(", ")
+            }
         )?;
         for (p, why) in &report.problems {
             writeln!(stdout, "skipped {p}: {why}")?;
