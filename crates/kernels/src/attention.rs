@@ -280,59 +280,54 @@ pub fn attention_many_with(
     let sp = SyncPtr(scratch.as_mut_ptr());
     let next = AtomicUsize::new(0);
     pool.run(|_| {
-        BLOCK_F32.with_borrow_mut(|buf| {
-            let (kf, vf) = buf.split_at_mut(BLOCK_VALUES);
-            loop {
-                let it = next.fetch_add(1, Ordering::Relaxed);
-                if it >= items {
-                    break;
-                }
-                let ci = plans.partition_point(|p| p.0 <= it) - 1;
-                let (first, base, splits, q_tiles, slot, group0) = plans[ci];
-                let local = it - first;
-                let split = local % splits;
-                let tile = (local / splits) % q_tiles;
-                let h = local / splits / q_tiles;
-                // SAFETY: item `it` owns its slot of the scratch, inside the length asserted.
-                let part = unsafe {
-                    std::slice::from_raw_parts_mut(sp.get().add(base + local * slot), slot)
-                };
-                let (q, kv, shape) = &ins[ci];
-                run_item(isa, q, kv, shape, (h, tile, split, splits), part, kf, vf);
-                // Release this item's slot; the last of the group acquires all of them.
-                let gi = group0 + local / splits;
-                if done[gi].fetch_add(1, Ordering::AcqRel) + 1 == splits {
-                    let g0 = base + (local - split) * slot;
-                    // SAFETY: every split of this group has finished writing its slot (the
-                    // counter says so, with acquire ordering); no item writes them again. The
-                    // group's output rows are written by this merge alone.
-                    unsafe {
-                        let parts = std::slice::from_raw_parts(sp.get().add(g0), splits * slot);
-                        merge_group(
-                            isa,
-                            shape,
-                            kv.geom.head_dim,
-                            (h, tile, splits),
-                            parts,
-                            outs[ci].get(),
-                        );
-                    }
+        let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        loop {
+            let it = next.fetch_add(1, Ordering::Relaxed);
+            if it >= items {
+                break;
+            }
+            let ci = plans.partition_point(|p| p.0 <= it) - 1;
+            let (first, base, splits, q_tiles, slot, group0) = plans[ci];
+            let local = it - first;
+            let split = local % splits;
+            let tile = (local / splits) % q_tiles;
+            let h = local / splits / q_tiles;
+            // SAFETY: item `it` owns its slot of the scratch, inside the length asserted.
+            let part =
+                unsafe { std::slice::from_raw_parts_mut(sp.get().add(base + local * slot), slot) };
+            let (q, kv, shape) = &ins[ci];
+            run_item(
+                isa,
+                q,
+                kv,
+                shape,
+                (h, tile, split, splits),
+                part,
+                &mut kf,
+                &mut vf,
+            );
+            // Release this item's slot; the last of the group acquires all of them.
+            let gi = group0 + local / splits;
+            if done[gi].fetch_add(1, Ordering::AcqRel) + 1 == splits {
+                let g0 = base + (local - split) * slot;
+                // SAFETY: every split of this group has finished writing its slot (the
+                // counter says so, with acquire ordering); no item writes them again. The
+                // group's output rows are written by this merge alone.
+                unsafe {
+                    let parts = std::slice::from_raw_parts(sp.get().add(g0), splits * slot);
+                    merge_group(
+                        isa,
+                        shape,
+                        kv.geom.head_dim,
+                        (h, tile, splits),
+                        parts,
+                        outs[ci].get(),
+                    );
                 }
             }
-        })
+        }
     });
-}
-
-/// Values of one block's keys (or values) of one head at most, as f32.
-const BLOCK_VALUES: usize = MAX_BLOCK_TOKENS * MAX_HEAD_DIM;
-
-thread_local! {
-    /// A thread's f32 keys and values of the block it is reading (`BLOCK_VALUES` each),
-    /// kept between calls instead of 2 × 32 KiB zeroed on every thread at every call (a
-    /// decode step makes one call a layer). Every value is written by [`load_block`]
-    /// before it is read.
-    static BLOCK_F32: std::cell::RefCell<Vec<f32>> =
-        std::cell::RefCell::new(vec![0.0; 2 * BLOCK_VALUES]);
 }
 
 /// Checks one call's shapes (see [`attention`]'s panics).
