@@ -91,6 +91,17 @@ fn read_bandwidth(pool: &ThreadPool, budget: Duration) -> f64 {
     best
 }
 
+/// The kinds [`matrix`] builds.
+const KINDS: [WType; 7] = [
+    WType::Q4_K,
+    WType::Q5_K,
+    WType::Q6_K,
+    WType::Q3_K,
+    WType::Q5_0,
+    WType::Q4_0,
+    WType::Q8_0,
+];
+
 /// Cases `TYPE:ROWSxCOLS:TOKENS,TOKENS…`, space-separated.
 fn parse_cases(list: &str) -> Vec<(WType, usize, usize, usize)> {
     let mut cases = Vec::new();
@@ -101,15 +112,9 @@ fn parse_cases(list: &str) -> Vec<(WType, usize, usize, usize)> {
         else {
             bad()
         };
-        let t = match t {
-            "Q4_K" => WType::Q4_K,
-            "Q5_K" => WType::Q5_K,
-            "Q6_K" => WType::Q6_K,
-            "Q3_K" => WType::Q3_K,
-            "Q5_0" => WType::Q5_0,
-            "Q4_0" => WType::Q4_0,
-            "Q8_0" => WType::Q8_0,
-            _ => bad(),
+        // The kinds `matrix` can build, by the names the type filter uses.
+        let Some(t) = KINDS.into_iter().find(|k| format!("{k:?}") == t) else {
+            bad()
         };
         let Some((rows, cols)) = shape.split_once('x') else {
             bad()

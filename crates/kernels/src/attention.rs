@@ -16,9 +16,9 @@
 //! blocks, converting each K/V block to f32 once for all the query rows of the tile
 //! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). When
 //! there are few query tokens (decode), the keys are split into spans of about
-//! [`SPLIT_KEYS`] or more and the partial results merged by their maxima and sums; the item that
-//! finishes a (head, tile)'s last span merges it, so merging is spread over the threads
-//! as the spans are.
+//! [`SPLIT_KEYS`] or more and the partial results merged by their maxima and sums; the
+//! item that finishes a (head, tile)'s last span merges it, so merging is spread over the
+//! threads as the spans are.
 //!
 //! How a call is cut depends on its shape and the block size alone, never on the thread
 //! count or on the other calls of a batch: a row's sums are formed in the same order on
@@ -42,8 +42,8 @@ pub const MAX_GROUP: usize = 16;
 /// Calls of at most this many query tokens split their keys.
 pub const SPLIT_MAX_Q: usize = 2 * Q_TILE;
 /// Keys per split, about: a call of few query tokens splits `keys / SPLIT_KEYS` ways (at
-/// least 1, at most 32), each split whole blocks. Each split's partial
-/// result costs a merge step of one head row, against its keys' scores and values.
+/// least 1, at most 32), each split whole blocks. Each split's partial result costs a
+/// merge step of one head row, against its keys' scores and values.
 pub const SPLIT_KEYS: usize = 64;
 /// Blocks of keys and values asked for ahead of use.
 const PREFETCH_BLOCKS: usize = 4;

@@ -5,8 +5,8 @@
 //! Every block has its own float scale, so a tile sums one block (32 values) and its
 //! sums go straight to the float steps, `acc = fma(isum, d · d_b, acc)` and, with an
 //! offset, `acc = fma(m, s_b, acc)`, lane `r` for row `r`; the 16 tokens' accumulators
-//! are kept across a run of blocks (on the stack, as built). Two blocks are in flight at a time, so one
-//! block's float steps overlap the next one's tile instruction. The weights of 16 rows
+//! are kept across a run of blocks (on the stack, as built). Two blocks are in flight at
+//! a time, so one block's float steps overlap the next one's tile instruction. The weights of 16 rows
 //! are decoded once per run of blocks and block of tokens into tiles of codes (a tile
 //! row: four codes of each of the 16 rows); the tokens' values come from the token rows
 //! [`crate::simd::pack_token_rows`] lays out, 32 bytes of a token per tile row. As in
