@@ -14,14 +14,18 @@
 //! Work is split into items of (KV head, tile of query tokens, range of key blocks); each
 //! item runs an online softmax (running max and sum, as in FlashAttention) over its
 //! blocks, converting each K/V block to f32 once for all the query rows of the tile
-//! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). When
-//! there are few query tokens (decode), the keys are split into spans of about
-//! [`SPLIT_KEYS`] or more and the partial results merged by their maxima and sums; the
-//! item that finishes a (head, tile)'s last span merges it, so merging is spread over the
-//! threads as the spans are.
+//! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). A
+//! prompt's f16 blocks go through the transposed-key kernel on AVX-512 (`avx2::attend_kt`),
+//! 16 query tokens an item. When there are few query tokens (decode), the keys are split
+//! at multiples of [`SPLIT_KEYS`] (more at long contexts) and the partial results merged
+//! by their maxima and sums; the item that finishes a (head, tile)'s last split merges
+//! it, so merging is spread over the threads as the splits are. Decode calls whose
+//! splits cover the same f16 blocks (a prefix their sequences share) are run as one unit
+//! that reads each such block once for all of them.
 //!
 //! How a call is cut depends on its shape and the block size alone, never on the thread
-//! count or on the other calls of a batch: a row's sums are formed in the same order on
+//! count or on the other calls of a batch, and each row goes through the same steps
+//! whether or not it shares its blocks: a row's sums are formed in the same order on
 //! any pool and in any batch.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,20 +39,26 @@ use crate::simd;
 pub const MAX_HEAD_DIM: usize = 256;
 /// Largest block size in tokens supported.
 pub const MAX_BLOCK_TOKENS: usize = 32;
-/// Query tokens per work item in prefill.
+/// Query tokens per work item in a call that splits its keys (few query tokens).
 const Q_TILE: usize = 4;
+/// Query tokens per work item in a call that does not split its keys (a prompt): each
+/// block is read and converted once for this many tokens' rows. A row's steps do not
+/// depend on which rows share its item, so this changes no result.
+const PROMPT_TILE: usize = 16;
 /// Largest number of query heads sharing one KV head.
 pub const MAX_GROUP: usize = 16;
 /// Calls of at most this many query tokens split their keys.
 pub const SPLIT_MAX_Q: usize = 2 * Q_TILE;
-/// Keys per split, about: a call of few query tokens splits `keys / SPLIT_KEYS` ways (at
-/// least 1, at most 32), each split whole blocks. Each split's partial result costs a
-/// merge step of one head row, against its keys' scores and values.
+/// Keys per split: a call of few query tokens cuts its keys at multiples of this (of a
+/// multiple of it past 32 splits), counted from key 0, so that sequences sharing a prefix
+/// cut it alike. Each split's partial result costs a merge step of one head row, against
+/// its keys' scores and values. The block size must divide it.
 pub const SPLIT_KEYS: usize = 64;
 /// Blocks of keys and values asked for ahead of use.
 const PREFETCH_BLOCKS: usize = 4;
-/// Most splits of one (KV head, query tile): bounds the scratch and the merge at long
-/// contexts (32 splits of 1,024 keys at 32k).
+/// Splits of one (KV head, query tile), at most (one more where the keys a call sees
+/// start off a split's edge): bounds the scratch and the merge at long contexts (32
+/// splits of 1,024 keys at 32k).
 const MAX_SPLITS: usize = 32;
 
 /// One layer's view of a sequence's cache blocks.
@@ -84,6 +94,15 @@ impl AttnShape {
         self.n_heads / self.n_kv_heads
     }
 
+    /// Query tokens per work item.
+    fn tile(&self) -> usize {
+        if splits_keys(self) {
+            Q_TILE
+        } else {
+            PROMPT_TILE
+        }
+    }
+
     /// The first key the query at position `pos` sees.
     fn first_key(&self, pos: usize) -> usize {
         self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
@@ -93,7 +112,7 @@ impl AttnShape {
 /// f32 scratch the caller must provide for [`attention`], in elements.
 pub fn scratch_len(shape: &AttnShape, head_dim: usize) -> usize {
     let (items, _, _) = plan(shape);
-    items * shape.group() * Q_TILE.min(shape.n_q.max(1)) * (head_dim + 2)
+    items * shape.group() * shape.tile().min(shape.n_q.max(1)) * (head_dim + 2)
 }
 
 /// Whether [`attention`] splits one query row's keys across work items for `shape` (it
@@ -105,18 +124,52 @@ pub fn splits_keys(shape: &AttnShape) -> bool {
     shape.n_q <= SPLIT_MAX_Q
 }
 
-/// Returns (work items, key splits per (head, tile), query tiles). A split takes an
-/// even share of whole blocks ([`run_item`]); where the blocks do not divide evenly a
-/// tile's last split may get none, and its empty partial rows are skipped by the merge.
+/// Returns (work items, key splits per (head, tile), query tiles). A call that splits
+/// its keys cuts them at multiples of [`split_width`] counted from key 0, so calls that
+/// see the same first keys cut them in the same places ([`attention_many`] reads such
+/// shared blocks once for all of them); a tile's split outside its keys gets no blocks,
+/// and its empty partial rows are skipped by the merge.
 fn plan(shape: &AttnShape) -> (usize, usize, usize) {
-    let q_tiles = shape.n_q.div_ceil(Q_TILE);
+    let q_tiles = shape.n_q.div_ceil(shape.tile());
     let base = shape.n_kv_heads * q_tiles;
+    if q_tiles == 0 {
+        return (0, 1, 0);
+    }
     let splits = if splits_keys(shape) {
-        ((shape.pos0 + shape.n_q) / SPLIT_KEYS).clamp(1, MAX_SPLITS)
+        let w = split_width(shape);
+        (shape.pos0 + shape.n_q - 1) / w - shape.first_key(shape.pos0) / w + 1
     } else {
         1
     };
     (base * splits, splits, q_tiles)
+}
+
+/// Keys per split of a call that splits its keys: [`SPLIT_KEYS`], times as much as keeps
+/// the keys the call sees within [`MAX_SPLITS`] splits (one more where they start off a
+/// split's edge).
+fn split_width(shape: &AttnShape) -> usize {
+    let seen = shape.pos0 + shape.n_q - shape.first_key(shape.pos0);
+    SPLIT_KEYS * seen.div_ceil(SPLIT_KEYS * MAX_SPLITS).max(1)
+}
+
+/// The blocks `b0..b1` (possibly none) that split `split` of query tile `tile` reads:
+/// the tile's blocks, from the one holding its first query's first key to the one
+/// holding its last query, cut at multiples of [`split_width`] when the call splits.
+fn split_blocks(shape: &AttnShape, bt: usize, tile: usize, split: usize) -> (usize, usize) {
+    let t0 = tile * shape.tile();
+    let nt = shape.tile().min(shape.n_q - t0);
+    let n_blocks = (shape.pos0 + t0 + nt - 1) / bt + 1;
+    let first_block = shape.first_key(shape.pos0 + t0) / bt;
+    if !splits_keys(shape) {
+        return (first_block, n_blocks);
+    }
+    let w = split_width(shape);
+    let s = shape.first_key(shape.pos0) / w + split;
+    let (b0, b1) = (
+        (s * w / bt).max(first_block),
+        ((s + 1) * w / bt).min(n_blocks),
+    );
+    (b0, b1.max(b0))
 }
 
 struct SyncPtr(*mut f32);
@@ -181,11 +234,11 @@ unsafe fn merge_group(
     out: *mut f32,
 ) {
     let g = shape.group();
-    let tq = Q_TILE.min(shape.n_q.max(1));
+    let tq = shape.tile().min(shape.n_q.max(1));
     let slot = g * tq * (hd + 2);
     let mut acc = [0.0f32; MAX_HEAD_DIM];
     let acc = &mut acc[..hd];
-    let t0 = tile * Q_TILE;
+    let t0 = tile * shape.tile();
     for ti in 0..tq.min(shape.n_q - t0) {
         for gi in 0..g {
             let row = ti * g + gi;
@@ -247,6 +300,22 @@ pub fn attention_many(pool: &ThreadPool, calls: &mut [AttnCall<'_>], scratch: &m
     attention_many_with(Isa::detect(), pool, calls, scratch);
 }
 
+/// How one call of [`attention_many`] is cut.
+#[derive(Clone, Copy)]
+struct CallPlan {
+    /// Its first work item, among all calls'.
+    first: usize,
+    /// Its first scratch element.
+    base: usize,
+    /// Key splits per (head, tile).
+    splits: usize,
+    q_tiles: usize,
+    /// Scratch elements per work item.
+    slot: usize,
+    /// Its first (head, tile) among all calls'.
+    group0: usize,
+}
+
 /// [`attention_many`] on a chosen instruction set.
 pub fn attention_many_with(
     isa: Isa,
@@ -254,16 +323,21 @@ pub fn attention_many_with(
     calls: &mut [AttnCall<'_>],
     scratch: &mut [f32],
 ) {
-    // Per call: (first item, first scratch element, splits, query tiles, slot, first
-    // (head, tile) group).
     let mut plans = Vec::with_capacity(calls.len());
     let (mut items, mut used, mut groups) = (0, 0, 0);
     for c in calls.iter() {
         check_call(c.q, &c.kv, &c.shape, c.out.len());
         let hd = c.kv.geom.head_dim;
         let (n, splits, q_tiles) = plan(&c.shape);
-        let slot = c.shape.group() * Q_TILE.min(c.shape.n_q.max(1)) * (hd + 2);
-        plans.push((items, used, splits, q_tiles, slot, groups));
+        let slot = c.shape.group() * c.shape.tile().min(c.shape.n_q.max(1)) * (hd + 2);
+        plans.push(CallPlan {
+            first: items,
+            base: used,
+            splits,
+            q_tiles,
+            slot,
+            group0: groups,
+        });
         items += n;
         used += n * slot;
         groups += n / splits;
@@ -277,57 +351,214 @@ pub fn attention_many_with(
         .collect();
     let ins: Vec<(&[f32], PagedKv<'_>, AttnShape)> =
         calls.iter().map(|c| (c.q, c.kv, c.shape)).collect();
+    let (members, units) = shared_units(&ins, &plans, items);
     let sp = SyncPtr(scratch.as_mut_ptr());
     let next = AtomicUsize::new(0);
+    // Item `it`: its call, and its (head, tile, split) there.
+    let locate = |it: usize| {
+        let ci = plans.partition_point(|p| p.first <= it) - 1;
+        let p = plans[ci];
+        let local = it - p.first;
+        let split = local % p.splits;
+        let tile = (local / p.splits) % p.q_tiles;
+        (ci, local, (local / p.splits / p.q_tiles, tile, split))
+    };
+    // Item `it`'s slot of the scratch.
+    // SAFETY (of callers): item `it` owns its slot, inside the length asserted, and only
+    // the one thread running the item's unit writes it.
+    let slot_of = |it: usize| {
+        let (ci, local, _) = locate(it);
+        let p = plans[ci];
+        unsafe { std::slice::from_raw_parts_mut(sp.get().add(p.base + local * p.slot), p.slot) }
+    };
+    // Releases item `it`'s slot; the last split of its (head, tile) acquires all of them
+    // and merges.
+    let finish = |it: usize| {
+        let (ci, local, (h, tile, split)) = locate(it);
+        let p = plans[ci];
+        let gi = p.group0 + local / p.splits;
+        if done[gi].fetch_add(1, Ordering::AcqRel) + 1 == p.splits {
+            let g0 = p.base + (local - split) * p.slot;
+            let (_, kv, shape) = &ins[ci];
+            // SAFETY: every split of this group has finished writing its slot (the
+            // counter says so, with acquire ordering); no item writes them again. The
+            // group's output rows are written by this merge alone.
+            unsafe {
+                let parts = std::slice::from_raw_parts(sp.get().add(g0), p.splits * p.slot);
+                merge_group(
+                    isa,
+                    shape,
+                    kv.geom.head_dim,
+                    (h, tile, p.splits),
+                    parts,
+                    outs[ci].get(),
+                );
+            }
+        }
+    };
     pool.run(|_| {
         let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
         let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
         loop {
-            let it = next.fetch_add(1, Ordering::Relaxed);
-            if it >= items {
+            let u = next.fetch_add(1, Ordering::Relaxed);
+            if u >= units.len() {
                 break;
             }
-            let ci = plans.partition_point(|p| p.0 <= it) - 1;
-            let (first, base, splits, q_tiles, slot, group0) = plans[ci];
-            let local = it - first;
-            let split = local % splits;
-            let tile = (local / splits) % q_tiles;
-            let h = local / splits / q_tiles;
-            // SAFETY: item `it` owns its slot of the scratch, inside the length asserted.
-            let part =
-                unsafe { std::slice::from_raw_parts_mut(sp.get().add(base + local * slot), slot) };
+            let unit = &members[units[u].0 as usize..][..units[u].1 as usize];
+            if let [it] = *unit {
+                let (ci, _, hts) = locate(it as usize);
+                let (q, kv, shape) = &ins[ci];
+                run_item(
+                    isa,
+                    q,
+                    kv,
+                    shape,
+                    hts,
+                    slot_of(it as usize),
+                    &mut kf,
+                    &mut vf,
+                );
+            } else {
+                run_shared(isa, unit, &ins, &locate, &slot_of, (&mut kf, &mut vf));
+            }
+            for &it in unit {
+                finish(it as usize);
+            }
+        }
+    });
+}
+
+/// The f16 block `b`'s address, the key calls are matched by for sharing.
+fn f16_addr(b: &KvBlock<'_>) -> Option<usize> {
+    match b {
+        KvBlock::F16(x) => Some(x.as_ptr() as usize),
+        _ => None,
+    }
+}
+
+/// Cuts the work items into units for the threads: `members` lists items, `units` runs
+/// of it (start, length). A unit of several items is one split of one KV head in calls
+/// of one query token each whose blocks there are the same f16 blocks (a prefix they
+/// share): [`run_shared`] reads each block once for all of them. Every other item is a
+/// unit alone. Each row goes through the same steps either way, so the results do not
+/// depend on what shares.
+fn shared_units(
+    ins: &[(&[f32], PagedKv<'_>, AttnShape)],
+    plans: &[CallPlan],
+    items: usize,
+) -> (Vec<u32>, Vec<(u32, u32)>) {
+    let mut taken = vec![false; items];
+    let mut members = Vec::with_capacity(items);
+    let mut units = Vec::with_capacity(items);
+    // Calls that may share, by their first block: one query token, no window.
+    let mut cand: Vec<(usize, usize)> = ins
+        .iter()
+        .enumerate()
+        .filter(|(ci, (_, _, sh))| sh.n_q == 1 && sh.window.is_none() && plans[*ci].splits > 1)
+        .filter_map(|(ci, (_, kv, _))| f16_addr(&kv.blocks[0]).map(|a| (a, ci)))
+        .collect();
+    cand.sort_unstable();
+    for run in cand.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+        let (_, lkv, lsh) = &ins[run[0].1];
+        let bt = lkv.geom.block_tokens;
+        let w = split_width(lsh);
+        let blocks_of = |sh: &AttnShape| (sh.pos0 + sh.n_q - 1) / bt + 1;
+        // (blocks shared with the first call, call), most first.
+        let mut common: Vec<(usize, usize)> = run
+            .iter()
+            .map(|&(_, ci)| {
+                let (_, kv, sh) = &ins[ci];
+                if split_width(sh) != w || kv.geom != lkv.geom || kv.layer != lkv.layer {
+                    return (0, ci);
+                }
+                let n = blocks_of(sh).min(blocks_of(lsh));
+                let same = (0..n)
+                    .take_while(|&i| {
+                        f16_addr(&kv.blocks[i]).is_some()
+                            && f16_addr(&kv.blocks[i]) == f16_addr(&lkv.blocks[i])
+                    })
+                    .count();
+                (same, ci)
+            })
+            .collect();
+        common.sort_unstable_by(|a, b| b.cmp(a));
+        let wb = w / bt;
+        for h in 0..lsh.n_kv_heads {
+            for s in 0.. {
+                // Split s is the blocks s·wb..(s+1)·wb of every call sharing them all.
+                let k = common.partition_point(|c| c.0 >= (s + 1) * wb);
+                if k < 2 {
+                    break;
+                }
+                let start = members.len();
+                for &(_, ci) in &common[..k] {
+                    // One tile: item h · splits + s of the call.
+                    let it = plans[ci].first + h * plans[ci].splits + s;
+                    taken[it] = true;
+                    members.push(it as u32);
+                }
+                units.push((start as u32, (members.len() - start) as u32));
+            }
+        }
+    }
+    for (it, _) in taken.iter().enumerate().filter(|(_, t)| !**t) {
+        units.push((members.len() as u32, 1));
+        members.push(it as u32);
+    }
+    (members, units)
+}
+
+/// One unit of several items ([`shared_units`]): the same blocks of the same KV head,
+/// read and converted once, then each item's rows through them as [`run_item`] would.
+fn run_shared<'s>(
+    isa: Isa,
+    unit: &[u32],
+    ins: &[(&[f32], PagedKv<'_>, AttnShape)],
+    locate: &dyn Fn(usize) -> (usize, usize, (usize, usize, usize)),
+    slot_of: &dyn Fn(usize) -> &'s mut [f32],
+    (kf, vf): (&mut [f32], &mut [f32]),
+) {
+    let (lead, _, (h, tile, split)) = locate(unit[0] as usize);
+    let (_, lkv, lsh) = &ins[lead];
+    let (hd, bt) = (lkv.geom.head_dim, lkv.geom.block_tokens);
+    let (b0, b1) = split_blocks(lsh, bt, tile, split);
+    for &it in unit {
+        let (ci, _, _) = locate(it as usize);
+        init_part(slot_of(it as usize), ins[ci].2.group(), hd);
+    }
+    let mut sc = RowScratch::new();
+    for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
+        head_rows(lkv, b, h, bt).prefetch();
+    }
+    for b in b0..b1 {
+        if b + PREFETCH_BLOCKS < b1 {
+            head_rows(lkv, b + PREFETCH_BLOCKS, h, bt).prefetch();
+        }
+        // Every call sees the whole block but maybe the last one's latest keys.
+        let nk = unit
+            .iter()
+            .map(|&it| tile_keys(&ins[locate(it as usize).0].2, bt, 0, b))
+            .max()
+            .unwrap_or(bt);
+        let codes = load_block(isa, lkv, b, h, nk, kf, vf, &mut sc.ksm, &mut sc.vsm);
+        debug_assert!(!codes, "only f16 blocks are shared");
+        for &it in unit {
+            let (ci, _, (_, tile, _)) = locate(it as usize);
             let (q, kv, shape) = &ins[ci];
-            run_item(
+            let keys = tile_keys(shape, bt, tile, b);
+            block_rows(
                 isa,
                 q,
                 kv,
                 shape,
-                (h, tile, split, splits),
-                part,
-                &mut kf,
-                &mut vf,
+                (b, h, 0, 1, keys),
+                false,
+                (kf, vf),
+                &mut sc,
+                slot_of(it as usize),
             );
-            // Release this item's slot; the last of the group acquires all of them.
-            let gi = group0 + local / splits;
-            if done[gi].fetch_add(1, Ordering::AcqRel) + 1 == splits {
-                let g0 = base + (local - split) * slot;
-                // SAFETY: every split of this group has finished writing its slot (the
-                // counter says so, with acquire ordering); no item writes them again. The
-                // group's output rows are written by this merge alone.
-                unsafe {
-                    let parts = std::slice::from_raw_parts(sp.get().add(g0), splits * slot);
-                    merge_group(
-                        isa,
-                        shape,
-                        kv.geom.head_dim,
-                        (h, tile, splits),
-                        parts,
-                        outs[ci].get(),
-                    );
-                }
-            }
         }
-    });
+    }
 }
 
 /// Checks one call's shapes (see [`attention`]'s panics).
@@ -338,6 +569,10 @@ fn check_call(q: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, out_len: usize) {
     assert_eq!(kv.geom.n_kv_heads, shape.n_kv_heads);
     assert!(kv.layer < kv.geom.n_layers);
     assert!(hd <= MAX_HEAD_DIM && bt <= MAX_BLOCK_TOKENS && (1..=MAX_GROUP).contains(&g));
+    assert!(
+        bt > 0 && SPLIT_KEYS.is_multiple_of(bt),
+        "attention: blocks must divide a split"
+    );
     assert_eq!(shape.n_heads % shape.n_kv_heads, 0);
     let n_keys = shape.pos0 + shape.n_q;
     assert!(
@@ -348,6 +583,59 @@ fn check_call(q: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, out_len: usize) {
     assert!(q.len() >= n && out_len >= n, "attention: buffers too short");
 }
 
+/// Query tokens `t0..t0 + nt` of tile `tile`.
+fn tile_tokens(shape: &AttnShape, tile: usize) -> (usize, usize) {
+    let t0 = tile * shape.tile();
+    (t0, shape.tile().min(shape.n_q - t0))
+}
+
+/// Keys of block `b` that tile `tile` reads: up to its last query's position.
+fn tile_keys(shape: &AttnShape, bt: usize, tile: usize, b: usize) -> usize {
+    let (t0, nt) = tile_tokens(shape, tile);
+    bt.min(shape.pos0 + t0 + nt - b * bt)
+}
+
+/// Every row's `[max, sum, acc]` of a work item's slot set to the empty softmax.
+fn init_part(part: &mut [f32], rows: usize, hd: usize) {
+    for p in part[..rows * (hd + 2)].chunks_exact_mut(hd + 2) {
+        p[0] = f32::NEG_INFINITY;
+        p[1] = 0.0;
+        p[2..].iter_mut().for_each(|v| *v = 0.0);
+    }
+}
+
+/// The keys `skip..end` of a block starting at key `j0` (of which `nk` are read) that
+/// query token `t` of the call sees, if any: up to its own position, and under a window
+/// not before its first key.
+fn seen_keys(shape: &AttnShape, t: usize, j0: usize, nk: usize) -> Option<(usize, usize)> {
+    let limit = shape.pos0 + t; // last key this query token may see
+    if limit < j0 {
+        return None;
+    }
+    let end = nk.min(limit + 1 - j0);
+    let skip = shape.first_key(limit).saturating_sub(j0);
+    (skip < end).then_some((skip, end))
+}
+
+/// A work item's stack scratch for [`block_rows`].
+struct RowScratch {
+    scores: [f32; MAX_BLOCK_TOKENS],
+    ksm: [f32; 2 * MAX_HEAD_DIM],
+    vsm: [f32; kvquant::V_SCALES],
+    qs: [f32; MAX_HEAD_DIM],
+}
+
+impl RowScratch {
+    fn new() -> Self {
+        RowScratch {
+            scores: [0.0; MAX_BLOCK_TOKENS],
+            ksm: [0.0; 2 * MAX_HEAD_DIM],
+            vsm: [0.0; kvquant::V_SCALES],
+            qs: [0.0; MAX_HEAD_DIM],
+        }
+    }
+}
+
 /// One work item: rows = (query token in tile) × (query head in group); writes per row
 /// `[max, sum, acc[head_dim]]` into `part`.
 #[allow(clippy::too_many_arguments)]
@@ -356,108 +644,205 @@ fn run_item(
     q: &[f32],
     kv: &PagedKv<'_>,
     shape: &AttnShape,
-    (h, tile, split, splits): (usize, usize, usize, usize),
+    (h, tile, split): (usize, usize, usize),
     part: &mut [f32],
     kf: &mut [f32],
     vf: &mut [f32],
 ) {
     let hd = kv.geom.head_dim;
     let bt = kv.geom.block_tokens;
-    let g = shape.group();
-    let t0 = tile * Q_TILE;
-    let nt = Q_TILE.min(shape.n_q - t0);
-    let rows = nt * g;
-    // Keys this tile can see at most (from its first query's first key, under a
-    // window), then this split's share of their blocks.
-    let last_key = shape.pos0 + t0 + nt - 1;
-    let n_blocks = last_key / bt + 1;
-    let first_block = shape.first_key(shape.pos0 + t0) / bt;
-    let span = n_blocks - first_block;
-    let per = span.div_ceil(splits);
-    let (b0, b1) = (
-        first_block + (split * per).min(span),
-        first_block + ((split + 1) * per).min(span),
-    );
-    for r in 0..rows {
-        let p = &mut part[r * (hd + 2)..(r + 1) * (hd + 2)];
-        p[0] = f32::NEG_INFINITY;
-        p[1] = 0.0;
-        p[2..].iter_mut().for_each(|v| *v = 0.0);
-    }
-    let mut scores = [0.0f32; MAX_BLOCK_TOKENS];
-    let mut ksm = [0.0f32; 2 * MAX_HEAD_DIM];
-    let mut vsm = [0.0f32; kvquant::V_SCALES];
-    let mut qs = [0.0f32; MAX_HEAD_DIM];
+    let (t0, nt) = tile_tokens(shape, tile);
+    let (b0, b1) = split_blocks(shape, bt, tile, split);
+    init_part(part, nt * shape.group(), hd);
+    let mut sc = RowScratch::new();
+    let keys_of = |b: usize| tile_keys(shape, bt, tile, b);
+    // Few query rows (decode) would pay the transpose for three to seven rows a block:
+    // measured slower than the row kernel, so only prompts take it.
+    let kt = !splits_keys(shape) && kt_path(isa, hd, bt);
     // Blocks lie apart in memory, each too short for the hardware to see a stream: ask
     // for the first few at once, then keep that many ahead.
-    // Keys of block `b` this tile reads.
-    let keys_of = |b: usize| bt.min(last_key + 1 - b * bt);
     for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
         head_rows(kv, b, h, keys_of(b)).prefetch();
     }
     for b in b0..b1 {
-        let j0 = b * bt;
         let nk = keys_of(b);
         if b + PREFETCH_BLOCKS < b1 {
             let ahead = b + PREFETCH_BLOCKS;
             head_rows(kv, ahead, h, keys_of(ahead)).prefetch();
         }
-        let codes = load_block(isa, kv, b, h, nk, kf, vf, &mut ksm, &mut vsm);
+        if kt && attend_block_kt(q, kv, shape, (b, h, t0, nt, nk), part, kf, vf) {
+            continue;
+        }
+        let codes = load_block(isa, kv, b, h, nk, kf, vf, &mut sc.ksm, &mut sc.vsm);
+        block_rows(
+            isa,
+            q,
+            kv,
+            shape,
+            (b, h, t0, nt, nk),
+            codes,
+            (kf, vf),
+            &mut sc,
+            part,
+        );
+    }
+}
+
+/// The rows of one tile (tokens `t0..t0 + nt`, KV head `h`'s query heads) through block
+/// `b`, its first `nk` keys already converted into `kf`/`vf` (or left as codes, with
+/// their scales in `sc`), each row through its visible keys alone.
+#[allow(clippy::too_many_arguments)]
+fn block_rows(
+    isa: Isa,
+    q: &[f32],
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    (b, h, t0, nt, nk): (usize, usize, usize, usize, usize),
+    codes: bool,
+    (kf, vf): (&[f32], &[f32]),
+    sc: &mut RowScratch,
+    part: &mut [f32],
+) {
+    let hd = kv.geom.head_dim;
+    let g = shape.group();
+    let j0 = b * kv.geom.block_tokens;
+    for ti in 0..nt {
+        let Some((skip, end)) = seen_keys(shape, t0 + ti, j0, nk) else {
+            continue;
+        };
+        let nv = end - skip;
+        let (kf, vf) = (&kf[skip * hd..], &vf[skip * hd..]);
+        if !codes && attend_grouped(isa, q, (h, t0 + ti, ti), shape, (kf, vf), (hd, nv), part) {
+            continue;
+        }
+        for gi in 0..g {
+            let head = h * g + gi;
+            let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
+            let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
+            if codes {
+                // Key scales folded into the query: q·(c·s + m) = (q⊙s)·c + q·m.
+                for ((o, &x), &s) in sc.qs.iter_mut().zip(qr).zip(&sc.ksm[..hd]) {
+                    *o = x * s;
+                }
+                let bias = simd::dot_f32(isa, qr, &sc.ksm[hd..2 * hd]);
+                let per_row = 2 * hd / kvquant::V_GROUP;
+                let vs = &sc.vsm[skip * per_row..end * per_row];
+                let done = attend_fast(
+                    isa,
+                    &sc.qs[..hd],
+                    bias,
+                    kf,
+                    vf,
+                    Some(vs),
+                    nv,
+                    shape.scale,
+                    p,
+                );
+                debug_assert!(done, "codes are only loaded for the fused kernel");
+                continue;
+            }
+            if attend_fast(isa, qr, 0.0, kf, vf, None, nv, shape.scale, p) {
+                continue;
+            }
+            let scores = &mut sc.scores;
+            let mut bmax = f32::NEG_INFINITY;
+            for j in 0..nv {
+                let s = simd::dot_f32(isa, qr, &kf[j * hd..(j + 1) * hd]) * shape.scale;
+                scores[j] = s;
+                bmax = bmax.max(s);
+            }
+            let m_new = p[0].max(bmax);
+            if p[1] > 0.0 {
+                let c = (p[0] - m_new).exp();
+                p[1] *= c;
+                p[2..].iter_mut().for_each(|v| *v *= c);
+            }
+            p[0] = m_new;
+            p[1] += simd::exp_sub_sum(isa, &mut scores[..nv], m_new);
+            for j in 0..nv {
+                simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
+            }
+        }
+    }
+}
+
+/// Whether f16 blocks of this shape take the transposed-key kernel
+/// (`avx2::attend_kt`): 16-token blocks, heads 64 or 128 wide, on AVX-512. Gemma 3's
+/// 256-wide heads keep `attend_group`: through this kernel its teacher-forced
+/// log-probabilities moved from 0.24 to 0.47 at most from llama.cpp's (engine.md).
+fn kt_path(isa: Isa, hd: usize, bt: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        use simd::avx2::attend_kt::{KT_KEYS, available};
+        return bt == KT_KEYS && (hd == 64 || hd == 128) && available();
+    }
+    let _ = (isa, hd, bt);
+    false
+}
+
+/// Block `b` of KV head `h` for every row of the tile (tokens `t0..t0 + nt`, their `g`
+/// heads each) that sees one of its `nk` keys, through the transposed-key kernel, if the
+/// block is f16 (`false`: not handled, nothing done). Rows go through in fours; a row's
+/// steps do not depend on which rows share its four.
+#[allow(clippy::too_many_arguments)]
+fn attend_block_kt(
+    q: &[f32],
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    (b, h, t0, nt, nk): (usize, usize, usize, usize, usize),
+    part: &mut [f32],
+    kf: &mut [f32],
+    vf: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::avx2::attend_kt::{KtRow, ROWS, attend_kt, kt_block};
+        let HeadRows::F16 { k, v } = head_rows(kv, b, h, nk) else {
+            return false;
+        };
+        let (hd, g) = (kv.geom.head_dim, shape.group());
+        let j0 = b * kv.geom.block_tokens;
+        let mut rows = [KtRow::default(); PROMPT_TILE * MAX_GROUP];
+        let mut n = 0;
         for ti in 0..nt {
-            let limit = shape.pos0 + t0 + ti; // last key this query token may see
-            if limit < j0 {
+            let Some((skip, end)) = seen_keys(shape, t0 + ti, j0, nk) else {
                 continue;
-            }
-            let end = nk.min(limit + 1 - j0);
-            // Under a window the block's first `skip` keys are out of this query's sight.
-            let skip = shape.first_key(limit).saturating_sub(j0);
-            if skip >= end {
-                continue;
-            }
-            let nv = end - skip;
-            let (kf, vf) = (&kf[skip * hd..], &vf[skip * hd..]);
-            if !codes && attend_grouped(isa, q, (h, t0 + ti, ti), shape, (kf, vf), (hd, nv), part) {
-                continue;
-            }
+            };
+            let mask = (((1u32 << end) - 1) & !((1u32 << skip) - 1)) as u16;
             for gi in 0..g {
-                let head = h * g + gi;
-                let qr = &q[((t0 + ti) * shape.n_heads + head) * hd..][..hd];
-                let p = &mut part[(ti * g + gi) * (hd + 2)..][..hd + 2];
-                if codes {
-                    // Key scales folded into the query: q·(c·s + m) = (q⊙s)·c + q·m.
-                    for ((o, &x), &sc) in qs.iter_mut().zip(qr).zip(&ksm[..hd]) {
-                        *o = x * sc;
-                    }
-                    let bias = simd::dot_f32(isa, qr, &ksm[hd..2 * hd]);
-                    let per_row = 2 * hd / kvquant::V_GROUP;
-                    let vs = &vsm[skip * per_row..end * per_row];
-                    let done =
-                        attend_fast(isa, &qs[..hd], bias, kf, vf, Some(vs), nv, shape.scale, p);
-                    debug_assert!(done, "codes are only loaded for the fused kernel");
-                    continue;
-                }
-                if attend_fast(isa, qr, 0.0, kf, vf, None, nv, shape.scale, p) {
-                    continue;
-                }
-                let mut bmax = f32::NEG_INFINITY;
-                for j in 0..nv {
-                    let s = simd::dot_f32(isa, qr, &kf[j * hd..(j + 1) * hd]) * shape.scale;
-                    scores[j] = s;
-                    bmax = bmax.max(s);
-                }
-                let m_new = p[0].max(bmax);
-                if p[1] > 0.0 {
-                    let c = (p[0] - m_new).exp();
-                    p[1] *= c;
-                    p[2..].iter_mut().for_each(|v| *v *= c);
-                }
-                p[0] = m_new;
-                p[1] += simd::exp_sub_sum(isa, &mut scores[..nv], m_new);
-                for j in 0..nv {
-                    simd::axpy(isa, scores[j], &vf[j * hd..(j + 1) * hd], &mut p[2..]);
+                rows[n] = KtRow {
+                    q: ((t0 + ti) * shape.n_heads + h * g + gi) * hd,
+                    part: (ti * g + gi) * (hd + 2),
+                    mask,
+                };
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return true;
+        }
+        // SAFETY: kt_path checked AVX-512, hd a multiple of 64 up to
+        // MAX_HEAD_DIM, 16-key blocks; k and v hold nk rows; kf and vf hold 16 rows of
+        // MAX_HEAD_DIM; every row's query and part lie inside q and part (check_call and
+        // run_item's slot), parts are distinct, masks non-empty and below nk.
+        unsafe {
+            kt_block(k, v, nk, hd, kf, vf);
+            let (kf, vf) = (&*kf, &*vf);
+            for c in rows[..n].chunks(ROWS) {
+                match c.len() {
+                    4 => attend_kt::<4>(q, c, kf, vf, hd, shape.scale, part),
+                    3 => attend_kt::<3>(q, c, kf, vf, hd, shape.scale, part),
+                    2 => attend_kt::<2>(q, c, kf, vf, hd, shape.scale, part),
+                    _ => attend_kt::<1>(q, c, kf, vf, hd, shape.scale, part),
                 }
             }
         }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, kv, shape, b, h, t0, nt, nk, part, kf, vf);
+        false
     }
 }
 
@@ -630,4 +1015,107 @@ fn attend_fast(
     }
     let _ = (isa, q, bias, kf, vf, vsm, nv, scale, p);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode calls over a prefix of shared blocks: those that share whole splits are
+    /// put in units together, split by split. (That their outputs are still their own
+    /// bits is `simd_equals_portable`'s test.)
+    #[test]
+    fn decode_calls_sharing_whole_splits_of_prefix_blocks_share_units() {
+        let (bt, n_kv) = (16usize, 3usize);
+        let geom = BlockGeom {
+            n_layers: 1,
+            n_kv_heads: n_kv,
+            head_dim: 64,
+            block_tokens: bt,
+        };
+        let data: Vec<Vec<u16>> = (0..24).map(|_| vec![0u16; 2 * n_kv * bt * 64]).collect();
+        let (shared, own) = data.split_at(12);
+        // (shared blocks, own blocks, keys, query tokens): two at the same depth, one
+        // leaving the prefix at block 10, one at 6, one on its own, one of three query
+        // tokens (never shared), one within a single split.
+        let seqs = [
+            (12usize, 2usize, 12 * bt + 20, 1usize),
+            (12, 2, 12 * bt + 20, 1),
+            (10, 1, 10 * bt + 3, 1),
+            (6, 3, 6 * bt + 40, 1),
+            (0, 8, 8 * bt - 1, 1),
+            (12, 1, 12 * bt + 2, 3),
+            (3, 0, 3 * bt, 1),
+        ];
+        let views: Vec<Vec<KvBlock<'_>>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(ns, no, _, _))| {
+                let mut v: Vec<KvBlock<'_>> =
+                    shared[..ns].iter().map(|b| KvBlock::F16(b)).collect();
+                v.extend(own[i..i + no].iter().map(|b| KvBlock::F16(b)));
+                v
+            })
+            .collect();
+        let q = vec![0.0f32; 3 * 9 * 64];
+        let mut plans = Vec::new();
+        let mut items = 0;
+        let ins: Vec<_> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, _, keys, n_q))| {
+                let shape = AttnShape {
+                    n_q,
+                    pos0: keys - n_q,
+                    n_heads: 9,
+                    n_kv_heads: n_kv,
+                    scale: 0.125,
+                    window: None,
+                };
+                let (n, splits, q_tiles) = plan(&shape);
+                plans.push(CallPlan {
+                    first: items,
+                    base: 0,
+                    splits,
+                    q_tiles,
+                    slot: 0,
+                    group0: 0,
+                });
+                items += n;
+                let kv = PagedKv {
+                    blocks: &views[i],
+                    geom,
+                    layer: 0,
+                };
+                (&q[..], kv, shape)
+            })
+            .collect();
+        let (members, units) = shared_units(&ins, &plans, items);
+        // Every item once.
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        assert!(sorted.iter().enumerate().all(|(i, &m)| m as usize == i));
+        let call_of = |it: u32| plans.partition_point(|p| p.first <= it as usize) - 1;
+        let mut got: Vec<Vec<usize>> = units
+            .iter()
+            .filter(|u| u.1 > 1)
+            .map(|u| {
+                let mut c: Vec<usize> = members[u.0 as usize..][..u.1 as usize]
+                    .iter()
+                    .map(|&m| call_of(m))
+                    .collect();
+                c.sort_unstable();
+                c
+            })
+            .collect();
+        got.sort_unstable();
+        // 64-key splits are 4 blocks: blocks 0..4 are shared by calls 0-3, 4..8 by 0-2
+        // (call 3 leaves at block 6), 8..12 by 0 and 1 (call 2's prefix ends at 10); one
+        // unit per KV head.
+        let mut want = Vec::new();
+        for c in [vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3]] {
+            want.extend(std::iter::repeat_n(c, n_kv));
+        }
+        assert_eq!(got, want);
+    }
 }

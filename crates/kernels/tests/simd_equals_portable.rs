@@ -518,47 +518,122 @@ fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bi
         .iter()
         .map(|s| rng.vec(s.n_q * n_heads * hd))
         .collect();
+    for layer in 0..2 {
+        many_equals_alone(&pool, &views, geom, layer, &shapes, &qs);
+    }
+}
+
+/// Every call of `attention_many` over these views, shapes and queries, on every ISA,
+/// equals the same call alone, bit for bit (and is finite and non-zero).
+fn many_equals_alone(
+    pool: &ThreadPool,
+    views: &[Vec<KvBlock<'_>>],
+    geom: BlockGeom,
+    layer: usize,
+    shapes: &[AttnShape],
+    qs: &[Vec<f32>],
+) {
+    let hd = geom.head_dim;
+    let kv = |i: usize| PagedKv {
+        blocks: &views[i],
+        geom,
+        layer,
+    };
     for isa in Isa::available() {
-        for layer in 0..2 {
-            let kv = |i: usize| PagedKv {
-                blocks: &views[i],
-                geom,
-                layer,
-            };
-            let mut outs: Vec<Vec<f32>> = qs.iter().map(|q| vec![0.0; q.len()]).collect();
-            let mut scratch = vec![0.0f32; scratch_len_many(&shapes, hd)];
-            let mut calls: Vec<AttnCall<'_>> = outs
-                .iter_mut()
-                .enumerate()
-                .map(|(i, out)| AttnCall {
-                    q: &qs[i],
-                    kv: kv(i),
-                    shape: shapes[i],
-                    out,
-                })
-                .collect();
-            attention_many_with(isa, &pool, &mut calls, &mut scratch);
-            for (i, got) in outs.iter().enumerate() {
-                let mut one = vec![0.0f32; got.len()];
-                let mut scratch = vec![0.0f32; scratch_len(&shapes[i], hd)];
-                attention_with(
-                    isa,
-                    &pool,
-                    &qs[i],
-                    &kv(i),
-                    &shapes[i],
-                    &mut scratch,
-                    &mut one,
-                );
-                assert!(
-                    got.iter()
-                        .zip(&one)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{isa:?} layer {layer} sequence {i}: batched differs from alone"
-                );
-                assert!(got.iter().all(|x| x.is_finite() && *x != 0.0));
-            }
+        let mut outs: Vec<Vec<f32>> = qs.iter().map(|q| vec![0.0; q.len()]).collect();
+        let mut scratch = vec![0.0f32; scratch_len_many(shapes, hd)];
+        let mut calls: Vec<AttnCall<'_>> = outs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, out)| AttnCall {
+                q: &qs[i],
+                kv: kv(i),
+                shape: shapes[i],
+                out,
+            })
+            .collect();
+        attention_many_with(isa, pool, &mut calls, &mut scratch);
+        for (i, got) in outs.iter().enumerate() {
+            let mut one = vec![0.0f32; got.len()];
+            let mut scratch = vec![0.0f32; scratch_len(&shapes[i], hd)];
+            attention_with(
+                isa,
+                pool,
+                &qs[i],
+                &kv(i),
+                &shapes[i],
+                &mut scratch,
+                &mut one,
+            );
+            assert!(
+                got.iter()
+                    .zip(&one)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa:?} layer {layer} sequence {i}: batched differs from alone"
+            );
+            assert!(got.iter().all(|x| x.is_finite() && *x != 0.0));
         }
+    }
+}
+
+/// Decode calls over a prefix of shared f16 blocks (as sequences attached to one prompt's
+/// blocks are), at several depths, one leaving the prefix early, one with blocks of its
+/// own and one of three query tokens: those that share whole splits are read once for
+/// all (the kernel's own test checks which), and each still gets its bits alone.
+#[test]
+fn decode_calls_sharing_prefix_blocks_get_the_bits_they_get_alone() {
+    let pool = ThreadPool::new(3).unwrap();
+    let mut rng = Rng(41);
+    let (hd, bt, n_kv, n_heads) = (64usize, 16usize, 3usize, 9usize);
+    let geom = BlockGeom {
+        n_layers: 2,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        block_tokens: bt,
+    };
+    let mut block = || -> Vec<u16> {
+        (0..2 * 2 * n_kv * bt * hd)
+            .map(|_| half::f16::from_f32(rng.f32()).to_bits())
+            .collect()
+    };
+    let shared: Vec<Vec<u16>> = (0..12).map(|_| block()).collect();
+    let own: Vec<Vec<u16>> = (0..12).map(|_| block()).collect();
+    // (shared blocks, own blocks, keys, query tokens)
+    let seqs = [
+        (12usize, 2usize, 12 * bt + 20, 1usize),
+        (12, 2, 12 * bt + 20, 1),
+        (10, 1, 10 * bt + 3, 1),
+        (6, 3, 6 * bt + 40, 1),
+        (0, 8, 8 * bt - 1, 1),
+        (12, 1, 12 * bt + 2, 3),
+        (3, 0, 3 * bt, 1),
+    ];
+    let views: Vec<Vec<KvBlock<'_>>> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, &(ns, no, _, _))| {
+            let mut v: Vec<KvBlock<'_>> = shared[..ns].iter().map(|b| KvBlock::F16(b)).collect();
+            v.extend(own[i..i + no].iter().map(|b| KvBlock::F16(b)));
+            v
+        })
+        .collect();
+    let shapes: Vec<AttnShape> = seqs
+        .iter()
+        .map(|&(_, _, keys, n_q)| AttnShape {
+            n_q,
+            pos0: keys - n_q,
+            n_heads,
+            n_kv_heads: n_kv,
+            scale: 0.125,
+            window: None,
+        })
+        .collect();
+    let qs: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|s| rng.vec(s.n_q * n_heads * hd))
+        .collect();
+    for layer in 0..2 {
+        many_equals_alone(&pool, &views, geom, layer, &shapes, &qs);
     }
 }
 

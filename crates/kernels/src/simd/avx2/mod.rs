@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 
 mod amx;
 mod attend_group;
+pub(crate) mod attend_kt;
 mod brows;
 mod gemm;
 mod kgemm;
