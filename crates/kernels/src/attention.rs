@@ -399,6 +399,7 @@ pub fn attention_many_with(
     pool.run(|_| {
         let mut kf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
         let mut vf = [0.0f32; MAX_BLOCK_TOKENS * MAX_HEAD_DIM];
+        let mut sc = RowScratch::new();
         loop {
             let u = next.fetch_add(1, Ordering::Relaxed);
             if u >= units.len() {
@@ -415,11 +416,17 @@ pub fn attention_many_with(
                     shape,
                     hts,
                     slot_of(it as usize),
-                    &mut kf,
-                    &mut vf,
+                    (&mut kf, &mut vf, &mut sc),
                 );
             } else {
-                run_shared(isa, unit, &ins, &locate, &slot_of, (&mut kf, &mut vf));
+                run_shared(
+                    isa,
+                    unit,
+                    &ins,
+                    &locate,
+                    &slot_of,
+                    (&mut kf, &mut vf, &mut sc),
+                );
             }
             for &it in unit {
                 finish(it as usize);
@@ -516,7 +523,7 @@ fn run_shared<'s>(
     ins: &[(&[f32], PagedKv<'_>, AttnShape)],
     locate: &dyn Fn(usize) -> (usize, usize, (usize, usize, usize)),
     slot_of: &dyn Fn(usize) -> &'s mut [f32],
-    (kf, vf): (&mut [f32], &mut [f32]),
+    (kf, vf, sc): (&mut [f32], &mut [f32], &mut RowScratch),
 ) {
     let (lead, _, (h, tile, split)) = locate(unit[0] as usize);
     let (_, lkv, lsh) = &ins[lead];
@@ -526,7 +533,6 @@ fn run_shared<'s>(
         let (ci, _, _) = locate(it as usize);
         init_part(slot_of(it as usize), ins[ci].2.group(), hd);
     }
-    let mut sc = RowScratch::new();
     for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
         head_rows(lkv, b, h, bt).prefetch();
     }
@@ -554,7 +560,7 @@ fn run_shared<'s>(
                 (b, h, 0, 1, keys),
                 false,
                 (kf, vf),
-                &mut sc,
+                sc,
                 slot_of(it as usize),
             );
         }
@@ -646,15 +652,13 @@ fn run_item(
     shape: &AttnShape,
     (h, tile, split): (usize, usize, usize),
     part: &mut [f32],
-    kf: &mut [f32],
-    vf: &mut [f32],
+    (kf, vf, sc): (&mut [f32], &mut [f32], &mut RowScratch),
 ) {
     let hd = kv.geom.head_dim;
     let bt = kv.geom.block_tokens;
     let (t0, nt) = tile_tokens(shape, tile);
     let (b0, b1) = split_blocks(shape, bt, tile, split);
     init_part(part, nt * shape.group(), hd);
-    let mut sc = RowScratch::new();
     let keys_of = |b: usize| tile_keys(shape, bt, tile, b);
     // Few query rows (decode) would pay the transpose for three to seven rows a block:
     // measured slower than the row kernel, so only prompts take it.
@@ -682,7 +686,7 @@ fn run_item(
             (b, h, t0, nt, nk),
             codes,
             (kf, vf),
-            &mut sc,
+            sc,
             part,
         );
     }
