@@ -53,7 +53,7 @@ pub const SPLIT_MAX_Q: usize = 2 * Q_TILE;
 /// multiple of it past 32 splits), counted from key 0, so that sequences sharing a prefix
 /// cut it alike. Each split's partial result costs a merge step of one head row, against
 /// its keys' scores and values. The block size must divide it.
-pub const SPLIT_KEYS: usize = 64;
+pub const SPLIT_KEYS: usize = 128;
 /// Blocks of keys and values asked for ahead of use.
 const PREFETCH_BLOCKS: usize = 4;
 /// Splits of one (KV head, query tile), at most (one more where the keys a call sees
@@ -1037,19 +1037,23 @@ mod tests {
             head_dim: 64,
             block_tokens: bt,
         };
-        let data: Vec<Vec<u16>> = (0..24).map(|_| vec![0u16; 2 * n_kv * bt * 64]).collect();
-        let (shared, own) = data.split_at(12);
+        // Blocks per split; the shared prefix is three splits long.
+        let wb = SPLIT_KEYS / bt;
+        let data: Vec<Vec<u16>> = (0..3 * wb + 12)
+            .map(|_| vec![0u16; 2 * n_kv * bt * 64])
+            .collect();
+        let (shared, own) = data.split_at(3 * wb);
         // (shared blocks, own blocks, keys, query tokens): two at the same depth, one
-        // leaving the prefix at block 10, one at 6, one on its own, one of three query
-        // tokens (never shared), one within a single split.
+        // leaving the prefix in its third split, one in its second, one on its own, one
+        // of three query tokens (never shared), one within a single split.
         let seqs = [
-            (12usize, 2usize, 12 * bt + 20, 1usize),
-            (12, 2, 12 * bt + 20, 1),
-            (10, 1, 10 * bt + 3, 1),
-            (6, 3, 6 * bt + 40, 1),
+            (3 * wb, 2usize, 3 * wb * bt + 20, 1usize),
+            (3 * wb, 2, 3 * wb * bt + 20, 1),
+            (2 * wb + 2, 1, (2 * wb + 2) * bt + 3, 1),
+            (wb + 2, 3, (wb + 2) * bt + 40, 1),
             (0, 8, 8 * bt - 1, 1),
-            (12, 1, 12 * bt + 2, 3),
-            (3, 0, 3 * bt, 1),
+            (3 * wb, 1, 3 * wb * bt + 2, 3),
+            (wb - 1, 0, (wb - 1) * bt, 1),
         ];
         let views: Vec<Vec<KvBlock<'_>>> = seqs
             .iter()
@@ -1113,9 +1117,9 @@ mod tests {
             })
             .collect();
         got.sort_unstable();
-        // 64-key splits are 4 blocks: blocks 0..4 are shared by calls 0-3, 4..8 by 0-2
-        // (call 3 leaves at block 6), 8..12 by 0 and 1 (call 2's prefix ends at 10); one
-        // unit per KV head.
+        // The first split's blocks are shared by calls 0-3, the second's by 0-2 (call 3
+        // leaves the prefix in it), the third's by 0 and 1 (so does call 2); one unit per
+        // KV head.
         let mut want = Vec::new();
         for c in [vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3]] {
             want.extend(std::iter::repeat_n(c, n_kv));

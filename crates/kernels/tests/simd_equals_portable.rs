@@ -2,7 +2,7 @@
 
 use kernels::Isa;
 use kernels::attention::{
-    AttnCall, AttnShape, PagedKv, attention_many_with, attention_with, scratch_len,
+    AttnCall, AttnShape, PagedKv, SPLIT_KEYS, attention_many_with, attention_with, scratch_len,
     scratch_len_many,
 };
 use kernels::kvquant::{self, BlockGeom, KvBlock, KvFormat};
@@ -596,17 +596,19 @@ fn decode_calls_sharing_prefix_blocks_get_the_bits_they_get_alone() {
             .map(|_| half::f16::from_f32(rng.f32()).to_bits())
             .collect()
     };
-    let shared: Vec<Vec<u16>> = (0..12).map(|_| block()).collect();
+    // Blocks per split; the shared prefix is three splits long.
+    let wb = SPLIT_KEYS / bt;
+    let shared: Vec<Vec<u16>> = (0..3 * wb).map(|_| block()).collect();
     let own: Vec<Vec<u16>> = (0..12).map(|_| block()).collect();
     // (shared blocks, own blocks, keys, query tokens)
     let seqs = [
-        (12usize, 2usize, 12 * bt + 20, 1usize),
-        (12, 2, 12 * bt + 20, 1),
-        (10, 1, 10 * bt + 3, 1),
-        (6, 3, 6 * bt + 40, 1),
+        (3 * wb, 2usize, 3 * wb * bt + 20, 1usize),
+        (3 * wb, 2, 3 * wb * bt + 20, 1),
+        (2 * wb + 2, 1, (2 * wb + 2) * bt + 3, 1),
+        (wb + 2, 3, (wb + 2) * bt + 40, 1),
         (0, 8, 8 * bt - 1, 1),
-        (12, 1, 12 * bt + 2, 3),
-        (3, 0, 3 * bt, 1),
+        (3 * wb, 1, 3 * wb * bt + 2, 3),
+        (wb - 1, 0, (wb - 1) * bt, 1),
     ];
     let views: Vec<Vec<KvBlock<'_>>> = seqs
         .iter()
