@@ -503,29 +503,43 @@ fn attention_over_many_sequences_in_one_dispatch_equals_one_call_each_bit_for_bi
             }
         })
         .collect();
-    let shapes: Vec<AttnShape> = seqs
+    let calls: Vec<(usize, usize)> = seqs.iter().map(|&(pos0, n_q, _)| (pos0, n_q)).collect();
+    many_equals_alone(&pool, &views, geom, n_heads, &calls, &mut rng);
+}
+
+/// Calls of `(pos0, n_q)` over these views, with random queries, in every layer: each
+/// call of `attention_many` on every ISA equals the same call alone, bit for bit (and is
+/// finite and non-zero).
+fn many_equals_alone(
+    pool: &ThreadPool,
+    views: &[Vec<KvBlock<'_>>],
+    geom: BlockGeom,
+    n_heads: usize,
+    calls: &[(usize, usize)],
+    rng: &mut Rng,
+) {
+    let shapes: Vec<AttnShape> = calls
         .iter()
-        .map(|&(pos0, n_q, _)| AttnShape {
+        .map(|&(pos0, n_q)| AttnShape {
             n_q,
             pos0,
             n_heads,
-            n_kv_heads: n_kv,
+            n_kv_heads: geom.n_kv_heads,
             scale: 0.125,
             window: None,
         })
         .collect();
     let qs: Vec<Vec<f32>> = shapes
         .iter()
-        .map(|s| rng.vec(s.n_q * n_heads * hd))
+        .map(|s| rng.vec(s.n_q * n_heads * geom.head_dim))
         .collect();
-    for layer in 0..2 {
-        many_equals_alone(&pool, &views, geom, layer, &shapes, &qs);
+    for layer in 0..geom.n_layers {
+        many_equals_alone_in(pool, views, geom, layer, &shapes, &qs);
     }
 }
 
-/// Every call of `attention_many` over these views, shapes and queries, on every ISA,
-/// equals the same call alone, bit for bit (and is finite and non-zero).
-fn many_equals_alone(
+/// [`many_equals_alone`] for one layer's calls and queries.
+fn many_equals_alone_in(
     pool: &ThreadPool,
     views: &[Vec<KvBlock<'_>>],
     geom: BlockGeom,
@@ -619,24 +633,11 @@ fn decode_calls_sharing_prefix_blocks_get_the_bits_they_get_alone() {
             v
         })
         .collect();
-    let shapes: Vec<AttnShape> = seqs
+    let calls: Vec<(usize, usize)> = seqs
         .iter()
-        .map(|&(_, _, keys, n_q)| AttnShape {
-            n_q,
-            pos0: keys - n_q,
-            n_heads,
-            n_kv_heads: n_kv,
-            scale: 0.125,
-            window: None,
-        })
+        .map(|&(_, _, keys, n_q)| (keys - n_q, n_q))
         .collect();
-    let qs: Vec<Vec<f32>> = shapes
-        .iter()
-        .map(|s| rng.vec(s.n_q * n_heads * hd))
-        .collect();
-    for layer in 0..2 {
-        many_equals_alone(&pool, &views, geom, layer, &shapes, &qs);
-    }
+    many_equals_alone(&pool, &views, geom, n_heads, &calls, &mut rng);
 }
 
 #[test]

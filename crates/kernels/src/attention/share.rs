@@ -1,0 +1,244 @@
+//! Decode calls that read the same blocks: work units of one split shared by every
+//! one-token call whose blocks there are the same f16 blocks (a prefix their sequences
+//! share), each block read and converted once for all of them.
+
+use super::*;
+
+/// The f16 block `b`'s address, the key calls are matched by for sharing.
+fn f16_addr(b: &KvBlock<'_>) -> Option<usize> {
+    match b {
+        KvBlock::F16(x) => Some(x.as_ptr() as usize),
+        _ => None,
+    }
+}
+
+/// Cuts the work items into units for the threads: `members` lists items, `units` runs
+/// of it (start, length). A unit of several items is one split of one KV head in calls
+/// of one query token each whose blocks there are the same f16 blocks (a prefix they
+/// share): [`run_shared`] reads each block once for all of them. Every other item is a
+/// unit alone. Each row goes through the same steps either way, so the results do not
+/// depend on what shares.
+pub(super) fn shared_units(
+    ins: &[(&[f32], PagedKv<'_>, AttnShape)],
+    plans: &[CallPlan],
+    items: usize,
+) -> (Vec<u32>, Vec<(u32, u32)>) {
+    let mut taken = vec![false; items];
+    let mut members = Vec::with_capacity(items);
+    let mut units = Vec::with_capacity(items);
+    // Calls that may share, by their first block: one query token, no window.
+    let mut cand: Vec<(usize, usize)> = ins
+        .iter()
+        .enumerate()
+        .filter(|(ci, (_, _, sh))| sh.n_q == 1 && sh.window.is_none() && plans[*ci].splits > 1)
+        .filter_map(|(ci, (_, kv, _))| f16_addr(&kv.blocks[0]).map(|a| (a, ci)))
+        .collect();
+    cand.sort_unstable();
+    for run in cand.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+        let (_, lkv, lsh) = &ins[run[0].1];
+        let bt = lkv.geom.block_tokens;
+        let w = split_width(lsh);
+        let blocks_of = |sh: &AttnShape| (sh.pos0 + sh.n_q - 1) / bt + 1;
+        // (blocks shared with the first call, call), most first.
+        let mut common: Vec<(usize, usize)> = run
+            .iter()
+            .map(|&(_, ci)| {
+                let (_, kv, sh) = &ins[ci];
+                if split_width(sh) != w || kv.geom != lkv.geom || kv.layer != lkv.layer {
+                    return (0, ci);
+                }
+                let n = blocks_of(sh).min(blocks_of(lsh));
+                let same = (0..n)
+                    .take_while(|&i| {
+                        f16_addr(&kv.blocks[i]).is_some()
+                            && f16_addr(&kv.blocks[i]) == f16_addr(&lkv.blocks[i])
+                    })
+                    .count();
+                (same, ci)
+            })
+            .collect();
+        common.sort_unstable_by(|a, b| b.cmp(a));
+        let wb = w / bt;
+        for h in 0..lsh.n_kv_heads {
+            for s in 0.. {
+                // Split s is the blocks s·wb..(s+1)·wb of every call sharing them all.
+                let k = common.partition_point(|c| c.0 >= (s + 1) * wb);
+                if k < 2 {
+                    break;
+                }
+                let start = members.len();
+                for &(_, ci) in &common[..k] {
+                    // One tile: item h · splits + s of the call.
+                    let it = plans[ci].first + h * plans[ci].splits + s;
+                    taken[it] = true;
+                    members.push(it as u32);
+                }
+                units.push((start as u32, (members.len() - start) as u32));
+            }
+        }
+    }
+    for (it, _) in taken.iter().enumerate().filter(|(_, t)| !**t) {
+        units.push((members.len() as u32, 1));
+        members.push(it as u32);
+    }
+    (members, units)
+}
+
+/// One unit of several items ([`shared_units`]): the same blocks of the same KV head,
+/// read and converted once, then each item's rows through them as [`run_item`] would.
+pub(super) fn run_shared<'s>(
+    isa: Isa,
+    unit: &[u32],
+    ins: &[(&[f32], PagedKv<'_>, AttnShape)],
+    locate: &dyn Fn(usize) -> (usize, usize, (usize, usize, usize)),
+    slot_of: &dyn Fn(usize) -> &'s mut [f32],
+    (kf, vf, sc): (&mut [f32], &mut [f32], &mut RowScratch),
+) {
+    let (lead, _, (h, tile, split)) = locate(unit[0] as usize);
+    let (_, lkv, lsh) = &ins[lead];
+    let (hd, bt) = (lkv.geom.head_dim, lkv.geom.block_tokens);
+    let (b0, b1) = split_blocks(lsh, bt, tile, split);
+    for &it in unit {
+        let (ci, _, _) = locate(it as usize);
+        init_part(slot_of(it as usize), ins[ci].2.group(), hd);
+    }
+    for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
+        head_rows(lkv, b, h, bt).prefetch();
+    }
+    for b in b0..b1 {
+        if b + PREFETCH_BLOCKS < b1 {
+            head_rows(lkv, b + PREFETCH_BLOCKS, h, bt).prefetch();
+        }
+        // Every call sees the whole block but maybe the last one's latest keys.
+        let nk = unit
+            .iter()
+            .map(|&it| tile_keys(&ins[locate(it as usize).0].2, bt, 0, b))
+            .max()
+            .unwrap_or(bt);
+        let codes = load_block(isa, lkv, b, h, nk, kf, vf, &mut sc.ksm, &mut sc.vsm);
+        debug_assert!(!codes, "only f16 blocks are shared");
+        for &it in unit {
+            let (ci, _, (_, tile, _)) = locate(it as usize);
+            let (q, kv, shape) = &ins[ci];
+            let keys = tile_keys(shape, bt, tile, b);
+            block_rows(
+                isa,
+                q,
+                kv,
+                shape,
+                (b, h, 0, 1, keys),
+                false,
+                (kf, vf),
+                sc,
+                slot_of(it as usize),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode calls over a prefix of shared blocks: those that share whole splits are
+    /// put in units together, split by split. (That their outputs are still their own
+    /// bits is `simd_equals_portable`'s test.)
+    #[test]
+    fn decode_calls_sharing_whole_splits_of_prefix_blocks_share_units() {
+        let (bt, n_kv) = (16usize, 3usize);
+        let geom = BlockGeom {
+            n_layers: 1,
+            n_kv_heads: n_kv,
+            head_dim: 64,
+            block_tokens: bt,
+        };
+        // Blocks per split; the shared prefix is three splits long.
+        let wb = SPLIT_KEYS / bt;
+        let data: Vec<Vec<u16>> = (0..3 * wb + 12)
+            .map(|_| vec![0u16; 2 * n_kv * bt * 64])
+            .collect();
+        let (shared, own) = data.split_at(3 * wb);
+        // (shared blocks, own blocks, keys, query tokens): two at the same depth, one
+        // leaving the prefix in its third split, one in its second, one on its own, one
+        // of three query tokens (never shared), one within a single split.
+        let seqs = [
+            (3 * wb, 2usize, 3 * wb * bt + 20, 1usize),
+            (3 * wb, 2, 3 * wb * bt + 20, 1),
+            (2 * wb + 2, 1, (2 * wb + 2) * bt + 3, 1),
+            (wb + 2, 3, (wb + 2) * bt + 40, 1),
+            (0, 8, 8 * bt - 1, 1),
+            (3 * wb, 1, 3 * wb * bt + 2, 3),
+            (wb - 1, 0, (wb - 1) * bt, 1),
+        ];
+        let views: Vec<Vec<KvBlock<'_>>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(ns, no, _, _))| {
+                let mut v: Vec<KvBlock<'_>> =
+                    shared[..ns].iter().map(|b| KvBlock::F16(b)).collect();
+                v.extend(own[i..i + no].iter().map(|b| KvBlock::F16(b)));
+                v
+            })
+            .collect();
+        let q = vec![0.0f32; 3 * 9 * 64];
+        let mut plans = Vec::new();
+        let mut items = 0;
+        let ins: Vec<_> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, _, keys, n_q))| {
+                let shape = AttnShape {
+                    n_q,
+                    pos0: keys - n_q,
+                    n_heads: 9,
+                    n_kv_heads: n_kv,
+                    scale: 0.125,
+                    window: None,
+                };
+                let (n, splits, q_tiles) = plan(&shape);
+                plans.push(CallPlan {
+                    first: items,
+                    base: 0,
+                    splits,
+                    q_tiles,
+                    slot: 0,
+                    group0: 0,
+                });
+                items += n;
+                let kv = PagedKv {
+                    blocks: &views[i],
+                    geom,
+                    layer: 0,
+                };
+                (&q[..], kv, shape)
+            })
+            .collect();
+        let (members, units) = shared_units(&ins, &plans, items);
+        // Every item once.
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        assert!(sorted.iter().enumerate().all(|(i, &m)| m as usize == i));
+        let call_of = |it: u32| plans.partition_point(|p| p.first <= it as usize) - 1;
+        let mut got: Vec<Vec<usize>> = units
+            .iter()
+            .filter(|u| u.1 > 1)
+            .map(|u| {
+                let mut c: Vec<usize> = members[u.0 as usize..][..u.1 as usize]
+                    .iter()
+                    .map(|&m| call_of(m))
+                    .collect();
+                c.sort_unstable();
+                c
+            })
+            .collect();
+        got.sort_unstable();
+        // The first split's blocks are shared by calls 0-3, the second's by 0-2 (call 3
+        // leaves the prefix in it), the third's by 0 and 1 (so does call 2); one unit per
+        // KV head.
+        let mut want = Vec::new();
+        for c in [vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3]] {
+            want.extend(std::iter::repeat_n(c, n_kv));
+        }
+        assert_eq!(got, want);
+    }
+}
