@@ -5,8 +5,8 @@
 //! Every block has its own float scale, so a tile sums one block (32 values) and its
 //! sums go straight to the float steps, `acc = fma(isum, d · d_b, acc)` and, with an
 //! offset, `acc = fma(m, s_b, acc)`, lane `r` for row `r`; the 16 tokens' accumulators
-//! are kept across a run of blocks (on the stack, as built). Two blocks are in flight at
-//! a time, so one block's float steps overlap the next one's tile instruction. The weights of 16 rows
+//! are kept across a run of blocks (in registers). The loop is software-pipelined (see
+//! `block_loop`), so one block's float steps overlap later blocks' tile work. The weights of 16 rows
 //! are decoded once per run of blocks and block of tokens into tiles of codes (a tile
 //! row: four codes of each of the 16 rows); the tokens' values come from the token rows
 //! [`crate::simd::pack_token_rows`] lays out, 32 bytes of a token per tile row. As in
@@ -117,8 +117,16 @@ fn steps<K: Kind>(
     }
 }
 
+/// Sums of one block for 16 tokens × 16 rows, as a tile stores them.
+#[repr(C, align(64))]
+struct Sums([i32; 256]);
+
 /// Defines the tile loop `$name` over blocks `0..n` of a decoded run for 16 tokens with
-/// the tile instruction `$op`: two blocks in flight.
+/// the tile instruction `$op`, software-pipelined: in slot `j` block `j`'s tile
+/// instruction is issued, block `j − 1`'s sums are stored and block `j − 2`'s float
+/// steps run. The float steps, the larger part, so never wait for a tile instruction,
+/// and never read sums just stored (a tile store does not forward to vector loads).
+/// Blocks still meet each token's accumulator in order, so the bits are unchanged.
 macro_rules! block_loop {
     ($name:ident, $op:ident) => {
         /// # Safety
@@ -134,33 +142,42 @@ macro_rules! block_loop {
             (blk, nb): (*const BlockQ8, usize),
             acc: &mut [__m512; TT],
         ) {
-            let mut c = [[0i32; 256]; 2];
-            let mut b = 0;
+            let mut c = [Sums([0; 256]), Sums([0; 256])];
+            let mut j = 0;
             // SAFETY (whole body): the caller's tile state and pointers; each load reads
-            // 16 rows of 32 bytes or 8 of 64 in bounds, each store 16 rows of 64.
+            // 16 rows of 32 bytes or 8 of 64 in bounds, each store 16 rows of 64. Even
+            // slots use tiles 0, 2, 4 and sums c[0]; odd slots tiles 1, 3, 5 and c[1].
             unsafe {
-                while b + 2 <= n {
-                    tile!(zero 0);
-                    tile!(zero 1);
-                    tile!(load 2, vals.add(QK * b), stride);
-                    tile!(load 4, seg[b].code.as_ptr(), 64usize);
-                    tile!(load 3, vals.add(QK * (b + 1)), stride);
-                    tile!(load 5, seg[b + 1].code.as_ptr(), 64usize);
-                    tile!($op 0, 2, 4);
-                    tile!($op 1, 3, 5);
-                    tile!(store 0, c[0].as_mut_ptr(), 64usize);
-                    steps::<K>(&c[0], &seg[b], blk.wrapping_add(b), nb, acc);
-                    tile!(store 1, c[1].as_mut_ptr(), 64usize);
-                    steps::<K>(&c[1], &seg[b + 1], blk.wrapping_add(b + 1), nb, acc);
-                    b += 2;
-                }
-                if b < n {
-                    tile!(zero 0);
-                    tile!(load 2, vals.add(QK * b), stride);
-                    tile!(load 4, seg[b].code.as_ptr(), 64usize);
-                    tile!($op 0, 2, 4);
-                    tile!(store 0, c[0].as_mut_ptr(), 64usize);
-                    steps::<K>(&c[0], &seg[b], blk.wrapping_add(b), nb, acc);
+                while j < n + 2 {
+                    if j < n {
+                        tile!(zero 0);
+                        tile!(load 2, vals.add(QK * j), stride);
+                        tile!(load 4, seg[j].code.as_ptr(), 64usize);
+                        tile!($op 0, 2, 4);
+                    }
+                    if (1..=n).contains(&j) {
+                        tile!(store 1, c[1].0.as_mut_ptr(), 64usize);
+                    }
+                    if j >= 2 {
+                        steps::<K>(&c[0].0, &seg[j - 2], blk.wrapping_add(j - 2), nb, acc);
+                    }
+                    j += 1;
+                    if j == n + 2 {
+                        break;
+                    }
+                    if j < n {
+                        tile!(zero 1);
+                        tile!(load 3, vals.add(QK * j), stride);
+                        tile!(load 5, seg[j].code.as_ptr(), 64usize);
+                        tile!($op 1, 3, 5);
+                    }
+                    if j <= n {
+                        tile!(store 0, c[0].0.as_mut_ptr(), 64usize);
+                    }
+                    if j >= 2 {
+                        steps::<K>(&c[1].0, &seg[j - 2], blk.wrapping_add(j - 2), nb, acc);
+                    }
+                    j += 1;
                 }
             }
         }
