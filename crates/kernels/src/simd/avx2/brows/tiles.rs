@@ -6,13 +6,13 @@
 //! sums go straight to the float steps, `acc = fma(isum, d · d_b, acc)` and, with an
 //! offset, `acc = fma(m, s_b, acc)`, lane `r` for row `r`; the 16 tokens' accumulators
 //! are kept across a run of blocks (in registers). The loop is software-pipelined (see
-//! `block_loop`), so one block's float steps overlap later blocks' tile work. The weights of 16 rows
-//! are decoded once per run of blocks and block of tokens into tiles of codes (a tile
-//! row: four codes of each of the 16 rows); the tokens' values come from the token rows
-//! [`crate::simd::pack_token_rows`] lays out, 32 bytes of a token per tile row. As in
-//! the k-quant tiles, a block's last partial 16-token tile starts 16 tokens before its
-//! end and keeps only the tokens the tile before did not; the driver takes 16 tokens or
-//! more.
+//! `block_loop`), so one block's float steps overlap later blocks' tile work. The
+//! weights of 16 rows are decoded once per run of blocks and block of tokens into tiles
+//! of codes (a tile row: four codes of each of the 16 rows); the tokens' values come
+//! from the token rows [`crate::simd::pack_token_rows`] lays out, 32 bytes of a token
+//! per tile row. As in the k-quant tiles, a block's last partial 16-token tile starts 16
+//! tokens before its end and keeps only the tokens the tile before did not; the driver
+//! takes 16 tokens or more.
 
 use std::arch::x86_64::*;
 
