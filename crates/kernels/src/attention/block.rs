@@ -43,9 +43,9 @@ pub(super) fn attend_block_kt(
         // sees it); rows then go through four at a time, in tile order.
         let mut converted = false;
         let mut run = |rows: &[KtRow]| {
-            // SAFETY: kt_path checked AVX-512, 64- or 128-wide heads and 16-key blocks; k, v
-            // hold nk rows, kf, vf 16 of MAX_HEAD_DIM; rows' queries and parts are in bounds
-            // (check_call, run_item's slot) and distinct, masks non-empty and below nk.
+            // SAFETY: kt_path checked AVX2/F16C, AVX-512, 64- or 128-wide heads, 16-key
+            // blocks; k, v hold nk rows, kf, vf 16 of MAX_HEAD_DIM; rows' queries and parts
+            // are in bounds (check_call, run_item's slot), distinct; masks non-empty, < nk.
             unsafe {
                 if !converted {
                     kt_block(k, v, nk, hd, kf, vf);

@@ -50,8 +50,8 @@ pub(super) fn shared_units(
                 let n = blocks_of(sh).min(blocks_of(lsh));
                 let same = (0..n)
                     .take_while(|&i| {
-                        f16_addr(&kv.blocks[i]).is_some()
-                            && f16_addr(&kv.blocks[i]) == f16_addr(&lkv.blocks[i])
+                        matches!((f16_addr(&kv.blocks[i]), f16_addr(&lkv.blocks[i])),
+                                 (Some(a), Some(b)) if a == b)
                     })
                     .count();
                 (same, ci)
@@ -98,9 +98,16 @@ pub(super) fn run_shared<'s>(
     let (_, lkv, lsh) = &ins[lead];
     let (hd, bt) = (lkv.geom.head_dim, lkv.geom.block_tokens);
     let (b0, b1) = split_blocks(lsh, bt, tile, split);
-    for &it in unit {
-        let (ci, _, _) = locate(it as usize);
-        init_part(slot_of(it as usize), ins[ci].2.group(), hd);
+    // Each item's call, query tile and output slot, looked up once.
+    let mut rows: Vec<(usize, usize, &mut [f32])> = unit
+        .iter()
+        .map(|&it| {
+            let (ci, _, (_, tile, _)) = locate(it as usize);
+            (ci, tile, slot_of(it as usize))
+        })
+        .collect();
+    for (ci, _, slot) in rows.iter_mut() {
+        init_part(slot, ins[*ci].2.group(), hd);
     }
     for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
         head_rows(lkv, b, h, bt).prefetch();
@@ -110,17 +117,16 @@ pub(super) fn run_shared<'s>(
             head_rows(lkv, b + PREFETCH_BLOCKS, h, bt).prefetch();
         }
         // Every call sees the whole block but maybe the last one's latest keys.
-        let nk = unit
+        let nk = rows
             .iter()
-            .map(|&it| tile_keys(&ins[locate(it as usize).0].2, bt, 0, b))
+            .map(|&(ci, _, _)| tile_keys(&ins[ci].2, bt, 0, b))
             .max()
             .unwrap_or(bt);
         let codes = load_block(isa, lkv, b, h, nk, kf, vf, &mut sc.ksm, &mut sc.vsm);
         debug_assert!(!codes, "only f16 blocks are shared");
-        for &it in unit {
-            let (ci, _, (_, tile, _)) = locate(it as usize);
-            let (q, kv, shape) = &ins[ci];
-            let keys = tile_keys(shape, bt, tile, b);
+        for (ci, tile, slot) in rows.iter_mut() {
+            let (q, kv, shape) = &ins[*ci];
+            let keys = tile_keys(shape, bt, *tile, b);
             block_rows(
                 isa,
                 q,
@@ -130,7 +136,7 @@ pub(super) fn run_shared<'s>(
                 false,
                 (kf, vf),
                 sc,
-                slot_of(it as usize),
+                slot,
             );
         }
     }

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{hsum, rescale};
+use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, hsum, rescale};
 
 /// Keys per block this kernel takes.
 pub(crate) const KT_KEYS: usize = 16;
@@ -43,8 +43,8 @@ pub(crate) fn available() -> bool {
 /// values (`v`, same shape) to f32 rows in `vf[j · hd + d]`.
 ///
 /// # Safety
-/// AVX-512F must be present; `hd` is a multiple of 16; `nk ≤ 16`; `k` and `v` hold
-/// `nk · hd` values, `kt` `16 · hd` and `vf` `nk · hd`.
+/// AVX-512F and AVX2/FMA/F16C must be present; `hd` is a multiple of 16; `nk ≤ 16`;
+/// `k` and `v` hold `nk · hd` values, `kt` `16 · hd` and `vf` `nk · hd`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(crate) unsafe fn kt_block(
     k: &[u16],
@@ -56,8 +56,8 @@ pub(crate) unsafe fn kt_block(
 ) {
     debug_assert!(nk <= KT_KEYS && hd.is_multiple_of(16));
     debug_assert!(k.len() >= nk * hd && v.len() >= nk * hd && kt.len() >= 16 * hd);
-    // SAFETY (whole body): rows j < nk of k and v, channels c + 16 ≤ hd, inside the
-    // lengths the caller guarantees.
+    // SAFETY (whole body): rows j < nk of k, channels c + 16 ≤ hd, inside the lengths
+    // the caller guarantees; F16C too (the caller's).
     unsafe {
         for c in (0..hd).step_by(16) {
             let mut r = [_mm512_setzero_ps(); 16];
@@ -69,10 +69,7 @@ pub(crate) unsafe fn kt_block(
                 _mm512_storeu_ps(kt.as_mut_ptr().add((c + i) * 16), *ti);
             }
         }
-        for i in (0..nk * hd).step_by(16) {
-            let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(i).cast()));
-            _mm512_storeu_ps(vf.as_mut_ptr().add(i), x);
-        }
+        super::f16_to_f32(&v[..nk * hd], &mut vf[..nk * hd]);
     }
 }
 
@@ -115,21 +112,18 @@ fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
 #[inline]
 fn exp16(x: __m512) -> __m512 {
     let x = _mm512_max_ps(
-        _mm512_min_ps(x, _mm512_set1_ps(88.3)),
-        _mm512_set1_ps(-87.3),
+        _mm512_min_ps(x, _mm512_set1_ps(EXP_MAX)),
+        _mm512_set1_ps(EXP_MIN),
     );
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
     let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
         _mm512_cvtps_epi32(n),
         _mm512_set1_epi32(127),
@@ -151,10 +145,10 @@ fn hsum16(x: __m512) -> f32 {
 /// online-softmax step of each row's `[max, sum, acc[hd]]` in `part`.
 ///
 /// # Safety
-/// AVX-512F must be present; `hd` is a multiple of 64 and at most 256; each row's query
-/// (`q[row.q..][..hd]`) and part (`part[row.part..][..hd + 2]`) lie inside the slices
-/// and no two rows share a part; each mask is non-zero and sees only keys `kt_block`
-/// converted.
+/// AVX-512F and AVX2/FMA/F16C must be present; `hd` is a multiple of 64, at most 256;
+/// each row's query (`q[row.q..][..hd]`) and part (`part[row.part..][..hd + 2]`) lie
+/// inside the slices and no two rows share a part; each mask is non-zero and sees only
+/// keys `kt_block` converted.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(crate) unsafe fn attend_kt<const RN: usize>(
     q: &[f32],

@@ -170,28 +170,42 @@ pub(crate) unsafe fn quantize_row_q8(x: &[f32], out: &mut [crate::quant::BlockQ8
     }
 }
 
+/// The steps of [`exp8`] and the AVX-512 prompt kernel's 16-lane exponential, one set
+/// so that both give the same bits: the input clamp, ln 2 in two parts (the rounding
+/// error of `n · ln 2` kept), and the Taylor coefficients of `e^r` from the highest.
+pub(super) const EXP_MAX: f32 = 88.3;
+pub(super) const EXP_MIN: f32 = -87.3;
+pub(super) const LN2_HI: f32 = 0.693_145_75;
+pub(super) const LN2_LO: f32 = 1.428_606_8e-6;
+pub(super) const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+
 /// e^x for 8 lanes: range reduction by ln 2, a degree-6 polynomial on |r| ≤ ln2/2
 /// (relative error ≈ 2e-7), and the exponent put back through the float's bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
     let x = _mm256_max_ps(
-        _mm256_min_ps(x, _mm256_set1_ps(88.3)),
-        _mm256_set1_ps(-87.3),
+        _mm256_min_ps(x, _mm256_set1_ps(EXP_MAX)),
+        _mm256_set1_ps(EXP_MIN),
     );
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
     ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+    }
     let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
