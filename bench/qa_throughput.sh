@@ -12,7 +12,7 @@
 # falls on all alike.
 # env: LLMEM (binary, default target/release/llmem), MODEL (default the SmolLM2 file),
 # PROMPTS (a prompt file; default the built-in prompts), MODES (default "seq 1 IN_FLIGHT":
-# which modes each round runs).
+# which modes each round runs), PHASES=1 (time the engine's steps by phase: `qa --phases`).
 set -euo pipefail
 chunks=${1:-8}
 wide=${2:-8}
@@ -23,6 +23,7 @@ model=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=testdata/eval/licenses.txt
 pf=()
 if [ -n "${PROMPTS:-}" ]; then pf=(--prompt-file "$PROMPTS"); fi
+if [ -n "${PHASES:-}" ]; then pf+=(--phases); fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 for round in $(seq 1 "$rounds"); do for n in ${MODES:-seq 1 $wide}; do
@@ -47,7 +48,13 @@ print(f"in flight {sys.argv[2]:>3}: {pairs} pairs in {r['elapsed_s']:.1f} s = "
 b = s.get("steps_by_tokens")
 if b:
     print("               steps of at least N tokens: " + ", ".join(
-        f"{c['min_tokens']}: {c['steps']} in {c['seconds']:.1f} s" for c in b))
+        f"{c['min_tokens']}: {c['steps']} in {c['seconds']:.1f} s "
+        f"(+{c.get('after_seconds', 0):.1f} s sampling)" for c in b))
+    for c in b:
+        ph = c.get("phases_ms")
+        if ph and c["steps"]:
+            print(f"               {c['min_tokens']:>3}+ ms by phase: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in sorted(ph.items(), key=lambda kv: -kv[1]) if v >= 1))
 if os.path.exists(sys.argv[3]):
     f = {}
     for line in open(sys.argv[3]):

@@ -95,6 +95,10 @@ pub struct QaArgs {
     /// The report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Time the engine's steps by phase (norms, products, attention, head, …), by step
+    /// width, into the JSON report's `steps_by_tokens`.
+    #[arg(long)]
+    pub phases: bool,
     /// The report as JSON into this file too.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -248,6 +252,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         };
         let sched = SchedConfig {
             max_running: a.max_sequences.map_or(running, |n| n as usize),
+            time_phases: a.phases,
             ..SchedConfig::default()
         };
         let service = Service::start(model.clone(), batch, sched, accounts.clone())
@@ -308,12 +313,26 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
                     / s.steps.max(1) as f64,
                 "steps_by_tokens": engine::sched::STEP_CLASSES
                     .iter()
-                    .zip(s.steps_by_tokens.iter().zip(&s.step_us_by_tokens))
-                    .map(|(lo, (n, us))| serde_json::json!({
-                        "min_tokens": lo,
-                        "steps": n,
-                        "seconds": *us as f64 / 1e6,
-                    }))
+                    .enumerate()
+                    .map(|(c, lo)| {
+                        let mut j = serde_json::json!({
+                            "min_tokens": lo,
+                            "steps": s.steps_by_tokens[c],
+                            "seconds": s.step_us_by_tokens[c] as f64 / 1e6,
+                            "after_seconds": s.after_us_by_tokens[c] as f64 / 1e6,
+                        });
+                        if a.phases {
+                            j["phases_ms"] = engine::phases::Phase::ALL
+                                .iter()
+                                .map(|&p| {
+                                    let us = s.phase_us_by_tokens[c][p as usize];
+                                    (p.name().to_string(), serde_json::json!(us as f64 / 1e3))
+                                })
+                                .collect::<serde_json::Map<_, _>>()
+                                .into();
+                        }
+                        j
+                    })
                     .collect::<Vec<_>>(),
             })),
         });

@@ -147,6 +147,7 @@ fn run_all(
     accounts: &Accounts,
 ) -> (Vec<Out>, SchedStats) {
     let engine = Engine::with_accounts(model, bcfg, accounts).unwrap();
+    let timed = scfg.time_phases;
     let mut s = Scheduler::new(engine, scfg);
     let outs: Vec<Arc<Mutex<Out>>> = reqs.iter().map(|_| Arc::default()).collect();
     for ((p, n), o) in reqs.iter().zip(&outs) {
@@ -166,6 +167,20 @@ fn run_all(
         stats.steps,
         "every step is counted in one class of tokens"
     );
+    for c in 0..stats.steps_by_tokens.len() {
+        let by_phase: u64 = stats.phase_us_by_tokens[c].iter().sum();
+        if !timed {
+            assert_eq!(by_phase, 0, "phases are timed only when asked");
+        } else if stats.steps_by_tokens[c] > 0 {
+            // The phases split the step's time: together at most the step (each rounded
+            // down to whole microseconds), and not nothing.
+            assert!(by_phase > 0, "class {c}: steps ran, no phase was timed");
+            assert!(
+                by_phase <= stats.step_us_by_tokens[c],
+                "class {c}: phases over the steps"
+            );
+        }
+    }
     (outs, stats)
 }
 
@@ -195,6 +210,7 @@ fn eight_requests_together_get_the_tokens_they_get_alone() {
             // Small chunks: prompts are prefilled over several steps beside decodes.
             prefill_chunk: 32,
             step_tokens: 96,
+            time_phases: true,
             ..SchedConfig::default()
         };
         let (outs, stats) = run_all(

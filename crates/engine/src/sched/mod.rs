@@ -296,15 +296,22 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 return Ok(0);
             }
             let batch = std::mem::take(&mut self.batch);
+            crate::phases::enable(self.cfg.time_phases);
             let started = std::time::Instant::now();
             let r = self.engine.decode(&batch).map(|_| ());
+            let by_phase = crate::phases::take();
             match r {
                 Ok(()) => {
                     let n = batch.len();
                     let class = request::step_class(n);
                     self.stats.steps_by_tokens[class] += 1;
                     self.stats.step_us_by_tokens[class] += started.elapsed().as_micros() as u64;
+                    for (p, d) in by_phase {
+                        self.stats.phase_us_by_tokens[class][p as usize] += d.as_micros() as u64;
+                    }
+                    let after = std::time::Instant::now();
                     self.after_decode(&batch);
+                    self.stats.after_us_by_tokens[class] += after.elapsed().as_micros() as u64;
                     self.batch = batch;
                     self.stats.steps += 1;
                     self.stats.computed_tokens += self.batch_prompt_tokens;

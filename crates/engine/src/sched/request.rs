@@ -172,6 +172,9 @@ pub struct SchedConfig {
     /// Where finished sequences' blocks are written and new prompts look for their
     /// prefix beyond the live sequences' (none: sharing stays in RAM).
     pub prefix_store: Option<PrefixStore>,
+    /// Time each step's forward pass by phase ([`SchedStats::phase_us_by_tokens`]). Off,
+    /// a phase mark is one thread-local read.
+    pub time_phases: bool,
 }
 
 impl Default for SchedConfig {
@@ -183,6 +186,7 @@ impl Default for SchedConfig {
             queue_cap: 1024,
             pressure: Pressure::default(),
             prefix_store: None,
+            time_phases: false,
         }
     }
 }
@@ -219,6 +223,12 @@ pub struct SchedStats {
     /// workload spends its time (a step of few tokens costs nearly as much as one of
     /// many).
     pub step_us_by_tokens: [u64; STEP_CLASSES.len()],
+    /// After those steps, sampling and reporting their tokens, in microseconds, by the
+    /// same classes.
+    pub after_us_by_tokens: [u64; STEP_CLASSES.len()],
+    /// With [`SchedConfig::time_phases`]: the steps' time by phase
+    /// ([`crate::phases::Phase::ALL`] order), in microseconds, by the same classes.
+    pub phase_us_by_tokens: [[u64; crate::phases::Phase::ALL.len()]; STEP_CLASSES.len()],
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     /// Prompt tokens run through the model (shared-prefix tokens are not; a preempted
