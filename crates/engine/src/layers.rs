@@ -113,8 +113,6 @@ pub(crate) struct Scratch {
     pub(crate) attn: Vec<f32>,
     /// A step's own rows of a sliding-window layer ([`own_rows`]), grown the same way.
     pub(crate) own: Vec<u16>,
-    pub(crate) kf16: Vec<u16>,
-    pub(crate) vf16: Vec<u16>,
     /// RoPE angles of each row's position.
     pub(crate) rope: Vec<Vec<(f32, f32)>>,
     /// The same from the local layers' table (empty rows without one).
@@ -163,8 +161,6 @@ impl Scratch {
             up: vec![0.0; n * c.d_ff],
             attn: Vec::new(),
             own: Vec::new(),
-            kf16: vec![0; kvd],
-            vf16: vec![0; kvd],
             rope: (0..n).map(|_| Vec::with_capacity(c.head_dim / 2)).collect(),
             rope_local: (0..n)
                 .map(|_| match c.hooks.sliding_window {
@@ -182,7 +178,6 @@ impl Scratch {
             + f(self.att.len() + self.gate.len() + self.up.len())
             + self.xq.len() as u64 * std::mem::size_of::<BlockQ8>() as u64
             + kernels::matmul::token_rows_bytes(self.xq.len() * kernels::quant::QK)
-            + (self.kf16.len() + self.vf16.len()) as u64 * 2
             + self
                 .rope
                 .iter()

@@ -40,6 +40,7 @@ mod prefetch;
 mod prefix;
 mod ring;
 mod seq;
+mod write;
 
 pub use kernels::kvquant::{KvBlock, KvFormat};
 pub use kvdisk::{Access, BlockStore, Compression};
@@ -51,3 +52,4 @@ pub use pool::{BlockId, BlockMeta, BlockPool, Tier};
 pub use prefetch::{PREFETCH_STACK_BYTES, PrefetchStats, Prefetcher};
 pub use prefix::{Persisted, ReuseRule, block_hash, disk_key};
 pub use seq::{KvCache, KvError, SeqId};
+pub use write::WriteRun;

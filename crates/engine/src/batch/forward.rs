@@ -12,8 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use kernels::attention::{AttnCall, AttnShape, PagedKv, attention_many, scratch_len_many};
-use kernels::ops;
-use kvcache::{KvBlock, KvError, PlanError, SeqId};
+use kvcache::{KvBlock, KvError, PlanError, SeqId, WriteRun};
 
 use super::{Batch, BatchItem, BatchOutput, Engine};
 use crate::forward::{BLOCK_TOKENS, EvalError, MIXED_UBATCH};
@@ -322,19 +321,20 @@ impl Engine<'_, '_> {
             // A sliding-window layer's run of several tokens reads its own rows from
             // scratch and writes them after (they may replace rows it reads: the ring).
             let own = |r: &Run| layers::reads_own_rows(c.layer_window(li), r.len);
-            let write = |kv: &mut kvcache::KvCache, s: &mut layers::Scratch, later: bool| {
-                for (r, &first) in runs.iter().zip(&firsts) {
-                    if own(r) != later {
-                        continue;
-                    }
-                    for t in first..first + r.len {
-                        let it = &items[rows[t]];
-                        ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
-                        ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
-                        kv.write(it.seq, li, it.pos, &s.kf16, &s.vf16)
-                            .expect("positions were reserved");
-                    }
-                }
+            let write = |kv: &mut kvcache::KvCache, s: &layers::Scratch, later: bool| {
+                let wr: Vec<WriteRun> = runs
+                    .iter()
+                    .zip(&firsts)
+                    .filter(|(r, _)| own(r) == later)
+                    .map(|(r, &first)| WriteRun {
+                        seq: r.seq,
+                        pos0: r.pos0,
+                        len: r.len,
+                        row0: first,
+                    })
+                    .collect();
+                kv.write_runs(li, &wr, (&s.k[..n * kvd], &s.v[..n * kvd]), pool)
+                    .expect("positions were reserved");
             };
             write(&mut self.kv, s, false);
             s.own.clear();

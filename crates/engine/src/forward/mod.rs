@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use budget::OutOfBudget;
 use kernels::attention::{AttnShape, PagedKv, attention, scratch_len};
-use kernels::ops;
 use kernels::pool::ThreadPool;
 use kvcache::policy::{Decision, Rates, ReclaimStats, Weights};
-use kvcache::{BlockStore, KvBlock, KvCache, KvError, KvLayout, Prefetcher, SeqId, TierMix};
+use kvcache::{
+    BlockStore, KvBlock, KvCache, KvError, KvLayout, Prefetcher, SeqId, TierMix, WriteRun,
+};
 
 use crate::config::ModelConfig;
 use crate::layers::{self, Ropes, Workspace};
@@ -441,13 +442,15 @@ impl<'a, 'm> Session<'a, 'm> {
             // A sliding-window layer's step of several tokens reads its own rows from
             // scratch and writes them after (they may replace rows it reads: the ring).
             let own = layers::reads_own_rows(shape.window, n);
-            let write = |kv: &mut KvCache, s: &mut layers::Scratch| {
-                for t in 0..n {
-                    ops::f32_to_f16(&s.k[t * kvd..(t + 1) * kvd], &mut s.kf16);
-                    ops::f32_to_f16(&s.v[t * kvd..(t + 1) * kvd], &mut s.vf16);
-                    kv.write(self.seq, li, pos0 + t, &s.kf16, &s.vf16)
-                        .expect("positions were reserved");
-                }
+            let write = |kv: &mut KvCache, s: &layers::Scratch| {
+                let run = WriteRun {
+                    seq: self.seq,
+                    pos0,
+                    len: n,
+                    row0: 0,
+                };
+                kv.write_runs(li, &[run], (&s.k[..n * kvd], &s.v[..n * kvd]), pool)
+                    .expect("positions were reserved");
             };
             if own {
                 s.own.clear();
