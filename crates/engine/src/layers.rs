@@ -250,6 +250,27 @@ pub(crate) fn norm_quant(
     });
 }
 
+/// For each of `n` rows of width `d`: `x += y` (the residual add), then `y =
+/// rms_norm(x) · w` and its 8-bit quantization into `xq`: [`add_rows`] and [`norm_quant`]
+/// in one pass, with the same steps per row.
+fn add_norm_quant(
+    pool: &ThreadPool,
+    (x, y, xq): (&mut [f32], &mut [f32], &mut [BlockQ8]),
+    w: &[f32],
+    eps: f32,
+    (d, n): (usize, usize),
+    wtype: WType,
+) {
+    let (xr, yr, qr) = (Rows::new(x, d), Rows::new(y, d), Rows::new(xq, d / QK));
+    par_rows(pool, n, |t| {
+        // SAFETY: each t is handled by one thread; rows lie inside the buffers.
+        let (x, y, q) = unsafe { (xr.row(t), yr.row(t), qr.row(t)) };
+        ops::add_assign(x, y);
+        ops::rms_norm(x, w, eps, y);
+        quantize_row_for(wtype, y, q);
+    });
+}
+
 /// The weight type whose activation blocks one quantization of the input serves for
 /// several matrices: a k-quant's (one scale per 256 values) when any of them is one,
 /// since Q4_K, Q5_K and Q6_K need that and every other type reads it too, else 32-value
@@ -394,15 +415,10 @@ pub(crate) fn finish_layer(
     );
     mark(Phase::Wo);
     post_norm(pool, l.post_norms.as_ref().map(|p| &p[0][..]), c, s, n);
-    add_rows(pool, &mut s.x, &s.xn, (d, n));
-
-    // Feed-forward block.
-    norm_quant(
+    // The residual add and the feed-forward block's norm, one pass over the rows.
+    add_norm_quant(
         pool,
-        &s.x,
-        |t| t,
-        &mut s.xn,
-        &mut s.xq,
+        (&mut s.x, &mut s.xn, &mut s.xq),
         &l.ffn_norm,
         c.rms_eps,
         (d, n),
