@@ -26,55 +26,58 @@ pub(super) fn shared_units(
     let mut taken = vec![false; items];
     let mut members = Vec::with_capacity(items);
     let mut units = Vec::with_capacity(items);
-    // Calls that may share, by their first block: one query token, no window.
-    let mut cand: Vec<(usize, usize)> = ins
-        .iter()
-        .enumerate()
-        .filter(|(ci, (_, _, sh))| sh.n_q == 1 && sh.window.is_none() && plans[*ci].splits > 1)
-        .filter_map(|(ci, (_, kv, _))| f16_addr(&kv.blocks[0]).map(|a| (a, ci)))
-        .collect();
-    cand.sort_unstable();
-    for run in cand.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
-        let (_, lkv, lsh) = &ins[run[0].1];
-        let bt = lkv.geom.block_tokens;
-        let w = split_width(lsh);
-        let blocks_of = |sh: &AttnShape| (sh.pos0 + sh.n_q - 1) / bt + 1;
-        // (blocks shared with the first call, call), most first.
-        let mut common: Vec<(usize, usize)> = run
-            .iter()
-            .map(|&(_, ci)| {
-                let (_, kv, sh) = &ins[ci];
-                if split_width(sh) != w || kv.geom != lkv.geom || kv.layer != lkv.layer {
-                    return (0, ci);
-                }
-                let n = blocks_of(sh).min(blocks_of(lsh));
-                let same = (0..n)
-                    .take_while(|&i| {
-                        matches!((f16_addr(&kv.blocks[i]), f16_addr(&lkv.blocks[i])),
-                                 (Some(a), Some(b)) if a == b)
-                    })
-                    .count();
-                (same, ci)
-            })
-            .collect();
-        common.sort_unstable_by(|a, b| b.cmp(a));
-        let wb = w / bt;
-        for h in 0..lsh.n_kv_heads {
-            for s in 0.. {
-                // Split s is the blocks s·wb..(s+1)·wb of every call sharing them all.
-                let k = common.partition_point(|c| c.0 >= (s + 1) * wb);
-                if k < 2 {
-                    break;
-                }
-                let start = members.len();
-                for &(_, ci) in &common[..k] {
-                    // One tile: item h · splits + s of the call.
-                    let it = plans[ci].first + h * plans[ci].splits + s;
-                    taken[it] = true;
-                    members.push(it as u32);
-                }
-                units.push((start as u32, (members.len() - start) as u32));
+    // (split, its last block, call) for every whole split of every call that may share
+    // (one query token, no window): calls whose split ends in the same f16 block hold the
+    // same prefix up to there. Matching on the first block instead put every sequence
+    // that began with the same system prompt in one group, and sharing then went to the
+    // first one's siblings alone.
+    let mut cand: Vec<(usize, usize, usize)> = Vec::new();
+    for (ci, (_, kv, sh)) in ins.iter().enumerate() {
+        if sh.n_q != 1 || sh.window.is_some() || plans[ci].splits < 2 {
+            continue;
+        }
+        let bt = kv.geom.block_tokens;
+        let wb = split_width(sh) / bt;
+        let n_blocks = (sh.pos0 + sh.n_q - 1) / bt + 1;
+        for s in 0..n_blocks / wb {
+            if let Some(a) = f16_addr(&kv.blocks[(s + 1) * wb - 1]) {
+                cand.push((s, a, ci));
             }
+        }
+    }
+    cand.sort_unstable();
+    let mut group = Vec::new();
+    for run in cand
+        .chunk_by(|a, b| (a.0, a.1) == (b.0, b.1))
+        .filter(|r| r.len() > 1)
+    {
+        let s = run[0].0;
+        let (_, lkv, lsh) = &ins[run[0].2];
+        let w = split_width(lsh);
+        let span = s * w / lkv.geom.block_tokens..(s + 1) * w / lkv.geom.block_tokens;
+        // The split's blocks must all be the lead's: the unit reads the lead's.
+        group.clear();
+        group.extend(run.iter().map(|c| c.2).filter(|&ci| {
+            let (_, kv, sh) = &ins[ci];
+            split_width(sh) == w
+                && kv.geom == lkv.geom
+                && kv.layer == lkv.layer
+                && span.clone().all(|b| {
+                    matches!((f16_addr(&kv.blocks[b]), f16_addr(&lkv.blocks[b])),
+                             (Some(a), Some(l)) if a == l)
+                })
+        }));
+        if group.len() < 2 {
+            continue;
+        }
+        for h in 0..lsh.n_kv_heads {
+            let start = members.len();
+            for &ci in &group {
+                let it = plans[ci].first + h * plans[ci].splits + s;
+                taken[it] = true;
+                members.push(it as u32);
+            }
+            units.push((start as u32, (members.len() - start) as u32));
         }
     }
     for (it, _) in taken.iter().enumerate().filter(|(_, t)| !**t) {
@@ -160,10 +163,11 @@ mod tests {
         };
         // Blocks per split; the shared prefix is three splits long.
         let wb = SPLIT_KEYS / bt;
-        let data: Vec<Vec<u16>> = (0..3 * wb + 12)
+        let data: Vec<Vec<u16>> = (0..5 * wb + 12)
             .map(|_| vec![0u16; 2 * n_kv * bt * 64])
             .collect();
-        let (shared, own) = data.split_at(3 * wb);
+        let (shared, rest) = data.split_at(3 * wb);
+        let (other, own) = rest.split_at(2 * wb);
         // (shared blocks, own blocks, keys, query tokens): two at the same depth, one
         // leaving the prefix in its third split, one in its second, one on its own, one
         // of three query tokens (never shared), one within a single split.
@@ -175,6 +179,10 @@ mod tests {
             (0, 8, 8 * bt - 1, 1),
             (3 * wb, 1, 3 * wb * bt + 2, 3),
             (wb - 1, 0, (wb - 1) * bt, 1),
+            // Two more that begin with the first block alone (a system prompt every
+            // sequence opens with), then share two splits of their own.
+            (1, 2, 2 * wb * bt + 5, 1),
+            (1, 2, 2 * wb * bt + 9, 1),
         ];
         let views: Vec<Vec<KvBlock<'_>>> = seqs
             .iter()
@@ -182,6 +190,9 @@ mod tests {
             .map(|(i, &(ns, no, _, _))| {
                 let mut v: Vec<KvBlock<'_>> =
                     shared[..ns].iter().map(|b| KvBlock::F16(b)).collect();
+                if i >= 7 {
+                    v.extend(other[..2 * wb - 1].iter().map(|b| KvBlock::F16(b)));
+                }
                 v.extend(own[i..i + no].iter().map(|b| KvBlock::F16(b)));
                 v
             })
@@ -239,10 +250,16 @@ mod tests {
             .collect();
         got.sort_unstable();
         // The first split's blocks are shared by calls 0-3, the second's by 0-2 (call 3
-        // leaves the prefix in it), the third's by 0 and 1 (so does call 2); one unit per
-        // KV head.
+        // leaves the prefix in it), the third's by 0 and 1 (so does call 2); calls 7 and
+        // 8 share both of their whole splits; one unit per KV head.
         let mut want = Vec::new();
-        for c in [vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3]] {
+        for c in [
+            vec![0, 1],
+            vec![0, 1, 2],
+            vec![0, 1, 2, 3],
+            vec![7, 8],
+            vec![7, 8],
+        ] {
             want.extend(std::iter::repeat_n(c, n_kv));
         }
         assert_eq!(got, want);
