@@ -326,7 +326,10 @@ pub(crate) fn embed(
 
 /// The attention block up to attention itself, for `n` rows of layer `il`: `s.q`, `s.k`,
 /// `s.v` = the normed input's projections (plus biases), queries and keys normed per head
-/// where the model does, then rotated by the layer's RoPE table.
+/// where the model does, then rotated by the layer's RoPE table. With `normed`, `s.xn`
+/// and `s.xq` already hold the normed input (the previous layer's [`finish_layer`] made
+/// them).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn project_qkv(
     pool: &ThreadPool,
     c: &ModelConfig,
@@ -335,20 +338,23 @@ pub(crate) fn project_qkv(
     ropes: &Ropes,
     s: &mut Scratch,
     n: usize,
+    normed: bool,
 ) {
     let (d, hd) = (c.d_model, c.head_dim);
     let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
-    norm_quant(
-        pool,
-        &s.x,
-        |t| t,
-        &mut s.xn,
-        &mut s.xq,
-        &l.attn_norm,
-        c.rms_eps,
-        (d, n),
-        acts_for(&[l.wq.wtype(), l.wk.wtype(), l.wv.wtype()]),
-    );
+    if !normed {
+        norm_quant(
+            pool,
+            &s.x,
+            |t| t,
+            &mut s.xn,
+            &mut s.xq,
+            &l.attn_norm,
+            c.rms_eps,
+            (d, n),
+            qkv_acts(l),
+        );
+    }
     mark(Phase::Norm);
     matmul(
         pool,
@@ -393,13 +399,20 @@ pub(crate) fn project_qkv(
     mark(Phase::Rope);
 }
 
+/// The activation type the Q, K and V projections of `l` read.
+fn qkv_acts(l: &Layer<'_>) -> WType {
+    acts_for(&[l.wq.wtype(), l.wk.wtype(), l.wv.wtype()])
+}
+
 /// The rest of a layer after attention wrote `s.att`, for `n` rows: the output
 /// projection and residual, then the feed-forward block and its residual, into `s.x`
-/// (each block's output normed before its residual add where the model does).
+/// (each block's output normed before its residual add where the model does). With the
+/// `next` layer, its attention norm is taken in the same pass as the last residual add,
+/// into `s.xn` and `s.xq` (its [`project_qkv`] is then called `normed`).
 pub(crate) fn finish_layer(
     pool: &ThreadPool,
     c: &ModelConfig,
-    l: &Layer<'_>,
+    (l, next): (&Layer<'_>, Option<&Layer<'_>>),
     s: &mut Scratch,
     n: usize,
 ) {
@@ -462,7 +475,17 @@ pub(crate) fn finish_layer(
     );
     mark(Phase::FfnDown);
     post_norm(pool, l.post_norms.as_ref().map(|p| &p[1][..]), c, s, n);
-    add_rows(pool, &mut s.x, &s.xn, (d, n));
+    match next {
+        Some(nl) => add_norm_quant(
+            pool,
+            (&mut s.x, &mut s.xn, &mut s.xq),
+            &nl.attn_norm,
+            c.rms_eps,
+            (d, n),
+            qkv_acts(nl),
+        ),
+        None => add_rows(pool, &mut s.x, &s.xn, (d, n)),
+    }
     mark(Phase::Norm);
 }
 

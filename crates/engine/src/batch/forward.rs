@@ -317,7 +317,7 @@ impl Engine<'_, '_> {
             })
             .collect();
         for (li, l) in m.layers.iter().enumerate() {
-            layers::project_qkv(pool, c, l, li, &self.ropes, s, n);
+            layers::project_qkv(pool, c, l, li, &self.ropes, s, n, li > 0);
             // A sliding-window layer's run of several tokens reads its own rows from
             // scratch and writes them after (they may replace rows it reads: the ring).
             let own = |r: &Run| layers::reads_own_rows(c.layer_window(li), r.len);
@@ -395,7 +395,7 @@ impl Engine<'_, '_> {
             drop(views);
             write(&mut self.kv, s, true);
             phases::mark(Phase::Kv);
-            layers::finish_layer(pool, c, l, s, n);
+            layers::finish_layer(pool, c, (l, m.layers.get(li + 1)), s, n);
         }
 
         let wanted: Vec<usize> = (0..n).filter(|&t| items[rows[t]].wants_logits).collect();

@@ -426,7 +426,7 @@ impl<'a, 'm> Session<'a, 'm> {
         let layout = *self.kv.layout();
 
         for (li, l) in m.layers.iter().enumerate() {
-            layers::project_qkv(pool, c, l, li, &self.ropes, s, n);
+            layers::project_qkv(pool, c, l, li, &self.ropes, s, n, li > 0);
             let shape = AttnShape {
                 window: c.layer_window(li),
                 ..shape
@@ -489,7 +489,7 @@ impl<'a, 'm> Session<'a, 'm> {
             if own {
                 write(&mut self.kv, s);
             }
-            layers::finish_layer(pool, c, l, s, n);
+            layers::finish_layer(pool, c, (l, m.layers.get(li + 1)), s, n);
         }
         self.n_past += n;
 
