@@ -73,7 +73,6 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
     let widest = d.max(qd).max(cfg.d_ff);
     let f32s = ubatch * (2 * d + 2 * qd + 2 * kvd + 2 * cfg.d_ff);
     let q8 = ubatch * widest / QK * std::mem::size_of::<BlockQ8>();
-    let f16s = 2 * kvd * 2;
     // RoPE angles per row: the global table's, and the local layers' where they differ.
     let tables = if cfg.hooks.sliding_window.is_some() {
         2
@@ -81,7 +80,7 @@ pub fn scratch_bytes(cfg: &ModelConfig, ubatch: usize) -> u64 {
         1
     };
     let rope = tables * ubatch * cfg.head_dim / 2 * 8;
-    (f32s * 4 + q8 + f16s + rope) as u64 + kernels::matmul::token_rows_bytes(ubatch * widest)
+    (f32s * 4 + q8 + rope) as u64 + kernels::matmul::token_rows_bytes(ubatch * widest)
 }
 
 /// Largest attention workspace of a session, in bytes: one partial row per work item.
