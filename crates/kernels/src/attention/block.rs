@@ -92,6 +92,76 @@ pub(super) fn attend_block_kt(
     }
 }
 
+/// Block `b` of KV head `h` for `rows` (query, part) that each see all of its keys —
+/// decode calls over a prefix they share — through the transposed-key kernel with the row
+/// kernel's arithmetic (`avx2::attend_kt_exact`): the bits [`block_rows`] gives each row,
+/// four rows a pass over the keys. `false` (nothing done) where it does not run: no
+/// AVX-512, other head or block sizes, a block that is not f16.
+pub(super) fn attend_block_exact(
+    isa: Isa,
+    kv: &PagedKv<'_>,
+    (b, h): (usize, usize),
+    rows: &[(*const f32, *mut f32)],
+    scale: f32,
+    (kf, vf): (&mut [f32], &mut [f32]),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::avx2::attend_kt::{KT_KEYS, kt_block};
+        let (hd, bt) = (kv.geom.head_dim, kv.geom.block_tokens);
+        if !kt_path(isa, hd, bt) {
+            return false;
+        }
+        let HeadRows::F16 { k, v } = head_rows(kv, b, h, bt) else {
+            return false;
+        };
+        // SAFETY: kt_path checked AVX2/F16C, AVX-512, 64- or 128-wide heads and 16-key
+        // blocks; k, v hold 16 rows, kf, vf 16 of MAX_HEAD_DIM; every row's query holds
+        // hd values and its part hd + 2 that no other row of the call uses.
+        unsafe {
+            kt_block(k, v, KT_KEYS, hd, kf, vf);
+            for four in rows.chunks(4) {
+                match four.len() {
+                    4 => exact::<4>(four, hd, (kf, vf), scale),
+                    3 => exact::<3>(four, hd, (kf, vf), scale),
+                    2 => exact::<2>(four, hd, (kf, vf), scale),
+                    _ => exact::<1>(four, hd, (kf, vf), scale),
+                }
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, kv, b, h, rows, scale, kf, vf);
+        false
+    }
+}
+
+/// `RN` rows through the block `attend_block_exact` converted.
+///
+/// # Safety
+/// As `avx2::attend_kt_exact`, for heads of `hd` (64 or 128).
+#[cfg(target_arch = "x86_64")]
+unsafe fn exact<const RN: usize>(
+    rows: &[(*const f32, *mut f32)],
+    hd: usize,
+    (kt, vf): (&[f32], &[f32]),
+    scale: f32,
+) {
+    use simd::avx2::attend_kt::attend_kt_exact;
+    let q = std::array::from_fn(|r| rows[r].0);
+    let p = std::array::from_fn(|r| rows[r].1);
+    // SAFETY: forwarded contract.
+    unsafe {
+        if hd == 64 {
+            attend_kt_exact::<RN, 8>(q, p, kt, vf, scale);
+        } else {
+            attend_kt_exact::<RN, 16>(q, p, kt, vf, scale);
+        }
+    }
+}
+
 /// Where KV head `h`'s part of block `b` lies: its first `nk` keys and values as f16
 /// rows, or its key and value code chunks (quantized).
 pub(super) enum HeadRows<'a> {

@@ -38,7 +38,10 @@ use crate::simd;
 mod block;
 mod share;
 
-use block::{attend_block_kt, attend_fast, attend_grouped, head_rows, kt_path, load_block};
+use block::{
+    attend_block_exact, attend_block_kt, attend_fast, attend_grouped, head_rows, kt_path,
+    load_block,
+};
 use share::{run_shared, shared_units};
 
 /// Largest head dimension supported (stack buffers are sized for it).

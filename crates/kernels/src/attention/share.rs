@@ -60,6 +60,7 @@ pub(super) fn shared_units(
         group.extend(run.iter().map(|c| c.2).filter(|&ci| {
             let (_, kv, sh) = &ins[ci];
             split_width(sh) == w
+                && sh.scale == lsh.scale
                 && kv.geom == lkv.geom
                 && kv.layer == lkv.layer
                 && span.clone().all(|b| {
@@ -115,9 +116,33 @@ pub(super) fn run_shared<'s>(
     for b in b0..b1.min(b0 + PREFETCH_BLOCKS) {
         head_rows(lkv, b, h, bt).prefetch();
     }
+    // Each row's (query, part), made again for every block (the parts are also lent
+    // to `block_rows` as slices).
+    let mut ptrs: Vec<(*const f32, *mut f32)> = Vec::with_capacity(rows.len() * MAX_GROUP);
     for b in b0..b1 {
         if b + PREFETCH_BLOCKS < b1 {
             head_rows(lkv, b + PREFETCH_BLOCKS, h, bt).prefetch();
+        }
+        // Rows that see all of the block go through it together when the kernel for that
+        // runs here (the same bits as one by one).
+        if rows
+            .iter()
+            .all(|(ci, tile, _)| tile_keys(&ins[*ci].2, bt, *tile, b) == bt)
+        {
+            ptrs.clear();
+            ptrs.extend(rows.iter_mut().flat_map(|(ci, _, slot)| {
+                let (q, _, shape) = &ins[*ci];
+                let g = shape.group();
+                let base = slot.as_mut_ptr();
+                (0..g).map(move |gi| {
+                    let qr = q[(h * g + gi) * hd..].as_ptr();
+                    // SAFETY: row gi of the slot's g rows of hd + 2.
+                    (qr, unsafe { base.add(gi * (hd + 2)) })
+                })
+            }));
+            if attend_block_exact(isa, lkv, (b, h), &ptrs, lsh.scale, (kf, vf)) {
+                continue;
+            }
         }
         // Every call sees the whole block but maybe the last one's latest keys.
         let nk = rows

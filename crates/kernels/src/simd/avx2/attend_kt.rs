@@ -230,3 +230,113 @@ pub(crate) unsafe fn attend_kt<const RN: usize>(
         }
     }
 }
+
+/// `RN` rows through one whole block of 16 keys that every row sees, with the row
+/// kernel's arithmetic (`attend_block_wide::<HD8>`, f32 keys, no bias) from the
+/// transposed keys [`kt_block`] left: the same bits a row gets from the row kernel, so
+/// rows that share a block (decode calls over a shared prefix) can go through it
+/// together, four at a time, and still get what they would alone.
+///
+/// The row kernel forms a key's score from two accumulators over the head's 8-value
+/// chunks (even chunks into `a0`, the first a plain product, odd ones into `a1`), added,
+/// then its 8 lanes summed as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`, plus
+/// the bias (0) and times `scale`. Here lane `j` is key `j`: channel `8i + l` of every key
+/// is one vector, so lane position `l`'s two accumulators are 16 keys' at once and the
+/// lane sum is a tree of vector adds. The softmax and the values are the row kernel's
+/// steps as [`attend_kt`] takes them (its exponential and sums are the row kernel's, lane
+/// for lane, for a block all of whose keys a row sees).
+///
+/// # Safety
+/// AVX-512F and AVX2/FMA/F16C must be present; `HD8` is 8 or 16 (heads of 64 or 128);
+/// each `q[r]` points at `8 · HD8` values and each `part[r]` at `8 · HD8 + 2` values no
+/// other row uses; `kt` holds `16 · 8 · HD8` values and `vf` 16 rows of `8 · HD8`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(crate) unsafe fn attend_kt_exact<const RN: usize, const HD8: usize>(
+    q: [*const f32; RN],
+    part: [*mut f32; RN],
+    kt: &[f32],
+    vf: &[f32],
+    scale: f32,
+) {
+    let hd = 8 * HD8;
+    debug_assert!((HD8 == 8 || HD8 == 16) && kt.len() >= 16 * hd && vf.len() >= 16 * hd);
+    // SAFETY (whole body): the caller's contract bounds every query, part, kt and vf.
+    unsafe {
+        let key = |d: usize| _mm512_loadu_ps(kt.as_ptr().add(d * 16));
+        let mut sums = [[_mm512_setzero_ps(); 8]; RN];
+        for l in 0..8 {
+            let mut a0 = [_mm512_setzero_ps(); RN];
+            let mut a1 = [_mm512_setzero_ps(); RN];
+            let k0 = key(l);
+            for r in 0..RN {
+                a0[r] = _mm512_mul_ps(_mm512_set1_ps(*q[r].add(l)), k0);
+            }
+            let mut i = 1;
+            while i + 1 < HD8 {
+                let (ki, kj) = (key(8 * i + l), key(8 * (i + 1) + l));
+                for r in 0..RN {
+                    a1[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(8 * i + l)), ki, a1[r]);
+                    a0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(8 * (i + 1) + l)), kj, a0[r]);
+                }
+                i += 2;
+            }
+            if i < HD8 {
+                let ki = key(8 * i + l);
+                for r in 0..RN {
+                    a1[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(8 * i + l)), ki, a1[r]);
+                }
+            }
+            for r in 0..RN {
+                sums[r][l] = _mm512_add_ps(a0[r], a1[r]);
+            }
+        }
+        let mut w = [[0.0f32; KT_KEYS]; RN];
+        let mut c = [0.0f32; RN];
+        for r in 0..RN {
+            let p = &sums[r];
+            let lo = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
+            let hi = _mm512_add_ps(_mm512_add_ps(p[4], p[5]), _mm512_add_ps(p[6], p[7]));
+            let s = _mm512_add_ps(_mm512_add_ps(lo, hi), _mm512_setzero_ps());
+            let s = _mm512_mul_ps(s, _mm512_set1_ps(scale));
+            let bmax = _mm512_reduce_max_ps(s);
+            let pr = part[r];
+            let (m_old, l_old) = (*pr, *pr.add(1));
+            let m_new = m_old.max(bmax);
+            c[r] = if l_old > 0.0 {
+                rescale(m_old, m_new)
+            } else {
+                0.0
+            };
+            let e = exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new)));
+            *pr = m_new;
+            *pr.add(1) = l_old * c[r] + hsum16(e);
+            _mm512_storeu_ps(w[r].as_mut_ptr(), e);
+        }
+        for h in (0..hd).step_by(64) {
+            let mut acc = [[_mm512_setzero_ps(); 4]; RN];
+            for r in 0..RN {
+                let p = part[r].add(2 + h);
+                let cv = _mm512_set1_ps(c[r]);
+                for i in 0..4 {
+                    acc[r][i] = _mm512_mul_ps(_mm512_loadu_ps(p.add(16 * i)), cv);
+                }
+            }
+            for j in 0..KT_KEYS {
+                let vr = vf.as_ptr().add(j * hd + h);
+                let v: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(vr.add(16 * i)));
+                for r in 0..RN {
+                    let wj = _mm512_set1_ps(w[r][j]);
+                    for i in 0..4 {
+                        acc[r][i] = _mm512_fmadd_ps(wj, v[i], acc[r][i]);
+                    }
+                }
+            }
+            for r in 0..RN {
+                let p = part[r].add(2 + h);
+                for i in 0..4 {
+                    _mm512_storeu_ps(p.add(16 * i), acc[r][i]);
+                }
+            }
+        }
+    }
+}

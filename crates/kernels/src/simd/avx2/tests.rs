@@ -352,3 +352,80 @@ fn silu_through_the_vector_exponential_stays_within_a_few_roundings_of_libm() {
         }
     }
 }
+
+#[test]
+fn the_exact_transposed_key_kernel_gives_each_row_the_row_kernels_bits() {
+    if crate::Isa::detect() != crate::Isa::Avx2 || !has_avx512() {
+        eprintln!("skipped: this CPU has no AVX-512F/VL/BW/VNNI");
+        return;
+    }
+    use super::attend_kt::{attend_kt_exact, kt_block};
+    let mut next = uniform(0xD1B5_4A32_D192_ED03);
+    fn rows<const RN: usize, const HD8: usize>(
+        q: &[f32],
+        blocks: &[(Vec<u16>, Vec<u16>)],
+        scale: f32,
+    ) -> (Vec<u32>, Vec<u32>) {
+        let hd = 8 * HD8;
+        let fresh = || {
+            let mut p = vec![0.0f32; RN * (hd + 2)];
+            p.chunks_mut(hd + 2).for_each(|r| r[0] = f32::NEG_INFINITY);
+            p
+        };
+        let (mut alone, mut together) = (fresh(), fresh());
+        let (mut kt, mut vt) = (vec![0.0f32; 16 * hd], vec![0.0f32; 16 * hd]);
+        let (mut kf, mut vf) = (vec![0.0f32; 16 * hd], vec![0.0f32; 16 * hd]);
+        for (k, v) in blocks {
+            // SAFETY: AVX-512 and AVX2/FMA/F16C checked by the caller; 16 keys of hd
+            // values each, hd 64 or 128; q holds RN rows, the parts RN rows of hd + 2.
+            unsafe {
+                super::f16_to_f32(k, &mut kf);
+                super::f16_to_f32(v, &mut vf);
+                for r in 0..RN {
+                    let p = &mut alone[r * (hd + 2)..(r + 1) * (hd + 2)];
+                    attend_block_wide::<HD8>(&q[r * hd..], 0.0, &kf, &vf, None, 16, scale, p);
+                }
+                kt_block(k, v, 16, hd, &mut kt, &mut vt);
+                let qs = std::array::from_fn(|r| q.as_ptr().add(r * hd));
+                let ps = std::array::from_fn(|r| together.as_mut_ptr().add(r * (hd + 2)));
+                attend_kt_exact::<RN, HD8>(qs, ps, &kt, &vt, scale);
+            }
+        }
+        let bits = |p: &[f32]| p.iter().map(|x| x.to_bits()).collect();
+        (bits(&alone), bits(&together))
+    }
+    for hd in [64usize, 128] {
+        // Queries with a spread of scores; three blocks, so later ones rescale.
+        let q: Vec<f32> = (0..4 * hd).map(|_| 3.0 * next()).collect();
+        let blocks: Vec<(Vec<u16>, Vec<u16>)> = (0..3)
+            .map(|_| {
+                let mut half = |n: usize| -> Vec<u16> {
+                    let f: Vec<f32> = (0..n).map(|_| next()).collect();
+                    let mut h = vec![0u16; n];
+                    crate::ops::f32_to_f16(&f, &mut h);
+                    h
+                };
+                (half(16 * hd), half(16 * hd))
+            })
+            .collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let pairs = match hd {
+            64 => [
+                rows::<1, 8>(&q, &blocks, scale),
+                rows::<2, 8>(&q, &blocks, scale),
+                rows::<3, 8>(&q, &blocks, scale),
+                rows::<4, 8>(&q, &blocks, scale),
+            ],
+            _ => [
+                rows::<1, 16>(&q, &blocks, scale),
+                rows::<2, 16>(&q, &blocks, scale),
+                rows::<3, 16>(&q, &blocks, scale),
+                rows::<4, 16>(&q, &blocks, scale),
+            ],
+        };
+        for (rn, (alone, together)) in pairs.iter().enumerate() {
+            assert_eq!(alone, together, "hd {hd}, {} rows", rn + 1);
+            assert!(alone.iter().all(|&b| f32::from_bits(b).is_finite()));
+        }
+    }
+}
