@@ -48,8 +48,9 @@ impl KvCache {
     /// Writes the keys and values of `runs` for `layer`: `k` and `v` hold f32 rows of
     /// `n_kv_heads × head_dim` (run `r`'s token `i` at row `r.row0 + i`), stored as f16
     /// as [`KvCache::write`] stores them, with its checks, all made before anything is
-    /// written. Layouts with sliding-window layers (whose rows may go to a host block)
-    /// write row by row.
+    /// written: on error nothing was. Layouts with sliding-window layers (whose rows may
+    /// go to a host block) write row by row through [`KvCache::write`], so there an error
+    /// leaves the rows before it written.
     pub fn write_runs(
         &mut self,
         layer: usize,
