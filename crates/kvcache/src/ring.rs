@@ -265,12 +265,7 @@ impl KvCache {
         v: &mut [u16],
     ) -> Result<(), KvError> {
         let l = *self.layout();
-        if layer >= l.n_layers() {
-            return Err(KvError::BadLayer {
-                layer,
-                n_layers: l.n_layers(),
-            });
-        }
+        self.check_layer(layer)?;
         let s = self.get(seq)?;
         if pos >= s.reserved_tokens {
             return Err(KvError::OutOfRange {

@@ -226,12 +226,7 @@ impl KvCache {
         v: &[u16],
     ) -> Result<(), KvError> {
         let l = *self.layout();
-        if layer >= l.n_layers() {
-            return Err(KvError::BadLayer {
-                layer,
-                n_layers: l.n_layers(),
-            });
-        }
+        self.check_layer(layer)?;
         let row = l.n_kv_heads() * l.head_dim();
         for got in [k.len(), v.len()] {
             if got != row {
@@ -558,6 +553,15 @@ impl KvCache {
         }
         self.index
             .retain(|_, id| self.pool.meta(*id).hash.is_some());
+        Ok(())
+    }
+
+    /// `BadLayer` unless `layer` is one of the layout's.
+    pub(crate) fn check_layer(&self, layer: usize) -> Result<(), KvError> {
+        let n_layers = self.layout().n_layers();
+        if layer >= n_layers {
+            return Err(KvError::BadLayer { layer, n_layers });
+        }
         Ok(())
     }
 

@@ -59,12 +59,7 @@ impl KvCache {
         pool: &ThreadPool,
     ) -> Result<(), KvError> {
         let l = *self.layout();
-        if layer >= l.n_layers() {
-            return Err(KvError::BadLayer {
-                layer,
-                n_layers: l.n_layers(),
-            });
-        }
+        self.check_layer(layer)?;
         let row = l.n_kv_heads() * l.head_dim();
         let rows = runs.iter().map(|r| r.row0 + r.len).max().unwrap_or(0);
         for got in [k.len(), v.len()] {

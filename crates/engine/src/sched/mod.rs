@@ -299,7 +299,11 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             crate::phases::enable(self.cfg.time_phases);
             let started = std::time::Instant::now();
             let r = self.engine.decode(&batch).map(|_| ());
-            let by_phase = crate::phases::take();
+            let by_phase = if self.cfg.time_phases {
+                crate::phases::take()
+            } else {
+                Vec::new()
+            };
             match r {
                 Ok(()) => {
                     let n = batch.len();

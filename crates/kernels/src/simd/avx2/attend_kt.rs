@@ -141,6 +141,80 @@ fn hsum16(x: __m512) -> f32 {
     unsafe { hsum(_mm256_add_ps(lo, hi)) }
 }
 
+/// The online-softmax step of one row over a block: its 16 scores `s`, of which it sees
+/// the keys in `mask` (the others set to −∞ before the maximum and to 0 after the
+/// exponential). Updates the row's `[max, sum]` at `p`, leaves its weights in `w` and
+/// returns the factor its accumulator is to be scaled by.
+///
+/// # Safety
+/// AVX-512F and AVX2/FMA/F16C must be present; `p` points at the row's two values.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn softmax_row(s: __m512, mask: u16, p: *mut f32, w: &mut [f32; KT_KEYS]) -> f32 {
+    let s = _mm512_mask_blend_ps(mask, _mm512_set1_ps(f32::NEG_INFINITY), s);
+    let bmax = _mm512_reduce_max_ps(s);
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (m_old, l_old) = (*p, *p.add(1));
+        let m_new = m_old.max(bmax);
+        let c = if l_old > 0.0 {
+            rescale(m_old, m_new)
+        } else {
+            0.0
+        };
+        let e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+        *p = m_new;
+        *p.add(1) = l_old * c + hsum16(e);
+        _mm512_storeu_ps(w.as_mut_ptr(), e);
+        c
+    }
+}
+
+/// Each row's accumulator (at `part[r] + 2`, `hd` values) scaled by `c[r]`, then the
+/// first `nv` value rows of `vf` added in key order, weighed by `w[r]`.
+///
+/// # Safety
+/// AVX-512F must be present; `hd` is a multiple of 64; each part holds `hd + 2` values no
+/// other row uses; `vf` holds `nv` rows of `hd`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn add_values<const RN: usize>(
+    part: [*mut f32; RN],
+    (c, w): (&[f32; RN], &[[f32; KT_KEYS]; RN]),
+    vf: &[f32],
+    (hd, nv): (usize, usize),
+) {
+    // SAFETY (whole body): the caller's contract bounds every part and vf's rows.
+    unsafe {
+        for h in (0..hd).step_by(64) {
+            let mut acc = [[_mm512_setzero_ps(); 4]; RN];
+            for r in 0..RN {
+                let p = part[r].add(2 + h);
+                let cv = _mm512_set1_ps(c[r]);
+                for i in 0..4 {
+                    acc[r][i] = _mm512_mul_ps(_mm512_loadu_ps(p.add(16 * i)), cv);
+                }
+            }
+            for j in 0..nv {
+                let vr = vf.as_ptr().add(j * hd + h);
+                let v: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(vr.add(16 * i)));
+                for r in 0..RN {
+                    let wj = _mm512_set1_ps(w[r][j]);
+                    for i in 0..4 {
+                        acc[r][i] = _mm512_fmadd_ps(wj, v[i], acc[r][i]);
+                    }
+                }
+            }
+            for r in 0..RN {
+                let p = part[r].add(2 + h);
+                for i in 0..4 {
+                    _mm512_storeu_ps(p.add(16 * i), acc[r][i]);
+                }
+            }
+        }
+    }
+}
+
 /// `RN` rows (`RN ≤ ROWS`) against the block [`kt_block`] left in `kt` and `vf`: the
 /// online-softmax step of each row's `[max, sum, acc[hd]]` in `part`.
 ///
@@ -177,6 +251,7 @@ pub(crate) unsafe fn attend_kt<const RN: usize>(
         let mut w = [[0.0f32; KT_KEYS]; RN];
         let mut c = [0.0f32; RN];
         let mut seen = 0u16;
+        let p: [*mut f32; RN] = std::array::from_fn(|r| part.as_mut_ptr().add(rows[r].part));
         for r in 0..RN {
             let m = rows[r].mask;
             seen |= m;
@@ -185,49 +260,11 @@ pub(crate) unsafe fn attend_kt<const RN: usize>(
                 _mm512_add_ps(a[r][2], a[r][3]),
             );
             let s = _mm512_mul_ps(s, _mm512_set1_ps(scale));
-            let s = _mm512_mask_blend_ps(m, _mm512_set1_ps(f32::NEG_INFINITY), s);
-            let bmax = _mm512_reduce_max_ps(s);
-            let p = part.as_mut_ptr().add(rows[r].part);
-            let (m_old, l_old) = (*p, *p.add(1));
-            let m_new = m_old.max(bmax);
-            c[r] = if l_old > 0.0 {
-                rescale(m_old, m_new)
-            } else {
-                0.0
-            };
-            let e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-            *p = m_new;
-            *p.add(1) = l_old * c[r] + hsum16(e);
-            _mm512_storeu_ps(w[r].as_mut_ptr(), e);
+            c[r] = softmax_row(s, m, p[r], &mut w[r]);
         }
         // Keys past the last one any row sees add nothing to any row: left out.
         let nv = 16 - seen.leading_zeros() as usize;
-        for h in (0..hd).step_by(64) {
-            let mut acc = [[_mm512_setzero_ps(); 4]; RN];
-            for r in 0..RN {
-                let p = part.as_ptr().add(rows[r].part + 2 + h);
-                let cv = _mm512_set1_ps(c[r]);
-                for i in 0..4 {
-                    acc[r][i] = _mm512_mul_ps(_mm512_loadu_ps(p.add(16 * i)), cv);
-                }
-            }
-            for j in 0..nv {
-                let vr = vf.as_ptr().add(j * hd + h);
-                let v: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(vr.add(16 * i)));
-                for r in 0..RN {
-                    let wj = _mm512_set1_ps(w[r][j]);
-                    for i in 0..4 {
-                        acc[r][i] = _mm512_fmadd_ps(wj, v[i], acc[r][i]);
-                    }
-                }
-            }
-            for r in 0..RN {
-                let p = part.as_mut_ptr().add(rows[r].part + 2 + h);
-                for i in 0..4 {
-                    _mm512_storeu_ps(p.add(16 * i), acc[r][i]);
-                }
-            }
-        }
+        add_values(p, (&c, &w), vf, (hd, nv));
     }
 }
 
@@ -298,45 +335,8 @@ pub(crate) unsafe fn attend_kt_exact<const RN: usize, const HD8: usize>(
             let hi = _mm512_add_ps(_mm512_add_ps(p[4], p[5]), _mm512_add_ps(p[6], p[7]));
             let s = _mm512_add_ps(_mm512_add_ps(lo, hi), _mm512_setzero_ps());
             let s = _mm512_mul_ps(s, _mm512_set1_ps(scale));
-            let bmax = _mm512_reduce_max_ps(s);
-            let pr = part[r];
-            let (m_old, l_old) = (*pr, *pr.add(1));
-            let m_new = m_old.max(bmax);
-            c[r] = if l_old > 0.0 {
-                rescale(m_old, m_new)
-            } else {
-                0.0
-            };
-            let e = exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new)));
-            *pr = m_new;
-            *pr.add(1) = l_old * c[r] + hsum16(e);
-            _mm512_storeu_ps(w[r].as_mut_ptr(), e);
+            c[r] = softmax_row(s, u16::MAX, part[r], &mut w[r]);
         }
-        for h in (0..hd).step_by(64) {
-            let mut acc = [[_mm512_setzero_ps(); 4]; RN];
-            for r in 0..RN {
-                let p = part[r].add(2 + h);
-                let cv = _mm512_set1_ps(c[r]);
-                for i in 0..4 {
-                    acc[r][i] = _mm512_mul_ps(_mm512_loadu_ps(p.add(16 * i)), cv);
-                }
-            }
-            for j in 0..KT_KEYS {
-                let vr = vf.as_ptr().add(j * hd + h);
-                let v: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(vr.add(16 * i)));
-                for r in 0..RN {
-                    let wj = _mm512_set1_ps(w[r][j]);
-                    for i in 0..4 {
-                        acc[r][i] = _mm512_fmadd_ps(wj, v[i], acc[r][i]);
-                    }
-                }
-            }
-            for r in 0..RN {
-                let p = part[r].add(2 + h);
-                for i in 0..4 {
-                    _mm512_storeu_ps(p.add(16 * i), acc[r][i]);
-                }
-            }
-        }
+        add_values(part, (&c, &w), vf, (hd, KT_KEYS));
     }
 }
