@@ -16,8 +16,9 @@ fn f16_addr(b: &KvBlock<'_>) -> Option<usize> {
 /// of it (start, length). A unit of several items is one split of one KV head in calls
 /// of one query token each whose blocks there are the same f16 blocks (a prefix they
 /// share): [`run_shared`] reads each block once for all of them. Every other item is a
-/// unit alone. Each row goes through the same steps either way, so the results do not
-/// depend on what shares.
+/// unit alone. Prompt tiles come first, the longest ahead. Each row goes through the
+/// same steps either way, and in any order, so the results do not depend on what shares
+/// or on what runs first.
 pub(super) fn shared_units(
     ins: &[(&[f32], PagedKv<'_>, AttnShape)],
     plans: &[CallPlan],
@@ -26,6 +27,29 @@ pub(super) fn shared_units(
     let mut taken = vec![false; items];
     let mut members = Vec::with_capacity(items);
     let mut units = Vec::with_capacity(items);
+    // The threads take units in order, so the longest go first: a prompt's tiles (up to
+    // 32 tokens' rows over all the keys before them, tens of times a decode split's work), the
+    // latest tile of the longest prompt ahead, so that no thread starts one while the
+    // others run out of work.
+    let mut heavy: Vec<(usize, usize)> = Vec::new();
+    for (ci, (_, kv, sh)) in ins.iter().enumerate() {
+        if splits_keys(sh) {
+            continue;
+        }
+        let p = plans[ci];
+        for local in 0..p.q_tiles * sh.n_kv_heads {
+            let tile = local % p.q_tiles;
+            let (_, nt) = tile_tokens(sh, tile);
+            let (b0, b1) = split_blocks(sh, kv.geom.block_tokens, tile, 0);
+            heavy.push(((b1 - b0) * nt, p.first + local));
+        }
+    }
+    heavy.sort_unstable_by(|a, b| b.cmp(a));
+    for &(_, it) in &heavy {
+        taken[it] = true;
+        units.push((members.len() as u32, 1));
+        members.push(it as u32);
+    }
     // (split, its last block, call) for every whole split of every call that may share
     // (one query token, no window): calls whose split ends in the same f16 block hold the
     // same prefix up to there. Matching on the first block instead put every sequence
@@ -288,5 +312,78 @@ mod tests {
             want.extend(std::iter::repeat_n(c, n_kv));
         }
         assert_eq!(got, want);
+    }
+
+    /// Prompt tiles go to the threads first, the one with the most work (rows times
+    /// blocks) ahead, so that a long tile never starts last.
+    #[test]
+    fn prompt_tiles_come_first_longest_ahead() {
+        let (bt, n_kv) = (16usize, 2usize);
+        let geom = BlockGeom {
+            n_layers: 1,
+            n_kv_heads: n_kv,
+            head_dim: 64,
+            block_tokens: bt,
+        };
+        let data: Vec<Vec<u16>> = (0..40).map(|_| vec![0u16; 2 * n_kv * bt * 64]).collect();
+        let views: Vec<KvBlock<'_>> = data.iter().map(|b| KvBlock::F16(b)).collect();
+        // (keys before, query tokens): a decode call, a long prompt, a short one after a
+        // long prefix, and another decode call.
+        let calls = [(300usize, 1usize), (0, 100), (500, 20), (40, 1)];
+        let q = vec![0.0f32; 100 * 4 * 64];
+        let (mut plans, mut items) = (Vec::new(), 0);
+        let ins: Vec<_> = calls
+            .iter()
+            .map(|&(pos0, n_q)| {
+                let shape = AttnShape {
+                    n_q,
+                    pos0,
+                    n_heads: 4,
+                    n_kv_heads: n_kv,
+                    scale: 0.125,
+                    window: None,
+                };
+                let (n, splits, q_tiles) = plan(&shape);
+                plans.push(CallPlan {
+                    first: items,
+                    base: 0,
+                    splits,
+                    q_tiles,
+                    slot: 0,
+                    group0: 0,
+                });
+                items += n;
+                let kv = PagedKv {
+                    blocks: &views[..(pos0 + n_q).div_ceil(bt)],
+                    geom,
+                    layer: 0,
+                };
+                (&q[..], kv, shape)
+            })
+            .collect();
+        let (members, units) = shared_units(&ins, &plans, items);
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        assert!(sorted.iter().enumerate().all(|(i, &m)| m as usize == i));
+        assert!(units.iter().all(|u| u.1 == 1), "nothing here shares");
+        // Each prompt tile's work: its tokens times the blocks it reads.
+        let work = |it: usize| {
+            let ci = plans.partition_point(|p| p.first <= it) - 1;
+            let (_, kv, sh) = &ins[ci];
+            let tile = (it - plans[ci].first) % plans[ci].q_tiles;
+            let (b0, b1) = split_blocks(sh, kv.geom.block_tokens, tile, 0);
+            (ci, (b1 - b0) * tile_tokens(sh, tile).1)
+        };
+        let prompt_items: usize = [1, 2].iter().map(|&ci| plans[ci].q_tiles * n_kv).sum();
+        let head: Vec<(usize, usize)> = members[..prompt_items]
+            .iter()
+            .map(|&m| work(m as usize))
+            .collect();
+        assert!(head.iter().all(|&(ci, _)| ci == 1 || ci == 2));
+        assert!(head.windows(2).all(|w| w[0].1 >= w[1].1), "{head:?}");
+        // The short prompt's tiles, each over its 500-key prefix, outweigh the long
+        // prompt's first tiles.
+        assert_eq!(head[0].0, 2);
+        assert!(head.last().is_some_and(|&(ci, _)| ci == 1));
     }
 }
