@@ -7,7 +7,7 @@
 # then IN_FLIGHT chunks at once.
 # With perf on PATH each run also reports its CPU seconds (and instructions where the
 # machine counts them): on a loaded machine wall-clock rates drift, CPU time much less.
-# usage: bench/qa_throughput.sh [CHUNKS (default 8)] [IN_FLIGHT (default 8)] [THREADS] [ROUNDS (default 1)]
+# usage: bench/qa_throughput.sh [CHUNKS (default 8)] [IN_FLIGHT (default 32)] [THREADS] [ROUNDS (default 1)]
 # Each round runs the three modes in turn: rounds alternate, so a loaded machine's drift
 # falls on all alike.
 # env: LLMEM (binary, default target/release/llmem), MODEL (default the SmolLM2 file),
@@ -15,7 +15,7 @@
 # which modes each round runs), PHASES=1 (time the engine's steps by phase: `qa --phases`).
 set -euo pipefail
 chunks=${1:-8}
-wide=${2:-8}
+wide=${2:-32}
 threads=${3:-$(nproc)}
 rounds=${4:-1}
 bin=${LLMEM:-target/release/llmem}

@@ -75,9 +75,11 @@ pub struct QaArgs {
     pub no_generate: bool,
     /// Chunks generating at once, counted by the requests they have left: a chunk down to
     /// its last judges makes room for the next (up to twice as many chunks). 1: strictly
-    /// one at a time.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub max_in_flight: u32,
+    /// one at a time. Default: twice the threads, from 8 to 32 (on 16 cores, 32 chunks
+    /// made 3.1-3.2× the pairs a minute of one at a time, 24 2.7-2.9×; on 2 cores more
+    /// than 8 gains nothing).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_in_flight: Option<u32>,
     /// Most requests the engine computes side by side (default: every question of the
     /// chunks in flight). 1 computes one request at a time, with no batching at all;
     /// the others wait, their chunks' KV kept.
@@ -240,7 +242,10 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         None
     } else {
         let threads = a.threads.resolve();
-        let running = (a.max_in_flight * a.questions_per_chunk) as usize;
+        let in_flight = a
+            .max_in_flight
+            .map_or_else(|| default_in_flight(threads), |n| n as usize);
+        let running = in_flight * a.questions_per_chunk as usize;
         let n_ctx = ingest::needed_ctx(a.chunk_tokens as usize);
         let block = engine::forward::BLOCK_TOKENS;
         // Room for every running request at a typical length; longer ones are handled by
@@ -260,7 +265,7 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         Some(ingest::Generator {
             service: Arc::new(service),
             model: model.clone(),
-            max_in_flight: a.max_in_flight as usize,
+            max_in_flight: in_flight,
             temperature: a.temperature,
         })
     };
@@ -416,6 +421,13 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
     Ok(report.interrupted)
 }
 
+/// Chunks in flight when `--max-in-flight` is not given: twice the threads, from 8 to 32.
+/// A prompt token costs the same at any width, so width pays only where the threads
+/// would otherwise wait on narrow decode steps: many threads, not two.
+fn default_in_flight(threads: usize) -> usize {
+    (2 * threads).clamp(8, 32)
+}
+
 /// A share from 0 to 1 (`--min-grounding`).
 fn parse_share(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|e| format!("{s}: {e}"))?;
@@ -423,5 +435,16 @@ fn parse_share(s: &str) -> Result<f32, String> {
         Ok(v)
     } else {
         Err(format!("{s}: must be from 0 to 1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_in_flight;
+
+    #[test]
+    fn chunks_in_flight_default_to_twice_the_threads_from_8_to_32() {
+        let got: Vec<usize> = [1, 2, 4, 5, 8, 16, 64].map(default_in_flight).to_vec();
+        assert_eq!(got, [8, 8, 8, 10, 16, 32, 32]);
     }
 }
