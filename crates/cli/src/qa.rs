@@ -20,6 +20,7 @@ use ingest::record::Format;
 use ingest::source::{Filter, Input};
 
 use crate::exit::{CliError, input};
+use crate::plan::KvType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
@@ -178,13 +179,41 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         }
     }
     let limit = crate::fit::Limit::of(&a.budget)?;
+    if !a.model.exists() {
+        return Err(input(anyhow::anyhow!(
+            "model file {} does not exist",
+            a.model.display()
+        )));
+    }
+    let threads = a.threads.resolve();
+    let in_flight = a
+        .max_in_flight
+        .map_or_else(|| default_in_flight(threads), |n| n as usize);
+    let running = in_flight * a.questions_per_chunk as usize;
+    let n_ctx = ingest::needed_ctx(a.chunk_tokens as usize);
+    // The process's own memory outside the ledger (code, thread stacks and arenas, page
+    // rounding) comes off the top: the ledger's pools and it together stay within the
+    // limit, so the run's RSS does, not its ledger alone. With the whole budget in the
+    // ledger a run under `--budget 150MiB` peaked at 163 MiB.
+    let facts = crate::plan::facts(&a.model)?;
+    let runtime = engine::memory::runtime_bytes(&facts.input(n_ctx, running, KvType::F16, threads));
+    if !a.no_generate {
+        // The least that must fit: the weights, the scratch and one sequence of a chunk.
+        let least = engine::memory::plan(&facts.input(n_ctx, 1, KvType::F16, threads));
+        limit.check("generating", least.total_bytes, || {
+            vec![format!(
+                "--budget {} (the weights, the scratch and one of a chunk's sequences)",
+                Bytes(least.total_bytes)
+            )]
+        })?;
+    }
     let budget = match limit
         .profile
         .as_ref()
         .filter(|p| p.pools().iter().any(|s| s.name().as_str() == "documents"))
     {
         Some(p) => p.to_budget(),
-        None => BudgetBuilder::new(Bytes(limit.total_bytes))
+        None => BudgetBuilder::new(Bytes(limit.total_bytes.saturating_sub(runtime)))
             .pool("weights", Policy::Persistent, Bytes::ZERO)
             .pool("kv", Policy::Tiered, Bytes::ZERO)
             .pool("scratch", Policy::Circular, Bytes::ZERO)
@@ -204,12 +233,6 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
         docs_id,
         docs_limit.min(docs_pool_limit).max(Bytes::mib(1)),
     );
-    if !a.model.exists() {
-        return Err(input(anyhow::anyhow!(
-            "model file {} does not exist",
-            a.model.display()
-        )));
-    }
     let model = SharedModel::load(&a.model, &accounts).map_err(input)?;
     let tok = &model.text().tokenizer;
     let opts = ingest::Options {
@@ -241,12 +264,6 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
     let generator = if a.no_generate {
         None
     } else {
-        let threads = a.threads.resolve();
-        let in_flight = a
-            .max_in_flight
-            .map_or_else(|| default_in_flight(threads), |n| n as usize);
-        let running = in_flight * a.questions_per_chunk as usize;
-        let n_ctx = ingest::needed_ctx(a.chunk_tokens as usize);
         let block = engine::forward::BLOCK_TOKENS;
         // Room for every running request at a typical length; longer ones are handled by
         // the scheduler's pressure ladder.

@@ -505,3 +505,76 @@ fn smollm2_writes_valid_judged_pairs_and_a_killed_run_resumes_to_the_same() {
     );
     assert_eq!(records(&out), expected);
 }
+
+/// Under a budget just over the least a generating run needs (the weights, the scratch,
+/// one of a chunk's sequences at full length), the run completes and its peak RSS (the
+/// process's own, code and stacks included) stays within the budget: the ledger is given
+/// the budget less the process's own memory outside it. Under that least, the run is
+/// refused before loading, naming the budget that would do.
+#[test]
+#[cfg_attr(not(llmem_model), ignore = "needs the model: scripts/fetch-model.sh")]
+fn a_generating_run_under_a_tight_budget_completes_within_it() {
+    let Some(m) = model() else { return };
+    let m = m.to_str().unwrap();
+    let dir = TempDir::new("qa-budget");
+    let text = root().join("testdata/eval/licenses.txt");
+    let out = dir.path().join("qa.jsonl");
+    let run = |budget: &str| {
+        llmem(&[
+            "qa",
+            "--json",
+            "--model",
+            m,
+            "--max-chunks",
+            "3",
+            "--chunk-tokens",
+            "128",
+            "--overlap",
+            "16",
+            "--max-in-flight",
+            "4",
+            "--threads",
+            "2",
+            "--budget",
+            budget,
+            "--out",
+            out.to_str().unwrap(),
+            text.to_str().unwrap(),
+        ])
+    };
+    let refused = run("64MiB");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("generating needs"), "{err}");
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    // "generating needs X (N bytes)": N plus 4 MiB.
+    let need: u64 = err
+        .split_once("MiB (")
+        .and_then(|(_, r)| r.split_once(" bytes)"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in: {err}"));
+    let budget = need + (4 << 20);
+    let v = json_of(&run(&budget.to_string()));
+    let r = &v["report"];
+    assert_eq!(r["chunks_written"], 3, "{v}");
+    assert_eq!(r["pairs_generated"], 9, "{v}");
+    let rss = v["peak_rss_bytes"].as_u64().unwrap();
+    assert!(
+        rss <= budget,
+        "peak RSS {rss} over the budget {budget}: {v}"
+    );
+    let ledger: u64 = v["ledger_peaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peak_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(ledger < budget, "{v}");
+    eprintln!(
+        "budget {budget}: peak RSS {rss} ({:.1}%), ledger peaks {ledger}, {} preemptions, \
+         peak running {}",
+        100.0 * rss as f64 / budget as f64,
+        v["scheduler"]["preemptions"],
+        v["scheduler"]["peak_running"]
+    );
+}
