@@ -198,12 +198,15 @@ pub fn run(a: &QaArgs) -> Result<bool, CliError> {
     let facts = crate::plan::facts(&a.model)?;
     let runtime = engine::memory::runtime_bytes(&facts.input(n_ctx, running, KvType::F16, threads));
     if !a.no_generate {
-        // The least that must fit: the weights, the scratch and one sequence of a chunk.
+        // The least that must fit: the weights, the scratch and one sequence of a chunk in
+        // the ledger, beside the process's own memory for every sequence asked for.
         let least = engine::memory::plan(&facts.input(n_ctx, 1, KvType::F16, threads));
-        limit.check("generating", least.total_bytes, || {
+        let need = (least.total_bytes.saturating_sub(least.runtime_bytes)).saturating_add(runtime);
+        limit.check("generating", need, || {
             vec![format!(
-                "--budget {} (the weights, the scratch and one of a chunk's sequences)",
-                Bytes(least.total_bytes)
+                "--budget {} (the weights, the scratch and one of a chunk's sequences), or \
+                 fewer --max-in-flight",
+                Bytes(need)
             )]
         })?;
     }
