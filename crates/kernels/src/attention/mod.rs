@@ -16,12 +16,12 @@
 //! blocks, converting each K/V block to f32 once for all the query rows of the tile
 //! (dequantizing int8/4/2-bit codes on the way: no block is ever copied out in f16). A
 //! prompt's f16 blocks go through the transposed-key kernel on AVX-512 (`avx2::attend_kt`),
-//! 32 query tokens an item, the longest items first. When there are few query tokens (decode), the keys are split
-//! at multiples of [`SPLIT_KEYS`] (more at long contexts) and the partial results merged
-//! by their maxima and sums; the item that finishes a (head, tile)'s last split merges
-//! it, so merging is spread over the threads as the splits are. Decode calls whose
-//! splits cover the same f16 blocks (a prefix their sequences share) are run as one unit
-//! that reads each such block once for all of them.
+//! 32 query tokens an item, the longest items first. When there are few query tokens
+//! (decode), the keys are split at multiples of [`SPLIT_KEYS`] (more at long contexts)
+//! and the partial results merged by their maxima and sums; the item that finishes a
+//! (head, tile)'s last split merges it, so merging is spread over the threads as the
+//! splits are. Decode calls whose splits cover the same f16 blocks (a prefix their
+//! sequences share) are run as one unit that reads each such block once for all of them.
 //!
 //! How a call is cut depends on its shape and the block size alone, never on the thread
 //! count or on the other calls of a batch, and each row goes through the same steps

@@ -37,11 +37,12 @@ pub(super) fn shared_units(
             continue;
         }
         let p = plans[ci];
-        for local in 0..p.q_tiles * sh.n_kv_heads {
-            let tile = local % p.q_tiles;
+        for tile in 0..p.q_tiles {
             let (_, nt) = tile_tokens(sh, tile);
             let (b0, b1) = split_blocks(sh, kv.geom.block_tokens, tile, 0);
-            heavy.push(((b1 - b0) * nt, p.first + local));
+            for h in 0..sh.n_kv_heads {
+                heavy.push(((b1 - b0) * nt, p.first + h * p.q_tiles + tile));
+            }
         }
     }
     heavy.sort_unstable_by(|a, b| b.cmp(a));
@@ -198,6 +199,47 @@ pub(super) fn run_shared<'s>(
 mod tests {
     use super::*;
 
+    /// The calls `(shape, blocks)`, all over `q`, planned as `attention_many` plans them;
+    /// their units from [`shared_units`], checked to hold every item once.
+    #[allow(clippy::type_complexity)]
+    fn plan_units<'a>(
+        q: &'a [f32],
+        geom: BlockGeom,
+        calls: impl IntoIterator<Item = (AttnShape, &'a [KvBlock<'a>])>,
+    ) -> (
+        Vec<CallPlan>,
+        Vec<(&'a [f32], PagedKv<'a>, AttnShape)>,
+        (Vec<u32>, Vec<(u32, u32)>),
+    ) {
+        let (mut plans, mut items) = (Vec::new(), 0);
+        let ins: Vec<_> = calls
+            .into_iter()
+            .map(|(shape, blocks)| {
+                let (n, splits, q_tiles) = plan(&shape);
+                plans.push(CallPlan {
+                    first: items,
+                    base: 0,
+                    splits,
+                    q_tiles,
+                    slot: 0,
+                    group0: 0,
+                });
+                items += n;
+                let kv = PagedKv {
+                    blocks,
+                    geom,
+                    layer: 0,
+                };
+                (q, kv, shape)
+            })
+            .collect();
+        let (members, units) = shared_units(&ins, &plans, items);
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        assert!(sorted.iter().enumerate().all(|(i, &m)| m as usize == i));
+        (plans, ins, (members, units))
+    }
+
     /// Decode calls over a prefix of shared blocks: those that share whole splits are
     /// put in units together, split by split. (That their outputs are still their own
     /// bits is `simd_equals_portable`'s test.)
@@ -247,43 +289,21 @@ mod tests {
             })
             .collect();
         let q = vec![0.0f32; 3 * 9 * 64];
-        let mut plans = Vec::new();
-        let mut items = 0;
-        let ins: Vec<_> = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, &(_, _, keys, n_q))| {
-                let shape = AttnShape {
-                    n_q,
-                    pos0: keys - n_q,
-                    n_heads: 9,
-                    n_kv_heads: n_kv,
-                    scale: 0.125,
-                    window: None,
-                };
-                let (n, splits, q_tiles) = plan(&shape);
-                plans.push(CallPlan {
-                    first: items,
-                    base: 0,
-                    splits,
-                    q_tiles,
-                    slot: 0,
-                    group0: 0,
-                });
-                items += n;
-                let kv = PagedKv {
-                    blocks: &views[i],
-                    geom,
-                    layer: 0,
-                };
-                (&q[..], kv, shape)
-            })
-            .collect();
-        let (members, units) = shared_units(&ins, &plans, items);
-        // Every item once.
-        let mut sorted = members.clone();
-        sorted.sort_unstable();
-        assert!(sorted.iter().enumerate().all(|(i, &m)| m as usize == i));
+        let shape = |keys: usize, n_q: usize| AttnShape {
+            n_q,
+            pos0: keys - n_q,
+            n_heads: 9,
+            n_kv_heads: n_kv,
+            scale: 0.125,
+            window: None,
+        };
+        let (plans, _, (members, units)) = plan_units(
+            &q,
+            geom,
+            seqs.iter()
+                .zip(&views)
+                .map(|(&(_, _, keys, n_q), v)| (shape(keys, n_q), &v[..])),
+        );
         let call_of = |it: u32| plans.partition_point(|p| p.first <= it as usize) - 1;
         let mut got: Vec<Vec<usize>> = units
             .iter()
@@ -331,10 +351,10 @@ mod tests {
         // long prefix, and another decode call.
         let calls = [(300usize, 1usize), (0, 100), (500, 20), (40, 1)];
         let q = vec![0.0f32; 100 * 4 * 64];
-        let (mut plans, mut items) = (Vec::new(), 0);
-        let ins: Vec<_> = calls
-            .iter()
-            .map(|&(pos0, n_q)| {
+        let (plans, ins, (members, units)) = plan_units(
+            &q,
+            geom,
+            calls.iter().map(|&(pos0, n_q)| {
                 let shape = AttnShape {
                     n_q,
                     pos0,
@@ -343,28 +363,9 @@ mod tests {
                     scale: 0.125,
                     window: None,
                 };
-                let (n, splits, q_tiles) = plan(&shape);
-                plans.push(CallPlan {
-                    first: items,
-                    base: 0,
-                    splits,
-                    q_tiles,
-                    slot: 0,
-                    group0: 0,
-                });
-                items += n;
-                let kv = PagedKv {
-                    blocks: &views[..(pos0 + n_q).div_ceil(bt)],
-                    geom,
-                    layer: 0,
-                };
-                (&q[..], kv, shape)
-            })
-            .collect();
-        let (members, units) = shared_units(&ins, &plans, items);
-        let mut sorted = members.clone();
-        sorted.sort_unstable();
-        assert!(sorted.iter().enumerate().all(|(i, &m)| m as usize == i));
+                (shape, &views[..(pos0 + n_q).div_ceil(bt)])
+            }),
+        );
         assert!(units.iter().all(|u| u.1 == 1), "nothing here shares");
         // Each prompt tile's work: its tokens times the blocks it reads.
         let work = |it: usize| {
